@@ -1,0 +1,4 @@
+//! Test harness for macha's integration tests: a real systemd booted in a
+//! container (`container`), and a faithful Ollama double (`ollama`).
+pub mod container;
+pub mod ollama;
