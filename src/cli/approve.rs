@@ -1,0 +1,199 @@
+//! `macha-approve`: the human side of the approval queue. Items are named by
+//! their stable id; approving one re-checks that it still applies, carries it
+//! out, and prints how it ended.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use clap::Subcommand;
+
+use macha::act;
+use macha::audit::{self, ActionRecord};
+use macha::config::Config;
+use macha::cycle::unit_facts;
+use macha::gate::{check_target, Protected};
+use macha::observe::systemd::Systemd;
+use macha::store::{Approval, Store};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Items waiting for approval: id, age, incident, action, target, reason.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one item.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Carry out an item now and print the outcome.
+    Approve { id: i64 },
+    /// Drop an item without carrying it out.
+    Reject {
+        id: i64,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let store = Store::open(&config.state_dir)?;
+    match args.command {
+        Cmd::List { json } => list(&store, json),
+        Cmd::Show { id, json } => show(&store, id, json),
+        Cmd::Approve { id } => super::runtime()?.block_on(approve(&config, &store, id)),
+        Cmd::Reject { id, reason } => reject(&config, &store, id, reason),
+    }
+}
+
+fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
+    let items = store.pending()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if items.is_empty() {
+        println!("nothing is waiting for approval");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  REASON", "ID", "AGE", "INCIDENT", "ACTION", "TARGET");
+    for a in items {
+        println!(
+            "{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  {}",
+            a.id,
+            super::age(a.created_at),
+            a.incident,
+            a.kind.as_str(),
+            a.unit,
+            a.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find(store: &Store, id: i64) -> anyhow::Result<Approval> {
+    store.approval(id)?.ok_or_else(|| anyhow::anyhow!("no approval item with id {id} (see `macha-approve list`)"))
+}
+
+fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
+    let a = find(store, id)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&a)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("id:         {}", a.id);
+    println!("status:     {}", a.status);
+    println!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at));
+    println!("incident:   {}", a.incident);
+    println!("action:     {} {}", a.kind.as_str(), a.unit);
+    println!("reason:     {}", a.reason);
+    println!("diagnosis:  {}", a.diagnosis);
+    if let Some(by) = &a.decided_by {
+        println!("decided by: {by} at {}", a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default());
+    }
+    if let Some(o) = &a.outcome {
+        println!("outcome:    {o}");
+    }
+    if a.status == "pending" {
+        println!("\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT", a.id, a.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Unix user running this command, recorded as the approver.
+fn current_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+fn record(config: &Config, a: &Approval, by: &str, outcome: &str, detail: &str, report: Option<&act::Report>) -> anyhow::Result<()> {
+    let rec = ActionRecord {
+        time: Utc::now(),
+        host: macha::observe::hostname(),
+        incident: a.incident.clone(),
+        action: a.kind.as_str().into(),
+        target: Some(a.unit.clone()),
+        origin: "approval".into(),
+        approval_id: Some(a.id),
+        by: Some(by.into()),
+        outcome: outcome.into(),
+        detail: detail.into(),
+        before: report.and_then(|r| r.before.clone()),
+        after: report.and_then(|r| r.after.clone()),
+    };
+    Ok(audit::append(&config.state_dir, audit::ACTIONS, &rec)?)
+}
+
+async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+    let item = find(store, id)?;
+    let by = current_user();
+    if item.status != "pending" {
+        println!("approval {id} is not waiting: it is {}{}", item.status, item.decided_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default());
+        return Ok(ExitCode::from(1));
+    }
+    if !store.claim(id, &by)? {
+        println!("approval {id} was just taken by another approve or reject; nothing done");
+        return Ok(ExitCode::from(1));
+    }
+    let refuse = |reason: String| -> anyhow::Result<ExitCode> {
+        store.finish(id, "refused", &reason)?;
+        record(config, &item, &by, "refused", &reason, None)?;
+        println!("approval {id} refused: {reason}");
+        Ok(ExitCode::from(1))
+    };
+    let action = match item.action() {
+        Ok(a) => a,
+        Err(e) => return refuse(format!("the stored target is not a unit name: {e}")),
+    };
+    let systemd = match Systemd::connect(config.dbus_address.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was done: put the item back for a later attempt.
+            store.finish(id, "pending", "")?;
+            anyhow::bail!("{e}; approval {id} is still pending");
+        }
+    };
+    let protected = Protected::new(&config.protected_units, &config.service_unit);
+    if let Err(reason) = check_target(action.unit.as_str(), &unit_facts(&systemd, &action.unit).await, &protected) {
+        return refuse(reason);
+    }
+    let state = systemd.unit_state(&action.unit).await?;
+    if let Err(reason) = act::still_applies(&action, state.as_ref()) {
+        return refuse(format!("no longer applies: {reason}"));
+    }
+    let report = act::execute(&systemd, &action, &config.act).await;
+    let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
+    store.finish(id, status, &report.detail)?;
+    record(config, &item, &by, outcome, &report.detail, Some(&report))?;
+    println!("approval {id}: {action}: {outcome}: {}", report.detail);
+    Ok(if report.succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> anyhow::Result<ExitCode> {
+    let item = find(store, id)?;
+    let by = current_user();
+    let reason = reason.unwrap_or_else(|| "rejected without a reason".into());
+    if !store.reject(id, &by, &reason)? {
+        let now = find(store, id)?;
+        println!("approval {id} is not waiting: it is {}", now.status);
+        return Ok(ExitCode::from(1));
+    }
+    record(config, &item, &by, "rejected", &reason, None)?;
+    println!("approval {id} rejected: {reason}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,74 @@
+//! `macha-check`: one full cycle now, a short summary, and an exit status
+//! for scripts: 0 healthy, 1 incidents found, 2 error.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use macha::config::Config;
+use macha::cycle::{CycleReport, Engine};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the cycle's report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    macha::cycle::ensure_state_dir(&config.state_dir)?;
+    macha::logging::init_orchestrator(&config.state_dir, "warn")?;
+    let report = super::runtime()?.block_on(async { Engine::new(config)?.run_cycle().await })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", human(&report));
+    }
+    Ok(if !report.failed_sources.is_empty() {
+        ExitCode::from(2)
+    } else if report.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn human(r: &CycleReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "macha check on {} (autonomy: {}, {} ms)", r.host, r.autonomy_level.as_str(), r.wall_ms);
+    for f in &r.failed_sources {
+        let _ = writeln!(out, "  source {} could not be read: {}", f.source, f.error);
+    }
+    if r.incidents.is_empty() {
+        let _ = writeln!(out, "healthy: no incident");
+    } else {
+        let n = r.incidents.len();
+        let _ = writeln!(out, "{n} incident{}:", if n == 1 { "" } else { "s" });
+    }
+    for i in &r.incidents {
+        let _ = writeln!(out, "  {} [{}]", i.fingerprint, serde_json::to_value(i.novelty).unwrap_or_default().as_str().unwrap_or(""));
+        let _ = writeln!(out, "    {}", i.summary);
+        let Some(d) = &i.decision else {
+            let _ = writeln!(out, "    already decided in an earlier cycle (see `macha-logs decisions`)");
+            continue;
+        };
+        if let Some(diag) = &d.diagnosis {
+            let _ = writeln!(out, "    diagnosis: {diag}");
+        }
+        if let Some(err) = &d.error {
+            let _ = writeln!(out, "    decision failed: {err} (the incident stays open and is asked again next cycle)");
+        }
+        if d.actions.is_empty() && d.error.is_none() {
+            let _ = writeln!(out, "    no action proposed");
+        }
+        for a in &d.actions {
+            let target = a.target.as_deref().map(|t| format!(" {t}")).unwrap_or_default();
+            let _ = writeln!(out, "    {}{target}: {}: {}", a.action, a.result, a.detail);
+        }
+    }
+    for fp in &r.resolved {
+        let _ = writeln!(out, "  resolved: {fp}");
+    }
+    out
+}

@@ -1,0 +1,172 @@
+//! `macha-logs`: the audit trail (`decisions`, `actions`), the daemon's own
+//! log file (`orchestrator`) and its journal lines (`service`), for people
+//! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use macha::audit;
+use macha::config::Config;
+use macha::logging::ORCHESTRATOR_LOG;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which log to show.
+    #[arg(value_enum)]
+    which: Which,
+    /// Print records as JSON, one per line.
+    #[arg(long)]
+    json: bool,
+    /// How many of the most recent records to show.
+    #[arg(short = 'n', long = "lines", default_value_t = 20)]
+    lines: usize,
+    /// Keep printing new records as they are written.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    /// What the model was asked and what the gate made of it.
+    Decisions,
+    /// What was carried out, queued, refused or rejected.
+    Actions,
+    /// The daemon's own log file.
+    Orchestrator,
+    /// The daemon's journal lines (its systemd unit).
+    Service,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let mut out = std::io::stdout().lock();
+    let (file, format): (PathBuf, fn(&Value) -> String) = match args.which {
+        Which::Decisions => (config.state_dir.join(audit::DECISIONS), human_decision),
+        Which::Actions => (config.state_dir.join(audit::ACTIONS), human_action),
+        Which::Orchestrator => (config.state_dir.join(ORCHESTRATOR_LOG), human_log),
+        Which::Service => {
+            macha::observe::journal::show_unit(config.journal_dir.as_deref(), config.service_unit.as_str(), args.lines, args.follow, |e| {
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string(e)?)
+                } else {
+                    writeln!(out, "{} {}[{}]: {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.identifier.as_deref().unwrap_or("macha"), e.priority, e.message)
+                }
+                .and_then(|_| out.flush())
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let emit = |out: &mut dyn Write, v: &Value| -> std::io::Result<()> {
+        if args.json {
+            writeln!(out, "{v}")
+        } else {
+            writeln!(out, "{}", format(v))
+        }
+    };
+    let (records, torn) = audit::read_all(&file)?;
+    for t in &torn {
+        eprintln!("macha-logs: {} line {} is not a complete record ({}); skipped", file.display(), t.line, t.error);
+    }
+    if records.is_empty() && !args.follow {
+        eprintln!("macha-logs: no records in {} yet", file.display());
+    }
+    for v in records.iter().skip(records.len().saturating_sub(args.lines)) {
+        emit(&mut out, v)?;
+    }
+    out.flush()?;
+    if args.follow {
+        follow(&file, |v| emit(&mut out, v).and_then(|_| out.flush()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each complete line appended to `path` from now on. A partial line
+/// is kept until its end arrives.
+fn follow(path: &Path, mut emit: impl FnMut(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut offset = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let Ok(file) = File::open(path) else { continue };
+        let len = file.metadata()?.len();
+        if len < offset {
+            // Rotated or truncated: start from the beginning of the new file.
+            offset = 0;
+            pending.clear();
+        }
+        if len == offset {
+            continue;
+        }
+        let mut reader = BufReader::new(file);
+        reader.seek(SeekFrom::Start(offset))?;
+        loop {
+            let n = reader.read_until(b'\n', &mut pending)?;
+            if n == 0 {
+                break;
+            }
+            offset += n as u64;
+            if pending.ends_with(b"\n") {
+                if let Ok(v) = serde_json::from_slice::<Value>(&pending) {
+                    emit(&v)?;
+                }
+                pending.clear();
+            }
+        }
+    }
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn time(v: &Value, key: &str) -> String {
+    let t = s(v, key);
+    chrono::DateTime::parse_from_rfc3339(t).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|_| t.to_owned())
+}
+
+fn human_decision(v: &Value) -> String {
+    let mut line = format!("{}  {}  {}", time(v, "time"), s(v, "incident"), s(v, "outcome"));
+    if let Some(d) = v.get("decision") {
+        line.push_str(&format!(" ({}): {}", s(d, "severity"), s(d, "diagnosis")));
+    }
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        line.push_str(&format!(": {e}"));
+    }
+    for g in v.get("gated").and_then(Value::as_array).into_iter().flatten() {
+        let p = &g["proposed"];
+        let unit = p.get("unit").and_then(Value::as_str).map(|u| format!(" {u}")).unwrap_or_default();
+        line.push_str(&format!("\n    {}{unit} -> {}", s(p, "kind"), s(g, "verdict")));
+        if let Some(d) = g.get("detail").and_then(Value::as_str) {
+            line.push_str(&format!(": {d}"));
+        }
+    }
+    line
+}
+
+fn human_action(v: &Value) -> String {
+    let target = v.get("target").and_then(Value::as_str).map(|t| format!(" {t}")).unwrap_or_default();
+    let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").and_then(Value::as_str)) {
+        (Some(id), Some(by)) => format!("approval {id} by {by}"),
+        (Some(id), None) => format!("approval {id}"),
+        _ => s(v, "origin").to_owned(),
+    };
+    format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
+}
+
+fn human_log(v: &Value) -> String {
+    let fields = v.get("fields").and_then(Value::as_object);
+    let message = fields.and_then(|f| f.get("message")).and_then(Value::as_str).unwrap_or("");
+    let extra: Vec<String> = fields
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "message")
+        .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+        .collect();
+    format!("{} {:>5} {message} {}", time(v, "timestamp"), s(v, "level"), extra.join(" ")).trim_end().to_owned()
+}

@@ -1,0 +1,303 @@
+//! The configuration file: one TOML document, every key optional with a
+//! documented default, unknown keys and bad values refused at start-up.
+//!
+//! The NixOS module renders exactly this file; `macha.example.toml` at the
+//! repository root lists every key with its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::unit::UnitName;
+
+/// How far macha may go on its own. See the matrix in `gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AutonomyLevel {
+    /// Watch and record; never act, never queue.
+    Observe,
+    /// Queue every proposed action for a human.
+    Suggest,
+    /// Carry out low-risk actions; queue the rest.
+    AutoSafe,
+    /// Carry out low- and high-risk actions, except the ones that always
+    /// need a human.
+    AutoFull,
+}
+
+impl AutonomyLevel {
+    pub const ALL: [AutonomyLevel; 4] = [Self::Observe, Self::Suggest, Self::AutoSafe, Self::AutoFull];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Observe => "observe",
+            Self::Suggest => "suggest",
+            Self::AutoSafe => "auto-safe",
+            Self::AutoFull => "auto-full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `observe`, `suggest`, `auto-safe` or `auto-full`.
+    pub autonomy_level: AutonomyLevel,
+    /// Seconds between two cycles of the daemon.
+    pub check_interval: u64,
+    /// Where the queue, the audit trail and the journal cursor live.
+    pub state_dir: PathBuf,
+    /// Units never touched, in addition to the built-in list.
+    pub protected_units: Vec<UnitName>,
+    /// D-Bus address of the systemd to watch; absent means the system bus.
+    pub dbus_address: Option<String>,
+    /// Journal directory to read; absent means the local system journal.
+    pub journal_dir: Option<PathBuf>,
+    /// The unit macha itself runs as (for `macha-logs service`).
+    pub service_unit: UnitName,
+    pub ollama: OllamaConfig,
+    pub detect: DetectConfig,
+    pub act: ActConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OllamaConfig {
+    /// Base URL of the Ollama server.
+    pub url: String,
+    pub model: String,
+    /// Seconds before one request to the model is abandoned.
+    pub timeout: u64,
+    /// Context window requested from Ollama (`options.num_ctx`).
+    pub num_ctx: u32,
+    /// Cap on the answer's length in tokens (`options.num_predict`).
+    pub num_predict: u32,
+    pub temperature: f32,
+    /// Directory whose `*.md` files replace the built-in prompt templates.
+    pub prompts_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// A filesystem at or above this percentage of used space is `disk-full`.
+    pub disk_full_percent: u8,
+    /// Used memory at or above this percentage of total is `memory-pressure`.
+    pub memory_pressure_percent: u8,
+    /// This many err-or-worse journal lines from one unit within one cycle
+    /// make an `error-burst`.
+    pub error_burst_lines: u32,
+    /// Journal lines of a failed unit given to the model as evidence.
+    pub unit_log_lines: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActConfig {
+    /// Seconds a unit is watched after a restart before it counts as healthy.
+    pub settle_time: u64,
+    /// Seconds to wait for systemd to finish the job of an action.
+    pub job_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            autonomy_level: AutonomyLevel::Suggest,
+            check_interval: 300,
+            state_dir: PathBuf::from("/var/lib/macha-autonomous"),
+            protected_units: Vec::new(),
+            dbus_address: None,
+            journal_dir: None,
+            service_unit: UnitName::parse("macha-autonomous.service").expect("valid built-in name"),
+            ollama: OllamaConfig::default(),
+            detect: DetectConfig::default(),
+            act: ActConfig::default(),
+        }
+    }
+}
+
+impl Default for OllamaConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:11434".into(),
+            model: "llama3.1:70b".into(),
+            timeout: 120,
+            num_ctx: 8192,
+            num_predict: 1024,
+            temperature: 0.1,
+            prompts_dir: None,
+        }
+    }
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self { disk_full_percent: 90, memory_pressure_percent: 90, error_burst_lines: 20, unit_log_lines: 30 }
+    }
+}
+
+impl Default for ActConfig {
+    fn default() -> Self {
+        Self { settle_time: 5, job_timeout: 60 }
+    }
+}
+
+/// A configuration file that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Default location of the file written by the NixOS module.
+pub const DEFAULT_PATH: &str = "/etc/macha-autonomous/config.toml";
+
+impl Config {
+    /// Reads and validates a config file. A missing file at the default path
+    /// means "all defaults"; a missing file that was asked for is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    }
+
+    /// Parses TOML text; the error names the key and what it accepts.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().message().to_owned();
+            if key == "." {
+                inner
+            } else {
+                format!("key `{key}`: {inner}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        fn percent(key: &str, v: u8) -> Result<(), String> {
+            if (1..=100).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("key `{key}`: {v} is not a percentage (accepted: 1 to 100)"))
+            }
+        }
+        if self.check_interval == 0 {
+            return Err("key `check_interval`: must be at least 1 second".into());
+        }
+        if self.ollama.timeout == 0 {
+            return Err("key `ollama.timeout`: must be at least 1 second".into());
+        }
+        if !(self.ollama.url.starts_with("http://") || self.ollama.url.starts_with("https://")) {
+            return Err(format!(
+                "key `ollama.url`: {:?} is not an http:// or https:// URL",
+                self.ollama.url
+            ));
+        }
+        if self.ollama.model.trim().is_empty() {
+            return Err("key `ollama.model`: must name a model, for example \"llama3.1:70b\"".into());
+        }
+        if self.ollama.num_ctx < 512 {
+            return Err("key `ollama.num_ctx`: must be at least 512 tokens".into());
+        }
+        if !(0.0..=2.0).contains(&self.ollama.temperature) {
+            return Err("key `ollama.temperature`: accepted values are 0.0 to 2.0".into());
+        }
+        if self.dbus_address.as_deref().is_some_and(|a| !a.contains(':')) {
+            return Err("key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into());
+        }
+        percent("detect.disk_full_percent", self.detect.disk_full_percent)?;
+        percent("detect.memory_pressure_percent", self.detect.memory_pressure_percent)?;
+        if self.detect.error_burst_lines == 0 {
+            return Err("key `detect.error_burst_lines`: must be at least 1".into());
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(format!("key `state_dir`: {:?} is not an absolute path", self.state_dir));
+        }
+        Ok(())
+    }
+
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_secs(self.check_interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.autonomy_level, AutonomyLevel::Suggest);
+        assert_eq!(c.check_interval, 300);
+        assert_eq!(c.ollama.model, "llama3.1:70b");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/macha-autonomous"));
+        assert!(c.dbus_address.is_none() && c.journal_dir.is_none());
+    }
+
+    #[test]
+    fn example_file_lists_every_key_with_its_default() {
+        let example = include_str!("../macha.example.toml");
+        let parsed = Config::parse(example).unwrap();
+        let as_toml = |c: &Config| toml::to_string(c).unwrap();
+        assert_eq!(as_toml(&parsed), as_toml(&Config::default()));
+        let table: toml::Table = toml::from_str(&as_toml(&Config::default())).unwrap();
+        for (key, value) in &table {
+            let keys: Vec<String> = match value.as_table() {
+                Some(t) => t.keys().map(|k| format!("{k} =")).collect(),
+                None => vec![format!("{key} =")],
+            };
+            for k in keys {
+                assert!(example.contains(&k), "macha.example.toml does not document `{k}`");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("autonomy = \"observe\"").unwrap_err();
+        assert!(err.contains("unknown field `autonomy`"), "{err}");
+        assert!(err.contains("autonomy_level"), "{err}");
+        let err = Config::parse("[ollama]\nmodell = \"x\"").unwrap_err();
+        assert!(err.contains("ollama") && err.contains("modell"), "{err}");
+    }
+
+    #[test]
+    fn bad_autonomy_level_names_key_and_accepted_values() {
+        let err = Config::parse("autonomy_level = \"yolo\"").unwrap_err();
+        assert!(err.contains("autonomy_level"), "{err}");
+        for accepted in ["observe", "suggest", "auto-safe", "auto-full"] {
+            assert!(err.contains(accepted), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (text, key) in [
+            ("check_interval = 0", "check_interval"),
+            ("check_interval = -5", "check_interval"),
+            ("[detect]\ndisk_full_percent = 150", "detect.disk_full_percent"),
+            ("[ollama]\nurl = \"localhost:11434\"", "ollama.url"),
+            ("protected_units = [\"ssh; reboot\"]", "protected_units"),
+            ("state_dir = \"relative/dir\"", "state_dir"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! One cycle of the pipeline: observe -> detect -> decide -> gate -> act ->
+//! record. The daemon runs it on a timer; `macha-check` runs it once.
+//!
+//! Ordering rule: a decision, with the gate's verdict on each action, is
+//! written to the audit trail before anything is carried out, so nothing is
+//! ever done that was not recorded first.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::act;
+use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction};
+use crate::config::{AutonomyLevel, Config};
+use crate::decide::ollama::OllamaClient;
+use crate::decide::prompt::Prompts;
+use crate::decide::{self, Outcome, ProposedAction};
+use crate::detect::{detect, Incident};
+use crate::gate::{gate, Protected, UnitFacts, Verdict};
+use crate::observe::systemd::Systemd;
+use crate::observe::Observer;
+use crate::store::{Novelty, Store};
+use crate::unit::UnitName;
+
+const CURSOR_FILE: &str = "journal.cursor";
+
+/// What one cycle saw and did, for `macha-check` and the daemon's log.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleReport {
+    pub started_at: DateTime<Utc>,
+    pub host: String,
+    pub autonomy_level: AutonomyLevel,
+    /// Sources that could not be read, with the reason.
+    pub failed_sources: Vec<FailedSource>,
+    pub incidents: Vec<IncidentReport>,
+    /// Incidents seen before and gone now.
+    pub resolved: Vec<String>,
+    pub wall_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedSource {
+    pub source: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncidentReport {
+    pub fingerprint: String,
+    pub summary: String,
+    pub novelty: Novelty,
+    /// Absent when the incident was already decided in an earlier cycle.
+    pub decision: Option<DecisionReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionReport {
+    /// `decided` or `failed`.
+    pub outcome: String,
+    pub diagnosis: Option<String>,
+    pub error: Option<String>,
+    pub actions: Vec<ActionReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    pub action: String,
+    pub target: Option<String>,
+    /// `executed`, `failed`, `queued`, `refused` or `informed`.
+    pub result: String,
+    pub detail: String,
+    pub approval_id: Option<i64>,
+}
+
+impl CycleReport {
+    pub fn is_healthy(&self) -> bool {
+        self.incidents.is_empty()
+    }
+}
+
+/// Everything a cycle needs, kept between cycles.
+pub struct Engine {
+    config: Config,
+    observer: Observer,
+    store: Store,
+    client: OllamaClient,
+    prompts: Prompts,
+    protected: Protected,
+}
+
+/// Creates the state directory (owner-only) if it does not exist.
+pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", dir.display()))
+}
+
+impl Engine {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        ensure_state_dir(&config.state_dir)?;
+        Ok(Self {
+            observer: Observer::new(&config),
+            store: Store::open(&config.state_dir)?,
+            client: OllamaClient::new(&config.ollama),
+            prompts: Prompts::load(config.ollama.prompts_dir.as_deref())?,
+            protected: Protected::new(&config.protected_units, &config.service_unit),
+            config,
+        })
+    }
+
+    fn cursor_path(&self) -> PathBuf {
+        self.config.state_dir.join(CURSOR_FILE)
+    }
+
+    pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let cursor = std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+        let snap = self.observer.observe(cursor.as_deref()).await;
+        let failed_sources: Vec<FailedSource> = snap
+            .failed_sources()
+            .into_iter()
+            .map(|(source, error)| FailedSource { source: source.into(), error: error.into() })
+            .collect();
+        for f in &failed_sources {
+            tracing::warn!(source = %f.source, error = %f.error, "source could not be read");
+        }
+        let incidents = detect(&snap, &self.config.detect);
+        let (novelty, resolved) = self.store.sync_incidents(&incidents, &snap)?;
+        for fp in &resolved {
+            tracing::info!(incident = %fp, "incident resolved");
+        }
+        let mut reports = Vec::with_capacity(incidents.len());
+        for (incident, novelty) in incidents.iter().zip(novelty) {
+            let decision = if novelty == Novelty::Known {
+                None
+            } else {
+                tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
+                let outcome = decide::decide(&self.client, &self.prompts, incident, &snap).await;
+                Some(self.handle(incident, &snap.hostname, &outcome).await?)
+            };
+            reports.push(IncidentReport {
+                fingerprint: incident.fingerprint.clone(),
+                summary: incident.summary.clone(),
+                novelty,
+                decision,
+            });
+        }
+        if let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) {
+            write_atomically(&self.cursor_path(), c)?;
+        }
+        let report = CycleReport {
+            started_at,
+            host: snap.hostname.clone(),
+            autonomy_level: self.config.autonomy_level,
+            failed_sources,
+            incidents: reports,
+            resolved,
+            wall_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(incidents = report.incidents.len(), resolved = report.resolved.len(), wall_ms = report.wall_ms, "cycle done");
+        Ok(report)
+    }
+
+    /// Gates, records, and carries out (or queues) what the model proposed.
+    async fn handle(&mut self, incident: &Incident, host: &str, outcome: &Outcome) -> anyhow::Result<DecisionReport> {
+        let proposed: &[ProposedAction] = match outcome {
+            Outcome::Decided { decision, .. } => &decision.actions,
+            Outcome::Failed { error, .. } => {
+                tracing::warn!(incident = %incident.fingerprint, %error, "decision failed; the incident stays open");
+                &[]
+            }
+        };
+        let mut verdicts = Vec::with_capacity(proposed.len());
+        for p in proposed {
+            let facts = match p.unit.as_deref() {
+                Some(raw) if p.kind.needs_unit() => self.facts(raw).await,
+                _ => UnitFacts::Missing,
+            };
+            verdicts.push(gate(self.config.autonomy_level, p, &facts, &self.protected));
+        }
+        let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
+        let record = DecisionRecord::new(host, incident, self.client.model(), outcome, gated);
+        audit::append(&self.config.state_dir, audit::DECISIONS, &record)?;
+        self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
+
+        let diagnosis = match outcome {
+            Outcome::Decided { decision, .. } => Some(decision.diagnosis.clone()),
+            Outcome::Failed { .. } => None,
+        };
+        let mut actions = Vec::with_capacity(proposed.len());
+        for (p, verdict) in proposed.iter().zip(verdicts) {
+            let mut rec = ActionRecord {
+                time: Utc::now(),
+                host: host.into(),
+                incident: incident.fingerprint.clone(),
+                action: p.kind.as_str().into(),
+                target: p.unit.clone(),
+                origin: "automatic".into(),
+                approval_id: None,
+                by: None,
+                outcome: String::new(),
+                detail: String::new(),
+                before: None,
+                after: None,
+            };
+            let (result, detail, approval_id) = match verdict {
+                Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
+                Verdict::Refuse { reason } => ("refused".to_string(), reason, None),
+                Verdict::Queue { action } => {
+                    let (id, new) =
+                        self.store.enqueue(&incident.fingerprint, &action, &p.reason, diagnosis.as_deref().unwrap_or_default())?;
+                    let detail = if new {
+                        format!("queued for approval: run `macha-approve approve {id}`")
+                    } else {
+                        format!("already waiting for approval as {id}")
+                    };
+                    ("queued".to_string(), detail, Some(id))
+                }
+                Verdict::Execute { action } => {
+                    let report = match self.observer.systemd().await {
+                        Ok(systemd) => act::execute(systemd, &action, &self.config.act).await,
+                        Err(e) => act::Report { succeeded: false, detail: e.to_string(), before: None, after: None },
+                    };
+                    rec.before = report.before;
+                    rec.after = report.after;
+                    let result = if report.succeeded { "executed" } else { "failed" };
+                    tracing::info!(%action, result, detail = %report.detail, "action carried out");
+                    (result.to_string(), report.detail, None)
+                }
+            };
+            if result != "informed" {
+                rec.outcome = match result.as_str() {
+                    "executed" => "succeeded".into(),
+                    other => other.into(),
+                };
+                rec.detail = detail.clone();
+                rec.approval_id = approval_id;
+                audit::append(&self.config.state_dir, audit::ACTIONS, &rec)?;
+            }
+            actions.push(ActionReport { action: p.kind.as_str().into(), target: p.unit.clone(), result, detail, approval_id });
+        }
+        let (outcome_name, error) = match outcome {
+            Outcome::Decided { .. } => ("decided", None),
+            Outcome::Failed { error, .. } => ("failed", Some(error.clone())),
+        };
+        Ok(DecisionReport { outcome: outcome_name.into(), diagnosis, error, actions })
+    }
+
+    async fn facts(&mut self, raw: &str) -> UnitFacts {
+        let Ok(name) = UnitName::parse(raw) else {
+            // The gate refuses it on the name alone.
+            return UnitFacts::Missing;
+        };
+        match self.observer.systemd().await {
+            Ok(s) => unit_facts(s, &name).await,
+            Err(e) => UnitFacts::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// Asks systemd what the gate needs to know about `name`.
+pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
+    match systemd.unit_state(name).await {
+        Ok(Some(s)) => UnitFacts::Exists { id: s.id, names: s.names, refuse_manual_stop: s.refuse_manual_stop },
+        Ok(None) => UnitFacts::Missing,
+        Err(e) => UnitFacts::Unknown(e.to_string()),
+    }
+}
+
+/// Replaces a small state file so that a crash leaves the old or the new
+/// content, never a mix.
+fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,81 @@
+//! Stage 3, decide: ask the model what to do about one incident, and accept
+//! only an answer that parses and validates into a `Decision`.
+//!
+//! An invalid answer is retried once with the reason; a second invalid
+//! answer, an HTTP error or a timeout is a failed decision. A failed decision
+//! is never read as "healthy": the incident stays open and is asked again.
+
+pub mod decision;
+pub mod ollama;
+pub mod prompt;
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use self::decision::{ActionKind, Decision, ProposedAction, Severity};
+use self::ollama::{Message, OllamaClient};
+use self::prompt::Prompts;
+use crate::detect::Incident;
+use crate::observe::Snapshot;
+
+/// What came of asking the model about one incident.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Decided {
+        decision: Decision,
+        attempts: u32,
+        prompt_tokens: u64,
+        answer_tokens: u64,
+        wall_ms: u64,
+    },
+    Failed {
+        error: String,
+        attempts: u32,
+        /// The last answer text, when there was one, for the audit trail.
+        last_answer: Option<String>,
+        wall_ms: u64,
+    },
+}
+
+/// Tries per incident: the first answer and one retry.
+const ATTEMPTS: u32 = 2;
+
+pub async fn decide(client: &OllamaClient, prompts: &Prompts, incident: &Incident, snap: &Snapshot) -> Outcome {
+    let started = Instant::now();
+    let (system, user) = prompts.render(incident, snap);
+    let mut messages = vec![Message::system(system), Message::user(user)];
+    let format = Decision::json_schema();
+    let (mut prompt_tokens, mut answer_tokens) = (0, 0);
+    let mut last_answer = None;
+    let mut error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let reply = match client.chat(&messages, &format).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Failed { error: e.to_string(), attempts: attempt, last_answer, wall_ms: ms(started) };
+            }
+        };
+        prompt_tokens += reply.prompt_tokens;
+        answer_tokens += reply.answer_tokens;
+        match Decision::parse(&reply.content) {
+            Ok(decision) => {
+                return Outcome::Decided { decision, attempts: attempt, prompt_tokens, answer_tokens, wall_ms: ms(started) };
+            }
+            Err(invalid) => {
+                error = format!("invalid answer from the model: {invalid}");
+                messages.push(Message::assistant(reply.content.clone()));
+                messages.push(Message::user(format!(
+                    "That answer was rejected: {invalid}. Answer again with one JSON object that matches the schema."
+                )));
+                last_answer = Some(reply.content);
+            }
+        }
+    }
+    Outcome::Failed { error, attempts: ATTEMPTS, last_answer, wall_ms: ms(started) }
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}

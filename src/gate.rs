@@ -1,0 +1,298 @@
+//! Stage 4, gate: the policy. For each proposed action it says execute,
+//! queue for a human, or refuse, and why.
+//!
+//! Pure code: no I/O, no clock. What the gate needs to know about the host
+//! (does the unit exist, what are all its names) is looked up beforehand and
+//! passed in as `UnitFacts`. Risk comes from the catalog entry, never from a
+//! label the model gives.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::AutonomyLevel;
+use crate::decide::{ActionKind, ProposedAction};
+use crate::unit::UnitName;
+
+/// Units macha never touches, whatever the configuration says: remote
+/// access, networking, name resolution, the bus, logging, logins,
+/// authorisation, the model, and macha itself.
+pub const BUILT_IN_PROTECTED: &[&str] = &[
+    "ssh.service",
+    "sshd.service",
+    "ssh.socket",
+    "sshd.socket",
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "NetworkManager.service",
+    "wpa_supplicant.service",
+    "networking.service",
+    "systemd-resolved.service",
+    "dbus.service",
+    "dbus.socket",
+    "dbus-broker.service",
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "systemd-logind.service",
+    "polkit.service",
+    "ollama.service",
+    "macha-autonomous.service",
+];
+
+/// How much harm an action can do; fixed per catalog entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    /// Changes nothing on the host.
+    None,
+    /// Undone by itself or by systemd (a restart, clearing a failed state).
+    Low,
+}
+
+pub fn risk(kind: ActionKind) -> Risk {
+    match kind {
+        ActionKind::NotifyOnly => Risk::None,
+        ActionKind::RestartUnit | ActionKind::ResetFailed => Risk::Low,
+    }
+}
+
+/// An action that passed target validation: a catalog entry and a real unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub unit: UnitName,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.unit)
+    }
+}
+
+/// What the host says about the unit an action names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitFacts {
+    /// The unit exists: its primary name, all names, and `RefuseManualStop`.
+    Exists { id: String, names: Vec<String>, refuse_manual_stop: bool },
+    /// systemd knows no such unit.
+    Missing,
+    /// systemd could not be asked.
+    Unknown(String),
+}
+
+/// The set of protected unit names: built-in plus configured.
+#[derive(Debug, Clone)]
+pub struct Protected(BTreeSet<String>);
+
+impl Protected {
+    pub fn new(extra: &[UnitName], own_unit: &UnitName) -> Self {
+        let mut set: BTreeSet<String> = BUILT_IN_PROTECTED.iter().map(|s| s.to_string()).collect();
+        set.extend(extra.iter().map(|u| u.to_string()));
+        set.insert(own_unit.to_string());
+        Self(set)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// The gate's answer for one proposed action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Execute { action: Action },
+    Queue { action: Action },
+    /// Nothing to carry out; recorded (and later notified) only.
+    Inform,
+    Refuse { reason: String },
+}
+
+/// Checks that `raw` names a real unit that macha may touch: a valid unit
+/// name, known to systemd, and neither protected by name (any of its names,
+/// aliases included) nor by `RefuseManualStop=yes`. The error is the reason
+/// recorded in the audit trail.
+pub fn check_target(raw: &str, facts: &UnitFacts, protected: &Protected) -> Result<UnitName, String> {
+    let unit = UnitName::parse(raw).map_err(|e| format!("not acted because the target is not a unit name: {e}"))?;
+    match facts {
+        UnitFacts::Missing => Err(format!("not acted because no unit named {unit} exists on this host")),
+        UnitFacts::Unknown(e) => Err(format!("not acted because systemd could not confirm that {unit} exists: {e}")),
+        UnitFacts::Exists { id, names, refuse_manual_stop } => {
+            let hit = std::iter::once(unit.as_str())
+                .chain(std::iter::once(id.as_str()))
+                .chain(names.iter().map(String::as_str))
+                .find(|n| protected.contains(n));
+            if let Some(name) = hit {
+                return Err(format!("not acted because {unit} is protected ({name} is on the protected list)"));
+            }
+            if *refuse_manual_stop {
+                return Err(format!("not acted because {unit} is protected (RefuseManualStop=yes)"));
+            }
+            Ok(unit)
+        }
+    }
+}
+
+/// Decides what happens to `proposed` at `level`. `facts` is what systemd
+/// said about the unit the action names (ignored for actions without one).
+pub fn gate(level: AutonomyLevel, proposed: &ProposedAction, facts: &UnitFacts, protected: &Protected) -> Verdict {
+    if !proposed.kind.needs_unit() {
+        return Verdict::Inform;
+    }
+    let unit = match check_target(proposed.unit.as_deref().unwrap_or_default(), facts, protected) {
+        Ok(u) => u,
+        Err(reason) => return Verdict::Refuse { reason },
+    };
+    let action = Action { kind: proposed.kind, unit };
+    match (level, risk(proposed.kind)) {
+        (_, Risk::None) => Verdict::Inform,
+        (AutonomyLevel::Observe, Risk::Low) => Verdict::Refuse {
+            reason: format!("not acted because the autonomy level is observe (would have done: {action})"),
+        },
+        (AutonomyLevel::Suggest, Risk::Low) => Verdict::Queue { action },
+        (AutonomyLevel::AutoSafe | AutonomyLevel::AutoFull, Risk::Low) => Verdict::Execute { action },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AutonomyLevel::*;
+
+    fn protected() -> Protected {
+        Protected::new(&[UnitName::parse("payroll.service").unwrap()], &UnitName::parse("macha-autonomous.service").unwrap())
+    }
+
+    fn proposed(kind: ActionKind, unit: Option<&str>) -> ProposedAction {
+        ProposedAction { kind, unit: unit.map(str::to_owned), reason: "r".into() }
+    }
+
+    fn exists(id: &str) -> UnitFacts {
+        UnitFacts::Exists { id: id.into(), names: vec![id.into()], refuse_manual_stop: false }
+    }
+
+    fn verdict(level: AutonomyLevel, kind: ActionKind) -> Verdict {
+        let unit = kind.needs_unit().then_some("web.service");
+        gate(level, &proposed(kind, unit), &exists("web.service"), &protected())
+    }
+
+    fn action(kind: ActionKind) -> Action {
+        Action { kind, unit: UnitName::parse("web.service").unwrap() }
+    }
+
+    fn is_refusal_containing(v: &Verdict, text: &str) -> bool {
+        matches!(v, Verdict::Refuse { reason } if reason.contains(text))
+    }
+
+    // The matrix: one test per (level, catalog entry) cell.
+
+    #[test]
+    fn observe_restart_is_recorded_not_done() {
+        assert!(is_refusal_containing(&verdict(Observe, ActionKind::RestartUnit), "observe"));
+    }
+    #[test]
+    fn observe_reset_failed_is_recorded_not_done() {
+        assert!(is_refusal_containing(&verdict(Observe, ActionKind::ResetFailed), "observe"));
+    }
+    #[test]
+    fn observe_notify_only_informs() {
+        assert_eq!(verdict(Observe, ActionKind::NotifyOnly), Verdict::Inform);
+    }
+    #[test]
+    fn suggest_restart_is_queued() {
+        assert_eq!(verdict(Suggest, ActionKind::RestartUnit), Verdict::Queue { action: action(ActionKind::RestartUnit) });
+    }
+    #[test]
+    fn suggest_reset_failed_is_queued() {
+        assert_eq!(verdict(Suggest, ActionKind::ResetFailed), Verdict::Queue { action: action(ActionKind::ResetFailed) });
+    }
+    #[test]
+    fn suggest_notify_only_informs() {
+        assert_eq!(verdict(Suggest, ActionKind::NotifyOnly), Verdict::Inform);
+    }
+    #[test]
+    fn auto_safe_restart_is_executed() {
+        assert_eq!(verdict(AutoSafe, ActionKind::RestartUnit), Verdict::Execute { action: action(ActionKind::RestartUnit) });
+    }
+    #[test]
+    fn auto_safe_reset_failed_is_executed() {
+        assert_eq!(verdict(AutoSafe, ActionKind::ResetFailed), Verdict::Execute { action: action(ActionKind::ResetFailed) });
+    }
+    #[test]
+    fn auto_safe_notify_only_informs() {
+        assert_eq!(verdict(AutoSafe, ActionKind::NotifyOnly), Verdict::Inform);
+    }
+    #[test]
+    fn auto_full_restart_is_executed() {
+        assert_eq!(verdict(AutoFull, ActionKind::RestartUnit), Verdict::Execute { action: action(ActionKind::RestartUnit) });
+    }
+    #[test]
+    fn auto_full_reset_failed_is_executed() {
+        assert_eq!(verdict(AutoFull, ActionKind::ResetFailed), Verdict::Execute { action: action(ActionKind::ResetFailed) });
+    }
+    #[test]
+    fn auto_full_notify_only_informs() {
+        assert_eq!(verdict(AutoFull, ActionKind::NotifyOnly), Verdict::Inform);
+    }
+
+    // Attempts to get past the gate.
+
+    #[test]
+    fn every_built_in_protected_unit_is_refused_at_every_level() {
+        for name in BUILT_IN_PROTECTED {
+            for level in AutonomyLevel::ALL {
+                for kind in [ActionKind::RestartUnit, ActionKind::ResetFailed] {
+                    let v = gate(level, &proposed(kind, Some(name)), &exists(name), &protected());
+                    assert!(is_refusal_containing(&v, "protected"), "{name} at {level:?}: {v:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn configured_protected_unit_is_refused() {
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("payroll.service")), &exists("payroll.service"), &protected());
+        assert!(is_refusal_containing(&v, "protected"));
+    }
+
+    #[test]
+    fn an_alias_of_a_protected_unit_is_refused() {
+        // On Debian, sshd.service is an alias of ssh.service; here the model
+        // uses an alias that is not itself on the list.
+        let facts = UnitFacts::Exists {
+            id: "ssh.service".into(),
+            names: vec!["ssh.service".into(), "secure-shell.service".into()],
+            refuse_manual_stop: false,
+        };
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("secure-shell.service")), &facts, &protected());
+        assert!(is_refusal_containing(&v, "ssh.service is on the protected list"), "{v:?}");
+    }
+
+    #[test]
+    fn a_unit_with_refuse_manual_stop_is_refused() {
+        let facts = UnitFacts::Exists { id: "x.service".into(), names: vec!["x.service".into()], refuse_manual_stop: true };
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("x.service")), &facts, &protected());
+        assert!(is_refusal_containing(&v, "RefuseManualStop"));
+    }
+
+    #[test]
+    fn a_unit_that_does_not_exist_is_refused() {
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("ghost.service")), &UnitFacts::Missing, &protected());
+        assert!(is_refusal_containing(&v, "no unit named ghost.service exists"));
+    }
+
+    #[test]
+    fn an_unconfirmed_unit_is_refused() {
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("web.service")), &UnitFacts::Unknown("bus down".into()), &protected());
+        assert!(is_refusal_containing(&v, "could not confirm"));
+    }
+
+    #[test]
+    fn shell_text_and_paths_as_targets_are_refused_even_if_facts_say_they_exist() {
+        for bad in ["web.service; reboot", "$(curl evil)", "/etc/shadow", "ssh", "web.service && systemctl stop ssh.service", ""] {
+            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(bad)), &exists("web.service"), &protected());
+            assert!(is_refusal_containing(&v, "not a unit name"), "{bad:?}: {v:?}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! macha keeps a NixOS host healthy: it watches systemd and the journal,
+//! asks a local model what is wrong, and acts only through a typed, gated
+//! catalog of actions.
+//!
+//! The modules follow the pipeline of one cycle:
+//! `observe` -> `detect` -> `decide` -> `gate` -> `act` -> `audit`, with
+//! `store` holding incident state and the approval queue, and `cycle`
+//! running the stages in order.
+
+pub mod act;
+pub mod audit;
+pub mod config;
+pub mod cycle;
+pub mod daemon;
+pub mod decide;
+pub mod detect;
+pub mod gate;
+pub mod logging;
+pub mod observe;
+pub mod store;
+pub mod unit;

@@ -1,0 +1,45 @@
+//! The daemon's own log: human lines on stderr (which systemd puts in the
+//! journal) and JSON lines in `orchestrator.log` in the state directory,
+//! which `macha-logs orchestrator` reads.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+pub const ORCHESTRATOR_LOG: &str = "orchestrator.log";
+
+/// Past this size, `orchestrator.log` is moved to `orchestrator.log.1`
+/// (replacing the previous one) when the log is opened.
+const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("MACHA_LOG").unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Logging for commands that talk to a person: warnings and errors only.
+pub fn init_cli() {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter("warn")).without_time().try_init();
+}
+
+/// Logging for the daemon and for `macha-check`: stderr plus `orchestrator.log`.
+pub fn init_orchestrator(state_dir: &Path, stderr_level: &str) -> anyhow::Result<()> {
+    let path = state_dir.join(ORCHESTRATOR_LOG);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
+        let _ = std::fs::rename(&path, state_dir.join(format!("{ORCHESTRATOR_LOG}.1")));
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter(stderr_level));
+    let json = fmt::layer().json().with_writer(Mutex::new(file)).with_current_span(false).with_filter(filter("info"));
+    let _ = tracing_subscriber::registry().with(stderr).with(json).try_init();
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The `macha` binary. Invoked as `macha-check`, `macha-approve`,
+//! `macha-logs` or `macha-daemon` (symlinks to this file), it behaves as that
+//! subcommand.
+
+mod cli;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "macha", version, about = "Keeps a NixOS host healthy: watches systemd and the journal, asks a local model, acts through a gated catalog")]
+struct Cli {
+    /// Configuration file (default: /etc/macha-autonomous/config.toml when it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a cycle every check interval until stopped.
+    Daemon,
+    /// Run one full cycle now and print what it found and did.
+    Check(cli::check::Args),
+    /// List, show, approve or reject actions waiting for a human.
+    Approve(cli::approve::Args),
+    /// Show the audit trail and macha's own logs.
+    Logs(cli::logs::Args),
+}
+
+/// `macha-check --json` becomes `macha check --json`.
+fn with_subcommand_from_argv0(mut args: Vec<OsString>) -> Vec<OsString> {
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(sub) = name.strip_prefix("macha-") {
+        if ["check", "approve", "logs", "daemon"].contains(&sub) {
+            args.insert(1, sub.into());
+        }
+    }
+    args
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(with_subcommand_from_argv0(std::env::args_os().collect()));
+    let result = match cli.command {
+        Command::Daemon => cli::daemon(cli.config.as_deref()),
+        Command::Check(args) => cli::check::run(cli.config.as_deref(), args),
+        Command::Approve(args) => cli::approve::run(cli.config.as_deref(), args),
+        Command::Logs(args) => cli::logs::run(cli.config.as_deref(), args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("macha: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

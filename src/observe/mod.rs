@@ -1,0 +1,143 @@
+//! Stage 1, observe: a typed `Snapshot` of the host from systemd, the journal
+//! and the kernel's counters.
+//!
+//! Each source is read on its own; one that fails is reported as failed in
+//! the snapshot and the others still count, so a broken journal never hides
+//! a failed unit.
+
+pub mod host;
+pub mod journal;
+pub mod systemd;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use self::host::{HostProbe, HostStats};
+use self::journal::{Entry, ErrorScan};
+use self::systemd::{Systemd, UnitState};
+use crate::config::Config;
+
+/// Err-or-worse entries kept in a snapshot as evidence for the model.
+const KEPT_ERROR_ENTRIES: usize = 50;
+
+/// A source's reading, or why it could not be read.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source<T> {
+    Ok(T),
+    Failed(String),
+}
+
+impl<T> Source<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Source::Ok(v) => Some(v),
+            Source::Failed(_) => None,
+        }
+    }
+
+    fn from_result<E: std::fmt::Display>(r: Result<T, E>) -> Self {
+        r.map_or_else(|e| Source::Failed(e.to_string()), Source::Ok)
+    }
+}
+
+/// Everything one pass saw.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Snapshot {
+    pub taken_at: DateTime<Utc>,
+    pub hostname: String,
+    /// Units whose `ActiveState` is `failed`.
+    pub failed_units: Source<Vec<UnitState>>,
+    /// Err-or-worse journal entries since the previous pass.
+    pub journal: Source<ErrorScan>,
+    /// The last journal lines of each failed unit.
+    pub unit_logs: BTreeMap<String, Source<Vec<Entry>>>,
+    pub host: Source<HostStats>,
+}
+
+impl Snapshot {
+    /// Names of the sources that could not be read, with the reason.
+    pub fn failed_sources(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        if let Source::Failed(e) = &self.failed_units {
+            out.push(("systemd", e.as_str()));
+        }
+        if let Source::Failed(e) = &self.journal {
+            out.push(("journal", e.as_str()));
+        }
+        if let Source::Failed(e) = &self.host {
+            out.push(("host", e.as_str()));
+        }
+        out
+    }
+}
+
+/// Holds what must live between passes: the D-Bus connection and the
+/// sysinfo state for CPU deltas.
+pub struct Observer {
+    dbus_address: Option<String>,
+    journal_dir: Option<PathBuf>,
+    unit_log_lines: usize,
+    lookback: Duration,
+    systemd: Option<Systemd>,
+    host: HostProbe,
+}
+
+impl Observer {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            dbus_address: config.dbus_address.clone(),
+            journal_dir: config.journal_dir.clone(),
+            unit_log_lines: config.detect.unit_log_lines,
+            lookback: config.check_interval(),
+            systemd: None,
+            host: HostProbe::default(),
+        }
+    }
+
+    /// The systemd connection, made (again) if needed.
+    pub async fn systemd(&mut self) -> Result<&Systemd, systemd::SystemdError> {
+        if self.systemd.is_none() {
+            self.systemd = Some(Systemd::connect(self.dbus_address.as_deref()).await?);
+        }
+        Ok(self.systemd.as_ref().expect("connected above"))
+    }
+
+    /// Takes a snapshot; `cursor` is where the previous pass stopped reading
+    /// the journal.
+    pub async fn observe(&mut self, cursor: Option<&str>) -> Snapshot {
+        let failed_units = match self.systemd().await {
+            Ok(s) => s.failed_units().await,
+            Err(e) => Err(e),
+        };
+        if failed_units.is_err() {
+            // A broken connection is remade on the next pass.
+            self.systemd = None;
+        }
+        let failed_units = Source::from_result(failed_units);
+        let dir = self.journal_dir.as_deref();
+        let journal = Source::from_result(journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES));
+        let unit_logs = failed_units
+            .ok()
+            .into_iter()
+            .flatten()
+            .map(|u| (u.id.clone(), Source::from_result(journal::unit_tail(dir, &u.id, self.unit_log_lines))))
+            .collect();
+        Snapshot {
+            taken_at: Utc::now(),
+            hostname: hostname(),
+            failed_units,
+            journal,
+            unit_logs,
+            host: Source::from_result(self.host.sample()),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,274 @@
+//! systemd over D-Bus (zbus), with proxies written here for exactly the
+//! methods, properties and signals macha uses.
+//!
+//! The same connection serves three stages: observe (failed units and their
+//! state), gate (does a named unit exist, what are all its names) and act
+//! (restart, reset). Nothing here decides anything.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::OwnedObjectPath;
+use zbus::Connection;
+
+use crate::unit::UnitName;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    #[allow(clippy::type_complexity)]
+    fn list_units_filtered(
+        &self,
+        states: &[&str],
+    ) -> zbus::Result<Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
+trait Unit {
+    #[zbus(property)]
+    fn id(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn names(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn description(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "InvocationID")]
+    fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
+    #[zbus(property)]
+    fn inactive_enter_timestamp(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn refuse_manual_stop(&self) -> zbus::Result<bool>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
+trait Service {
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+}
+
+/// The state of one unit as systemd reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UnitState {
+    /// The unit's primary name (`Id`); an alias given by the caller resolves to it.
+    pub id: String,
+    /// Every name of the unit, aliases included.
+    pub names: Vec<String>,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    /// `Result` of the unit's type-specific interface (`exit-code`, `signal`, ...).
+    pub result: Option<String>,
+    pub n_restarts: Option<u32>,
+    pub exec_main_status: Option<i32>,
+    pub inactive_enter_timestamp: Option<DateTime<Utc>>,
+    pub invocation_id: String,
+    pub refuse_manual_stop: bool,
+}
+
+impl UnitState {
+    pub fn is_failed(&self) -> bool {
+        self.active_state == "failed"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot connect to D-Bus at {address}: {source}")]
+    Connect { address: String, source: zbus::Error },
+    #[error("systemd D-Bus call {call} failed: {source}")]
+    Call { call: String, source: zbus::Error },
+    #[error("systemd did not finish the {verb} job for {unit} within {secs} s")]
+    JobTimeout { verb: &'static str, unit: String, secs: u64 },
+}
+
+fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
+    let call = call.into();
+    move |source| SystemdError::Call { call, source }
+}
+
+/// The outcome of a systemd job, as reported by its `JobRemoved` signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobResult(pub String);
+
+impl JobResult {
+    pub fn is_done(&self) -> bool {
+        self.0 == "done"
+    }
+}
+
+/// A connection to one systemd manager.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: Connection,
+    address: String,
+}
+
+impl Systemd {
+    /// Connects to `address`, or to the system bus when it is `None`.
+    pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
+        let shown = address.unwrap_or("the system bus").to_owned();
+        let connect_err = |source| SystemdError::Connect { address: shown.clone(), source };
+        let conn = match address {
+            Some(a) => zbus::connection::Builder::address(a).map_err(connect_err)?.build().await,
+            None => Connection::system().await,
+        }
+        .map_err(connect_err)?;
+        Ok(Self { conn, address: shown })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
+        ManagerProxy::new(&self.conn).await.map_err(call_err("Manager proxy"))
+    }
+
+    /// Every unit whose `ActiveState` is `failed`, with its state.
+    pub async fn failed_units(&self) -> Result<Vec<UnitState>, SystemdError> {
+        let listed = self.manager().await?.list_units_filtered(&["failed"]).await.map_err(call_err("ListUnitsFiltered"))?;
+        let mut states = Vec::with_capacity(listed.len());
+        for (name, .., path, _, _, _) in listed {
+            states.push(self.read_state(&name, path).await?);
+        }
+        Ok(states)
+    }
+
+    /// The state of `unit`, or `None` when systemd has no such unit.
+    pub async fn unit_state(&self, unit: &UnitName) -> Result<Option<UnitState>, SystemdError> {
+        let manager = self.manager().await?;
+        let path = match manager.get_unit(unit.as_str()).await {
+            Ok(p) => p,
+            Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => {
+                manager.load_unit(unit.as_str()).await.map_err(call_err(format!("LoadUnit({unit})")))?
+            }
+            Err(e) => return Err(call_err(format!("GetUnit({unit})"))(e)),
+        };
+        let state = self.read_state(unit.as_str(), path).await?;
+        Ok((state.load_state != "not-found").then_some(state))
+    }
+
+    async fn read_state(&self, name: &str, path: OwnedObjectPath) -> Result<UnitState, SystemdError> {
+        let err = |what: &str| call_err(format!("read {what} of {name}"));
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(err("path"))?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("Unit proxy"))?;
+        let id = unit.id().await.map_err(err("Id"))?;
+        let (mut result, mut n_restarts, mut exec_main_status) = (None, None, None);
+        if id.ends_with(".service") {
+            let service = ServiceProxy::builder(&self.conn)
+                .path(path)
+                .map_err(err("path"))?
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+                .map_err(err("Service proxy"))?;
+            result = Some(service.result().await.map_err(err("Result"))?);
+            n_restarts = Some(service.n_restarts().await.map_err(err("NRestarts"))?);
+            exec_main_status = Some(service.exec_main_status().await.map_err(err("ExecMainStatus"))?);
+        } else if let Some(iface) = result_interface(&id) {
+            let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+                .destination("org.freedesktop.systemd1")
+                .map_err(err("destination"))?
+                .path(path)
+                .map_err(err("path"))?
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+                .map_err(err("Properties proxy"))?;
+            let iface = zbus::names::InterfaceName::try_from(iface).map_err(|e| err("interface")(e.into()))?;
+            if let Ok(value) = props.get(iface, "Result").await {
+                result = String::try_from(value).ok();
+            }
+        }
+        let usec = unit.inactive_enter_timestamp().await.map_err(err("InactiveEnterTimestamp"))?;
+        Ok(UnitState {
+            names: unit.names().await.map_err(err("Names"))?,
+            description: unit.description().await.map_err(err("Description"))?,
+            load_state: unit.load_state().await.map_err(err("LoadState"))?,
+            active_state: unit.active_state().await.map_err(err("ActiveState"))?,
+            sub_state: unit.sub_state().await.map_err(err("SubState"))?,
+            result,
+            n_restarts,
+            exec_main_status,
+            inactive_enter_timestamp: (usec > 0).then(|| DateTime::from_timestamp_micros(usec as i64)).flatten(),
+            invocation_id: unit.invocation_id().await.map_err(err("InvocationID"))?.iter().map(|b| format!("{b:02x}")).collect(),
+            refuse_manual_stop: unit.refuse_manual_stop().await.map_err(err("RefuseManualStop"))?,
+            id,
+        })
+    }
+
+    /// Restarts `unit` ("replace" mode) and waits for systemd to finish the job.
+    pub async fn restart(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
+        let manager = self.manager().await?;
+        manager.subscribe().await.map_err(call_err("Subscribe"))?;
+        // Listen before asking, so the job's end cannot be missed.
+        let mut removed = manager.receive_job_removed().await.map_err(call_err("match JobRemoved"))?;
+        let job = manager.restart_unit(unit.as_str(), "replace").await.map_err(call_err(format!("RestartUnit({unit})")))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                if let Ok(args) = signal.args() {
+                    if args.job.as_str() == job.as_str() {
+                        return Some(JobResult(args.result.to_owned()));
+                    }
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => Err(call_err(format!("JobRemoved for {unit}"))(zbus::Error::Failure("signal stream ended".into()))),
+            Err(_) => Err(SystemdError::JobTimeout { verb: "restart", unit: unit.to_string(), secs: timeout.as_secs() }),
+        }
+    }
+
+    /// Clears the failed state of `unit`.
+    pub async fn reset_failed(&self, unit: &UnitName) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .reset_failed_unit(unit.as_str())
+            .await
+            .map_err(call_err(format!("ResetFailedUnit({unit})")))
+    }
+}
+
+/// The type-specific interface that carries `Result` for non-service units.
+fn result_interface(id: &str) -> Option<&'static str> {
+    Some(match id.rsplit_once('.')?.1 {
+        "socket" => "org.freedesktop.systemd1.Socket",
+        "mount" => "org.freedesktop.systemd1.Mount",
+        "automount" => "org.freedesktop.systemd1.Automount",
+        "swap" => "org.freedesktop.systemd1.Swap",
+        "timer" => "org.freedesktop.systemd1.Timer",
+        "path" => "org.freedesktop.systemd1.Path",
+        "scope" => "org.freedesktop.systemd1.Scope",
+        _ => return None,
+    })
+}

@@ -1,0 +1,284 @@
+//! Incident state and the approval queue, in SQLite (WAL), so the daemon and
+//! the CLI can read and write at once without losing or repeating an item.
+//!
+//! Approval ids are SQLite `AUTOINCREMENT` keys: never reused, never a list
+//! position. Claiming an approval is one conditional `UPDATE`, so two
+//! `approve` calls for the same id execute it once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::decide::ActionKind;
+use crate::detect::{basis_of, Incident};
+use crate::gate::Action;
+use crate::observe::Snapshot;
+use crate::unit::UnitName;
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {source}")]
+pub struct StoreError {
+    path: String,
+    source: rusqlite::Error,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+/// Whether an incident needs a (new) decision this cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Novelty {
+    /// First seen now.
+    New,
+    /// Seen before, but it changed (for example the unit failed again).
+    Changed,
+    /// The previous decision failed; ask again.
+    Retry,
+    /// Already decided; nothing to ask.
+    Known,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Approval {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub incident: String,
+    pub kind: ActionKind,
+    pub unit: String,
+    pub reason: String,
+    pub diagnosis: String,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+}
+
+impl Approval {
+    pub fn action(&self) -> Result<Action, String> {
+        let unit = UnitName::parse(&self.unit).map_err(|e| e.to_string())?;
+        Ok(Action { kind: self.kind, unit })
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS incidents (
+    fingerprint TEXT PRIMARY KEY,
+    summary TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    opened_at TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    resolved_at TEXT,
+    evidence_key TEXT NOT NULL,
+    decided_key TEXT,
+    decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed'))
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL,
+    incident TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    diagnosis TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'executing', 'executed', 'failed', 'rejected', 'refused')),
+    decided_by TEXT,
+    decided_at TEXT,
+    outcome TEXT
+);
+";
+
+fn kind_from_str(s: &str) -> ActionKind {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(ActionKind::NotifyOnly)
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = state_dir.join("state.db");
+        let shown = path.display().to_string();
+        let wrap = |source| StoreError { path: shown.clone(), source };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        Ok(Self { conn, path: shown })
+    }
+
+    fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError { path: self.path.clone(), source }
+    }
+
+    /// Records this cycle's incidents and resolves the open ones that are no
+    /// longer seen (only when the source they depend on was read). Returns
+    /// each current incident with whether it needs a decision, and the
+    /// fingerprints resolved now.
+    pub fn sync_incidents(&mut self, current: &[Incident], snap: &Snapshot) -> Result<(Vec<Novelty>, Vec<String>), StoreError> {
+        let now = snap.taken_at.to_rfc3339();
+        let path = self.path.clone();
+        let wrap = move |source| StoreError { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(&wrap)?;
+        let mut novelty = Vec::with_capacity(current.len());
+        for inc in current {
+            let row: Option<(String, Option<String>, String)> = tx
+                .query_row(
+                    "SELECT status, decided_key, decision FROM incidents WHERE fingerprint = ?1",
+                    [&inc.fingerprint],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(&wrap)?;
+            let n = match &row {
+                None => Novelty::New,
+                Some((status, _, _)) if status == "resolved" => Novelty::New,
+                Some((_, _, decision)) if decision == "failed" => Novelty::Retry,
+                Some((_, decided_key, _)) if decided_key.as_deref() != Some(inc.evidence_key.as_str()) => Novelty::Changed,
+                Some(_) => Novelty::Known,
+            };
+            if n == Novelty::New {
+                tx.execute(
+                    "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, evidence_key)
+                     VALUES (?1, ?2, 'open', ?3, ?3, ?4)
+                     ON CONFLICT(fingerprint) DO UPDATE SET summary = ?2, status = 'open', opened_at = ?3,
+                       last_seen = ?3, resolved_at = NULL, evidence_key = ?4, decided_key = NULL, decision = 'none'",
+                    params![inc.fingerprint, inc.summary, now, inc.evidence_key],
+                )
+                .map_err(&wrap)?;
+            } else {
+                tx.execute(
+                    "UPDATE incidents SET summary = ?2, last_seen = ?3, evidence_key = ?4 WHERE fingerprint = ?1",
+                    params![inc.fingerprint, inc.summary, now, inc.evidence_key],
+                )
+                .map_err(&wrap)?;
+            }
+            novelty.push(n);
+        }
+        let open: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT fingerprint FROM incidents WHERE status = 'open'").map_err(&wrap)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(&wrap)?;
+            rows.collect::<Result<_, _>>().map_err(&wrap)?
+        };
+        let mut resolved = Vec::new();
+        for fp in open {
+            if !current.iter().any(|i| i.fingerprint == fp) && snap.saw(basis_of(&fp)) {
+                tx.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?2 WHERE fingerprint = ?1", params![fp, now])
+                    .map_err(&wrap)?;
+                resolved.push(fp);
+            }
+        }
+        tx.commit().map_err(&wrap)?;
+        Ok((novelty, resolved))
+    }
+
+    /// Remembers that `incident` was decided (or that deciding failed) for
+    /// its current evidence.
+    pub fn mark_decided(&self, incident: &Incident, ok: bool) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE incidents SET decided_key = ?2, decision = ?3 WHERE fingerprint = ?1",
+                params![incident.fingerprint, incident.evidence_key, if ok { "decided" } else { "failed" }],
+            )
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Queues `action`; an identical pending item is reused instead of
+    /// queued twice. Returns the item's id and whether it is new.
+    pub fn enqueue(&self, incident: &str, action: &Action, reason: &str, diagnosis: &str) -> Result<(i64, bool), StoreError> {
+        let existing: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2",
+                params![action.kind.as_str(), action.unit.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.wrap())?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+                params![Utc::now().to_rfc3339(), incident, action.kind.as_str(), action.unit.as_str(), reason, diagnosis],
+            )
+            .map_err(self.wrap())?;
+        Ok((self.conn.last_insert_rowid(), true))
+    }
+
+    fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+        let time = |s: Option<String>| s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc));
+        Ok(Approval {
+            id: r.get(0)?,
+            created_at: time(r.get(1)?).unwrap_or_default(),
+            incident: r.get(2)?,
+            kind: kind_from_str(&r.get::<_, String>(3)?),
+            unit: r.get(4)?,
+            reason: r.get(5)?,
+            diagnosis: r.get(6)?,
+            status: r.get(7)?,
+            decided_by: r.get(8)?,
+            decided_at: time(r.get(9)?),
+            outcome: r.get(10)?,
+        })
+    }
+
+    const COLUMNS: &'static str = "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, outcome";
+
+    /// Items waiting for a human, oldest first.
+    pub fn pending(&self) -> Result<Vec<Approval>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {} FROM approvals WHERE status = 'pending' ORDER BY id", Self::COLUMNS))
+            .map_err(self.wrap())?;
+        let rows = stmt.query_map([], Self::approval_from_row).map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
+    }
+
+    pub fn approval(&self, id: i64) -> Result<Option<Approval>, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT {} FROM approvals WHERE id = ?1", Self::COLUMNS), [id], Self::approval_from_row)
+            .optional()
+            .map_err(self.wrap())
+    }
+
+    /// Takes a pending item for execution. Only one caller can win: the
+    /// others get `false`.
+    pub fn claim(&self, id: i64, by: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE approvals SET status = 'executing', decided_by = ?2, decided_at = ?3 WHERE id = ?1 AND status = 'pending'",
+                params![id, by, Utc::now().to_rfc3339()],
+            )
+            .map_err(self.wrap())?;
+        Ok(changed == 1)
+    }
+
+    /// Records how a claimed item ended: `executed`, `failed` or `refused`.
+    pub fn finish(&self, id: i64, status: &str, outcome: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE approvals SET status = ?2, outcome = ?3 WHERE id = ?1", params![id, status, outcome])
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Rejects a pending item; `false` if it was not pending.
+    pub fn reject(&self, id: i64, by: &str, reason: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE approvals SET status = 'rejected', decided_by = ?2, decided_at = ?3, outcome = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, by, Utc::now().to_rfc3339(), reason],
+            )
+            .map_err(self.wrap())?;
+        Ok(changed == 1)
+    }
+}
