@@ -3,6 +3,7 @@
 //! which `macha-logs orchestrator` reads.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,7 +24,9 @@ fn filter(default: &str) -> EnvFilter {
 
 /// Logging for commands that talk to a person: warnings and errors only.
 pub fn init_cli() {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter("warn")).without_time().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal()).with_env_filter(filter("warn")).without_time().try_init();
 }
 
 /// Logging for the daemon and for `macha-check`: stderr plus `orchestrator.log`.
@@ -38,7 +41,10 @@ pub fn init_orchestrator(state_dir: &Path, stderr_level: &str) -> anyhow::Result
         .mode(0o640)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter(stderr_level));
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false).with_filter(filter(stderr_level));
     let json = fmt::layer().json().with_writer(Mutex::new(file)).with_current_span(false).with_filter(filter("info"));
     let _ = tracing_subscriber::registry().with(stderr).with(json).try_init();
     Ok(())

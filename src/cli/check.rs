@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
-    macha::logging::init_orchestrator(&config.state_dir, "warn")?;
+    macha::logging::init_orchestrator(&config.state_dir, "error")?;
     let report = super::runtime()?.block_on(async { Engine::new(config)?.run_cycle().await })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -40,7 +40,9 @@ fn human(r: &CycleReport) -> String {
     for f in &r.failed_sources {
         let _ = writeln!(out, "  source {} could not be read: {}", f.source, f.error);
     }
-    if r.incidents.is_empty() {
+    if r.incidents.is_empty() && !r.failed_sources.is_empty() {
+        let _ = writeln!(out, "no incident in the sources that could be read; the others are unknown");
+    } else if r.incidents.is_empty() {
         let _ = writeln!(out, "healthy: no incident");
     } else {
         let n = r.incidents.len();

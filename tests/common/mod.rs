@@ -1,0 +1,163 @@
+//! Shared fixture of the integration tests: a booted container, the Ollama
+//! double, a state directory, a config file pointing macha at all three, and
+//! the `macha-*` names as symlinks to the built binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use macha_testbed::container::{BootOptions, Container};
+use macha_testbed::ollama::OllamaDouble;
+use serde_json::{json, Value};
+
+pub const MODEL: &str = "llama3.1:70b";
+pub const WEB: &str = "demo-web.service";
+
+/// A unit that fails (exit 3, with an error on stderr) until
+/// `/run/demo-web.ok` exists, then runs.
+pub const WEB_UNIT: &str = "[Unit]
+Description=demo web application (test)
+
+[Service]
+Type=simple
+ExecStart=/bin/sh -c 'if [ -e /run/demo-web.ok ]; then exec sleep infinity; fi; echo \"demo-web: cannot open /etc/demo-web.conf: No such file or directory\" >&2; exit 3'
+";
+
+pub struct Bed {
+    pub c: Container,
+    pub double: OllamaDouble,
+    pub state: tempfile::TempDir,
+    pub config: PathBuf,
+    bin: tempfile::TempDir,
+}
+
+pub fn macha_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_macha"))
+}
+
+impl Bed {
+    pub fn new(name: &str, level: &str) -> Bed {
+        Self::with_boot(BootOptions::new(name), level)
+    }
+
+    pub fn with_boot(opts: BootOptions, level: &str) -> Bed {
+        let c = Container::boot_with(opts).expect("boot the test container");
+        let double = OllamaDouble::start(&[MODEL]).expect("start the Ollama double");
+        let state = tempfile::tempdir().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        for name in ["macha", "macha-check", "macha-approve", "macha-logs"] {
+            std::os::unix::fs::symlink(macha_bin(), bin.path().join(name)).unwrap();
+        }
+        let config = state.path().join("config.toml");
+        let bed = Bed { c, double, state, config, bin };
+        bed.write_config(level, "");
+        bed
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    /// Writes the config; `extra` is appended as TOML (top-level keys only
+    /// before any table header, so it goes first).
+    pub fn write_config(&self, level: &str, extra: &str) {
+        let text = format!(
+            "{extra}
+autonomy_level = \"{level}\"
+check_interval = 1
+state_dir = \"{state}\"
+dbus_address = \"{bus}\"
+journal_dir = \"{journal}\"
+
+[ollama]
+url = \"{url}\"
+model = \"{MODEL}\"
+timeout = 2
+
+[act]
+settle_time = 1
+job_timeout = 20
+",
+            state = self.state_dir().display(),
+            bus = self.c.bus_address(),
+            journal = self.c.journal_dir().display(),
+            url = self.double.url(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Runs `prog` (`macha`, `macha-check`, ...) with the bed's config.
+    pub fn run(&self, prog: &str, args: &[&str]) -> Output {
+        let out = Command::new(self.bin.path().join(prog))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("MACHA_LOG", "info")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ {prog} {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bin.path().join(prog));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    /// `macha-check --json`: the exit code and the parsed report.
+    pub fn check(&self) -> (i32, Value) {
+        self.c.sync_journal().unwrap();
+        let out = self.run("macha-check", &["--json"]);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), report)
+    }
+
+    pub fn audit(&self, file: &str) -> Vec<Value> {
+        read_jsonl(&self.state_dir().join(file))
+    }
+
+    pub fn pending(&self) -> Vec<Value> {
+        let out = self.run("macha-approve", &["list", "--json"]);
+        assert!(out.status.success());
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+
+    /// Installs `demo-web.service`, starts it and waits until it failed.
+    pub fn failing_web(&self) {
+        self.c.install_unit(WEB, WEB_UNIT).unwrap();
+        self.c.start_unit(WEB).unwrap();
+        self.c.wait_unit_state(WEB, "failed", Duration::from_secs(20)).unwrap();
+    }
+
+    /// Lets `demo-web.service` start successfully from now on.
+    pub fn heal_web(&self) {
+        self.c.write_file("/run/demo-web.ok", "").unwrap();
+    }
+
+    pub fn prop(&self, unit: &str, prop: &str) -> String {
+        self.c.unit_property(unit, prop).unwrap()
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A decision that proposes `kind` on each of `units`.
+pub fn decision(kind: &str, units: &[&str]) -> Value {
+    let actions: Vec<Value> = units.iter().map(|u| json!({"kind": kind, "unit": u, "reason": "test proposal"})).collect();
+    json!({"diagnosis": "the unit failed", "severity": "warning", "actions": actions})
+}

@@ -1,0 +1,55 @@
+//! Source-level checks of invariants named in ARCHITECTURE.md that are
+//! about absences: things no code under `src/` may do.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn files_containing(needle: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    let mut hits: Vec<String> = files
+        .into_iter()
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains(needle))
+        .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    hits.sort();
+    hits
+}
+
+#[test]
+fn no_code_starts_a_process_or_a_shell() {
+    for needle in ["process::Command", "Command::new", "\"/bin/sh\"", "\"sh\"", "execv", "libc::system"] {
+        assert_eq!(files_containing(needle), Vec::<String>::new(), "{needle} appears in src/");
+    }
+}
+
+#[test]
+fn only_the_executor_changes_units() {
+    // The proxy declares the calls; `Systemd` wraps them; only `act` uses the wrappers.
+    assert_eq!(files_containing("restart_unit(unit"), ["src/observe/systemd.rs"]);
+    assert_eq!(files_containing("reset_failed_unit(unit"), ["src/observe/systemd.rs"]);
+    assert_eq!(files_containing(".restart(&"), ["src/act.rs"]);
+    assert_eq!(files_containing(".reset_failed(&"), ["src/act.rs"]);
+}
+
+#[test]
+fn policy_and_detection_do_no_io() {
+    for file in ["src/gate.rs", "src/detect.rs"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for needle in ["std::fs", "std::net", "tokio", "reqwest", "zbus", "rusqlite", "Utc::now", "SystemTime", "Instant"] {
+            assert!(!code.contains(needle), "{file} uses {needle}");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building and testing macha needs on a Debian machine, and
+# builds (once, cached) the container root filesystem the tests boot.
+# Sourced by tests/run.sh and tests/demo.sh; safe to run again.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "macha's tests boot a systemd container with systemd-nspawn and must run as root (try: sudo bash $0)" >&2
+    exit 2
+fi
+
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v nsenter >/dev/null || need+=(util-linux)
+pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    for c in "$HOME/.cargo/bin/cargo" /usr/local/cargo/bin/cargo; do
+        [ -x "$c" ] && export PATH="$(dirname "$c"):$PATH" && break
+    done
+fi
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again" >&2
+    exit 2
+fi
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MACHA_TESTBED_ROOTFS="$(bash "$here/testbed/build-rootfs.sh" | tail -n 1)"
+export MACHA_TESTBED_ROOTFS
