@@ -216,9 +216,9 @@ impl Engine {
                     let (id, new) =
                         self.store.enqueue(&incident.fingerprint, &action, &p.reason, diagnosis.as_deref().unwrap_or_default())?;
                     let detail = if new {
-                        format!("queued for approval: run `macha-approve approve {id}`")
+                        format!("run `macha-approve approve {id}` to carry it out")
                     } else {
-                        format!("already waiting for approval as {id}")
+                        format!("already waiting for approval as item {id}")
                     };
                     ("queued".to_string(), detail, Some(id))
                 }

@@ -66,7 +66,7 @@ fn human(r: &CycleReport) -> String {
         }
         for a in &d.actions {
             let target = a.target.as_deref().map(|t| format!(" {t}")).unwrap_or_default();
-            let _ = writeln!(out, "    {}{target}: {}: {}", a.action, a.result, a.detail);
+            let _ = writeln!(out, "    {}{target} -> {}: {}", a.action, a.result, a.detail);
         }
     }
     for fp in &r.resolved {
