@@ -59,12 +59,11 @@ impl Bed {
         self.state.path().join("state")
     }
 
-    /// Writes the config; `extra` is appended as TOML (top-level keys only
-    /// before any table header, so it goes first).
+    /// Writes the config; each line of `extra` (`key = value`, top-level
+    /// keys) replaces the bed's line for that key, or is added.
     pub fn write_config(&self, level: &str, extra: &str) {
-        let text = format!(
-            "{extra}
-autonomy_level = \"{level}\"
+        let mut text = format!(
+            "autonomy_level = \"{level}\"
 check_interval = 1
 state_dir = \"{state}\"
 dbus_address = \"{bus}\"
@@ -84,6 +83,15 @@ job_timeout = 20
             journal = self.c.journal_dir().display(),
             url = self.double.url(),
         );
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap().trim();
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            match lines.iter().position(|l| l.starts_with(&format!("{key} ="))) {
+                Some(i) => lines[i] = line.to_owned(),
+                None => lines.insert(0, line.to_owned()),
+            }
+            text = lines.join("\n") + "\n";
+        }
         std::fs::write(&self.config, text).unwrap();
     }
 
