@@ -63,7 +63,8 @@ pub fn still_applies(action: &Action, state: Option<&UnitState>) -> Result<(), S
 pub async fn execute(systemd: &Systemd, action: &Action, cfg: &ActConfig) -> Report {
     let before = systemd.unit_state(&action.unit).await.ok().flatten();
     let before_brief = before.as_ref().map(Brief::from);
-    let failed = |detail: String, after: Option<Brief>| Report { succeeded: false, detail, before: before_brief.clone(), after };
+    let failed =
+        |detail: String, after: Option<Brief>| Report { succeeded: false, detail, before: before_brief.clone(), after };
     match action.kind {
         ActionKind::RestartUnit => {
             let job = match systemd.restart(&action.unit, Duration::from_secs(cfg.job_timeout)).await {
@@ -76,11 +77,18 @@ pub async fn execute(systemd: &Systemd, action: &Action, cfg: &ActConfig) -> Rep
                 return failed(format!("{} disappeared after the restart", action.unit), None);
             };
             if !job.is_done() {
-                return failed(format!("systemd's restart job for {} ended with {:?}", action.unit, job.0), after_brief);
+                return failed(
+                    format!("systemd's restart job for {} ended with {:?}", action.unit, job.0),
+                    after_brief,
+                );
             }
             if seen_failed || after.is_failed() {
                 return failed(
-                    format!("{} failed again after the restart ({})", action.unit, after.result.as_deref().unwrap_or("unknown")),
+                    format!(
+                        "{} failed again after the restart ({})",
+                        action.unit,
+                        after.result.as_deref().unwrap_or("unknown")
+                    ),
                     after_brief,
                 );
             }
@@ -101,7 +109,9 @@ pub async fn execute(systemd: &Systemd, action: &Action, cfg: &ActConfig) -> Rep
             let after = systemd.unit_state(&action.unit).await.ok().flatten();
             let after_brief = after.as_ref().map(Brief::from);
             match after {
-                Some(a) if a.is_failed() => failed(format!("{} is still failed after reset-failed", action.unit), after_brief),
+                Some(a) if a.is_failed() => {
+                    failed(format!("{} is still failed after reset-failed", action.unit), after_brief)
+                }
                 _ => Report {
                     succeeded: true,
                     detail: format!("failed state of {} cleared", action.unit),

@@ -65,7 +65,13 @@ impl GatedAction {
 }
 
 impl DecisionRecord {
-    pub fn new(host: &str, incident: &crate::detect::Incident, model: &str, outcome: &Outcome, gated: Vec<GatedAction>) -> Self {
+    pub fn new(
+        host: &str,
+        incident: &crate::detect::Incident,
+        model: &str,
+        outcome: &Outcome,
+        gated: Vec<GatedAction>,
+    ) -> Self {
         let base = Self {
             time: Utc::now(),
             host: host.into(),

@@ -203,10 +203,7 @@ impl Config {
             return Err("key `ollama.timeout`: must be at least 1 second".into());
         }
         if !(self.ollama.url.starts_with("http://") || self.ollama.url.starts_with("https://")) {
-            return Err(format!(
-                "key `ollama.url`: {:?} is not an http:// or https:// URL",
-                self.ollama.url
-            ));
+            return Err(format!("key `ollama.url`: {:?} is not an http:// or https:// URL", self.ollama.url));
         }
         if self.ollama.model.trim().is_empty() {
             return Err("key `ollama.model`: must name a model, for example \"llama3.1:70b\"".into());
@@ -218,7 +215,9 @@ impl Config {
             return Err("key `ollama.temperature`: accepted values are 0.0 to 2.0".into());
         }
         if self.dbus_address.as_deref().is_some_and(|a| !a.contains(':')) {
-            return Err("key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into());
+            return Err(
+                "key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into(),
+            );
         }
         percent("detect.disk_full_percent", self.detect.disk_full_percent)?;
         percent("detect.memory_pressure_percent", self.detect.memory_pressure_percent)?;

@@ -120,7 +120,8 @@ impl Engine {
     pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
         let started = Instant::now();
         let started_at = Utc::now();
-        let cursor = std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+        let cursor =
+            std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
         let snap = self.observer.observe(cursor.as_deref()).await;
         let failed_sources: Vec<FailedSource> = snap
             .failed_sources()
@@ -163,7 +164,12 @@ impl Engine {
             resolved,
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        tracing::info!(incidents = report.incidents.len(), resolved = report.resolved.len(), wall_ms = report.wall_ms, "cycle done");
+        tracing::info!(
+            incidents = report.incidents.len(),
+            resolved = report.resolved.len(),
+            wall_ms = report.wall_ms,
+            "cycle done"
+        );
         Ok(report)
     }
 
@@ -213,8 +219,12 @@ impl Engine {
                 Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
                 Verdict::Refuse { reason } => ("refused".to_string(), reason, None),
                 Verdict::Queue { action } => {
-                    let (id, new) =
-                        self.store.enqueue(&incident.fingerprint, &action, &p.reason, diagnosis.as_deref().unwrap_or_default())?;
+                    let (id, new) = self.store.enqueue(
+                        &incident.fingerprint,
+                        &action,
+                        &p.reason,
+                        diagnosis.as_deref().unwrap_or_default(),
+                    )?;
                     let detail = if new {
                         format!("run `macha-approve approve {id}` to carry it out")
                     } else {
@@ -243,7 +253,13 @@ impl Engine {
                 rec.approval_id = approval_id;
                 audit::append(&self.config.state_dir, audit::ACTIONS, &rec)?;
             }
-            actions.push(ActionReport { action: p.kind.as_str().into(), target: p.unit.clone(), result, detail, approval_id });
+            actions.push(ActionReport {
+                action: p.kind.as_str().into(),
+                target: p.unit.clone(),
+                result,
+                detail,
+                approval_id,
+            });
         }
         let (outcome_name, error) = match outcome {
             Outcome::Decided { .. } => ("decided", None),
@@ -277,5 +293,7 @@ pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
 /// content, never a mix.
 fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    std::fs::write(&tmp, content)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

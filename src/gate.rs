@@ -102,11 +102,17 @@ impl Protected {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
-    Execute { action: Action },
-    Queue { action: Action },
+    Execute {
+        action: Action,
+    },
+    Queue {
+        action: Action,
+    },
     /// Nothing to carry out; recorded (and later notified) only.
     Inform,
-    Refuse { reason: String },
+    Refuse {
+        reason: String,
+    },
 }
 
 /// Checks that `raw` names a real unit that macha may touch: a valid unit
@@ -161,7 +167,10 @@ mod tests {
     use AutonomyLevel::*;
 
     fn protected() -> Protected {
-        Protected::new(&[UnitName::parse("payroll.service").unwrap()], &UnitName::parse("macha-autonomous.service").unwrap())
+        Protected::new(
+            &[UnitName::parse("payroll.service").unwrap()],
+            &UnitName::parse("macha-autonomous.service").unwrap(),
+        )
     }
 
     fn proposed(kind: ActionKind, unit: Option<&str>) -> ProposedAction {
@@ -201,11 +210,17 @@ mod tests {
     }
     #[test]
     fn suggest_restart_is_queued() {
-        assert_eq!(verdict(Suggest, ActionKind::RestartUnit), Verdict::Queue { action: action(ActionKind::RestartUnit) });
+        assert_eq!(
+            verdict(Suggest, ActionKind::RestartUnit),
+            Verdict::Queue { action: action(ActionKind::RestartUnit) }
+        );
     }
     #[test]
     fn suggest_reset_failed_is_queued() {
-        assert_eq!(verdict(Suggest, ActionKind::ResetFailed), Verdict::Queue { action: action(ActionKind::ResetFailed) });
+        assert_eq!(
+            verdict(Suggest, ActionKind::ResetFailed),
+            Verdict::Queue { action: action(ActionKind::ResetFailed) }
+        );
     }
     #[test]
     fn suggest_notify_only_informs() {
@@ -213,11 +228,17 @@ mod tests {
     }
     #[test]
     fn auto_safe_restart_is_executed() {
-        assert_eq!(verdict(AutoSafe, ActionKind::RestartUnit), Verdict::Execute { action: action(ActionKind::RestartUnit) });
+        assert_eq!(
+            verdict(AutoSafe, ActionKind::RestartUnit),
+            Verdict::Execute { action: action(ActionKind::RestartUnit) }
+        );
     }
     #[test]
     fn auto_safe_reset_failed_is_executed() {
-        assert_eq!(verdict(AutoSafe, ActionKind::ResetFailed), Verdict::Execute { action: action(ActionKind::ResetFailed) });
+        assert_eq!(
+            verdict(AutoSafe, ActionKind::ResetFailed),
+            Verdict::Execute { action: action(ActionKind::ResetFailed) }
+        );
     }
     #[test]
     fn auto_safe_notify_only_informs() {
@@ -225,11 +246,17 @@ mod tests {
     }
     #[test]
     fn auto_full_restart_is_executed() {
-        assert_eq!(verdict(AutoFull, ActionKind::RestartUnit), Verdict::Execute { action: action(ActionKind::RestartUnit) });
+        assert_eq!(
+            verdict(AutoFull, ActionKind::RestartUnit),
+            Verdict::Execute { action: action(ActionKind::RestartUnit) }
+        );
     }
     #[test]
     fn auto_full_reset_failed_is_executed() {
-        assert_eq!(verdict(AutoFull, ActionKind::ResetFailed), Verdict::Execute { action: action(ActionKind::ResetFailed) });
+        assert_eq!(
+            verdict(AutoFull, ActionKind::ResetFailed),
+            Verdict::Execute { action: action(ActionKind::ResetFailed) }
+        );
     }
     #[test]
     fn auto_full_notify_only_informs() {
@@ -252,7 +279,12 @@ mod tests {
 
     #[test]
     fn configured_protected_unit_is_refused() {
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("payroll.service")), &exists("payroll.service"), &protected());
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("payroll.service")),
+            &exists("payroll.service"),
+            &protected(),
+        );
         assert!(is_refusal_containing(&v, "protected"));
     }
 
@@ -271,26 +303,44 @@ mod tests {
 
     #[test]
     fn a_unit_with_refuse_manual_stop_is_refused() {
-        let facts = UnitFacts::Exists { id: "x.service".into(), names: vec!["x.service".into()], refuse_manual_stop: true };
+        let facts =
+            UnitFacts::Exists { id: "x.service".into(), names: vec!["x.service".into()], refuse_manual_stop: true };
         let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("x.service")), &facts, &protected());
         assert!(is_refusal_containing(&v, "RefuseManualStop"));
     }
 
     #[test]
     fn a_unit_that_does_not_exist_is_refused() {
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("ghost.service")), &UnitFacts::Missing, &protected());
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("ghost.service")),
+            &UnitFacts::Missing,
+            &protected(),
+        );
         assert!(is_refusal_containing(&v, "no unit named ghost.service exists"));
     }
 
     #[test]
     fn an_unconfirmed_unit_is_refused() {
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("web.service")), &UnitFacts::Unknown("bus down".into()), &protected());
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("web.service")),
+            &UnitFacts::Unknown("bus down".into()),
+            &protected(),
+        );
         assert!(is_refusal_containing(&v, "could not confirm"));
     }
 
     #[test]
     fn shell_text_and_paths_as_targets_are_refused_even_if_facts_say_they_exist() {
-        for bad in ["web.service; reboot", "$(curl evil)", "/etc/shadow", "ssh", "web.service && systemctl stop ssh.service", ""] {
+        for bad in [
+            "web.service; reboot",
+            "$(curl evil)",
+            "/etc/shadow",
+            "ssh",
+            "web.service && systemctl stop ssh.service",
+            "",
+        ] {
             let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(bad)), &exists("web.service"), &protected());
             assert!(is_refusal_containing(&v, "not a unit name"), "{bad:?}: {v:?}");
         }

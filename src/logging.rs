@@ -26,7 +26,10 @@ fn filter(default: &str) -> EnvFilter {
 pub fn init_cli() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal()).with_env_filter(filter("warn")).without_time().try_init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter("warn"))
+        .without_time()
+        .try_init();
 }
 
 /// Logging for the daemon and for `macha-check`: stderr plus `orchestrator.log`.
@@ -44,7 +47,8 @@ pub fn init_orchestrator(state_dir: &Path, stderr_level: &str) -> anyhow::Result
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false).with_filter(filter(stderr_level));
+        .with_target(false)
+        .with_filter(filter(stderr_level));
     let json = fmt::layer().json().with_writer(Mutex::new(file)).with_current_span(false).with_filter(filter("info"));
     let _ = tracing_subscriber::registry().with(stderr).with(json).try_init();
     Ok(())

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "macha", version, about = "Keeps a NixOS host healthy: watches systemd and the journal, asks a local model, acts through a gated catalog")]
+#[command(
+    name = "macha",
+    version,
+    about = "Keeps a NixOS host healthy: watches systemd and the journal, asks a local model, acts through a gated catalog"
+)]
 struct Cli {
     /// Configuration file (default: /etc/macha-autonomous/config.toml when it exists, else built-in defaults).
     #[arg(long, global = true, value_name = "PATH")]

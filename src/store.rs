@@ -118,7 +118,11 @@ impl Store {
     /// longer seen (only when the source they depend on was read). Returns
     /// each current incident with whether it needs a decision, and the
     /// fingerprints resolved now.
-    pub fn sync_incidents(&mut self, current: &[Incident], snap: &Snapshot) -> Result<(Vec<Novelty>, Vec<String>), StoreError> {
+    pub fn sync_incidents(
+        &mut self,
+        current: &[Incident],
+        snap: &Snapshot,
+    ) -> Result<(Vec<Novelty>, Vec<String>), StoreError> {
         let now = snap.taken_at.to_rfc3339();
         let path = self.path.clone();
         let wrap = move |source| StoreError { path: path.clone(), source };
@@ -137,7 +141,9 @@ impl Store {
                 None => Novelty::New,
                 Some((status, _, _)) if status == "resolved" => Novelty::New,
                 Some((_, _, decision)) if decision == "failed" => Novelty::Retry,
-                Some((_, decided_key, _)) if decided_key.as_deref() != Some(inc.evidence_key.as_str()) => Novelty::Changed,
+                Some((_, decided_key, _)) if decided_key.as_deref() != Some(inc.evidence_key.as_str()) => {
+                    Novelty::Changed
+                }
                 Some(_) => Novelty::Known,
             };
             if n == Novelty::New {
@@ -166,8 +172,11 @@ impl Store {
         let mut resolved = Vec::new();
         for fp in open {
             if !current.iter().any(|i| i.fingerprint == fp) && snap.saw(basis_of(&fp)) {
-                tx.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?2 WHERE fingerprint = ?1", params![fp, now])
-                    .map_err(&wrap)?;
+                tx.execute(
+                    "UPDATE incidents SET status = 'resolved', resolved_at = ?2 WHERE fingerprint = ?1",
+                    params![fp, now],
+                )
+                .map_err(&wrap)?;
                 resolved.push(fp);
             }
         }
@@ -189,7 +198,13 @@ impl Store {
 
     /// Queues `action`; an identical pending item is reused instead of
     /// queued twice. Returns the item's id and whether it is new.
-    pub fn enqueue(&self, incident: &str, action: &Action, reason: &str, diagnosis: &str) -> Result<(i64, bool), StoreError> {
+    pub fn enqueue(
+        &self,
+        incident: &str,
+        action: &Action,
+        reason: &str,
+        diagnosis: &str,
+    ) -> Result<(i64, bool), StoreError> {
         let existing: Option<i64> = self
             .conn
             .query_row(
@@ -206,14 +221,22 @@ impl Store {
             .execute(
                 "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
-                params![Utc::now().to_rfc3339(), incident, action.kind.as_str(), action.unit.as_str(), reason, diagnosis],
+                params![
+                    Utc::now().to_rfc3339(),
+                    incident,
+                    action.kind.as_str(),
+                    action.unit.as_str(),
+                    reason,
+                    diagnosis
+                ],
             )
             .map_err(self.wrap())?;
         Ok((self.conn.last_insert_rowid(), true))
     }
 
     fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
-        let time = |s: Option<String>| s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc));
+        let time =
+            |s: Option<String>| s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()).map(|t| t.with_timezone(&Utc));
         Ok(Approval {
             id: r.get(0)?,
             created_at: time(r.get(1)?).unwrap_or_default(),
@@ -229,7 +252,8 @@ impl Store {
         })
     }
 
-    const COLUMNS: &'static str = "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, outcome";
+    const COLUMNS: &'static str =
+        "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, outcome";
 
     /// Items waiting for a human, oldest first.
     pub fn pending(&self) -> Result<Vec<Approval>, StoreError> {

@@ -12,19 +12,8 @@ use serde::{Deserialize, Serialize};
 /// Suffixes of the unit types systemd knows. A name without one of them is
 /// refused rather than guessed (systemd would append `.service` itself, which
 /// would let `ssh` slip past an exact-name check for `ssh.service`).
-const UNIT_SUFFIXES: &[&str] = &[
-    "service",
-    "socket",
-    "target",
-    "device",
-    "mount",
-    "automount",
-    "swap",
-    "timer",
-    "path",
-    "slice",
-    "scope",
-];
+const UNIT_SUFFIXES: &[&str] =
+    &["service", "socket", "target", "device", "mount", "automount", "swap", "timer", "path", "slice", "scope"];
 
 /// systemd's own limit (UNIT_NAME_MAX).
 const MAX_LEN: usize = 255;
@@ -60,18 +49,16 @@ impl UnitName {
         if raw.len() > MAX_LEN {
             return Err(UnitNameError::TooLong);
         }
-        if let Some(bad) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '@' | '\\')))
+        if let Some(bad) =
+            raw.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '@' | '\\')))
         {
             return Err(UnitNameError::BadChar(raw.to_owned(), bad));
         }
         if raw.starts_with(['-', '.']) {
             return Err(UnitNameError::BadStart(raw.to_owned()));
         }
-        let suffix_ok = raw
-            .rsplit_once('.')
-            .is_some_and(|(stem, suffix)| !stem.is_empty() && UNIT_SUFFIXES.contains(&suffix));
+        let suffix_ok =
+            raw.rsplit_once('.').is_some_and(|(stem, suffix)| !stem.is_empty() && UNIT_SUFFIXES.contains(&suffix));
         if !suffix_ok {
             return Err(UnitNameError::NoSuffix(raw.to_owned()));
         }

@@ -262,8 +262,7 @@ fn approving_the_same_item_twice_at_once_executes_it_once() {
     let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
     let won = outs.iter().filter(|o| o.status.success()).count();
     assert_eq!(won, 1, "{outs:?}");
-    let executed: Vec<Value> =
-        bed.audit("actions.jsonl").into_iter().filter(|a| a["origin"] == "approval").collect();
+    let executed: Vec<Value> = bed.audit("actions.jsonl").into_iter().filter(|a| a["origin"] == "approval").collect();
     assert_eq!(executed.len(), 1, "{executed:?}");
     let loser = outs.iter().find(|o| !o.status.success()).unwrap();
     let said = String::from_utf8_lossy(&loser.stdout);
@@ -297,9 +296,17 @@ fn approving_an_item_that_no_longer_applies_is_refused_with_the_reason() {
     bed.c.start_unit("gone.service").unwrap();
     bed.c.wait_unit_state("gone.service", "failed", Duration::from_secs(10)).unwrap();
     let (_, report) = bed.check();
-    let gone = report["incidents"].as_array().unwrap().iter().find(|i| i["fingerprint"] == "unit-failed:gone.service").unwrap().clone();
+    let gone = report["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["fingerprint"] == "unit-failed:gone.service")
+        .unwrap()
+        .clone();
     let id = gone["decision"]["actions"][0]["approval_id"].as_i64().unwrap().to_string();
-    bed.c.sh_ok("rm /etc/systemd/system/gone.service && systemctl reset-failed gone.service && systemctl daemon-reload").unwrap();
+    bed.c
+        .sh_ok("rm /etc/systemd/system/gone.service && systemctl reset-failed gone.service && systemctl daemon-reload")
+        .unwrap();
     let out = bed.run("macha-approve", &["approve", &id]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);

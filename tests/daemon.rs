@@ -47,7 +47,8 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> (Option<i32>, Duration) {
 fn the_daemon_survives_every_model_failure_and_the_next_cycle_succeeds() {
     let bed = Bed::new("modelfail", "suggest");
     bed.failing_web();
-    let schema_violation = json!({"diagnosis": "x", "severity": "warning", "actions": [{"kind": "rm_rf", "unit": "/", "reason": "r"}]});
+    let schema_violation =
+        json!({"diagnosis": "x", "severity": "warning", "actions": [{"kind": "rm_rf", "unit": "/", "reason": "r"}]});
     for reply in [
         Reply::Status(500, "CUDA error: out of memory".into()),
         Reply::Garbage,

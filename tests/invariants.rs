@@ -48,7 +48,9 @@ fn policy_and_detection_do_no_io() {
     for file in ["src/gate.rs", "src/detect.rs"] {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap();
-        for needle in ["std::fs", "std::net", "tokio", "reqwest", "zbus", "rusqlite", "Utc::now", "SystemTime", "Instant"] {
+        for needle in
+            ["std::fs", "std::net", "tokio", "reqwest", "zbus", "rusqlite", "Utc::now", "SystemTime", "Instant"]
+        {
             assert!(!code.contains(needle), "{file} uses {needle}");
         }
     }

@@ -54,7 +54,10 @@ fn decisions_actions_and_orchestrator_for_people_and_scripts() {
     let human = stdout(&bed.run("macha-logs", &["decisions"]));
     assert!(human.contains("unit-failed:demo-web.service") && human.contains("decided"), "{human}");
     assert!(human.contains("restart_unit demo-web.service -> queue"), "{human}");
-    assert!(human.contains("restart_unit ssh.service -> refuse: not acted because ssh.service is protected"), "{human}");
+    assert!(
+        human.contains("restart_unit ssh.service -> refuse: not acted because ssh.service is protected"),
+        "{human}"
+    );
 
     let json = stdout(&bed.run("macha-logs", &["actions", "--json"]));
     let records: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -140,8 +143,10 @@ fn service_shows_the_daemons_own_journal_lines() {
     let json = stdout(&bed.run("macha-logs", &["service", "--json"]));
     let entries: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     // Its own lines, and systemd's lines about it, as `journalctl -u` shows them.
-    assert!(entries.iter().any(|e| e["unit"] == "macha-autonomous.service"
-        && e["message"].as_str().unwrap().contains("macha daemon started")));
+    assert!(entries
+        .iter()
+        .any(|e| e["unit"] == "macha-autonomous.service"
+            && e["message"].as_str().unwrap().contains("macha daemon started")));
     assert!(entries.iter().any(|e| e["about_unit"] == "macha-autonomous.service"));
 
     let (mut child, rx) = follow(&bed, &["service", "--follow", "-n", "0"]);

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/setup.sh
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all --check
+fi
 cargo build --workspace --all-targets --locked
 # Two at a time: each integration test boots its own container.
 cargo test --workspace --locked -- --test-threads=2

@@ -110,13 +110,21 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         bed.write_config("suggest", extra);
         let config = &bed.config;
         for args in [vec!["check"], vec!["daemon"], vec!["approve", "list"]] {
-            let out = std::process::Command::new(common::macha_bin()).arg("--config").arg(config).args(&args).output().unwrap();
+            let out = std::process::Command::new(common::macha_bin())
+                .arg("--config")
+                .arg(config)
+                .args(&args)
+                .output()
+                .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?} {extra}: {err}");
             assert!(err.contains(key) && err.contains(accepted), "{extra}: {err}");
         }
     }
-    let out = std::process::Command::new(common::macha_bin()).args(["--config", "/nonexistent/macha.toml", "check"]).output().unwrap();
+    let out = std::process::Command::new(common::macha_bin())
+        .args(["--config", "/nonexistent/macha.toml", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/macha.toml"));
 }

@@ -107,7 +107,10 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
         println!("outcome:    {o}");
     }
     if a.status == "pending" {
-        println!("\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT", a.id, a.id);
+        println!(
+            "\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT",
+            a.id, a.id
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -121,7 +124,14 @@ fn current_user() -> String {
     }
 }
 
-fn record(config: &Config, a: &Approval, by: &str, outcome: &str, detail: &str, report: Option<&act::Report>) -> anyhow::Result<()> {
+fn record(
+    config: &Config,
+    a: &Approval,
+    by: &str,
+    outcome: &str,
+    detail: &str,
+    report: Option<&act::Report>,
+) -> anyhow::Result<()> {
     let rec = ActionRecord {
         time: Utc::now(),
         host: macha::observe::hostname(),
@@ -143,7 +153,11 @@ async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<Exit
     let item = find(store, id)?;
     let by = current_user();
     if item.status != "pending" {
-        println!("approval {id} is not waiting: it is {}{}", item.status, item.decided_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default());
+        println!(
+            "approval {id} is not waiting: it is {}{}",
+            item.status,
+            item.decided_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default()
+        );
         return Ok(ExitCode::from(1));
     }
     if !store.claim(id, &by)? {

@@ -51,14 +51,27 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Which::Actions => (config.state_dir.join(audit::ACTIONS), human_action),
         Which::Orchestrator => (config.state_dir.join(ORCHESTRATOR_LOG), human_log),
         Which::Service => {
-            macha::observe::journal::show_unit(config.journal_dir.as_deref(), config.service_unit.as_str(), args.lines, args.follow, |e| {
-                if args.json {
-                    writeln!(out, "{}", serde_json::to_string(e)?)
-                } else {
-                    writeln!(out, "{} {}[{}]: {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.identifier.as_deref().unwrap_or("macha"), e.priority, e.message)
-                }
-                .and_then(|_| out.flush())
-            })?;
+            macha::observe::journal::show_unit(
+                config.journal_dir.as_deref(),
+                config.service_unit.as_str(),
+                args.lines,
+                args.follow,
+                |e| {
+                    if args.json {
+                        writeln!(out, "{}", serde_json::to_string(e)?)
+                    } else {
+                        writeln!(
+                            out,
+                            "{} {}[{}]: {}",
+                            e.time.format("%Y-%m-%d %H:%M:%S"),
+                            e.identifier.as_deref().unwrap_or("macha"),
+                            e.priority,
+                            e.message
+                        )
+                    }
+                    .and_then(|_| out.flush())
+                },
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -127,7 +140,9 @@ fn s<'a>(v: &'a Value, key: &str) -> &'a str {
 
 fn time(v: &Value, key: &str) -> String {
     let t = s(v, key);
-    chrono::DateTime::parse_from_rfc3339(t).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|_| t.to_owned())
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| t.to_owned())
 }
 
 fn human_decision(v: &Value) -> String {

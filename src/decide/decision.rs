@@ -130,7 +130,9 @@ mod tests {
         let s = Decision::json_schema();
         assert_eq!(s["type"], "object");
         let text = s.to_string();
-        for needle in ["diagnosis", "severity", "actions", "restart_unit", "reset_failed", "notify_only", "additionalProperties"] {
+        for needle in
+            ["diagnosis", "severity", "actions", "restart_unit", "reset_failed", "notify_only", "additionalProperties"]
+        {
             assert!(text.contains(needle), "schema lacks {needle}: {text}");
         }
     }
@@ -159,10 +161,18 @@ mod tests {
 
     #[test]
     fn semantic_rules_are_checked() {
-        let restart_without_unit = r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"restart_unit","unit":null,"reason":"r"}]}"#;
-        assert_eq!(Decision::parse(restart_without_unit), Err(InvalidAnswer::MissingUnit { index: 0, kind: "restart_unit" }));
-        let notify_with_unit = r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"notify_only","unit":"a.service","reason":"r"}]}"#;
+        let restart_without_unit =
+            r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"restart_unit","unit":null,"reason":"r"}]}"#;
+        assert_eq!(
+            Decision::parse(restart_without_unit),
+            Err(InvalidAnswer::MissingUnit { index: 0, kind: "restart_unit" })
+        );
+        let notify_with_unit =
+            r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"notify_only","unit":"a.service","reason":"r"}]}"#;
         assert!(matches!(Decision::parse(notify_with_unit), Err(InvalidAnswer::UnexpectedUnit { .. })));
-        assert_eq!(Decision::parse(r#"{"diagnosis":" ","severity":"info","actions":[]}"#), Err(InvalidAnswer::EmptyDiagnosis));
+        assert_eq!(
+            Decision::parse(r#"{"diagnosis":" ","severity":"info","actions":[]}"#),
+            Err(InvalidAnswer::EmptyDiagnosis)
+        );
     }
 }

@@ -61,7 +61,13 @@ pub async fn decide(client: &OllamaClient, prompts: &Prompts, incident: &Inciden
         answer_tokens += reply.answer_tokens;
         match Decision::parse(&reply.content) {
             Ok(decision) => {
-                return Outcome::Decided { decision, attempts: attempt, prompt_tokens, answer_tokens, wall_ms: ms(started) };
+                return Outcome::Decided {
+                    decision,
+                    attempts: attempt,
+                    prompt_tokens,
+                    answer_tokens,
+                    wall_ms: ms(started),
+                };
             }
             Err(invalid) => {
                 error = format!("invalid answer from the model: {invalid}");

@@ -85,7 +85,13 @@ fn evidence(incident: &Incident, snap: &Snapshot) -> String {
             if let Some(u) = snap.failed_units.ok().into_iter().flatten().find(|u| &u.id == unit) {
                 let _ = writeln!(out, "unit: {}", u.id);
                 let _ = writeln!(out, "description: {}", u.description);
-                let _ = writeln!(out, "state: {} ({}), result: {}", u.active_state, u.sub_state, u.result.as_deref().unwrap_or("n/a"));
+                let _ = writeln!(
+                    out,
+                    "state: {} ({}), result: {}",
+                    u.active_state,
+                    u.sub_state,
+                    u.result.as_deref().unwrap_or("n/a")
+                );
                 if let Some(status) = u.exec_main_status {
                     let _ = writeln!(out, "main process exit status: {status}");
                 }
@@ -106,21 +112,36 @@ fn evidence(incident: &Incident, snap: &Snapshot) -> String {
         }
         IncidentKind::ErrorBurst { unit } => {
             if let Some(scan) = snap.journal.ok() {
-                let lines: Vec<Entry> = scan.recent.iter().filter(|e| e.unit.as_deref() == Some(unit)).cloned().collect();
+                let lines: Vec<Entry> =
+                    scan.recent.iter().filter(|e| e.unit.as_deref() == Some(unit)).cloned().collect();
                 journal_block(&mut out, &format!("recent error lines of {unit}"), &lines);
             }
         }
         IncidentKind::DiskFull { mount } => {
             for fs in snap.host.ok().map(|h| h.filesystems.as_slice()).unwrap_or_default() {
                 let marker = if &fs.mount == mount { " <- this incident" } else { "" };
-                let _ = writeln!(out, "{} ({}): {:.0}% used, {} bytes free{marker}", fs.mount, fs.fs_type, fs.used_percent(), fs.available);
+                let _ = writeln!(
+                    out,
+                    "{} ({}): {:.0}% used, {} bytes free{marker}",
+                    fs.mount,
+                    fs.fs_type,
+                    fs.used_percent(),
+                    fs.available
+                );
             }
         }
         IncidentKind::MemoryPressure => {
             if let Some(h) = snap.host.ok() {
-                let _ = writeln!(out, "memory: {} of {} bytes used ({:.0}%)", h.memory_used, h.memory_total, h.memory_percent());
+                let _ = writeln!(
+                    out,
+                    "memory: {} of {} bytes used ({:.0}%)",
+                    h.memory_used,
+                    h.memory_total,
+                    h.memory_percent()
+                );
                 let _ = writeln!(out, "swap: {} of {} bytes used", h.swap_used, h.swap_total);
-                let _ = writeln!(out, "load: {:.2} {:.2} {:.2} on {} CPUs", h.load[0], h.load[1], h.load[2], h.cpu_count);
+                let _ =
+                    writeln!(out, "load: {:.2} {:.2} {:.2} on {} CPUs", h.load[0], h.load[1], h.load[2], h.cpu_count);
             }
         }
     }
@@ -137,7 +158,8 @@ fn journal_block(out: &mut String, title: &str, lines: &[Entry]) {
         let uid = e.uid.map_or_else(|| "?".into(), |u| u.to_string());
         // Keep each entry on one line so text cannot fake a new entry or the closing marker.
         let text = e.message.replace(['\n', '\r'], " ").replace("</journal>", "</ journal>");
-        let _ = writeln!(out, "[{} prio={} from={who} uid={uid}] {text}", e.time.format("%Y-%m-%dT%H:%M:%SZ"), e.priority);
+        let _ =
+            writeln!(out, "[{} prio={} from={who} uid={uid}] {text}", e.time.format("%Y-%m-%dT%H:%M:%SZ"), e.priority);
     }
     let _ = writeln!(out, "</journal>");
 }

@@ -26,7 +26,9 @@ trait Manager {
     fn list_units_filtered(
         &self,
         states: &[&str],
-    ) -> zbus::Result<Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>>;
+    ) -> zbus::Result<
+        Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
+    >;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
@@ -149,7 +151,8 @@ impl Systemd {
 
     /// Every unit whose `ActiveState` is `failed`, with its state.
     pub async fn failed_units(&self) -> Result<Vec<UnitState>, SystemdError> {
-        let listed = self.manager().await?.list_units_filtered(&["failed"]).await.map_err(call_err("ListUnitsFiltered"))?;
+        let listed =
+            self.manager().await?.list_units_filtered(&["failed"]).await.map_err(call_err("ListUnitsFiltered"))?;
         let mut states = Vec::with_capacity(listed.len());
         for (name, .., path, _, _, _) in listed {
             states.push(self.read_state(&name, path).await?);
@@ -219,7 +222,13 @@ impl Systemd {
             n_restarts,
             exec_main_status,
             inactive_enter_timestamp: (usec > 0).then(|| DateTime::from_timestamp_micros(usec as i64)).flatten(),
-            invocation_id: unit.invocation_id().await.map_err(err("InvocationID"))?.iter().map(|b| format!("{b:02x}")).collect(),
+            invocation_id: unit
+                .invocation_id()
+                .await
+                .map_err(err("InvocationID"))?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             refuse_manual_stop: unit.refuse_manual_stop().await.map_err(err("RefuseManualStop"))?,
             id,
         })
@@ -231,7 +240,8 @@ impl Systemd {
         manager.subscribe().await.map_err(call_err("Subscribe"))?;
         // Listen before asking, so the job's end cannot be missed.
         let mut removed = manager.receive_job_removed().await.map_err(call_err("match JobRemoved"))?;
-        let job = manager.restart_unit(unit.as_str(), "replace").await.map_err(call_err(format!("RestartUnit({unit})")))?;
+        let job =
+            manager.restart_unit(unit.as_str(), "replace").await.map_err(call_err(format!("RestartUnit({unit})")))?;
         let wait = async {
             while let Some(signal) = removed.next().await {
                 if let Ok(args) = signal.args() {
@@ -244,8 +254,12 @@ impl Systemd {
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Some(result)) => Ok(result),
-            Ok(None) => Err(call_err(format!("JobRemoved for {unit}"))(zbus::Error::Failure("signal stream ended".into()))),
-            Err(_) => Err(SystemdError::JobTimeout { verb: "restart", unit: unit.to_string(), secs: timeout.as_secs() }),
+            Ok(None) => {
+                Err(call_err(format!("JobRemoved for {unit}"))(zbus::Error::Failure("signal stream ended".into())))
+            }
+            Err(_) => {
+                Err(SystemdError::JobTimeout { verb: "restart", unit: unit.to_string(), secs: timeout.as_secs() })
+            }
         }
     }
 

@@ -166,6 +166,7 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 
 /// A decision that proposes `kind` on each of `units`.
 pub fn decision(kind: &str, units: &[&str]) -> Value {
-    let actions: Vec<Value> = units.iter().map(|u| json!({"kind": kind, "unit": u, "reason": "test proposal"})).collect();
+    let actions: Vec<Value> =
+        units.iter().map(|u| json!({"kind": kind, "unit": u, "reason": "test proposal"})).collect();
     json!({"diagnosis": "the unit failed", "severity": "warning", "actions": actions})
 }

@@ -51,10 +51,7 @@ pub struct BootOptions {
 impl BootOptions {
     /// Options with just a name hint.
     pub fn new(name_hint: &str) -> Self {
-        BootOptions {
-            name_hint: name_hint.to_string(),
-            bind_ro: Vec::new(),
-        }
+        BootOptions { name_hint: name_hint.to_string(), bind_ro: Vec::new() }
     }
 
     /// Adds a read-only bind mount of `host` at `container_path`.
@@ -116,23 +113,15 @@ impl Container {
         let cgroups = create_cgroups(&name)?;
 
         let mut cmd = Command::new("timeout");
-        cmd.arg("600")
-            .arg("systemd-nspawn")
-            .arg("-q")
-            .arg("-D")
-            .arg(&rootfs)
-            .args(["-M", &name])
-            .args([
-                "--boot",
-                "--register=no",
-                "--keep-unit",
-                "--private-network",
-                "--volatile=overlay",
-            ]);
+        cmd.arg("600").arg("systemd-nspawn").arg("-q").arg("-D").arg(&rootfs).args(["-M", &name]).args([
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            "--volatile=overlay",
+        ]);
         cmd.args(&binds);
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
 
         // In the child, before exec: a new session (our process group, which
         // `Drop` kills) and the container's own cgroups (nspawn creates its
@@ -140,9 +129,7 @@ impl Container {
         // nspawns in the same cgroup collide). Writing "0" moves the writer.
         let procs: Vec<CString> = cgroups
             .iter()
-            .map(|d| {
-                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap()
-            })
+            .map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap())
             .collect();
         unsafe {
             cmd.pre_exec(move || {
@@ -170,19 +157,11 @@ impl Container {
             Ok(c) => c,
             Err(e) => {
                 remove_cgroups(&cgroups);
-                return Err(e).context(
-                    "spawning `timeout 600 systemd-nspawn ...` (is systemd-container installed?)",
-                );
+                return Err(e).context("spawning `timeout 600 systemd-nspawn ...` (is systemd-container installed?)");
             }
         };
         // From here on, `Drop` cleans up if anything fails.
-        let mut c = Container {
-            name,
-            init: None,
-            launcher,
-            cgroups,
-            console_log,
-        };
+        let mut c = Container { name, init: None, launcher, cgroups, console_log };
         c.wait_ready(started + BOOT_TIMEOUT)?;
         eprintln!(
             "macha-testbed: container {} (init pid {}) ready in {} ms",
@@ -212,35 +191,21 @@ impl Container {
         while !socket.exists() {
             self.check_alive("while waiting for the system bus socket")?;
             if Instant::now() > deadline {
-                bail!(
-                    "{}",
-                    self.failure(&format!("{} did not appear", socket.display()))
-                );
+                bail!("{}", self.failure(&format!("{} did not appear", socket.display())));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
 
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        let out = run_bounded(
-            self.nsenter(&["systemctl", "is-system-running", "--wait"]),
-            None,
-            left,
-        )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                self.failure(&format!("`systemctl is-system-running --wait`: {e:#}"))
-            )
-        })?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let out =
+            run_bounded(self.nsenter(&["systemctl", "is-system-running", "--wait"]), None, left).map_err(|e| {
+                anyhow::anyhow!("{}", self.failure(&format!("`systemctl is-system-running --wait`: {e:#}")))
+            })?;
         let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if state != "running" && state != "degraded" {
             bail!(
                 "{}",
-                self.failure(&format!(
-                    "systemd reports the system is {state:?}, expected running or degraded"
-                ))
+                self.failure(&format!("systemd reports the system is {state:?}, expected running or degraded"))
             );
         }
         Ok(())
@@ -249,10 +214,7 @@ impl Container {
     /// Errors (with the console log) if nspawn has already exited.
     fn check_alive(&mut self, what: &str) -> Result<()> {
         if let Ok(Some(status)) = self.launcher.try_wait() {
-            bail!(
-                "{}",
-                self.failure(&format!("systemd-nspawn exited ({status}) {what}"))
-            );
+            bail!("{}", self.failure(&format!("systemd-nspawn exited ({status}) {what}")));
         }
         Ok(())
     }
@@ -279,8 +241,7 @@ impl Container {
     /// The host pid of the container's systemd (its PID 1); everything else
     /// (root, bus, nsenter) is reached through it.
     pub fn init_pid(&self) -> u32 {
-        self.init
-            .expect("container init pid is known once boot returned")
+        self.init.expect("container init pid is known once boot returned")
     }
 
     /// The container's root file system as seen from the host
@@ -293,10 +254,7 @@ impl Container {
     /// D-Bus address of the container's system bus, usable from the host
     /// (EXTERNAL auth as uid 0): give it to macha / zbus instead of the host bus.
     pub fn bus_address(&self) -> String {
-        format!(
-            "unix:path={}/run/dbus/system_bus_socket",
-            self.root().display()
-        )
+        format!("unix:path={}/run/dbus/system_bus_socket", self.root().display())
     }
 
     /// The container's persistent journal directory (`/var/log/journal`) as
@@ -317,14 +275,8 @@ impl Container {
     /// environment.
     fn nsenter(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.init_pid().to_string())
-            .arg("-a")
-            .args(args);
-        cmd.env_clear()
-            .env("PATH", CONTAINER_PATH)
-            .env("LANG", "C.UTF-8")
-            .env("TERM", "dumb");
+        cmd.arg("-t").arg(self.init_pid().to_string()).arg("-a").args(args);
+        cmd.env_clear().env("PATH", CONTAINER_PATH).env("LANG", "C.UTF-8").env("TERM", "dumb");
         cmd
     }
 
@@ -356,17 +308,13 @@ impl Container {
     /// Writes a file inside the container (mode 0644, parents created), e.g.
     /// a test script or a config file. `path` is absolute in the container.
     pub fn write_file(&self, path: &str, contents: impl AsRef<[u8]>) -> Result<()> {
-        let rel = path
-            .strip_prefix('/')
-            .with_context(|| format!("{path}: path in container must be absolute"))?;
+        let rel = path.strip_prefix('/').with_context(|| format!("{path}: path in container must be absolute"))?;
         let host = self.root().join(rel);
         if let Some(parent) = host.parent() {
-            fs::create_dir_all(parent).with_context(|| {
-                format!("creating {} in container {}", parent.display(), self.name)
-            })?;
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating {} in container {}", parent.display(), self.name))?;
         }
-        fs::write(&host, contents)
-            .with_context(|| format!("writing {path} in container {}", self.name))?;
+        fs::write(&host, contents).with_context(|| format!("writing {path} in container {}", self.name))?;
         fs::set_permissions(&host, fs::Permissions::from_mode(0o644))?;
         Ok(())
     }
@@ -384,8 +332,7 @@ impl Container {
     /// with [`wait_unit_state`](Self::wait_unit_state)). Errors only if the
     /// job cannot be queued (e.g. unknown unit).
     pub fn start_unit(&self, name: &str) -> Result<()> {
-        self.exec_ok(&["systemctl", "start", "--no-block", name])
-            .map(drop)
+        self.exec_ok(&["systemctl", "start", "--no-block", name]).map(drop)
     }
 
     /// One unit property as systemd reports it (`systemctl show -p PROP
@@ -403,10 +350,7 @@ impl Container {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "condition not met within {timeout:?} in container {}",
-                    self.name
-                );
+                bail!("condition not met within {timeout:?} in container {}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -464,7 +408,10 @@ impl Drop for Container {
             unsafe { libc::kill(init as libc::pid_t, libc::SIGRTMIN() + 4) };
             exited = self.wait_launcher(POWEROFF_TIMEOUT);
             if !exited {
-                eprintln!("macha-testbed: container {} did not power off in {POWEROFF_TIMEOUT:?}, killing it", self.name);
+                eprintln!(
+                    "macha-testbed: container {} did not power off in {POWEROFF_TIMEOUT:?}, killing it",
+                    self.name
+                );
                 unsafe { libc::kill(init as libc::pid_t, libc::SIGKILL) };
                 exited = self.wait_launcher(Duration::from_secs(5));
             }
@@ -522,18 +469,10 @@ fn rootfs() -> Result<PathBuf> {
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
-        bail!(
-            "{} failed ({}); see its output above",
-            script.display(),
-            out.status
-        );
+        bail!("{} failed ({}); see its output above", script.display(), out.status);
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .context("build-rootfs.sh printed no path")?;
+    let dir = stdout.lines().rev().find(|l| !l.trim().is_empty()).context("build-rootfs.sh printed no path")?;
     let dir = PathBuf::from(dir.trim());
     *cached = Some(dir.clone());
     Ok(dir)
@@ -546,13 +485,7 @@ fn machine_name(hint: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut clean: String = hint
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
         .take(40)
         .collect();
     clean = clean.trim_matches('-').to_string();
@@ -570,11 +503,7 @@ fn create_cgroups(name: &str) -> Result<Vec<PathBuf>> {
     let roots: Vec<PathBuf> = if base.join("cgroup.controllers").exists() {
         vec![base.to_path_buf()]
     } else {
-        ["unified", "systemd"]
-            .iter()
-            .map(|h| base.join(h))
-            .filter(|p| p.join("cgroup.procs").exists())
-            .collect()
+        ["unified", "systemd"].iter().map(|h| base.join(h)).filter(|p| p.join("cgroup.procs").exists()).collect()
     };
     if roots.is_empty() {
         bail!("no usable cgroup hierarchy under /sys/fs/cgroup (need cgroup2 at /sys/fs/cgroup or /sys/fs/cgroup/unified)");
@@ -644,12 +573,7 @@ fn children(ppid: u32) -> Vec<u32> {
         let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
             continue;
         };
-        if rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok())
-            == Some(ppid)
-        {
+        if rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) == Some(ppid) {
             out.push(pid);
         }
     }
@@ -662,10 +586,7 @@ fn find_init(launcher: u32) -> Option<u32> {
     for nspawn in children(launcher) {
         for pid in children(nspawn) {
             let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let nspid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .unwrap_or("");
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or("");
             let ids: Vec<&str> = nspid.split_whitespace().collect();
             if ids.len() >= 2 && ids.last() == Some(&"1") {
                 return Some(pid);
@@ -677,13 +598,9 @@ fn find_init(launcher: u32) -> Option<u32> {
 
 /// Runs `cmd` with optional stdin, capturing output, killing it after `timeout`.
 fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(data).context("writing stdin")?;
@@ -709,11 +626,7 @@ fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Res
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
+    Ok(Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() })
 }
 
 /// Stdout of a successful command, or an error with its stderr and stdout.

@@ -43,10 +43,7 @@ pub struct ModelCaps {
 
 impl Default for ModelCaps {
     fn default() -> Self {
-        ModelCaps {
-            tools: true,
-            context_length: 131_072,
-        }
+        ModelCaps { tools: true, context_length: 131_072 }
     }
 }
 
@@ -101,9 +98,7 @@ impl Reply {
         text.lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| {
-                serde_json::from_str(line).with_context(|| format!("script line {}: {line}", i + 1))
-            })
+            .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("script line {}: {line}", i + 1)))
             .collect()
     }
 
@@ -209,12 +204,9 @@ impl TryFrom<ScriptLine> for Reply {
         match line {
             ScriptLine::Content(l) => Ok(Reply::Content(l.content)),
             ScriptLine::Json(l) => Ok(Reply::Json(l.json)),
-            ScriptLine::ToolCalls(l) => Ok(Reply::ToolCalls(
-                l.tool_calls
-                    .into_iter()
-                    .map(|c| (c.name, Value::Object(c.arguments)))
-                    .collect(),
-            )),
+            ScriptLine::ToolCalls(l) => {
+                Ok(Reply::ToolCalls(l.tool_calls.into_iter().map(|c| (c.name, Value::Object(c.arguments))).collect()))
+            }
             ScriptLine::Status(l) => Ok(Reply::Status(l.status, l.error)),
             ScriptLine::Hang(l) => Ok(Reply::Hang(Duration::from_millis(l.hang_ms))),
             ScriptLine::InvalidJson(l) => flag(l.invalid_json, Reply::InvalidJson),
@@ -288,11 +280,7 @@ impl Builder {
         let state = Arc::new(Shared {
             models: self.models,
             log: self.log,
-            inner: Mutex::new(Inner {
-                script: self.script.into(),
-                default: self.default,
-                requests: Vec::new(),
-            }),
+            inner: Mutex::new(Inner { script: self.script.into(), default: self.default, requests: Vec::new() }),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -301,32 +289,25 @@ impl Builder {
             .build()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(state.clone());
-        let thread = std::thread::Builder::new()
-            .name("ollama-double".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => return eprintln!("ollama-double: cannot serve on {addr}: {e}"),
-                    };
-                    tokio::select! {
-                        result = axum::serve(listener, app) => {
-                            if let Err(e) = result {
-                                eprintln!("ollama-double: server failed: {e}");
-                            }
+        let thread = std::thread::Builder::new().name("ollama-double".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => return eprintln!("ollama-double: cannot serve on {addr}: {e}"),
+                };
+                tokio::select! {
+                    result = axum::serve(listener, app) => {
+                        if let Err(e) = result {
+                            eprintln!("ollama-double: server failed: {e}");
                         }
-                        _ = stopped => {}
                     }
-                });
-                // Dropping the runtime cancels in-flight requests, hung ones included.
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })?;
-        Ok(OllamaDouble {
-            addr,
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime cancels in-flight requests, hung ones included.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })?;
+        Ok(OllamaDouble { addr, state, stop: Some(stop), thread: Some(thread) })
     }
 }
 
@@ -353,12 +334,7 @@ impl OllamaDouble {
 
     /// Starts a double with these models, all supporting tools.
     pub fn start(models: &[&str]) -> anyhow::Result<OllamaDouble> {
-        models
-            .iter()
-            .fold(Self::builder(), |b, name| {
-                b.model(name, ModelCaps::default())
-            })
-            .start()
+        models.iter().fold(Self::builder(), |b, name| b.model(name, ModelCaps::default())).start()
     }
 
     /// The base URL to configure as macha's Ollama endpoint.
@@ -387,12 +363,7 @@ impl OllamaDouble {
 
     /// How many `POST /api/chat` requests arrived, rejected ones included.
     pub fn chat_requests(&self) -> usize {
-        self.state
-            .lock()
-            .requests
-            .iter()
-            .filter(|r| r.path == "/api/chat")
-            .count()
+        self.state.lock().requests.iter().filter(|r| r.path == "/api/chat").count()
     }
 
     /// Waits until at least `n` chat requests arrived, for tests that drive a
@@ -444,26 +415,12 @@ impl Shared {
     /// Looks a model up as Ollama does: a name without a tag means `:latest`.
     fn model(&self, name: &str) -> Option<(&str, ModelCaps)> {
         let wanted = canonical(name);
-        self.models
-            .iter()
-            .find(|(n, _)| canonical(n) == wanted)
-            .map(|(n, c)| (n.as_str(), *c))
+        self.models.iter().find(|(n, _)| canonical(n) == wanted).map(|(n, c)| (n.as_str(), *c))
     }
 
-    fn record(
-        &self,
-        method: &Method,
-        path: &str,
-        body: Value,
-        format_schema_valid: Option<bool>,
-        outcome: &str,
-    ) {
+    fn record(&self, method: &Method, path: &str, body: Value, format_schema_valid: Option<bool>, outcome: &str) {
         if self.log {
-            let model = body
-                .get("model")
-                .and_then(Value::as_str)
-                .map(|m| format!(" model={m}"))
-                .unwrap_or_default();
+            let model = body.get("model").and_then(Value::as_str).map(|m| format!(" model={m}")).unwrap_or_default();
             eprintln!("ollama-double: {method} {path}{model} -> {outcome}");
         }
         self.lock().requests.push(RecordedRequest {
@@ -478,10 +435,7 @@ impl Shared {
     /// The next scripted reply, or the default one.
     fn next_reply(&self) -> Reply {
         let mut inner = self.lock();
-        inner
-            .script
-            .pop_front()
-            .unwrap_or_else(|| inner.default.clone())
+        inner.script.pop_front().unwrap_or_else(|| inner.default.clone())
     }
 }
 
@@ -521,12 +475,7 @@ fn router(state: Arc<Shared>) -> Router {
 const JSON_TYPE: &str = "application/json; charset=utf-8";
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, JSON_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, JSON_TYPE)], body.to_string()).into_response()
 }
 
 fn error_response(status: StatusCode, text: &str) -> Response {
@@ -535,11 +484,7 @@ fn error_response(status: StatusCode, text: &str) -> Response {
 
 async fn root(State(s): State<Arc<Shared>>, method: Method) -> Response {
     s.record(&method, "/", Value::Null, None, "200");
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Ollama is running",
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "Ollama is running").into_response()
 }
 
 async fn version(State(s): State<Arc<Shared>>, method: Method) -> Response {
@@ -547,25 +492,9 @@ async fn version(State(s): State<Arc<Shared>>, method: Method) -> Response {
     json_response(StatusCode::OK, &json!({ "version": "0.12.6" }))
 }
 
-async fn not_found(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    s.record(
-        &method,
-        uri.path(),
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        None,
-        "404",
-    );
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain")],
-        "404 page not found",
-    )
-        .into_response()
+async fn not_found(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> Response {
+    s.record(&method, uri.path(), serde_json::from_slice(&body).unwrap_or(Value::Null), None, "404");
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "404 page not found").into_response()
 }
 
 /// Fixed facts derived from a model's name, the same on every route.
@@ -577,15 +506,8 @@ struct Facts {
 fn facts(name: &str) -> Facts {
     // "llama3.1:70b" -> 70e9 parameters; an unsized tag counts as 8B.
     let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
-    let size: String = tag
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let billions = if tag[size.len()..].starts_with(['b', 'B']) {
-        size.parse().unwrap_or(8.0)
-    } else {
-        8.0
-    };
+    let size: String = tag.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let billions = if tag[size.len()..].starts_with(['b', 'B']) { size.parse().unwrap_or(8.0) } else { 8.0 };
     // A stable fake sha256: FNV-1a of the name, stretched to 64 hex digits.
     let mut digest = String::new();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -595,10 +517,7 @@ fn facts(name: &str) -> Facts {
         }
         digest.push_str(&format!("{h:016x}"));
     }
-    Facts {
-        parameters: billions * 1e9,
-        digest,
-    }
+    Facts { parameters: billions * 1e9, digest }
 }
 
 const MODIFIED_AT: &str = "2025-10-14T09:30:12.345678901Z";
@@ -644,12 +563,7 @@ async fn show(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
     // Older clients send `name`; Ollama still accepts it.
     let name = ["model", "name"]
         .iter()
-        .find_map(|k| {
-            request
-                .get(k)
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-        })
+        .find_map(|k| request.get(k).and_then(Value::as_str).filter(|n| !n.is_empty()))
         .map(str::to_owned);
     let Some(name) = name else {
         s.record(&method, "/api/show", request, None, "400");
@@ -661,28 +575,14 @@ async fn show(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
     };
     s.record(&method, "/api/show", request, None, "200");
     let f = facts(&name);
-    let template = if caps.tools {
-        TEMPLATE_TOOLS
-    } else {
-        TEMPLATE_PLAIN
-    };
-    let stops: String = STOP_WORDS
-        .iter()
-        .map(|w| format!("PARAMETER stop {w}\n"))
-        .collect();
+    let template = if caps.tools { TEMPLATE_TOOLS } else { TEMPLATE_PLAIN };
+    let stops: String = STOP_WORDS.iter().map(|w| format!("PARAMETER stop {w}\n")).collect();
     let modelfile = format!(
         "# Modelfile generated by \"ollama show\"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM {name}\n\nFROM /usr/share/ollama/.ollama/models/blobs/sha256-{}\nTEMPLATE \"\"\"{template}\"\"\"\n{stops}",
         f.digest
     );
-    let parameters: Vec<String> = STOP_WORDS
-        .iter()
-        .map(|w| format!("{:<31}\"{w}\"", "stop"))
-        .collect();
-    let capabilities: &[&str] = if caps.tools {
-        &["completion", "tools"]
-    } else {
-        &["completion"]
-    };
+    let parameters: Vec<String> = STOP_WORDS.iter().map(|w| format!("{:<31}\"{w}\"", "stop")).collect();
+    let capabilities: &[&str] = if caps.tools { &["completion", "tools"] } else { &["completion"] };
     json_response(
         StatusCode::OK,
         &json!({
@@ -740,19 +640,13 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
     let unmarshal = |v: &Value, field: &str, ty: &str| {
         reject(
             StatusCode::BAD_REQUEST,
-            format!(
-                "json: cannot unmarshal {} into Go struct field {field} of type {ty}",
-                go_kind(v)
-            ),
+            format!("json: cannot unmarshal {} into Go struct field {field} of type {ty}", go_kind(v)),
         )
     };
     let Value::Object(req) = request else {
         return reject(
             StatusCode::BAD_REQUEST,
-            format!(
-                "json: cannot unmarshal {} into Go value of type api.ChatRequest",
-                go_kind(request)
-            ),
+            format!("json: cannot unmarshal {} into Go value of type api.ChatRequest", go_kind(request)),
         );
     };
     let field = |k: &str| req.get(k).filter(|v| !v.is_null());
@@ -791,24 +685,13 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
         return reject(StatusCode::BAD_REQUEST, "model is required".into());
     };
     let Some((_, caps)) = s.model(model) else {
-        return reject(
-            StatusCode::NOT_FOUND,
-            format!("model \"{model}\" not found, try pulling it first"),
-        );
+        return reject(StatusCode::NOT_FOUND, format!("model \"{model}\" not found, try pulling it first"));
     };
     if !tools.is_empty() && !caps.tools {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            format!("{} does not support tools", qualified(model)),
-        );
+        return reject(StatusCode::BAD_REQUEST, format!("{} does not support tools", qualified(model)));
     }
     if messages.is_empty() {
-        return (
-            Plan::Load {
-                model: model.to_owned(),
-            },
-            None,
-        );
+        return (Plan::Load { model: model.to_owned() }, None);
     }
 
     let mut schema_valid = None;
@@ -827,10 +710,7 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
     }
 
     let text = |m: &Value, k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    let prompt_chars = messages
-        .iter()
-        .map(|m| text(m, "content").chars().count())
-        .sum::<usize>()
+    let prompt_chars = messages.iter().map(|m| text(m, "content").chars().count()).sum::<usize>()
         + tools.iter().map(|t| t.to_string().len()).sum::<usize>();
     let last_user = messages
         .iter()
@@ -838,31 +718,15 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| text(m, "content"))
         .unwrap_or_default();
-    let plan = Plan::Answer {
-        model: model.to_owned(),
-        stream,
-        prompt_chars,
-        last_user,
-        reply: s.next_reply(),
-    };
+    let plan = Plan::Answer { model: model.to_owned(), stream, prompt_chars, last_user, reply: s.next_reply() };
     (plan, schema_valid)
 }
 
 /// A schema object must say something a schema says; `{"foo": 1}` is not one.
 fn looks_like_schema(schema: &Map<String, Value>) -> bool {
-    [
-        "type",
-        "properties",
-        "$schema",
-        "oneOf",
-        "anyOf",
-        "allOf",
-        "$ref",
-        "enum",
-        "const",
-    ]
-    .iter()
-    .any(|k| schema.contains_key(*k))
+    ["type", "properties", "$schema", "oneOf", "anyOf", "allOf", "$ref", "enum", "const"]
+        .iter()
+        .any(|k| schema.contains_key(*k))
 }
 
 async fn chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Response {
@@ -897,23 +761,8 @@ async fn chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
                 "done": true,
             }),
         ),
-        Plan::Answer {
-            model,
-            stream,
-            prompt_chars,
-            last_user,
-            reply,
-        } => {
-            answer(
-                Answer {
-                    model,
-                    stream,
-                    prompt_chars,
-                    last_user,
-                },
-                reply,
-            )
-            .await
+        Plan::Answer { model, stream, prompt_chars, last_user, reply } => {
+            answer(Answer { model, stream, prompt_chars, last_user }, reply).await
         }
     }
 }
@@ -945,16 +794,9 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             return error_response(status, &text);
         }
         Reply::Garbage => {
-            let cut = format!(
-                "{{\"model\":\"{}\",\"created_at\":\"{}\",\"message\":{{\"role\":\"assis",
-                a.model,
-                now()
-            );
-            let kind = if a.stream {
-                "application/x-ndjson"
-            } else {
-                JSON_TYPE
-            };
+            let cut =
+                format!("{{\"model\":\"{}\",\"created_at\":\"{}\",\"message\":{{\"role\":\"assis", a.model, now());
+            let kind = if a.stream { "application/x-ndjson" } else { JSON_TYPE };
             return (StatusCode::OK, [(header::CONTENT_TYPE, kind)], cut).into_response();
         }
         Reply::StreamError(text) => {
@@ -965,10 +807,7 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             return ndjson(lines);
         }
     };
-    let stats = stats(
-        a.prompt_chars,
-        content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()),
-    );
+    let stats = stats(a.prompt_chars, content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()));
     let final_object = |content: &str, tool_calls: Option<Value>| {
         let mut done = chunk(&a.model, content, tool_calls);
         let map = done.as_object_mut().expect("chunk is an object");
@@ -980,9 +819,7 @@ async fn answer(a: Answer, reply: Reply) -> Response {
     if !a.stream {
         return json_response(StatusCode::OK, &final_object(&content, tool_calls));
     }
-    let mut lines: Vec<Value> = fragments(&content)
-        .map(|f| chunk(&a.model, f, None))
-        .collect();
+    let mut lines: Vec<Value> = fragments(&content).map(|f| chunk(&a.model, f, None)).collect();
     if let Some(calls) = tool_calls {
         lines.push(chunk(&a.model, "", Some(calls)));
     }
@@ -1053,9 +890,7 @@ fn ndjson(lines: Vec<Value>) -> Response {
     for line in lines {
         let text = format!("{line}\n");
         let mid = text.len() / 2;
-        let mid = (mid..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
+        let mid = (mid..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
         pieces.push_back(Bytes::copy_from_slice(&text.as_bytes()[..mid]));
         pieces.push_back(Bytes::copy_from_slice(&text.as_bytes()[mid..]));
     }
@@ -1065,12 +900,7 @@ fn ndjson(lines: Vec<Value>) -> Response {
         tokio::time::sleep(Duration::from_millis(1)).await;
         Some((Ok::<_, std::convert::Infallible>(piece), pieces))
     });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
 }
 
 /// The decision [`Reply::Demo`] answers for a chat whose last user message is
@@ -1112,14 +942,9 @@ const UNIT_SUFFIXES: [&str; 11] = [
 fn failed_unit(text: &str) -> Option<&str> {
     text.match_indices("unit-failed:").find_map(|(i, marker)| {
         let rest = &text[i + marker.len()..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || ":_.\\@-".contains(c)))
-            .unwrap_or(rest.len());
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || ":_.\\@-".contains(c))).unwrap_or(rest.len());
         // A sentence may end right after the name.
         let name = rest[..end].trim_end_matches(['.', ':']);
-        UNIT_SUFFIXES
-            .iter()
-            .any(|s| name.len() > s.len() && name.ends_with(s))
-            .then_some(name)
+        UNIT_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s)).then_some(name)
     })
 }

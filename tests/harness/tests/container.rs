@@ -22,10 +22,7 @@ fn host_journal(c: &Container, args: &[&str]) -> String {
 
 /// True if some process runs `systemd-nspawn ... -M NAME ...`.
 fn nspawn_running(name: &str) -> bool {
-    let out = Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .expect("run ps");
+    let out = Command::new("ps").args(["-eo", "args"]).output().expect("run ps");
     String::from_utf8_lossy(&out.stdout).lines().any(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
         l.contains("systemd-nspawn") && words.windows(2).any(|w| w[0] == "-M" && w[1] == name)
@@ -37,30 +34,15 @@ fn boots_to_running_with_ssh_active() {
     let c = Container::boot("boot").unwrap();
     let state = c.exec(&["systemctl", "is-system-running"]).unwrap();
     let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
-    assert!(
-        state == "running" || state == "degraded",
-        "system state {state:?}"
-    );
-    assert_eq!(
-        c.unit_property("ssh.service", "ActiveState").unwrap(),
-        "active"
-    );
+    assert!(state == "running" || state == "degraded", "system state {state:?}");
+    assert_eq!(c.unit_property("ssh.service", "ActiveState").unwrap(), "active");
     assert_eq!(c.exec_ok(&["hostname"]).unwrap().trim(), c.name());
     assert!(c.root().join("run/dbus/system_bus_socket").exists());
-    assert_eq!(
-        c.bus_address(),
-        format!(
-            "unix:path=/proc/{}/root/run/dbus/system_bus_socket",
-            c.init_pid()
-        )
-    );
+    assert_eq!(c.bus_address(), format!("unix:path=/proc/{}/root/run/dbus/system_bus_socket", c.init_pid()));
 
     // Checked variants report stderr.
     let err = c.sh_ok("echo oops >&2; exit 4").unwrap_err().to_string();
-    assert!(
-        err.contains("oops") && err.contains("exit status: 4"),
-        "{err}"
-    );
+    assert!(err.contains("oops") && err.contains("exit status: 4"), "{err}");
 }
 
 #[test]
@@ -70,45 +52,21 @@ fn two_containers_at_once_are_independent() {
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     assert_ne!(a.init_pid(), b.init_pid());
     for c in [&a, &b] {
-        assert_eq!(
-            c.unit_property("ssh.service", "ActiveState").unwrap(),
-            "active"
-        );
+        assert_eq!(c.unit_property("ssh.service", "ActiveState").unwrap(), "active");
     }
     // Separate file systems (volatile overlays of the same rootfs)...
     a.write_file("/etc/only-in-a", "a\n").unwrap();
-    assert!(a
-        .exec(&["test", "-e", "/etc/only-in-a"])
-        .unwrap()
-        .status
-        .success());
-    assert!(!b
-        .exec(&["test", "-e", "/etc/only-in-a"])
-        .unwrap()
-        .status
-        .success());
+    assert!(a.exec(&["test", "-e", "/etc/only-in-a"]).unwrap().status.success());
+    assert!(!b.exec(&["test", "-e", "/etc/only-in-a"]).unwrap().status.success());
     // ...separate machine ids, hence separate journal directories...
-    let id = |c: &Container| {
-        c.exec_ok(&["cat", "/etc/machine-id"])
-            .unwrap()
-            .trim()
-            .to_string()
-    };
+    let id = |c: &Container| c.exec_ok(&["cat", "/etc/machine-id"]).unwrap().trim().to_string();
     assert_ne!(id(&a), id(&b));
     assert!(a.journal_dir().join(id(&a)).join("system.journal").exists());
     // ...and separate systemd managers.
-    a.install_unit(
-        "only-a.service",
-        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
-    )
-    .unwrap();
+    a.install_unit("only-a.service", "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n").unwrap();
     a.start_unit("only-a.service").unwrap();
-    a.wait_unit_state("only-a.service", "active", Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(
-        b.unit_property("only-a.service", "LoadState").unwrap(),
-        "not-found"
-    );
+    a.wait_unit_state("only-a.service", "active", Duration::from_secs(10)).unwrap();
+    assert_eq!(b.unit_property("only-a.service", "LoadState").unwrap(), "not-found");
 }
 
 #[test]
@@ -120,29 +78,13 @@ fn failing_unit_is_failed_and_its_stderr_is_in_the_journal_read_from_the_host() 
     )
     .unwrap();
     c.start_unit("boom.service").unwrap();
-    c.wait_unit_state("boom.service", "failed", Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(
-        c.unit_property("boom.service", "Result").unwrap(),
-        "exit-code"
-    );
-    assert_eq!(
-        c.unit_property("boom.service", "ExecMainStatus").unwrap(),
-        "3"
-    );
+    c.wait_unit_state("boom.service", "failed", Duration::from_secs(10)).unwrap();
+    assert_eq!(c.unit_property("boom.service", "Result").unwrap(), "exit-code");
+    assert_eq!(c.unit_property("boom.service", "ExecMainStatus").unwrap(), "3");
 
     c.sync_journal().unwrap();
-    c.wait_for(Duration::from_secs(10), || {
-        host_journal(&c, &["-u", "boom.service"])
-            .lines()
-            .any(|l| l == "boom")
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}; journal: {}",
-            host_journal(&c, &["-u", "boom.service"])
-        )
-    });
+    c.wait_for(Duration::from_secs(10), || host_journal(&c, &["-u", "boom.service"]).lines().any(|l| l == "boom"))
+        .unwrap_or_else(|e| panic!("{e}; journal: {}", host_journal(&c, &["-u", "boom.service"])));
 
     // Planted lines are readable at once, with their priority.
     c.log("planted", "err", "disk on fire").unwrap();
@@ -156,14 +98,8 @@ fn read_only_bind_mount_is_visible() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello"), "from host\n").unwrap();
     let c = Container::boot_with(BootOptions::new("bind").bind_ro(&dir, "/opt/host")).unwrap();
-    assert_eq!(
-        c.exec_ok(&["cat", "/opt/host/hello"]).unwrap(),
-        "from host\n"
-    );
-    assert!(
-        !c.exec(&["touch", "/opt/host/x"]).unwrap().status.success(),
-        "bind mount must be read-only"
-    );
+    assert_eq!(c.exec_ok(&["cat", "/opt/host/hello"]).unwrap(), "from host\n");
+    assert!(!c.exec(&["touch", "/opt/host/x"]).unwrap().status.success(), "bind mount must be read-only");
     drop(c);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -174,14 +110,8 @@ fn nothing_survives_drop_even_after_a_panic() {
     let (name, init) = (c.name().to_string(), c.init_pid());
     assert!(nspawn_running(&name));
     drop(c);
-    assert!(
-        !nspawn_running(&name),
-        "systemd-nspawn -M {name} still running after drop"
-    );
-    assert!(
-        !std::path::Path::new(&format!("/proc/{init}")).exists(),
-        "init {init} still exists"
-    );
+    assert!(!nspawn_running(&name), "systemd-nspawn -M {name} still running after drop");
+    assert!(!std::path::Path::new(&format!("/proc/{init}")).exists(), "init {init} still exists");
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/{name}")).exists());
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/systemd/{name}")).exists());
 
@@ -199,10 +129,7 @@ fn nothing_survives_drop_even_after_a_panic() {
     })
     .join()
     .unwrap();
-    assert!(
-        !nspawn_running(&name),
-        "systemd-nspawn -M {name} still running after a panic"
-    );
+    assert!(!nspawn_running(&name), "systemd-nspawn -M {name} still running after a panic");
     assert!(log.exists(), "the console log of a panicking test is kept");
     std::fs::remove_file(log).unwrap();
 }
@@ -215,18 +142,8 @@ fn drop_kills_a_container_that_does_not_power_off() {
     unsafe { libc::kill(init as libc::pid_t, libc::SIGSTOP) };
     let t = std::time::Instant::now();
     drop(c);
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "drop took {:?}",
-        t.elapsed()
-    );
-    assert!(
-        !nspawn_running(&name),
-        "systemd-nspawn -M {name} still running after drop"
-    );
-    assert!(
-        !std::path::Path::new(&format!("/proc/{init}")).exists(),
-        "init {init} still exists"
-    );
+    assert!(t.elapsed() < Duration::from_secs(20), "drop took {:?}", t.elapsed());
+    assert!(!nspawn_running(&name), "systemd-nspawn -M {name} still running after drop");
+    assert!(!std::path::Path::new(&format!("/proc/{init}")).exists(), "init {init} still exists");
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/unified/{name}")).exists());
 }

@@ -26,34 +26,20 @@ fn chat_body(stream: bool) -> Value {
 }
 
 async fn post(url: &str, body: &Value) -> (u16, String, String) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .expect("request sent");
+    let response = reqwest::Client::new().post(url).json(body).send().await.expect("request sent");
     let status = response.status().as_u16();
-    let kind = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let kind = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     (status, kind, response.text().await.expect("body read"))
 }
 
 /// Posts a non-streaming chat and returns the status and parsed body.
 async fn chat(double: &OllamaDouble, body: &Value) -> (u16, Value) {
     let (status, _, text) = post(&format!("{}/api/chat", double.url()), body).await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
 }
 
 fn content(answer: &Value) -> &str {
-    answer["message"]["content"]
-        .as_str()
-        .expect("content is a string")
+    answer["message"]["content"].as_str().expect("content is a string")
 }
 
 #[tokio::test]
@@ -63,63 +49,30 @@ async fn root_version_and_tags_answer_like_ollama() {
     assert_eq!(root.status(), 200);
     assert_eq!(root.text().await.unwrap(), "Ollama is running");
 
-    let version: Value = reqwest::get(format!("{}/api/version", double.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version: Value = reqwest::get(format!("{}/api/version", double.url())).await.unwrap().json().await.unwrap();
     assert_eq!(version, json!({ "version": "0.12.6" }));
 
-    let tags: Value = reqwest::get(format!("{}/api/tags", double.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = tags["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let tags: Value = reqwest::get(format!("{}/api/tags", double.url())).await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = tags["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, [MODEL, "qwen2.5:7b"]);
     let first = &tags["models"][0];
     assert_eq!(first["digest"].as_str().unwrap().len(), 64);
     assert_eq!(first["details"]["parameter_size"], "70.0B");
     assert_eq!(first["details"]["quantization_level"], "Q4_K_M");
 
-    let missing = reqwest::get(format!("{}/api/nothing", double.url()))
-        .await
-        .unwrap();
+    let missing = reqwest::get(format!("{}/api/nothing", double.url())).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
 
 async fn show(double: &OllamaDouble, model: &str) -> (u16, String, String) {
-    post(
-        &format!("{}/api/show", double.url()),
-        &json!({ "model": model }),
-    )
-    .await
+    post(&format!("{}/api/show", double.url()), &json!({ "model": model })).await
 }
 
 #[tokio::test]
 async fn show_reports_context_length_and_tool_capability() {
     let double = OllamaDouble::builder()
-        .model(
-            MODEL,
-            ModelCaps {
-                tools: true,
-                context_length: 131_072,
-            },
-        )
-        .model(
-            "tiny:1b",
-            ModelCaps {
-                tools: false,
-                context_length: 2048,
-            },
-        )
+        .model(MODEL, ModelCaps { tools: true, context_length: 131_072 })
+        .model("tiny:1b", ModelCaps { tools: false, context_length: 2048 })
         .start()
         .unwrap();
 
@@ -153,10 +106,7 @@ async fn content_reply_is_a_string_in_message_content_with_stats_in_nanoseconds(
     assert_eq!(status, 200);
     assert_eq!(answer["model"], MODEL);
     assert_eq!(answer["message"]["role"], "assistant");
-    assert_eq!(
-        serde_json::from_str::<Value>(content(&answer)).unwrap(),
-        decision
-    );
+    assert_eq!(serde_json::from_str::<Value>(content(&answer)).unwrap(), decision);
     assert_eq!(answer["done"], true);
     assert_eq!(answer["done_reason"], "stop");
     assert!(chrono::DateTime::parse_from_rfc3339(answer["created_at"].as_str().unwrap()).is_ok());
@@ -165,10 +115,8 @@ async fn content_reply_is_a_string_in_message_content_with_stats_in_nanoseconds(
     assert!(answer["prompt_eval_count"].as_u64().unwrap() > 0);
     // Nanoseconds: a generation of this size takes well over a millisecond.
     assert!(answer["eval_duration"].as_u64().unwrap() > 1_000_000);
-    let parts: u64 = ["load_duration", "prompt_eval_duration", "eval_duration"]
-        .iter()
-        .map(|k| answer[k].as_u64().unwrap())
-        .sum();
+    let parts: u64 =
+        ["load_duration", "prompt_eval_duration", "eval_duration"].iter().map(|k| answer[k].as_u64().unwrap()).sum();
     assert!(answer["total_duration"].as_u64().unwrap() >= parts);
 }
 
@@ -183,10 +131,7 @@ async fn json_reply_is_serialised_into_content() {
 #[tokio::test]
 async fn tool_calls_come_with_empty_content_and_object_arguments() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
-    double.push(Reply::ToolCalls(vec![(
-        "unit_status".into(),
-        json!({ "unit": "nginx.service" }),
-    )]));
+    double.push(Reply::ToolCalls(vec![("unit_status".into(), json!({ "unit": "nginx.service" }))]));
     let (status, answer) = chat(&double, &chat_body(false)).await;
     assert_eq!(status, 200);
     assert_eq!(answer["message"]["content"], "");
@@ -226,17 +171,9 @@ async fn garbage_reply_is_not_parseable() {
 async fn hang_outlasts_a_short_client_timeout() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
     double.push(Reply::Hang(Duration::from_secs(5)));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let started = std::time::Instant::now();
-    let err = client
-        .post(format!("{}/api/chat", double.url()))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap_err();
+    let err = client.post(format!("{}/api/chat", double.url())).json(&chat_body(false)).send().await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2));
     // Dropping the double while the request still hangs must not wait for it.
@@ -253,10 +190,7 @@ async fn unknown_model_is_404_with_ollamas_body_and_keeps_the_script() {
     body["model"] = json!("x");
     let (status, _, text) = post(&format!("{}/api/chat", double.url()), &body).await;
     assert_eq!(status, 404);
-    assert_eq!(
-        text,
-        r#"{"error":"model \"x\" not found, try pulling it first"}"#
-    );
+    assert_eq!(text, r#"{"error":"model \"x\" not found, try pulling it first"}"#);
 
     let (_, answer) = chat(&double, &chat_body(false)).await;
     assert_eq!(content(&answer), "scripted");
@@ -280,38 +214,20 @@ async fn format_accepts_json_and_schema_objects_and_rejects_other_values() {
         body["format"] = format;
         body
     };
-    let schema = json!({ "type": "object", "properties": { "severity": { "type": "string" } }, "required": ["severity"] });
+    let schema =
+        json!({ "type": "object", "properties": { "severity": { "type": "string" } }, "required": ["severity"] });
     assert_eq!(chat(&double, &with_format(schema)).await.0, 200);
     assert_eq!(chat(&double, &with_format(json!("json"))).await.0, 200);
     // Plausible but not a valid schema: answered, and recorded as invalid.
-    assert_eq!(
-        chat(&double, &with_format(json!({ "type": 12 }))).await.0,
-        200
-    );
+    assert_eq!(chat(&double, &with_format(json!({ "type": 12 }))).await.0, 200);
 
-    for bad in [
-        json!(42),
-        json!("yaml"),
-        json!({ "severity": "string" }),
-        json!([]),
-    ] {
+    for bad in [json!(42), json!("yaml"), json!({ "severity": "string" }), json!([])] {
         let (status, answer) = chat(&double, &with_format(bad.clone())).await;
         assert_eq!(status, 400, "{bad}");
-        assert!(
-            answer["error"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid format: "),
-            "{answer}"
-        );
+        assert!(answer["error"].as_str().unwrap().starts_with("invalid format: "), "{answer}");
     }
 
-    let validity: Vec<Option<bool>> = double
-        .requests()
-        .iter()
-        .take(3)
-        .map(|r| r.format_schema_valid)
-        .collect();
+    let validity: Vec<Option<bool>> = double.requests().iter().take(3).map(|r| r.format_schema_valid).collect();
     assert_eq!(validity, [Some(true), None, Some(false)]);
 }
 
@@ -319,13 +235,7 @@ async fn format_accepts_json_and_schema_objects_and_rejects_other_values() {
 async fn tools_are_refused_for_a_model_without_tool_support() {
     let double = OllamaDouble::builder()
         .model(MODEL, ModelCaps::default())
-        .model(
-            "tiny:1b",
-            ModelCaps {
-                tools: false,
-                context_length: 2048,
-            },
-        )
+        .model("tiny:1b", ModelCaps { tools: false, context_length: 2048 })
         .start()
         .unwrap();
     let tool = json!({ "type": "function", "function": { "name": "unit_status", "description": "d", "parameters": { "type": "object" } } });
@@ -336,10 +246,7 @@ async fn tools_are_refused_for_a_model_without_tool_support() {
     body["model"] = json!("tiny:1b");
     let (status, _, text) = post(&format!("{}/api/chat", double.url()), &body).await;
     assert_eq!(status, 400);
-    assert_eq!(
-        text,
-        r#"{"error":"registry.ollama.ai/library/tiny:1b does not support tools"}"#
-    );
+    assert_eq!(text, r#"{"error":"registry.ollama.ai/library/tiny:1b does not support tools"}"#);
 }
 
 #[tokio::test]
@@ -349,10 +256,7 @@ async fn malformed_requests_are_400_and_empty_messages_only_load() {
     body["messages"] = json!("hello");
     let (status, answer) = chat(&double, &body).await;
     assert_eq!(status, 400);
-    assert!(
-        answer["error"].as_str().unwrap().contains("messages"),
-        "{answer}"
-    );
+    assert!(answer["error"].as_str().unwrap().contains("messages"), "{answer}");
 
     body["messages"] = json!([]);
     let (status, answer) = chat(&double, &body).await;
@@ -360,10 +264,7 @@ async fn malformed_requests_are_400_and_empty_messages_only_load() {
     assert_eq!(answer["done_reason"], "load");
 
     let (status, answer) = chat(&double, &json!({ "messages": [] })).await;
-    assert_eq!(
-        (status, answer),
-        (400, json!({ "error": "model is required" }))
-    );
+    assert_eq!((status, answer), (400, json!({ "error": "model is required" })));
 }
 
 /// Reads a streamed body chunk by chunk, as it arrives.
@@ -384,25 +285,15 @@ async fn streaming_is_the_default_and_sends_ndjson_fragments_then_done() {
     let mut body = chat_body(true);
     body.as_object_mut().unwrap().remove("stream");
 
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/chat", double.url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = reqwest::Client::new().post(format!("{}/api/chat", double.url())).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let chunks = read_chunks(response).await;
     // Chunks do not align with lines: a client must buffer up to each newline.
-    assert!(chunks
-        .iter()
-        .any(|c| serde_json::from_slice::<Value>(c).is_err()));
+    assert!(chunks.iter().any(|c| serde_json::from_slice::<Value>(c).is_err()));
 
     let text = String::from_utf8(chunks.concat()).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let (last, fragments) = lines.split_last().unwrap();
     assert!(fragments.len() > 1);
     assert!(fragments.iter().all(|l| l["done"] == false));
@@ -425,10 +316,7 @@ async fn stream_error_arrives_as_a_line_after_200() {
     assert_eq!(last, json!({ "error": "model runner crashed" }));
 
     let (status, answer) = chat(&double, &chat_body(false)).await;
-    assert_eq!(
-        (status, answer),
-        (500, json!({ "error": "model runner crashed" }))
-    );
+    assert_eq!((status, answer), (500, json!({ "error": "model runner crashed" })));
 }
 
 #[tokio::test]
@@ -453,10 +341,7 @@ async fn demo_responder_restarts_the_failed_unit_or_only_notifies() {
     assert_eq!(decision["severity"], "warning");
     assert_eq!(decision["actions"][0]["kind"], "restart_unit");
     assert_eq!(decision["actions"][0]["unit"], "nginx.service");
-    assert!(decision["diagnosis"]
-        .as_str()
-        .unwrap()
-        .starts_with("nginx.service failed;"));
+    assert!(decision["diagnosis"].as_str().unwrap().starts_with("nginx.service failed;"));
 
     // The demo is also the default reply.
     let mut body = chat_body(false);
@@ -468,37 +353,22 @@ async fn demo_responder_restarts_the_failed_unit_or_only_notifies() {
         json!([{ "kind": "notify_only", "unit": null, "reason": "nothing a catalog action can fix" }])
     );
 
-    assert_eq!(
-        demo_decision("see unit-failed:backup@daily.timer.")["actions"][0]["unit"],
-        "backup@daily.timer"
-    );
+    assert_eq!(demo_decision("see unit-failed:backup@daily.timer.")["actions"][0]["unit"], "backup@daily.timer");
     assert_eq!(demo_decision("unit-failed:not-a-unit")["severity"], "info");
 }
 
 #[tokio::test]
 async fn requests_are_recorded_in_order_with_their_bodies() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
-    reqwest::get(format!("{}/api/version", double.url()))
-        .await
-        .unwrap();
+    reqwest::get(format!("{}/api/version", double.url())).await.unwrap();
     chat(&double, &chat_body(false)).await;
     let mut unknown = chat_body(false);
     unknown["model"] = json!("x");
     chat(&double, &unknown).await;
 
     let requests = double.requests();
-    let paths: Vec<(&str, &str)> = requests
-        .iter()
-        .map(|r| (r.method.as_str(), r.path.as_str()))
-        .collect();
-    assert_eq!(
-        paths,
-        [
-            ("GET", "/api/version"),
-            ("POST", "/api/chat"),
-            ("POST", "/api/chat")
-        ]
-    );
+    let paths: Vec<(&str, &str)> = requests.iter().map(|r| (r.method.as_str(), r.path.as_str())).collect();
+    assert_eq!(paths, [("GET", "/api/version"), ("POST", "/api/chat"), ("POST", "/api/chat")]);
     assert_eq!(requests[1].body["options"]["num_ctx"], 16384);
     assert_eq!(requests[2].body["model"], "x");
     assert!(requests[1].at <= requests[2].at);
@@ -511,9 +381,7 @@ async fn requests_are_recorded_in_order_with_their_bodies() {
 fn starts_and_stops_outside_any_runtime() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
     let mut stream = std::net::TcpStream::connect(double.addr()).unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -548,8 +416,7 @@ fn script_lines_parse_into_replies_and_typos_are_errors() {
             Reply::Demo,
         ]
     );
-    let err = Reply::parse_script("{\"content\": \"ok\"}\n{\"status\": 500, \"eror\": \"x\"}")
-        .unwrap_err();
+    let err = Reply::parse_script("{\"content\": \"ok\"}\n{\"status\": 500, \"eror\": \"x\"}").unwrap_err();
     assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     assert!(Reply::parse_script(r#"{"garbage": false}"#).is_err());
 }
@@ -569,40 +436,21 @@ async fn binary_serves_its_script_then_the_demo_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
 
     let (status, _, text) = post(&format!("{url}/api/chat"), &chat_body(false)).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        content(&serde_json::from_str(&text).unwrap()),
-        "from the script"
-    );
+    assert_eq!(content(&serde_json::from_str(&text).unwrap()), "from the script");
     let (_, _, text) = post(&format!("{url}/api/chat"), &chat_body(false)).await;
-    let decision: Value =
-        serde_json::from_str(content(&serde_json::from_str(&text).unwrap())).unwrap();
+    let decision: Value = serde_json::from_str(content(&serde_json::from_str(&text).unwrap())).unwrap();
     assert_eq!(decision["actions"][0]["unit"], "nginx.service");
 
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert_eq!(
-        log.lines().filter(|l| l.contains("POST /api/chat")).count(),
-        2,
-        "{log}"
-    );
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("POST /api/chat")).count(), 2, "{log}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -100,7 +100,10 @@ fn main() -> Result<()> {
     match pending.get(0).and_then(|p| p["id"].as_i64()) {
         Some(id) => {
             run(&bin, "macha-approve", &config, &["approve", &id.to_string()])?;
-            println!("\n$ systemctl is-active {UNIT}   # inside the container\n{}", c.unit_property(UNIT, "ActiveState")?);
+            println!(
+                "\n$ systemctl is-active {UNIT}   # inside the container\n{}",
+                c.unit_property(UNIT, "ActiveState")?
+            );
         }
         None => println!("(the model proposed nothing to approve)"),
     }

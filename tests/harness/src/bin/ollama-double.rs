@@ -40,23 +40,14 @@ fn run() -> anyhow::Result<()> {
     let mut script = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{arg} needs a value\n\n{USAGE}"))
-        };
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value\n\n{USAGE}"));
         match arg.as_str() {
-            "--listen" => {
-                listen = value()?
-                    .parse()
-                    .context("--listen takes an address such as 127.0.0.1:11434")?
-            }
+            "--listen" => listen = value()?.parse().context("--listen takes an address such as 127.0.0.1:11434")?,
             "--model" => models.push(value()?),
             "--script" => {
                 let path = value()?;
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading the script {path}"))?;
-                script =
-                    Reply::parse_script(&text).with_context(|| format!("in the script {path}"))?;
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading the script {path}"))?;
+                script = Reply::parse_script(&text).with_context(|| format!("in the script {path}"))?;
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -71,9 +62,7 @@ fn run() -> anyhow::Result<()> {
 
     let double = models
         .iter()
-        .fold(OllamaDouble::builder(), |b, name| {
-            b.model(name, ModelCaps::default())
-        })
+        .fold(OllamaDouble::builder(), |b, name| b.model(name, ModelCaps::default()))
         .listen(listen)
         .script(script)
         .log_requests(true)
@@ -81,9 +70,7 @@ fn run() -> anyhow::Result<()> {
     println!("listening on {}", double.url());
     std::io::stdout().flush()?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let signal_name = runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
