@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -189,10 +189,6 @@ pub fn read_all(path: &Path) -> Result<(Vec<serde_json::Value>, Vec<Torn>), Audi
         }
     }
     Ok((records, torn))
-}
-
-pub fn path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
 
 #[cfg(test)]

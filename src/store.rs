@@ -97,6 +97,17 @@ fn kind_from_str(s: &str) -> ActionKind {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(ActionKind::NotifyOnly)
 }
 
+impl Novelty {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Changed => "changed",
+            Self::Retry => "retry",
+            Self::Known => "known",
+        }
+    }
+}
+
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let path = state_dir.join("state.db");
@@ -289,6 +300,18 @@ impl Store {
     pub fn finish(&self, id: i64, status: &str, outcome: &str) -> Result<(), StoreError> {
         self.conn
             .execute("UPDATE approvals SET status = ?2, outcome = ?3 WHERE id = ?1", params![id, status, outcome])
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Gives a claimed item back, untouched, when it could not be attempted
+    /// (systemd unreachable): it waits for approval again.
+    pub fn release(&self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE approvals SET status = 'pending', decided_by = NULL, decided_at = NULL WHERE id = ?1 AND status = 'executing'",
+                [id],
+            )
             .map(drop)
             .map_err(self.wrap())
     }

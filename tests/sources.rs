@@ -128,3 +128,25 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/macha.toml"));
 }
+
+#[test]
+fn approving_while_systemd_is_unreachable_keeps_the_item_pending() {
+    let bed = Bed::new("unreachable", "suggest");
+    bed.failing_web();
+    bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
+    let (_, report) = bed.check();
+    let id = report["incidents"][0]["decision"]["actions"][0]["approval_id"].as_i64().unwrap().to_string();
+
+    bed.write_config("suggest", "dbus_address = \"unix:path=/nonexistent/bus\"");
+    let out = bed.run("macha-approve", &["approve", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("approval {id} is still pending")));
+    let pending = bed.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["decided_by"], Value::Null);
+
+    bed.write_config("suggest", "");
+    bed.heal_web();
+    assert!(bed.run("macha-approve", &["approve", &id]).status.success());
+    assert_eq!(bed.prop(WEB, "ActiveState"), "active");
+}

@@ -178,7 +178,7 @@ async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<Exit
         Ok(s) => s,
         Err(e) => {
             // Nothing was done: put the item back for a later attempt.
-            store.finish(id, "pending", "")?;
+            store.release(id)?;
             anyhow::bail!("{e}; approval {id} is still pending");
         }
     };

@@ -49,12 +49,7 @@ fn human(r: &CycleReport) -> String {
         let _ = writeln!(out, "{n} incident{}:", if n == 1 { "" } else { "s" });
     }
     for i in &r.incidents {
-        let _ = writeln!(
-            out,
-            "  {} [{}]",
-            i.fingerprint,
-            serde_json::to_value(i.novelty).unwrap_or_default().as_str().unwrap_or("")
-        );
+        let _ = writeln!(out, "  {} [{}]", i.fingerprint, i.novelty.as_str());
         let _ = writeln!(out, "    {}", i.summary);
         let Some(d) = &i.decision else {
             let _ = writeln!(out, "    already decided in an earlier cycle (see `macha-logs decisions`)");
