@@ -87,6 +87,8 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let (rss, hwm) = (status_kb(daemon.id(), "VmRSS:"), status_kb(daemon.id(), "VmHWM:"));
+    let (anon, file) = (status_kb(daemon.id(), "RssAnon:"), status_kb(daemon.id(), "RssFile:"));
+    let threads = status_kb(daemon.id(), "Threads:");
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 
@@ -97,4 +99,6 @@ fn main() {
     println!("| incidents per pass | {incidents} |");
     println!("| idle daemon VmRSS (release) | {:.1} MB |", rss as f64 / 1024.0);
     println!("| idle daemon VmHWM (peak, release) | {:.1} MB |", hwm as f64 / 1024.0);
+    println!("| of which anonymous / file-backed | {:.1} MB / {:.1} MB |", anon as f64 / 1024.0, file as f64 / 1024.0);
+    println!("| daemon threads | {threads} |");
 }
