@@ -20,6 +20,19 @@ use crate::gate::Verdict;
 
 pub const DECISIONS: &str = "decisions.jsonl";
 pub const ACTIONS: &str = "actions.jsonl";
+pub const INCIDENTS: &str = "incidents.jsonl";
+
+/// An incident opened or resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IncidentRecord {
+    pub time: DateTime<Utc>,
+    pub host: String,
+    pub incident: String,
+    /// `opened` or `resolved`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
 
 /// One decision: the incident, what the model said (or why it could not),
 /// and what the gate made of each proposed action.

@@ -59,6 +59,46 @@ pub struct Config {
     pub ollama: OllamaConfig,
     pub detect: DetectConfig,
     pub act: ActConfig,
+    pub gotify: GotifyConfig,
+}
+
+/// Notifications through a Gotify server; off while `url` is unset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GotifyConfig {
+    /// Base URL of the Gotify server.
+    pub url: Option<String>,
+    /// File holding the application token; never the token itself.
+    pub token_file: Option<PathBuf>,
+    /// Hour of the day (0-23, local time) at which the daily digest is sent.
+    pub digest_hour: u8,
+    /// Most messages sent in one hour; the rest are rolled into the next digest.
+    pub max_per_hour: u32,
+    /// Seconds an incident must stay gone before "resolved" is sent; failing
+    /// again sooner counts as a flap, not a new incident.
+    pub resolve_after: u64,
+    /// Seconds the model may be unreachable or answer garbage before a
+    /// human is told.
+    pub model_outage_after: u64,
+    /// Messages kept for delivery while Gotify is unreachable; beyond this
+    /// the oldest are dropped (and counted in the digest).
+    pub max_queued: u32,
+    /// Longest wait in seconds between two delivery attempts while Gotify
+    /// is unreachable (the wait doubles from 5 s up to this).
+    pub retry_max: u64,
+    pub priorities: Priorities,
+}
+
+/// Gotify priorities per kind of message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Priorities {
+    /// Something got better: resolved, carried out, recovered, digest.
+    pub info: u8,
+    /// Someone should look: an incident opened, an action waits for approval.
+    pub attention: u8,
+    /// A human is needed now: an action failed, an escalation, the model is down.
+    pub urgent: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +154,30 @@ impl Default for Config {
             ollama: OllamaConfig::default(),
             detect: DetectConfig::default(),
             act: ActConfig::default(),
+            gotify: GotifyConfig::default(),
         }
+    }
+}
+
+impl Default for GotifyConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token_file: None,
+            digest_hour: 8,
+            max_per_hour: 20,
+            resolve_after: 600,
+            model_outage_after: 900,
+            max_queued: 200,
+            retry_max: 300,
+            priorities: Priorities::default(),
+        }
+    }
+}
+
+impl Default for Priorities {
+    fn default() -> Self {
+        Self { info: 2, attention: 5, urgent: 8 }
     }
 }
 
@@ -224,6 +287,37 @@ impl Config {
         if self.detect.error_burst_lines == 0 {
             return Err("key `detect.error_burst_lines`: must be at least 1".into());
         }
+        let g = &self.gotify;
+        if let Some(url) = &g.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("key `gotify.url`: {url:?} is not an http:// or https:// URL"));
+            }
+            if url.contains('?') || url.contains('@') {
+                return Err("key `gotify.url`: must not carry a token or credentials; put the application token in the file named by `gotify.token_file`".into());
+            }
+            if g.token_file.is_none() {
+                return Err(
+                    "key `gotify.token_file`: required when `gotify.url` is set (a file holding the application token)"
+                        .into(),
+                );
+            }
+        }
+        if g.digest_hour > 23 {
+            return Err(format!("key `gotify.digest_hour`: {} is not an hour (accepted: 0 to 23)", g.digest_hour));
+        }
+        if g.retry_max == 0 {
+            return Err("key `gotify.retry_max`: must be at least 1 second".into());
+        }
+        if g.max_queued == 0 {
+            return Err("key `gotify.max_queued`: must be at least 1".into());
+        }
+        for (key, p) in
+            [("info", g.priorities.info), ("attention", g.priorities.attention), ("urgent", g.priorities.urgent)]
+        {
+            if p > 10 {
+                return Err(format!("key `gotify.priorities.{key}`: {p} is not a Gotify priority (accepted: 0 to 10)"));
+            }
+        }
         if !self.state_dir.is_absolute() {
             return Err(format!("key `state_dir`: {:?} is not an absolute path", self.state_dir));
         }
@@ -255,15 +349,22 @@ mod tests {
         let parsed = Config::parse(example).unwrap();
         let as_toml = |c: &Config| toml::to_string(c).unwrap();
         assert_eq!(as_toml(&parsed), as_toml(&Config::default()));
-        let table: toml::Table = toml::from_str(&as_toml(&Config::default())).unwrap();
-        for (key, value) in &table {
-            let keys: Vec<String> = match value.as_table() {
-                Some(t) => t.keys().map(|k| format!("{k} =")).collect(),
-                None => vec![format!("{key} =")],
-            };
-            for k in keys {
-                assert!(example.contains(&k), "macha.example.toml does not document `{k}`");
+        fn leaves(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                match value.as_table() {
+                    Some(t) => {
+                        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                        out.push(format!("[{name}]"));
+                        leaves(&name, t, out);
+                    }
+                    None => out.push(format!("{key} =")),
+                }
             }
+        }
+        let mut expected = Vec::new();
+        leaves("", &toml::from_str(&as_toml(&Config::default())).unwrap(), &mut expected);
+        for k in expected {
+            assert!(example.contains(&k), "macha.example.toml does not document `{k}`");
         }
     }
 
@@ -294,6 +395,10 @@ mod tests {
             ("[ollama]\nurl = \"localhost:11434\"", "ollama.url"),
             ("protected_units = [\"ssh; reboot\"]", "protected_units"),
             ("state_dir = \"relative/dir\"", "state_dir"),
+            ("[gotify]\nurl = \"https://g.example\"", "gotify.token_file"),
+            ("[gotify]\nurl = \"https://g.example/?token=abc\"\ntoken_file = \"/t\"", "gotify.url"),
+            ("[gotify]\ndigest_hour = 24", "gotify.digest_hour"),
+            ("[gotify.priorities]\nurgent = 11", "gotify.priorities.urgent"),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

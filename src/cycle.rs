@@ -12,13 +12,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::act;
-use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction};
+use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentRecord};
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::ollama::OllamaClient;
 use crate::decide::prompt::Prompts;
 use crate::decide::{self, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Protected, UnitFacts, Verdict};
+use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
 use crate::store::{Novelty, Store};
@@ -68,9 +69,11 @@ pub struct DecisionReport {
 pub struct ActionReport {
     pub action: String,
     pub target: Option<String>,
-    /// `executed`, `failed`, `queued`, `refused` or `informed`.
+    /// `executed`, `failed`, `queued`, `already_queued`, `refused` or `informed`.
     pub result: String,
     pub detail: String,
+    /// The model's reason for proposing it.
+    pub reason: String,
     pub approval_id: Option<i64>,
 }
 
@@ -88,6 +91,7 @@ pub struct Engine {
     client: OllamaClient,
     prompts: Prompts,
     protected: Protected,
+    notifier: Option<Notifier>,
 }
 
 /// Creates the state directory (owner-only) if it does not exist.
@@ -101,7 +105,8 @@ pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 impl Engine {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    /// `notifier` comes from `notify::setup`; `None` means notifications are off.
+    pub fn new(config: Config, notifier: Option<Notifier>) -> anyhow::Result<Self> {
         ensure_state_dir(&config.state_dir)?;
         Ok(Self {
             observer: Observer::new(&config),
@@ -109,6 +114,7 @@ impl Engine {
             client: OllamaClient::new(&config.ollama),
             prompts: Prompts::load(config.ollama.prompts_dir.as_deref())?,
             protected: Protected::new(&config.protected_units, &config.service_unit),
+            notifier,
             config,
         })
     }
@@ -133,8 +139,13 @@ impl Engine {
         }
         let incidents = detect(&snap, &self.config.detect);
         let (novelty, resolved) = self.store.sync_incidents(&incidents, &snap)?;
+        for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
+            tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
+            self.record_incident(&snap.hostname, &incident.fingerprint, "opened", Some(&incident.summary))?;
+        }
         for fp in &resolved {
             tracing::info!(incident = %fp, "incident resolved");
+            self.record_incident(&snap.hostname, fp, "resolved", None)?;
         }
         let mut reports = Vec::with_capacity(incidents.len());
         for (incident, novelty) in incidents.iter().zip(novelty) {
@@ -170,7 +181,36 @@ impl Engine {
             wall_ms = report.wall_ms,
             "cycle done"
         );
+        self.notify(&report);
         Ok(report)
+    }
+
+    /// Queues the messages for this cycle and, when due, the daily digest.
+    /// A failure here is logged: monitoring goes on without notifications.
+    fn notify(&self, report: &CycleReport) {
+        let Some(notifier) = &self.notifier else { return };
+        let now = Utc::now();
+        let result = notifier.after_cycle(report, now).and_then(|()| {
+            if notifier.digest_due(report.started_at, now)? {
+                let pending = self.store.pending().map(|p| p.len()).unwrap_or_default();
+                notifier.send_digest(&self.config.state_dir, &report.host, pending, now)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "notifications could not be queued");
+        }
+    }
+
+    fn record_incident(&self, host: &str, fingerprint: &str, event: &str, summary: Option<&str>) -> anyhow::Result<()> {
+        let rec = IncidentRecord {
+            time: Utc::now(),
+            host: host.into(),
+            incident: fingerprint.into(),
+            event: event.into(),
+            summary: summary.map(str::to_owned),
+        };
+        Ok(audit::append(&self.config.state_dir, audit::INCIDENTS, &rec)?)
     }
 
     /// Gates, records, and carries out (or queues) what the model proposed.
@@ -225,12 +265,11 @@ impl Engine {
                         &p.reason,
                         diagnosis.as_deref().unwrap_or_default(),
                     )?;
-                    let detail = if new {
-                        format!("run `macha-approve approve {id}` to carry it out")
+                    if new {
+                        ("queued".to_string(), format!("run `macha-approve approve {id}` to carry it out"), Some(id))
                     } else {
-                        format!("already waiting for approval as item {id}")
-                    };
-                    ("queued".to_string(), detail, Some(id))
+                        ("already_queued".to_string(), format!("already waiting for approval as item {id}"), Some(id))
+                    }
                 }
                 Verdict::Execute { action } => {
                     let report = match self.observer.systemd().await {
@@ -258,6 +297,7 @@ impl Engine {
                 target: p.unit.clone(),
                 result,
                 detail,
+                reason: p.reason.clone(),
                 approval_id,
             });
         }

@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::cycle::{ensure_state_dir, Engine};
+use crate::notify::{self, outbox::Outbox};
 
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -43,6 +44,7 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
     Ok(StateLock { _file: file })
 }
 
+/// Runs until SIGTERM or SIGINT. Must be polled inside a `tokio::task::LocalSet`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     ensure_state_dir(&config.state_dir)?;
     let _lock = lock_state_dir(&config.state_dir)?;
@@ -54,7 +56,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "macha daemon started"
     );
-    let mut engine = Engine::new(config)?;
+    let (notifier, gotify) = match notify::setup(&config)? {
+        Some((n, g)) => (Some(n), Some(g)),
+        None => (None, None),
+    };
+    if let (Some(n), Some(g)) = (&notifier, gotify) {
+        tracing::info!(url = %g.url(), "notifications to Gotify on");
+        // The sender shares the daemon's single thread; its SQLite handle is not `Sync`.
+        tokio::task::spawn_local(notify::run_sender(
+            Outbox::open(&config.state_dir)?,
+            g,
+            config.gotify.retry_max,
+            n.wake(),
+        ));
+    }
+    let mut engine = Engine::new(config, notifier)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {

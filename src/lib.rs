@@ -16,6 +16,7 @@ pub mod decide;
 pub mod detect;
 pub mod gate;
 pub mod logging;
+pub mod notify;
 pub mod observe;
 pub mod store;
 pub mod unit;

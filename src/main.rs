@@ -34,6 +34,8 @@ enum Command {
     Approve(cli::approve::Args),
     /// Show the audit trail and macha's own logs.
     Logs(cli::logs::Args),
+    /// Send a Gotify test message, or the daily digest now.
+    Notify(cli::notify::Args),
 }
 
 /// `macha-check --json` becomes `macha check --json`.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(cli.config.as_deref(), args),
         Command::Approve(args) => cli::approve::run(cli.config.as_deref(), args),
         Command::Logs(args) => cli::logs::run(cli.config.as_deref(), args),
+        Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
     };
     match result {
         Ok(code) => code,

@@ -150,6 +150,7 @@ fn record(
 }
 
 async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+    let notify = super::notifications(config)?;
     let item = find(store, id)?;
     let by = current_user();
     if item.status != "pending" {
@@ -195,6 +196,12 @@ async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<Exit
     store.finish(id, status, &report.detail)?;
     record(config, &item, &by, outcome, &report.detail, Some(&report))?;
     println!("approval {id}: {action}: {outcome}: {}", report.detail);
+    if let (Some(notifier), Some(gotify)) = notify {
+        let what = format!("{action} (approval {id} by {by})");
+        let host = macha::observe::hostname();
+        notifier.action_result(&host, &item.incident, &what, report.succeeded, &report.detail, Utc::now())?;
+        super::deliver_now(config, &gotify).await;
+    }
     Ok(if report.succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

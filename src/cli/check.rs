@@ -18,7 +18,14 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
     macha::logging::init_orchestrator(&config.state_dir, "error")?;
-    let report = super::runtime()?.block_on(async { Engine::new(config)?.run_cycle().await })?;
+    let (notifier, gotify) = super::notifications(&config)?;
+    let report = super::runtime()?.block_on(async {
+        let report = Engine::new(config.clone(), notifier)?.run_cycle().await?;
+        if let Some(g) = gotify {
+            super::deliver_now(&config, &g).await;
+        }
+        anyhow::Ok(report)
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

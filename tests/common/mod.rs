@@ -18,6 +18,7 @@ pub const WEB: &str = "demo-web.service";
 /// `/run/demo-web.ok` exists, then runs.
 pub const WEB_UNIT: &str = "[Unit]
 Description=demo web application (test)
+StartLimitIntervalSec=0
 
 [Service]
 Type=simple
@@ -93,6 +94,14 @@ job_timeout = 20
             text = lines.join("\n") + "\n";
         }
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Appends TOML (tables such as `[gotify]`) to the config.
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(&self.config, config).unwrap();
     }
 
     /// Runs `prog` (`macha`, `macha-check`, ...) with the bed's config.

@@ -1,0 +1,64 @@
+//! `macha notify`: check the Gotify set-up by sending a test message, or
+//! send the daily digest now.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use clap::Subcommand;
+
+use macha::config::Config;
+use macha::notify::{Kind, Message};
+use macha::store::Store;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send a test message now and print what the server answered.
+    Test,
+    /// Send the daily digest now (everything since the previous one) and print it.
+    Digest,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let (Some(notifier), Some(gotify)) = super::notifications(&config)? else {
+        anyhow::bail!("notifications are off: set gotify.url and gotify.token_file in the configuration");
+    };
+    let host = macha::observe::hostname();
+    match args.command {
+        Cmd::Test => {
+            let m = Message {
+                kind: Kind::Test,
+                title: format!("{host}: test message from macha"),
+                body: format!("**Test.** If you read this, macha on `{host}` can reach you."),
+                priority: config.gotify.priorities.info,
+            };
+            match super::runtime()?.block_on(gotify.send(&m)) {
+                Ok(stored) => {
+                    println!("sent to {}: the server stored message {}", gotify.url(), stored["id"]);
+                    println!("{}", serde_json::to_string_pretty(&stored)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("not sent: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Digest => {
+            let pending = Store::open(&config.state_dir)?.pending()?.len();
+            let m = notifier.send_digest(&config.state_dir, &host, pending, Utc::now())?;
+            println!("{}\n\n{}", m.title, m.body);
+            super::runtime()?.block_on(super::deliver_now(&config, &gotify));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Stage 8, notify: Gotify messages an admin keeps switched on.
+//!
+//! One message per state change (incident opened, resolved; action queued,
+//! carried out, failed; escalation; the model down for too long, and back),
+//! never twice for the same state. An incident that fails again before it
+//! has stayed gone for `resolve_after` is a flap: counted, and reported with
+//! its resolution, not paged again. Beyond `max_per_hour`, messages are
+//! rolled into the daily digest. Messages go through an outbox in SQLite and
+//! are delivered by a separate task, so a slow or absent Gotify never holds
+//! up monitoring and nothing is lost across a restart.
+
+pub mod gotify;
+pub mod outbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Local, TimeZone, Utc};
+use serde_json::Value;
+
+use self::gotify::{Gotify, Token};
+use self::outbox::{Outbox, OutboxError, Tracked};
+use crate::audit;
+use crate::config::{Config, GotifyConfig};
+use crate::cycle::CycleReport;
+
+/// What a message is about; fixes its priority class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Opened,
+    Resolved,
+    Queued,
+    Executed,
+    Failed,
+    Escalation,
+    ModelDown,
+    ModelRecovered,
+    Digest,
+    Test,
+}
+
+const KINDS: [(Kind, &str); 10] = [
+    (Kind::Opened, "opened"),
+    (Kind::Resolved, "resolved"),
+    (Kind::Queued, "queued"),
+    (Kind::Executed, "executed"),
+    (Kind::Failed, "failed"),
+    (Kind::Escalation, "escalation"),
+    (Kind::ModelDown, "model_down"),
+    (Kind::ModelRecovered, "model_recovered"),
+    (Kind::Digest, "digest"),
+    (Kind::Test, "test"),
+];
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        KINDS.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("test")
+    }
+
+    pub fn from_name(name: &str) -> Kind {
+        KINDS.iter().find(|(_, n)| *n == name).map(|(k, _)| *k).unwrap_or(Kind::Test)
+    }
+
+    fn priority(self, cfg: &GotifyConfig) -> u8 {
+        let p = cfg.priorities;
+        match self {
+            Kind::Resolved | Kind::Executed | Kind::ModelRecovered | Kind::Digest | Kind::Test => p.info,
+            Kind::Opened | Kind::Queued => p.attention,
+            Kind::Failed | Kind::Escalation | Kind::ModelDown => p.urgent,
+        }
+    }
+}
+
+impl rusqlite::ToSql for Kind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.name().into())
+    }
+}
+
+/// One Gotify message: a title naming the host, a markdown body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: Kind,
+    pub title: String,
+    pub body: String,
+    pub priority: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+}
+
+const MODEL_FAILING_SINCE: &str = "model_failing_since";
+const MODEL_LAST_ERROR: &str = "model_last_error";
+const MODEL_DOWN_NOTIFIED: &str = "model_down_notified";
+const LAST_DIGEST: &str = "last_digest";
+const DROPPED: &str = "dropped";
+
+/// Turns what happened into messages, with the state that keeps them to one
+/// per change.
+pub struct Notifier {
+    cfg: GotifyConfig,
+    outbox: Outbox,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Notifications as configured: `None` when `gotify.url` is unset. Reads the
+/// token file now, so a missing or unreadable one stops start-up.
+pub fn setup(config: &Config) -> Result<Option<(Notifier, Gotify)>, NotifyError> {
+    let g = &config.gotify;
+    let Some(url) = &g.url else { return Ok(None) };
+    let path = g
+        .token_file
+        .as_deref()
+        .ok_or_else(|| NotifyError::Setup("gotify.url is set but gotify.token_file is not".into()))?;
+    let token = Token::read(path).map_err(NotifyError::Setup)?;
+    let notifier = Notifier {
+        cfg: g.clone(),
+        outbox: Outbox::open(&config.state_dir)?,
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
+    Ok(Some((notifier, Gotify::new(url, token))))
+}
+
+fn code(text: &str) -> String {
+    format!("`{}`", text.replace('`', "'"))
+}
+
+impl Notifier {
+    /// Wakes the delivery task when a message is queued.
+    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    fn message(&self, kind: Kind, host: &str, title: &str, body: String) -> Message {
+        Message { kind, title: format!("{host}: {title}"), body, priority: kind.priority(&self.cfg) }
+    }
+
+    /// Queues `m` unless the hourly limit is reached, in which case it is
+    /// kept for the next digest.
+    pub fn emit(&self, m: Message, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        let sent_last_hour = self.outbox.accepted_since(now - chrono::Duration::hours(1))?;
+        if m.kind != Kind::Digest && sent_last_hour >= self.cfg.max_per_hour {
+            tracing::info!(title = %m.title, "notification rolled into the next digest (hourly limit)");
+            self.outbox.roll(&m, now)?;
+            return Ok(());
+        }
+        let dropped = self.outbox.enqueue(&m, now, self.cfg.max_queued)?;
+        if dropped > 0 {
+            tracing::warn!(dropped, "outbox full: oldest undelivered notifications dropped");
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The messages for what one cycle saw and did.
+    pub fn after_cycle(&self, r: &CycleReport, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        let host = r.host.as_str();
+        for fp in &r.resolved {
+            if let Some(mut t) = self.outbox.tracked(fp)? {
+                t.state = "resolving".into();
+                t.since = now;
+                self.outbox.track(fp, &t)?;
+            }
+        }
+        for inc in &r.incidents {
+            let fp = &inc.fingerprint;
+            match self.outbox.tracked(fp)? {
+                Some(mut t) if t.state == "resolving" => {
+                    // Back before it stayed gone: a flap, not a new incident.
+                    t.state = "open".into();
+                    t.flaps += 1;
+                    self.outbox.track(fp, &t)?;
+                }
+                Some(_) => {}
+                None => {
+                    let t = Tracked { state: "open".into(), since: now, flaps: 0, summary: inc.summary.clone() };
+                    self.outbox.track(fp, &t)?;
+                    let body = format!(
+                        "**Incident opened:** {}\n\n{}\n\n`macha-logs decisions` shows what was decided.",
+                        code(fp),
+                        inc.summary
+                    );
+                    self.emit(self.message(Kind::Opened, host, &inc.summary, body), now)?;
+                }
+            }
+            let Some(d) = &inc.decision else { continue };
+            if d.outcome == "failed" {
+                self.model_failed(host, d.error.as_deref().unwrap_or("unknown error"), now)?;
+                continue;
+            }
+            self.model_answered(host, now)?;
+            let diagnosis = d.diagnosis.as_deref().unwrap_or("");
+            for a in &d.actions {
+                let target = a.target.as_deref().unwrap_or("");
+                let what = format!("{} {target}", a.action).trim_end().to_owned();
+                match a.result.as_str() {
+                    "queued" => {
+                        let id = a.approval_id.unwrap_or_default();
+                        let body = format!(
+                            "**Approval needed** for {} on incident {}\n\n**Diagnosis:** {diagnosis}\n\n**Why:** {}\n\nTo carry it out: `macha-approve approve {id}`\n\nTo drop it: `macha-approve reject {id} --reason \"...\"`",
+                            code(&what),
+                            code(fp),
+                            a.reason
+                        );
+                        self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
+                    }
+                    "executed" => self.action_result(host, fp, &what, true, &a.detail, now)?,
+                    "failed" => self.action_result(host, fp, &what, false, &a.detail, now)?,
+                    "informed" => {
+                        let body = format!(
+                            "**A human is needed** for incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}\n\n**Why no automatic action:** {}",
+                            code(fp),
+                            inc.summary,
+                            a.reason
+                        );
+                        self.emit(
+                            self.message(Kind::Escalation, host, &format!("needs a human: {}", inc.summary), body),
+                            now,
+                        )?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.resolve_settled(host, now)?;
+        self.check_model_outage(host, now)
+    }
+
+    /// An action was carried out, by the daemon or through an approval.
+    pub fn action_result(
+        &self,
+        host: &str,
+        incident: &str,
+        what: &str,
+        succeeded: bool,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), NotifyError> {
+        let (kind, title, head) = if succeeded {
+            (Kind::Executed, format!("done: {what}"), "**Carried out**")
+        } else {
+            (Kind::Failed, format!("FAILED: {what}"), "**Failed**")
+        };
+        let body = format!("{head}: {} for incident {}\n\n{detail}", code(what), code(incident));
+        self.emit(self.message(kind, host, &title, body), now)
+    }
+
+    fn resolve_settled(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        let cutoff = now - chrono::Duration::seconds(self.cfg.resolve_after as i64);
+        for (fp, t) in self.outbox.resolving_since_before(cutoff)? {
+            let flaps = if t.flaps > 0 {
+                format!(
+                    "\n\nIt failed again {} time{} before it stayed healthy (flapping).",
+                    t.flaps,
+                    if t.flaps == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            };
+            let body = format!("**Resolved:** {}\n\nWas: {}{flaps}", code(&fp), t.summary);
+            let title =
+                if t.flaps > 0 { format!("resolved after {} flaps: {fp}", t.flaps) } else { format!("resolved: {fp}") };
+            self.emit(self.message(Kind::Resolved, host, &title, body), now)?;
+            self.outbox.untrack(&fp)?;
+        }
+        Ok(())
+    }
+
+    fn model_failed(&self, _host: &str, error: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        if self.outbox.get_time(MODEL_FAILING_SINCE)?.is_none() {
+            self.outbox.set_time(MODEL_FAILING_SINCE, Some(now))?;
+        }
+        self.outbox.set(MODEL_LAST_ERROR, Some(error))?;
+        Ok(())
+    }
+
+    fn model_answered(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        if self.outbox.get(MODEL_DOWN_NOTIFIED)?.is_some() {
+            let since = self.outbox.get_time(MODEL_FAILING_SINCE)?.unwrap_or(now);
+            let minutes = (now - since).num_minutes();
+            let body = format!("**Recovered:** the model answers again after about {minutes} minutes; open incidents are being decided.");
+            self.emit(self.message(Kind::ModelRecovered, host, "macha recovered: the model answers again", body), now)?;
+        }
+        self.outbox.set(MODEL_DOWN_NOTIFIED, None)?;
+        self.outbox.set(MODEL_FAILING_SINCE, None)?;
+        self.outbox.set(MODEL_LAST_ERROR, None)?;
+        Ok(())
+    }
+
+    fn check_model_outage(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        let Some(since) = self.outbox.get_time(MODEL_FAILING_SINCE)? else { return Ok(()) };
+        if self.outbox.get(MODEL_DOWN_NOTIFIED)?.is_some()
+            || (now - since).num_seconds() < self.cfg.model_outage_after as i64
+        {
+            return Ok(());
+        }
+        let error = self.outbox.get(MODEL_LAST_ERROR)?.unwrap_or_default();
+        let body = format!(
+            "**The model has not given a usable answer for {} minutes.** Incidents stay open and nothing is carried out until it does.\n\nLast error: {error}",
+            (now - since).num_minutes()
+        );
+        self.emit(self.message(Kind::ModelDown, host, "the model is not answering", body), now)?;
+        self.outbox.set(MODEL_DOWN_NOTIFIED, Some("1"))?;
+        Ok(())
+    }
+
+    /// Whether the daily digest is due at `now`. The first call only starts
+    /// the first digest's window, at `window_start` (the start of the cycle
+    /// that asks, so that cycle's records count).
+    pub fn digest_due(&self, window_start: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool, NotifyError> {
+        let Some(last) = self.outbox.get_time(LAST_DIGEST)? else {
+            self.outbox.set_time(LAST_DIGEST, Some(window_start))?;
+            return Ok(false);
+        };
+        Ok(digest_due_at(&Local, last, now, self.cfg.digest_hour))
+    }
+
+    /// Builds the digest of everything since the previous one and queues it.
+    pub fn send_digest(
+        &self,
+        state_dir: &Path,
+        host: &str,
+        pending: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Message, NotifyError> {
+        let since = self.outbox.get_time(LAST_DIGEST)?.unwrap_or(now - chrono::Duration::hours(24));
+        let counts = DigestCounts::from_audit(state_dir, since, now)?;
+        let rolled = self.outbox.take_rolled()?;
+        let dropped: u32 = self.outbox.get(DROPPED)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let body = counts.render(since, now, pending, &rolled, dropped);
+        let m = self.message(Kind::Digest, host, "daily digest", body);
+        self.emit(m.clone(), now)?;
+        self.outbox.set_time(LAST_DIGEST, Some(now))?;
+        self.outbox.set(DROPPED, None)?;
+        Ok(m)
+    }
+}
+
+/// The digest is due once a day, at the first check at or after
+/// `hour` (local time) on a day later than the previous digest's.
+pub fn digest_due_at<Tz: TimeZone>(tz: &Tz, last: DateTime<Utc>, now: DateTime<Utc>, hour: u8) -> bool {
+    let (last, now) = (last.with_timezone(tz), now.with_timezone(tz));
+    now.date_naive() > last.date_naive() && now.time().format("%H").to_string().parse::<u8>().unwrap_or(0) >= hour
+}
+
+/// What happened in a digest's window, counted from the audit files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DigestCounts {
+    pub opened: usize,
+    pub resolved: usize,
+    pub executed: usize,
+    pub failed: usize,
+    pub queued: usize,
+    pub refused: usize,
+    pub model_failures: usize,
+}
+
+impl DigestCounts {
+    pub fn from_audit(state_dir: &Path, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Self, NotifyError> {
+        let in_window = |v: &Value| {
+            v.get("time")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > since && t <= until)
+        };
+        let read = |name: &str| -> Result<Vec<Value>, NotifyError> {
+            Ok(audit::read_all(&state_dir.join(name))?.0.into_iter().filter(in_window).collect())
+        };
+        let count = |records: &[Value], key: &str, value: &str| records.iter().filter(|r| r[key] == value).count();
+        let incidents = read(audit::INCIDENTS)?;
+        let actions = read(audit::ACTIONS)?;
+        let decisions = read(audit::DECISIONS)?;
+        Ok(Self {
+            opened: count(&incidents, "event", "opened"),
+            resolved: count(&incidents, "event", "resolved"),
+            executed: count(&actions, "outcome", "succeeded"),
+            failed: count(&actions, "outcome", "failed"),
+            queued: count(&actions, "outcome", "queued"),
+            refused: count(&actions, "outcome", "refused"),
+            model_failures: count(&decisions, "outcome", "failed"),
+        })
+    }
+
+    fn render(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        pending: usize,
+        rolled: &[(String, String)],
+        dropped: u32,
+    ) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!(
+            "**Daily digest** from {} to {}\n\n| | count |\n|---|---|\n",
+            since.with_timezone(&Local).format("%Y-%m-%d %H:%M"),
+            until.with_timezone(&Local).format("%Y-%m-%d %H:%M")
+        );
+        for (label, n) in [
+            ("incidents opened", self.opened),
+            ("incidents resolved", self.resolved),
+            ("actions carried out", self.executed),
+            ("actions failed", self.failed),
+            ("actions queued for approval", self.queued),
+            ("actions refused", self.refused),
+            ("still waiting for approval", pending),
+            ("model failures", self.model_failures),
+        ] {
+            let _ = writeln!(out, "| {label} | {n} |");
+        }
+        if pending > 0 {
+            let _ = write!(out, "\n`macha-approve list` shows what waits for you.\n");
+        }
+        if !rolled.is_empty() {
+            let _ = write!(out, "\n**Held back by the hourly limit ({}):**\n\n", rolled.len());
+            for (_, title) in rolled {
+                let _ = writeln!(out, "- {title}");
+            }
+        }
+        if dropped > 0 {
+            let _ = write!(out, "\n{dropped} messages were dropped while Gotify was unreachable (outbox full).\n");
+        }
+        out
+    }
+}
+
+/// The outcome of one delivery pass.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub sent: usize,
+    pub held: usize,
+    pub error: Option<String>,
+}
+
+/// Retry delays: 5 s, 10 s, 20 s ... up to `max` seconds.
+fn backoff(attempts: u32, max: u64) -> chrono::Duration {
+    chrono::Duration::seconds((5i64 << attempts.saturating_sub(1).min(16)).min(max as i64))
+}
+
+/// Sends every due message, oldest first. On the first failure the rest
+/// wait: Gotify is down, and hammering it helps nobody.
+pub async fn deliver_due(outbox: &Outbox, gotify: &Gotify, retry_max: u64) -> Result<Delivery, NotifyError> {
+    let mut d = Delivery::default();
+    let due = outbox.due(Utc::now())?;
+    for (i, p) in due.iter().enumerate() {
+        match gotify.send(&p.message).await {
+            Ok(_) => {
+                outbox.delivered(p.id)?;
+                d.sent += 1;
+            }
+            Err(e) => {
+                let attempts = p.attempts + 1;
+                outbox.failed(p.id, attempts, Utc::now() + backoff(attempts, retry_max), &e.to_string())?;
+                d.held = due.len() - i;
+                d.error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// The daemon's delivery task: delivers due messages, waits for the next one
+/// to be due or for a new one, forever.
+pub async fn run_sender(outbox: Outbox, gotify: Gotify, retry_max: u64, wake: Arc<tokio::sync::Notify>) {
+    let mut failing = false;
+    loop {
+        match deliver_due(&outbox, &gotify, retry_max).await {
+            Ok(d) if d.error.is_some() => {
+                if !failing {
+                    tracing::warn!(
+                        held = d.held,
+                        error = d.error.as_deref().unwrap_or(""),
+                        "notifications held: Gotify delivery failed; retrying with backoff"
+                    );
+                }
+                failing = true;
+            }
+            Ok(d) => {
+                if failing && d.sent > 0 {
+                    tracing::info!(sent = d.sent, "Gotify reachable again; held notifications delivered");
+                }
+                failing = failing && d.sent == 0 && outbox.queued().unwrap_or(0) > 0;
+            }
+            Err(e) => tracing::error!(error = %e, "notification outbox unusable"),
+        }
+        let wait = match outbox.next_due() {
+            Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(60)),
+            _ => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::FixedOffset;
+
+    #[test]
+    fn the_digest_is_due_once_a_day_at_the_configured_hour() {
+        let tz = FixedOffset::east_opt(3600).unwrap();
+        let at = |d: u32, h: u32| tz.with_ymd_and_hms(2026, 11, d, h, 5, 0).unwrap().with_timezone(&Utc);
+        assert!(!digest_due_at(&tz, at(20, 9), at(20, 23), 8), "already sent today");
+        assert!(!digest_due_at(&tz, at(20, 9), at(21, 7), 8), "not yet the hour");
+        assert!(digest_due_at(&tz, at(20, 9), at(21, 8), 8));
+        assert!(digest_due_at(&tz, at(18, 9), at(21, 15), 8), "late is still due");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1, 300).num_seconds(), 5);
+        assert_eq!(backoff(2, 300).num_seconds(), 10);
+        assert_eq!(backoff(4, 300).num_seconds(), 40);
+        assert_eq!(backoff(30, 300).num_seconds(), 300);
+        assert_eq!(backoff(3, 2).num_seconds(), 2);
+    }
+}
