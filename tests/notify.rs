@@ -348,3 +348,57 @@ fn without_a_url_nothing_is_sent_and_nothing_is_needed() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("notifications are off"));
 }
+
+#[test]
+fn a_cycle_sends_the_digest_at_the_configured_hour_once_a_day() {
+    let bed = Bed::new("notify-daily", "suggest");
+    let g = gotify(&bed, "digest_hour = 0");
+    bed.check();
+    assert!(g.messages().is_empty(), "the first cycle only starts the digest's window");
+    // Pretend the last digest went out yesterday.
+    let db = rusqlite::Connection::open(bed.state_dir().join("state.db")).unwrap();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    db.execute("UPDATE notify_kv SET value = ?1 WHERE key = 'last_digest'", [yesterday]).unwrap();
+    bed.check();
+    bed.check();
+    let msgs = g.messages();
+    assert_eq!(msgs.len(), 1, "{:#?}", titles(&g));
+    assert!(msgs[0].title.ends_with(": daily digest"));
+}
+
+#[test]
+fn the_outbox_is_bounded_and_a_slow_gotify_does_not_hold_up_monitoring() {
+    let bed = Bed::new("notify-bound", "observe");
+    let g = gotify(&bed, "max_queued = 1");
+    g.set_mode(Mode::Delay(Duration::from_secs(60)));
+    bed.failing_web();
+    bed.c.install_unit("demo-a.service", "[Service]\nExecStart=/bin/false\n").unwrap();
+    bed.c.start_unit("demo-a.service").unwrap();
+    bed.c.wait_unit_state("demo-a.service", "failed", Duration::from_secs(10)).unwrap();
+
+    let daemon = start_daemon(&bed);
+    wait_until(Duration::from_secs(30), "a delivery attempt", || !g.attempts().is_empty());
+    let before = cycles(&bed);
+    wait_until(Duration::from_secs(30), "cycles while Gotify hangs", || cycles(&bed) >= before + 3);
+    stop_daemon(daemon);
+
+    let db = rusqlite::Connection::open(bed.state_dir().join("state.db")).unwrap();
+    let queued: u32 = db.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert!(queued <= 1, "{queued} messages kept");
+    g.set_mode(Mode::Normal);
+    let out = bed.run("macha", &["notify", "digest"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped while Gotify was unreachable"));
+}
+
+#[test]
+fn priorities_are_configurable() {
+    let bed = Bed::new("notify-prio", "suggest");
+    let g = gotify(&bed, "[gotify.priorities]\ninfo = 1\nattention = 6\nurgent = 10");
+    bed.failing_web();
+    bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
+    bed.check();
+    let msgs = g.messages();
+    assert_eq!(find(&msgs, "demo-web.service failed").priority, 6);
+    bed.run("macha", &["notify", "test"]);
+    assert_eq!(find(&g.messages(), "test message").priority, 1);
+}
