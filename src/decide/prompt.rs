@@ -148,20 +148,39 @@ fn evidence(incident: &Incident, snap: &Snapshot) -> String {
     out
 }
 
-/// Journal lines as quoted data: the trusted fields systemd records about
-/// the writer, then the text it wrote, which is never an instruction.
+/// Journal lines as quoted data: first the fields journald records about the
+/// writer, which a client cannot forge (`_SYSTEMD_UNIT`, `_COMM`, `_UID`),
+/// then the text it wrote, which can say anything and is never an
+/// instruction. Lines written by a login user's process are marked.
 fn journal_block(out: &mut String, title: &str, lines: &[Entry]) {
     let _ = writeln!(out, "{title} ({} lines):", lines.len());
     let _ = writeln!(out, "<journal>");
     for e in lines {
-        let who = e.unit.as_deref().or(e.identifier.as_deref()).unwrap_or("kernel");
-        let uid = e.uid.map_or_else(|| "?".into(), |u| u.to_string());
-        // Keep each entry on one line so text cannot fake a new entry or the closing marker.
-        let text = e.message.replace(['\n', '\r'], " ").replace("</journal>", "</ journal>");
-        let _ =
-            writeln!(out, "[{} prio={} from={who} uid={uid}] {text}", e.time.format("%Y-%m-%dT%H:%M:%SZ"), e.priority);
+        let unit = e.unit.as_deref().unwrap_or("-");
+        let comm = e.comm.as_deref().unwrap_or("-");
+        let uid = match e.uid {
+            Some(u) if is_login_user(u) => format!("{u} UNPRIVILEGED-USER"),
+            Some(u) => u.to_string(),
+            None => "?".into(),
+        };
+        // One entry per line, no control characters: text cannot fake a new
+        // entry, new trusted fields at a line start, or the closing marker.
+        let text: String = e.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let text = text.replace("</journal>", "</ journal>");
+        let _ = writeln!(
+            out,
+            "[{} prio={} unit={unit} comm={comm} uid={uid}] {text}",
+            e.time.format("%Y-%m-%dT%H:%M:%SZ"),
+            e.priority
+        );
     }
     let _ = writeln!(out, "</journal>");
+}
+
+/// Uids of people's accounts (NixOS and Debian both start them at 1000);
+/// system services and DynamicUser ranges lie outside.
+fn is_login_user(uid: u32) -> bool {
+    (1000..60000).contains(&uid)
 }
 
 #[cfg(test)]
@@ -191,7 +210,8 @@ mod tests {
         };
         journal_block(&mut out, "t", &[entry]);
         assert_eq!(out.matches("</journal>").count(), 1);
-        assert!(out.contains("uid=1000"));
+        assert!(out.contains("uid=1000 UNPRIVILEGED-USER"));
+        assert!(out.contains("unit=evil.service"));
         assert_eq!(out.lines().count(), 4);
     }
 }
