@@ -151,27 +151,159 @@ pub struct AuditError {
     source: std::io::Error,
 }
 
-/// Appends one record to `dir/name`.
+/// The field that chains each record to the one before it: the SHA-256 of
+/// the previous record's line, as written.
+pub const PREV_HASH: &str = "prev_hash";
+
+/// `prev_hash` of the first record of a file.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_record(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| v.is_object())
+}
+
+/// The last complete record of the file (a torn tail is skipped), read
+/// backwards from the end so that appending stays cheap on a long trail.
+fn last_record(file: &mut File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
+    const CHUNK: u64 = 64 * 1024;
+    let (mut start, mut buf) = (len, Vec::new());
+    loop {
+        let segments: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
+        // The first segment is only a whole line when it starts the file.
+        let skip = usize::from(start > 0);
+        if let Some(line) = segments.iter().skip(skip).rev().find(|l| !l.is_empty() && is_record(l)) {
+            return Ok(Some(line.to_vec()));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        let from = start.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        (start, buf) = (from, chunk);
+    }
+}
+
+/// Appends one record to `dir/name`, chained to the record before it, and
+/// seals the file's end in `name.head`.
 pub fn append<T: Serialize>(dir: &Path, name: &str, record: &T) -> Result<(), AuditError> {
     let path = dir.join(name);
     let err = |source| AuditError { path: path.display().to_string(), source };
-    let mut line = serde_json::to_vec(record).map_err(|e| err(e.into()))?;
-    line.push(b'\n');
+    let mut value = serde_json::to_value(record).map_err(|e| err(e.into()))?;
     let mut file = OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(&path).map_err(err)?;
     file.lock().map_err(err)?;
     let len = file.metadata().map_err(err)?.len();
+    let prev = last_record(&mut file, len).map_err(err)?.map_or_else(|| GENESIS.to_owned(), |l| sha256_hex(&l));
+    if let Some(map) = value.as_object_mut() {
+        map.insert(PREV_HASH.into(), prev.into());
+    }
+    let body = serde_json::to_vec(&value).map_err(|e| err(e.into()))?;
+    let mut line = Vec::with_capacity(body.len() + 2);
     if len > 0 {
         let mut last = [0u8; 1];
         file.seek(SeekFrom::Start(len - 1)).map_err(err)?;
         file.read_exact(&mut last).map_err(err)?;
         if last[0] != b'\n' {
             // A torn line from a crash: end it, so this record starts clean.
-            line.insert(0, b'\n');
+            line.push(b'\n');
         }
     }
+    line.extend_from_slice(&body);
+    line.push(b'\n');
     file.write_all(&line).map_err(err)?;
     file.sync_data().map_err(err)?;
-    Ok(())
+    seal(dir, name, &sha256_hex(&body)).map_err(err)
+}
+
+/// Writes the hash of the newest record to `name.head`, replacing it whole.
+fn seal(dir: &Path, name: &str, hash: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.head.tmp"));
+    let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o640).open(&tmp)?;
+    f.write_all(hash.as_bytes())?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, dir.join(format!("{name}.head")))
+}
+
+/// The result of checking one file's chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainReport {
+    pub records: usize,
+    /// The first record that breaks the chain: its line and why.
+    pub broken: Option<(usize, String)>,
+    /// A note that does not break the chain (the newest record was written
+    /// but its seal was not, as when a crash interrupts an append).
+    pub note: Option<String>,
+}
+
+/// Checks that every record of `dir/name` carries the hash of the one
+/// before it, and that the file ends where its seal says.
+pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
+    let path = dir.join(name);
+    let err = |source| AuditError { path: path.display().to_string(), source };
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(err(e)),
+    };
+    let mut report = ChainReport { records: 0, broken: None, note: None };
+    let mut prev = GENESIS.to_owned();
+    let mut prev_line = 0;
+    let mut before_last = GENESIS.to_owned();
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let n = i + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let value: Option<serde_json::Value> = serde_json::from_slice(line).ok().filter(serde_json::Value::is_object);
+        let Some(value) = value else {
+            report.broken.get_or_insert((n, "not a complete record (a torn write, or the line was damaged)".into()));
+            continue;
+        };
+        report.records += 1;
+        match value.get(PREV_HASH).and_then(serde_json::Value::as_str) {
+            Some(h) if h == prev => {}
+            Some(_) if prev_line == 0 => {
+                report.broken.get_or_insert((
+                    n,
+                    "the first record does not start the chain: records before it were removed".into(),
+                ));
+            }
+            Some(_) => {
+                report.broken.get_or_insert((
+                    n,
+                    format!("its prev_hash does not match line {prev_line}: that record was changed, or records were removed or inserted between them"),
+                ));
+            }
+            None => {
+                report.broken.get_or_insert((n, format!("it has no {PREV_HASH}")));
+            }
+        }
+        before_last = std::mem::replace(&mut prev, sha256_hex(line));
+        prev_line = n;
+    }
+    match std::fs::read_to_string(dir.join(format!("{name}.head"))) {
+        Ok(head) if head.trim() == prev => {}
+        Ok(head) if head.trim() == before_last => {
+            report.note =
+                Some(format!("line {prev_line} was written but not sealed (an append was interrupted); it is intact"));
+        }
+        Ok(_) => {
+            report.broken.get_or_insert((prev_line, "the file does not end where its seal says: records were removed from its end, or the newest one was changed".into()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.records == 0 => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.broken.get_or_insert((prev_line, format!("its seal {name}.head is missing")));
+        }
+        Err(e) => return Err(err(e)),
+    }
+    Ok(report)
 }
 
 /// A line of an audit file that is not a complete JSON object.
@@ -218,9 +350,78 @@ mod tests {
         drop(f);
         append(dir.path(), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
         let (records, torn) = read_all(&dir.path().join("a.jsonl")).unwrap();
-        assert_eq!(records, vec![serde_json::json!({"n": 1}), serde_json::json!({"n": 3})]);
+        let ns: Vec<&serde_json::Value> = records.iter().map(|r| &r["n"]).collect();
+        assert_eq!(ns, [1, 3]);
         assert_eq!(torn.len(), 1);
         assert_eq!(torn[0].line, 2);
+    }
+
+    fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect();
+        f(&mut lines);
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    fn three(dir: &Path) {
+        for n in 1..=3 {
+            append(dir, "a.jsonl", &serde_json::json!({"n": n, "what": "restart"})).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        three(dir.path());
+        let r = verify(dir.path(), "a.jsonl").unwrap();
+        assert_eq!((r.records, r.broken, r.note), (3, None, None));
+    }
+
+    #[test]
+    fn a_changed_record_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        three(dir.path());
+        rewrite(&dir.path().join("a.jsonl"), |l| l[1] = l[1].replace("restart", "nothing"));
+        let (line, why) = verify(dir.path(), "a.jsonl").unwrap().broken.unwrap();
+        assert_eq!(line, 3, "{why}");
+        assert!(why.contains("line 2"), "{why}");
+    }
+
+    #[test]
+    fn removed_records_are_noticed_at_the_start_middle_and_end() {
+        for (remove, expect_line) in [(0, 1), (1, 2), (2, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            three(dir.path());
+            rewrite(&dir.path().join("a.jsonl"), |l| {
+                l.remove(remove);
+            });
+            let broken = verify(dir.path(), "a.jsonl").unwrap().broken;
+            assert_eq!(broken.map(|b| b.0), Some(expect_line), "removing record {}", remove + 1);
+        }
+    }
+
+    #[test]
+    fn an_unsealed_last_record_is_a_note_not_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+        let head = std::fs::read(dir.path().join("a.jsonl.head")).unwrap();
+        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 2})).unwrap();
+        std::fs::write(dir.path().join("a.jsonl.head"), head).unwrap();
+        let r = verify(dir.path(), "a.jsonl").unwrap();
+        assert_eq!(r.broken, None);
+        assert!(r.note.unwrap().contains("line 2 was written but not sealed"));
+    }
+
+    #[test]
+    fn the_chain_continues_past_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+        let mut f = OpenOptions::new().append(true).open(dir.path().join("a.jsonl")).unwrap();
+        f.write_all(br#"{"n": 2, "ha"#).unwrap();
+        drop(f);
+        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
+        let r = verify(dir.path(), "a.jsonl").unwrap();
+        assert_eq!(r.records, 2);
+        assert_eq!(r.broken.map(|b| b.0), Some(2), "the torn line is named, the rest chains");
     }
 
     #[test]
@@ -239,5 +440,6 @@ mod tests {
         });
         let (records, torn) = read_all(&dir.path().join("a.jsonl")).unwrap();
         assert_eq!((records.len(), torn.len()), (100, 0));
+        assert_eq!(verify(dir.path(), "a.jsonl").unwrap().broken, None, "the chain holds under concurrency");
     }
 }

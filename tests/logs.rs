@@ -157,3 +157,30 @@ fn service_shows_the_daemons_own_journal_lines() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn verify_checks_the_chains_and_names_the_first_broken_record() {
+    let bed = Bed::new("verify", "suggest");
+    bed.failing_web();
+    bed.double.push(Reply::Json(decision("restart_unit", &[WEB, "ssh.service"])));
+    bed.check();
+    bed.heal_web();
+    assert!(bed.run("macha-approve", &["approve", "1"]).status.success());
+    let out = bed.run("macha-logs", &["verify"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("actions.jsonl: 3 records, chain intact"), "{text}");
+    assert!(text.contains("decisions.jsonl: 1 records, chain intact"), "{text}");
+
+    // Someone edits the audit trail to hide that ssh.service was asked for.
+    let path = bed.state_dir().join("actions.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap().replace("ssh.service", "web2.service");
+    std::fs::write(&path, text).unwrap();
+    let out = bed.run("macha-logs", &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = stdout(&out);
+    assert!(said.contains("actions.jsonl: BROKEN at line 3") && said.contains("line 2"), "{said}");
+    let json = stdout(&bed.run("macha-logs", &["verify", "--json"]));
+    let broken: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(broken[1]["broken"]["line"], 3);
+}

@@ -40,6 +40,8 @@ enum Which {
     Orchestrator,
     /// The daemon's journal lines (its systemd unit).
     Service,
+    /// Check the hash chains of the audit files; names the first broken record.
+    Verify,
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
@@ -47,6 +49,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let mut out = std::io::stdout().lock();
     let (file, format): (PathBuf, fn(&Value) -> String) = match args.which {
+        Which::Verify => return verify(&config, args.json),
         Which::Decisions => (config.state_dir.join(audit::DECISIONS), human_decision),
         Which::Actions => (config.state_dir.join(audit::ACTIONS), human_action),
         Which::Orchestrator => (config.state_dir.join(ORCHESTRATOR_LOG), human_log),
@@ -97,6 +100,27 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         follow(&file, |v| emit(&mut out, v).and_then(|_| out.flush()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let mut intact = true;
+    for name in [audit::DECISIONS, audit::ACTIONS, audit::INCIDENTS] {
+        let r = audit::verify(&config.state_dir, name)?;
+        intact &= r.broken.is_none();
+        if json {
+            let broken = r.broken.as_ref().map(|(line, why)| serde_json::json!({"line": line, "reason": why}));
+            println!("{}", serde_json::json!({"file": name, "records": r.records, "broken": broken, "note": r.note}));
+            continue;
+        }
+        match &r.broken {
+            None => println!("{name}: {} records, chain intact", r.records),
+            Some((line, why)) => println!("{name}: BROKEN at line {line}: {why}"),
+        }
+        if let Some(note) = &r.note {
+            println!("{name}: note: {note}");
+        }
+    }
+    Ok(if intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Prints each complete line appended to `path` from now on. A partial line
