@@ -139,6 +139,19 @@ pub struct ActConfig {
     pub settle_time: u64,
     /// Seconds to wait for systemd to finish the job of an action.
     pub job_timeout: u64,
+    /// Seconds between two automatic actions on one incident; doubles with
+    /// each further action.
+    pub cooldown: u64,
+    /// Automatic actions per hour, all incidents together; beyond, a human decides.
+    pub max_auto_per_hour: u32,
+    /// Automatic actions on one incident (in 24 hours) before it goes to a
+    /// human; also the `NRestarts` beyond which systemd's own restarts count
+    /// as a loop.
+    pub max_auto_restarts: u32,
+    /// Hours a queued action waits for approval before it expires.
+    pub approval_ttl_hours: u64,
+    /// Besides root, members of this group may approve and reject.
+    pub approver_group: String,
 }
 
 impl Default for Config {
@@ -203,7 +216,15 @@ impl Default for DetectConfig {
 
 impl Default for ActConfig {
     fn default() -> Self {
-        Self { settle_time: 5, job_timeout: 60 }
+        Self {
+            settle_time: 5,
+            job_timeout: 60,
+            cooldown: 300,
+            max_auto_per_hour: 10,
+            max_auto_restarts: 3,
+            approval_ttl_hours: 24,
+            approver_group: "wheel".into(),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
 use crate::store::{Novelty, Store};
+use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
 
 const CURSOR_FILE: &str = "journal.cursor";
@@ -69,7 +70,8 @@ pub struct DecisionReport {
 pub struct ActionReport {
     pub action: String,
     pub target: Option<String>,
-    /// `executed`, `failed`, `queued`, `already_queued`, `refused` or `informed`.
+    /// `executed`, `failed`, `queued`, `already_queued`, `escalated`,
+    /// `deferred`, `refused` or `informed`.
     pub result: String,
     pub detail: String,
     /// The model's reason for proposing it.
@@ -272,15 +274,42 @@ impl Engine {
                     }
                 }
                 Verdict::Execute { action } => {
-                    let report = match self.observer.systemd().await {
-                        Ok(systemd) => act::execute(systemd, &action, &self.config.act).await,
-                        Err(e) => act::Report { succeeded: false, detail: e.to_string(), before: None, after: None },
-                    };
-                    rec.before = report.before;
-                    rec.after = report.after;
-                    let result = if report.succeeded { "executed" } else { "failed" };
-                    tracing::info!(%action, result, detail = %report.detail, "action carried out");
-                    (result.to_string(), report.detail, None)
+                    let now = Utc::now();
+                    let history = self.store.auto_history(&incident.fingerprint, now)?;
+                    let signals = match self.observer.systemd().await {
+                        Ok(s) => s.unit_state(&action.unit).await.ok().flatten(),
+                        Err(_) => None,
+                    }
+                    .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result })
+                    .unwrap_or_default();
+                    match storm::admit(&history, &signals, &self.config.act, now) {
+                        Admission::Go => {
+                            let report = match self.observer.systemd().await {
+                                Ok(systemd) => act::execute(systemd, &action, &self.config.act).await,
+                                Err(e) => {
+                                    act::Report { succeeded: false, detail: e.to_string(), before: None, after: None }
+                                }
+                            };
+                            self.store.record_auto(&incident.fingerprint, now, report.succeeded)?;
+                            rec.before = report.before;
+                            rec.after = report.after;
+                            let result = if report.succeeded { "executed" } else { "failed" };
+                            tracing::info!(%action, result, detail = %report.detail, "action carried out");
+                            (result.to_string(), report.detail, None)
+                        }
+                        Admission::Wait(reason) => {
+                            tracing::info!(%action, %reason, "automatic action deferred");
+                            ("deferred".to_string(), format!("not acted now because {reason}"), None)
+                        }
+                        Admission::Escalate(reason) => {
+                            let diag = diagnosis.as_deref().unwrap_or_default();
+                            let (id, new) = self.store.enqueue(&incident.fingerprint, &action, &p.reason, diag)?;
+                            tracing::warn!(%action, %reason, approval = id, "handed to a human");
+                            let detail = format!("not acted automatically because {reason}; run `macha-approve approve {id}` to carry it out");
+                            let result = if new { "escalated" } else { "already_queued" };
+                            (result.to_string(), detail, Some(id))
+                        }
+                    }
                 }
             };
             if result != "informed" {

@@ -36,6 +36,14 @@ enum Command {
     Logs(cli::logs::Args),
     /// Send a Gotify test message, or the daily digest now.
     Notify(cli::notify::Args),
+    /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
+    Pause {
+        /// Why (shown in every queued item and notification).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let automatic actions run again.
+    Resume,
 }
 
 /// `macha-check --json` becomes `macha check --json`.
@@ -61,6 +69,8 @@ fn main() -> ExitCode {
         Command::Approve(args) => cli::approve::run(cli.config.as_deref(), args),
         Command::Logs(args) => cli::logs::run(cli.config.as_deref(), args),
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
+        Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
+        Command::Resume => cli::control::resume(cli.config.as_deref()),
     };
     match result {
         Ok(code) => code,

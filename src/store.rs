@@ -16,6 +16,7 @@ use crate::decide::ActionKind;
 use crate::detect::{basis_of, Incident};
 use crate::gate::Action;
 use crate::observe::Snapshot;
+use crate::storm::History;
 use crate::unit::UnitName;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,12 @@ CREATE TABLE IF NOT EXISTS incidents (
     decided_key TEXT,
     decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed'))
 );
+CREATE TABLE IF NOT EXISTS auto_actions (
+    time TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    succeeded INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at TEXT NOT NULL,
@@ -205,6 +212,73 @@ impl Store {
             )
             .map(drop)
             .map_err(self.wrap())
+    }
+
+    /// What storm control needs to know about earlier automatic actions.
+    pub fn auto_history(&self, fingerprint: &str, now: DateTime<Utc>) -> Result<History, StoreError> {
+        let day = (now - chrono::Duration::hours(24)).to_rfc3339();
+        let hour = (now - chrono::Duration::hours(1)).to_rfc3339();
+        let (recent, last): (u32, Option<String>) = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*), MAX(time) FROM auto_actions WHERE fingerprint = ?1 AND time > ?2",
+                params![fingerprint, day],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.wrap())?;
+        let last_failed: bool = self
+            .conn
+            .query_row(
+                "SELECT succeeded = 0 FROM auto_actions WHERE fingerprint = ?1 ORDER BY time DESC LIMIT 1",
+                [fingerprint],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.wrap())?
+            .unwrap_or(false);
+        let last_hour: u32 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM auto_actions WHERE time > ?1", [hour], |r| r.get(0))
+            .map_err(self.wrap())?;
+        Ok(History {
+            recent,
+            last: last.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)),
+            last_failed,
+            last_hour,
+            paused: self.paused()?,
+        })
+    }
+
+    /// Remembers an automatic action and whether it passed its check.
+    pub fn record_auto(&self, fingerprint: &str, now: DateTime<Utc>, succeeded: bool) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO auto_actions (time, fingerprint, succeeded) VALUES (?1, ?2, ?3)",
+                params![now.to_rfc3339(), fingerprint, succeeded],
+            )
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Why automatic actions are paused, if they are.
+    pub fn paused(&self) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM control WHERE key = 'paused'", [], |r| r.get(0))
+            .optional()
+            .map_err(self.wrap())
+    }
+
+    /// Pauses (with the reason) or resumes automatic actions.
+    pub fn set_paused(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(r) => self.conn.execute(
+                "INSERT INTO control (key, value) VALUES ('paused', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+                [r],
+            ),
+            None => self.conn.execute("DELETE FROM control WHERE key = 'paused'", []),
+        }
+        .map(drop)
+        .map_err(self.wrap())
     }
 
     /// Queues `action`; an identical pending item is reused instead of

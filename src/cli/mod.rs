@@ -3,6 +3,7 @@
 
 pub mod approve;
 pub mod check;
+pub mod control;
 pub mod logs;
 pub mod notify;
 

@@ -212,6 +212,15 @@ impl Notifier {
                         );
                         self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
                     }
+                    "escalated" => {
+                        let body = format!(
+                            "**A human is needed** for {} on incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
+                            code(&what),
+                            code(fp),
+                            a.detail
+                        );
+                        self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
+                    }
                     "executed" => self.action_result(host, fp, &what, true, &a.detail, now)?,
                     "failed" => self.action_result(host, fp, &what, false, &a.detail, now)?,
                     "informed" => {

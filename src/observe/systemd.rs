@@ -237,7 +237,13 @@ impl Systemd {
     /// Restarts `unit` ("replace" mode) and waits for systemd to finish the job.
     pub async fn restart(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
         let manager = self.manager().await?;
-        manager.subscribe().await.map_err(call_err("Subscribe"))?;
+        match manager.subscribe().await {
+            Ok(()) => {}
+            // A long-lived connection subscribes once; later calls say so.
+            Err(zbus::Error::MethodError(name, ..))
+                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
+            Err(e) => return Err(call_err("Subscribe")(e)),
+        }
         // Listen before asking, so the job's end cannot be missed.
         let mut removed = manager.receive_job_removed().await.map_err(call_err("match JobRemoved"))?;
         let job =

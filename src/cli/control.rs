@@ -1,0 +1,35 @@
+//! `macha pause` and `macha resume`: stop and restart every automatic action
+//! at once. The switch lives in the state database, so it holds across a
+//! restart of the daemon; while paused, what would have run is queued for a
+//! human instead.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use macha::config::Config;
+use macha::store::Store;
+
+pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let store = Store::open(&config.state_dir)?;
+    let reason = reason.unwrap_or_else(|| "paused by an operator".into());
+    store.set_paused(Some(&reason))?;
+    println!("automatic actions paused ({reason}); proposals are queued for `macha-approve` until `macha resume`");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let store = Store::open(&config.state_dir)?;
+    match store.paused()? {
+        Some(reason) => {
+            store.set_paused(None)?;
+            println!("automatic actions resumed (were paused: {reason})");
+        }
+        None => println!("automatic actions were not paused"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
