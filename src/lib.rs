@@ -19,4 +19,5 @@ pub mod logging;
 pub mod notify;
 pub mod observe;
 pub mod store;
+pub mod storm;
 pub mod unit;
