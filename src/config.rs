@@ -303,6 +303,12 @@ impl Config {
                 "key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into(),
             );
         }
+        if self.act.approval_ttl_hours == 0 {
+            return Err("key `act.approval_ttl_hours`: must be at least 1 hour".into());
+        }
+        if self.act.approver_group.trim().is_empty() {
+            return Err("key `act.approver_group`: must name a Unix group".into());
+        }
         percent("detect.disk_full_percent", self.detect.disk_full_percent)?;
         percent("detect.memory_pressure_percent", self.detect.memory_pressure_percent)?;
         if self.detect.error_burst_lines == 0 {

@@ -261,12 +261,8 @@ impl Engine {
                 Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
                 Verdict::Refuse { reason } => ("refused".to_string(), reason, None),
                 Verdict::Queue { action } => {
-                    let (id, new) = self.store.enqueue(
-                        &incident.fingerprint,
-                        &action,
-                        &p.reason,
-                        diagnosis.as_deref().unwrap_or_default(),
-                    )?;
+                    let diag = diagnosis.as_deref().unwrap_or_default();
+                    let (id, new) = self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
                     if new {
                         ("queued".to_string(), format!("run `macha-approve approve {id}` to carry it out"), Some(id))
                     } else {
@@ -303,7 +299,8 @@ impl Engine {
                         }
                         Admission::Escalate(reason) => {
                             let diag = diagnosis.as_deref().unwrap_or_default();
-                            let (id, new) = self.store.enqueue(&incident.fingerprint, &action, &p.reason, diag)?;
+                            let (id, new) =
+                                self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
                             tracing::warn!(%action, %reason, approval = id, "handed to a human");
                             let detail = format!("not acted automatically because {reason}; run `macha-approve approve {id}` to carry it out");
                             let result = if new { "escalated" } else { "already_queued" };
@@ -335,6 +332,10 @@ impl Engine {
             Outcome::Failed { error, .. } => ("failed", Some(error.clone())),
         };
         Ok(DecisionReport { outcome: outcome_name.into(), diagnosis, error, actions })
+    }
+
+    fn approval_ttl(&self) -> chrono::Duration {
+        chrono::Duration::hours(self.config.act.approval_ttl_hours as i64)
     }
 
     async fn facts(&mut self, raw: &str) -> UnitFacts {

@@ -58,9 +58,32 @@ pub struct Approval {
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
+    /// The incident's evidence when the action was proposed.
+    pub evidence_key: String,
+    /// SHA-256 over the action, its target, the incident and its evidence:
+    /// what a human approves.
+    pub binding: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What an approval is bound to: the action, its target, the incident and
+/// the evidence it was based on.
+pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [action.kind.as_str(), action.unit.as_str(), incident, evidence_key] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Approval {
+    /// Whether the stored fields still hash to the stored binding.
+    pub fn binding_holds(&self) -> bool {
+        self.action().is_ok_and(|a| binding(&a, &self.incident, &self.evidence_key) == self.binding)
+    }
+
     pub fn action(&self) -> Result<Action, String> {
         let unit = UnitName::parse(&self.unit).map_err(|e| e.to_string())?;
         Ok(Action { kind: self.kind, unit })
@@ -93,6 +116,9 @@ CREATE TABLE IF NOT EXISTS approvals (
     unit TEXT NOT NULL,
     reason TEXT NOT NULL,
     diagnosis TEXT NOT NULL,
+    evidence_key TEXT NOT NULL,
+    binding TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('pending', 'executing', 'executed', 'failed', 'rejected', 'refused')),
     decided_by TEXT,
     decided_at TEXT,
@@ -281,42 +307,77 @@ impl Store {
         .map_err(self.wrap())
     }
 
-    /// Queues `action`; an identical pending item is reused instead of
-    /// queued twice. Returns the item's id and whether it is new.
+    /// Queues `action` for approval until `now + ttl`. An identical pending
+    /// item (same action, same unit) is reused, not queued twice; if the
+    /// incident's evidence changed since, the item is brought up to date,
+    /// which changes its binding. Returns the item's id and whether it is new.
     pub fn enqueue(
         &self,
-        incident: &str,
+        incident: &Incident,
         action: &Action,
         reason: &str,
         diagnosis: &str,
+        ttl: chrono::Duration,
     ) -> Result<(i64, bool), StoreError> {
-        let existing: Option<i64> = self
+        let now = Utc::now();
+        let binding = binding(action, &incident.fingerprint, &incident.evidence_key);
+        let existing: Option<(i64, String)> = self
             .conn
             .query_row(
-                "SELECT id FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2",
+                "SELECT id, binding FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2",
                 params![action.kind.as_str(), action.unit.as_str()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.wrap())?;
-        if let Some(id) = existing {
+        if let Some((id, old)) = existing {
+            if old != binding {
+                self.conn
+                    .execute(
+                        "UPDATE approvals SET incident = ?2, evidence_key = ?3, binding = ?4, reason = ?5, diagnosis = ?6,
+                           expires_at = ?7 WHERE id = ?1",
+                        params![
+                            id,
+                            incident.fingerprint,
+                            incident.evidence_key,
+                            binding,
+                            reason,
+                            diagnosis,
+                            (now + ttl).to_rfc3339()
+                        ],
+                    )
+                    .map_err(self.wrap())?;
+            }
             return Ok((id, false));
         }
         self.conn
             .execute(
-                "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+                "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, evidence_key, binding, expires_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending')",
                 params![
-                    Utc::now().to_rfc3339(),
-                    incident,
+                    now.to_rfc3339(),
+                    incident.fingerprint,
                     action.kind.as_str(),
                     action.unit.as_str(),
                     reason,
-                    diagnosis
+                    diagnosis,
+                    incident.evidence_key,
+                    binding,
+                    (now + ttl).to_rfc3339()
                 ],
             )
             .map_err(self.wrap())?;
         Ok((self.conn.last_insert_rowid(), true))
+    }
+
+    /// The incident's state and current evidence key, if it is known.
+    pub fn incident_state(&self, fingerprint: &str) -> Result<Option<(String, String)>, StoreError> {
+        self.conn
+            .query_row("SELECT status, evidence_key FROM incidents WHERE fingerprint = ?1", [fingerprint], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(self.wrap())
     }
 
     fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
@@ -334,11 +395,15 @@ impl Store {
             decided_by: r.get(8)?,
             decided_at: time(r.get(9)?),
             outcome: r.get(10)?,
+            evidence_key: r.get(11)?,
+            binding: r.get(12)?,
+            expires_at: time(r.get(13)?).unwrap_or_default(),
         })
     }
 
     const COLUMNS: &'static str =
-        "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, outcome";
+        "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, \
+        outcome, evidence_key, binding, expires_at";
 
     /// Items waiting for a human, oldest first.
     pub fn pending(&self) -> Result<Vec<Approval>, StoreError> {

@@ -36,7 +36,13 @@ enum Cmd {
         json: bool,
     },
     /// Carry out an item now and print the outcome.
-    Approve { id: i64 },
+    Approve {
+        id: i64,
+        /// The binding (or its first characters) shown by `show`: refuse if
+        /// the item changed since.
+        #[arg(long, value_name = "BINDING")]
+        expect: Option<String>,
+    },
     /// Drop an item without carrying it out.
     Reject {
         id: i64,
@@ -49,11 +55,15 @@ enum Cmd {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
+    if matches!(args.command, Cmd::Approve { .. } | Cmd::Reject { .. }) {
+        // Before the database is opened, so the refusal is about who, not about file modes.
+        may_decide(&config.act.approver_group)?;
+    }
     let store = Store::open(&config.state_dir)?;
     match args.command {
         Cmd::List { json } => list(&store, json),
         Cmd::Show { id, json } => show(&store, id, json),
-        Cmd::Approve { id } => super::runtime()?.block_on(approve(&config, &store, id)),
+        Cmd::Approve { id, expect } => super::runtime()?.block_on(approve(&config, &store, id, expect.as_deref())),
         Cmd::Reject { id, reason } => reject(&config, &store, id, reason),
     }
 }
@@ -100,6 +110,8 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
     println!("action:     {} {}", a.kind.as_str(), a.unit);
     println!("reason:     {}", a.reason);
     println!("diagnosis:  {}", a.diagnosis);
+    println!("binding:    {}", a.binding);
+    println!("expires:    {}", a.expires_at.to_rfc3339());
     if let Some(by) = &a.decided_by {
         println!("decided by: {by} at {}", a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default());
     }
@@ -113,6 +125,24 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Only root and members of the approver group may approve or reject.
+fn may_decide(group: &str) -> anyhow::Result<()> {
+    use nix::unistd::{getegid, getgid, getgroups, getuid, Group};
+    if getuid().is_root() {
+        return Ok(());
+    }
+    let mut mine = getgroups().unwrap_or_default();
+    mine.extend([getgid(), getegid()]);
+    let allowed = Group::from_name(group).ok().flatten().is_some_and(|g| mine.contains(&g.gid));
+    if !allowed {
+        anyhow::bail!(
+            "{} may not approve or reject: only root and members of the group {group:?} may (config key act.approver_group)",
+            current_user()
+        );
+    }
+    Ok(())
 }
 
 /// The Unix user running this command, recorded as the approver.
@@ -149,7 +179,7 @@ fn record(
     Ok(audit::append(&config.state_dir, audit::ACTIONS, &rec)?)
 }
 
-async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) -> anyhow::Result<ExitCode> {
     let notify = super::notifications(config)?;
     let item = find(store, id)?;
     let by = current_user();
@@ -171,6 +201,23 @@ async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<Exit
         println!("approval {id} refused: {reason}");
         Ok(ExitCode::from(1))
     };
+    if Utc::now() > item.expires_at {
+        return refuse(format!(
+            "it expired at {} (queued items expire after act.approval_ttl_hours)",
+            item.expires_at.to_rfc3339()
+        ));
+    }
+    if !item.binding_holds() {
+        return refuse("its stored content no longer matches its binding: it was changed after it was queued".into());
+    }
+    if let Some(expected) = expect {
+        if expected.len() < 8 || !item.binding.starts_with(expected) {
+            return refuse(format!(
+                "its binding is {}, not {expected:?}: it is not what you looked at (see `macha-approve show {id}`)",
+                &item.binding[..16]
+            ));
+        }
+    }
     let action = match item.action() {
         Ok(a) => a,
         Err(e) => return refuse(format!("the stored target is not a unit name: {e}")),
@@ -190,6 +237,18 @@ async fn approve(config: &Config, store: &Store, id: i64) -> anyhow::Result<Exit
     let state = systemd.unit_state(&action.unit).await?;
     if let Err(reason) = act::still_applies(&action, state.as_ref()) {
         return refuse(format!("no longer applies: {reason}"));
+    }
+    match store.incident_state(&item.incident)? {
+        Some((status, key)) if status == "open" && key == item.evidence_key => {}
+        Some((status, _)) if status == "resolved" => {
+            return refuse(format!("no longer applies: incident {} was resolved meanwhile", item.incident));
+        }
+        _ => {
+            return refuse(format!(
+                "incident {} changed since this was queued (new evidence); the next cycle decides again",
+                item.incident
+            ));
+        }
     }
     let report = act::execute(&systemd, &action, &config.act).await;
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
