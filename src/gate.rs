@@ -40,6 +40,30 @@ pub const BUILT_IN_PROTECTED: &[&str] = &[
     "macha-autonomous.service",
 ];
 
+/// Services whose start powers off, reboots, suspends or rescues the
+/// machine, or opens a root shell: a restart of an inactive unit starts it.
+/// Kept equal to `NEVER_RESTART` in `module/polkit/50-macha-autonomous.rules`,
+/// which enforces the same a second time.
+pub const NEVER_RESTART: &[&str] = &[
+    "systemd-poweroff.service",
+    "systemd-reboot.service",
+    "systemd-halt.service",
+    "systemd-kexec.service",
+    "systemd-soft-reboot.service",
+    "systemd-suspend.service",
+    "systemd-hibernate.service",
+    "systemd-hybrid-sleep.service",
+    "systemd-suspend-then-hibernate.service",
+    "emergency.service",
+    "rescue.service",
+    "debug-shell.service",
+];
+
+/// Unit types a restart may target. Restarting a target, slice, mount or
+/// device propagates to units that depend on it (restarting `sysinit.target`
+/// restarts `ssh.service`) without polkit being asked for them.
+pub const RESTART_TYPES: &[&str] = &["service", "socket", "timer", "path"];
+
 /// How much harm an action can do; fixed per catalog entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -150,6 +174,22 @@ pub fn gate(level: AutonomyLevel, proposed: &ProposedAction, facts: &UnitFacts, 
         Ok(u) => u,
         Err(reason) => return Verdict::Refuse { reason },
     };
+    if proposed.kind == ActionKind::RestartUnit {
+        if !RESTART_TYPES.contains(&unit.kind()) {
+            return Verdict::Refuse {
+                reason: format!(
+                    "not acted because {unit} is a .{} unit: restarting it would restart the units that depend on it (only .{} units are restarted)",
+                    unit.kind(),
+                    RESTART_TYPES.join(", .")
+                ),
+            };
+        }
+        if NEVER_RESTART.contains(&unit.as_str()) {
+            return Verdict::Refuse {
+                reason: format!("not acted because starting {unit} changes the state of the whole machine"),
+            };
+        }
+    }
     let action = Action { kind: proposed.kind, unit };
     match (level, risk(proposed.kind)) {
         (_, Risk::None) => Verdict::Inform,
@@ -307,6 +347,32 @@ mod tests {
             UnitFacts::Exists { id: "x.service".into(), names: vec!["x.service".into()], refuse_manual_stop: true };
         let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("x.service")), &facts, &protected());
         assert!(is_refusal_containing(&v, "RefuseManualStop"));
+    }
+
+    #[test]
+    fn restarting_targets_slices_mounts_or_power_services_is_refused() {
+        for name in
+            ["sysinit.target", "multi-user.target", "system.slice", "var.mount", "dev-sda.device", "swapfile.swap"]
+        {
+            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), &protected());
+            assert!(is_refusal_containing(&v, "would restart the units that depend on it"), "{name}: {v:?}");
+        }
+        for name in NEVER_RESTART {
+            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), &protected());
+            assert!(is_refusal_containing(&v, "whole machine"), "{name}: {v:?}");
+        }
+        // Clearing a failed state starts nothing: allowed on any unprotected unit.
+        let v =
+            gate(AutoFull, &proposed(ActionKind::ResetFailed, Some("var.mount")), &exists("var.mount"), &protected());
+        assert!(matches!(v, Verdict::Execute { .. }));
+    }
+
+    #[test]
+    fn the_polkit_rule_carries_the_same_lists() {
+        let rule = include_str!("../module/polkit/50-macha-autonomous.rules");
+        for name in BUILT_IN_PROTECTED.iter().chain(NEVER_RESTART) {
+            assert!(rule.contains(&format!("\"{name}\"")), "{name} missing from the polkit rule");
+        }
     }
 
     #[test]
