@@ -169,7 +169,7 @@ fn verify_checks_the_chains_and_names_the_first_broken_record() {
     let out = bed.run("macha-logs", &["verify"]);
     assert!(out.status.success());
     let text = stdout(&out);
-    assert!(text.contains("actions.jsonl: 3 records, chain intact"), "{text}");
+    assert!(text.contains("actions.jsonl: 4 records, chain intact"), "{text}");
     assert!(text.contains("decisions.jsonl: 1 records, chain intact"), "{text}");
 
     // Someone edits the audit trail to hide that ssh.service was asked for.

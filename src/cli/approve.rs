@@ -250,6 +250,9 @@ async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) 
             ));
         }
     }
+    // Recorded before it is done: a crash from here on leaves the intent in
+    // the audit trail and the item in `executing`, never run twice.
+    record(config, &item, &by, "approved", &format!("carrying out {action}"), None)?;
     let report = act::execute(&systemd, &action, &config.act).await;
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
