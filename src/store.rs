@@ -455,16 +455,32 @@ impl Store {
             .map_err(self.wrap())
     }
 
-    /// Rejects a pending item; `false` if it was not pending.
-    pub fn reject(&self, id: i64, by: &str, reason: &str) -> Result<bool, StoreError> {
+    /// Rejects a pending item, or one whose execution was interrupted
+    /// (claimed before `stale_before` and never finished); `false` otherwise.
+    pub fn reject(&self, id: i64, by: &str, reason: &str, stale_before: DateTime<Utc>) -> Result<bool, StoreError> {
         let changed = self
             .conn
             .execute(
                 "UPDATE approvals SET status = 'rejected', decided_by = ?2, decided_at = ?3, outcome = ?4
-                 WHERE id = ?1 AND status = 'pending'",
-                params![id, by, Utc::now().to_rfc3339(), reason],
+                 WHERE id = ?1 AND (status = 'pending' OR (status = 'executing' AND decided_at < ?5))",
+                params![id, by, Utc::now().to_rfc3339(), reason, stale_before.to_rfc3339()],
             )
             .map_err(self.wrap())?;
         Ok(changed == 1)
+    }
+
+    /// Items claimed for execution before `stale_before` and never finished:
+    /// the `approve` that took them was killed. They may or may not have run,
+    /// so they are shown to a human, never retried automatically.
+    pub fn interrupted(&self, stale_before: DateTime<Utc>) -> Result<Vec<Approval>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {} FROM approvals WHERE status = 'executing' AND decided_at < ?1 ORDER BY id",
+                Self::COLUMNS
+            ))
+            .map_err(self.wrap())?;
+        let rows = stmt.query_map([stale_before.to_rfc3339()], Self::approval_from_row).map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 }

@@ -61,18 +61,34 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(&config.state_dir)?;
     match args.command {
-        Cmd::List { json } => list(&store, json),
+        Cmd::List { json } => list(&config, &store, json),
         Cmd::Show { id, json } => show(&store, id, json),
         Cmd::Approve { id, expect } => super::runtime()?.block_on(approve(&config, &store, id, expect.as_deref())),
         Cmd::Reject { id, reason } => reject(&config, &store, id, reason),
     }
 }
 
-fn list(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
+/// When a claimed item counts as interrupted: longer ago than any
+/// execution can take.
+fn stale_before(config: &Config) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::seconds((config.act.job_timeout + config.act.settle_time + 30) as i64)
+}
+
+fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     let items = store.pending()?;
+    let interrupted = store.interrupted(stale_before(config))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    for a in &interrupted {
+        println!(
+            "interrupted: item {} ({} {}) was being carried out when its approve was stopped; check the unit, then `macha-approve reject {}`",
+            a.id,
+            a.kind.as_str(),
+            a.unit,
+            a.id
+        );
     }
     if items.is_empty() {
         println!("nothing is waiting for approval");
@@ -271,7 +287,7 @@ fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> an
     let item = find(store, id)?;
     let by = current_user();
     let reason = reason.unwrap_or_else(|| "rejected without a reason".into());
-    if !store.reject(id, &by, &reason)? {
+    if !store.reject(id, &by, &reason, stale_before(config))? {
         let now = find(store, id)?;
         println!("approval {id} is not waiting: it is {}", now.status);
         return Ok(ExitCode::from(1));
