@@ -18,7 +18,7 @@ use crate::decide::ollama::OllamaClient;
 use crate::decide::prompt::Prompts;
 use crate::decide::{self, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
-use crate::gate::{gate, Protected, UnitFacts, Verdict};
+use crate::gate::{gate, Known, Protected, UnitFacts, Verdict};
 use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
@@ -230,7 +230,7 @@ impl Engine {
                 Some(raw) if p.kind.needs_unit() => self.facts(raw).await,
                 _ => UnitFacts::Missing,
             };
-            verdicts.push(gate(self.config.autonomy_level, p, &facts, &self.protected));
+            verdicts.push(gate(self.config.autonomy_level, p, &facts, incident.kind.unit(), &self.protected));
         }
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let record = DecisionRecord::new(host, incident, self.client.model(), outcome, gated);
@@ -353,7 +353,13 @@ impl Engine {
 /// Asks systemd what the gate needs to know about `name`.
 pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
     match systemd.unit_state(name).await {
-        Ok(Some(s)) => UnitFacts::Exists { id: s.id, names: s.names, refuse_manual_stop: s.refuse_manual_stop },
+        Ok(Some(s)) => UnitFacts::Exists(Known {
+            id: s.id,
+            names: s.names,
+            refuse_manual_stop: s.refuse_manual_stop,
+            success_action: s.success_action,
+            failure_action: s.failure_action,
+        }),
         Ok(None) => UnitFacts::Missing,
         Err(e) => UnitFacts::Unknown(e.to_string()),
     }

@@ -51,12 +51,28 @@ impl IncidentKind {
         }
     }
 
+    /// The unit an incident is about, the only one its actions may touch.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Self::UnitFailed { unit } | Self::ErrorBurst { unit } => Some(unit),
+            Self::DiskFull { .. } | Self::MemoryPressure => None,
+        }
+    }
+
     pub fn basis(&self) -> Basis {
         match self {
             Self::UnitFailed { .. } => Basis::Systemd,
             Self::ErrorBurst { .. } => Basis::Journal,
             Self::DiskFull { .. } | Self::MemoryPressure => Basis::Host,
         }
+    }
+}
+
+/// The unit a stored fingerprint is about (`unit-failed:X`, `error-burst:X`).
+pub fn unit_of(fingerprint: &str) -> Option<&str> {
+    match fingerprint.split_once(':') {
+        Some(("unit-failed" | "error-burst", unit)) => Some(unit),
+        _ => None,
     }
 }
 
@@ -169,6 +185,8 @@ mod tests {
             inactive_enter_timestamp: None,
             invocation_id: String::new(),
             refuse_manual_stop: false,
+            success_action: "none".into(),
+            failure_action: "none".into(),
         }
     }
 

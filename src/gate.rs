@@ -23,6 +23,8 @@ pub const BUILT_IN_PROTECTED: &[&str] = &[
     "sshd.service",
     "ssh.socket",
     "sshd.socket",
+    "ssh@.service",
+    "sshd@.service",
     "systemd-networkd.service",
     "systemd-networkd.socket",
     "NetworkManager.service",
@@ -34,6 +36,11 @@ pub const BUILT_IN_PROTECTED: &[&str] = &[
     "dbus-broker.service",
     "systemd-journald.service",
     "systemd-journald.socket",
+    "systemd-journald-dev-log.socket",
+    "systemd-journald-audit.socket",
+    "systemd-journald@.service",
+    "systemd-journald@.socket",
+    "systemd-journald-varlink@.socket",
     "systemd-logind.service",
     "polkit.service",
     "ollama.service",
@@ -57,6 +64,7 @@ pub const NEVER_RESTART: &[&str] = &[
     "emergency.service",
     "rescue.service",
     "debug-shell.service",
+    "systemd-exit.service",
 ];
 
 /// Unit types a restart may target. Restarting a target, slice, mount or
@@ -94,15 +102,50 @@ impl fmt::Display for Action {
     }
 }
 
+/// What systemd says about a unit that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// The primary name.
+    pub id: String,
+    /// All names, aliases included.
+    pub names: Vec<String>,
+    pub refuse_manual_stop: bool,
+    /// `SuccessAction` and `FailureAction`; anything but `none` acts on the
+    /// whole machine when the unit ends.
+    pub success_action: String,
+    pub failure_action: String,
+}
+
+impl Known {
+    /// A plain unit with no special properties (for tests and callers that
+    /// only know the name).
+    pub fn named(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            names: vec![id.into()],
+            refuse_manual_stop: false,
+            success_action: "none".into(),
+            failure_action: "none".into(),
+        }
+    }
+}
+
 /// What the host says about the unit an action names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitFacts {
-    /// The unit exists: its primary name, all names, and `RefuseManualStop`.
-    Exists { id: String, names: Vec<String>, refuse_manual_stop: bool },
-    /// systemd knows no such unit.
+    /// The unit is loaded.
+    Exists(Known),
+    /// systemd has no such unit loaded.
     Missing,
     /// systemd could not be asked.
     Unknown(String),
+}
+
+/// `foo@.service` for `foo@bar.service`.
+fn template_of(name: &str) -> Option<String> {
+    let (prefix, rest) = name.split_once('@')?;
+    let (_, kind) = rest.rsplit_once('.')?;
+    Some(format!("{prefix}@.{kind}"))
 }
 
 /// The set of protected unit names: built-in plus configured.
@@ -117,8 +160,13 @@ impl Protected {
         Self(set)
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.contains(name)
+    /// The protected name that covers `name`: itself, or the template it is
+    /// an instance of (`sshd@7-10.0.0.1:22.service` -> `sshd@.service`).
+    pub fn covering(&self, name: &str) -> Option<String> {
+        if self.0.contains(name) {
+            return Some(name.to_owned());
+        }
+        template_of(name).filter(|t| self.0.contains(t))
     }
 }
 
@@ -140,56 +188,93 @@ pub enum Verdict {
 }
 
 /// Checks that `raw` names a real unit that macha may touch: a valid unit
-/// name, known to systemd, and neither protected by name (any of its names,
-/// aliases included) nor by `RefuseManualStop=yes`. The error is the reason
-/// recorded in the audit trail.
-pub fn check_target(raw: &str, facts: &UnitFacts, protected: &Protected) -> Result<UnitName, String> {
+/// name, loaded in systemd, the unit the incident is about, and neither
+/// protected by name (any of its names, aliases and its template included)
+/// nor by `RefuseManualStop=yes`. The error is the reason recorded in the
+/// audit trail.
+pub fn check_target(
+    kind: ActionKind,
+    raw: &str,
+    facts: &UnitFacts,
+    scope: Option<&str>,
+    protected: &Protected,
+) -> Result<UnitName, String> {
     let unit = UnitName::parse(raw).map_err(|e| format!("not acted because the target is not a unit name: {e}"))?;
-    match facts {
-        UnitFacts::Missing => Err(format!("not acted because no unit named {unit} exists on this host")),
-        UnitFacts::Unknown(e) => Err(format!("not acted because systemd could not confirm that {unit} exists: {e}")),
-        UnitFacts::Exists { id, names, refuse_manual_stop } => {
-            let hit = std::iter::once(unit.as_str())
-                .chain(std::iter::once(id.as_str()))
-                .chain(names.iter().map(String::as_str))
-                .find(|n| protected.contains(n));
-            if let Some(name) = hit {
-                return Err(format!("not acted because {unit} is protected ({name} is on the protected list)"));
-            }
-            if *refuse_manual_stop {
-                return Err(format!("not acted because {unit} is protected (RefuseManualStop=yes)"));
-            }
-            Ok(unit)
+    let is_protected = |name: &str| {
+        protected
+            .covering(name)
+            .map(|p| format!("not acted because {unit} is protected ({p} is on the protected list)"))
+    };
+    // By name first: a protected unit, or a restart that can never be
+    // allowed, is refused as such even when the unit is not loaded.
+    if let Some(reason) = is_protected(unit.as_str()) {
+        return Err(reason);
+    }
+    if kind == ActionKind::RestartUnit {
+        if !RESTART_TYPES.contains(&unit.kind()) {
+            return Err(format!(
+                "not acted because {unit} is a .{} unit: restarting it would restart the units that depend on it (only .{} units are restarted)",
+                unit.kind(),
+                RESTART_TYPES.join(", .")
+            ));
         }
+        if NEVER_RESTART.contains(&unit.as_str()) {
+            return Err(format!("not acted because starting {unit} changes the state of the whole machine"));
+        }
+    }
+    let known = match facts {
+        UnitFacts::Missing => return Err(format!("not acted because no unit named {unit} is loaded on this host")),
+        UnitFacts::Unknown(e) => {
+            return Err(format!("not acted because systemd could not confirm that {unit} exists: {e}"));
+        }
+        UnitFacts::Exists(k) => k,
+    };
+    let mut names = std::iter::once(known.id.as_str()).chain(known.names.iter().map(String::as_str));
+    if let Some(reason) = names.clone().find_map(is_protected) {
+        return Err(reason);
+    }
+    if known.refuse_manual_stop {
+        return Err(format!("not acted because {unit} is protected (RefuseManualStop=yes)"));
+    }
+    if kind == ActionKind::RestartUnit {
+        if NEVER_RESTART.contains(&known.id.as_str()) {
+            return Err(format!("not acted because starting {unit} changes the state of the whole machine"));
+        }
+        if known.success_action != "none" || known.failure_action != "none" {
+            return Err(format!(
+                "not acted because the end of {unit} acts on the whole machine (SuccessAction={}, FailureAction={})",
+                known.success_action, known.failure_action
+            ));
+        }
+    }
+    match scope {
+        Some(incident_unit) if unit.as_str() == incident_unit || names.any(|n| n == incident_unit) => Ok(unit),
+        Some(incident_unit) => {
+            Err(format!("not acted because {unit} is not the unit this incident is about ({incident_unit})"))
+        }
+        None => Err(format!("not acted because this incident is not about a unit, so {unit} is out of its scope")),
     }
 }
 
 /// Decides what happens to `proposed` at `level`. `facts` is what systemd
 /// said about the unit the action names (ignored for actions without one).
-pub fn gate(level: AutonomyLevel, proposed: &ProposedAction, facts: &UnitFacts, protected: &Protected) -> Verdict {
+/// `scope` is the unit the incident is about (`None` for incidents that are
+/// not about one unit, such as a full disk).
+pub fn gate(
+    level: AutonomyLevel,
+    proposed: &ProposedAction,
+    facts: &UnitFacts,
+    scope: Option<&str>,
+    protected: &Protected,
+) -> Verdict {
     if !proposed.kind.needs_unit() {
         return Verdict::Inform;
     }
-    let unit = match check_target(proposed.unit.as_deref().unwrap_or_default(), facts, protected) {
+    let unit = match check_target(proposed.kind, proposed.unit.as_deref().unwrap_or_default(), facts, scope, protected)
+    {
         Ok(u) => u,
         Err(reason) => return Verdict::Refuse { reason },
     };
-    if proposed.kind == ActionKind::RestartUnit {
-        if !RESTART_TYPES.contains(&unit.kind()) {
-            return Verdict::Refuse {
-                reason: format!(
-                    "not acted because {unit} is a .{} unit: restarting it would restart the units that depend on it (only .{} units are restarted)",
-                    unit.kind(),
-                    RESTART_TYPES.join(", .")
-                ),
-            };
-        }
-        if NEVER_RESTART.contains(&unit.as_str()) {
-            return Verdict::Refuse {
-                reason: format!("not acted because starting {unit} changes the state of the whole machine"),
-            };
-        }
-    }
     let action = Action { kind: proposed.kind, unit };
     match (level, risk(proposed.kind)) {
         (_, Risk::None) => Verdict::Inform,
@@ -218,12 +303,12 @@ mod tests {
     }
 
     fn exists(id: &str) -> UnitFacts {
-        UnitFacts::Exists { id: id.into(), names: vec![id.into()], refuse_manual_stop: false }
+        UnitFacts::Exists(Known::named(id))
     }
 
     fn verdict(level: AutonomyLevel, kind: ActionKind) -> Verdict {
         let unit = kind.needs_unit().then_some("web.service");
-        gate(level, &proposed(kind, unit), &exists("web.service"), &protected())
+        gate(level, &proposed(kind, unit), &exists("web.service"), Some("web.service"), &protected())
     }
 
     fn action(kind: ActionKind) -> Action {
@@ -310,7 +395,7 @@ mod tests {
         for name in BUILT_IN_PROTECTED {
             for level in AutonomyLevel::ALL {
                 for kind in [ActionKind::RestartUnit, ActionKind::ResetFailed] {
-                    let v = gate(level, &proposed(kind, Some(name)), &exists(name), &protected());
+                    let v = gate(level, &proposed(kind, Some(name)), &exists(name), Some(name), &protected());
                     assert!(is_refusal_containing(&v, "protected"), "{name} at {level:?}: {v:?}");
                 }
             }
@@ -323,6 +408,7 @@ mod tests {
             AutoFull,
             &proposed(ActionKind::RestartUnit, Some("payroll.service")),
             &exists("payroll.service"),
+            Some("payroll.service"),
             &protected(),
         );
         assert!(is_refusal_containing(&v, "protected"));
@@ -332,20 +418,30 @@ mod tests {
     fn an_alias_of_a_protected_unit_is_refused() {
         // On Debian, sshd.service is an alias of ssh.service; here the model
         // uses an alias that is not itself on the list.
-        let facts = UnitFacts::Exists {
-            id: "ssh.service".into(),
+        let facts = UnitFacts::Exists(Known {
             names: vec!["ssh.service".into(), "secure-shell.service".into()],
-            refuse_manual_stop: false,
-        };
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("secure-shell.service")), &facts, &protected());
+            ..Known::named("ssh.service")
+        });
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("secure-shell.service")),
+            &facts,
+            Some("secure-shell.service"),
+            &protected(),
+        );
         assert!(is_refusal_containing(&v, "ssh.service is on the protected list"), "{v:?}");
     }
 
     #[test]
     fn a_unit_with_refuse_manual_stop_is_refused() {
-        let facts =
-            UnitFacts::Exists { id: "x.service".into(), names: vec!["x.service".into()], refuse_manual_stop: true };
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("x.service")), &facts, &protected());
+        let facts = UnitFacts::Exists(Known { refuse_manual_stop: true, ..Known::named("x.service") });
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("x.service")),
+            &facts,
+            Some("x.service"),
+            &protected(),
+        );
         assert!(is_refusal_containing(&v, "RefuseManualStop"));
     }
 
@@ -354,16 +450,23 @@ mod tests {
         for name in
             ["sysinit.target", "multi-user.target", "system.slice", "var.mount", "dev-sda.device", "swapfile.swap"]
         {
-            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), &protected());
+            let v =
+                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
             assert!(is_refusal_containing(&v, "would restart the units that depend on it"), "{name}: {v:?}");
         }
         for name in NEVER_RESTART {
-            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), &protected());
+            let v =
+                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
             assert!(is_refusal_containing(&v, "whole machine"), "{name}: {v:?}");
         }
         // Clearing a failed state starts nothing: allowed on any unprotected unit.
-        let v =
-            gate(AutoFull, &proposed(ActionKind::ResetFailed, Some("var.mount")), &exists("var.mount"), &protected());
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::ResetFailed, Some("var.mount")),
+            &exists("var.mount"),
+            Some("var.mount"),
+            &protected(),
+        );
         assert!(matches!(v, Verdict::Execute { .. }));
     }
 
@@ -376,14 +479,74 @@ mod tests {
     }
 
     #[test]
+    fn only_the_unit_the_incident_is_about_may_be_touched() {
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("bystander.service")),
+            &exists("bystander.service"),
+            Some("web.service"),
+            &protected(),
+        );
+        assert!(is_refusal_containing(&v, "not the unit this incident is about (web.service)"), "{v:?}");
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("web.service")),
+            &exists("web.service"),
+            None,
+            &protected(),
+        );
+        assert!(is_refusal_containing(&v, "not about a unit"), "{v:?}");
+        // An alias of the incident's unit is the same unit.
+        let facts = UnitFacts::Exists(Known {
+            names: vec!["web.service".into(), "www.service".into()],
+            ..Known::named("web.service")
+        });
+        let v = gate(
+            AutoFull,
+            &proposed(ActionKind::RestartUnit, Some("www.service")),
+            &facts,
+            Some("web.service"),
+            &protected(),
+        );
+        assert!(matches!(v, Verdict::Execute { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn instances_of_protected_templates_are_protected() {
+        let name = "sshd@7-10.0.0.1:22-10.0.0.2:51234.service";
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
+        assert!(is_refusal_containing(&v, "sshd@.service is on the protected list"), "{v:?}");
+    }
+
+    #[test]
+    fn units_whose_end_acts_on_the_machine_are_not_restarted() {
+        for (success, failure) in [("exit-force", "none"), ("none", "reboot"), ("poweroff", "none")] {
+            let facts = UnitFacts::Exists(Known {
+                success_action: success.into(),
+                failure_action: failure.into(),
+                ..Known::named("job.service")
+            });
+            let v = gate(
+                AutoFull,
+                &proposed(ActionKind::RestartUnit, Some("job.service")),
+                &facts,
+                Some("job.service"),
+                &protected(),
+            );
+            assert!(is_refusal_containing(&v, "acts on the whole machine"), "{v:?}");
+        }
+    }
+
+    #[test]
     fn a_unit_that_does_not_exist_is_refused() {
         let v = gate(
             AutoFull,
             &proposed(ActionKind::RestartUnit, Some("ghost.service")),
             &UnitFacts::Missing,
+            Some("ghost.service"),
             &protected(),
         );
-        assert!(is_refusal_containing(&v, "no unit named ghost.service exists"));
+        assert!(is_refusal_containing(&v, "no unit named ghost.service is loaded"));
     }
 
     #[test]
@@ -392,6 +555,7 @@ mod tests {
             AutoFull,
             &proposed(ActionKind::RestartUnit, Some("web.service")),
             &UnitFacts::Unknown("bus down".into()),
+            Some("web.service"),
             &protected(),
         );
         assert!(is_refusal_containing(&v, "could not confirm"));
@@ -407,7 +571,13 @@ mod tests {
             "web.service && systemctl stop ssh.service",
             "",
         ] {
-            let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(bad)), &exists("web.service"), &protected());
+            let v = gate(
+                AutoFull,
+                &proposed(ActionKind::RestartUnit, Some(bad)),
+                &exists("web.service"),
+                Some(bad),
+                &protected(),
+            );
             assert!(is_refusal_containing(&v, "not a unit name"), "{bad:?}: {v:?}");
         }
     }

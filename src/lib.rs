@@ -18,6 +18,7 @@ pub mod gate;
 pub mod logging;
 pub mod notify;
 pub mod observe;
+pub mod redact;
 pub mod store;
 pub mod storm;
 pub mod unit;

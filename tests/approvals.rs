@@ -14,7 +14,9 @@ fn queued(bed: &Bed) -> String {
     bed.failing_web();
     bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
     let (_, report) = bed.check();
-    report["incidents"][0]["decision"]["actions"][0]["approval_id"].as_i64().unwrap().to_string()
+    let web =
+        report["incidents"].as_array().unwrap().iter().find(|i| i["fingerprint"] == "unit-failed:demo-web.service");
+    web.unwrap()["decision"]["actions"][0]["approval_id"].as_i64().unwrap().to_string()
 }
 
 fn db(bed: &Bed) -> rusqlite::Connection {
@@ -80,7 +82,7 @@ fn an_item_changed_in_the_database_is_refused() {
     bed.c.exec_ok(&["systemctl", "kill", "--signal=KILL", "other.service"]).unwrap();
     bed.c.wait_unit_state("other.service", "failed", Duration::from_secs(10)).unwrap();
     let id = queued(&bed);
-    db(&bed).execute("UPDATE approvals SET unit = 'other.service'", []).unwrap();
+    db(&bed).execute("UPDATE approvals SET unit = 'other.service' WHERE id = ?1", [&id]).unwrap();
     let invocation = bed.prop("other.service", "InvocationID");
     let out = bed.run("macha-approve", &["approve", &id]);
     assert_eq!(out.status.code(), Some(1));

@@ -207,7 +207,8 @@ fn protected_units_and_their_aliases_are_refused() {
     assert_eq!(prop(&c, "sshd.service", "Id"), "ssh.service");
     assert_eq!(prop(&c, "ssh.service", "ActiveState"), "active");
 
-    for &unit in BUILT_IN_PROTECTED {
+    // Templates are covered through their instances, below.
+    for &unit in BUILT_IN_PROTECTED.iter().filter(|u| !u.contains("@.")) {
         let exists = prop(&c, unit, "LoadState") == "loaded";
         let id = prop(&c, unit, "Id");
         let before = state(&c, &id);
@@ -230,6 +231,15 @@ fn protected_units_and_their_aliases_are_refused() {
             }
         }
         assert_eq!(state(&c, &id), before, "{unit} ({id}) changed after refused calls");
+    }
+
+    // An instance of a protected template is protected: Debian's ssh@.service
+    // serves socket-activated connections, one instance each.
+    for instance in ["ssh@7-10.0.0.1:22-10.0.0.2:50000.service", "systemd-journald@evil.service"] {
+        let r = restart(&c, MACHA, instance);
+        settle();
+        assert!(!r.ok && r.refused(), "RestartUnit {instance} as macha: {}", r.text);
+        assert_ne!(prop(&c, instance, "ActiveState"), "active", "{instance} was started");
     }
 
     // Restarting a unit restarts what Requires it without a second polkit

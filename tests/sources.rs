@@ -150,3 +150,41 @@ fn approving_while_systemd_is_unreachable_keeps_the_item_pending() {
     assert!(bed.run("macha-approve", &["approve", &id]).status.success());
     assert_eq!(bed.prop(WEB, "ActiveState"), "active");
 }
+
+#[test]
+fn secrets_in_the_journal_never_reach_the_model_or_a_notification() {
+    let bed = Bed::new("secrets", "suggest");
+    let receiver = macha_testbed::gotify::GotifyReceiver::start(&["AppTok.macha.test"]).unwrap();
+    let token_file = bed.state.path().join("gotify-token");
+    std::fs::write(&token_file, "AppTok.macha.test\n").unwrap();
+    bed.append_config(&format!("[gotify]\nurl = \"{}\"\ntoken_file = \"{}\"\n", receiver.url(), token_file.display()));
+    let secrets = [
+        "hunter2-Correct-Horse-42",
+        "AKIAZ4X7Q2M9T6R3W8YP",
+        "xoxb-2741590238-8836125907-Zq8vN3kLm2Pw7RtY5sXa",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVlLWZha2U",
+    ];
+    let script = format!(
+        "echo \"db: connecting with password={}\" >&2; echo \"aws key {} rejected\" >&2; echo \"slack token {} revoked\" >&2; echo \"Authorization: Bearer {}\" >&2; exit 4",
+        secrets[0], secrets[1], secrets[2], secrets[3]
+    );
+    bed.c.install_unit("leaky.service", &format!("[Service]\nExecStart=/bin/sh -c '{script}'\n")).unwrap();
+    bed.c.start_unit("leaky.service").unwrap();
+    bed.c.wait_unit_state("leaky.service", "failed", Duration::from_secs(10)).unwrap();
+    // A manipulated or careless model repeats one in its diagnosis.
+    bed.double.push(Reply::Json(serde_json::json!({
+        "diagnosis": format!("the database rejected password={}", secrets[0]),
+        "severity": "warning",
+        "actions": [{"kind": "notify_only", "unit": null, "reason": format!("rotate key {}", secrets[1])}]
+    })));
+    bed.check();
+
+    let prompt = bed.double.requests().iter().map(|r| r.body.to_string()).collect::<String>();
+    assert!(prompt.contains("db: connecting with password=[redacted"), "the line is there, masked: {prompt}");
+    let messages: String = receiver.messages().iter().map(|m| format!("{} {}", m.title, m.message)).collect();
+    assert!(!messages.is_empty());
+    for s in secrets {
+        assert!(!prompt.contains(s), "{s} reached the model");
+        assert!(!messages.contains(s), "{s} reached a notification: {messages}");
+    }
+}

@@ -247,7 +247,10 @@ async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) 
         }
     };
     let protected = Protected::new(&config.protected_units, &config.service_unit);
-    if let Err(reason) = check_target(action.unit.as_str(), &unit_facts(&systemd, &action.unit).await, &protected) {
+    let scope = macha::detect::unit_of(&item.incident);
+    if let Err(reason) =
+        check_target(action.kind, action.unit.as_str(), &unit_facts(&systemd, &action.unit).await, scope, &protected)
+    {
         return refuse(reason);
     }
     let state = systemd.unit_state(&action.unit).await?;

@@ -9,6 +9,7 @@ use std::path::Path;
 use crate::detect::{Incident, IncidentKind};
 use crate::observe::journal::Entry;
 use crate::observe::{Snapshot, Source};
+use crate::redact::redact;
 
 const SYSTEM: &str = include_str!("../../prompts/system.md");
 const INCIDENT: &str = include_str!("../../prompts/incident.md");
@@ -42,13 +43,15 @@ impl Prompts {
         Ok(Self { system: read("system", SYSTEM)?, incident: read("incident", INCIDENT)? })
     }
 
-    /// The system and user messages for one incident.
+    /// The system and user messages for one incident. Everything taken from
+    /// the host passes through `redact` first: no secret a log line carries
+    /// reaches the model.
     pub fn render(&self, incident: &Incident, snap: &Snapshot) -> (String, String) {
         let mut vars = BTreeMap::new();
         vars.insert("hostname", snap.hostname.clone());
         vars.insert("fingerprint", incident.fingerprint.clone());
-        vars.insert("summary", incident.summary.clone());
-        vars.insert("evidence", evidence(incident, snap));
+        vars.insert("summary", redact(&incident.summary).into_owned());
+        vars.insert("evidence", redact(&evidence(incident, snap)).into_owned());
         (fill(&self.system, &vars), fill(&self.incident, &vars))
     }
 }
@@ -111,10 +114,8 @@ fn evidence(incident: &Incident, snap: &Snapshot) -> String {
             }
         }
         IncidentKind::ErrorBurst { unit } => {
-            if let Some(scan) = snap.journal.ok() {
-                let lines: Vec<Entry> =
-                    scan.recent.iter().filter(|e| e.unit.as_deref() == Some(unit)).cloned().collect();
-                journal_block(&mut out, &format!("recent error lines of {unit}"), &lines);
+            if let Some(lines) = snap.journal.ok().and_then(|scan| scan.recent.get(unit)) {
+                journal_block(&mut out, &format!("recent error lines of {unit}"), lines);
             }
         }
         IncidentKind::DiskFull { mount } => {
@@ -165,7 +166,7 @@ fn journal_block(out: &mut String, title: &str, lines: &[Entry]) {
         };
         // One entry per line, no control characters: text cannot fake a new
         // entry, new trusted fields at a line start, or the closing marker.
-        let text: String = e.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let text = one_line(&e.message);
         let text = text.replace("</journal>", "</ journal>");
         let _ = writeln!(
             out,
@@ -177,10 +178,17 @@ fn journal_block(out: &mut String, title: &str, lines: &[Entry]) {
     let _ = writeln!(out, "</journal>");
 }
 
-/// Uids of people's accounts (NixOS and Debian both start them at 1000);
-/// system services and DynamicUser ranges lie outside.
+/// Uids that may belong to a person: from 1000 up (local accounts from 1000,
+/// systemd-homed from 60001, LDAP/SSSD far above), except `nobody` and
+/// systemd's DynamicUser range, which are services.
 fn is_login_user(uid: u32) -> bool {
-    (1000..60000).contains(&uid)
+    uid >= 1000 && uid != 65534 && !(61184..=65519).contains(&uid)
+}
+
+/// `text` on one line: control characters and every Unicode line or
+/// paragraph separator become spaces.
+pub fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -193,6 +201,21 @@ mod tests {
         vars.insert("a", "{{b}}".to_string());
         vars.insert("b", "B".to_string());
         assert_eq!(fill("x {{a}} {{ b }} {{c}} {{", &vars), "x {{b}} B {{c}} {{");
+    }
+
+    #[test]
+    fn people_are_told_apart_from_services() {
+        for uid in [1000, 1001, 60001, 100_000, 1_000_000] {
+            assert!(is_login_user(uid), "{uid}");
+        }
+        for uid in [0, 1, 999, 65534, 61184, 65519] {
+            assert!(!is_login_user(uid), "{uid}");
+        }
+    }
+
+    #[test]
+    fn unicode_line_separators_cannot_start_a_line() {
+        assert_eq!(one_line("a\u{2028}[forged]\u{2029}b\r\nc\u{85}d"), "a [forged] b  c d");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use self::outbox::{Outbox, OutboxError, Tracked};
 use crate::audit;
 use crate::config::{Config, GotifyConfig};
 use crate::cycle::CycleReport;
+use crate::redact::redact;
 
 /// What a message is about; fixes its priority class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +140,15 @@ impl Notifier {
         self.wake.clone()
     }
 
+    /// Every message passes through `redact`: diagnoses and summaries may
+    /// quote log text.
     fn message(&self, kind: Kind, host: &str, title: &str, body: String) -> Message {
-        Message { kind, title: format!("{host}: {title}"), body, priority: kind.priority(&self.cfg) }
+        Message {
+            kind,
+            title: redact(&format!("{host}: {title}")).into_owned(),
+            body: redact(&body).into_owned(),
+            priority: kind.priority(&self.cfg),
+        }
     }
 
     /// Queues `m` unless the hourly limit is reached, in which case it is

@@ -14,6 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 
+/// Units whose recent error lines are kept in one pass.
+const MAX_UNITS: usize = 200;
+
 /// Longest message text kept from one entry; the rest is cut with a marker.
 const MAX_MESSAGE_CHARS: usize = 2000;
 
@@ -40,8 +43,10 @@ pub struct ErrorScan {
     pub total: u64,
     /// Per `_SYSTEMD_UNIT`, how many entries it wrote in this pass.
     pub per_unit: BTreeMap<String, u64>,
-    /// The most recent entries (at most the requested number), oldest first.
-    pub recent: Vec<Entry>,
+    /// Per `_SYSTEMD_UNIT`, its most recent entries (at most the requested
+    /// number each), oldest first. Kept per unit so that one noisy writer
+    /// cannot push another unit's evidence out.
+    pub recent: BTreeMap<String, Vec<Entry>>,
     /// Where the next pass starts.
     pub cursor: Option<String>,
 }
@@ -117,7 +122,7 @@ pub fn scan_errors(
         }
     }
     let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), ..Default::default() };
-    let mut recent = std::collections::VecDeque::with_capacity(keep);
+    let mut recent: BTreeMap<String, std::collections::VecDeque<Entry>> = BTreeMap::new();
     while j.next().map_err(err("read", dir))? > 0 {
         if skip_first {
             skip_first = false;
@@ -132,11 +137,17 @@ pub fn scan_errors(
         if let Some(unit) = &entry.unit {
             *scan.per_unit.entry(unit.clone()).or_default() += 1;
         }
-        if keep > 0 {
-            if recent.len() == keep {
-                recent.pop_front();
+        if let Some(unit) = entry.unit.clone() {
+            // Bounded: at most MAX_UNITS units, `keep` entries each.
+            if recent.len() < MAX_UNITS || recent.contains_key(&unit) {
+                let lines = recent.entry(unit).or_default();
+                if lines.len() == keep {
+                    lines.pop_front();
+                }
+                if keep > 0 {
+                    lines.push_back(entry);
+                }
             }
-            recent.push_back(entry);
         }
         scan.cursor = j.cursor().ok();
     }
@@ -149,16 +160,18 @@ pub fn scan_errors(
             scan.cursor = j.cursor().ok();
         }
     }
-    scan.recent = recent.into();
+    scan.recent = recent.into_iter().map(|(u, l)| (u, l.into())).collect();
     Ok(scan)
 }
 
-/// The last `n` entries written by `unit` or by systemd about it, oldest first.
+/// The last `n` entries written by `unit` or by systemd (PID 1) about it,
+/// oldest first. `UNIT=` alone is not enough: any client may set it.
 pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>, JournalError> {
     let mut j = open(dir)?;
     j.match_add("_SYSTEMD_UNIT", unit).map_err(err("match", dir))?;
     j.match_or().map_err(err("match", dir))?;
     j.match_add("UNIT", unit).map_err(err("match", dir))?;
+    j.match_add("_PID", "1").map_err(err("match", dir))?;
     j.seek_tail().map_err(err("seek to end", dir))?;
     let mut lines = Vec::with_capacity(n);
     while lines.len() < n && j.previous().map_err(err("read", dir))? > 0 {

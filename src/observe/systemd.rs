@@ -30,7 +30,6 @@ trait Manager {
         Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
     >;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
@@ -58,6 +57,10 @@ trait Unit {
     fn inactive_enter_timestamp(&self) -> zbus::Result<u64>;
     #[zbus(property)]
     fn refuse_manual_stop(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn success_action(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn failure_action(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
@@ -88,6 +91,10 @@ pub struct UnitState {
     pub inactive_enter_timestamp: Option<DateTime<Utc>>,
     pub invocation_id: String,
     pub refuse_manual_stop: bool,
+    /// `SuccessAction` / `FailureAction`: what the unit's end does to the
+    /// whole machine (`none`, `exit`, `poweroff`, `reboot`, ...).
+    pub success_action: String,
+    pub failure_action: String,
 }
 
 impl UnitState {
@@ -165,8 +172,10 @@ impl Systemd {
         let manager = self.manager().await?;
         let path = match manager.get_unit(unit.as_str()).await {
             Ok(p) => p,
+            // Not loaded means not there for macha. LoadUnit would create
+            // template instances on demand (`foo@anything.service`).
             Err(zbus::Error::MethodError(name, ..)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => {
-                manager.load_unit(unit.as_str()).await.map_err(call_err(format!("LoadUnit({unit})")))?
+                return Ok(None)
             }
             Err(e) => return Err(call_err(format!("GetUnit({unit})"))(e)),
         };
@@ -230,6 +239,8 @@ impl Systemd {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             refuse_manual_stop: unit.refuse_manual_stop().await.map_err(err("RefuseManualStop"))?,
+            success_action: unit.success_action().await.map_err(err("SuccessAction"))?,
+            failure_action: unit.failure_action().await.map_err(err("FailureAction"))?,
             id,
         })
     }
