@@ -157,7 +157,7 @@ fn protected_missing_and_shell_text_targets_are_refused_and_recorded() {
     }
     assert!(reasons[0].contains("protected"), "{reasons:?}");
     assert!(reasons[1].contains("protected"), "{reasons:?}");
-    assert!(reasons[2].contains("no unit named ghost-does-not-exist.service exists"), "{reasons:?}");
+    assert!(reasons[2].contains("no unit named ghost-does-not-exist.service is loaded"), "{reasons:?}");
     for r in &reasons[3..] {
         assert!(r.contains("not a unit name"), "{reasons:?}");
     }
@@ -314,7 +314,7 @@ fn approving_an_item_that_no_longer_applies_is_refused_with_the_reason() {
     let out = bed.run("macha-approve", &["approve", &id]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("no unit named gone.service exists") || text.contains("no longer exists"), "{text}");
+    assert!(text.contains("no unit named gone.service is loaded") || text.contains("no longer exists"), "{text}");
 }
 
 #[test]
