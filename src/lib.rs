@@ -14,6 +14,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod decide;
 pub mod detect;
+mod errors;
 pub mod gate;
 pub mod logging;
 pub mod notify;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::OllamaConfig;
+use crate::errors::chain;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Message {
@@ -105,7 +106,7 @@ impl OllamaClient {
             if e.is_timeout() {
                 OllamaError::Timeout { url: url.clone(), secs: self.config.timeout }
             } else {
-                OllamaError::Unreachable { url: url.clone(), detail: error_chain(&e) }
+                OllamaError::Unreachable { url: url.clone(), detail: chain(&e) }
             }
         })?;
         let status = response.status();
@@ -113,7 +114,7 @@ impl OllamaClient {
             if e.is_timeout() {
                 OllamaError::Timeout { url: url.clone(), secs: self.config.timeout }
             } else {
-                OllamaError::BadResponse { url: url.clone(), detail: error_chain(&e) }
+                OllamaError::BadResponse { url: url.clone(), detail: chain(&e) }
             }
         })?;
         if !status.is_success() {
@@ -137,17 +138,4 @@ impl OllamaClient {
             server_ms: parsed.total_duration / 1_000_000,
         })
     }
-}
-
-/// reqwest's top-level message hides the cause ("error sending request");
-/// the chain names it ("Connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

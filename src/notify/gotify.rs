@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::Message;
+use crate::errors::chain;
 
 /// The application token. Its `Debug` and `Display` never show it.
 #[derive(Clone)]
@@ -112,17 +113,6 @@ impl Gotify {
         }
         Ok(stored)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
