@@ -1,0 +1,115 @@
+//! The daemon as it runs in production: an unprivileged user in
+//! `systemd-journal`, allowed by the polkit rule, not by being root. It reads
+//! the system journal, asks the model, and restarts a failed unit inside
+//! the container, with the Ollama double running there too.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::macha_bin;
+use macha_testbed::container::{BootOptions, Container};
+
+const RULE: &str = "module/polkit/50-macha-autonomous.rules";
+const APP: &str = "app.service";
+
+fn double_bin(dir: &Path) {
+    if !dir.join("ollama-double").exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "macha-testbed", "--bin", "ollama-double"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the Ollama double");
+    }
+}
+
+fn setup() -> Container {
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    double_bin(&bin);
+    let c = Container::boot_with(BootOptions::new("leastpriv").bind_ro(&bin, "/opt/macha")).unwrap();
+    c.exec_ok(&["useradd", "--system", "--groups", "systemd-journal", "macha"]).unwrap();
+    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(RULE)).unwrap();
+    c.write_file("/etc/polkit-1/rules.d/50-macha-autonomous.rules", rule).unwrap();
+    c.exec_ok(&["systemctl", "restart", "polkit.service"]).unwrap();
+    c.install_unit(
+        "ollama.service",
+        "[Service]\nExecStart=/opt/macha/ollama-double --listen 127.0.0.1:11434 --model llama3.1:70b\n",
+    )
+    .unwrap();
+    c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
+    c.install_unit(
+        APP,
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'if [ -e /run/app.ok ]; then exec sleep infinity; fi; echo \"app: database is not ready\" >&2; exit 2'\n",
+    )
+    .unwrap();
+    c.start_unit(APP).unwrap();
+    c.wait_unit_state(APP, "failed", Duration::from_secs(20)).unwrap();
+    c.write_file(
+        "/etc/macha-autonomous/config.toml",
+        "autonomy_level = \"auto-safe\"\ncheck_interval = 2\n\n[act]\nsettle_time = 1\n",
+    )
+    .unwrap();
+    c.install_unit(
+        "macha-autonomous.service",
+        "[Service]\nUser=macha\nGroup=macha\nSupplementaryGroups=systemd-journal\nStateDirectory=macha-autonomous\nEnvironment=MACHA_LOG=info\nExecStart=/opt/macha/macha daemon\n",
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn the_unprivileged_daemon_restarts_a_failed_unit_through_polkit() {
+    let c = setup();
+    let invocation = c.unit_property(APP, "InvocationID").unwrap();
+    c.write_file("/run/app.ok", "").unwrap();
+    c.exec_ok(&["systemctl", "start", "macha-autonomous.service"]).unwrap();
+
+    let wait = c.wait_for(Duration::from_secs(40), || {
+        c.unit_property(APP, "ActiveState").unwrap() == "active"
+            && c.unit_property(APP, "InvocationID").unwrap() != invocation
+    });
+    let log = c.exec_ok(&["journalctl", "-u", "macha-autonomous.service", "-o", "cat", "--no-pager"]).unwrap();
+    wait.unwrap_or_else(|e| panic!("{e}\n{log}"));
+
+    let pid = c.unit_property("macha-autonomous.service", "MainPID").unwrap();
+    let owner = c.exec_ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]).unwrap();
+    assert_eq!(owner.trim(), "macha", "the daemon runs as macha");
+
+    // The record follows the restart once the unit has stayed up (settle_time).
+    let read = |f: &str| c.exec_ok(&["cat", &format!("/var/lib/macha-autonomous/{f}")]).unwrap_or_default();
+    c.wait_for(Duration::from_secs(10), || read("actions.jsonl").contains("succeeded")).unwrap();
+    let actions = read("actions.jsonl");
+    let last: serde_json::Value = serde_json::from_str(actions.lines().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"], "succeeded", "{actions}");
+    assert_eq!(last["origin"], "automatic");
+    assert_eq!(last["target"], APP);
+    let decisions = read("decisions.jsonl");
+    assert!(decisions.contains("unit-failed:app.service"), "{decisions}");
+
+    // The same user cannot stop anything or restart a protected unit, even by
+    // calling systemd directly.
+    let ssh = c.unit_property("ssh.service", "InvocationID").unwrap();
+    let out = c
+        .exec(&[
+            "runuser",
+            "-u",
+            "macha",
+            "--",
+            "busctl",
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "RestartUnit",
+            "ss",
+            "ssh.service",
+            "replace",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(c.unit_property("ssh.service", "InvocationID").unwrap(), ssh);
+}
