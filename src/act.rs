@@ -120,8 +120,10 @@ pub async fn execute(systemd: &Systemd, action: &Action, cfg: &ActConfig) -> Rep
                 },
             }
         }
-        // The gate never yields an `Action` for notify_only; if one arrives, nothing is done.
-        ActionKind::NotifyOnly => failed("notify_only has nothing to carry out".into(), None),
+        // The gate never yields an `Action` for these; if one arrives, nothing is done.
+        ActionKind::NotifyOnly | ActionKind::ProposeConfigChange => {
+            failed(format!("{} has nothing to carry out", action.kind.as_str()), None)
+        }
     }
 }
 

@@ -71,6 +71,7 @@ impl GatedAction {
             Verdict::Execute { .. } => ("execute", None),
             Verdict::Queue { .. } => ("queue", None),
             Verdict::Inform => ("inform", None),
+            Verdict::Propose { .. } => ("propose", None),
             Verdict::Refuse { reason } => ("refuse", Some(reason.clone())),
         };
         Self { proposed: proposed.clone(), verdict: v.into(), detail }

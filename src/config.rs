@@ -60,6 +60,17 @@ pub struct Config {
     pub detect: DetectConfig,
     pub act: ActConfig,
     pub gotify: GotifyConfig,
+    pub nixos: NixosConfig,
+}
+
+/// The host's NixOS configuration, as macha may refer to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NixosConfig {
+    /// The directory (a git checkout, usually a flake) holding the NixOS
+    /// configuration; `propose_config_change` may only name files in it.
+    /// Unset: configuration changes are not proposed.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Notifications through a Gotify server; off while `url` is unset.
@@ -168,6 +179,7 @@ impl Default for Config {
             detect: DetectConfig::default(),
             act: ActConfig::default(),
             gotify: GotifyConfig::default(),
+            nixos: NixosConfig::default(),
         }
     }
 }

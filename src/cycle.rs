@@ -22,6 +22,7 @@ use crate::gate::{gate, Known, Protected, UnitFacts, Verdict};
 use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
+use crate::propose;
 use crate::store::{Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
@@ -71,7 +72,7 @@ pub struct ActionReport {
     pub action: String,
     pub target: Option<String>,
     /// `executed`, `failed`, `queued`, `already_queued`, `escalated`,
-    /// `deferred`, `refused` or `informed`.
+    /// `deferred`, `proposed`, `refused` or `informed`.
     pub result: String,
     pub detail: String,
     /// The model's reason for proposing it.
@@ -259,6 +260,20 @@ impl Engine {
             };
             let (result, detail, approval_id) = match verdict {
                 Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
+                Verdict::Propose { file, diff } => {
+                    let dir = self.config.nixos.config_dir.as_deref();
+                    match propose::write(dir, &self.config.state_dir, &incident.fingerprint, &file, &diff, &p.reason) {
+                        Ok(path) => (
+                            "proposed".to_string(),
+                            format!(
+                                "written to {}: review it, then apply it yourself; macha never does",
+                                path.display()
+                            ),
+                            None,
+                        ),
+                        Err(reason) => ("refused".to_string(), reason, None),
+                    }
+                }
                 Verdict::Refuse { reason } => ("refused".to_string(), reason, None),
                 Verdict::Queue { action } => {
                     let diag = diagnosis.as_deref().unwrap_or_default();

@@ -80,11 +80,14 @@ pub enum Risk {
     None,
     /// Undone by itself or by systemd (a restart, clearing a failed state).
     Low,
+    /// Written down for a human, never carried out by macha.
+    Never,
 }
 
 pub fn risk(kind: ActionKind) -> Risk {
     match kind {
         ActionKind::NotifyOnly => Risk::None,
+        ActionKind::ProposeConfigChange => Risk::Never,
         ActionKind::RestartUnit | ActionKind::ResetFailed => Risk::Low,
     }
 }
@@ -180,8 +183,13 @@ pub enum Verdict {
     Queue {
         action: Action,
     },
-    /// Nothing to carry out; recorded (and later notified) only.
+    /// Nothing to carry out; recorded and notified.
     Inform,
+    /// A configuration change to write down for a human; never applied.
+    Propose {
+        file: String,
+        diff: String,
+    },
     Refuse {
         reason: String,
     },
@@ -267,6 +275,17 @@ pub fn gate(
     scope: Option<&str>,
     protected: &Protected,
 ) -> Verdict {
+    if proposed.kind == ActionKind::ProposeConfigChange {
+        let file = proposed.file.clone().unwrap_or_default();
+        return match level {
+            AutonomyLevel::Observe => Verdict::Refuse {
+                reason: format!(
+                    "not acted because the autonomy level is observe (would have proposed a change to {file})"
+                ),
+            },
+            _ => Verdict::Propose { file, diff: proposed.diff.clone().unwrap_or_default() },
+        };
+    }
     if !proposed.kind.needs_unit() {
         return Verdict::Inform;
     }
@@ -277,7 +296,7 @@ pub fn gate(
     };
     let action = Action { kind: proposed.kind, unit };
     match (level, risk(proposed.kind)) {
-        (_, Risk::None) => Verdict::Inform,
+        (_, Risk::None | Risk::Never) => Verdict::Inform,
         (AutonomyLevel::Observe, Risk::Low) => Verdict::Refuse {
             reason: format!("not acted because the autonomy level is observe (would have done: {action})"),
         },
@@ -299,7 +318,7 @@ mod tests {
     }
 
     fn proposed(kind: ActionKind, unit: Option<&str>) -> ProposedAction {
-        ProposedAction { kind, unit: unit.map(str::to_owned), reason: "r".into() }
+        ProposedAction { kind, unit: unit.map(str::to_owned), reason: "r".into(), file: None, diff: None }
     }
 
     fn exists(id: &str) -> UnitFacts {
@@ -386,6 +405,27 @@ mod tests {
     #[test]
     fn auto_full_notify_only_informs() {
         assert_eq!(verdict(AutoFull, ActionKind::NotifyOnly), Verdict::Inform);
+    }
+
+    fn propose(level: AutonomyLevel) -> Verdict {
+        let p = ProposedAction {
+            kind: ActionKind::ProposeConfigChange,
+            unit: None,
+            reason: "r".into(),
+            file: Some("hosts/web.nix".into()),
+            diff: Some("d".into()),
+        };
+        gate(level, &p, &UnitFacts::Missing, None, &protected())
+    }
+    #[test]
+    fn observe_propose_config_change_is_recorded_not_written() {
+        assert!(is_refusal_containing(&propose(Observe), "observe"));
+    }
+    #[test]
+    fn suggest_auto_safe_and_auto_full_write_a_proposal_never_apply_it() {
+        for level in [Suggest, AutoSafe, AutoFull] {
+            assert_eq!(propose(level), Verdict::Propose { file: "hosts/web.nix".into(), diff: "d".into() });
+        }
     }
 
     // Attempts to get past the gate.

@@ -19,6 +19,7 @@ pub mod gate;
 pub mod logging;
 pub mod notify;
 pub mod observe;
+pub mod propose;
 pub mod redact;
 pub mod store;
 pub mod storm;

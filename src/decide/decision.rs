@@ -24,6 +24,10 @@ pub enum ActionKind {
     ResetFailed,
     /// Nothing to carry out: a human should look (`unit` must be null).
     NotifyOnly,
+    /// Propose a change to a file of the NixOS configuration as a unified
+    /// diff (`file` and `diff` required, `unit` null). Written for a human
+    /// to review; never applied by macha.
+    ProposeConfigChange,
 }
 
 impl ActionKind {
@@ -32,11 +36,12 @@ impl ActionKind {
             Self::RestartUnit => "restart_unit",
             Self::ResetFailed => "reset_failed",
             Self::NotifyOnly => "notify_only",
+            Self::ProposeConfigChange => "propose_config_change",
         }
     }
 
     pub fn needs_unit(self) -> bool {
-        !matches!(self, Self::NotifyOnly)
+        matches!(self, Self::RestartUnit | Self::ResetFailed)
     }
 }
 
@@ -51,6 +56,13 @@ pub struct ProposedAction {
     pub unit: Option<String>,
     /// Why this action helps, in one sentence.
     pub reason: String,
+    /// For `propose_config_change`: the file, relative to the configuration
+    /// directory, for example `hosts/web.nix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// For `propose_config_change`: the change as a unified diff of `file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
 }
 
 /// The model's diagnosis of one incident and what it proposes to do.
@@ -80,6 +92,10 @@ pub enum InvalidAnswer {
     MissingUnit { index: usize, kind: &'static str },
     #[error("action {index} ({kind}) names a unit, but takes none")]
     UnexpectedUnit { index: usize, kind: &'static str },
+    #[error("action {index} ({kind}) needs both `file` and `diff`")]
+    MissingChange { index: usize, kind: &'static str },
+    #[error("action {index} ({kind}) carries `file` or `diff`, which only propose_config_change takes")]
+    UnexpectedChange { index: usize, kind: &'static str },
     #[error("action {index} ({kind}) gives no reason")]
     MissingReason { index: usize, kind: &'static str },
 }
@@ -112,6 +128,18 @@ impl Decision {
             }
             if !a.kind.needs_unit() && has_unit {
                 return Err(InvalidAnswer::UnexpectedUnit { index, kind });
+            }
+            let has_change =
+                a.file.as_deref().is_some_and(|f| !f.is_empty()) && a.diff.as_deref().is_some_and(|d| !d.is_empty());
+            match a.kind {
+                ActionKind::ProposeConfigChange if !has_change => {
+                    return Err(InvalidAnswer::MissingChange { index, kind })
+                }
+                ActionKind::ProposeConfigChange => {}
+                _ if a.file.is_some() || a.diff.is_some() => {
+                    return Err(InvalidAnswer::UnexpectedChange { index, kind })
+                }
+                _ => {}
             }
             if a.reason.trim().is_empty() {
                 return Err(InvalidAnswer::MissingReason { index, kind });

@@ -229,6 +229,15 @@ impl Notifier {
                         );
                         self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
                     }
+                    "proposed" => {
+                        let body = format!(
+                            "**Configuration change proposed** for incident {}\n\n**Why:** {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
+                            code(fp),
+                            a.reason,
+                            a.detail
+                        );
+                        self.emit(self.message(Kind::Queued, host, "configuration change proposed", body), now)?;
+                    }
                     "executed" => self.action_result(host, fp, &what, true, &a.detail, now)?,
                     "failed" => self.action_result(host, fp, &what, false, &a.detail, now)?,
                     "informed" => {
