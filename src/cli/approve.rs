@@ -59,6 +59,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         // Before the database is opened, so the refusal is about who, not about file modes.
         may_decide(&config.act.approver_group)?;
     }
+    let _owner = super::KeepOwnership::new(&config.state_dir);
     let store = Store::open(&config.state_dir)?;
     match args.command {
         Cmd::List { json } => list(&config, &store, json),

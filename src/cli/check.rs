@@ -17,6 +17,7 @@ pub struct Args {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
     macha::logging::init_orchestrator(&config.state_dir, "error")?;
     let (notifier, gotify) = super::notifications(&config)?;
     let report = super::runtime()?.block_on(async {

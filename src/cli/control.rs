@@ -13,6 +13,7 @@ pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<Ex
     macha::logging::init_cli();
     let config = Config::load(config)?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
     let store = Store::open(&config.state_dir)?;
     let reason = reason.unwrap_or_else(|| "paused by an operator".into());
     store.set_paused(Some(&reason))?;
@@ -23,6 +24,7 @@ pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<Ex
 pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
     let store = Store::open(&config.state_dir)?;
     match store.paused()? {
         Some(reason) => {

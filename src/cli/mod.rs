@@ -54,6 +54,50 @@ pub async fn deliver_now(config: &Config, gotify: &Gotify) {
     }
 }
 
+/// When root runs a command on a state directory that belongs to the
+/// daemon's user, the files it creates or replaces there (SQLite's `-wal` and
+/// `-shm`, audit files and their seals, proposals) must stay the daemon's,
+/// or the daemon could no longer write them. Dropping this hands them back.
+pub struct KeepOwnership {
+    dir: std::path::PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+impl KeepOwnership {
+    pub fn new(dir: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let meta = std::fs::metadata(dir).ok()?;
+        (meta.uid() != 0).then(|| Self { dir: dir.to_path_buf(), uid: meta.uid(), gid: meta.gid() })
+    }
+
+    fn restore(&self, dir: &Path, depth: u32) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.uid() != self.uid || meta.gid() != self.gid {
+                if let Err(e) = std::os::unix::fs::lchown(&path, Some(self.uid), Some(self.gid)) {
+                    eprintln!("macha: cannot give {} back to uid {}: {e}", path.display(), self.uid);
+                }
+            }
+            if meta.is_dir() && depth > 0 {
+                self.restore(&path, depth - 1);
+            }
+        }
+    }
+}
+
+impl Drop for KeepOwnership {
+    fn drop(&mut self) {
+        self.restore(&self.dir, 1);
+    }
+}
+
 /// "3m", "5h", "2d": how long ago something happened.
 pub fn age(since: chrono::DateTime<chrono::Utc>) -> String {
     let secs = (chrono::Utc::now() - since).num_seconds().max(0);

@@ -29,6 +29,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
     let (Some(notifier), Some(gotify)) = super::notifications(&config)? else {
         anyhow::bail!("notifications are off: set gotify.url and gotify.token_file in the configuration");
     };
