@@ -77,7 +77,8 @@ fn the_daemon_survives_every_model_failure_and_the_next_cycle_succeeds() {
     assert!(errors[4].contains("invalid answer") && errors[4].contains("rm_rf"), "{errors:?}");
     assert!(decisions[..5].iter().all(|d| d["outcome"] == "failed"));
     assert_eq!(decisions[5]["outcome"], "decided");
-    assert_eq!(bed.pending().len(), 1);
+    // The decision is recorded before its action is queued.
+    wait_until(Duration::from_secs(10), "the queued restart", || bed.pending().len() == 1);
 
     signal(&daemon, Signal::SIGTERM);
     let (code, _) = wait_exit(&mut daemon, Duration::from_secs(10));

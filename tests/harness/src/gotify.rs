@@ -38,9 +38,9 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::serve::Server;
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -50,7 +50,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
-use tokio::sync::oneshot;
 
 /// Where the token of a request was found; tests assert that macha keeps it
 /// out of the URL (and so out of proxy and access logs).
@@ -175,40 +174,13 @@ impl Builder {
     /// the caller need not be inside a tokio runtime.
     pub fn start(self) -> anyhow::Result<GotifyReceiver> {
         let listener = bind_listener(self.listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Shared {
             apps: self.apps,
             clients: self.clients,
             inner: Mutex::new(Inner { mode: Mode::Normal, messages: Vec::new(), attempts: Vec::new() }),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("gotify-receiver")
-            .enable_all()
-            .build()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(state.clone());
-        let thread = std::thread::Builder::new().name("gotify-receiver".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return eprintln!("gotify-receiver: cannot serve on {addr}: {e}"),
-                };
-                tokio::select! {
-                    result = axum::serve(listener, app) => {
-                        if let Err(e) = result {
-                            eprintln!("gotify-receiver: server failed: {e}");
-                        }
-                    }
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime closes the listener and every connection,
-            // delayed answers included.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        })?;
-        Ok(GotifyReceiver { addr, state, stop: Some(stop), thread: Some(thread) })
+        let server = Server::start("gotify-receiver", listener, router(state.clone()))?;
+        Ok(GotifyReceiver { state, server })
     }
 }
 
@@ -230,10 +202,8 @@ fn bind_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 
 /// A running Gotify receiver; stops serving when dropped.
 pub struct GotifyReceiver {
-    addr: SocketAddr,
     state: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl GotifyReceiver {
@@ -257,12 +227,12 @@ impl GotifyReceiver {
 
     /// The base URL to configure as macha's `gotify.url` (no trailing slash).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Every accepted message, oldest first.
@@ -314,23 +284,8 @@ impl GotifyReceiver {
     /// Stops serving (the port refuses connections once this returns) and
     /// gives the address back for [`GotifyReceiver::start_on`].
     pub fn stop(mut self) -> SocketAddr {
-        self.shutdown();
-        self.addr
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for GotifyReceiver {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.server.shutdown();
+        self.server.addr()
     }
 }
 

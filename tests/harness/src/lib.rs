@@ -3,3 +3,4 @@
 pub mod container;
 pub mod gotify;
 pub mod ollama;
+mod serve;

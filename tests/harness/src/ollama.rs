@@ -17,9 +17,9 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::serve::Server;
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -29,7 +29,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
 
 /// What the double knows about one model it pretends to have pulled.
 #[derive(Clone, Copy, Debug)]
@@ -275,48 +274,20 @@ impl Builder {
     pub fn start(self) -> anyhow::Result<OllamaDouble> {
         let listener = std::net::TcpListener::bind(self.listen)
             .with_context(|| format!("binding the Ollama double to {}", self.listen))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(Shared {
             models: self.models,
             log: self.log,
             inner: Mutex::new(Inner { script: self.script.into(), default: self.default, requests: Vec::new() }),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ollama-double")
-            .enable_all()
-            .build()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let app = router(state.clone());
-        let thread = std::thread::Builder::new().name("ollama-double".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => return eprintln!("ollama-double: cannot serve on {addr}: {e}"),
-                };
-                tokio::select! {
-                    result = axum::serve(listener, app) => {
-                        if let Err(e) = result {
-                            eprintln!("ollama-double: server failed: {e}");
-                        }
-                    }
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime cancels in-flight requests, hung ones included.
-            runtime.shutdown_timeout(Duration::from_secs(1));
-        })?;
-        Ok(OllamaDouble { addr, state, stop: Some(stop), thread: Some(thread) })
+        let server = Server::start("ollama-double", listener, router(state.clone()))?;
+        Ok(OllamaDouble { state, server })
     }
 }
 
 /// A running Ollama double; stops serving when dropped.
 pub struct OllamaDouble {
-    addr: SocketAddr,
     state: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl OllamaDouble {
@@ -339,11 +310,11 @@ impl OllamaDouble {
 
     /// The base URL to configure as macha's Ollama endpoint.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Queues the answer to a later chat request (first in, first out).
@@ -378,17 +349,6 @@ impl OllamaDouble {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for OllamaDouble {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
