@@ -50,7 +50,7 @@ fn setup() -> Container {
     c.wait_unit_state(APP, "failed", Duration::from_secs(20)).unwrap();
     c.write_file(
         "/etc/macha-autonomous/config.toml",
-        "autonomy_level = \"auto-safe\"\ncheck_interval = 2\n\n[act]\nsettle_time = 1\n",
+        "autonomy_level = \"auto-safe\"\ncheck_interval = 2\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\n\n[act]\nsettle_time = 1\n",
     )
     .unwrap();
     c.install_unit(

@@ -54,8 +54,10 @@ fn resource_thresholds_come_from_the_config() {
     let bed = Bed::new("thresholds", "suggest");
     let (code, _) = bed.check();
     assert_eq!(code, 0);
-    let text = std::fs::read_to_string(&bed.config).unwrap()
-        + "\n[detect]\ndisk_full_percent = 1\nmemory_pressure_percent = 1\n";
+    let text = std::fs::read_to_string(&bed.config)
+        .unwrap()
+        .replace("disk_full_percent = 100", "disk_full_percent = 1")
+        .replace("memory_pressure_percent = 100", "memory_pressure_percent = 1");
     std::fs::write(&bed.config, text).unwrap();
     let (code, report) = bed.check();
     assert_eq!(code, 1);

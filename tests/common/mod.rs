@@ -75,6 +75,11 @@ url = \"{url}\"
 model = \"{MODEL}\"
 timeout = 2
 
+# Incidents come from the container, not from this machine's disk or memory.
+[detect]
+disk_full_percent = 100
+memory_pressure_percent = 100
+
 [act]
 settle_time = 1
 job_timeout = 20
