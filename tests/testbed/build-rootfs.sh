@@ -11,7 +11,7 @@ set -eu
 
 # Bump whenever the recipe below changes: a new version builds a new directory,
 # so a stale rootfs is never reused.
-VERSION=1
+VERSION=2
 
 CACHE=${MACHA_TESTBED_CACHE:-/var/cache/macha-testbed}
 DIR=${1:-$CACHE/bookworm-v$VERSION}
@@ -71,10 +71,30 @@ trap 'exit 130' INT TERM HUP
 chmod 755 "$TMP"
 
 start=$(date +%s)
-echo "build-rootfs.sh: debootstrap bookworm into $TMP (about a minute)" >&2
+echo "build-rootfs.sh: debootstrap bookworm into $TMP (one to two minutes)" >&2
+# nix-bin is Debian's Nix 2.8 (binaries only; debootstrap installs no
+# Recommends, so nix-setup-systemd and its nix-daemon socket/service are not
+# installed and root uses the local store directly). libdbi-perl is listed
+# because debootstrap does not resolve virtual packages: nix-bin's dependency
+# libdbd-sqlite3-perl needs perl-dbdabi-94, which only libdbi-perl provides.
 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,polkitd \
+    --include=systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,polkitd,nix-bin,libdbi-perl \
     bookworm "$TMP" >&2
+
+# Nix, as on a NixOS host: a build group with build users (what Debian's
+# nix-setup-systemd would create; without the group every nix command run by
+# root warns "the group 'nixbld' specified in 'build-users-group' does not
+# exist"), and an initialised store (/nix/store, /nix/var/nix/db, gcroots,
+# profiles), because a NixOS host always has one. No nix.conf: nothing here
+# builds derivations. The "GC Warning" lines about /proc come from Nix's
+# garbage-collected allocator in the chroot (no /proc there) and are harmless.
+chroot "$TMP" groupadd --system nixbld
+for n in 1 2 3 4 5 6 7 8 9 10; do
+    chroot "$TMP" useradd --system --comment "Nix build user $n" \
+        --home-dir /var/empty --gid nixbld --groups nixbld --no-user-group \
+        --shell /usr/sbin/nologin "nixbld$n"
+done
+chroot "$TMP" nix-store --init >&2
 
 # journald: no rate limit (it silently drops bursts otherwise) and a
 # persistent journal in /var/log/journal, which the host reads through

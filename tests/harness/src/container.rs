@@ -11,7 +11,10 @@
 //!   containers can run at once and nothing written inside reaches the cache;
 //! - the host reaches the container through its init process: the file system
 //!   is `/proc/INIT/root`, commands run with `nsenter -t INIT -a`;
-//! - dropping the [`Container`] powers it off and kills whatever is left.
+//! - dropping the [`Container`] powers it off and kills whatever is left;
+//! - the rootfs has a real Nix (Debian's nix-bin 2.8, local store) and
+//!   [`Container::install_nixos_standin`] adds a stand-in for NixOS's
+//!   nixos-rebuild and system profile (`tests/testbed/nixos/`).
 //!
 //! Everything needs root.
 
@@ -392,6 +395,188 @@ impl Container {
     /// (`journalctl --sync`), before reading them from the host.
     pub fn sync_journal(&self) -> Result<()> {
         self.exec_ok(&["journalctl", "--sync"]).map(drop)
+    }
+}
+
+/// The system profile NixOS keeps its generations in
+/// (`system -> system-N-link -> /nix/store/...-nixos-system-...`).
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
+/// Where [`Container::install_nixos_standin`] puts `make-system.sh`
+/// (`nixos-rebuild` looks for it there).
+pub const MAKE_SYSTEM: &str = "/usr/local/lib/nixos-standin/make-system.sh";
+/// Where [`Container::install_nixos_standin`] puts the stand-in `nixos-rebuild`.
+pub const NIXOS_REBUILD: &str = "/usr/local/sbin/nixos-rebuild";
+/// The stand-in's scripts, compiled into the harness (see their headers).
+const MAKE_SYSTEM_SH: &str = include_str!("../../testbed/nixos/make-system.sh");
+const NIXOS_REBUILD_SH: &str = include_str!("../../testbed/nixos/nixos-rebuild");
+/// `/etc/nixos` as the stand-in installs it: a plausible flake for host
+/// `testhost` that nothing evaluates (the stand-in nixos-rebuild only checks
+/// that flake.nix exists), and a configuration file tests can propose changes to.
+const STANDIN_FLAKE: &str = r#"# macha test bed: the stand-in nixos-rebuild (tests/testbed/nixos) checks that
+# this file exists but never evaluates it.
+{
+  description = "macha test bed host";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  outputs = { self, nixpkgs }: {
+    nixosConfigurations.testhost = nixpkgs.lib.nixosSystem {
+      system = "x86_64-linux";
+      modules = [ ./configuration.nix ];
+    };
+  };
+}
+"#;
+const STANDIN_CONFIGURATION: &str = r#"{ config, pkgs, ... }:
+{
+  networking.hostName = "testhost";
+  services.openssh.enable = true;
+  system.stateVersion = "24.05";
+}
+"#;
+
+/// Nix and NixOS's system profile inside the container.
+///
+/// The rootfs has a real Nix (Debian's nix-bin 2.8, local store, no
+/// nix-daemon) but cannot run NixOS.
+/// [`install_nixos_standin`](Self::install_nixos_standin) adds the stand-in
+/// from `tests/testbed/nixos/`: `nixos-rebuild` and `make-system.sh`, which
+/// build tiny "systems" into the
+/// real store and switch the real system profile, so nix-env, generations,
+/// GC roots and nix-collect-garbage behave as on NixOS. Facts measured with
+/// nix 2.8 that tests depend on:
+/// - a generation's age (`--list-generations`, `--delete-older-than`) is the
+///   mtime of its `system-N-link` symlink (lstat), see
+///   [`age_generation`](Self::age_generation);
+/// - `--delete-older-than` keeps the newest generation older than the cutoff
+///   (it was the current one at that time) and the current generation;
+/// - profiles are GC roots (`/nix/var/nix/gcroots/profiles`), and so, as on
+///   NixOS, are `/run/current-system` and `/run/booted-system` (through
+///   `/nix/var/nix/gcroots/{current,booted}-system`); a store path added
+///   with `nix-store --add` and referred to by none of them is garbage.
+impl Container {
+    /// Installs the NixOS stand-in and makes the container look like a booted
+    /// NixOS host at its first generation: `/usr/local/sbin/nixos-rebuild`,
+    /// `make-system.sh`, `/etc/nixos/{flake.nix,configuration.nix}` (host
+    /// `testhost`), system `testhost-1` built into the store, the profile
+    /// `/nix/var/nix/profiles/system -> system-1-link -> /nix/store/...`;
+    /// then what NixOS's stage 2 does at boot: `/nix/store` becomes a
+    /// read-only bind mount (so, as on NixOS, writing to the store takes
+    /// CAP_SYS_ADMIN: nix remounts it writable in a private mount namespace,
+    /// and a process without that capability fails with "error: remounting
+    /// /nix/store writable: Operation not permitted"), `/run/booted-system`
+    /// and its GC root are set; finally `/run/current-system` (by the
+    /// system's `switch-to-configuration switch`).
+    /// Returns generation 1's store path. Errors if a system profile exists.
+    pub fn install_nixos_standin(&self) -> Result<String> {
+        self.write_executable(MAKE_SYSTEM, MAKE_SYSTEM_SH)?;
+        self.write_executable(NIXOS_REBUILD, NIXOS_REBUILD_SH)?;
+        self.write_file("/etc/nixos/flake.nix", STANDIN_FLAKE)?;
+        self.write_file("/etc/nixos/configuration.nix", STANDIN_CONFIGURATION)?;
+        let script = format!(
+            r#"set -eu
+if [ -e {SYSTEM_PROFILE} ] || [ -L {SYSTEM_PROFILE} ]; then
+    echo "{SYSTEM_PROFILE} exists: the NixOS stand-in is already installed" >&2
+    exit 1
+fi
+system=$({MAKE_SYSTEM} testhost-1)
+nix-env -p {SYSTEM_PROFILE} --set "$system"
+# What NixOS's stage 2 does at boot: the store becomes a read-only bind mount
+# (nix, as root, remounts it writable in a mount namespace of its own, which
+# takes CAP_SYS_ADMIN), and the booted system is remembered and rooted.
+mount --bind /nix/store /nix/store
+mount -o remount,ro,bind /nix/store
+ln -sfn "$system" /run/booted-system
+ln -sfn /run/booted-system /nix/var/nix/gcroots/booted-system
+"$system/bin/switch-to-configuration" switch
+echo "$system"
+"#
+        );
+        let out = self.sh_ok(&script).context("installing the NixOS stand-in")?;
+        Ok(out.trim().to_string())
+    }
+
+    /// The system profile's generation numbers, ascending
+    /// (`nix-env -p /nix/var/nix/profiles/system --list-generations`).
+    pub fn system_generations(&self) -> Result<Vec<u32>> {
+        Ok(self.list_generations()?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// The system profile's current generation (the one `--list-generations`
+    /// marks `(current)`, i.e. what `/nix/var/nix/profiles/system` points to).
+    pub fn current_generation(&self) -> Result<u32> {
+        self.list_generations()?
+            .into_iter()
+            .find_map(|(n, current)| current.then_some(n))
+            .with_context(|| format!("no current generation of {SYSTEM_PROFILE} in container {}", self.name))
+    }
+
+    /// `(number, is current)` per generation of the system profile.
+    fn list_generations(&self) -> Result<Vec<(u32, bool)>> {
+        let out = self.exec_ok(&["nix-env", "-p", SYSTEM_PROFILE, "--list-generations"])?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let n = l.split_whitespace().next().and_then(|w| w.parse().ok());
+                let n = n.with_context(|| format!("unexpected line from nix-env --list-generations: {l:?}"))?;
+                Ok((n, l.contains("(current)")))
+            })
+            .collect()
+    }
+
+    /// The store path `/run/current-system` points to: the system that was
+    /// activated last (`switch-to-configuration switch` or `test`).
+    pub fn current_system(&self) -> Result<String> {
+        Ok(self.exec_ok(&["readlink", "/run/current-system"])?.trim().to_string())
+    }
+
+    /// The store path generation `generation` of the system profile points to.
+    pub fn generation_system(&self, generation: u32) -> Result<String> {
+        let link = format!("{SYSTEM_PROFILE}-{generation}-link");
+        Ok(self.exec_ok(&["readlink", &link])?.trim().to_string())
+    }
+
+    /// True if Nix's database holds `path` as a valid store path
+    /// (`nix-store --check-validity`); false once it has been collected.
+    pub fn store_path_valid(&self, path: &str) -> Result<bool> {
+        Ok(self.exec(&["nix-store", "--check-validity", path])?.status.success())
+    }
+
+    /// Adds `megabytes` MiB of random data to the store as one file that no
+    /// GC root refers to, and returns its store path: garbage that
+    /// `nix-collect-garbage` must delete.
+    pub fn add_store_garbage(&self, megabytes: u32) -> Result<String> {
+        let script = format!(
+            r#"set -eu
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+head -c {megabytes}M /dev/urandom >"$dir/macha-test-garbage"
+nix-store --add "$dir/macha-test-garbage"
+"#
+        );
+        Ok(self.sh_ok(&script).context("adding garbage to the Nix store")?.trim().to_string())
+    }
+
+    /// Makes generation `generation` of the system profile `days` days old by
+    /// setting the mtime of its `system-N-link` symlink (`touch -h`), which is
+    /// what nix 2.8 reads as the generation's creation time, so
+    /// `nix-collect-garbage --delete-older-than 14d` treats it as old.
+    ///
+    /// Mind nix 2.8's rules: it keeps the newest generation older than the
+    /// cutoff (it was current at the cutoff), so to see a generation deleted,
+    /// age it and a later one too. And ages must not increase with generation
+    /// numbers: if an older generation ends up newer than a later aged one,
+    /// nix-collect-garbage aborts on an assertion (exit 134, SIGABRT).
+    pub fn age_generation(&self, generation: u32, days: u32) -> Result<()> {
+        let link = format!("{SYSTEM_PROFILE}-{generation}-link");
+        let when = format!("{days} days ago");
+        self.exec_ok(&["touch", "-h", "-d", &when, &link]).map(drop)
+    }
+
+    /// Like [`write_file`](Self::write_file), with mode 0755.
+    fn write_executable(&self, path: &str, contents: &str) -> Result<()> {
+        self.write_file(path, contents)?;
+        let host = self.root().join(path.trim_start_matches('/'));
+        fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {path} executable in container {}", self.name))
     }
 }
 
