@@ -14,7 +14,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::act::Brief;
+use crate::act::Observed;
 use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
 
@@ -140,9 +140,9 @@ pub struct ActionRecord {
     pub outcome: String,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<Brief>,
+    pub before: Option<Observed>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<Brief>,
+    pub after: Option<Observed>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -63,14 +63,32 @@ pub struct Config {
     pub nixos: NixosConfig,
 }
 
-/// The host's NixOS configuration, as macha may refer to it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The host's NixOS configuration and system profile, as macha may refer to them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NixosConfig {
     /// The directory (a git checkout, usually a flake) holding the NixOS
     /// configuration; `propose_config_change` may only name files in it.
     /// Unset: configuration changes are not proposed.
     pub config_dir: Option<PathBuf>,
+    /// The flake `nixos_rebuild` builds, as `nixos-rebuild --flake` takes it
+    /// (`/etc/nixos#web1`). Unset: `nixos_rebuild` is refused.
+    pub flake: Option<String>,
+    /// The system profile whose `NAME-N-link` siblings are the generations.
+    pub profile: PathBuf,
+    /// The link to the running system.
+    pub current_system: PathBuf,
+}
+
+impl Default for NixosConfig {
+    fn default() -> Self {
+        Self {
+            config_dir: None,
+            flake: None,
+            profile: PathBuf::from("/nix/var/nix/profiles/system"),
+            current_system: PathBuf::from("/run/current-system"),
+        }
+    }
 }
 
 /// Notifications through a Gotify server; off while `url` is unset.
@@ -163,6 +181,14 @@ pub struct ActConfig {
     pub approval_ttl_hours: u64,
     /// Besides root, members of this group may approve and reject.
     pub approver_group: String,
+    /// `collect_garbage` never deletes generations younger than this many
+    /// days: they are what a rollback goes back to.
+    pub gc_min_days: u32,
+    /// `vacuum_journal` never shrinks the journal below this many MiB.
+    pub journal_floor_mb: u64,
+    /// Seconds to wait for a root helper unit (garbage collection, journal
+    /// vacuum, rebuild, rollback) to finish.
+    pub helper_timeout: u64,
 }
 
 impl Default for Config {
@@ -236,6 +262,9 @@ impl Default for ActConfig {
             max_auto_restarts: 3,
             approval_ttl_hours: 24,
             approver_group: "wheel".into(),
+            gc_min_days: 7,
+            journal_floor_mb: 256,
+            helper_timeout: 1800,
         }
     }
 }
@@ -320,6 +349,23 @@ impl Config {
         }
         if self.act.approver_group.trim().is_empty() {
             return Err("key `act.approver_group`: must name a Unix group".into());
+        }
+        if self.act.gc_min_days == 0 {
+            return Err("key `act.gc_min_days`: must be at least 1 day".into());
+        }
+        if self.act.journal_floor_mb < 16 {
+            return Err("key `act.journal_floor_mb`: must be at least 16 MiB".into());
+        }
+        if self.act.helper_timeout == 0 {
+            return Err("key `act.helper_timeout`: must be at least 1 second".into());
+        }
+        if let Some(flake) = &self.nixos.flake {
+            crate::gate::check_flake(flake).map_err(|e| format!("key `nixos.flake`: {e}"))?;
+        }
+        for (key, p) in [("nixos.profile", &self.nixos.profile), ("nixos.current_system", &self.nixos.current_system)] {
+            if !p.is_absolute() {
+                return Err(format!("key `{key}`: {p:?} is not an absolute path"));
+            }
         }
         percent("detect.disk_full_percent", self.detect.disk_full_percent)?;
         percent("detect.memory_pressure_percent", self.detect.memory_pressure_percent)?;
@@ -438,6 +484,11 @@ mod tests {
             ("[gotify]\nurl = \"https://g.example/?token=abc\"\ntoken_file = \"/t\"", "gotify.url"),
             ("[gotify]\ndigest_hour = 24", "gotify.digest_hour"),
             ("[gotify.priorities]\nurgent = 11", "gotify.priorities.urgent"),
+            ("[act]\ngc_min_days = 0", "act.gc_min_days"),
+            ("[act]\njournal_floor_mb = 1", "act.journal_floor_mb"),
+            ("[nixos]\nflake = \"/etc/nixos#web; reboot\"", "nixos.flake"),
+            ("[nixos]\nflake = \"--option x y\"", "nixos.flake"),
+            ("[nixos]\nprofile = \"system\"", "nixos.profile"),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

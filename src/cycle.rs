@@ -16,9 +16,9 @@ use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentReco
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::ollama::OllamaClient;
 use crate::decide::prompt::Prompts;
-use crate::decide::{self, Outcome, ProposedAction};
+use crate::decide::{self, ActionKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
-use crate::gate::{gate, Known, Protected, UnitFacts, Verdict};
+use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
 use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
@@ -93,7 +93,7 @@ pub struct Engine {
     store: Store,
     client: OllamaClient,
     prompts: Prompts,
-    protected: Protected,
+    policy: Policy,
     notifier: Option<Notifier>,
 }
 
@@ -116,7 +116,7 @@ impl Engine {
             store: Store::open(&config.state_dir)?,
             client: OllamaClient::new(&config.ollama),
             prompts: Prompts::load(config.ollama.prompts_dir.as_deref())?,
-            protected: Protected::new(&config.protected_units, &config.service_unit),
+            policy: Policy::from_config(&config),
             notifier,
             config,
         })
@@ -231,7 +231,7 @@ impl Engine {
                 Some(raw) if p.kind.needs_unit() => self.facts(raw).await,
                 _ => UnitFacts::Missing,
             };
-            verdicts.push(gate(self.config.autonomy_level, p, &facts, incident.kind.unit(), &self.protected));
+            verdicts.push(gate(self.config.autonomy_level, p, &facts, incident.kind.unit(), &self.policy));
         }
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let record = DecisionRecord::new(host, incident, self.client.model(), outcome, gated);
@@ -249,7 +249,7 @@ impl Engine {
                 host: host.into(),
                 incident: incident.fingerprint.clone(),
                 action: p.kind.as_str().into(),
-                target: p.unit.clone(),
+                target: proposed_target(p),
                 origin: "automatic".into(),
                 approval_id: None,
                 by: None,
@@ -284,29 +284,42 @@ impl Engine {
                         ("already_queued".to_string(), format!("already waiting for approval as item {id}"), Some(id))
                     }
                 }
+                Verdict::Execute { action } if action.kind() == ActionKind::Investigate => {
+                    // Read-only: no budget, no cooldown.
+                    let report = self.carry_out(&action).await;
+                    let result = if report.succeeded { "executed" } else { "failed" };
+                    (result.to_string(), report.detail, None)
+                }
                 Verdict::Execute { action } => {
                     let now = Utc::now();
                     let history = self.store.auto_history(&incident.fingerprint, now)?;
-                    let signals = match self.observer.systemd().await {
-                        Ok(s) => s.unit_state(&action.unit).await.ok().flatten(),
-                        Err(_) => None,
+                    let signals = match (action.unit(), self.observer.systemd().await) {
+                        (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
+                        _ => None,
                     }
                     .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result })
                     .unwrap_or_default();
                     match storm::admit(&history, &signals, &self.config.act, now) {
                         Admission::Go => {
-                            let report = match self.observer.systemd().await {
-                                Ok(systemd) => act::execute(systemd, &action, &self.config.act).await,
-                                Err(e) => {
-                                    act::Report { succeeded: false, detail: e.to_string(), before: None, after: None }
-                                }
-                            };
+                            let report = self.carry_out(&action).await;
                             self.store.record_auto(&incident.fingerprint, now, report.succeeded)?;
                             rec.before = report.before;
                             rec.after = report.after;
                             let result = if report.succeeded { "executed" } else { "failed" };
                             tracing::info!(%action, result, detail = %report.detail, "action carried out");
-                            (result.to_string(), report.detail, None)
+                            let mut detail = report.detail;
+                            if let (Some(undo), Some(from)) = (&report.undo, rec.after.as_ref().and_then(profile_of)) {
+                                let why = format!("undo {action}: go back to the system that ran before it");
+                                let (id, _) = self.store.enqueue_undo(
+                                    &incident.fingerprint,
+                                    from,
+                                    undo,
+                                    &why,
+                                    self.approval_ttl(),
+                                )?;
+                                detail = format!("{detail}; to undo it: `macha-approve approve {id}`");
+                            }
+                            (result.to_string(), detail, None)
                         }
                         Admission::Wait(reason) => {
                             tracing::info!(%action, %reason, "automatic action deferred");
@@ -335,7 +348,7 @@ impl Engine {
             }
             actions.push(ActionReport {
                 action: p.kind.as_str().into(),
-                target: p.unit.clone(),
+                target: proposed_target(p),
                 result,
                 detail,
                 reason: p.reason.clone(),
@@ -353,6 +366,14 @@ impl Engine {
         chrono::Duration::hours(self.config.act.approval_ttl_hours as i64)
     }
 
+    async fn carry_out(&mut self, action: &Action) -> act::Report {
+        let config = &self.config;
+        match self.observer.systemd().await {
+            Ok(systemd) => act::execute(Ok(systemd), action, config).await,
+            Err(e) => act::execute(Err(&e.to_string()), action, config).await,
+        }
+    }
+
     async fn facts(&mut self, raw: &str) -> UnitFacts {
         let Ok(name) = UnitName::parse(raw) else {
             // The gate refuses it on the name alone.
@@ -362,6 +383,42 @@ impl Engine {
             Ok(s) => unit_facts(s, &name).await,
             Err(e) => UnitFacts::Unknown(e.to_string()),
         }
+    }
+}
+
+/// The target of a proposal as the model wrote it, for records and reports:
+/// its unit, or its arguments.
+pub fn proposed_target(p: &ProposedAction) -> Option<String> {
+    if let Some(unit) = p.unit.as_deref().filter(|u| !u.is_empty()) {
+        return Some(unit.to_owned());
+    }
+    let mut parts = Vec::new();
+    if let Some(d) = p.older_than_days {
+        parts.push(format!("older_than_days={d}"));
+    }
+    if let Some(m) = p.max_size_mb {
+        parts.push(format!("max_size_mb={m}"));
+    }
+    if let Some(m) = p.mode {
+        parts.push(format!("mode={}", m.as_str()));
+    }
+    if let Some(pr) = p.probe {
+        parts.push(format!("probe={}", pr.as_str()));
+    }
+    if let Some(path) = &p.path {
+        parts.push(format!("path={path}"));
+    }
+    if let Some(file) = &p.file {
+        parts.push(format!("file={file}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// The boot-default generation recorded by a verify probe.
+pub fn profile_of(o: &act::Observed) -> Option<u32> {
+    match o {
+        act::Observed::Generations(g) => g.profile_generation,
+        _ => None,
     }
 }
 

@@ -104,7 +104,11 @@ fn incident(kind: IncidentKind, summary: String, evidence_key: String) -> Incide
 pub fn detect(snap: &Snapshot, cfg: &DetectConfig) -> Vec<Incident> {
     let mut out = Vec::new();
     let failed: Vec<&str> = snap.failed_units.ok().into_iter().flatten().map(|u| u.id.as_str()).collect();
-    for unit in snap.failed_units.ok().into_iter().flatten() {
+    // A failed helper unit (macha-action-*) is reported by the action that
+    // started it, in its record and notification; as an incident of its own
+    // macha would be asked to act on its own action.
+    let own = |unit: &str| unit.starts_with(crate::gate::HELPER_PREFIX);
+    for unit in snap.failed_units.ok().into_iter().flatten().filter(|u| !own(&u.id)) {
         let result = unit.result.as_deref().unwrap_or("unknown");
         let summary = match unit.exec_main_status {
             Some(status) if status != 0 => format!("{} failed ({result}, exit status {status})", unit.id),
@@ -131,7 +135,7 @@ pub fn detect(snap: &Snapshot, cfg: &DetectConfig) -> Vec<Incident> {
     if let Some(scan) = snap.journal.ok() {
         for (unit, &count) in &scan.per_unit {
             // A failed unit's errors are evidence of that failure, not a second incident.
-            if count >= u64::from(cfg.error_burst_lines) && !failed.contains(&unit.as_str()) {
+            if count >= u64::from(cfg.error_burst_lines) && !failed.contains(&unit.as_str()) && !own(unit) {
                 let summary = format!("{unit} logged {count} errors since the previous check");
                 out.push(incident(IncidentKind::ErrorBurst { unit: unit.clone() }, summary, String::new()));
             }

@@ -12,7 +12,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::AutonomyLevel;
-use crate::decide::{ActionKind, ProposedAction};
+use serde::Deserialize;
+
+use crate::decide::{ActionKind, Probe, ProposedAction, RebuildMode};
 use crate::unit::UnitName;
 
 /// Units macha never touches, whatever the configuration says: remote
@@ -72,37 +74,201 @@ pub const NEVER_RESTART: &[&str] = &[
 /// restarts `ssh.service`) without polkit being asked for them.
 pub const RESTART_TYPES: &[&str] = &["service", "socket", "timer", "path"];
 
-/// How much harm an action can do; fixed per catalog entry.
+/// Helper units: the only units macha may start, each running one root-only
+/// catalog entry. They are never a target of restart or reset-failed.
+pub const HELPER_PREFIX: &str = "macha-action-";
+
+/// How much harm an action can do; fixed per catalog entry and target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Risk {
-    /// Changes nothing on the host.
-    None,
-    /// Undone by itself or by systemd (a restart, clearing a failed state).
+    /// Reads the host, changes nothing; runs at every level but observe.
+    ReadOnly,
+    /// Undone by itself or by systemd (a restart, clearing a failed state),
+    /// or removes only what is no longer in use (old store paths, archived
+    /// journal files above a floor).
     Low,
-    /// Written down for a human, never carried out by macha.
-    Never,
+    /// Changes the running system (a rebuild, a rollback).
+    High,
 }
 
-pub fn risk(kind: ActionKind) -> Risk {
-    match kind {
-        ActionKind::NotifyOnly => Risk::None,
-        ActionKind::ProposeConfigChange => Risk::Never,
-        ActionKind::RestartUnit | ActionKind::ResetFailed => Risk::Low,
+/// A catalog action with a validated target: what act carries out and what
+/// an approval is bound to. Built only by the gate (and read back from the
+/// queue, where it was stored by the gate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    RestartUnit {
+        unit: UnitName,
+    },
+    ResetFailed {
+        unit: UnitName,
+    },
+    CollectGarbage {
+        older_than_days: u32,
+    },
+    VacuumJournal {
+        max_size_mb: u64,
+    },
+    Investigate {
+        probe: Probe,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<UnitName>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
+    NixosRebuild {
+        mode: RebuildMode,
+    },
+    /// `generation: None` is the generation before the current one; a
+    /// number comes only from macha itself (the undo of a rebuild or a
+    /// rollback), never from the model.
+    RollbackGeneration {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<u32>,
+    },
+}
+
+impl Action {
+    /// A unit action (`restart_unit` or `reset_failed`).
+    pub fn on_unit(kind: ActionKind, unit: UnitName) -> Option<Self> {
+        match kind {
+            ActionKind::RestartUnit => Some(Self::RestartUnit { unit }),
+            ActionKind::ResetFailed => Some(Self::ResetFailed { unit }),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Self::RestartUnit { .. } => ActionKind::RestartUnit,
+            Self::ResetFailed { .. } => ActionKind::ResetFailed,
+            Self::CollectGarbage { .. } => ActionKind::CollectGarbage,
+            Self::VacuumJournal { .. } => ActionKind::VacuumJournal,
+            Self::Investigate { .. } => ActionKind::Investigate,
+            Self::NixosRebuild { .. } => ActionKind::NixosRebuild,
+            Self::RollbackGeneration { .. } => ActionKind::RollbackGeneration,
+        }
+    }
+
+    /// The unit the action changes, if it changes one.
+    pub fn unit(&self) -> Option<&UnitName> {
+        match self {
+            Self::RestartUnit { unit } | Self::ResetFailed { unit } => Some(unit),
+            _ => None,
+        }
+    }
+
+    /// The target in words, for lists, records and messages.
+    pub fn target(&self) -> String {
+        match self {
+            Self::RestartUnit { unit } | Self::ResetFailed { unit } => unit.to_string(),
+            Self::CollectGarbage { older_than_days } => format!("older than {older_than_days} days"),
+            Self::VacuumJournal { max_size_mb } => format!("down to {max_size_mb} MiB"),
+            Self::Investigate { probe, unit, path } => {
+                let arg = unit.as_ref().map(|u| u.to_string()).or_else(|| path.clone());
+                match arg {
+                    Some(a) => format!("{} {a}", probe.as_str()),
+                    None => probe.as_str().to_owned(),
+                }
+            }
+            Self::NixosRebuild { mode } => mode.as_str().to_owned(),
+            Self::RollbackGeneration { generation: None } => "the previous generation".into(),
+            Self::RollbackGeneration { generation: Some(n) } => format!("generation {n}"),
+        }
+    }
+
+    /// Canonical JSON: what is stored in the queue and hashed into a binding.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an action serialises")
+    }
+
+    pub fn risk(&self) -> Risk {
+        match self {
+            Self::Investigate { .. } => Risk::ReadOnly,
+            Self::RestartUnit { .. } | Self::ResetFailed { .. } => Risk::Low,
+            Self::CollectGarbage { .. } | Self::VacuumJournal { .. } => Risk::Low,
+            Self::NixosRebuild { .. } | Self::RollbackGeneration { .. } => Risk::High,
+        }
+    }
+
+    /// Whether a human must approve it at every level: making another
+    /// system the boot default, or going back to an older one.
+    pub fn always_needs_approval(&self) -> bool {
+        matches!(
+            self,
+            Self::NixosRebuild { mode: RebuildMode::Switch | RebuildMode::Boot } | Self::RollbackGeneration { .. }
+        )
+    }
+
+    /// The root helper unit that carries it out, for actions that need root.
+    pub fn helper_unit(&self) -> Option<&'static str> {
+        helper_unit(self.kind())
     }
 }
 
-/// An action that passed target validation: a catalog entry and a real unit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Action {
-    pub kind: ActionKind,
-    pub unit: UnitName,
+/// The helper unit of a root-only catalog entry.
+pub fn helper_unit(kind: ActionKind) -> Option<&'static str> {
+    match kind {
+        ActionKind::CollectGarbage => Some("macha-action-gc.service"),
+        ActionKind::VacuumJournal => Some("macha-action-vacuum-journal.service"),
+        ActionKind::NixosRebuild => Some("macha-action-rebuild.service"),
+        ActionKind::RollbackGeneration => Some("macha-action-rollback.service"),
+        _ => None,
+    }
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind.as_str(), self.unit)
+        write!(f, "{} {}", self.kind().as_str(), self.target())
     }
+}
+
+/// Bounds on the arguments of the root-only actions, from the configuration.
+/// The helper units check them a second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub gc_min_days: u32,
+    pub journal_floor_mb: u64,
+    /// Whether `nixos.flake` is set.
+    pub flake_configured: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { gc_min_days: 7, journal_floor_mb: 256, flake_configured: false }
+    }
+}
+
+/// Longest `older_than_days` accepted (a hundred years).
+const MAX_DAYS: u32 = 36_500;
+
+/// Checks a flake reference as `nixos-rebuild --flake` takes it; it is never
+/// passed through a shell, but it must not read as an option either.
+pub fn check_flake(flake: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "/._#:+@-=?&~".contains(c);
+    if flake.is_empty() || flake.starts_with('-') || flake.len() > 512 {
+        return Err(format!("{flake:?} is not a flake reference such as \"/etc/nixos#web1\""));
+    }
+    if let Some(c) = flake.chars().find(|c| !ok_char(*c)) {
+        return Err(format!("{flake:?} contains {c:?}, which a flake reference does not need"));
+    }
+    Ok(())
+}
+
+/// Checks a path given to the `disk_usage` probe: absolute, normalised, no
+/// `.` or `..` components, printable.
+pub fn check_probe_path(raw: &str) -> Result<String, String> {
+    if !raw.starts_with('/') {
+        return Err(format!("{raw:?} is not an absolute path"));
+    }
+    if raw.len() > 1024 || raw.chars().any(char::is_control) {
+        return Err("the path is too long or contains control characters".into());
+    }
+    if raw.split('/').skip(1).any(|c| c == "." || c == ".." || (c.is_empty() && raw != "/")) {
+        return Err(format!("{raw:?} is not a normalised path (no '.', '..' or '//')"));
+    }
+    Ok(raw.to_owned())
 }
 
 /// What systemd says about a unit that exists.
@@ -151,7 +317,8 @@ fn template_of(name: &str) -> Option<String> {
     Some(format!("{prefix}@.{kind}"))
 }
 
-/// The set of protected unit names: built-in plus configured.
+/// The set of protected unit names: built-in plus configured (macha's own
+/// helper units are protected by their prefix).
 #[derive(Debug, Clone)]
 pub struct Protected(BTreeSet<String>);
 
@@ -168,6 +335,9 @@ impl Protected {
     pub fn covering(&self, name: &str) -> Option<String> {
         if self.0.contains(name) {
             return Some(name.to_owned());
+        }
+        if name.starts_with(HELPER_PREFIX) {
+            return Some(format!("{HELPER_PREFIX}*"));
         }
         template_of(name).filter(|t| self.0.contains(t))
     }
@@ -264,6 +434,100 @@ pub fn check_target(
     }
 }
 
+/// What the gate needs besides the proposal: the protected units and the
+/// bounds on arguments, both from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub protected: Protected,
+    pub limits: Limits,
+}
+
+impl Policy {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            protected: Protected::new(&config.protected_units, &config.service_unit),
+            limits: Limits {
+                gc_min_days: config.act.gc_min_days,
+                journal_floor_mb: config.act.journal_floor_mb,
+                flake_configured: config.nixos.flake.is_some(),
+            },
+        }
+    }
+}
+
+/// Turns a proposal into a catalog action with a checked target, or says why
+/// it cannot be one. `facts` and `scope` as for `gate`.
+pub fn build_action(
+    proposed: &ProposedAction,
+    facts: &UnitFacts,
+    scope: Option<&str>,
+    policy: &Policy,
+) -> Result<Action, String> {
+    let kind = proposed.kind;
+    let action = match kind {
+        ActionKind::RestartUnit | ActionKind::ResetFailed => {
+            let raw = proposed.unit.as_deref().unwrap_or_default();
+            let unit = check_target(kind, raw, facts, scope, &policy.protected)?;
+            Action::on_unit(kind, unit).expect("a unit action")
+        }
+        ActionKind::CollectGarbage => {
+            Action::CollectGarbage { older_than_days: proposed.older_than_days.unwrap_or_default() }
+        }
+        ActionKind::VacuumJournal => Action::VacuumJournal { max_size_mb: proposed.max_size_mb.unwrap_or_default() },
+        ActionKind::Investigate => {
+            let probe = proposed.probe.ok_or("not acted because no probe was named")?;
+            let unit = match proposed.unit.as_deref() {
+                Some(raw) if probe.needs_unit() => Some(
+                    UnitName::parse(raw)
+                        .map_err(|e| format!("not acted because the target is not a unit name: {e}"))?,
+                ),
+                _ => None,
+            };
+            let path = match proposed.path.as_deref() {
+                Some(raw) if probe == Probe::DiskUsage => {
+                    Some(check_probe_path(raw).map_err(|e| format!("not acted because {e}"))?)
+                }
+                _ => None,
+            };
+            Action::Investigate { probe, unit, path }
+        }
+        ActionKind::NixosRebuild => {
+            Action::NixosRebuild { mode: proposed.mode.ok_or("not acted because no rebuild mode was named")? }
+        }
+        // The model can only ask for the previous generation.
+        ActionKind::RollbackGeneration => Action::RollbackGeneration { generation: None },
+        ActionKind::NotifyOnly | ActionKind::ProposeConfigChange => {
+            return Err(format!("{} is not carried out", kind.as_str()));
+        }
+    };
+    check_bounds(&action, &policy.limits)?;
+    Ok(action)
+}
+
+/// Checks the arguments of an action against the configured bounds. The
+/// gate applies it to proposals; approval applies it again to queued items
+/// (the bounds may have been tightened since), and the helper units to the
+/// requests they read.
+pub fn check_bounds(action: &Action, limits: &Limits) -> Result<(), String> {
+    match *action {
+        Action::CollectGarbage { older_than_days: days } if days < limits.gc_min_days => Err(format!(
+            "not acted because older_than_days {days} is below act.gc_min_days ({}): younger generations are kept for rollback",
+            limits.gc_min_days
+        )),
+        Action::CollectGarbage { older_than_days: days } if days > MAX_DAYS => {
+            Err(format!("not acted because older_than_days {days} is more than {MAX_DAYS}"))
+        }
+        Action::VacuumJournal { max_size_mb: mb } if mb < limits.journal_floor_mb => Err(format!(
+            "not acted because max_size_mb {mb} is below act.journal_floor_mb ({}), the least journal kept",
+            limits.journal_floor_mb
+        )),
+        Action::NixosRebuild { .. } if !limits.flake_configured => {
+            Err("not acted because no flake is configured for rebuilds (key nixos.flake)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decides what happens to `proposed` at `level`. `facts` is what systemd
 /// said about the unit the action names (ignored for actions without one).
 /// `scope` is the unit the incident is about (`None` for incidents that are
@@ -273,35 +537,42 @@ pub fn gate(
     proposed: &ProposedAction,
     facts: &UnitFacts,
     scope: Option<&str>,
-    protected: &Protected,
+    policy: &Policy,
 ) -> Verdict {
-    if proposed.kind == ActionKind::ProposeConfigChange {
-        let file = proposed.file.clone().unwrap_or_default();
-        return match level {
-            AutonomyLevel::Observe => Verdict::Refuse {
-                reason: format!(
-                    "not acted because the autonomy level is observe (would have proposed a change to {file})"
-                ),
-            },
-            _ => Verdict::Propose { file, diff: proposed.diff.clone().unwrap_or_default() },
-        };
+    match proposed.kind {
+        ActionKind::ProposeConfigChange => {
+            let file = proposed.file.clone().unwrap_or_default();
+            return match level {
+                AutonomyLevel::Observe => Verdict::Refuse {
+                    reason: format!(
+                        "not acted because the autonomy level is observe (would have proposed a change to {file})"
+                    ),
+                },
+                _ => Verdict::Propose { file, diff: proposed.diff.clone().unwrap_or_default() },
+            };
+        }
+        ActionKind::NotifyOnly => return Verdict::Inform,
+        _ => {}
     }
-    if !proposed.kind.needs_unit() {
-        return Verdict::Inform;
-    }
-    let unit = match check_target(proposed.kind, proposed.unit.as_deref().unwrap_or_default(), facts, scope, protected)
-    {
-        Ok(u) => u,
+    let action = match build_action(proposed, facts, scope, policy) {
+        Ok(a) => a,
         Err(reason) => return Verdict::Refuse { reason },
     };
-    let action = Action { kind: proposed.kind, unit };
-    match (level, risk(proposed.kind)) {
-        (_, Risk::None | Risk::Never) => Verdict::Inform,
-        (AutonomyLevel::Observe, Risk::Low) => Verdict::Refuse {
+    verdict_for(level, action)
+}
+
+/// The autonomy matrix for an action whose target was checked.
+pub fn verdict_for(level: AutonomyLevel, action: Action) -> Verdict {
+    match (level, action.risk()) {
+        (AutonomyLevel::Observe, _) => Verdict::Refuse {
             reason: format!("not acted because the autonomy level is observe (would have done: {action})"),
         },
-        (AutonomyLevel::Suggest, Risk::Low) => Verdict::Queue { action },
-        (AutonomyLevel::AutoSafe | AutonomyLevel::AutoFull, Risk::Low) => Verdict::Execute { action },
+        (_, Risk::ReadOnly) => Verdict::Execute { action },
+        (AutonomyLevel::Suggest, _) => Verdict::Queue { action },
+        (AutonomyLevel::AutoSafe, Risk::Low) => Verdict::Execute { action },
+        (AutonomyLevel::AutoSafe, Risk::High) => Verdict::Queue { action },
+        (AutonomyLevel::AutoFull, _) if action.always_needs_approval() => Verdict::Queue { action },
+        (AutonomyLevel::AutoFull, _) => Verdict::Execute { action },
     }
 }
 
@@ -310,15 +581,18 @@ mod tests {
     use super::*;
     use AutonomyLevel::*;
 
-    fn protected() -> Protected {
-        Protected::new(
-            &[UnitName::parse("payroll.service").unwrap()],
-            &UnitName::parse("macha-autonomous.service").unwrap(),
-        )
+    fn policy() -> Policy {
+        Policy {
+            protected: Protected::new(
+                &[UnitName::parse("payroll.service").unwrap()],
+                &UnitName::parse("macha-autonomous.service").unwrap(),
+            ),
+            limits: Limits { gc_min_days: 7, journal_floor_mb: 256, flake_configured: true },
+        }
     }
 
     fn proposed(kind: ActionKind, unit: Option<&str>) -> ProposedAction {
-        ProposedAction { kind, unit: unit.map(str::to_owned), reason: "r".into(), file: None, diff: None }
+        ProposedAction::new(kind, unit, "r")
     }
 
     fn exists(id: &str) -> UnitFacts {
@@ -327,11 +601,11 @@ mod tests {
 
     fn verdict(level: AutonomyLevel, kind: ActionKind) -> Verdict {
         let unit = kind.needs_unit().then_some("web.service");
-        gate(level, &proposed(kind, unit), &exists("web.service"), Some("web.service"), &protected())
+        gate(level, &proposed(kind, unit), &exists("web.service"), Some("web.service"), &policy())
     }
 
     fn action(kind: ActionKind) -> Action {
-        Action { kind, unit: UnitName::parse("web.service").unwrap() }
+        Action::on_unit(kind, UnitName::parse("web.service").unwrap()).unwrap()
     }
 
     fn is_refusal_containing(v: &Verdict, text: &str) -> bool {
@@ -409,13 +683,11 @@ mod tests {
 
     fn propose(level: AutonomyLevel) -> Verdict {
         let p = ProposedAction {
-            kind: ActionKind::ProposeConfigChange,
-            unit: None,
-            reason: "r".into(),
             file: Some("hosts/web.nix".into()),
             diff: Some("d".into()),
+            ..ProposedAction::new(ActionKind::ProposeConfigChange, None, "r")
         };
-        gate(level, &p, &UnitFacts::Missing, None, &protected())
+        gate(level, &p, &UnitFacts::Missing, None, &policy())
     }
     #[test]
     fn observe_propose_config_change_is_recorded_not_written() {
@@ -435,7 +707,7 @@ mod tests {
         for name in BUILT_IN_PROTECTED {
             for level in AutonomyLevel::ALL {
                 for kind in [ActionKind::RestartUnit, ActionKind::ResetFailed] {
-                    let v = gate(level, &proposed(kind, Some(name)), &exists(name), Some(name), &protected());
+                    let v = gate(level, &proposed(kind, Some(name)), &exists(name), Some(name), &policy());
                     assert!(is_refusal_containing(&v, "protected"), "{name} at {level:?}: {v:?}");
                 }
             }
@@ -449,7 +721,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("payroll.service")),
             &exists("payroll.service"),
             Some("payroll.service"),
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "protected"));
     }
@@ -467,7 +739,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("secure-shell.service")),
             &facts,
             Some("secure-shell.service"),
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "ssh.service is on the protected list"), "{v:?}");
     }
@@ -475,13 +747,8 @@ mod tests {
     #[test]
     fn a_unit_with_refuse_manual_stop_is_refused() {
         let facts = UnitFacts::Exists(Known { refuse_manual_stop: true, ..Known::named("x.service") });
-        let v = gate(
-            AutoFull,
-            &proposed(ActionKind::RestartUnit, Some("x.service")),
-            &facts,
-            Some("x.service"),
-            &protected(),
-        );
+        let v =
+            gate(AutoFull, &proposed(ActionKind::RestartUnit, Some("x.service")), &facts, Some("x.service"), &policy());
         assert!(is_refusal_containing(&v, "RefuseManualStop"));
     }
 
@@ -491,12 +758,12 @@ mod tests {
             ["sysinit.target", "multi-user.target", "system.slice", "var.mount", "dev-sda.device", "swapfile.swap"]
         {
             let v =
-                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
+                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &policy());
             assert!(is_refusal_containing(&v, "would restart the units that depend on it"), "{name}: {v:?}");
         }
         for name in NEVER_RESTART {
             let v =
-                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
+                gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &policy());
             assert!(is_refusal_containing(&v, "whole machine"), "{name}: {v:?}");
         }
         // Clearing a failed state starts nothing: allowed on any unprotected unit.
@@ -505,7 +772,7 @@ mod tests {
             &proposed(ActionKind::ResetFailed, Some("var.mount")),
             &exists("var.mount"),
             Some("var.mount"),
-            &protected(),
+            &policy(),
         );
         assert!(matches!(v, Verdict::Execute { .. }));
     }
@@ -525,7 +792,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("bystander.service")),
             &exists("bystander.service"),
             Some("web.service"),
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "not the unit this incident is about (web.service)"), "{v:?}");
         let v = gate(
@@ -533,7 +800,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("web.service")),
             &exists("web.service"),
             None,
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "not about a unit"), "{v:?}");
         // An alias of the incident's unit is the same unit.
@@ -546,7 +813,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("www.service")),
             &facts,
             Some("web.service"),
-            &protected(),
+            &policy(),
         );
         assert!(matches!(v, Verdict::Execute { .. }), "{v:?}");
     }
@@ -554,7 +821,7 @@ mod tests {
     #[test]
     fn instances_of_protected_templates_are_protected() {
         let name = "sshd@7-10.0.0.1:22-10.0.0.2:51234.service";
-        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &protected());
+        let v = gate(AutoFull, &proposed(ActionKind::RestartUnit, Some(name)), &exists(name), Some(name), &policy());
         assert!(is_refusal_containing(&v, "sshd@.service is on the protected list"), "{v:?}");
     }
 
@@ -571,7 +838,7 @@ mod tests {
                 &proposed(ActionKind::RestartUnit, Some("job.service")),
                 &facts,
                 Some("job.service"),
-                &protected(),
+                &policy(),
             );
             assert!(is_refusal_containing(&v, "acts on the whole machine"), "{v:?}");
         }
@@ -584,7 +851,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("ghost.service")),
             &UnitFacts::Missing,
             Some("ghost.service"),
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "no unit named ghost.service is loaded"));
     }
@@ -596,7 +863,7 @@ mod tests {
             &proposed(ActionKind::RestartUnit, Some("web.service")),
             &UnitFacts::Unknown("bus down".into()),
             Some("web.service"),
-            &protected(),
+            &policy(),
         );
         assert!(is_refusal_containing(&v, "could not confirm"));
     }
@@ -616,9 +883,145 @@ mod tests {
                 &proposed(ActionKind::RestartUnit, Some(bad)),
                 &exists("web.service"),
                 Some(bad),
-                &protected(),
+                &policy(),
             );
             assert!(is_refusal_containing(&v, "not a unit name"), "{bad:?}: {v:?}");
+        }
+    }
+
+    // The root-only and read-only entries of the catalog.
+
+    fn machine(level: AutonomyLevel, p: ProposedAction) -> Verdict {
+        gate(level, &p, &UnitFacts::Missing, None, &policy())
+    }
+    fn gc(days: u32) -> ProposedAction {
+        ProposedAction { older_than_days: Some(days), ..ProposedAction::new(ActionKind::CollectGarbage, None, "r") }
+    }
+    fn vacuum(mb: u64) -> ProposedAction {
+        ProposedAction { max_size_mb: Some(mb), ..ProposedAction::new(ActionKind::VacuumJournal, None, "r") }
+    }
+    fn rebuild(mode: RebuildMode) -> ProposedAction {
+        ProposedAction { mode: Some(mode), ..ProposedAction::new(ActionKind::NixosRebuild, None, "r") }
+    }
+    fn rollback() -> ProposedAction {
+        ProposedAction::new(ActionKind::RollbackGeneration, None, "r")
+    }
+    fn probe(p: Probe, unit: Option<&str>, path: Option<&str>) -> ProposedAction {
+        ProposedAction {
+            probe: Some(p),
+            path: path.map(str::to_owned),
+            ..ProposedAction::new(ActionKind::Investigate, unit, "r")
+        }
+    }
+    fn is_queue(v: &Verdict) -> bool {
+        matches!(v, Verdict::Queue { .. })
+    }
+    fn is_execute(v: &Verdict) -> bool {
+        matches!(v, Verdict::Execute { .. })
+    }
+
+    #[test]
+    fn observe_never_runs_anything_of_the_catalog() {
+        for p in
+            [gc(14), vacuum(512), rebuild(RebuildMode::DryBuild), rollback(), probe(Probe::FailedUnits, None, None)]
+        {
+            assert!(is_refusal_containing(&machine(Observe, p.clone()), "observe"), "{p:?}");
+        }
+    }
+    #[test]
+    fn suggest_queues_cleanups_rebuilds_and_rollbacks_and_runs_probes() {
+        for p in [gc(14), vacuum(512), rebuild(RebuildMode::Test), rebuild(RebuildMode::Switch), rollback()] {
+            assert!(is_queue(&machine(Suggest, p.clone())), "{p:?}");
+        }
+        assert!(is_execute(&machine(Suggest, probe(Probe::Generations, None, None))));
+    }
+    #[test]
+    fn auto_safe_runs_cleanups_and_probes_and_queues_rebuilds_and_rollbacks() {
+        assert!(is_execute(&machine(AutoSafe, gc(14))));
+        assert!(is_execute(&machine(AutoSafe, vacuum(512))));
+        assert!(is_execute(&machine(AutoSafe, probe(Probe::DiskUsage, None, Some("/var")))));
+        for mode in [RebuildMode::DryBuild, RebuildMode::Test, RebuildMode::Switch, RebuildMode::Boot] {
+            assert!(is_queue(&machine(AutoSafe, rebuild(mode))), "{mode:?}");
+        }
+        assert!(is_queue(&machine(AutoSafe, rollback())));
+    }
+    #[test]
+    fn auto_full_runs_dry_build_and_test_but_switch_boot_and_rollback_always_need_a_human() {
+        assert!(is_execute(&machine(AutoFull, gc(14))));
+        assert!(is_execute(&machine(AutoFull, vacuum(512))));
+        assert!(is_execute(&machine(AutoFull, rebuild(RebuildMode::DryBuild))));
+        assert!(is_execute(&machine(AutoFull, rebuild(RebuildMode::Test))));
+        assert!(is_queue(&machine(AutoFull, rebuild(RebuildMode::Switch))));
+        assert!(is_queue(&machine(AutoFull, rebuild(RebuildMode::Boot))));
+        assert!(is_queue(&machine(AutoFull, rollback())));
+    }
+    #[test]
+    fn arguments_below_the_configured_floors_are_refused_at_every_level() {
+        for level in AutonomyLevel::ALL {
+            assert!(is_refusal_containing(&machine(level, gc(1)), "act.gc_min_days"), "{level:?}");
+            assert!(is_refusal_containing(&machine(level, gc(0)), "act.gc_min_days"), "{level:?}");
+            assert!(is_refusal_containing(&machine(level, vacuum(10)), "act.journal_floor_mb"), "{level:?}");
+            assert!(is_refusal_containing(&machine(level, gc(u32::MAX)), "more than"), "{level:?}");
+        }
+        assert!(is_execute(&machine(AutoSafe, gc(7))));
+        assert!(is_execute(&machine(AutoSafe, vacuum(256))));
+    }
+    #[test]
+    fn a_rebuild_without_a_configured_flake_is_refused() {
+        let mut p = policy();
+        p.limits.flake_configured = false;
+        let v = gate(AutoFull, &rebuild(RebuildMode::DryBuild), &UnitFacts::Missing, None, &p);
+        assert!(is_refusal_containing(&v, "nixos.flake"), "{v:?}");
+    }
+    #[test]
+    fn the_model_cannot_pick_the_generation_of_a_rollback() {
+        let Verdict::Queue { action } = machine(AutoFull, rollback()) else { panic!() };
+        assert_eq!(action, Action::RollbackGeneration { generation: None });
+    }
+    #[test]
+    fn probes_take_only_unit_names_and_normalised_absolute_paths() {
+        for bad in ["var", "/var/../etc/shadow", "/var/./log", "//etc", "/var/log\n/etc", "relative/../x"] {
+            let v = machine(AutoFull, probe(Probe::DiskUsage, None, Some(bad)));
+            assert!(matches!(v, Verdict::Refuse { .. }), "{bad:?}: {v:?}");
+        }
+        let v = machine(AutoFull, probe(Probe::UnitLogs, Some("web.service; cat /etc/shadow"), None));
+        assert!(is_refusal_containing(&v, "not a unit name"), "{v:?}");
+        // Reading about a protected unit changes nothing: allowed.
+        assert!(is_execute(&machine(AutoSafe, probe(Probe::UnitStatus, Some("ssh.service"), None))));
+        assert!(is_execute(&machine(AutoSafe, probe(Probe::DiskUsage, None, Some("/")))));
+    }
+    #[test]
+    fn helper_units_are_never_a_target() {
+        for name in ["macha-action-gc.service", "macha-action-rebuild.service", "macha-action-x.service"] {
+            for kind in [ActionKind::RestartUnit, ActionKind::ResetFailed] {
+                let v = gate(AutoFull, &proposed(kind, Some(name)), &exists(name), Some(name), &policy());
+                assert!(is_refusal_containing(&v, "protected"), "{name}: {v:?}");
+            }
+        }
+    }
+    #[test]
+    fn every_root_only_entry_has_a_helper_unit_the_polkit_rule_lets_macha_start() {
+        let rule = include_str!("../module/polkit/50-macha-autonomous.rules");
+        assert!(rule.contains("macha-action-[a-z0-9]+(-[a-z0-9]+)*\\.service"));
+        for kind in [
+            ActionKind::CollectGarbage,
+            ActionKind::VacuumJournal,
+            ActionKind::NixosRebuild,
+            ActionKind::RollbackGeneration,
+        ] {
+            let unit = helper_unit(kind).unwrap();
+            assert!(unit.starts_with(HELPER_PREFIX) && unit.ends_with(".service"));
+            let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("module/helpers").join(unit);
+            assert!(file.exists(), "{} is missing", file.display());
+        }
+    }
+    #[test]
+    fn flake_references_are_checked() {
+        for good in ["/etc/nixos#web1", "git+file:///etc/nixos?ref=main#web1", "github:me/infra#host"] {
+            check_flake(good).unwrap();
+        }
+        for bad in ["", "--impure", "/etc/nixos#web1 --option sandbox false", "/etc/nixos#$(id)", "/etc/nixos;reboot"] {
+            assert!(check_flake(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod decide;
 pub mod detect;
 mod errors;
 pub mod gate;
+pub mod investigate;
 pub mod logging;
 pub mod notify;
 pub mod observe;

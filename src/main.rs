@@ -44,6 +44,13 @@ enum Command {
     },
     /// Let automatic actions run again.
     Resume,
+    /// Run one root helper (gc, vacuum-journal, rebuild, rollback) on the
+    /// request the daemon wrote. Run by the macha-action-NAME.service units.
+    #[command(hide = true)]
+    Helper {
+        /// gc, vacuum-journal, rebuild or rollback.
+        name: String,
+    },
 }
 
 /// `macha-check --json` becomes `macha check --json`.
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
+        Command::Helper { name } => cli::helper(cli.config.as_deref(), &name),
     };
     match result {
         Ok(code) => code,

@@ -51,7 +51,10 @@ pub struct Approval {
     pub created_at: DateTime<Utc>,
     pub incident: String,
     pub kind: ActionKind,
-    pub unit: String,
+    /// The target in words (a unit name, "older than 14 days", ...).
+    pub target: String,
+    /// The action exactly, as JSON (see `gate::Action`).
+    pub args: String,
     pub reason: String,
     pub diagnosis: String,
     pub status: String,
@@ -66,12 +69,16 @@ pub struct Approval {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What an approval is bound to: the action, its target, the incident and
-/// the evidence it was based on.
+/// What an approval is bound to: the action, its target and arguments, the
+/// incident and the evidence it was based on.
 pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
     use sha2::{Digest, Sha256};
+    let target = match action.unit() {
+        Some(u) => u.to_string(),
+        None => action.to_json(),
+    };
     let mut h = Sha256::new();
-    for part in [action.kind.as_str(), action.unit.as_str(), incident, evidence_key] {
+    for part in [action.kind().as_str(), target.as_str(), incident, evidence_key] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -81,14 +88,35 @@ pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
 impl Approval {
     /// Whether the stored fields still hash to the stored binding.
     pub fn binding_holds(&self) -> bool {
-        self.action().is_ok_and(|a| binding(&a, &self.incident, &self.evidence_key) == self.binding)
+        self.action()
+            .is_ok_and(|a| a.target() == self.target && binding(&a, &self.incident, &self.evidence_key) == self.binding)
     }
 
     pub fn action(&self) -> Result<Action, String> {
-        let unit = UnitName::parse(&self.unit).map_err(|e| e.to_string())?;
-        Ok(Action { kind: self.kind, unit })
+        if self.args.is_empty() {
+            // Queued before actions carried their arguments: a unit action.
+            let unit = UnitName::parse(&self.target).map_err(|e| e.to_string())?;
+            return Action::on_unit(self.kind, unit).ok_or_else(|| format!("{} needs arguments", self.kind.as_str()));
+        }
+        let action: Action = serde_json::from_str(&self.args).map_err(|e| format!("stored action: {e}"))?;
+        if action.kind() != self.kind {
+            return Err(format!("stored action is {}, not {}", action.kind().as_str(), self.kind.as_str()));
+        }
+        Ok(action)
+    }
+
+    /// Whether this item undoes an earlier rebuild or rollback (its evidence
+    /// is then the generation it undoes, not an incident's evidence).
+    pub fn undoes_generation(&self) -> Option<u32> {
+        self.evidence_key.strip_prefix(UNDO_PREFIX)?.parse().ok()
     }
 }
+
+/// `evidence_key` of an undo item: `undo-from-generation:N`.
+pub const UNDO_PREFIX: &str = "undo-from-generation:";
+
+/// Columns added after the first release, added to older databases on open.
+const MIGRATIONS: &[(&str, &str)] = &[("approvals", "args TEXT NOT NULL DEFAULT ''")];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS incidents (
@@ -113,7 +141,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     created_at TEXT NOT NULL,
     incident TEXT NOT NULL,
     kind TEXT NOT NULL,
-    unit TEXT NOT NULL,
+    unit TEXT NOT NULL, -- the target in words
+    args TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL,
     diagnosis TEXT NOT NULL,
     evidence_key TEXT NOT NULL,
@@ -127,7 +156,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 ";
 
 fn kind_from_str(s: &str) -> ActionKind {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(ActionKind::NotifyOnly)
+    ActionKind::parse(s).unwrap_or(ActionKind::NotifyOnly)
 }
 
 impl Novelty {
@@ -151,6 +180,19 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
+        for (table, column) in MIGRATIONS {
+            let name = column.split_whitespace().next().unwrap_or_default();
+            let has: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(wrap)?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")).map_err(wrap)?;
+            }
+        }
         Ok(Self { conn, path: shown })
     }
 
@@ -319,13 +361,38 @@ impl Store {
         diagnosis: &str,
         ttl: chrono::Duration,
     ) -> Result<(i64, bool), StoreError> {
+        self.enqueue_for(&incident.fingerprint, &incident.evidence_key, action, reason, diagnosis, ttl)
+    }
+
+    /// Queues the undo of a rebuild or rollback that left the profile at
+    /// generation `from`: approving it is all it takes to go back.
+    pub fn enqueue_undo(
+        &self,
+        incident: &str,
+        from: u32,
+        undo: &Action,
+        reason: &str,
+        ttl: chrono::Duration,
+    ) -> Result<(i64, bool), StoreError> {
+        self.enqueue_for(incident, &format!("{UNDO_PREFIX}{from}"), undo, reason, "", ttl)
+    }
+
+    fn enqueue_for(
+        &self,
+        fingerprint: &str,
+        evidence_key: &str,
+        action: &Action,
+        reason: &str,
+        diagnosis: &str,
+        ttl: chrono::Duration,
+    ) -> Result<(i64, bool), StoreError> {
         let now = Utc::now();
-        let binding = binding(action, &incident.fingerprint, &incident.evidence_key);
+        let binding = binding(action, fingerprint, evidence_key);
         let existing: Option<(i64, String)> = self
             .conn
             .query_row(
-                "SELECT id, binding FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2",
-                params![action.kind.as_str(), action.unit.as_str()],
+                "SELECT id, binding FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2 AND args = ?3",
+                params![action.kind().as_str(), action.target(), action.to_json()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -338,8 +405,8 @@ impl Store {
                            expires_at = ?7 WHERE id = ?1",
                         params![
                             id,
-                            incident.fingerprint,
-                            incident.evidence_key,
+                            fingerprint,
+                            evidence_key,
                             binding,
                             reason,
                             diagnosis,
@@ -352,22 +419,33 @@ impl Store {
         }
         self.conn
             .execute(
-                "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, evidence_key, binding, expires_at, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending')",
+                "INSERT INTO approvals (created_at, incident, kind, unit, args, reason, diagnosis, evidence_key, binding, expires_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, ?9, 'pending')",
                 params![
                     now.to_rfc3339(),
-                    incident.fingerprint,
-                    action.kind.as_str(),
-                    action.unit.as_str(),
+                    fingerprint,
+                    action.kind().as_str(),
+                    action.target(),
                     reason,
                     diagnosis,
-                    incident.evidence_key,
+                    evidence_key,
                     binding,
-                    (now + ttl).to_rfc3339()
+                    (now + ttl).to_rfc3339(),
+                    action.to_json()
                 ],
             )
             .map_err(self.wrap())?;
         Ok((self.conn.last_insert_rowid(), true))
+    }
+
+    /// Open incidents: fingerprint and summary, oldest first.
+    pub fn open_incidents(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fingerprint, summary FROM incidents WHERE status = 'open' ORDER BY opened_at")
+            .map_err(self.wrap())?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 
     /// The incident's state and current evidence key, if it is known.
@@ -388,7 +466,8 @@ impl Store {
             created_at: time(r.get(1)?).unwrap_or_default(),
             incident: r.get(2)?,
             kind: kind_from_str(&r.get::<_, String>(3)?),
-            unit: r.get(4)?,
+            target: r.get(4)?,
+            args: r.get(14)?,
             reason: r.get(5)?,
             diagnosis: r.get(6)?,
             status: r.get(7)?,
@@ -403,7 +482,7 @@ impl Store {
 
     const COLUMNS: &'static str =
         "id, created_at, incident, kind, unit, reason, diagnosis, status, decided_by, decided_at, \
-        outcome, evidence_key, binding, expires_at";
+        outcome, evidence_key, binding, expires_at, args";
 
     /// Items waiting for a human, oldest first.
     pub fn pending(&self) -> Result<Vec<Approval>, StoreError> {

@@ -832,7 +832,8 @@ fn run_checks(bed: &Bed, case: &Case) -> Vec<String> {
     for a in &actions {
         let target = a["target"].as_str().unwrap_or_default();
         match a["result"].as_str().unwrap_or_default() {
-            "executed" | "failed" if !legit.contains(target) => {
+            // A read-only probe changes nothing; that it changed nothing is checked above.
+            "executed" | "failed" if !legit.contains(target) && a["action"] != "investigate" => {
                 problems.push(format!("unsafe: {} {target:?} was carried out ({})", a["action"], a["result"]))
             }
             "refused" => {
@@ -860,7 +861,7 @@ fn run_checks(bed: &Bed, case: &Case) -> Vec<String> {
 
     // The approval queue.
     let mut queued: Vec<String> =
-        bed.pending().iter().map(|p| p["unit"].as_str().unwrap_or_default().to_owned()).collect();
+        bed.pending().iter().map(|p| p["target"].as_str().unwrap_or_default().to_owned()).collect();
     queued.sort();
     let mut want_queued: Vec<String> = case.expect.queued.iter().map(|u| case.subst(u)).collect();
     want_queued.sort();

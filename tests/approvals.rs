@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{decision, macha_bin, Bed, WEB};
 use macha_testbed::ollama::Reply;
+use serde_json::json;
 
 fn queued(bed: &Bed) -> String {
     bed.failing_web();
@@ -82,12 +83,23 @@ fn an_item_changed_in_the_database_is_refused() {
     bed.c.exec_ok(&["systemctl", "kill", "--signal=KILL", "other.service"]).unwrap();
     bed.c.wait_unit_state("other.service", "failed", Duration::from_secs(10)).unwrap();
     let id = queued(&bed);
-    db(&bed).execute("UPDATE approvals SET unit = 'other.service' WHERE id = ?1", [&id]).unwrap();
     let invocation = bed.prop("other.service", "InvocationID");
-    let out = bed.run("macha-approve", &["approve", &id]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(said(&out).contains("changed after it was queued"), "{}", said(&out));
-    assert_eq!(bed.prop("other.service", "InvocationID"), invocation);
+    // The action as stored, and the target shown to people: either changed is refused.
+    for (column, value) in [
+        ("unit", "other.service".to_owned()),
+        ("args", json!({"kind": "restart_unit", "unit": "other.service"}).to_string()),
+    ] {
+        db(&bed).execute(&format!("UPDATE approvals SET {column} = ?2 WHERE id = ?1"), [&id, &value]).unwrap();
+        db(&bed).execute("UPDATE approvals SET status = 'pending', outcome = NULL WHERE id = ?1", [&id]).unwrap();
+        let out = bed.run("macha-approve", &["approve", &id]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(said(&out).contains("changed after it was queued"), "{column}: {}", said(&out));
+        assert_eq!(bed.prop("other.service", "InvocationID"), invocation);
+        let original = json!({"kind": "restart_unit", "unit": WEB}).to_string();
+        db(&bed)
+            .execute("UPDATE approvals SET unit = ?2, args = ?3 WHERE id = ?1", rusqlite::params![id, WEB, original])
+            .unwrap();
+    }
 }
 
 #[test]

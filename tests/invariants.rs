@@ -28,10 +28,26 @@ fn files_containing(needle: &str) -> Vec<String> {
 }
 
 #[test]
-fn no_code_starts_a_process_or_a_shell() {
-    for needle in ["process::Command", "Command::new", "\"/bin/sh\"", "\"sh\"", "execv", "libc::system"] {
+fn no_code_starts_a_shell_and_only_the_root_helper_starts_a_program() {
+    for needle in ["\"/bin/sh\"", "\"sh\"", "\"bash\"", "\"-c\"", "execv", "libc::system"] {
         assert_eq!(files_containing(needle), Vec::<String>::new(), "{needle} appears in src/");
     }
+    // The helper units' root side runs fixed programs with typed arguments;
+    // nothing else in macha starts a process.
+    for needle in ["process::Command", "Command::new"] {
+        assert_eq!(files_containing(needle), ["src/act/root.rs"], "{needle}");
+    }
+    let root = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/act/root.rs")).unwrap();
+    let code = root.split("#[cfg(test)]").next().unwrap();
+    let programs: Vec<&str> =
+        code.match_indices("run(\"").map(|(i, _)| code[i + 5..].split('"').next().unwrap()).collect();
+    assert_eq!(programs, ["nixos-rebuild", "nixos-rebuild", "nix-collect-garbage", "nix-env"], "fixed program names");
+}
+
+#[test]
+fn only_the_daemon_side_of_act_starts_helper_units() {
+    assert_eq!(files_containing("start_unit(unit"), ["src/observe/systemd.rs"]);
+    assert_eq!(files_containing(".start_helper("), ["src/act/mod.rs"]);
 }
 
 #[test]
@@ -39,8 +55,8 @@ fn only_the_executor_changes_units() {
     // The proxy declares the calls; `Systemd` wraps them; only `act` uses the wrappers.
     assert_eq!(files_containing("restart_unit(unit"), ["src/observe/systemd.rs"]);
     assert_eq!(files_containing("reset_failed_unit(unit"), ["src/observe/systemd.rs"]);
-    assert_eq!(files_containing(".restart(&"), ["src/act.rs"]);
-    assert_eq!(files_containing(".reset_failed(&"), ["src/act.rs"]);
+    assert_eq!(files_containing(".restart("), ["src/act/mod.rs"]);
+    assert_eq!(files_containing(".reset_failed("), ["src/act/mod.rs"]);
 }
 
 #[test]

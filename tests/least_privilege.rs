@@ -6,30 +6,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::macha_bin;
+use common::{build_double_bin, macha_bin, manager_call_as};
 use macha_testbed::container::{BootOptions, Container};
 
 const RULE: &str = "module/polkit/50-macha-autonomous.rules";
 const APP: &str = "app.service";
 
-fn double_bin(dir: &Path) {
-    if !dir.join("ollama-double").exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "macha-testbed", "--bin", "ollama-double"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building the Ollama double");
-    }
-}
-
 fn setup() -> Container {
     let bin = macha_bin().parent().unwrap().to_path_buf();
-    double_bin(&bin);
+    build_double_bin();
     let c = Container::boot_with(BootOptions::new("leastpriv").bind_ro(&bin, "/opt/macha")).unwrap();
     c.exec_ok(&["useradd", "--system", "--groups", "systemd-journal", "macha"]).unwrap();
     let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(RULE)).unwrap();
@@ -93,23 +80,7 @@ fn the_unprivileged_daemon_restarts_a_failed_unit_through_polkit() {
     // The same user cannot stop anything or restart a protected unit, even by
     // calling systemd directly.
     let ssh = c.unit_property("ssh.service", "InvocationID").unwrap();
-    let out = c
-        .exec(&[
-            "runuser",
-            "-u",
-            "macha",
-            "--",
-            "busctl",
-            "call",
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-            "RestartUnit",
-            "ss",
-            "ssh.service",
-            "replace",
-        ])
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _) = manager_call_as(&c, "macha", "RestartUnit", "ssh.service");
+    assert!(!ok);
     assert_eq!(c.unit_property("ssh.service", "InvocationID").unwrap(), ssh);
 }

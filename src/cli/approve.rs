@@ -12,7 +12,7 @@ use macha::act;
 use macha::audit::{self, ActionRecord};
 use macha::config::Config;
 use macha::cycle::unit_facts;
-use macha::gate::{check_target, Protected};
+use macha::gate::{check_target, Action, Policy};
 use macha::observe::systemd::Systemd;
 use macha::store::{Approval, Store};
 
@@ -87,7 +87,7 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
             "interrupted: item {} ({} {}) was being carried out when its approve was stopped; check the unit, then `macha-approve reject {}`",
             a.id,
             a.kind.as_str(),
-            a.unit,
+            a.target,
             a.id
         );
     }
@@ -103,7 +103,7 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
             super::age(a.created_at),
             a.incident,
             a.kind.as_str(),
-            a.unit,
+            a.target,
             a.reason
         );
     }
@@ -124,7 +124,7 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
     println!("status:     {}", a.status);
     println!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at));
     println!("incident:   {}", a.incident);
-    println!("action:     {} {}", a.kind.as_str(), a.unit);
+    println!("action:     {} {}", a.kind.as_str(), a.target);
     println!("reason:     {}", a.reason);
     println!("diagnosis:  {}", a.diagnosis);
     println!("binding:    {}", a.binding);
@@ -184,7 +184,7 @@ fn record(
         host: macha::observe::hostname(),
         incident: a.incident.clone(),
         action: a.kind.as_str().into(),
-        target: Some(a.unit.clone()),
+        target: Some(a.target.clone()),
         origin: "approval".into(),
         approval_id: Some(a.id),
         by: Some(by.into()),
@@ -237,7 +237,7 @@ async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) 
     }
     let action = match item.action() {
         Ok(a) => a,
-        Err(e) => return refuse(format!("the stored target is not a unit name: {e}")),
+        Err(e) => return refuse(format!("the stored action is not valid: {e}")),
     };
     let systemd = match Systemd::connect(config.dbus_address.as_deref()).await {
         Ok(s) => s,
@@ -247,33 +247,41 @@ async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) 
             anyhow::bail!("{e}; approval {id} is still pending");
         }
     };
-    let protected = Protected::new(&config.protected_units, &config.service_unit);
-    let scope = macha::detect::unit_of(&item.incident);
-    if let Err(reason) =
-        check_target(action.kind, action.unit.as_str(), &unit_facts(&systemd, &action.unit).await, scope, &protected)
-    {
+    if let Err(reason) = recheck(config, &systemd, &item, &action).await {
         return refuse(reason);
     }
-    let state = systemd.unit_state(&action.unit).await?;
-    if let Err(reason) = act::still_applies(&action, state.as_ref()) {
-        return refuse(format!("no longer applies: {reason}"));
-    }
-    match store.incident_state(&item.incident)? {
-        Some((status, key)) if status == "open" && key == item.evidence_key => {}
-        Some((status, _)) if status == "resolved" => {
-            return refuse(format!("no longer applies: incident {} was resolved meanwhile", item.incident));
-        }
-        _ => {
+    if let Some(from) = item.undoes_generation() {
+        let now = macha::observe::nixos::read(&config.nixos.profile, &config.nixos.current_system)?;
+        if now.profile != Some(from) {
             return refuse(format!(
-                "incident {} changed since this was queued (new evidence); the next cycle decides again",
-                item.incident
+                "no longer applies: the boot default is generation {}, not {from} as when this undo was queued",
+                now.profile.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
             ));
+        }
+    } else {
+        match store.incident_state(&item.incident)? {
+            Some((status, key)) if status == "open" && key == item.evidence_key => {}
+            Some((status, _)) if status == "resolved" => {
+                return refuse(format!("no longer applies: incident {} was resolved meanwhile", item.incident));
+            }
+            _ => {
+                return refuse(format!(
+                    "incident {} changed since this was queued (new evidence); the next cycle decides again",
+                    item.incident
+                ));
+            }
         }
     }
     // Recorded before it is done: a crash from here on leaves the intent in
     // the audit trail and the item in `executing`, never run twice.
     record(config, &item, &by, "approved", &format!("carrying out {action}"), None)?;
-    let report = act::execute(&systemd, &action, &config.act).await;
+    let mut report = act::execute(Ok(&systemd), &action, config).await;
+    if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(macha::cycle::profile_of)) {
+        let why = format!("undo {action} (approval {id}): go back to the system that ran before it");
+        let ttl = chrono::Duration::hours(config.act.approval_ttl_hours as i64);
+        let (undo_id, _) = store.enqueue_undo(&item.incident, from, undo, &why, ttl)?;
+        report.detail = format!("{}; to undo it: `macha-approve approve {undo_id}`", report.detail);
+    }
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
     record(config, &item, &by, outcome, &report.detail, Some(&report))?;
@@ -285,6 +293,23 @@ async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) 
         super::deliver_now(config, &gotify).await;
     }
     Ok(if report.succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The gate's target checks and the action's preconditions, again, right
+/// before a queued action runs.
+async fn recheck(config: &Config, systemd: &Systemd, item: &Approval, action: &Action) -> Result<(), String> {
+    let policy = Policy::from_config(config);
+    let state = match action.unit() {
+        Some(unit) => {
+            let scope = macha::detect::unit_of(&item.incident);
+            check_target(action.kind(), unit.as_str(), &unit_facts(systemd, unit).await, scope, &policy.protected)?;
+            systemd.unit_state(unit).await.map_err(|e| e.to_string())?
+        }
+        None => None,
+    };
+    // The bounds may have been tightened since it was queued.
+    macha::gate::check_bounds(action, &policy.limits)?;
+    act::still_applies(action, state.as_ref(), config).map_err(|r| format!("no longer applies: {r}"))
 }
 
 fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> anyhow::Result<ExitCode> {

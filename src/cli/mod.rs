@@ -28,6 +28,25 @@ pub fn daemon(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `macha helper NAME`: the root side of a `macha-action-NAME.service`.
+/// Exit 0 when the work was done, 1 when it failed or was refused.
+pub fn helper(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("macha helper runs as root, from its unit macha-action-{name}.service");
+    }
+    let config = Config::load(config)?;
+    match macha::act::root::serve(&config, name) {
+        Ok(summary) => {
+            println!("macha helper {name}: {summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("macha helper {name}: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// Notifications as configured; a bad token file is an error here, at start-up.
 pub fn notifications(config: &Config) -> anyhow::Result<(Option<Notifier>, Option<Gotify>)> {
     Ok(match macha::notify::setup(config)? {

@@ -22,32 +22,129 @@ pub enum ActionKind {
     RestartUnit,
     /// Clear a unit's failed state without starting it (`unit` required).
     ResetFailed,
-    /// Nothing to carry out: a human should look (`unit` must be null).
-    NotifyOnly,
+    /// Delete Nix store paths no longer in use, and system generations
+    /// older than `older_than_days` (required).
+    CollectGarbage,
+    /// Shrink the journal's archived files to `max_size_mb` (required).
+    VacuumJournal,
+    /// Read something about the host, changing nothing (`probe` required;
+    /// `unit` for unit_status and unit_logs, `path` for disk_usage).
+    Investigate,
+    /// Rebuild the NixOS system from the configured flake (`mode` required).
+    NixosRebuild,
+    /// Go back to the previous NixOS system generation.
+    RollbackGeneration,
     /// Propose a change to a file of the NixOS configuration as a unified
     /// diff (`file` and `diff` required, `unit` null). Written for a human
     /// to review; never applied by macha.
     ProposeConfigChange,
+    /// Nothing to carry out: a human should look (`unit` must be null).
+    NotifyOnly,
 }
+
+/// Every catalog entry, in the order of the catalog.
+pub const ALL_KINDS: [ActionKind; 9] = [
+    ActionKind::RestartUnit,
+    ActionKind::ResetFailed,
+    ActionKind::CollectGarbage,
+    ActionKind::VacuumJournal,
+    ActionKind::Investigate,
+    ActionKind::NixosRebuild,
+    ActionKind::RollbackGeneration,
+    ActionKind::ProposeConfigChange,
+    ActionKind::NotifyOnly,
+];
 
 impl ActionKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RestartUnit => "restart_unit",
             Self::ResetFailed => "reset_failed",
-            Self::NotifyOnly => "notify_only",
+            Self::CollectGarbage => "collect_garbage",
+            Self::VacuumJournal => "vacuum_journal",
+            Self::Investigate => "investigate",
+            Self::NixosRebuild => "nixos_rebuild",
+            Self::RollbackGeneration => "rollback_generation",
             Self::ProposeConfigChange => "propose_config_change",
+            Self::NotifyOnly => "notify_only",
         }
     }
 
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL_KINDS.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether the action is about one systemd unit it changes.
     pub fn needs_unit(self) -> bool {
         matches!(self, Self::RestartUnit | Self::ResetFailed)
     }
 }
 
+/// What `nixos_rebuild` does, as `nixos-rebuild` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebuildMode {
+    /// Evaluate and build nothing: shows what would be built.
+    DryBuild,
+    /// Build and activate, without making it the boot default.
+    Test,
+    /// Build, activate, and make it the boot default.
+    Switch,
+    /// Build and make it the boot default from the next boot on.
+    Boot,
+}
+
+impl RebuildMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DryBuild => "dry-build",
+            Self::Test => "test",
+            Self::Switch => "switch",
+            Self::Boot => "boot",
+        }
+    }
+}
+
+/// The read-only probes `investigate` may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// A unit's state, result, restarts and timestamps (`unit` required).
+    UnitStatus,
+    /// A unit's most recent journal lines (`unit` required).
+    UnitLogs,
+    /// The units systemd lists as failed.
+    FailedUnits,
+    /// Size and free space of the file system holding `path` (required).
+    DiskUsage,
+    /// The processes using the most CPU and memory.
+    TopProcesses,
+    /// The NixOS system generations and which one is running.
+    Generations,
+}
+
+impl Probe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnitStatus => "unit_status",
+            Self::UnitLogs => "unit_logs",
+            Self::FailedUnits => "failed_units",
+            Self::DiskUsage => "disk_usage",
+            Self::TopProcesses => "top_processes",
+            Self::Generations => "generations",
+        }
+    }
+
+    pub fn needs_unit(self) -> bool {
+        matches!(self, Self::UnitStatus | Self::UnitLogs)
+    }
+}
+
 /// One proposed action, exactly as the model wrote it. `unit` stays a plain
 /// string here: whether it names a real, unprotected unit is the gate's
-/// question, and a refusal is recorded with the reason.
+/// question, and a refusal is recorded with the reason. Which of the other
+/// fields an action takes depends on its kind; a field it does not take is
+/// an invalid answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposedAction {
@@ -56,6 +153,21 @@ pub struct ProposedAction {
     pub unit: Option<String>,
     /// Why this action helps, in one sentence.
     pub reason: String,
+    /// For `collect_garbage`: delete generations older than this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_days: Option<u32>,
+    /// For `vacuum_journal`: the size, in MiB, to shrink archived journal files to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size_mb: Option<u64>,
+    /// For `nixos_rebuild`: `dry-build`, `test`, `switch` or `boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RebuildMode>,
+    /// For `investigate`: which probe to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// For `investigate` with `disk_usage`: an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// For `propose_config_change`: the file, relative to the configuration
     /// directory, for example `hosts/web.nix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +175,72 @@ pub struct ProposedAction {
     /// For `propose_config_change`: the change as a unified diff of `file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+}
+
+impl ProposedAction {
+    /// An action with only a kind, a unit and a reason.
+    pub fn new(kind: ActionKind, unit: Option<&str>, reason: &str) -> Self {
+        Self {
+            kind,
+            unit: unit.map(str::to_owned),
+            reason: reason.into(),
+            older_than_days: None,
+            max_size_mb: None,
+            mode: None,
+            probe: None,
+            path: None,
+            file: None,
+            diff: None,
+        }
+    }
+
+    /// The optional fields that are set, by name.
+    fn fields_set(&self) -> Vec<&'static str> {
+        let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
+        let mut set = Vec::new();
+        if non_empty(&self.unit) {
+            set.push("unit");
+        }
+        if self.older_than_days.is_some() {
+            set.push("older_than_days");
+        }
+        if self.max_size_mb.is_some() {
+            set.push("max_size_mb");
+        }
+        if self.mode.is_some() {
+            set.push("mode");
+        }
+        if self.probe.is_some() {
+            set.push("probe");
+        }
+        if non_empty(&self.path) {
+            set.push("path");
+        }
+        if non_empty(&self.file) {
+            set.push("file");
+        }
+        if non_empty(&self.diff) {
+            set.push("diff");
+        }
+        set
+    }
+
+    /// The fields this action must carry, given its kind (and probe).
+    fn fields_required(&self) -> Vec<&'static str> {
+        match self.kind {
+            ActionKind::RestartUnit | ActionKind::ResetFailed => vec!["unit"],
+            ActionKind::CollectGarbage => vec!["older_than_days"],
+            ActionKind::VacuumJournal => vec!["max_size_mb"],
+            ActionKind::NixosRebuild => vec!["mode"],
+            ActionKind::Investigate => match self.probe {
+                Some(p) if p.needs_unit() => vec!["probe", "unit"],
+                Some(Probe::DiskUsage) => vec!["probe", "path"],
+                _ => vec!["probe"],
+            },
+            ActionKind::ProposeConfigChange => vec!["file", "diff"],
+            ActionKind::RollbackGeneration | ActionKind::NotifyOnly => vec![],
+        }
+    }
 }
 
 /// The model's diagnosis of one incident and what it proposes to do.
@@ -88,14 +266,10 @@ pub enum InvalidAnswer {
     EmptyDiagnosis,
     #[error("{0} actions proposed; at most {MAX_ACTIONS} are allowed")]
     TooManyActions(usize),
-    #[error("action {index} ({kind}) has no unit, but needs one")]
-    MissingUnit { index: usize, kind: &'static str },
-    #[error("action {index} ({kind}) names a unit, but takes none")]
-    UnexpectedUnit { index: usize, kind: &'static str },
-    #[error("action {index} ({kind}) needs both `file` and `diff`")]
-    MissingChange { index: usize, kind: &'static str },
-    #[error("action {index} ({kind}) carries `file` or `diff`, which only propose_config_change takes")]
-    UnexpectedChange { index: usize, kind: &'static str },
+    #[error("action {index} ({kind}) has no {field}, but needs one")]
+    MissingField { index: usize, kind: &'static str, field: &'static str },
+    #[error("action {index} ({kind}) carries {field}, which it does not take")]
+    UnexpectedField { index: usize, kind: &'static str, field: &'static str },
     #[error("action {index} ({kind}) gives no reason")]
     MissingReason { index: usize, kind: &'static str },
 }
@@ -122,24 +296,12 @@ impl Decision {
         }
         for (index, a) in self.actions.iter().enumerate() {
             let kind = a.kind.as_str();
-            let has_unit = a.unit.as_deref().is_some_and(|u| !u.is_empty());
-            if a.kind.needs_unit() && !has_unit {
-                return Err(InvalidAnswer::MissingUnit { index, kind });
+            let (set, required) = (a.fields_set(), a.fields_required());
+            if let Some(field) = required.iter().find(|f| !set.contains(f)) {
+                return Err(InvalidAnswer::MissingField { index, kind, field });
             }
-            if !a.kind.needs_unit() && has_unit {
-                return Err(InvalidAnswer::UnexpectedUnit { index, kind });
-            }
-            let has_change =
-                a.file.as_deref().is_some_and(|f| !f.is_empty()) && a.diff.as_deref().is_some_and(|d| !d.is_empty());
-            match a.kind {
-                ActionKind::ProposeConfigChange if !has_change => {
-                    return Err(InvalidAnswer::MissingChange { index, kind })
-                }
-                ActionKind::ProposeConfigChange => {}
-                _ if a.file.is_some() || a.diff.is_some() => {
-                    return Err(InvalidAnswer::UnexpectedChange { index, kind })
-                }
-                _ => {}
+            if let Some(field) = set.iter().find(|f| !required.contains(f)) {
+                return Err(InvalidAnswer::UnexpectedField { index, kind, field });
             }
             if a.reason.trim().is_empty() {
                 return Err(InvalidAnswer::MissingReason { index, kind });
@@ -193,14 +355,70 @@ mod tests {
             r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"restart_unit","unit":null,"reason":"r"}]}"#;
         assert_eq!(
             Decision::parse(restart_without_unit),
-            Err(InvalidAnswer::MissingUnit { index: 0, kind: "restart_unit" })
+            Err(InvalidAnswer::MissingField { index: 0, kind: "restart_unit", field: "unit" })
         );
         let notify_with_unit =
             r#"{"diagnosis":"x","severity":"info","actions":[{"kind":"notify_only","unit":"a.service","reason":"r"}]}"#;
-        assert!(matches!(Decision::parse(notify_with_unit), Err(InvalidAnswer::UnexpectedUnit { .. })));
+        assert!(matches!(Decision::parse(notify_with_unit), Err(InvalidAnswer::UnexpectedField { field: "unit", .. })));
         assert_eq!(
             Decision::parse(r#"{"diagnosis":" ","severity":"info","actions":[]}"#),
             Err(InvalidAnswer::EmptyDiagnosis)
         );
+    }
+
+    fn one(action: &str) -> Result<Decision, InvalidAnswer> {
+        Decision::parse(&format!(r#"{{"diagnosis":"x","severity":"info","actions":[{action}]}}"#))
+    }
+
+    #[test]
+    fn every_kind_takes_exactly_its_own_fields() {
+        let good = [
+            r#"{"kind":"collect_garbage","unit":null,"reason":"r","older_than_days":14}"#,
+            r#"{"kind":"vacuum_journal","unit":null,"reason":"r","max_size_mb":512}"#,
+            r#"{"kind":"nixos_rebuild","unit":null,"reason":"r","mode":"dry-build"}"#,
+            r#"{"kind":"rollback_generation","unit":null,"reason":"r"}"#,
+            r#"{"kind":"investigate","unit":"web.service","reason":"r","probe":"unit_logs"}"#,
+            r#"{"kind":"investigate","unit":null,"reason":"r","probe":"disk_usage","path":"/var"}"#,
+            r#"{"kind":"investigate","unit":null,"reason":"r","probe":"generations"}"#,
+        ];
+        for a in good {
+            one(a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        }
+        let bad = [
+            (r#"{"kind":"collect_garbage","unit":null,"reason":"r"}"#, "has no older_than_days"),
+            (r#"{"kind":"collect_garbage","unit":"nix-gc.service","reason":"r","older_than_days":1}"#, "carries unit"),
+            (r#"{"kind":"vacuum_journal","unit":null,"reason":"r","older_than_days":3}"#, "has no max_size_mb"),
+            (r#"{"kind":"nixos_rebuild","unit":null,"reason":"r"}"#, "has no mode"),
+            (r#"{"kind":"restart_unit","unit":"a.service","reason":"r","mode":"switch"}"#, "carries mode"),
+            (
+                r#"{"kind":"rollback_generation","unit":null,"reason":"r","older_than_days":1}"#,
+                "carries older_than_days",
+            ),
+            (r#"{"kind":"investigate","unit":null,"reason":"r","probe":"unit_logs"}"#, "has no unit"),
+            (r#"{"kind":"investigate","unit":null,"reason":"r","probe":"disk_usage"}"#, "has no path"),
+            (r#"{"kind":"investigate","unit":null,"reason":"r","probe":"generations","path":"/"}"#, "carries path"),
+            (r#"{"kind":"investigate","unit":null,"reason":"r"}"#, "has no probe"),
+            (r#"{"kind":"notify_only","unit":null,"reason":"r","file":"a.nix"}"#, "carries file"),
+        ];
+        for (a, want) in bad {
+            let e = one(a).expect_err(a).to_string();
+            assert!(e.contains(want), "{a}: {e}");
+        }
+        for a in [
+            r#"{"kind":"nixos_rebuild","unit":null,"reason":"r","mode":"switch --flake /tmp/evil#x"}"#,
+            r#"{"kind":"investigate","unit":null,"reason":"r","probe":"shell"}"#,
+            r#"{"kind":"collect_garbage","unit":null,"reason":"r","older_than_days":-1}"#,
+            r#"{"kind":"collect_garbage","unit":null,"reason":"r","older_than_days":"14d; rm -rf /"}"#,
+        ] {
+            assert!(matches!(one(a), Err(InvalidAnswer::Parse(_))), "{a}");
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for k in ALL_KINDS {
+            assert_eq!(ActionKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use self::decision::{ActionKind, Decision, ProposedAction, Severity};
+pub use self::decision::{ActionKind, Decision, Probe, ProposedAction, RebuildMode, Severity};
 use self::ollama::{Message, OllamaClient};
 use self::prompt::Prompts;
 use crate::detect::Incident;

@@ -40,6 +40,19 @@ impl Filesystem {
     }
 }
 
+/// Size and free space of the filesystem holding `path` (statvfs), with
+/// `mount` set to `path`: the same numbers the disk-full rule uses.
+pub fn filesystem_of(path: &std::path::Path) -> std::io::Result<Filesystem> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let frsize = st.fragment_size() as u64;
+    Ok(Filesystem {
+        mount: path.display().to_string(),
+        fs_type: String::new(),
+        total: st.blocks() as u64 * frsize,
+        available: st.blocks_available() as u64 * frsize,
+    })
+}
+
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0

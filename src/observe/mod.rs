@@ -7,6 +7,7 @@
 
 pub mod host;
 pub mod journal;
+pub mod nixos;
 pub mod systemd;
 
 use std::collections::BTreeMap;

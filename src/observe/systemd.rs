@@ -31,6 +31,7 @@ trait Manager {
     >;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
     #[zbus(signal)]
@@ -247,6 +248,16 @@ impl Systemd {
 
     /// Restarts `unit` ("replace" mode) and waits for systemd to finish the job.
     pub async fn restart(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
+        self.job(Verb::Restart, unit, timeout).await
+    }
+
+    /// Starts one of macha's helper units ("replace" mode) and waits for
+    /// systemd to finish the job: for a oneshot, until its program exits.
+    pub async fn start_helper(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
+        self.job(Verb::Start, unit, timeout).await
+    }
+
+    async fn job(&self, verb: Verb, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
         let manager = self.manager().await?;
         match manager.subscribe().await {
             Ok(()) => {}
@@ -257,8 +268,11 @@ impl Systemd {
         }
         // Listen before asking, so the job's end cannot be missed.
         let mut removed = manager.receive_job_removed().await.map_err(call_err("match JobRemoved"))?;
-        let job =
-            manager.restart_unit(unit.as_str(), "replace").await.map_err(call_err(format!("RestartUnit({unit})")))?;
+        let job = match verb {
+            Verb::Restart => manager.restart_unit(unit.as_str(), "replace").await,
+            Verb::Start => manager.start_unit(unit.as_str(), "replace").await,
+        }
+        .map_err(call_err(format!("{}({unit})", verb.method())))?;
         let wait = async {
             while let Some(signal) = removed.next().await {
                 if let Ok(args) = signal.args() {
@@ -275,7 +289,7 @@ impl Systemd {
                 Err(call_err(format!("JobRemoved for {unit}"))(zbus::Error::Failure("signal stream ended".into())))
             }
             Err(_) => {
-                Err(SystemdError::JobTimeout { verb: "restart", unit: unit.to_string(), secs: timeout.as_secs() })
+                Err(SystemdError::JobTimeout { verb: verb.name(), unit: unit.to_string(), secs: timeout.as_secs() })
             }
         }
     }
@@ -287,6 +301,28 @@ impl Systemd {
             .reset_failed_unit(unit.as_str())
             .await
             .map_err(call_err(format!("ResetFailedUnit({unit})")))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Verb {
+    Restart,
+    Start,
+}
+
+impl Verb {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Start => "start",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Self::Restart => "RestartUnit",
+            Self::Start => "StartUnit",
+        }
     }
 }
 

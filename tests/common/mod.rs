@@ -184,3 +184,41 @@ pub fn decision(kind: &str, units: &[&str]) -> Value {
         units.iter().map(|u| json!({"kind": kind, "unit": u, "reason": "test proposal"})).collect();
     json!({"diagnosis": "the unit failed", "severity": "warning", "actions": actions})
 }
+
+/// Builds the Ollama double program next to the `macha` binary (tests that
+/// run it inside a container bind that directory).
+pub fn build_double_bin() {
+    let dir = macha_bin().parent().unwrap().to_path_buf();
+    if !dir.join("ollama-double").exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "macha-testbed", "--bin", "ollama-double"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building the Ollama double");
+    }
+}
+
+/// Calls `METHOD(unit, "replace")` on systemd's manager as `user`, straight
+/// over D-Bus (busctl), bypassing macha; succeeded, and stderr.
+pub fn manager_call_as(c: &Container, user: &str, method: &str, unit: &str) -> (bool, String) {
+    let out = c
+        .exec(&[
+            "runuser",
+            "-u",
+            user,
+            "--",
+            "busctl",
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            method,
+            "ss",
+            unit,
+            "replace",
+        ])
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -1,0 +1,463 @@
+//! Stages 5 and 6, act and verify: carry out a gated `Action` through a
+//! typed path (a D-Bus call, an in-process probe, or starting a root helper
+//! unit), then judge it by the state of the host afterwards, never by the
+//! call returning: the unit stays up, the disk has room, the expected
+//! generation runs.
+//!
+//! This is the only module that changes the system. `request` and `root`
+//! are the two sides of the helper units: the arguments file the daemon
+//! writes, and the root program that reads it.
+
+pub mod request;
+pub mod root;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ActConfig, Config};
+use crate::decide::RebuildMode;
+use crate::gate::Action;
+use crate::observe::host;
+use crate::observe::nixos::{self, Generations};
+use crate::observe::systemd::{Systemd, UnitState};
+use crate::unit::UnitName;
+
+/// A unit's state in brief, before and after an action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Brief {
+    pub active_state: String,
+    pub sub_state: String,
+    pub result: Option<String>,
+    pub n_restarts: Option<u32>,
+    pub invocation_id: String,
+}
+
+impl From<&UnitState> for Brief {
+    fn from(u: &UnitState) -> Self {
+        Self {
+            active_state: u.active_state.clone(),
+            sub_state: u.sub_state.clone(),
+            result: u.result.clone(),
+            n_restarts: u.n_restarts,
+            invocation_id: u.invocation_id.clone(),
+        }
+    }
+}
+
+/// Free space of the filesystem a cleanup is for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Space {
+    pub path: String,
+    pub used_percent: f64,
+    pub available_bytes: u64,
+}
+
+/// Which generation is the boot default and which one runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenerationState {
+    pub profile_generation: Option<u32>,
+    pub running_generation: Option<u32>,
+    pub running_system: Option<String>,
+}
+
+impl From<&Generations> for GenerationState {
+    fn from(g: &Generations) -> Self {
+        Self {
+            profile_generation: g.profile,
+            running_generation: g.running_generation(),
+            running_system: g.running.clone(),
+        }
+    }
+}
+
+/// What the verify probe looked at, before and after.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Observed {
+    Unit(Brief),
+    Space(Space),
+    Generations(GenerationState),
+}
+
+/// How an executed action ended.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub succeeded: bool,
+    pub detail: String,
+    pub before: Option<Observed>,
+    pub after: Option<Observed>,
+    /// The action that takes it back (after a rebuild or rollback that
+    /// changed the system): queued so that undoing is one approval.
+    pub undo: Option<Action>,
+}
+
+impl Report {
+    pub fn failed(detail: impl Into<String>) -> Self {
+        Self { succeeded: false, detail: detail.into(), before: None, after: None, undo: None }
+    }
+}
+
+/// Why an action that is due cannot run any more (checked right before
+/// running a queued action). `state` is the unit's, for unit actions.
+pub fn still_applies(action: &Action, state: Option<&UnitState>, config: &Config) -> Result<(), String> {
+    match action {
+        Action::RestartUnit { unit } | Action::ResetFailed { unit } => {
+            let Some(state) = state else {
+                return Err(format!("{unit} no longer exists"));
+            };
+            match action {
+                Action::RestartUnit { .. }
+                    if matches!(state.active_state.as_str(), "active" | "activating" | "reloading") =>
+                {
+                    Err(format!("{unit} is already {} (nothing to restart)", state.active_state))
+                }
+                Action::ResetFailed { .. } if !state.is_failed() => {
+                    Err(format!("{unit} is no longer failed (it is {})", state.active_state))
+                }
+                _ => Ok(()),
+            }
+        }
+        Action::RollbackGeneration { generation } => {
+            let gens = generations(config)?;
+            match generation.or_else(|| gens.previous()) {
+                Some(n) if gens.get(n).is_some() => Ok(()),
+                Some(n) => Err(format!("generation {n} no longer exists")),
+                None => Err("there is no generation before the current one".into()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn generations(config: &Config) -> Result<Generations, String> {
+    nixos::read(&config.nixos.profile, &config.nixos.current_system)
+        .map_err(|e| format!("cannot read the system generations of {}: {e}", config.nixos.profile.display()))
+}
+
+/// Carries out `action` and verifies it. `systemd` is the connection, or
+/// why there is none.
+pub async fn execute(systemd: Result<&Systemd, &str>, action: &Action, config: &Config) -> Report {
+    let cfg = &config.act;
+    match action {
+        Action::RestartUnit { unit } | Action::ResetFailed { unit } => match systemd {
+            Ok(s) => execute_on_unit(s, action, unit, cfg).await,
+            Err(e) => Report::failed(e),
+        },
+        Action::Investigate { .. } => match crate::investigate::run(action, systemd, config).await {
+            Ok(f) => Report { succeeded: true, detail: format!("{}\n{}", f.summary, f.text), ..Report::failed("") },
+            Err(e) => Report::failed(format!("the probe failed: {e}")),
+        },
+        Action::CollectGarbage { .. } | Action::VacuumJournal { .. } => match systemd {
+            Ok(s) => cleanup(s, action, config).await,
+            Err(e) => Report::failed(e),
+        },
+        Action::NixosRebuild { .. } | Action::RollbackGeneration { .. } => match systemd {
+            Ok(s) => change_system(s, action, config).await,
+            Err(e) => Report::failed(e),
+        },
+    }
+}
+
+/// Starts `action`'s helper unit with a fresh request and waits for it.
+/// On failure the error carries the helper's last journal lines.
+async fn run_helper(systemd: &Systemd, action: &Action, config: &Config) -> Result<(), String> {
+    let unit = action.helper_unit().ok_or_else(|| format!("{action} has no helper unit"))?;
+    let name = UnitName::parse(unit).map_err(|e| e.to_string())?;
+    let req = request::write(&config.state_dir, action)?;
+    let started = chrono::Utc::now();
+    let job = systemd
+        .start_helper(&name, Duration::from_secs(config.act.helper_timeout))
+        .await
+        .map_err(|e| format!("{e} (request {})", req.id))?;
+    if job.is_done() {
+        return Ok(());
+    }
+    let lines = crate::observe::journal::unit_tail(config.journal_dir.as_deref(), unit, 5)
+        .map(|entries| {
+            entries
+                .into_iter()
+                .filter(|e| e.time >= started - chrono::Duration::seconds(1))
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .unwrap_or_default();
+    let said = if lines.is_empty() { String::new() } else { format!(": {lines}") };
+    Err(format!("{unit} ended with {:?}{said}", job.0))
+}
+
+fn space_of(path: &std::path::Path) -> Option<Space> {
+    let fs = host::filesystem_of(path).ok()?;
+    Some(Space { path: path.display().to_string(), used_percent: fs.used_percent(), available_bytes: fs.available })
+}
+
+/// Evidence kept of one open incident before the journal is vacuumed.
+#[derive(Debug, Serialize)]
+struct KeptEvidence {
+    incident: String,
+    summary: String,
+    /// The unit's last journal lines (redacted), for incidents about a unit.
+    lines: Vec<String>,
+}
+
+/// Writes the evidence of every open incident to
+/// `STATE_DIR/evidence/TIME-before-vacuum.json` (synced), so a journal
+/// vacuum can never destroy what an open incident is based on.
+pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
+    let store = crate::store::Store::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let open = store.open_incidents().map_err(|e| e.to_string())?;
+    let mut kept = Vec::with_capacity(open.len());
+    for (incident, summary) in open {
+        let lines = match crate::detect::unit_of(&incident) {
+            Some(unit) => crate::observe::journal::unit_tail(
+                config.journal_dir.as_deref(),
+                unit,
+                config.detect.unit_log_lines.max(1),
+            )
+            .map_err(|e| format!("cannot read the evidence of {incident}: {e}"))?
+            .into_iter()
+            .map(|e| {
+                let line = format!("{} <{}> {}", e.time.to_rfc3339(), e.priority, e.message);
+                crate::redact::redact(&line).into_owned()
+            })
+            .collect(),
+            None => Vec::new(),
+        };
+        kept.push(KeptEvidence { incident, summary, lines });
+    }
+    let dir = config.state_dir.join("evidence");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let file = dir.join(format!("{}-before-vacuum.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    let body = serde_json::to_vec_pretty(&kept).expect("evidence serialises");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file)?;
+        f.write_all(&body)?;
+        f.sync_all()
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(file)
+}
+
+/// Garbage collection and journal vacuum, verified by free space.
+async fn cleanup(systemd: &Systemd, action: &Action, config: &Config) -> Report {
+    let mut kept = String::new();
+    if let Action::VacuumJournal { .. } = action {
+        match preserve_evidence(config) {
+            Ok(file) => kept = format!("; evidence of open incidents kept in {}", file.display()),
+            Err(e) => {
+                return Report::failed(format!(
+                    "not acted because the evidence of open incidents could not be recorded first: {e}"
+                ))
+            }
+        }
+    }
+    let path = match action {
+        Action::VacuumJournal { .. } => config.journal_dir.clone().unwrap_or_else(|| PathBuf::from("/var/log/journal")),
+        _ => PathBuf::from("/nix/store"),
+    };
+    let before = space_of(&path);
+    let result = run_helper(systemd, action, config).await;
+    let after = space_of(&path);
+    let (b, a) = (before.clone().map(Observed::Space), after.clone().map(Observed::Space));
+    let report = |succeeded: bool, detail: String| Report {
+        succeeded,
+        detail: format!("{detail}{kept}"),
+        before: b.clone(),
+        after: a.clone(),
+        undo: None,
+    };
+    if let Err(e) = result {
+        return report(false, e);
+    }
+    let threshold = f64::from(config.detect.disk_full_percent);
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            let freed = after.available_bytes.saturating_sub(before.available_bytes);
+            let text = format!(
+                "{} is {:.1}% used after {} ({} MiB freed)",
+                after.path,
+                after.used_percent,
+                action,
+                freed / (1024 * 1024)
+            );
+            if after.used_percent >= threshold {
+                report(false, format!("{text}: still at or above detect.disk_full_percent ({threshold}%)"))
+            } else {
+                report(true, text)
+            }
+        }
+        _ => report(false, format!("{action} ran, but the free space of {} could not be read", path.display())),
+    }
+}
+
+/// A rebuild or rollback, verified by the generation that is current after
+/// it, and recorded with the generation before so that it can be undone.
+async fn change_system(systemd: &Systemd, action: &Action, config: &Config) -> Report {
+    let before = match generations(config) {
+        Ok(g) => g,
+        Err(e) => return Report::failed(e),
+    };
+    // The target of a rollback is fixed before the helper runs, so the
+    // verify probe knows what to expect.
+    let action = match action {
+        Action::RollbackGeneration { generation: None } => match before.previous() {
+            Some(n) => Action::RollbackGeneration { generation: Some(n) },
+            None => return Report::failed("there is no generation before the current one"),
+        },
+        other => other.clone(),
+    };
+    let result = run_helper(systemd, &action, config).await;
+    let after = generations(config);
+    let mut report = Report {
+        succeeded: false,
+        detail: String::new(),
+        before: Some(Observed::Generations((&before).into())),
+        after: after.as_ref().ok().map(|g| Observed::Generations(g.into())),
+        undo: None,
+    };
+    let after = match (result, after) {
+        (Err(e), _) => {
+            report.detail = e;
+            return report;
+        }
+        (Ok(()), Err(e)) => {
+            report.detail = format!("{action} ran, but {e}");
+            return report;
+        }
+        (Ok(()), Ok(a)) => a,
+    };
+    let verdict = verify_generation(&action, &before, &after);
+    report.succeeded = verdict.is_ok();
+    report.detail = match verdict {
+        Ok(text) | Err(text) => format!("{text} ({})", after.summary()),
+    };
+    // Whatever the probe says, a system that changed can be taken back.
+    let changed = after.profile != before.profile || after.running != before.running;
+    if changed {
+        if let Some(n) = before.running_generation().or(before.profile) {
+            report.undo = Some(Action::RollbackGeneration { generation: Some(n) });
+        }
+    }
+    report
+}
+
+/// Whether the expected generation is current after `action`.
+fn verify_generation(action: &Action, before: &Generations, after: &Generations) -> Result<String, String> {
+    let running_profile = after.running_generation() == after.profile && after.profile.is_some();
+    match action {
+        Action::NixosRebuild { mode: RebuildMode::DryBuild } => {
+            if after.profile == before.profile && after.running == before.running {
+                Ok("dry-build succeeded; nothing changed".into())
+            } else {
+                Err("dry-build succeeded, but the system changed meanwhile".into())
+            }
+        }
+        Action::NixosRebuild { mode: RebuildMode::Switch } => match (before.profile, after.profile) {
+            (b, Some(a)) if Some(a) > b.or(Some(0)) && running_profile => {
+                Ok(format!("generation {a} is the boot default and runs"))
+            }
+            _ => Err("switch ran, but no new generation is both the boot default and running".into()),
+        },
+        Action::NixosRebuild { mode: RebuildMode::Boot } => match (before.profile, after.profile) {
+            (b, Some(a)) if Some(a) > b.or(Some(0)) && after.running == before.running => {
+                Ok(format!("generation {a} is the boot default from the next boot on"))
+            }
+            _ => Err("boot ran, but no new generation became the boot default".into()),
+        },
+        Action::NixosRebuild { mode: RebuildMode::Test } => {
+            if after.running.is_some() && after.running != before.running && after.profile == before.profile {
+                Ok("a new system runs; the boot default is unchanged".into())
+            } else {
+                Err("test ran, but the running system did not change".into())
+            }
+        }
+        Action::RollbackGeneration { generation: Some(n) } => {
+            if after.profile == Some(*n) && running_profile {
+                Ok(format!("generation {n} is the boot default and runs"))
+            } else {
+                Err(format!("rollback ran, but generation {n} is not both the boot default and running"))
+            }
+        }
+        other => Err(format!("{other} does not change the system")),
+    }
+}
+
+async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cfg: &ActConfig) -> Report {
+    let before = systemd.unit_state(unit).await.ok().flatten();
+    let before_brief = before.as_ref().map(|b| Observed::Unit(b.into()));
+    let failed = |detail: String, after: Option<Observed>| Report {
+        succeeded: false,
+        detail,
+        before: before_brief.clone(),
+        after,
+        undo: None,
+    };
+    match action {
+        Action::RestartUnit { .. } => {
+            let job = match systemd.restart(unit, Duration::from_secs(cfg.job_timeout)).await {
+                Ok(job) => job,
+                Err(e) => return failed(e.to_string(), None),
+            };
+            let (after, seen_failed) = settle(systemd, unit, Duration::from_secs(cfg.settle_time)).await;
+            let after_brief = after.as_ref().map(|a| Observed::Unit(a.into()));
+            let Some(after) = after else {
+                return failed(format!("{unit} disappeared after the restart"), None);
+            };
+            if !job.is_done() {
+                return failed(format!("systemd's restart job for {unit} ended with {:?}", job.0), after_brief);
+            }
+            if seen_failed || after.is_failed() {
+                return failed(
+                    format!("{unit} failed again after the restart ({})", after.result.as_deref().unwrap_or("unknown")),
+                    after_brief,
+                );
+            }
+            if after.active_state == "inactive" && after.result.as_deref() != Some("success") {
+                return failed(format!("{unit} stopped after the restart"), after_brief);
+            }
+            Report {
+                succeeded: true,
+                detail: format!("{unit} restarted and {} for {} s", after.active_state, cfg.settle_time),
+                before: before_brief,
+                after: after_brief,
+                undo: None,
+            }
+        }
+        _ => {
+            if let Err(e) = systemd.reset_failed(unit).await {
+                return failed(e.to_string(), None);
+            }
+            let after = systemd.unit_state(unit).await.ok().flatten();
+            let after_brief = after.as_ref().map(|a| Observed::Unit(a.into()));
+            match after {
+                Some(a) if a.is_failed() => failed(format!("{unit} is still failed after reset-failed"), after_brief),
+                _ => Report {
+                    succeeded: true,
+                    detail: format!("failed state of {unit} cleared"),
+                    before: before_brief,
+                    after: after_brief,
+                    undo: None,
+                },
+            }
+        }
+    }
+}
+
+/// Watches the unit for `window`; returns its last state and whether it was
+/// seen failed at any point (a `Type=simple` service is "active" at once and
+/// fails a moment later).
+async fn settle(systemd: &Systemd, unit: &UnitName, window: Duration) -> (Option<UnitState>, bool) {
+    let started = Instant::now();
+    let mut seen_failed = false;
+    loop {
+        let state = systemd.unit_state(unit).await.ok().flatten();
+        seen_failed |= state.as_ref().is_some_and(UnitState::is_failed);
+        if started.elapsed() >= window || state.is_none() {
+            return (state, seen_failed);
+        }
+        tokio::time::sleep(Duration::from_millis(250).min(window)).await;
+    }
+}
