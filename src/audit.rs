@@ -52,6 +52,10 @@ pub struct DecisionRecord {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_answer: Option<String>,
+    /// The endpoint that answered (absent in records older than the fallback,
+    /// and when none answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::model::ProviderInfo>,
     pub gated: Vec<GatedAction>,
 }
 
@@ -98,6 +102,7 @@ impl DecisionRecord {
             decision: None,
             error: None,
             last_answer: None,
+            provider: outcome.provider().cloned(),
             gated,
         };
         match outcome {
@@ -108,7 +113,7 @@ impl DecisionRecord {
                 decision: Some(decision.clone()),
                 ..base
             },
-            Outcome::Failed { error, attempts, last_answer, wall_ms } => Self {
+            Outcome::Failed { error, attempts, last_answer, wall_ms, .. } => Self {
                 outcome: "failed".into(),
                 attempts: *attempts,
                 wall_ms: *wall_ms,

@@ -57,6 +57,7 @@ pub struct Config {
     /// The unit macha itself runs as (for `macha-logs service`).
     pub service_unit: UnitName,
     pub ollama: OllamaConfig,
+    pub model: ModelConfig,
     pub detect: DetectConfig,
     pub act: ActConfig,
     pub gotify: GotifyConfig,
@@ -147,6 +148,81 @@ pub struct OllamaConfig {
     pub prompts_dir: Option<PathBuf>,
 }
 
+/// The model service in front of the endpoints: the queue, the fallback
+/// endpoint, the record of calls and the per-cycle metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Requests this process sends to the model at once; the others wait,
+    /// interactive first, then autonomous, then batch.
+    pub concurrency: u32,
+    /// Size in KiB past which `metrics.jsonl` is moved to `metrics.1.jsonl`.
+    pub metrics_max_kb: u64,
+    pub calls: CallRecordConfig,
+    /// A second endpoint, asked when the primary (`[ollama]`) cannot answer.
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// Limits of the record of model calls in `state_dir/model-calls/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallRecordConfig {
+    /// A record file is closed past this size in KiB.
+    pub max_file_kb: u64,
+    /// The oldest files are deleted while all together exceed this many MiB.
+    pub max_total_mb: u64,
+    /// Files whose last record is older than this many days are deleted.
+    pub max_age_days: u64,
+}
+
+/// Which HTTP API an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Ollama's own `/api/chat`.
+    Ollama,
+    /// An OpenAI-compatible `/v1/chat/completions` (vLLM, llama.cpp, LiteLLM,
+    /// Ollama's `/v1`).
+    Openai,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Ollama => "ollama",
+            Api::Openai => "openai",
+        }
+    }
+}
+
+/// The fallback endpoint. `url` and `model` are required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    #[serde(default = "FallbackConfig::default_api")]
+    pub api: Api,
+    /// For `ollama`, the server's base URL; for `openai`, the base URL that
+    /// ends in `/v1`.
+    pub url: String,
+    pub model: String,
+    /// Seconds before one request to it is abandoned.
+    #[serde(default = "FallbackConfig::default_timeout")]
+    pub timeout: u64,
+    /// A file holding a key sent as `Authorization: Bearer` (never the key itself).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl FallbackConfig {
+    fn default_api() -> Api {
+        Api::Ollama
+    }
+
+    fn default_timeout() -> u64 {
+        120
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
@@ -202,6 +278,7 @@ impl Default for Config {
             journal_dir: None,
             service_unit: UnitName::parse("macha-autonomous.service").expect("valid built-in name"),
             ollama: OllamaConfig::default(),
+            model: ModelConfig::default(),
             detect: DetectConfig::default(),
             act: ActConfig::default(),
             gotify: GotifyConfig::default(),
@@ -243,6 +320,18 @@ impl Default for OllamaConfig {
             temperature: 0.1,
             prompts_dir: None,
         }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { concurrency: 1, metrics_max_kb: 4096, calls: CallRecordConfig::default(), fallback: None }
+    }
+}
+
+impl Default for CallRecordConfig {
+    fn default() -> Self {
+        Self { max_file_kb: 1024, max_total_mb: 64, max_age_days: 30 }
     }
 }
 
@@ -339,6 +428,7 @@ impl Config {
         if !(0.0..=2.0).contains(&self.ollama.temperature) {
             return Err("key `ollama.temperature`: accepted values are 0.0 to 2.0".into());
         }
+        self.validate_model()?;
         if self.dbus_address.as_deref().is_some_and(|a| !a.contains(':')) {
             return Err(
                 "key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into(),
@@ -405,6 +495,43 @@ impl Config {
         }
         if !self.state_dir.is_absolute() {
             return Err(format!("key `state_dir`: {:?} is not an absolute path", self.state_dir));
+        }
+        Ok(())
+    }
+
+    fn validate_model(&self) -> Result<(), String> {
+        let m = &self.model;
+        if !(1..=64).contains(&m.concurrency) {
+            return Err(format!("key `model.concurrency`: {} is out of range (accepted: 1 to 64)", m.concurrency));
+        }
+        if m.metrics_max_kb < 16 {
+            return Err("key `model.metrics_max_kb`: must be at least 16 KiB".into());
+        }
+        if m.calls.max_file_kb < 16 {
+            return Err("key `model.calls.max_file_kb`: must be at least 16 KiB".into());
+        }
+        if m.calls.max_total_mb * 1024 < 2 * m.calls.max_file_kb {
+            return Err(format!(
+                "key `model.calls.max_total_mb`: {} MiB cannot hold two files of `model.calls.max_file_kb` ({} KiB); raise it or lower the file size",
+                m.calls.max_total_mb, m.calls.max_file_kb
+            ));
+        }
+        if m.calls.max_age_days == 0 {
+            return Err("key `model.calls.max_age_days`: must be at least 1 day".into());
+        }
+        if let Some(f) = &m.fallback {
+            if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
+                return Err(format!("key `model.fallback.url`: {:?} is not an http:// or https:// URL", f.url));
+            }
+            if f.url.contains('@') || f.url.contains('?') {
+                return Err("key `model.fallback.url`: must not carry credentials; put a key in the file named by `model.fallback.api_key_file`".into());
+            }
+            if f.model.trim().is_empty() {
+                return Err("key `model.fallback.model`: must name a model".into());
+            }
+            if f.timeout == 0 {
+                return Err("key `model.fallback.timeout`: must be at least 1 second".into());
+            }
         }
         Ok(())
     }
@@ -489,6 +616,11 @@ mod tests {
             ("[nixos]\nflake = \"/etc/nixos#web; reboot\"", "nixos.flake"),
             ("[nixos]\nflake = \"--option x y\"", "nixos.flake"),
             ("[nixos]\nprofile = \"system\"", "nixos.profile"),
+            ("[model]\nconcurrency = 0", "model.concurrency"),
+            ("[model.calls]\nmax_total_mb = 1\nmax_file_kb = 1024", "model.calls.max_total_mb"),
+            ("[model.fallback]\nurl = \"http://x:11434\"", "missing field `model`"),
+            ("[model.fallback]\nurl = \"ftp://x\"\nmodel = \"m\"", "model.fallback.url"),
+            ("[model.fallback]\napi = \"anthropic\"\nurl = \"http://x\"\nmodel = \"m\"", "model.fallback.api"),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(err.contains(key), "{text}: {err}");

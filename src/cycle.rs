@@ -14,11 +14,12 @@ use serde::Serialize;
 use crate::act;
 use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentRecord};
 use crate::config::{AutonomyLevel, Config};
-use crate::decide::ollama::OllamaClient;
 use crate::decide::prompt::Prompts;
 use crate::decide::{self, ActionKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
+use crate::model::metrics::{self, CycleMetrics};
+use crate::model::ModelService;
 use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::Observer;
@@ -35,6 +36,9 @@ pub struct CycleReport {
     pub started_at: DateTime<Utc>,
     pub host: String,
     pub autonomy_level: AutonomyLevel,
+    /// Model endpoints that lack the model or could not be asked, with what
+    /// to do; empty when every endpoint is ready.
+    pub model_problems: Vec<String>,
     /// Sources that could not be read, with the reason.
     pub failed_sources: Vec<FailedSource>,
     pub incidents: Vec<IncidentReport>,
@@ -91,7 +95,7 @@ pub struct Engine {
     config: Config,
     observer: Observer,
     store: Store,
-    client: OllamaClient,
+    model: ModelService,
     prompts: Prompts,
     policy: Policy,
     notifier: Option<Notifier>,
@@ -114,12 +118,35 @@ impl Engine {
         Ok(Self {
             observer: Observer::new(&config),
             store: Store::open(&config.state_dir)?,
-            client: OllamaClient::new(&config.ollama),
+            model: ModelService::new(&config)?,
             prompts: Prompts::load(config.ollama.prompts_dir.as_deref())?,
             policy: Policy::from_config(&config),
             notifier,
             config,
         })
+    }
+
+    /// The model service, shared with whoever publishes its status.
+    pub fn model(&self) -> &ModelService {
+        &self.model
+    }
+
+    /// Asks the endpoints about the model at the first cycle (start-up), and
+    /// again each cycle while one lacks it or cannot be asked. Returns what is
+    /// wrong; decisions are still tried meanwhile (a fallback may answer).
+    async fn check_model(&self) -> Vec<String> {
+        if self.model.readiness().all_ready() {
+            return Vec::new();
+        }
+        let readiness = self.model.check().await;
+        let problems = readiness.problems();
+        for p in &problems {
+            tracing::error!("{p}; macha keeps running and checks the model again next cycle");
+        }
+        if problems.is_empty() {
+            tracing::info!(model = %self.model.primary(), tools = readiness.supports_tools(), "the model is ready");
+        }
+        problems
     }
 
     fn cursor_path(&self) -> PathBuf {
@@ -129,6 +156,7 @@ impl Engine {
     pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
         let started = Instant::now();
         let started_at = Utc::now();
+        let model_problems = self.check_model().await;
         let cursor =
             std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
         let snap = self.observer.observe(cursor.as_deref()).await;
@@ -151,12 +179,14 @@ impl Engine {
             self.record_incident(&snap.hostname, fp, "resolved", None)?;
         }
         let mut reports = Vec::with_capacity(incidents.len());
+        let mut asked = Asked::default();
         for (incident, novelty) in incidents.iter().zip(novelty) {
             let decision = if novelty == Novelty::Known {
                 None
             } else {
                 tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
-                let outcome = decide::decide(&self.client, &self.prompts, incident, &snap).await;
+                let outcome = decide::decide(&self.model, &self.prompts, incident, &snap).await;
+                asked.count(&outcome);
                 Some(self.handle(incident, &snap.hostname, &outcome).await?)
             };
             reports.push(IncidentReport {
@@ -173,6 +203,7 @@ impl Engine {
             started_at,
             host: snap.hostname.clone(),
             autonomy_level: self.config.autonomy_level,
+            model_problems,
             failed_sources,
             incidents: reports,
             resolved,
@@ -184,8 +215,28 @@ impl Engine {
             wall_ms = report.wall_ms,
             "cycle done"
         );
+        self.write_metrics(&report, asked);
         self.notify(&report);
         Ok(report)
+    }
+
+    /// Appends the cycle's line to `metrics.jsonl`; a failure is logged, the
+    /// cycle's work stands.
+    fn write_metrics(&self, report: &CycleReport, asked: Asked) {
+        let line = CycleMetrics {
+            time: report.started_at,
+            wall_ms: report.wall_ms,
+            incidents: report.incidents.len() as u32,
+            decisions: asked.decisions,
+            failed_decisions: asked.failed,
+            parse_failures: asked.invalid_answers,
+            tool_rounds: 0,
+            calls: self.model.take_tally(),
+        };
+        let max_bytes = self.config.model.metrics_max_kb * 1024;
+        if let Err(e) = metrics::append(&self.config.state_dir, &line, max_bytes) {
+            tracing::warn!(error = %e, "cannot write {}", metrics::METRICS_FILE);
+        }
     }
 
     /// Queues the messages for this cycle and, when due, the daily digest.
@@ -234,7 +285,8 @@ impl Engine {
             verdicts.push(gate(self.config.autonomy_level, p, &facts, incident.kind.unit(), &self.policy));
         }
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
-        let record = DecisionRecord::new(host, incident, self.client.model(), outcome, gated);
+        let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
+        let record = DecisionRecord::new(host, incident, model, outcome, gated);
         audit::append(&self.config.state_dir, audit::DECISIONS, &record)?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
 
@@ -383,6 +435,22 @@ impl Engine {
             Ok(s) => unit_facts(s, &name).await,
             Err(e) => UnitFacts::Unknown(e.to_string()),
         }
+    }
+}
+
+/// The decisions of one cycle, for its metrics line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Asked {
+    decisions: u32,
+    failed: u32,
+    invalid_answers: u32,
+}
+
+impl Asked {
+    fn count(&mut self, outcome: &Outcome) {
+        self.decisions += 1;
+        self.failed += u32::from(matches!(outcome, Outcome::Failed { .. }));
+        self.invalid_answers += outcome.invalid_answers();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The daemon: a cycle every `check_interval`, one daemon per state
-//! directory, and a prompt stop on SIGTERM or SIGINT, also mid-sleep.
+//! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, and the
+//! model service's status in `status.json` for `macha status`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -9,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::cycle::{ensure_state_dir, Engine};
+use crate::model::status::{self, DaemonStatus};
 use crate::notify::{self, outbox::Outbox};
 
 const LOCK_FILE: &str = "daemon.lock";
@@ -70,7 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             n.wake(),
         ));
     }
+    let state_dir = config.state_dir.clone();
     let mut engine = Engine::new(config, notifier)?;
+    let started_at = chrono::Utc::now();
+    tokio::task::spawn_local(status::publish(engine.model().clone(), state_dir.clone(), started_at));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -91,5 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("macha daemon stopped by signal");
+    let last = DaemonStatus::of(engine.model(), started_at, Some(chrono::Utc::now()));
+    if let Err(e) = status::write(&state_dir, &last) {
+        tracing::warn!(error = %e, "cannot write the stopped status");
+    }
     Ok(())
 }

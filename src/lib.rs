@@ -18,6 +18,7 @@ mod errors;
 pub mod gate;
 pub mod investigate;
 pub mod logging;
+pub mod model;
 pub mod notify;
 pub mod observe;
 pub mod propose;

@@ -36,6 +36,10 @@ enum Command {
     Logs(cli::logs::Args),
     /// Send a Gotify test message, or the daily digest now.
     Notify(cli::notify::Args),
+    /// Whether the daemon runs, whether the model is there, and the queue in front of it.
+    Status(cli::status::Args),
+    /// What the model cost and how it went, per day and overall.
+    Stats(cli::stats::Args),
     /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
     Pause {
         /// Why (shown in every queued item and notification).
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Command::Approve(args) => cli::approve::run(cli.config.as_deref(), args),
         Command::Logs(args) => cli::logs::run(cli.config.as_deref(), args),
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
+        Command::Status(args) => cli::status::run(cli.config.as_deref(), args),
+        Command::Stats(args) => cli::stats::run(cli.config.as_deref(), args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
         Command::Helper { name } => cli::helper(cli.config.as_deref(), &name),

@@ -45,6 +45,9 @@ fn human(r: &CycleReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "macha check on {} (autonomy: {}, {} ms)", r.host, r.autonomy_level.as_str(), r.wall_ms);
+    for p in &r.model_problems {
+        let _ = writeln!(out, "  model: {p}");
+    }
     for f in &r.failed_sources {
         let _ = writeln!(out, "  source {} could not be read: {}", f.source, f.error);
     }

@@ -6,6 +6,8 @@ pub mod check;
 pub mod control;
 pub mod logs;
 pub mod notify;
+pub mod stats;
+pub mod status;
 
 use std::path::Path;
 use std::process::ExitCode;

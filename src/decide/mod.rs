@@ -6,7 +6,6 @@
 //! is never read as "healthy": the incident stays open and is asked again.
 
 pub mod decision;
-pub mod ollama;
 pub mod prompt;
 
 use std::time::Instant;
@@ -14,9 +13,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use self::decision::{ActionKind, Decision, Probe, ProposedAction, RebuildMode, Severity};
-use self::ollama::{Message, OllamaClient};
 use self::prompt::Prompts;
 use crate::detect::Incident;
+use crate::model::{ChatRequest, Message, ModelService, Priority, ProviderInfo};
 use crate::observe::Snapshot;
 
 /// What came of asking the model about one incident.
@@ -29,6 +28,8 @@ pub enum Outcome {
         prompt_tokens: u64,
         answer_tokens: u64,
         wall_ms: u64,
+        /// The endpoint that gave the accepted answer.
+        provider: ProviderInfo,
     },
     Failed {
         error: String,
@@ -36,30 +37,64 @@ pub enum Outcome {
         /// The last answer text, when there was one, for the audit trail.
         last_answer: Option<String>,
         wall_ms: u64,
+        /// The endpoint that gave the last answer, when one answered.
+        provider: Option<ProviderInfo>,
+        /// Answers that did not parse or validate.
+        invalid_answers: u32,
     },
+}
+
+impl Outcome {
+    /// The endpoint that gave the last answer, if any did.
+    pub fn provider(&self) -> Option<&ProviderInfo> {
+        match self {
+            Outcome::Decided { provider, .. } => Some(provider),
+            Outcome::Failed { provider, .. } => provider.as_ref(),
+        }
+    }
+
+    /// Answers that did not parse or validate (each was retried or ended the decision).
+    pub fn invalid_answers(&self) -> u32 {
+        match self {
+            Outcome::Decided { attempts, .. } => attempts - 1,
+            Outcome::Failed { invalid_answers, .. } => *invalid_answers,
+        }
+    }
 }
 
 /// Tries per incident: the first answer and one retry.
 const ATTEMPTS: u32 = 2;
 
-pub async fn decide(client: &OllamaClient, prompts: &Prompts, incident: &Incident, snap: &Snapshot) -> Outcome {
+/// Asks the model about one incident, as the daemon's own (autonomous) work.
+pub async fn decide(model: &ModelService, prompts: &Prompts, incident: &Incident, snap: &Snapshot) -> Outcome {
     let started = Instant::now();
     let (system, user) = prompts.render(incident, snap);
     let mut messages = vec![Message::system(system), Message::user(user)];
     let format = Decision::json_schema();
     let (mut prompt_tokens, mut answer_tokens) = (0, 0);
     let mut last_answer = None;
+    let mut provider = None;
     let mut error = String::new();
     for attempt in 1..=ATTEMPTS {
-        let reply = match client.chat(&messages, &format).await {
+        let purpose = format!("decide {} (attempt {attempt})", incident.fingerprint);
+        let request = ChatRequest::new(purpose, messages.clone()).with_format(format.clone());
+        let reply = match model.chat(Priority::Autonomous, &request).await {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Failed { error: e.to_string(), attempts: attempt, last_answer, wall_ms: ms(started) };
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    attempts: attempt,
+                    last_answer,
+                    wall_ms: ms(started),
+                    provider,
+                    invalid_answers: attempt - 1,
+                };
             }
         };
-        prompt_tokens += reply.prompt_tokens;
-        answer_tokens += reply.answer_tokens;
-        match Decision::parse(&reply.content) {
+        prompt_tokens += reply.usage.prompt_tokens;
+        answer_tokens += reply.usage.answer_tokens;
+        let content = reply.message.content;
+        match Decision::parse(&content) {
             Ok(decision) => {
                 return Outcome::Decided {
                     decision,
@@ -67,11 +102,13 @@ pub async fn decide(client: &OllamaClient, prompts: &Prompts, incident: &Inciden
                     prompt_tokens,
                     answer_tokens,
                     wall_ms: ms(started),
+                    provider: reply.provider,
                 };
             }
             Err(invalid) => {
                 error = format!("invalid answer from the model: {invalid}");
-                messages.push(Message::assistant(reply.content.clone()));
+                provider = Some(reply.provider);
+                messages.push(Message::assistant(content.clone()));
                 // The reason quotes the model's own text: keep it short and on
                 // one line, so a manipulated answer cannot write instructions
                 // into the conversation.
@@ -79,11 +116,18 @@ pub async fn decide(client: &OllamaClient, prompts: &Prompts, incident: &Inciden
                 messages.push(Message::user(format!(
                     "That answer was rejected ({reason}). Answer again with one JSON object that matches the schema."
                 )));
-                last_answer = Some(reply.content);
+                last_answer = Some(content);
             }
         }
     }
-    Outcome::Failed { error, attempts: ATTEMPTS, last_answer, wall_ms: ms(started) }
+    Outcome::Failed {
+        error,
+        attempts: ATTEMPTS,
+        last_answer,
+        wall_ms: ms(started),
+        provider,
+        invalid_answers: ATTEMPTS,
+    }
 }
 
 /// The rejection reason to show the model, without the model's own text:

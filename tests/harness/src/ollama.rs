@@ -10,9 +10,14 @@
 //! is scripted by the test with [`Reply`]; when nothing is scripted the double
 //! answers with a small built-in responder ([`Reply::Demo`]).
 //!
-//! `/api/embed`, `/api/generate`, `/api/ps` and the model-management routes
-//! are absent (404, as Ollama answers any unknown route): macha does not use
-//! them.
+//! It also serves the OpenAI-compatible routes as Ollama does
+//! (`/v1/chat/completions`, `/v1/models`, `/v1/models/MODEL`; see "The
+//! OpenAI-compatible endpoint" below): the request is translated to a native
+//! chat and answered from the same script, in OpenAI's shape.
+//!
+//! `/api/embed`, `/api/generate`, `/api/ps`, `/v1/completions`,
+//! `/v1/embeddings` and the model-management routes are absent (404, as
+//! Ollama answers any unknown route): macha does not use them.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,13 +27,14 @@ use std::time::{Duration, Instant};
 use crate::serve::Server;
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tokio::sync::watch;
 
 /// What the double knows about one model it pretends to have pulled.
 #[derive(Clone, Copy, Debug)]
@@ -277,6 +283,7 @@ impl Builder {
         let state = Arc::new(Shared {
             models: self.models,
             log: self.log,
+            held: watch::Sender::new(false),
             inner: Mutex::new(Inner { script: self.script.into(), default: self.default, requests: Vec::new() }),
         });
         let server = Server::start("ollama-double", listener, router(state.clone()))?;
@@ -337,6 +344,18 @@ impl OllamaDouble {
         self.state.lock().requests.iter().filter(|r| r.path == "/api/chat").count()
     }
 
+    /// From now on, chat requests (either API) are received and recorded
+    /// but not answered until [`OllamaDouble::release_answers`]: a model busy
+    /// for as long as a test needs, with no clock involved.
+    pub fn hold_answers(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Answers every held chat request, and the later ones at once.
+    pub fn release_answers(&self) {
+        self.state.held.send_replace(false);
+    }
+
     /// Waits until at least `n` chat requests arrived, for tests that drive a
     /// daemon asynchronously; false if `timeout` passed first.
     pub fn wait_for_chat_requests(&self, n: usize, timeout: Duration) -> bool {
@@ -357,6 +376,8 @@ impl OllamaDouble {
 struct Shared {
     models: Vec<(String, ModelCaps)>,
     log: bool,
+    /// True while answers are held (see [`OllamaDouble::hold_answers`]).
+    held: watch::Sender<bool>,
     inner: Mutex<Inner>,
 }
 
@@ -397,6 +418,13 @@ impl Shared {
         let mut inner = self.lock();
         inner.script.pop_front().unwrap_or_else(|| inner.default.clone())
     }
+
+    /// Returns once answers are not held.
+    async fn released(&self) {
+        let mut held = self.held.subscribe();
+        // The sender lives as long as `self`.
+        let _ = held.wait_for(|h| !*h).await;
+    }
 }
 
 /// `llama3.1` and `llama3.1:latest` name the same model.
@@ -426,6 +454,9 @@ fn router(state: Arc<Shared>) -> Router {
         .route("/api/tags", get(tags))
         .route("/api/show", post(show))
         .route("/api/chat", post(chat))
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/models", get(openai_models))
+        .route("/v1/models/{*model}", get(openai_model))
         // Ollama (gin) answers an unknown route and a wrong method alike.
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -722,6 +753,7 @@ async fn chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
             }),
         ),
         Plan::Answer { model, stream, prompt_chars, last_user, reply } => {
+            s.released().await;
             answer(Answer { model, stream, prompt_chars, last_user }, reply).await
         }
     }
@@ -738,7 +770,21 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-async fn answer(a: Answer, reply: Reply) -> Response {
+/// What a scripted reply comes to, before either API shapes it.
+enum Produced {
+    /// The model's message and the timing stats of the final object.
+    Message {
+        content: String,
+        tool_calls: Option<Value>,
+        stats: Map<String, Value>,
+    },
+    Status(StatusCode, String),
+    Garbage,
+    StreamError(String),
+}
+
+/// Plays a reply: waits out a hang, builds the demo answer, counts tokens.
+async fn produce(a: &Answer, reply: Reply) -> Produced {
     let (content, tool_calls) = match reply {
         Reply::Content(c) => (c, None),
         Reply::Json(v) => (v.to_string(), None),
@@ -750,16 +796,26 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             (demo_decision(&a.last_user).to_string(), None)
         }
         Reply::Status(code, text) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return error_response(status, &text);
+            return Produced::Status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text);
         }
-        Reply::Garbage => {
+        Reply::Garbage => return Produced::Garbage,
+        Reply::StreamError(text) => return Produced::StreamError(text),
+    };
+    let stats = stats(a.prompt_chars, content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()));
+    Produced::Message { content, tool_calls, stats }
+}
+
+async fn answer(a: Answer, reply: Reply) -> Response {
+    let (content, tool_calls, stats) = match produce(&a, reply).await {
+        Produced::Message { content, tool_calls, stats } => (content, tool_calls, stats),
+        Produced::Status(status, text) => return error_response(status, &text),
+        Produced::Garbage => {
             let cut =
                 format!("{{\"model\":\"{}\",\"created_at\":\"{}\",\"message\":{{\"role\":\"assis", a.model, now());
             let kind = if a.stream { "application/x-ndjson" } else { JSON_TYPE };
             return (StatusCode::OK, [(header::CONTENT_TYPE, kind)], cut).into_response();
         }
-        Reply::StreamError(text) => {
+        Produced::StreamError(text) => {
             if !a.stream {
                 return error_response(StatusCode::INTERNAL_SERVER_ERROR, &text);
             }
@@ -767,7 +823,6 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             return ndjson(lines);
         }
     };
-    let stats = stats(a.prompt_chars, content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()));
     let final_object = |content: &str, tool_calls: Option<Value>| {
         let mut done = chunk(&a.model, content, tool_calls);
         let map = done.as_object_mut().expect("chunk is an object");
@@ -846,9 +901,13 @@ fn stats(prompt_chars: usize, output_chars: usize) -> Map<String, Value> {
 /// across two body chunks: nothing in HTTP promises that a chunk holds whole
 /// lines, and a client that assumes it must fail here, not in production.
 fn ndjson(lines: Vec<Value>) -> Response {
+    split_stream("application/x-ndjson", lines.into_iter().map(|line| format!("{line}\n")).collect())
+}
+
+/// Streams the texts, each cut in two body chunks (see [`ndjson`]).
+fn split_stream(content_type: &'static str, texts: Vec<String>) -> Response {
     let mut pieces: VecDeque<Bytes> = VecDeque::new();
-    for line in lines {
-        let text = format!("{line}\n");
+    for text in texts {
         let mid = text.len() / 2;
         let mid = (mid..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
         pieces.push_back(Bytes::copy_from_slice(&text.as_bytes()[..mid]));
@@ -860,7 +919,7 @@ fn ndjson(lines: Vec<Value>) -> Response {
         tokio::time::sleep(Duration::from_millis(1)).await;
         Some((Ok::<_, std::convert::Infallible>(piece), pieces))
     });
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
 }
 
 /// The decision [`Reply::Demo`] answers for a chat whose last user message is
@@ -907,4 +966,377 @@ fn failed_unit(text: &str) -> Option<&str> {
         let name = rest[..end].trim_end_matches(['.', ':']);
         UNIT_SUFFIXES.iter().any(|s| name.len() > s.len() && name.ends_with(s)).then_some(name)
     })
+}
+
+// The OpenAI-compatible endpoint, as Ollama serves it: its middleware
+// translates the request into a native chat (the same checks and the same
+// script answer it) and the native answer back into OpenAI's shape. What a
+// client sees that differs from the native API: `choices[0].message`,
+// `usage.prompt_tokens` / `completion_tokens`, no durations, tool-call
+// arguments as a JSON *string* with an `id` and `type: "function"`,
+// `finish_reason` `tool_calls` when calls come back, streaming only when
+// asked (`"stream": true`, server-sent events ending in `data: [DONE]`), and
+// errors as `{"error": {"message", "type", "param", "code"}}` with `type`
+// `invalid_request_error` (400), `not_found_error` (404) or `api_error`.
+// Unset `temperature` and `top_p` become 1.0, as Ollama sets them.
+//
+// One choice of the double: a [`Reply::StreamError`] is answered as HTTP 500
+// with the error body on this API, also when streaming (what Ollama sends
+// after an OpenAI stream has begun was not reproduced).
+
+const OPENAI_CHAT: &str = "/v1/chat/completions";
+
+/// An OpenAI-shaped error body with the status's error type.
+fn openai_error(status: StatusCode, message: &str) -> Response {
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "invalid_request_error",
+        StatusCode::NOT_FOUND => "not_found_error",
+        _ => "api_error",
+    };
+    json_response(status, &json!({ "error": { "message": message, "type": kind, "param": null, "code": null } }))
+}
+
+/// A chat completion request translated into a native one.
+struct Translated {
+    native: Value,
+    include_usage: bool,
+}
+
+/// The Go type name `%T` prints for a decoded JSON value.
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "float64",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
+    }
+}
+
+/// Checks that each present, non-null field has the type Go's decoder wants.
+fn check_types(object: &Map<String, Value>, path: &str, fields: &[(&str, &str)]) -> Result<(), String> {
+    for (key, ty) in fields {
+        let Some(v) = object.get(*key).filter(|v| !v.is_null()) else { continue };
+        let fits = match *ty {
+            "string" => v.is_string(),
+            "bool" => v.is_boolean(),
+            "number" => v.is_number(),
+            "array" => v.is_array(),
+            _ => v.is_object(),
+        };
+        if !fits {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go struct field ChatCompletionRequest.{path}{key} of type {ty}",
+                go_kind(v)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Translates the request as Ollama's middleware does, with its error texts.
+fn from_openai(request: &Value) -> Result<Translated, String> {
+    let Value::Object(req) = request else {
+        return Err(format!(
+            "json: cannot unmarshal {} into Go value of type openai.ChatCompletionRequest",
+            go_kind(request)
+        ));
+    };
+    check_types(
+        req,
+        "",
+        &[
+            ("model", "string"),
+            ("stream", "bool"),
+            ("messages", "array"),
+            ("max_tokens", "number"),
+            ("temperature", "number"),
+            ("top_p", "number"),
+            ("seed", "number"),
+            ("tools", "array"),
+            ("response_format", "object"),
+            ("stream_options", "object"),
+        ],
+    )?;
+    let messages = req.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if messages.is_empty() {
+        return Err("[] is too short - 'messages'".into());
+    }
+    let mut native_messages = Vec::new();
+    for m in messages {
+        native_messages.extend(translate_message(m, messages)?);
+    }
+    let number = |k: &str| req.get(k).filter(|v| v.is_number()).cloned();
+    let mut options = Map::new();
+    if let Some(n) = number("max_tokens") {
+        options.insert("num_predict".into(), n);
+    }
+    options.insert("temperature".into(), number("temperature").unwrap_or(json!(1.0)));
+    options.insert("top_p".into(), number("top_p").unwrap_or(json!(1.0)));
+    if let Some(seed) = number("seed") {
+        options.insert("seed".into(), seed);
+    }
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let mut native = json!({
+        "model": req.get("model").cloned().unwrap_or(Value::Null),
+        "messages": native_messages,
+        "stream": stream,
+        "options": options,
+    });
+    if let Some(format) = response_format(req.get("response_format")) {
+        native["format"] = format;
+    }
+    if let Some(tools) = req.get("tools").filter(|t| !t.is_null()) {
+        native["tools"] = tools.clone();
+    }
+    let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    Ok(Translated { native, include_usage })
+}
+
+/// `json_object` is format `"json"`; `json_schema` is its schema; any other type, none.
+fn response_format(rf: Option<&Value>) -> Option<Value> {
+    let rf = rf?;
+    match rf.get("type").and_then(Value::as_str).map(|t| t.trim().to_lowercase()).as_deref() {
+        Some("json_object") => Some(json!("json")),
+        Some("json_schema") => rf.pointer("/json_schema/schema").cloned(),
+        _ => None,
+    }
+}
+
+/// One OpenAI message as native messages: text parts become messages of
+/// their own, tool-call arguments are parsed from their string, and a tool
+/// result is named by `name` or by the call its `tool_call_id` answers.
+fn translate_message(m: &Value, all: &[Value]) -> Result<Vec<Value>, String> {
+    let Value::Object(msg) = m else {
+        return Err(format!(
+            "json: cannot unmarshal {} into Go struct field ChatCompletionRequest.messages of type openai.Message",
+            go_kind(m)
+        ));
+    };
+    check_types(
+        msg,
+        "messages.",
+        &[("role", "string"), ("name", "string"), ("tool_call_id", "string"), ("tool_calls", "array")],
+    )?;
+    let text = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let role = text("role");
+    let calls = msg.get("tool_calls").and_then(Value::as_array);
+    let native_calls = match calls {
+        Some(calls) => Some(calls.iter().map(native_tool_call).collect::<Result<Vec<_>, _>>()?),
+        None => None,
+    };
+    let tool_name = if role.eq_ignore_ascii_case("tool") {
+        let name = text("name");
+        if name.is_empty() {
+            tool_name_of(&text("tool_call_id"), all)
+        } else {
+            name
+        }
+    } else {
+        String::new()
+    };
+    let base = |content: &str| {
+        let mut v = json!({ "role": role, "content": content });
+        if !tool_name.is_empty() {
+            v["tool_name"] = json!(tool_name);
+        }
+        v
+    };
+    let mut out = match msg.get("content").unwrap_or(&Value::Null) {
+        Value::String(content) => vec![base(content)],
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                (Some("text"), Some(t)) => Ok(base(t)),
+                _ => Err("invalid message format".to_owned()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Value::Null if native_calls.is_some() => vec![base("")],
+        other => return Err(format!("invalid message content type: {}", go_type(other))),
+    };
+    if let (Some(calls), Some(last)) = (native_calls, out.last_mut()) {
+        last["tool_calls"] = Value::Array(calls);
+    }
+    Ok(out)
+}
+
+/// An OpenAI tool call as a native one: the arguments string must hold JSON.
+fn native_tool_call(call: &Value) -> Result<Value, String> {
+    let name = call.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
+    let arguments = match call.pointer("/function/arguments") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(a)) => a.as_str(),
+        Some(other) => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go struct field ChatCompletionRequest.messages.tool_calls.function.arguments of type string",
+                go_kind(other)
+            ))
+        }
+    };
+    let parsed: Map<String, Value> =
+        serde_json::from_str(arguments).map_err(|_| "invalid tool call arguments".to_owned())?;
+    Ok(json!({ "function": { "name": name, "arguments": parsed } }))
+}
+
+/// The function name of the last call with this id.
+fn tool_name_of(id: &str, all: &[Value]) -> String {
+    if id.is_empty() {
+        return String::new();
+    }
+    all.iter()
+        .rev()
+        .filter_map(|m| m.get("tool_calls").and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+        .and_then(|c| c.pointer("/function/name").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn openai_chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            s.record(&method, OPENAI_CHAT, Value::Null, None, "400");
+            return openai_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    let translated = match from_openai(&request) {
+        Ok(t) => t,
+        Err(text) => {
+            s.record(&method, OPENAI_CHAT, request, None, "400");
+            return openai_error(StatusCode::BAD_REQUEST, &text);
+        }
+    };
+    let (plan, schema_valid) = plan_chat(&s, &translated.native);
+    let outcome = match &plan {
+        Plan::Reject(status, _) => status.as_u16().to_string(),
+        Plan::Load { .. } => "200 (load)".into(),
+        Plan::Answer { reply, .. } => reply.label(),
+    };
+    s.record(&method, OPENAI_CHAT, request, schema_valid, &outcome);
+    match plan {
+        Plan::Reject(status, text) => openai_error(status, &text),
+        // The middleware refuses empty `messages` first, so this is never reached.
+        Plan::Load { model } => openai_error(StatusCode::BAD_REQUEST, &format!("nothing to answer for {model}")),
+        Plan::Answer { model, stream, prompt_chars, last_user, reply } => {
+            s.released().await;
+            openai_answer(Answer { model, stream, prompt_chars, last_user }, reply, translated.include_usage).await
+        }
+    }
+}
+
+/// `chatcmpl-N`, N below 999, as Ollama numbers its completions.
+fn completion_id() -> String {
+    format!("chatcmpl-{}", chrono::Utc::now().timestamp_subsec_nanos() % 999)
+}
+
+async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response {
+    let (content, tool_calls, stats) = match produce(&a, reply).await {
+        Produced::Message { content, tool_calls, stats } => (content, tool_calls, stats),
+        Produced::Status(status, text) => return openai_error(status, &text),
+        Produced::StreamError(text) => return openai_error(StatusCode::INTERNAL_SERVER_ERROR, &text),
+        Produced::Garbage => {
+            let cut = format!(
+                "{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":\"{}\",\"choi",
+                completion_id(),
+                chrono::Utc::now().timestamp(),
+                a.model
+            );
+            let kind = if a.stream { "text/event-stream" } else { JSON_TYPE };
+            return (StatusCode::OK, [(header::CONTENT_TYPE, kind)], cut).into_response();
+        }
+    };
+    let count = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (prompt, completion) = (count("prompt_eval_count"), count("eval_count"));
+    let usage =
+        json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
+    let calls = tool_calls.map(openai_tool_calls);
+    let finish = if calls.is_some() { "tool_calls" } else { "stop" };
+    let envelope = |object: &str, choices: Value| {
+        json!({
+            "id": completion_id(),
+            "object": object,
+            "created": chrono::Utc::now().timestamp(),
+            "model": a.model,
+            "system_fingerprint": "fp_ollama",
+            "choices": choices,
+        })
+    };
+    if !a.stream {
+        let mut message = json!({ "role": "assistant", "content": content });
+        if let Some(calls) = calls {
+            message["tool_calls"] = calls;
+        }
+        let mut completion =
+            envelope("chat.completion", json!([{ "index": 0, "message": message, "finish_reason": finish }]));
+        completion["usage"] = usage;
+        return json_response(StatusCode::OK, &completion);
+    }
+    let delta = |content: &str, calls: Option<&Value>, finish: Option<&str>| {
+        let mut delta = json!({ "role": "assistant", "content": content });
+        if let Some(calls) = calls {
+            delta["tool_calls"] = calls.clone();
+        }
+        envelope("chat.completion.chunk", json!([{ "index": 0, "delta": delta, "finish_reason": finish }]))
+    };
+    let mut events: Vec<Value> = fragments(&content).map(|f| delta(f, None, None)).collect();
+    if let Some(calls) = &calls {
+        events.push(delta("", Some(calls), None));
+    }
+    events.push(delta("", None, Some(finish)));
+    if include_usage {
+        let mut last = envelope("chat.completion.chunk", json!([]));
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut texts: Vec<String> = events.into_iter().map(|e| format!("data: {e}\n\n")).collect();
+    texts.push("data: [DONE]\n\n".into());
+    split_stream("text/event-stream", texts)
+}
+
+/// Native tool calls (arguments an object) in OpenAI's shape (a string).
+fn openai_tool_calls(native: Value) -> Value {
+    let calls = native.as_array().cloned().unwrap_or_default();
+    Value::Array(
+        calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let arguments = c.pointer("/function/arguments").cloned().unwrap_or_else(|| json!({}));
+                json!({
+                    "id": c.get("id").cloned().unwrap_or_else(|| json!(format!("call_{i}"))),
+                    "index": i,
+                    "type": "function",
+                    "function": {
+                        "name": c.pointer("/function/name").cloned().unwrap_or_default(),
+                        "arguments": arguments.to_string(),
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+/// What `/v1/models` says about one model.
+fn openai_model_entry(name: &str) -> Value {
+    let created = chrono::DateTime::parse_from_rfc3339(MODIFIED_AT).map(|t| t.timestamp()).unwrap_or(0);
+    json!({ "id": name, "object": "model", "created": created, "owned_by": "library" })
+}
+
+async fn openai_models(State(s): State<Arc<Shared>>, method: Method) -> Response {
+    s.record(&method, "/v1/models", Value::Null, None, "200");
+    let data: Vec<Value> = s.models.iter().map(|(name, _)| openai_model_entry(name)).collect();
+    json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
+}
+
+async fn openai_model(State(s): State<Arc<Shared>>, method: Method, Path(model): Path<String>) -> Response {
+    let path = format!("/v1/models/{model}");
+    if s.model(&model).is_none() {
+        s.record(&method, &path, Value::Null, None, "404");
+        return openai_error(StatusCode::NOT_FOUND, &format!("model '{model}' not found"));
+    }
+    s.record(&method, &path, Value::Null, None, "200");
+    json_response(StatusCode::OK, &openai_model_entry(&model))
 }

@@ -454,3 +454,159 @@ async fn binary_serves_its_script_then_the_demo_and_stops_on_sigterm() {
     assert_eq!(log.lines().filter(|l| l.contains("POST /api/chat")).count(), 2, "{log}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// The OpenAI-compatible routes, as Ollama serves them.
+
+/// An OpenAI chat request for the double's model.
+fn openai_body(stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [
+            { "role": "system", "content": "You keep NixOS hosts healthy." },
+            { "role": "user", "content": "incident unit-failed:nginx.service: exit code 1" },
+        ],
+        "stream": stream,
+        "temperature": 0.1,
+        "max_tokens": 256,
+    })
+}
+
+async fn openai_chat(double: &OllamaDouble, body: &Value) -> (u16, Value) {
+    let (status, _, text) = post(&format!("{}/v1/chat/completions", double.url()), body).await;
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+#[tokio::test]
+async fn openai_chat_answers_with_choices_and_usage() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Json(json!({ "diagnosis": "nginx crashed" })));
+    let mut body = openai_body(false);
+    body["response_format"] =
+        json!({ "type": "json_schema", "json_schema": { "name": "d", "schema": { "type": "object" } } });
+    let (status, answer) = openai_chat(&double, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["object"], "chat.completion");
+    assert!(answer["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(answer["system_fingerprint"], "fp_ollama");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], json!({ "diagnosis": "nginx crashed" }).to_string());
+    assert_eq!(choice["finish_reason"], "stop");
+    let usage = &answer["usage"];
+    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    assert!(prompt > 0 && completion > 0);
+    assert_eq!(usage["total_tokens"].as_u64(), Some(prompt + completion));
+    assert!(answer.get("total_duration").is_none(), "no nanosecond stats on this API");
+    let recorded = double.requests().pop().unwrap();
+    assert_eq!(recorded.path, "/v1/chat/completions");
+    assert_eq!(recorded.format_schema_valid, Some(true), "response_format became the schema");
+}
+
+#[tokio::test]
+async fn openai_tool_calls_carry_their_arguments_as_a_string() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::ToolCalls(vec![("disk_usage".into(), json!({ "path": "/var" }))]));
+    let (status, answer) = openai_chat(&double, &openai_body(false)).await;
+    assert_eq!(status, 200);
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    let arguments = call["function"]["arguments"].as_str().expect("a string");
+    assert_eq!(serde_json::from_str::<Value>(arguments).unwrap(), json!({ "path": "/var" }));
+
+    // Sent back, the call's arguments must be a string holding JSON.
+    let mut body = openai_body(false);
+    let messages = body["messages"].as_array_mut().unwrap();
+    messages.push(json!({ "role": "assistant", "content": null, "tool_calls": [call] }));
+    messages.push(json!({ "role": "tool", "tool_call_id": call["id"], "content": "12 GiB free" }));
+    assert_eq!(openai_chat(&double, &body).await.0, 200);
+    body["messages"][2]["tool_calls"][0]["function"]["arguments"] = json!("{not json");
+    let (status, answer) = openai_chat(&double, &body).await;
+    assert_eq!((status, &answer["error"]["message"]), (400, &json!("invalid tool call arguments")));
+}
+
+#[tokio::test]
+async fn openai_errors_use_openais_error_body() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let mut body = openai_body(false);
+    body["model"] = json!("nothing:1b");
+    let (status, answer) = openai_chat(&double, &body).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        answer,
+        json!({ "error": { "message": "model \"nothing:1b\" not found, try pulling it first", "type": "not_found_error", "param": null, "code": null } })
+    );
+
+    body = openai_body(false);
+    body["messages"] = json!([]);
+    let (status, answer) = openai_chat(&double, &body).await;
+    assert_eq!((status, &answer["error"]["type"]), (400, &json!("invalid_request_error")));
+    assert_eq!(answer["error"]["message"], "[] is too short - 'messages'");
+
+    body = openai_body(false);
+    body["messages"][1]["content"] = Value::Null;
+    let (status, answer) = openai_chat(&double, &body).await;
+    assert_eq!((status, &answer["error"]["message"]), (400, &json!("invalid message content type: <nil>")));
+
+    double.push(Reply::Status(503, "server busy".into()));
+    let (status, answer) = openai_chat(&double, &openai_body(false)).await;
+    assert_eq!(
+        (status, &answer["error"]["type"], &answer["error"]["message"]),
+        (503, &json!("api_error"), &json!("server busy"))
+    );
+}
+
+#[tokio::test]
+async fn openai_streaming_sends_events_then_usage_then_done() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Content("nginx crashed twice".into()));
+    let mut body = openai_body(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let response =
+        reqwest::Client::new().post(format!("{}/v1/chat/completions", double.url())).json(&body).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = String::from_utf8(read_chunks(response).await.concat()).unwrap();
+    let events: Vec<&str> =
+        text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap()).collect();
+    let (done, rest) = events.split_last().unwrap();
+    assert_eq!(*done, "[DONE]");
+    let chunks: Vec<Value> = rest.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let (usage, deltas) = chunks.split_last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let joined: String = deltas.iter().map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap()).collect();
+    assert_eq!(joined, "nginx crashed twice");
+    assert!(deltas.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(deltas.last().unwrap()["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn openai_models_lists_and_retrieves_the_models() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let list: Value = reqwest::get(format!("{}/v1/models", double.url())).await.unwrap().json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], MODEL);
+    let one = reqwest::get(format!("{}/v1/models/{MODEL}", double.url())).await.unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<Value>().await.unwrap()["owned_by"], "library");
+    let missing = reqwest::get(format!("{}/v1/models/nothing:1b", double.url())).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["type"], "not_found_error");
+}
+
+#[tokio::test]
+async fn held_answers_wait_for_the_release() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.hold_answers();
+    let url = format!("{}/api/chat", double.url());
+    let pending = tokio::spawn(async move { post(&url, &chat_body(false)).await.0 });
+    while double.chat_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!pending.is_finished(), "the request arrived and is held");
+    double.release_answers();
+    assert_eq!(pending.await.unwrap(), 200);
+}

@@ -1,0 +1,97 @@
+//! `macha stats`: what the model cost and how it went, per day (local time)
+//! and overall, summed from the metrics line each cycle writes: cycles,
+//! decisions, calls, tokens in and out, call latency (p50, p95), calls no
+//! endpoint answered, calls the fallback answered, answers that did not
+//! parse.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Local, NaiveDate, Utc};
+use serde_json::json;
+
+use macha::config::Config;
+use macha::model::metrics::{self, Summary, Totals};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Only the last N days (today included).
+    #[arg(long, value_name = "N")]
+    days: Option<u32>,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let (mut lines, unreadable) = metrics::read(&config.state_dir)?;
+    if let Some(days) = args.days {
+        let first = Local::now().date_naive() - chrono::Days::new(u64::from(days.max(1)) - 1);
+        lines.retain(|m| local_day(m.time) >= first);
+    }
+    let summary = metrics::summarise(&lines, local_day);
+    if args.json {
+        let mut value = serde_json::to_value(&summary)?;
+        value["unreadable_lines"] = json!(unreadable);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", human(&summary, unreadable));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn local_day(t: DateTime<Utc>) -> NaiveDate {
+    t.with_timezone(&Local).date_naive()
+}
+
+const HEADER: [&str; 10] =
+    ["cycles", "decisions", "calls", "tokens in", "tokens out", "p50 ms", "p95 ms", "failed", "fallback", "invalid"];
+
+fn human(s: &Summary, unreadable: usize) -> String {
+    let mut out = String::new();
+    if s.overall.cycles == 0 {
+        out.push_str("no cycles recorded yet (metrics.jsonl is empty or absent)\n");
+        return out;
+    }
+    let _ = write!(out, "{:<10}", "day");
+    for h in HEADER {
+        let _ = write!(out, " {h:>10}");
+    }
+    out.push('\n');
+    for d in &s.days {
+        out.push_str(&row(&d.day.to_string(), &d.totals));
+    }
+    out.push_str(&row("overall", &s.overall));
+    out.push_str(
+        "failed: calls no endpoint answered; fallback: calls the fallback answered; invalid: answers that did not parse\n",
+    );
+    if unreadable > 0 {
+        let _ = writeln!(out, "{unreadable} unreadable line(s) in the metrics files were skipped");
+    }
+    out
+}
+
+fn row(label: &str, t: &Totals) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let cells = [
+        t.cycles.to_string(),
+        t.decisions.to_string(),
+        t.calls.to_string(),
+        t.prompt_tokens.to_string(),
+        t.answer_tokens.to_string(),
+        ms(t.latency_p50_ms),
+        ms(t.latency_p95_ms),
+        t.call_failures.to_string(),
+        t.fallbacks.to_string(),
+        t.parse_failures.to_string(),
+    ];
+    let mut line = format!("{label:<10}");
+    for c in cells {
+        let _ = write!(line, " {c:>10}");
+    }
+    line.push('\n');
+    line
+}

@@ -1,0 +1,194 @@
+//! `macha status`: the daemon as it last described itself in `status.json`
+//! (whether it runs, whether the model endpoints have the model, the queue
+//! in front of the model) and its last cycle from `metrics.jsonl`.
+//! Exit status: 0 when the daemon runs, 1 when it does not, 2 on an error.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use serde_json::json;
+
+use macha::config::Config;
+use macha::model::metrics::{self, CycleMetrics};
+use macha::model::status::{self, DaemonStatus};
+use macha::model::{Check, EndpointCheck, QueueStatus};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A status older than this, from a daemon that did not say it stopped,
+/// means the daemon is stuck or gone (it rewrites the file every
+/// `status::REFRESH`).
+const STALE_SECS: i64 = 4 * status::REFRESH.as_secs() as i64;
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let status = status::read(&config.state_dir).map_err(anyhow::Error::msg)?;
+    let last_cycle = metrics::read(&config.state_dir)?.0.pop();
+    let state = status.as_ref().map(liveness);
+    if args.json {
+        let value = json!({
+            "daemon": state.map(Liveness::as_str).unwrap_or("never_ran"),
+            "status": status,
+            "last_cycle": last_cycle,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", human(&config, status.as_ref(), last_cycle.as_ref()));
+    }
+    Ok(if state == Some(Liveness::Running) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Running,
+    /// It said it stopped.
+    Stopped,
+    /// Its process is gone without saying so (killed, crashed).
+    Gone,
+    /// Its process exists, but it has not written for a while.
+    Stale,
+}
+
+impl Liveness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Running => "running",
+            Liveness::Stopped => "stopped",
+            Liveness::Gone => "gone",
+            Liveness::Stale => "stale",
+        }
+    }
+}
+
+fn liveness(s: &DaemonStatus) -> Liveness {
+    if s.stopped_at.is_some() {
+        Liveness::Stopped
+    } else if !Path::new("/proc").join(s.pid.to_string()).exists() {
+        Liveness::Gone
+    } else if (Utc::now() - s.updated_at).num_seconds() > STALE_SECS {
+        Liveness::Stale
+    } else {
+        Liveness::Running
+    }
+}
+
+fn human(config: &Config, status: Option<&DaemonStatus>, last_cycle: Option<&CycleMetrics>) -> String {
+    let mut out = String::new();
+    let Some(s) = status else {
+        let path = config.state_dir.join(status::STATUS_FILE);
+        let _ = writeln!(out, "daemon: not running here ({} does not exist)", path.display());
+        if let Some(m) = last_cycle {
+            let _ = writeln!(out, "{}", cycle_line(m));
+        }
+        return out;
+    };
+    let _ = writeln!(out, "daemon: {}", daemon_line(s));
+    let _ = writeln!(out, "model:");
+    for e in std::iter::once(&s.model.primary).chain(s.model.fallback.as_ref()) {
+        let _ = writeln!(out, "  {}", endpoint_line(e));
+    }
+    let tools = if s.supports_tools { "on" } else { "off (single-shot decisions)" };
+    let _ = writeln!(out, "  tool calling: {tools}");
+    out.push_str(&queue_lines(&s.queue, since_written(s)));
+    if let Some(m) = last_cycle {
+        let _ = writeln!(out, "{}", cycle_line(m));
+    }
+    out
+}
+
+fn daemon_line(s: &DaemonStatus) -> String {
+    let written = super::age(s.updated_at);
+    match liveness(s) {
+        Liveness::Running => format!("running (pid {}, up {}, status written {written} ago)", s.pid, super::age(s.started_at)),
+        Liveness::Stopped => format!("stopped {} ago (was pid {})", super::age(s.stopped_at.unwrap_or(s.updated_at)), s.pid),
+        Liveness::Gone => format!("not running: pid {} is gone without stopping cleanly (last status {written} ago)", s.pid),
+        Liveness::Stale => format!(
+            "not responding: pid {} has not written its status for {written} (stuck, or the pid now belongs to another program)",
+            s.pid
+        ),
+    }
+}
+
+fn endpoint_line(e: &EndpointCheck) -> String {
+    let state = match &e.check {
+        Check::Unchecked => "not checked yet".to_owned(),
+        Check::Ready { tools, context_length } => {
+            let tools = match tools {
+                Some(true) => ", takes tools",
+                Some(false) => ", no tools",
+                None => "",
+            };
+            let context = context_length.map(|c| format!(", context {c} tokens")).unwrap_or_default();
+            format!("ready{tools}{context}")
+        }
+        Check::MissingModel { error } => format!("MISSING MODEL: {error}"),
+        Check::Failed { error } => format!("cannot be checked: {error}"),
+    };
+    format!("{}: {state}", e.provider)
+}
+
+/// Milliseconds since the status was written: waits and running times in it
+/// have grown by this much since.
+fn since_written(s: &DaemonStatus) -> u64 {
+    if s.stopped_at.is_some() {
+        return 0;
+    }
+    (Utc::now() - s.updated_at).num_milliseconds().max(0) as u64
+}
+
+fn queue_lines(q: &QueueStatus, later_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "queue: {} of {} slot{} busy, {} waiting",
+        q.running.len(),
+        q.slots,
+        if q.slots == 1 { "" } else { "s" },
+        q.waiting()
+    );
+    for r in &q.running {
+        let _ = writeln!(out, "  running: {} request for {}", r.priority.as_str(), secs(r.running_ms + later_ms));
+    }
+    for lane in &q.lanes {
+        let oldest = lane.oldest_wait_ms.map(|ms| format!(" (oldest {})", secs(ms + later_ms))).unwrap_or_default();
+        let waits = match (lane.wait_p50_ms, lane.wait_p95_ms) {
+            (Some(p50), Some(p95)) => {
+                format!(", waited p50 {} p95 {} max {}", secs(p50), secs(p95), secs(lane.wait_max_ms))
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {} waiting{oldest}; {} served{waits}",
+            lane.priority.as_str(),
+            lane.waiting,
+            lane.served
+        );
+    }
+    out
+}
+
+fn cycle_line(m: &CycleMetrics) -> String {
+    format!(
+        "last cycle: {} ago, {} incident{}, {} model call{}, {} ms",
+        super::age(m.time),
+        m.incidents,
+        if m.incidents == 1 { "" } else { "s" },
+        m.calls.calls,
+        if m.calls.calls == 1 { "" } else { "s" },
+        m.wall_ms
+    )
+}
+
+/// Milliseconds as seconds with one decimal: "12.3s".
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}

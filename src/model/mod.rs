@@ -1,0 +1,325 @@
+//! The model service: the one way macha talks to a model. Every request
+//! goes through a priority queue (`queue.rs`) to the primary endpoint
+//! (`[ollama]`) and, when that cannot answer, to the optional fallback
+//! (`[model.fallback]`, Ollama or an OpenAI-compatible server); every try is
+//! written, redacted, to the record of calls (`record.rs`), and the service
+//! counts what each cycle cost (`metrics.rs`). At start-up, and each cycle
+//! until it succeeds, `check` asks each endpoint whether it has the model
+//! and whether the model takes tools.
+//!
+//! # Across processes
+//!
+//! The queue orders the requests of one process. The daemon, `macha-check`
+//! and the commands a person runs are separate processes, each with its own
+//! queue and no lock between them: a request from the command line goes
+//! straight to the endpoint. With a single model slot that still keeps a
+//! person's wait short, because the daemon never has more than
+//! `model.concurrency` requests at the endpoint (one by default) and sends
+//! its next only after one has ended; Ollama queues what it cannot start yet
+//! (`OLLAMA_MAX_QUEUE`) and starts it when a slot (`OLLAMA_NUM_PARALLEL`)
+//! frees, in arrival order as far as its scheduler keeps it (not measured
+//! here: Ollama cannot be installed on these machines). So a request from
+//! the command line waits behind the daemon's requests already running,
+//! never behind the daemon's queue. What is not solved: a running daemon
+//! request is not interrupted (it may take up to `ollama.timeout`), two
+//! commands are served in arrival order whatever their priority, and a
+//! fallback server schedules as it does. A shared gate, a lock file in the
+//! state directory that the daemon checks before it sends autonomous or
+//! batch work while a person waits, would close the first gap; it is not
+//! built.
+
+pub mod chat;
+pub mod metrics;
+mod ollama;
+mod openai;
+pub mod provider;
+pub mod queue;
+pub mod record;
+pub mod status;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+pub use self::chat::{ChatReply, ChatRequest, Message, Role, Tool, ToolCall, Usage};
+use self::metrics::CallTally;
+use self::provider::{ApiKey, Attempt, Options, Provider};
+pub use self::provider::{Check, Endpoint, ProviderError, ProviderInfo};
+pub use self::queue::{Priority, QueueStatus};
+use self::record::{CallRecord, Recorder};
+use crate::config::{Api, Config};
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// The primary failed, and no fallback was asked: none is configured, or
+    /// the failure was one another server would repeat (a 4xx).
+    #[error("{0}")]
+    Primary(ProviderError),
+    #[error("{primary}; the fallback failed too: {fallback}")]
+    Both { primary: ProviderError, fallback: ProviderError },
+}
+
+/// A configuration the service cannot start with.
+#[derive(Debug, thiserror::Error)]
+#[error("key `model.fallback.api_key_file`: {0}")]
+pub struct SetupError(String);
+
+/// One endpoint and what it said about the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointCheck {
+    pub provider: ProviderInfo,
+    pub check: Check,
+}
+
+/// Whether the endpoints have the model, as last checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub primary: EndpointCheck,
+    pub fallback: Option<EndpointCheck>,
+}
+
+impl Readiness {
+    /// Every configured endpoint answered the check and has the model.
+    pub fn all_ready(&self) -> bool {
+        self.endpoints().all(|e| matches!(e.check, Check::Ready { .. }))
+    }
+
+    /// True only when the primary's model takes tools and a fallback Ollama
+    /// (when one is configured and checked) does too. An OpenAI-compatible
+    /// fallback does not say; tool calling is part of that API.
+    pub fn supports_tools(&self) -> bool {
+        let primary = matches!(self.primary.check, Check::Ready { tools: Some(true), .. });
+        let fallback_refuses =
+            self.fallback.as_ref().is_some_and(|f| matches!(f.check, Check::Ready { tools: Some(false), .. }));
+        primary && !fallback_refuses
+    }
+
+    /// One sentence per endpoint that is not ready, for logs and `macha-check`.
+    pub fn problems(&self) -> Vec<String> {
+        self.endpoints()
+            .filter_map(|e| match &e.check {
+                Check::Ready { .. } => None,
+                Check::Unchecked => Some(format!("{} has not been checked yet", e.provider)),
+                Check::MissingModel { error } => Some(error.clone()),
+                Check::Failed { error } => Some(format!("cannot check the model on {}: {error}", e.provider)),
+            })
+            .collect()
+    }
+
+    fn endpoints(&self) -> impl Iterator<Item = &EndpointCheck> {
+        std::iter::once(&self.primary).chain(self.fallback.as_ref())
+    }
+}
+
+/// The service. Cheap to clone; clones share the queue, the record and the counts.
+#[derive(Clone)]
+pub struct ModelService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    primary: Provider,
+    fallback: Option<Provider>,
+    options: Options,
+    queue: Arc<queue::Queue>,
+    recorder: Recorder,
+    readiness: Mutex<Readiness>,
+    tally: Mutex<CallTally>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ModelService {
+    /// The service as configured. Reads the fallback's key file, if any.
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
+        let o = &config.ollama;
+        let primary_info =
+            ProviderInfo { endpoint: Endpoint::Primary, api: Api::Ollama, url: o.url.clone(), model: o.model.clone() };
+        let primary = Provider::new(primary_info, o.timeout, None);
+        let fallback = match &config.model.fallback {
+            None => None,
+            Some(f) => {
+                let key = f.api_key_file.as_deref().map(ApiKey::read).transpose().map_err(SetupError)?;
+                let info = ProviderInfo {
+                    endpoint: Endpoint::Fallback,
+                    api: f.api,
+                    url: f.url.clone(),
+                    model: f.model.clone(),
+                };
+                Some(Provider::new(info, f.timeout, key))
+            }
+        };
+        let unchecked = |p: &Provider| EndpointCheck { provider: p.info.clone(), check: Check::Unchecked };
+        let readiness = Readiness { primary: unchecked(&primary), fallback: fallback.as_ref().map(unchecked) };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                options: Options { num_ctx: o.num_ctx, num_predict: o.num_predict, temperature: o.temperature },
+                queue: queue::Queue::new(config.model.concurrency as usize),
+                recorder: Recorder::new(&config.state_dir, &config.model.calls),
+                readiness: Mutex::new(readiness),
+                tally: Mutex::new(CallTally::default()),
+                primary,
+                fallback,
+            }),
+        })
+    }
+
+    /// The primary endpoint.
+    pub fn primary(&self) -> &ProviderInfo {
+        &self.inner.primary.info
+    }
+
+    /// Asks every endpoint about its model (`POST /api/show`, or
+    /// `GET /v1/models/MODEL`) and keeps the answers.
+    pub async fn check(&self) -> Readiness {
+        let primary = self.inner.primary.check().await;
+        let fallback = match &self.inner.fallback {
+            Some(f) => Some(f.check().await),
+            None => None,
+        };
+        let mut readiness = lock(&self.inner.readiness);
+        readiness.primary.check = primary;
+        if let (Some(slot), Some(check)) = (readiness.fallback.as_mut(), fallback) {
+            slot.check = check;
+        }
+        self.inner.queue.changed().notify_one();
+        readiness.clone()
+    }
+
+    /// The endpoints as last checked.
+    pub fn readiness(&self) -> Readiness {
+        lock(&self.inner.readiness).clone()
+    }
+
+    /// Whether requests may carry `tools` (see `Readiness::supports_tools`);
+    /// false until a check said so.
+    pub fn supports_tools(&self) -> bool {
+        lock(&self.inner.readiness).supports_tools()
+    }
+
+    /// Sends one request when the queue lets it through: to the primary,
+    /// and to the fallback if the primary is down, answers 5xx or garbage,
+    /// times out, or lacks the model. The slot is held for both tries and
+    /// freed however the call ends, dropped callers included.
+    pub async fn chat(&self, priority: Priority, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        let permit = self.inner.queue.acquire(priority).await;
+        let queue_ms = permit.waited.as_millis() as u64;
+        let started = Instant::now();
+        let first = self.attempt(&self.inner.primary, priority, request, queue_ms).await;
+        let result = match (first.result, &self.inner.fallback) {
+            (Ok(answer), _) => Ok((answer, first.provider)),
+            (Err(primary), Some(fallback)) if primary.fails_over() => {
+                tracing::warn!(error = %primary, fallback = %fallback.info, "the primary model endpoint failed; asking the fallback");
+                let second = self.attempt(fallback, priority, request, queue_ms).await;
+                match second.result {
+                    Ok(answer) => Ok((answer, second.provider)),
+                    Err(fallback) => Err(ModelError::Both { primary, fallback }),
+                }
+            }
+            (Err(primary), _) => Err(ModelError::Primary(primary)),
+        };
+        drop(permit);
+        let call_ms = started.elapsed().as_millis() as u64;
+        self.count(&result, call_ms);
+        result.map(|(answer, provider)| ChatReply {
+            message: answer.message,
+            done_reason: answer.done_reason,
+            usage: answer.usage,
+            provider,
+            timing: chat::Timing { queue_ms, call_ms, server_ms: answer.server_ms },
+        })
+    }
+
+    /// One try at one endpoint, written to the record of calls.
+    async fn attempt(&self, provider: &Provider, priority: Priority, request: &ChatRequest, queue_ms: u64) -> Attempt {
+        let attempt = provider.chat(request, &self.inner.options).await;
+        let answer = attempt.result.as_ref().ok();
+        let record = CallRecord {
+            time: Utc::now(),
+            purpose: &request.purpose,
+            priority,
+            provider: &attempt.provider,
+            outcome: if answer.is_some() { "answered" } else { "failed" },
+            error: attempt.result.as_ref().err().map(ToString::to_string),
+            queue_ms,
+            elapsed_ms: attempt.elapsed_ms,
+            server_ms: answer.and_then(|a| a.server_ms),
+            prompt_tokens: answer.map(|a| a.usage.prompt_tokens),
+            answer_tokens: answer.map(|a| a.usage.answer_tokens),
+            request: &attempt.request,
+            response: attempt
+                .response
+                .as_deref()
+                .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.into())),
+        };
+        if let Err(e) = self.inner.recorder.write(&record) {
+            // The record is for later; a full disk must not stop a decision.
+            tracing::warn!(error = %e, "cannot write the record of a model call");
+        }
+        attempt
+    }
+
+    fn count(&self, result: &Result<(chat::Answer, ProviderInfo), ModelError>, call_ms: u64) {
+        let mut t = lock(&self.inner.tally);
+        t.calls += 1;
+        t.call_ms.push(call_ms);
+        match result {
+            Ok((answer, provider)) => {
+                t.prompt_tokens += answer.usage.prompt_tokens;
+                t.answer_tokens += answer.usage.answer_tokens;
+                *t.answered_by.entry(provider.endpoint).or_default() += 1;
+                if provider.endpoint == Endpoint::Fallback {
+                    t.fallbacks += 1;
+                }
+            }
+            Err(_) => t.failures += 1,
+        }
+    }
+
+    /// The counts since the last call of this (for one cycle's metrics line).
+    pub fn take_tally(&self) -> CallTally {
+        std::mem::take(&mut *lock(&self.inner.tally))
+    }
+
+    /// The queue now.
+    pub fn queue(&self) -> QueueStatus {
+        self.inner.queue.status()
+    }
+
+    /// Signalled when the queue or the readiness changes.
+    pub fn changed(&self) -> &Notify {
+        self.inner.queue.changed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(endpoint: Endpoint, api: Api, check: Check) -> EndpointCheck {
+        EndpointCheck { provider: ProviderInfo { endpoint, api, url: "http://x".into(), model: "m".into() }, check }
+    }
+
+    fn ready(tools: Option<bool>) -> Check {
+        Check::Ready { tools, context_length: None }
+    }
+
+    #[test]
+    fn tools_are_offered_only_when_every_known_endpoint_takes_them() {
+        let with =
+            |fallback| Readiness { primary: endpoint(Endpoint::Primary, Api::Ollama, ready(Some(true))), fallback };
+        assert!(with(None).supports_tools());
+        assert!(with(Some(endpoint(Endpoint::Fallback, Api::Openai, ready(None)))).supports_tools());
+        assert!(!with(Some(endpoint(Endpoint::Fallback, Api::Ollama, ready(Some(false))))).supports_tools());
+        let unchecked =
+            Readiness { primary: endpoint(Endpoint::Primary, Api::Ollama, Check::Unchecked), fallback: None };
+        assert!(!unchecked.supports_tools());
+        assert!(!unchecked.all_ready());
+    }
+}

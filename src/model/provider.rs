@@ -1,0 +1,320 @@
+//! One endpoint that serves the model: who it is (`ProviderInfo`), how it
+//! fails (`ProviderError`, and which failures send a request on to the
+//! fallback), and the HTTP exchange itself. What goes over the wire is
+//! `ollama.rs`'s or `openai.rs`'s business; this file only sends and reads.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::chat::{Answer, ChatRequest};
+use super::{ollama, openai};
+use crate::config::Api;
+use crate::errors::chain;
+
+/// Which of the configured endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// `[ollama]`: asked first.
+    Primary,
+    /// `[model.fallback]`: asked when the primary cannot answer.
+    Fallback,
+}
+
+/// Who answered (or was asked): recorded with every decision and call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub endpoint: Endpoint,
+    pub api: Api,
+    /// Base URL as configured (for `openai`, the one ending in `/v1`).
+    pub url: String,
+    pub model: String,
+}
+
+impl ProviderInfo {
+    /// "Ollama at URL" or "the OpenAI-compatible server at URL", for errors.
+    pub fn server(&self) -> String {
+        match self.api {
+            Api::Ollama => format!("Ollama at {}", self.url),
+            Api::Openai => format!("the OpenAI-compatible server at {}", self.url),
+        }
+    }
+}
+
+impl fmt::Display for ProviderInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = match self.endpoint {
+            Endpoint::Primary => "primary",
+            Endpoint::Fallback => "fallback",
+        };
+        write!(f, "{endpoint} {} (model {})", self.server(), self.model)
+    }
+}
+
+/// Sampling options from the configuration, the same for every request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Options {
+    pub num_ctx: u32,
+    pub num_predict: u32,
+    pub temperature: f32,
+}
+
+/// Why one endpoint gave no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{server} is unreachable: {detail}")]
+    Unreachable { server: String, detail: String },
+    #[error("{server} did not answer within {secs} s")]
+    Timeout { server: String, secs: u64 },
+    #[error("model {model:?} is not available on {server}: {hint}")]
+    ModelNotFound { server: String, model: String, hint: String },
+    #[error("{server} answered HTTP {status}: {message}")]
+    Http { server: String, status: u16, message: String },
+    #[error("{server} sent a response that is not a chat response: {detail}")]
+    BadResponse { server: String, detail: String },
+}
+
+impl ProviderError {
+    /// Whether the next endpoint should be asked: the server is down, broken
+    /// (5xx, a cut-off or garbled body), too slow, or lacks the model. A 4xx
+    /// means the request itself is wrong, and another server would refuse it
+    /// too.
+    pub fn fails_over(&self) -> bool {
+        match self {
+            Self::Http { status, .. } => *status >= 500,
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::ModelNotFound { .. } | Self::BadResponse { .. } => {
+                true
+            }
+        }
+    }
+}
+
+/// What `/api/show` (Ollama) or `/v1/models/MODEL` (OpenAI) said about the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Check {
+    /// Not asked yet.
+    Unchecked,
+    Ready {
+        /// Whether the model takes `tools`; `None` when the server does not say
+        /// (OpenAI-compatible servers have no such field).
+        tools: Option<bool>,
+        /// The model's trained context length, when the server says.
+        context_length: Option<u64>,
+    },
+    /// The server answers but does not have the model; `error` says how to get it.
+    MissingModel { error: String },
+    /// The server could not be asked, or answered with an error.
+    Failed { error: String },
+}
+
+/// A key for an OpenAI-compatible server, sent as `Authorization: Bearer`.
+/// Its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+impl ApiKey {
+    /// Reads the key from `path` (the first line, trimmed).
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
+        let key = text.lines().next().unwrap_or("").trim().to_owned();
+        if key.is_empty() {
+            return Err(format!("the API key file {} is empty", path.display()));
+        }
+        Ok(Self(key))
+    }
+}
+
+/// One try at one endpoint: what was sent, what came back, and how it ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub provider: ProviderInfo,
+    /// The request body as sent.
+    pub request: Value,
+    /// The response body as received, when one was.
+    pub response: Option<String>,
+    pub result: Result<Answer, ProviderError>,
+    pub elapsed_ms: u64,
+}
+
+/// A configured endpoint with its HTTP client.
+pub(crate) struct Provider {
+    pub info: ProviderInfo,
+    http: reqwest::Client,
+    timeout_secs: u64,
+    key: Option<ApiKey>,
+}
+
+/// A response's status and body text.
+struct Exchange {
+    status: u16,
+    body: String,
+}
+
+impl Provider {
+    pub fn new(info: ProviderInfo, timeout_secs: u64, key: Option<ApiKey>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(timeout_secs))
+            .connect_timeout(Duration::from_secs(timeout_secs.min(10)))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Self { info, http, timeout_secs, key }
+    }
+
+    /// Sends one chat request and reads the answer.
+    pub async fn chat(&self, request: &ChatRequest, options: &Options) -> Attempt {
+        let started = Instant::now();
+        let (path, body) = match self.info.api {
+            Api::Ollama => ("/api/chat", ollama::chat_body(&self.info.model, request, options)),
+            Api::Openai => ("/chat/completions", openai::chat_body(&self.info.model, request, options)),
+        };
+        let sent = self.send(self.http.post(self.url(path)).json(&body)).await;
+        let response = sent.as_ref().ok().map(|e| e.body.clone());
+        let result = sent.and_then(|e| self.read_answer(e));
+        Attempt {
+            provider: self.info.clone(),
+            request: body,
+            response,
+            result,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Asks the server about the model: present? tools?
+    pub async fn check(&self) -> Check {
+        let sent = match self.info.api {
+            Api::Ollama => {
+                let body = serde_json::json!({ "model": self.info.model });
+                self.send(self.http.post(self.url("/api/show")).json(&body)).await
+            }
+            Api::Openai => self.send(self.http.get(self.url(&format!("/models/{}", self.info.model)))).await,
+        };
+        let exchange = match sent {
+            Ok(e) => e,
+            Err(e) => return Check::Failed { error: e.to_string() },
+        };
+        if exchange.status == 404 {
+            return Check::MissingModel { error: self.model_not_found().to_string() };
+        }
+        if !(200..300).contains(&exchange.status) {
+            return Check::Failed { error: self.http_error(&exchange).to_string() };
+        }
+        match self.info.api {
+            Api::Ollama => ollama::read_show(&exchange.body),
+            Api::Openai => Check::Ready { tools: None, context_length: None },
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.info.url.trim_end_matches('/'))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Exchange, ProviderError> {
+        let request = match &self.key {
+            Some(ApiKey(key)) => request.bearer_auth(key),
+            None => request,
+        };
+        let response = request.send().await.map_err(|e| self.transport_error(&e, false))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| self.transport_error(&e, true))?;
+        Ok(Exchange { status, body })
+    }
+
+    fn transport_error(&self, e: &reqwest::Error, reading: bool) -> ProviderError {
+        let server = self.info.server();
+        if e.is_timeout() {
+            ProviderError::Timeout { server, secs: self.timeout_secs }
+        } else if reading {
+            ProviderError::BadResponse { server, detail: chain(e) }
+        } else {
+            ProviderError::Unreachable { server, detail: chain(e) }
+        }
+    }
+
+    fn read_answer(&self, exchange: Exchange) -> Result<Answer, ProviderError> {
+        if !(200..300).contains(&exchange.status) {
+            return Err(self.http_error(&exchange));
+        }
+        let parsed = match self.info.api {
+            Api::Ollama => ollama::read_chat(&exchange.body),
+            Api::Openai => openai::read_chat(&exchange.body),
+        };
+        parsed.map_err(|detail| ProviderError::BadResponse { server: self.info.server(), detail })
+    }
+
+    /// A non-2xx answer: the server's own error text, and a missing model
+    /// named as such.
+    fn http_error(&self, exchange: &Exchange) -> ProviderError {
+        let message = match self.info.api {
+            Api::Ollama => ollama::error_text(&exchange.body),
+            Api::Openai => openai::error_text(&exchange.body),
+        };
+        if exchange.status == 404 && names_a_missing_model(&message) {
+            return self.model_not_found();
+        }
+        ProviderError::Http { server: self.info.server(), status: exchange.status, message }
+    }
+
+    fn model_not_found(&self) -> ProviderError {
+        let model = &self.info.model;
+        let hint = match self.info.api {
+            Api::Ollama => format!("run `ollama pull {model}` there"),
+            Api::Openai => "check the model name against what the server lists at /v1/models".to_owned(),
+        };
+        ProviderError::ModelNotFound { server: self.info.server(), model: model.clone(), hint }
+    }
+}
+
+/// Whether a 404's text is about the model rather than the route: Ollama
+/// says `model "x" not found, try pulling it first`, OpenAI says ``The model
+/// `x` does not exist``; a wrong URL gets `404 page not found`.
+fn names_a_missing_model(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("model") && (m.contains("not found") || m.contains("does not exist"))
+}
+
+/// The first `max` characters of `text`, for error messages that quote a body.
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16) -> ProviderError {
+        ProviderError::Http { server: "s".into(), status, message: "m".into() }
+    }
+
+    #[test]
+    fn only_server_side_failures_fail_over() {
+        assert!(http(500).fails_over() && http(503).fails_over());
+        assert!(!http(400).fails_over() && !http(401).fails_over());
+        assert!(ProviderError::Timeout { server: "s".into(), secs: 1 }.fails_over());
+        assert!(ProviderError::Unreachable { server: "s".into(), detail: "refused".into() }.fails_over());
+    }
+
+    #[test]
+    fn a_404_is_a_missing_model_only_when_it_says_so() {
+        assert!(names_a_missing_model("model \"x:7b\" not found, try pulling it first"));
+        assert!(names_a_missing_model("The model `gpt-x` does not exist or you do not have access to it."));
+        assert!(!names_a_missing_model("404 page not found"));
+    }
+
+    #[test]
+    fn an_api_key_never_prints() {
+        let key = ApiKey("sk-very-secret".into());
+        assert_eq!(format!("{key:?}"), "ApiKey([redacted])");
+    }
+}
