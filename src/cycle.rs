@@ -180,12 +180,19 @@ impl Engine {
         }
         let mut reports = Vec::with_capacity(incidents.len());
         let mut asked = Asked::default();
+        // The operator's notes are read by this cycle's decisions, then archived.
+        let notes = crate::note::pending(&self.config.state_dir);
+        let notes_text = crate::note::render(&notes);
+        let mut read_for = Vec::new();
         for (incident, novelty) in incidents.iter().zip(novelty) {
             let decision = if novelty == Novelty::Known {
                 None
             } else {
                 tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
-                let outcome = decide::decide(&self.model, &self.prompts, incident, &snap).await;
+                let outcome = decide::decide(&self.model, &self.prompts, incident, &snap, notes_text.as_deref()).await;
+                if matches!(outcome, Outcome::Decided { .. }) {
+                    read_for.push(incident.fingerprint.clone());
+                }
                 asked.count(&outcome);
                 Some(self.handle(incident, &snap.hostname, &outcome).await?)
             };
@@ -195,6 +202,11 @@ impl Engine {
                 novelty,
                 decision,
             });
+        }
+        if !read_for.is_empty() {
+            if let Err(e) = crate::note::archive(&self.config.state_dir, &notes, &read_for.join(", ")) {
+                tracing::error!(error = %e, "operator notes could not be archived; they are read again next time");
+            }
         }
         if let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) {
             write_atomically(&self.cursor_path(), c)?;

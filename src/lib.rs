@@ -19,6 +19,7 @@ pub mod gate;
 pub mod investigate;
 pub mod logging;
 pub mod model;
+pub mod note;
 pub mod notify;
 pub mod observe;
 pub mod propose;

@@ -48,6 +48,11 @@ enum Command {
     },
     /// Let automatic actions run again.
     Resume,
+    /// Leave an instruction that the next decision reads as the operator's, then archives.
+    Note {
+        /// The instruction, for example "postgresql is being migrated until 14:00; do not restart it".
+        text: String,
+    },
     /// Run one root helper (gc, vacuum-journal, rebuild, rollback) on the
     /// request the daemon wrote. Run by the macha-action-NAME.service units.
     #[command(hide = true)]
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::stats::run(cli.config.as_deref(), args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
+        Command::Note { text } => cli::control::note(cli.config.as_deref(), &text),
         Command::Helper { name } => cli::helper(cli.config.as_deref(), &name),
     };
     match result {

@@ -145,7 +145,7 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// Only root and members of the approver group may approve or reject.
-fn may_decide(group: &str) -> anyhow::Result<()> {
+pub fn may_decide(group: &str) -> anyhow::Result<()> {
     use nix::unistd::{getegid, getgid, getgroups, getuid, Group};
     if getuid().is_root() {
         return Ok(());
@@ -163,7 +163,7 @@ fn may_decide(group: &str) -> anyhow::Result<()> {
 }
 
 /// The Unix user running this command, recorded as the approver.
-fn current_user() -> String {
+pub fn current_user() -> String {
     let uid = nix::unistd::getuid();
     match nix::unistd::User::from_uid(uid) {
         Ok(Some(u)) => format!("{} (uid {uid})", u.name),

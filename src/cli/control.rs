@@ -35,3 +35,18 @@ pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `macha note "TEXT"`: an instruction for the next decision, read once as
+/// the operator's words and then archived. Only those who may approve may
+/// leave one.
+pub fn note(config: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    super::approve::may_decide(&config.act.approver_group)?;
+    macha::cycle::ensure_state_dir(&config.state_dir)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
+    let path = macha::note::leave(&config.state_dir, text, &super::approve::current_user())
+        .map_err(|e| anyhow::anyhow!("note not left: {e}"))?;
+    println!("note left for the next decision ({}); it is archived once read", path.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -66,10 +66,20 @@ impl Outcome {
 const ATTEMPTS: u32 = 2;
 
 /// Asks the model about one incident, as the daemon's own (autonomous) work.
-pub async fn decide(model: &ModelService, prompts: &Prompts, incident: &Incident, snap: &Snapshot) -> Outcome {
+/// `notes` are the operator's notes (`note::render`), given as a message of
+/// their own before the incident.
+pub async fn decide(
+    model: &ModelService,
+    prompts: &Prompts,
+    incident: &Incident,
+    snap: &Snapshot,
+    notes: Option<&str>,
+) -> Outcome {
     let started = Instant::now();
     let (system, user) = prompts.render(incident, snap);
-    let mut messages = vec![Message::system(system), Message::user(user)];
+    let mut messages = vec![Message::system(system)];
+    messages.extend(notes.map(Message::user));
+    messages.push(Message::user(user));
     let format = Decision::json_schema();
     let (mut prompt_tokens, mut answer_tokens) = (0, 0);
     let mut last_answer = None;
