@@ -6,7 +6,10 @@
 //! is never read as "healthy": the incident stays open and is asked again.
 
 pub mod decision;
+pub mod evidence;
+pub mod mapreduce;
 pub mod prompt;
+pub mod tokens;
 
 use std::time::Instant;
 

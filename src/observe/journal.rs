@@ -1,6 +1,10 @@
 //! The journal through libsystemd (the `systemd` crate): err-or-worse entries
 //! since a persisted cursor, and the last lines of a given unit.
 //!
+//! Entries that become evidence for the model are folded into templates as
+//! they are read (`decide::evidence::Folded`), so a pass over a burst of a
+//! hundred thousand lines holds a few hundred templates, never the lines.
+//!
 //! libsystemd gives cursors, seeking, matches and tolerance of corrupted
 //! files; see DESIGN.md for why no pure-Rust reader is used. A `Journal`
 //! handle is neither `Send` nor `Sync`, so it is opened, used and dropped
@@ -13,6 +17,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
+
+use crate::decide::evidence::{Folded, Limits, Writer};
 
 /// Units whose recent error lines are kept in one pass.
 const MAX_UNITS: usize = 200;
@@ -43,10 +49,10 @@ pub struct ErrorScan {
     pub total: u64,
     /// Per `_SYSTEMD_UNIT`, how many entries it wrote in this pass.
     pub per_unit: BTreeMap<String, u64>,
-    /// Per `_SYSTEMD_UNIT`, its most recent entries (at most the requested
-    /// number each), oldest first. Kept per unit so that one noisy writer
-    /// cannot push another unit's evidence out.
-    pub recent: BTreeMap<String, Vec<Entry>>,
+    /// Per `_SYSTEMD_UNIT`, its entries of this pass folded into templates
+    /// (all of them as written while there are few). Kept per unit so that
+    /// one noisy writer cannot push another unit's evidence out.
+    pub evidence: BTreeMap<String, Folded>,
     /// Where the next pass starts.
     pub cursor: Option<String>,
 }
@@ -78,25 +84,46 @@ fn field(j: &mut Journal, name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(data.value()?).into_owned())
 }
 
-fn read_entry(j: &mut Journal) -> Entry {
+fn message(j: &mut Journal) -> String {
     let mut message = field(j, "MESSAGE").unwrap_or_default();
     if message.chars().count() > MAX_MESSAGE_CHARS {
         message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + " [...cut]";
     }
+    message
+}
+
+fn time(j: &mut Journal) -> DateTime<Utc> {
+    j.timestamp_usec().ok().and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default()
+}
+
+fn priority(j: &mut Journal) -> u8 {
+    field(j, "PRIORITY").and_then(|p| p.parse().ok()).unwrap_or(6)
+}
+
+fn read_entry(j: &mut Journal) -> Entry {
     Entry {
-        time: j.timestamp_usec().ok().and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default(),
-        priority: field(j, "PRIORITY").and_then(|p| p.parse().ok()).unwrap_or(6),
+        time: time(j),
+        priority: priority(j),
         unit: field(j, "_SYSTEMD_UNIT"),
         about_unit: field(j, "UNIT"),
         identifier: field(j, "SYSLOG_IDENTIFIER"),
         comm: field(j, "_COMM"),
         uid: field(j, "_UID").and_then(|u| u.parse().ok()),
-        message,
+        message: message(j),
     }
 }
 
+/// Folds the entry at the journal's position, written by a process of
+/// `unit`, reading only the fields a template keeps.
+fn fold_entry(j: &mut Journal, unit: Option<String>, fold: &mut Folded) {
+    let writer = Writer { unit, comm: field(j, "_COMM"), uid: field(j, "_UID").and_then(|u| u.parse().ok()) };
+    let (priority, time, message) = (priority(j), time(j), message(j));
+    fold.push(writer, priority, time, &message);
+}
+
 /// Reads entries at priority err (3) or worse that came after `cursor`, or,
-/// without a cursor, within the last `lookback`. Keeps the newest `keep`.
+/// without a cursor, within the last `lookback`. Each unit's entries are
+/// folded as they are read; up to `keep` of them are kept as written.
 pub fn scan_errors(
     dir: Option<&Path>,
     cursor: Option<&str>,
@@ -122,7 +149,7 @@ pub fn scan_errors(
         }
     }
     let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), ..Default::default() };
-    let mut recent: BTreeMap<String, std::collections::VecDeque<Entry>> = BTreeMap::new();
+    let limits = Limits { verbatim: keep, ..Limits::DEFAULT };
     while j.next().map_err(err("read", dir))? > 0 {
         if skip_first {
             skip_first = false;
@@ -132,21 +159,13 @@ pub fn scan_errors(
                 }
             }
         }
-        let entry = read_entry(&mut j);
         scan.total += 1;
-        if let Some(unit) = &entry.unit {
+        if let Some(unit) = field(&mut j, "_SYSTEMD_UNIT") {
             *scan.per_unit.entry(unit.clone()).or_default() += 1;
-        }
-        if let Some(unit) = entry.unit.clone() {
-            // Bounded: at most MAX_UNITS units, `keep` entries each.
-            if recent.len() < MAX_UNITS || recent.contains_key(&unit) {
-                let lines = recent.entry(unit).or_default();
-                if lines.len() == keep {
-                    lines.pop_front();
-                }
-                if keep > 0 {
-                    lines.push_back(entry);
-                }
+            // Bounded: at most MAX_UNITS units, one bounded fold each.
+            if scan.evidence.len() < MAX_UNITS || scan.evidence.contains_key(&unit) {
+                let fold = scan.evidence.entry(unit.clone()).or_insert_with(|| Folded::new(limits));
+                fold_entry(&mut j, Some(unit), fold);
             }
         }
         scan.cursor = j.cursor().ok();
@@ -160,18 +179,25 @@ pub fn scan_errors(
             scan.cursor = j.cursor().ok();
         }
     }
-    scan.recent = recent.into_iter().map(|(u, l)| (u, l.into())).collect();
     Ok(scan)
 }
 
-/// The last `n` entries written by `unit` or by systemd (PID 1) about it,
-/// oldest first. `UNIT=` alone is not enough: any client may set it.
-pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>, JournalError> {
-    let mut j = open(dir)?;
+/// Matches the entries written by `unit` or by systemd (PID 1) about it.
+/// `UNIT=` alone is not enough: any client may set it.
+fn match_unit(j: &mut Journal, dir: Option<&Path>, unit: &str) -> Result<(), JournalError> {
     j.match_add("_SYSTEMD_UNIT", unit).map_err(err("match", dir))?;
     j.match_or().map_err(err("match", dir))?;
     j.match_add("UNIT", unit).map_err(err("match", dir))?;
     j.match_add("_PID", "1").map_err(err("match", dir))?;
+    Ok(())
+}
+
+/// The last `n` entries written by `unit` or by systemd (PID 1) about it,
+/// oldest first, as they were written (for probes and kept evidence, which
+/// ask for few).
+pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>, JournalError> {
+    let mut j = open(dir)?;
+    match_unit(&mut j, dir, unit)?;
     j.seek_tail().map_err(err("seek to end", dir))?;
     let mut lines = Vec::with_capacity(n);
     while lines.len() < n && j.previous().map_err(err("read", dir))? > 0 {
@@ -179,6 +205,30 @@ pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>,
     }
     lines.reverse();
     Ok(lines)
+}
+
+/// The last `n` entries written by `unit` or by systemd (PID 1) about it,
+/// folded as they are read: memory stays within [`Limits::DEFAULT`]
+/// whatever `n` is.
+pub fn unit_evidence(dir: Option<&Path>, unit: &str, n: usize) -> Result<Folded, JournalError> {
+    let mut j = open(dir)?;
+    match_unit(&mut j, dir, unit)?;
+    j.seek_tail().map_err(err("seek to end", dir))?;
+    // Step back over the last `n` entries without reading them, then fold
+    // them oldest first.
+    let mut back = 0;
+    while back < n && j.previous().map_err(err("read", dir))? > 0 {
+        back += 1;
+    }
+    let mut fold = Folded::new(Limits::DEFAULT);
+    for read in 0..back {
+        if read > 0 && j.next().map_err(err("read", dir))? == 0 {
+            break;
+        }
+        let writer_unit = field(&mut j, "_SYSTEMD_UNIT");
+        fold_entry(&mut j, writer_unit, &mut fold);
+    }
+    Ok(fold)
 }
 
 /// Follows the journal lines of `unit`: prints the last `n`, then, when

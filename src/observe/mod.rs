@@ -18,11 +18,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use self::host::{HostProbe, HostStats};
-use self::journal::{Entry, ErrorScan};
+use self::journal::ErrorScan;
 use self::systemd::{Systemd, UnitState};
 use crate::config::Config;
+use crate::decide::evidence::Folded;
 
-/// Err-or-worse entries kept in a snapshot as evidence for the model.
+/// Err-or-worse entries of a unit kept in a snapshot as written; past this
+/// many they are only folded into templates.
 const KEPT_ERROR_ENTRIES: usize = 50;
 
 /// A source's reading, or why it could not be read.
@@ -55,8 +57,8 @@ pub struct Snapshot {
     pub failed_units: Source<Vec<UnitState>>,
     /// Err-or-worse journal entries since the previous pass.
     pub journal: Source<ErrorScan>,
-    /// The last journal lines of each failed unit.
-    pub unit_logs: BTreeMap<String, Source<Vec<Entry>>>,
+    /// The last journal lines of each failed unit, folded into templates.
+    pub unit_logs: BTreeMap<String, Source<Folded>>,
     pub host: Source<HostStats>,
 }
 
@@ -126,7 +128,7 @@ impl Observer {
             .ok()
             .into_iter()
             .flatten()
-            .map(|u| (u.id.clone(), Source::from_result(journal::unit_tail(dir, &u.id, self.unit_log_lines))))
+            .map(|u| (u.id.clone(), Source::from_result(journal::unit_evidence(dir, &u.id, self.unit_log_lines))))
             .collect();
         Snapshot {
             taken_at: Utc::now(),
