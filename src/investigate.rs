@@ -23,6 +23,7 @@ use serde::Serialize;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::config::Config;
+use crate::decide::evidence::priority_name;
 use crate::decide::prompt::one_line;
 use crate::decide::Probe;
 use crate::gate::{self, Action};
@@ -187,20 +188,6 @@ fn log_line(e: &Entry) -> String {
     let uid = e.uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into());
     let message = cut_chars(&one_line(&e.message), MAX_LOG_MESSAGE_CHARS);
     format!("{} {} {comm}[{uid}]: {message}", timestamp(e.time), priority_name(e.priority))
-}
-
-/// The syslog name of a journal priority.
-fn priority_name(p: u8) -> &'static str {
-    match p {
-        0 => "emerg",
-        1 => "alert",
-        2 => "crit",
-        3 => "err",
-        4 => "warning",
-        5 => "notice",
-        6 => "info",
-        _ => "debug",
-    }
 }
 
 async fn failed_units(systemd: &Systemd) -> Result<Finding, String> {

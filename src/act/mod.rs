@@ -119,14 +119,7 @@ pub fn still_applies(action: &Action, state: Option<&UnitState>, config: &Config
                 _ => Ok(()),
             }
         }
-        Action::RollbackGeneration { generation } => {
-            let gens = generations(config)?;
-            match generation.or_else(|| gens.previous()) {
-                Some(n) if gens.get(n).is_some() => Ok(()),
-                Some(n) => Err(format!("generation {n} no longer exists")),
-                None => Err("there is no generation before the current one".into()),
-            }
-        }
+        Action::RollbackGeneration { generation } => generations(config)?.rollback_target(*generation).map(drop),
         _ => Ok(()),
     }
 }
@@ -303,9 +296,9 @@ async fn change_system(systemd: &Systemd, action: &Action, config: &Config) -> R
     // The target of a rollback is fixed before the helper runs, so the
     // verify probe knows what to expect.
     let action = match action {
-        Action::RollbackGeneration { generation: None } => match before.previous() {
-            Some(n) => Action::RollbackGeneration { generation: Some(n) },
-            None => return Report::failed("there is no generation before the current one"),
+        Action::RollbackGeneration { generation } => match before.rollback_target(*generation) {
+            Ok(n) => Action::RollbackGeneration { generation: Some(n) },
+            Err(e) => return Report::failed(e),
         },
         other => other.clone(),
     };

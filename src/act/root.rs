@@ -77,11 +77,7 @@ fn check_again(config: &Config, action: &Action) -> Result<(), HelperError> {
     if let Action::RollbackGeneration { generation } = action {
         let gens = nixos::read(&config.nixos.profile, &config.nixos.current_system)
             .map_err(|e| HelperError::Failed(format!("cannot read the generations: {e}")))?;
-        return match generation.or_else(|| gens.previous()) {
-            Some(n) if gens.get(n).is_some() => Ok(()),
-            Some(n) => Err(HelperError::OutOfBounds(format!("generation {n} does not exist"))),
-            None => Err(HelperError::OutOfBounds("there is no generation before the current one".into())),
-        };
+        return gens.rollback_target(*generation).map(drop).map_err(HelperError::OutOfBounds);
     }
     let limits = gate::Policy::from_config(config).limits;
     gate::check_bounds(action, &limits).map_err(|e| HelperError::OutOfBounds(e.replace("not acted because ", "")))
@@ -111,7 +107,7 @@ fn rollback(config: &Config, generation: Option<u32>) -> Result<String, HelperEr
     let gens = nixos::read(profile, &config.nixos.current_system)
         .map_err(|e| HelperError::Failed(format!("cannot read the generations: {e}")))?;
     let from = gens.profile.ok_or_else(|| HelperError::Failed(format!("{} is not a profile", profile.display())))?;
-    let to = generation.or_else(|| gens.previous()).expect("checked again above");
+    let to = gens.rollback_target(generation).map_err(HelperError::OutOfBounds)?;
     let p = profile.display().to_string();
     let switch = |n: u32| run("nix-env", &["--profile", &p, "--switch-generation", &n.to_string()]);
     switch(to).map_err(HelperError::Failed)?;

@@ -330,7 +330,7 @@ fn masked(message: &str, c: &Captures<'_>) -> String {
 }
 
 /// Syslog's names of the priorities.
-fn priority_name(priority: u8) -> &'static str {
+pub fn priority_name(priority: u8) -> &'static str {
     match priority {
         0 => "emerg",
         1 => "alert",

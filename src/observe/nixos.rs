@@ -48,6 +48,16 @@ impl Generations {
         self.list.iter().rev().map(|g| g.number).find(|n| *n < current)
     }
 
+    /// The generation a rollback goes to: `requested` if it exists, else the
+    /// one before the current; why there is none otherwise.
+    pub fn rollback_target(&self, requested: Option<u32>) -> Result<u32, String> {
+        match requested.or_else(|| self.previous()) {
+            Some(n) if self.get(n).is_some() => Ok(n),
+            Some(n) => Err(format!("generation {n} does not exist")),
+            None => Err("there is no generation before the current one".into()),
+        }
+    }
+
     /// One line: "profile 42, running 42 (of 5 generations)".
     pub fn summary(&self) -> String {
         let show = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_else(|| "none".into());
@@ -123,6 +133,9 @@ mod tests {
         assert_eq!(g.list.iter().map(|g| g.number).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(g.running_generation(), Some(2));
         assert_eq!(g.previous(), Some(2));
+        assert_eq!(g.rollback_target(None), Ok(2));
+        assert_eq!(g.rollback_target(Some(1)), Ok(1));
+        assert!(g.rollback_target(Some(9)).unwrap_err().contains("does not exist"));
         assert_eq!(g.summary(), "profile 3, running 2 (of 3 generations)");
     }
 
