@@ -156,6 +156,13 @@ pub struct ModelConfig {
     /// Requests this process sends to the model at once; the others wait,
     /// interactive first, then autonomous, then batch.
     pub concurrency: u32,
+    /// Rounds of read-only tool calls a decision may take before it must
+    /// answer; 0 offers no tools (single-shot decisions).
+    pub tool_rounds: u32,
+    /// Tokens kept free of the prompt in `ollama.num_ctx`, besides
+    /// `ollama.num_predict`: the chat template, the tool definitions, the
+    /// retry message.
+    pub prompt_margin: u32,
     /// Size in KiB past which `metrics.jsonl` is moved to `metrics.1.jsonl`.
     pub metrics_max_kb: u64,
     pub calls: CallRecordConfig,
@@ -325,7 +332,14 @@ impl Default for OllamaConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { concurrency: 1, metrics_max_kb: 4096, calls: CallRecordConfig::default(), fallback: None }
+        Self {
+            concurrency: 1,
+            tool_rounds: 4,
+            prompt_margin: 1024,
+            metrics_max_kb: 4096,
+            calls: CallRecordConfig::default(),
+            fallback: None,
+        }
     }
 }
 
@@ -504,6 +518,16 @@ impl Config {
         if !(1..=64).contains(&m.concurrency) {
             return Err(format!("key `model.concurrency`: {} is out of range (accepted: 1 to 64)", m.concurrency));
         }
+        if m.tool_rounds > 10 {
+            return Err(format!("key `model.tool_rounds`: {} is out of range (accepted: 0 to 10)", m.tool_rounds));
+        }
+        let room = u64::from(self.ollama.num_ctx) - u64::from(self.ollama.num_predict.min(self.ollama.num_ctx));
+        if u64::from(m.prompt_margin) + 1024 > room {
+            return Err(format!(
+                "key `model.prompt_margin`: {} leaves less than 1024 tokens of `ollama.num_ctx` ({}) for the prompt once `ollama.num_predict` ({}) is kept free",
+                m.prompt_margin, self.ollama.num_ctx, self.ollama.num_predict
+            ));
+        }
         if m.metrics_max_kb < 16 {
             return Err("key `model.metrics_max_kb`: must be at least 16 KiB".into());
         }
@@ -617,6 +641,8 @@ mod tests {
             ("[nixos]\nflake = \"--option x y\"", "nixos.flake"),
             ("[nixos]\nprofile = \"system\"", "nixos.profile"),
             ("[model]\nconcurrency = 0", "model.concurrency"),
+            ("[model]\ntool_rounds = 11", "model.tool_rounds"),
+            ("[model]\nprompt_margin = 7000", "model.prompt_margin"),
             ("[model.calls]\nmax_total_mb = 1\nmax_file_kb = 1024", "model.calls.max_total_mb"),
             ("[model.fallback]\nurl = \"http://x:11434\"", "missing field `model`"),
             ("[model.fallback]\nurl = \"ftp://x\"\nmodel = \"m\"", "model.fallback.url"),

@@ -271,6 +271,27 @@ pub fn check_probe_path(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// The `investigate` action for `probe`, with its arguments checked: a unit
+/// name that parses for the probes that read a unit, a normalised absolute
+/// path for `disk_usage`. Arguments a probe does not read are ignored here;
+/// the tool calls refuse them before (`decide::tools`). The one rule for
+/// proposals and tool calls alike.
+pub fn investigation(probe: Probe, unit: Option<&str>, path: Option<&str>) -> Result<Action, String> {
+    let unit = match unit {
+        Some(raw) if probe.needs_unit() => {
+            Some(UnitName::parse(raw).map_err(|e| format!("the target is not a unit name: {e}"))?)
+        }
+        None if probe.needs_unit() => return Err(format!("{} needs a unit", probe.as_str())),
+        _ => None,
+    };
+    let path = match path {
+        Some(raw) if probe == Probe::DiskUsage => Some(check_probe_path(raw)?),
+        None if probe == Probe::DiskUsage => return Err("disk_usage needs a path".into()),
+        _ => None,
+    };
+    Ok(Action::Investigate { probe, unit, path })
+}
+
 /// What systemd says about a unit that exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
@@ -476,20 +497,8 @@ pub fn build_action(
         ActionKind::VacuumJournal => Action::VacuumJournal { max_size_mb: proposed.max_size_mb.unwrap_or_default() },
         ActionKind::Investigate => {
             let probe = proposed.probe.ok_or("not acted because no probe was named")?;
-            let unit = match proposed.unit.as_deref() {
-                Some(raw) if probe.needs_unit() => Some(
-                    UnitName::parse(raw)
-                        .map_err(|e| format!("not acted because the target is not a unit name: {e}"))?,
-                ),
-                _ => None,
-            };
-            let path = match proposed.path.as_deref() {
-                Some(raw) if probe == Probe::DiskUsage => {
-                    Some(check_probe_path(raw).map_err(|e| format!("not acted because {e}"))?)
-                }
-                _ => None,
-            };
-            Action::Investigate { probe, unit, path }
+            investigation(probe, proposed.unit.as_deref(), proposed.path.as_deref())
+                .map_err(|e| format!("not acted because {e}"))?
         }
         ActionKind::NixosRebuild => {
             Action::NixosRebuild { mode: proposed.mode.ok_or("not acted because no rebuild mode was named")? }

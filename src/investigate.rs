@@ -2,8 +2,9 @@
 //!
 //! Each probe reads one thing (a unit's state, its journal lines, the failed
 //! units, a file system's usage, the busiest processes, the system
-//! generations) through the same typed sources observe uses: D-Bus, the
-//! journal through libsystemd, `statvfs`, `/proc` through sysinfo and the
+//! generations, the listening sockets) through the same typed sources
+//! observe uses: D-Bus, the journal through libsystemd, `statvfs`, `/proc`
+//! through sysinfo, the kernel's socket tables in `/proc/net` and the
 //! profile's links. No process is started and nothing is written; unit
 //! lookups use `GetUnit`, which never loads a unit.
 //!
@@ -107,6 +108,7 @@ async fn run_probe(
         Probe::DiskUsage => disk_usage(&gate::check_probe_path(path.ok_or("needs a path")?)?).await,
         Probe::TopProcesses => top_processes().await,
         Probe::Generations => generations(config),
+        Probe::ListeningSockets => listening_sockets().await,
     }
 }
 
@@ -388,6 +390,119 @@ fn generations_text(profile: &str, g: &Generations) -> (String, String) {
     (summary, lines.join("\n"))
 }
 
+/// The kernel's socket tables, read as they are: no `ss`, no netlink.
+const SOCKET_TABLES: [(&str, &str); 4] =
+    [("tcp", "/proc/net/tcp"), ("tcp6", "/proc/net/tcp6"), ("udp", "/proc/net/udp"), ("udp6", "/proc/net/udp6")];
+
+/// Sockets listed at most; a host with more shows the count of the rest.
+const MAX_SOCKETS: usize = 200;
+
+/// One socket that takes connections (TCP in `LISTEN`) or datagrams (UDP
+/// bound, not connected).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Listening {
+    protocol: &'static str,
+    port: u16,
+    address: std::net::IpAddr,
+    uid: u32,
+}
+
+async fn listening_sockets() -> Result<Finding, String> {
+    let read = tokio::task::spawn_blocking(|| {
+        let mut found = Vec::new();
+        let mut readable = 0;
+        for (protocol, path) in SOCKET_TABLES {
+            match std::fs::read_to_string(path) {
+                Ok(table) => {
+                    readable += 1;
+                    found.extend(parse_socket_table(protocol, &table));
+                }
+                // No IPv6 on this host: its tables do not exist.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot read {path}: {e}")),
+            }
+        }
+        if readable == 0 {
+            return Err("no socket table in /proc/net could be read".to_owned());
+        }
+        Ok(found)
+    });
+    let mut sockets = read.await.map_err(|e| format!("reading /proc/net stopped: {e}"))??;
+    sockets.sort();
+    sockets.dedup();
+    let (summary, text) = sockets_text(&sockets);
+    Ok(Finding::new(Probe::ListeningSockets, &summary, &text, false))
+}
+
+/// The listening entries of one table of `/proc/net/{tcp,tcp6,udp,udp6}`.
+/// Lines that do not parse are skipped: the header, and anything a future
+/// kernel adds.
+fn parse_socket_table(protocol: &'static str, table: &str) -> Vec<Listening> {
+    // TCP_LISTEN, and TCP_CLOSE, which is how a bound, unconnected UDP socket shows.
+    let wanted = if protocol.starts_with("tcp") { "0A" } else { "07" };
+    let family = if protocol.starts_with("tcp") { "tcp" } else { "udp" };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, uid) = (fields.get(1)?, fields.get(3)?, fields.get(7)?);
+            if *state != wanted {
+                return None;
+            }
+            let (address, port) = parse_socket_address(local)?;
+            Some(Listening { protocol: family, port, address, uid: uid.parse().ok()? })
+        })
+        .collect()
+}
+
+/// `0100007F:0035` is 127.0.0.1 port 53: the address is the kernel's
+/// 32-bit words printed in hex in host byte order, the port in hex.
+fn parse_socket_address(raw: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (address, port) = raw.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
+    let address = match address.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some((address, port))
+}
+
+fn sockets_text(sockets: &[Listening]) -> (String, String) {
+    if sockets.is_empty() {
+        let none = "no listening sockets in this network namespace";
+        return (none.to_owned(), none.to_owned());
+    }
+    let ports = |family: &str| {
+        let mut ports: Vec<u16> = sockets.iter().filter(|s| s.protocol == family).map(|s| s.port).collect();
+        ports.dedup();
+        ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    };
+    let mut summary = format!("{} listening sockets", sockets.len());
+    for family in ["tcp", "udp"] {
+        let list = ports(family);
+        if !list.is_empty() {
+            let _ = write!(summary, "; {family} {list}");
+        }
+    }
+    let mut lines = vec![format!("{:<5} {:<41} {:>5}  UID", "PROTO", "ADDRESS", "PORT")];
+    for s in sockets.iter().take(MAX_SOCKETS) {
+        lines.push(format!("{:<5} {:<41} {:>5}  {}", s.protocol, s.address, s.port, s.uid));
+    }
+    if sockets.len() > MAX_SOCKETS {
+        lines.push(format!("[... {} more sockets]", sockets.len() - MAX_SOCKETS));
+    }
+    (summary, lines.join("\n"))
+}
+
 fn timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -487,6 +602,31 @@ mod tests {
             uid: Some(0),
             message: message.into(),
         }
+    }
+
+    #[test]
+    fn socket_tables_are_read_as_the_kernel_writes_them() {
+        // Lines as Linux prints them, on a little-endian machine.
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000   995        0 1235 1 0 100 0 0 10 0
+   2: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000   995        0 1236 1 0 100 0 0 10 0
+garbage line
+";
+        let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  10: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000   153        0 99 2 0 0
+";
+        let mut found = parse_socket_table("tcp", tcp);
+        found.extend(parse_socket_table("udp6", udp6));
+        let shown: Vec<String> =
+            found.iter().map(|s| format!("{} {} {} {}", s.protocol, s.address, s.port, s.uid)).collect();
+        if cfg!(target_endian = "little") {
+            assert_eq!(shown, ["tcp 0.0.0.0 22 0", "tcp 127.0.0.1 8080 995", "udp ::1 53 153"]);
+        }
+        let (summary, text) = sockets_text(&found);
+        assert_eq!(summary, "3 listening sockets; tcp 22, 8080; udp 53");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_eq!(sockets_text(&[]).0, "no listening sockets in this network namespace");
     }
 
     #[test]

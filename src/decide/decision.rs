@@ -121,6 +121,8 @@ pub enum Probe {
     TopProcesses,
     /// The NixOS system generations and which one is running.
     Generations,
+    /// The TCP ports listened on and the UDP ports bound, with their owners' uids.
+    ListeningSockets,
 }
 
 impl Probe {
@@ -132,8 +134,20 @@ impl Probe {
             Self::DiskUsage => "disk_usage",
             Self::TopProcesses => "top_processes",
             Self::Generations => "generations",
+            Self::ListeningSockets => "listening_sockets",
         }
     }
+
+    /// Every probe, in catalog order.
+    pub const ALL: [Probe; 7] = [
+        Self::UnitStatus,
+        Self::UnitLogs,
+        Self::FailedUnits,
+        Self::DiskUsage,
+        Self::TopProcesses,
+        Self::Generations,
+        Self::ListeningSockets,
+    ];
 
     pub fn needs_unit(self) -> bool {
         matches!(self, Self::UnitStatus | Self::UnitLogs)

@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod mapreduce;
 pub mod prompt;
 pub mod tokens;
+pub mod tools;
 
 use std::time::Instant;
 
@@ -147,7 +148,7 @@ pub async fn decide(
 /// quoted values that are not plain identifiers are elided, the rest is kept
 /// on one line and short, so a manipulated answer cannot write instructions
 /// into the conversation.
-fn retry_reason(error: &str) -> String {
+pub(crate) fn retry_reason(error: &str) -> String {
     static QUOTED: std::sync::LazyLock<regex::Regex> =
         std::sync::LazyLock::new(|| regex::Regex::new(r#"`([^`]*)`|"((?:[^"\\]|\\.)*)""#).expect("valid regex"));
     let elided = QUOTED.replace_all(error, |c: &regex::Captures<'_>| {

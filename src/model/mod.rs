@@ -125,6 +125,10 @@ struct Inner {
     primary: Provider,
     fallback: Option<Provider>,
     options: Options,
+    /// Tokens of `num_ctx` kept free besides `num_predict` (`model.prompt_margin`).
+    prompt_margin: u32,
+    /// `model.tool_rounds`.
+    tool_rounds: u32,
     queue: Arc<queue::Queue>,
     recorder: Recorder,
     readiness: Mutex<Readiness>,
@@ -160,6 +164,8 @@ impl ModelService {
         Ok(Self {
             inner: Arc::new(Inner {
                 options: Options { num_ctx: o.num_ctx, num_predict: o.num_predict, temperature: o.temperature },
+                prompt_margin: config.model.prompt_margin,
+                tool_rounds: config.model.tool_rounds,
                 queue: queue::Queue::new(config.model.concurrency as usize),
                 recorder: Recorder::new(&config.state_dir, &config.model.calls),
                 readiness: Mutex::new(readiness),
@@ -168,6 +174,23 @@ impl ModelService {
                 fallback,
             }),
         })
+    }
+
+    /// Tokens a request's messages may take: `ollama.num_ctx` less
+    /// `ollama.num_predict` less `model.prompt_margin`, counted before sending.
+    pub fn input_budget(&self) -> usize {
+        let o = &self.inner.options;
+        (o.num_ctx.saturating_sub(o.num_predict).saturating_sub(self.inner.prompt_margin)) as usize
+    }
+
+    /// Rounds of tool calls a decision may take (`model.tool_rounds`); 0
+    /// when the endpoints do not take tools.
+    pub fn tool_rounds(&self) -> u32 {
+        if self.supports_tools() {
+            self.inner.tool_rounds
+        } else {
+            0
+        }
     }
 
     /// The primary endpoint.
