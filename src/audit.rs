@@ -56,6 +56,9 @@ pub struct DecisionRecord {
     /// and when none answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<crate::model::ProviderInfo>,
+    /// How the decision was reached: prompt size and budget, summaries, tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trail: Option<crate::decide::Trail>,
     pub gated: Vec<GatedAction>,
 }
 
@@ -103,6 +106,7 @@ impl DecisionRecord {
             error: None,
             last_answer: None,
             provider: outcome.provider().cloned(),
+            trail: Some(outcome.trail().clone()),
             gated,
         };
         match outcome {

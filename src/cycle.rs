@@ -15,6 +15,7 @@ use crate::act;
 use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentRecord};
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
+use crate::decide::tools::HostTools;
 use crate::decide::{self, ActionKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
@@ -22,7 +23,7 @@ use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
 use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
-use crate::observe::Observer;
+use crate::observe::{Observer, Snapshot};
 use crate::propose;
 use crate::store::{Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
@@ -189,7 +190,7 @@ impl Engine {
                 None
             } else {
                 tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
-                let outcome = decide::decide(&self.model, &self.prompts, incident, &snap, notes_text.as_deref()).await;
+                let outcome = self.decide(incident, &snap, notes_text.as_deref()).await;
                 if matches!(outcome, Outcome::Decided { .. }) {
                     read_for.push(incident.fingerprint.clone());
                 }
@@ -242,7 +243,7 @@ impl Engine {
             decisions: asked.decisions,
             failed_decisions: asked.failed,
             parse_failures: asked.invalid_answers,
-            tool_rounds: 0,
+            tool_rounds: asked.tool_rounds,
             calls: self.model.take_tally(),
         };
         let max_bytes = self.config.model.metrics_max_kb * 1024;
@@ -426,6 +427,24 @@ impl Engine {
         Ok(DecisionReport { outcome: outcome_name.into(), diagnosis, error, actions })
     }
 
+    /// Asks the model about one incident, offering the read-only probes as
+    /// tools, except at `observe`, where nothing is run, probes included (the
+    /// decision is single-shot).
+    async fn decide(&mut self, incident: &Incident, snap: &Snapshot, notes: Option<&str>) -> Outcome {
+        if self.config.autonomy_level == AutonomyLevel::Observe {
+            return decide::decide(&self.model, &self.prompts, incident, snap, notes, None).await;
+        }
+        let connection = self.observer.systemd().await;
+        let unreachable = connection.as_ref().err().map(ToString::to_string);
+        let systemd = match (&connection, &unreachable) {
+            (Ok(s), _) => Ok(*s),
+            (Err(_), Some(why)) => Err(why.as_str()),
+            (Err(_), None) => unreachable!("an error has its text"),
+        };
+        let host = HostTools { systemd, config: &self.config };
+        decide::decide(&self.model, &self.prompts, incident, snap, notes, Some(&host)).await
+    }
+
     fn approval_ttl(&self) -> chrono::Duration {
         chrono::Duration::hours(self.config.act.approval_ttl_hours as i64)
     }
@@ -456,6 +475,7 @@ struct Asked {
     decisions: u32,
     failed: u32,
     invalid_answers: u32,
+    tool_rounds: u32,
 }
 
 impl Asked {
@@ -463,6 +483,7 @@ impl Asked {
         self.decisions += 1;
         self.failed += u32::from(matches!(outcome, Outcome::Failed { .. }));
         self.invalid_answers += outcome.invalid_answers();
+        self.tool_rounds += outcome.trail().tool_rounds;
     }
 }
 

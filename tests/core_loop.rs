@@ -23,14 +23,16 @@ fn suggest_queues_a_restart_and_approve_restarts_the_unit() {
     assert_eq!(action["result"], "queued");
     let id = action["approval_id"].as_i64().unwrap();
 
-    // The model saw the unit's own error line, quoted as journal data, and the schema.
+    // The model saw the unit's own error line, quoted as journal data, and
+    // the read-only tools (the schema goes with the requests that offer no
+    // tools: tests/agent.rs).
     let requests = bed.double.requests();
     let chat = requests.iter().find(|r| r.path == "/api/chat").unwrap();
     let prompt = chat.body["messages"].to_string();
     assert!(prompt.contains("cannot open /etc/demo-web.conf"), "{prompt}");
     assert!(prompt.contains("<journal>"));
     assert_eq!(chat.body["stream"], false);
-    assert_eq!(chat.format_schema_valid, Some(true));
+    assert_eq!(chat.body["tools"].as_array().map(Vec::len), Some(7));
     assert!(chat.body["options"]["num_ctx"].as_u64().unwrap() >= 512);
     assert!(chat.body["options"]["temperature"].is_number());
 

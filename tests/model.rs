@@ -149,6 +149,8 @@ fn a_primary_answering_500_fails_over_to_an_openai_compatible_endpoint() {
     let bed = Bed::new("fo-500", "suggest");
     let fallback = OllamaDouble::start(&[MODEL]).unwrap();
     set_fallback(&bed, "openai", &format!("{}/v1", fallback.url()), MODEL);
+    // Single-shot, so that the decision's schema is in the first request.
+    bed.append_config("[model]\ntool_rounds = 0\n");
     bed.double.push(Reply::Status(500, "CUDA error: out of memory".into()));
     fallback.push(Reply::Json(decision("restart_unit", &[WEB])));
 

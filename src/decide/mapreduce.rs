@@ -23,7 +23,7 @@ use super::tokens::estimate_tokens;
 pub const MAX_LEVELS: u32 = 4;
 
 /// One call of the summariser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Step {
     /// 1 for the summaries of the records, 2 and up for merges of summaries.
     pub level: u32,

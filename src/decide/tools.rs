@@ -176,7 +176,7 @@ pub fn finding_text(finding: &investigate::Finding) -> String {
 }
 
 /// One tool call, for the audit: what was asked, and what came of it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolUse {
     pub round: u32,
     pub tool: String,

@@ -193,6 +193,11 @@ impl ModelService {
         }
     }
 
+    /// Requests this process sends at once (`model.concurrency`).
+    pub fn concurrency(&self) -> usize {
+        self.inner.queue.status().slots
+    }
+
     /// The primary endpoint.
     pub fn primary(&self) -> &ProviderInfo {
         &self.inner.primary.info

@@ -709,7 +709,15 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| text(m, "content"))
         .unwrap_or_default();
-    let plan = Plan::Answer { model: model.to_owned(), stream, prompt_chars, last_user, reply: s.next_reply() };
+    let mut reply = s.next_reply();
+    if let (Some(_), Reply::ToolCalls(calls)) = (field("format"), &reply) {
+        // With `format`, Ollama constrains the output to JSON, so the model
+        // cannot emit the control tokens of a tool call: it writes the call
+        // as text and `tool_calls` stays empty.
+        let text = calls.iter().map(|(name, arguments)| json!({"name": name, "parameters": arguments})).collect();
+        reply = Reply::Json(Value::Array(text));
+    }
+    let plan = Plan::Answer { model: model.to_owned(), stream, prompt_chars, last_user, reply };
     (plan, schema_valid)
 }
 
