@@ -117,6 +117,12 @@ async fn unit_status(systemd: &Systemd, unit: &UnitName) -> Result<Finding, Stri
         let text = format!("no unit named {unit} is loaded");
         return Ok(Finding::new(Probe::UnitStatus, &text, &text, false));
     };
+    Ok(status_finding(&state))
+}
+
+/// What `unit_status` shows of a unit's state. Apart from the probe so that
+/// `macha eval` shows a fixture's unit exactly as a host's.
+pub(crate) fn status_finding(state: &UnitState) -> Finding {
     let mut summary = format!("{}: {} ({})", state.id, state.active_state, state.sub_state);
     if let Some(result) = &state.result {
         let _ = write!(summary, ", result {result}");
@@ -124,7 +130,7 @@ async fn unit_status(systemd: &Systemd, unit: &UnitName) -> Result<Finding, Stri
     if let Some(n) = state.n_restarts {
         let _ = write!(summary, ", {n} restarts");
     }
-    Ok(Finding::new(Probe::UnitStatus, &summary, &status_text(&state), false))
+    Finding::new(Probe::UnitStatus, &summary, &status_text(state), false)
 }
 
 /// A unit's state as `Key=value` lines, named as systemd names the properties.
@@ -168,6 +174,11 @@ async fn unit_logs(config: &Config, unit: &UnitName) -> Result<Finding, String> 
         .await
         .map_err(|e| format!("the journal reader stopped: {e}"))?
         .map_err(|e| e.to_string())?;
+    Ok(logs_finding(unit, &entries))
+}
+
+/// What `unit_logs` shows of a unit's journal entries (oldest first).
+pub(crate) fn logs_finding(unit: &UnitName, entries: &[Entry]) -> Finding {
     let summary = match entries.len() {
         0 => format!("{unit}: no journal lines"),
         1 => format!("{unit}: the last journal line"),
@@ -178,7 +189,7 @@ async fn unit_logs(config: &Config, unit: &UnitName) -> Result<Finding, String> 
     } else {
         entries.iter().map(log_line).collect::<Vec<_>>().join("\n")
     };
-    Ok(Finding::new(Probe::UnitLogs, &summary, &text, true))
+    Finding::new(Probe::UnitLogs, &summary, &text, true)
 }
 
 /// One journal entry on one line: `TIME PRIORITY COMM[UID]: MESSAGE`.
@@ -193,10 +204,15 @@ fn log_line(e: &Entry) -> String {
 }
 
 async fn failed_units(systemd: &Systemd) -> Result<Finding, String> {
-    let mut units = systemd.failed_units().await.map_err(|e| e.to_string())?;
+    let units = systemd.failed_units().await.map_err(|e| e.to_string())?;
+    Ok(failed_finding(units))
+}
+
+/// What `failed_units` shows of the failed units, by name.
+pub(crate) fn failed_finding(mut units: Vec<UnitState>) -> Finding {
     units.sort_by(|a, b| a.id.cmp(&b.id));
     if units.is_empty() {
-        return Ok(Finding::new(Probe::FailedUnits, "no failed units", "no failed units", false));
+        return Finding::new(Probe::FailedUnits, "no failed units", "no failed units", false);
     }
     let names = units.iter().map(|u| u.id.as_str()).collect::<Vec<_>>().join(", ");
     let summary = match units.len() {
@@ -204,7 +220,7 @@ async fn failed_units(systemd: &Systemd) -> Result<Finding, String> {
         k => format!("{k} failed units: {names}"),
     };
     let text = units.iter().map(failed_line).collect::<Vec<_>>().join("\n");
-    Ok(Finding::new(Probe::FailedUnits, &summary, &text, false))
+    Finding::new(Probe::FailedUnits, &summary, &text, false)
 }
 
 /// A failed unit on one line: its name, then `Key=value` for what systemd
@@ -237,8 +253,13 @@ async fn disk_usage(path: &str) -> Result<Finding, String> {
             ))
         }
     };
-    let (summary, text) = disk_text(path, &fs);
-    Ok(Finding::new(Probe::DiskUsage, &summary, &text, false))
+    Ok(disk_finding(path, &fs))
+}
+
+/// What `disk_usage` shows of the file system holding `path`.
+pub(crate) fn disk_finding(path: &str, fs: &Filesystem) -> Finding {
+    let (summary, text) = disk_text(path, fs);
+    Finding::new(Probe::DiskUsage, &summary, &text, false)
 }
 
 /// The usage of the file system holding `path`. `Used` is `Size` minus

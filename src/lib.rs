@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decide;
 pub mod detect;
 mod errors;
+pub mod eval;
 pub mod gate;
 pub mod investigate;
 pub mod logging;

@@ -40,6 +40,8 @@ enum Command {
     Status(cli::status::Args),
     /// What the model cost and how it went, per day and overall.
     Stats(cli::stats::Args),
+    /// Decide the evaluation fixtures with a model and print the pass rates and latencies.
+    Eval(cli::eval::Args),
     /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
     Pause {
         /// Why (shown in every queued item and notification).
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
         Command::Status(args) => cli::status::run(cli.config.as_deref(), args),
         Command::Stats(args) => cli::stats::run(cli.config.as_deref(), args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
         Command::Note { text } => cli::control::note(cli.config.as_deref(), &text),

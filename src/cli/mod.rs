@@ -4,6 +4,7 @@
 pub mod approve;
 pub mod check;
 pub mod control;
+pub mod eval;
 pub mod logs;
 pub mod notify;
 pub mod stats;

@@ -1,0 +1,217 @@
+//! `macha eval`: how well a model decides, measured on fixed incidents.
+//!
+//! Each fixture (`eval/fixtures/*.json`, see `fixture.rs`) becomes the
+//! incident and snapshot the daemon would have, and is decided by the
+//! daemon's own code, `decide::decide`, with the same prompts, schema,
+//! retry and tool rounds; the tools answer from the fixture (`tools.rs`).
+//! Nothing is gated or carried out: the answer is only judged against the
+//! fixture's `expect` (`judge.rs`). A fixture runs `runs` times, because a
+//! model at a non-zero temperature does not answer the same way each time;
+//! the report gives passes per fixture and overall, with the latency of the
+//! decisions (retries and tool rounds included).
+
+pub mod fixture;
+pub mod judge;
+pub mod tools;
+
+use serde::Serialize;
+
+use self::fixture::Fixture;
+use self::judge::{judge, Verdict};
+use self::tools::FixtureTools;
+use crate::decide::prompt::Prompts;
+use crate::decide::{self, Outcome, ProposedAction};
+use crate::model::ModelService;
+
+/// What an evaluation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub model: String,
+    /// Whether the model was offered tools (it takes them).
+    pub tool_calling: bool,
+    pub runs_per_fixture: u32,
+    pub fixtures: Vec<FixtureReport>,
+    pub overall: Totals,
+}
+
+/// One fixture's runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FixtureReport {
+    pub id: String,
+    pub file: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub results: Vec<RunReport>,
+}
+
+/// Passes and latency over a set of runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Totals {
+    pub runs: u32,
+    pub passes: u32,
+    /// `passes` in percent of `runs`.
+    pub pass_rate_percent: f64,
+    /// Median wall time of a decision, in milliseconds.
+    pub latency_median_ms: u64,
+    pub latency_max_ms: u64,
+}
+
+/// One decision and its judgement.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// 1 for the first run of the fixture.
+    pub run: u32,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// `decided` or `failed`.
+    pub outcome: &'static str,
+    pub diagnosis: Option<String>,
+    /// The proposed actions, each as `kind` and its arguments.
+    pub actions: Vec<String>,
+    /// Answers asked for (1, or 2 after an invalid one).
+    pub attempts: u32,
+    pub wall_ms: u64,
+}
+
+/// Decides each fixture `runs` times and judges every answer. `progress` is
+/// told about each fixture when its runs are done (for a person watching a
+/// slow model). The fixtures are decided one after another: a local model
+/// serves one request at a time, and the latencies measure a decision, not
+/// a queue.
+pub async fn run(
+    model: &ModelService,
+    prompts: &Prompts,
+    fixtures: &[Fixture],
+    runs: u32,
+    mut progress: impl FnMut(&FixtureReport),
+) -> Report {
+    let mut reports = Vec::with_capacity(fixtures.len());
+    for fixture in fixtures {
+        let snapshot = fixture.snapshot();
+        let tools = FixtureTools::new(fixture);
+        let mut results = Vec::with_capacity(runs as usize);
+        for run in 1..=runs {
+            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None).await;
+            let _ = &tools;
+            results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));
+        }
+        let report = FixtureReport {
+            id: fixture.id.clone(),
+            file: fixture.file.display().to_string(),
+            totals: Totals::of(&results),
+            results,
+        };
+        progress(&report);
+        reports.push(report);
+    }
+    let all: Vec<RunReport> = reports.iter().flat_map(|f| f.results.iter().cloned()).collect();
+    let primary = model.primary();
+    Report {
+        url: primary.url.clone(),
+        model: primary.model.clone(),
+        tool_calling: model.tool_rounds() > 0,
+        runs_per_fixture: runs,
+        overall: Totals::of(&all),
+        fixtures: reports,
+    }
+}
+
+fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {
+    match outcome {
+        Outcome::Decided { decision, attempts, wall_ms, .. } => RunReport {
+            run,
+            verdict,
+            outcome: "decided",
+            diagnosis: Some(decision.diagnosis.clone()),
+            actions: decision.actions.iter().map(describe).collect(),
+            attempts: *attempts,
+            wall_ms: *wall_ms,
+        },
+        Outcome::Failed { attempts, wall_ms, .. } => RunReport {
+            run,
+            verdict,
+            outcome: "failed",
+            diagnosis: None,
+            actions: Vec::new(),
+            attempts: *attempts,
+            wall_ms: *wall_ms,
+        },
+    }
+}
+
+/// An action as `kind` followed by the arguments it carries.
+fn describe(a: &ProposedAction) -> String {
+    let mut parts = vec![a.kind.as_str().to_owned()];
+    parts.extend(a.probe.map(|p| p.as_str().to_owned()));
+    parts.extend(a.unit.clone());
+    parts.extend(a.path.clone());
+    parts.extend(a.mode.map(|m| m.as_str().to_owned()));
+    parts.extend(a.older_than_days.map(|d| format!("older_than_days={d}")));
+    parts.extend(a.max_size_mb.map(|m| format!("max_size_mb={m}")));
+    parts.extend(a.file.clone());
+    parts.join(" ")
+}
+
+impl Totals {
+    fn of(results: &[RunReport]) -> Self {
+        let runs = results.len() as u32;
+        let passes = results.iter().filter(|r| r.verdict.passed).count() as u32;
+        let mut ms: Vec<u64> = results.iter().map(|r| r.wall_ms).collect();
+        ms.sort_unstable();
+        Totals {
+            runs,
+            passes,
+            pass_rate_percent: if runs == 0 { 0.0 } else { f64::from(passes) * 100.0 / f64::from(runs) },
+            latency_median_ms: median(&ms),
+            latency_max_ms: ms.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The median of sorted values: the middle one, or the mean of the two
+/// middle ones; 0 for none.
+fn median(sorted: &[u64]) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{ActionKind, Probe};
+
+    fn result(passed: bool, wall_ms: u64) -> RunReport {
+        RunReport {
+            run: 1,
+            verdict: Verdict { passed, reasons: vec![] },
+            outcome: "decided",
+            diagnosis: None,
+            actions: vec![],
+            attempts: 1,
+            wall_ms,
+        }
+    }
+
+    #[test]
+    fn totals_count_passes_and_latency() {
+        let t = Totals::of(&[result(true, 30), result(false, 10), result(true, 20), result(true, 50)]);
+        assert_eq!((t.runs, t.passes, t.latency_median_ms, t.latency_max_ms), (4, 3, 25, 50));
+        assert_eq!(t.pass_rate_percent, 75.0);
+        assert_eq!(Totals::of(&[]).pass_rate_percent, 0.0);
+        assert_eq!(median(&[1, 2, 9]), 2);
+    }
+
+    #[test]
+    fn an_action_is_described_with_its_arguments() {
+        let mut a = ProposedAction::new(ActionKind::Investigate, Some("web.service"), "look");
+        a.probe = Some(Probe::UnitLogs);
+        assert_eq!(describe(&a), "investigate unit_logs web.service");
+        let mut gc = ProposedAction::new(ActionKind::CollectGarbage, None, "space");
+        gc.older_than_days = Some(14);
+        assert_eq!(describe(&gc), "collect_garbage older_than_days=14");
+    }
+}
