@@ -226,6 +226,12 @@ fn tool_calls_are_answered_from_the_fixture() {
     let report = run.json();
     assert_eq!(report["tool_calling"], true);
     assert_eq!(report["fixtures"][0]["passes"], 1, "{report:#}");
+    assert_eq!(report["overall"]["tool_calls"], 4);
+    let trail = &report["fixtures"][0]["results"][0]["trail"];
+    assert_eq!(trail["tool_rounds"], 1, "{trail:#}");
+    let outcomes: Vec<&str> =
+        trail["tools"].as_array().unwrap().iter().map(|t| t["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["ok", "ok", "failed", "refused"], "{trail:#}");
 
     let results: Vec<String> = chats(&double)
         .iter()

@@ -150,7 +150,7 @@ impl Drop for PrivateDir {
     }
 }
 
-const HEADER: [&str; 4] = ["passed", "rate", "median ms", "max ms"];
+const HEADER: [&str; 5] = ["passed", "rate", "median ms", "max ms", "tool calls"];
 
 /// The report as a table: a row per fixture, each failed run's reasons
 /// under its fixture, then the overall row.
@@ -185,6 +185,7 @@ fn row(label: &str, t: &Totals, width: usize) -> String {
         format!("{:.0}%", t.pass_rate_percent),
         t.latency_median_ms.to_string(),
         t.latency_max_ms.to_string(),
+        t.tool_calls.to_string(),
     ];
     let mut line = format!("{label:<width$}");
     for c in cells {

@@ -155,11 +155,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Fixture, FixtureError> {
     let error = |field: &str, message: String| FixtureError { file: file.to_path_buf(), field: field.into(), message };
     let mut de = serde_json::Deserializer::from_str(text);
     let raw: RawFixture = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        error(&field, e.into_inner().to_string())
+        let (path, message) = (e.path().to_string(), e.into_inner().to_string());
+        error(&missing_field_path(&path, &message), message)
     })?;
     de.end().map_err(|e| error(".", format!("text after the fixture object: {e}")))?;
     raw.check(file).map_err(|(field, message)| error(&field, message))
+}
+
+/// serde reports a missing field at the object that lacks it; the field
+/// itself is the one to name.
+fn missing_field_path(path: &str, message: &str) -> String {
+    let Some(name) = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) else {
+        return path.to_owned();
+    };
+    if path == "." {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 /// The file as written.
@@ -204,6 +217,16 @@ struct RawHost {
     #[serde(default)]
     memory_percent: Option<f64>,
     #[serde(default)]
+    memory_total: Option<u64>,
+    #[serde(default)]
+    swap_total: Option<u64>,
+    #[serde(default)]
+    swap_used: Option<u64>,
+    #[serde(default)]
+    load: Option<[f64; 3]>,
+    #[serde(default)]
+    cpu_count: Option<usize>,
+    #[serde(default)]
     filesystems: Vec<RawFilesystem>,
 }
 
@@ -211,6 +234,7 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawFilesystem {
     mount: String,
+    fs_type: String,
     total: u64,
     available: u64,
 }
@@ -342,20 +366,16 @@ impl RawUnit {
     }
 }
 
-/// Memory is reported in bytes; a fixture gives a percentage of this.
-const MEMORY_TOTAL: u64 = 16 << 30;
-
 impl RawHost {
     fn check(self) -> Result<HostStats, Problem> {
-        if let Some(p) = self.memory_percent {
-            if !(0.0..=100.0).contains(&p) {
-                return Err(problem("host.memory_percent", format!("{p} is not a percentage (0 to 100)")));
-            }
-        }
+        let memory = self.memory()?;
         let mut filesystems = Vec::with_capacity(self.filesystems.len());
         for (i, fs) in self.filesystems.into_iter().enumerate() {
             let field = |name: &str| format!("host.filesystems[{i}].{name}");
             gate::check_probe_path(&fs.mount).map_err(|e| problem(&field("mount"), e))?;
+            if fs.fs_type.trim().is_empty() {
+                return Err(problem(&field("fs_type"), "is empty; name the file system type, for example ext4"));
+            }
             if fs.total == 0 {
                 return Err(problem(&field("total"), "is 0 bytes"));
             }
@@ -367,26 +387,80 @@ impl RawHost {
             }
             filesystems.push(Filesystem {
                 mount: fs.mount,
-                fs_type: String::new(),
+                fs_type: fs.fs_type,
                 total: fs.total,
                 available: fs.available,
             });
         }
-        let memory_total = if self.memory_percent.is_some() { MEMORY_TOTAL } else { 0 };
-        let memory_used = self.memory_percent.map_or(0, |p| (MEMORY_TOTAL as f64 * p / 100.0) as u64);
+        // Without memory figures, memory is 0 of 0 bytes: no prompt states
+        // it then (a memory-pressure fixture must give them).
+        let memory = memory.unwrap_or_default();
         Ok(HostStats {
-            cpu_count: 0,
+            cpu_count: memory.cpu_count,
             cpu_percent: None,
-            load: [0.0; 3],
-            memory_total,
-            memory_used,
-            swap_total: 0,
-            swap_used: 0,
+            load: memory.load,
+            memory_total: memory.total,
+            memory_used: (memory.total as f64 * memory.percent / 100.0) as u64,
+            swap_total: memory.swap_total,
+            swap_used: memory.swap_used,
             filesystems,
             uptime_secs: 0,
             boot_id: String::new(),
         })
     }
+
+    /// The memory figures, all or none: the prompt of a memory incident
+    /// states memory, swap and load together, and none of them is invented.
+    fn memory(&self) -> Result<Option<Memory>, Problem> {
+        let given = [
+            ("memory_percent", self.memory_percent.is_some()),
+            ("memory_total", self.memory_total.is_some()),
+            ("swap_total", self.swap_total.is_some()),
+            ("swap_used", self.swap_used.is_some()),
+            ("load", self.load.is_some()),
+            ("cpu_count", self.cpu_count.is_some()),
+        ];
+        if given.iter().all(|(_, set)| !set) {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = given.iter().find(|(_, set)| !set) {
+            let named: Vec<&str> = given.iter().map(|(name, _)| *name).collect();
+            return Err(problem(
+                &format!("host.{missing}"),
+                format!("is missing: the memory figures are given all together ({})", named.join(", ")),
+            ));
+        }
+        let (percent, total) = (self.memory_percent.unwrap_or_default(), self.memory_total.unwrap_or_default());
+        let (swap_total, swap_used) = (self.swap_total.unwrap_or_default(), self.swap_used.unwrap_or_default());
+        let (load, cpu_count) = (self.load.unwrap_or_default(), self.cpu_count.unwrap_or_default());
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(problem("host.memory_percent", format!("{percent} is not a percentage (0 to 100)")));
+        }
+        if total == 0 {
+            return Err(problem("host.memory_total", "is 0 bytes"));
+        }
+        if swap_used > swap_total {
+            return Err(problem("host.swap_used", format!("{swap_used} is more than swap_total ({swap_total})")));
+        }
+        if let Some(l) = load.iter().find(|l| !l.is_finite() || **l < 0.0) {
+            return Err(problem("host.load", format!("{l} is not a load average")));
+        }
+        if cpu_count == 0 {
+            return Err(problem("host.cpu_count", "is 0"));
+        }
+        Ok(Some(Memory { percent, total, swap_total, swap_used, load, cpu_count }))
+    }
+}
+
+/// A fixture's memory figures.
+#[derive(Debug, Default)]
+struct Memory {
+    percent: f64,
+    total: u64,
+    swap_total: u64,
+    swap_used: u64,
+    load: [f64; 3],
+    cpu_count: usize,
 }
 
 /// A disk-full incident needs its file system, a memory-pressure one the
@@ -570,6 +644,12 @@ mod tests {
         let cases = [
             (GOOD.replace(r#""restart_unit"]"#, r#""restart"]"#), "expect.forbidden[0]", "unknown variant"),
             (
+                GOOD.replace(r#""summary": "web.service failed (exit-code, exit status 3)""#, r#""sumary": "x""#),
+                "incident.sumary",
+                "unknown field",
+            ),
+            (GOOD.replace(r#", "sub_state": "failed""#, ""), "unit.sub_state", "missing field `sub_state`"),
+            (
                 GOOD.replace(
                     r#""priority": 3, "unit": "web.service", "comm": "web", "uid": 1000"#,
                     r#""priority": 9, "unit": "web.service", "comm": "web", "uid": 1000"#,
@@ -612,15 +692,32 @@ mod tests {
     fn a_disk_or_memory_incident_needs_its_host_figures() {
         let disk = GOOD.replace("unit-failed:web.service", "disk-full:/var").replace(
             r#""journal""#,
-            r#""host": {"filesystems": [{"mount": "/", "total": 100, "available": 1}]}, "journal""#,
+            r#""host": {"filesystems": [{"mount": "/", "fs_type": "ext4", "total": 100, "available": 1}]}, "journal""#,
         );
         let e = parse_as("web", &disk).unwrap_err();
         assert_eq!(e.field, "host.filesystems", "{e}");
-        let memory = GOOD.replace("unit-failed:web.service", "memory-pressure");
-        assert_eq!(parse_as("web", &memory).unwrap_err().field, "host.memory_percent");
         let full = disk.replace(r#""mount": "/""#, r#""mount": "/var""#);
         let f = parse_as("web", &full).unwrap();
         assert_eq!(f.snapshot().host.ok().unwrap().filesystems[0].available, 1);
+        let untyped = full.replace(r#""fs_type": "ext4", "#, "");
+        assert_eq!(parse_as("web", &untyped).unwrap_err().field, "host.filesystems[0].fs_type");
+
+        let memory = GOOD.replace("unit-failed:web.service", "memory-pressure");
+        assert_eq!(parse_as("web", &memory).unwrap_err().field, "host.memory_percent");
+        let figures = r#""memory_percent": 96, "memory_total": 1000, "swap_total": 10, "swap_used": 5, "load": [4.0, 3.0, 2.0], "cpu_count": 2"#;
+        let with = memory.replace(r#""journal""#, &format!(r#""host": {{{figures}}}, "journal""#));
+        let f = parse_as("web", &with).unwrap();
+        let (_, user) = Prompts::load(None).unwrap().render(&f.incident, &f.snapshot());
+        assert!(
+            user.contains(
+                "memory: 960 of 1000 bytes used (96%)\nswap: 5 of 10 bytes used\nload: 4.00 3.00 2.00 on 2 CPUs"
+            ),
+            "{user}"
+        );
+        let partial = with.replace(r#", "cpu_count": 2"#, "");
+        let e = parse_as("web", &partial).unwrap_err();
+        assert_eq!(e.field, "host.cpu_count", "{e}");
+        assert!(e.message.contains("given all together"), "{e}");
     }
 
     #[test]

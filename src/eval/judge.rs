@@ -62,7 +62,7 @@ fn names(kinds: &[ActionKind]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{ProposedAction, Severity};
+    use crate::decide::{ProposedAction, Severity, Trail};
     use crate::model::{Endpoint, ProviderInfo};
     use crate::unit::UnitName;
 
@@ -87,6 +87,7 @@ mod tests {
                 url: "http://x".into(),
                 model: "m".into(),
             },
+            trail: Trail::default(),
         }
     }
 
@@ -138,6 +139,7 @@ mod tests {
             wall_ms: 5,
             provider: None,
             invalid_answers: 2,
+            trail: Trail::default(),
         };
         let v = judge(&expect(), &failed);
         assert_eq!(v.reasons, ["no decision: invalid answer from the model: the diagnosis is empty"]);

@@ -20,7 +20,7 @@ use self::fixture::Fixture;
 use self::judge::{judge, Verdict};
 use self::tools::FixtureTools;
 use crate::decide::prompt::Prompts;
-use crate::decide::{self, Outcome, ProposedAction};
+use crate::decide::{self, Outcome, ProposedAction, Trail};
 use crate::model::ModelService;
 
 /// What an evaluation found.
@@ -55,6 +55,8 @@ pub struct Totals {
     /// Median wall time of a decision, in milliseconds.
     pub latency_median_ms: u64,
     pub latency_max_ms: u64,
+    /// Tool calls the model made, over all runs.
+    pub tool_calls: u32,
 }
 
 /// One decision and its judgement.
@@ -72,6 +74,13 @@ pub struct RunReport {
     /// Answers asked for (1, or 2 after an invalid one).
     pub attempts: u32,
     pub wall_ms: u64,
+    /// Tokens of every answer, tool rounds and summaries included; `None`
+    /// for a failed decision, whose outcome does not count them.
+    pub prompt_tokens: Option<u64>,
+    pub answer_tokens: Option<u64>,
+    /// How the decision was reached: the prompt's size and budget, the
+    /// summaries made to fit it, the tools called and what they returned.
+    pub trail: Trail,
 }
 
 /// Decides each fixture `runs` times and judges every answer. `progress` is
@@ -92,8 +101,7 @@ pub async fn run(
         let tools = FixtureTools::new(fixture);
         let mut results = Vec::with_capacity(runs as usize);
         for run in 1..=runs {
-            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None).await;
-            let _ = &tools;
+            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None, Some(&tools)).await;
             results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));
         }
         let report = FixtureReport {
@@ -119,7 +127,7 @@ pub async fn run(
 
 fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {
     match outcome {
-        Outcome::Decided { decision, attempts, wall_ms, .. } => RunReport {
+        Outcome::Decided { decision, attempts, prompt_tokens, answer_tokens, wall_ms, trail, .. } => RunReport {
             run,
             verdict,
             outcome: "decided",
@@ -127,8 +135,11 @@ fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {
             actions: decision.actions.iter().map(describe).collect(),
             attempts: *attempts,
             wall_ms: *wall_ms,
+            prompt_tokens: Some(*prompt_tokens),
+            answer_tokens: Some(*answer_tokens),
+            trail: trail.clone(),
         },
-        Outcome::Failed { attempts, wall_ms, .. } => RunReport {
+        Outcome::Failed { attempts, wall_ms, trail, .. } => RunReport {
             run,
             verdict,
             outcome: "failed",
@@ -136,6 +147,9 @@ fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {
             actions: Vec::new(),
             attempts: *attempts,
             wall_ms: *wall_ms,
+            prompt_tokens: None,
+            answer_tokens: None,
+            trail: trail.clone(),
         },
     }
 }
@@ -165,6 +179,7 @@ impl Totals {
             pass_rate_percent: if runs == 0 { 0.0 } else { f64::from(passes) * 100.0 / f64::from(runs) },
             latency_median_ms: median(&ms),
             latency_max_ms: ms.last().copied().unwrap_or(0),
+            tool_calls: results.iter().map(|r| r.trail.tools.len() as u32).sum(),
         }
     }
 }
@@ -193,6 +208,9 @@ mod tests {
             actions: vec![],
             attempts: 1,
             wall_ms,
+            prompt_tokens: None,
+            answer_tokens: None,
+            trail: Trail::default(),
         }
     }
 
