@@ -5,9 +5,12 @@
 //! The modules follow the pipeline of one cycle:
 //! `observe` -> `detect` -> `decide` -> `gate` -> `act` -> `audit`, with
 //! `store` holding incident state and the approval queue, and `cycle`
-//! running the stages in order.
+//! running the stages in order. Beside the pipeline, `ask` answers a
+//! person's questions (`macha ask`, `macha-approve discuss`) with
+//! read-only tools.
 
 pub mod act;
+pub mod ask;
 pub mod audit;
 pub mod config;
 pub mod cycle;

@@ -25,6 +25,8 @@ use crate::redact::redact;
 const SYSTEM: &str = include_str!("../../prompts/system.md");
 const INCIDENT: &str = include_str!("../../prompts/incident.md");
 const SUMMARISE: &str = include_str!("../../prompts/summarise.md");
+const ASK: &str = include_str!("../../prompts/ask.md");
+const DISCUSS: &str = include_str!("../../prompts/discuss.md");
 
 /// Input tokens a decision's prompt may take when the caller names no
 /// budget: the default `ollama.num_ctx` (8192) less the default
@@ -39,6 +41,12 @@ pub struct Prompts {
     pub incident: String,
     /// The system message of a summary of evidence (map-reduce).
     pub summarise: String,
+    /// The system message of `macha ask`: a person's question about the
+    /// host and about macha's own decisions.
+    pub ask: String,
+    /// The system message of `macha-approve discuss`: a person's questions
+    /// about one queued action before they approve or reject it.
+    pub discuss: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +106,8 @@ impl Prompts {
             system: read("system", SYSTEM)?,
             incident: read("incident", INCIDENT)?,
             summarise: read("summarise", SUMMARISE)?,
+            ask: read("ask", ASK)?,
+            discuss: read("discuss", DISCUSS)?,
         })
     }
 
