@@ -30,8 +30,10 @@ enum Command {
     Daemon,
     /// Run one full cycle now and print what it found and did.
     Check(cli::check::Args),
-    /// List, show, approve or reject actions waiting for a human.
+    /// List, show, approve, reject or discuss actions waiting for a human.
     Approve(cli::approve::Args),
+    /// Ask the model about this host and macha's own decisions; it looks things up with read-only tools.
+    Ask(cli::ask::Args),
     /// Show the audit trail and macha's own logs.
     Logs(cli::logs::Args),
     /// Send a Gotify test message, or the daily digest now.
@@ -85,6 +87,7 @@ fn main() -> ExitCode {
         Command::Daemon => cli::daemon(cli.config.as_deref()),
         Command::Check(args) => cli::check::run(cli.config.as_deref(), args),
         Command::Approve(args) => cli::approve::run(cli.config.as_deref(), args),
+        Command::Ask(args) => cli::ask::run(cli.config.as_deref(), args),
         Command::Logs(args) => cli::logs::run(cli.config.as_deref(), args),
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
         Command::Status(args) => cli::status::run(cli.config.as_deref(), args),

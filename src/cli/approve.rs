@@ -1,6 +1,7 @@
 //! `macha-approve`: the human side of the approval queue. Items are named by
 //! their stable id; approving one re-checks that it still applies, carries it
-//! out, and prints how it ended.
+//! out, and prints how it ended. `discuss` (in `discuss.rs`) asks the model
+//! about an item first, and approves or rejects through the same functions.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Show an item, ask the model about it, then approve or reject it from the same prompt.
+    Discuss { id: i64 },
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
@@ -59,6 +62,11 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         // Before the database is opened, so the refusal is about who, not about file modes.
         may_decide(&config.act.approver_group)?;
     }
+    if matches!(args.command, Cmd::Discuss { .. }) {
+        // Discussing reads the records and the journal; deciding is checked when asked for.
+        super::ask::may_ask(&config)?;
+        super::ask::state_readable(&config.state_dir)?;
+    }
     let _owner = super::KeepOwnership::new(&config.state_dir);
     let store = Store::open(&config.state_dir)?;
     match args.command {
@@ -66,6 +74,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Show { id, json } => show(&store, id, json),
         Cmd::Approve { id, expect } => super::runtime()?.block_on(approve(&config, &store, id, expect.as_deref())),
         Cmd::Reject { id, reason } => reject(&config, &store, id, reason),
+        Cmd::Discuss { id } => super::discuss::run(&config, &store, id),
     }
 }
 
@@ -110,7 +119,7 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn find(store: &Store, id: i64) -> anyhow::Result<Approval> {
+pub(super) fn find(store: &Store, id: i64) -> anyhow::Result<Approval> {
     store.approval(id)?.ok_or_else(|| anyhow::anyhow!("no approval item with id {id} (see `macha-approve list`)"))
 }
 
@@ -120,6 +129,18 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&a)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_item(&a);
+    if a.status == "pending" {
+        println!(
+            "\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT",
+            a.id, a.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything about one item, a field a line.
+pub(super) fn print_item(a: &Approval) {
     println!("id:         {}", a.id);
     println!("status:     {}", a.status);
     println!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at));
@@ -135,25 +156,22 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(o) = &a.outcome {
         println!("outcome:    {o}");
     }
-    if a.status == "pending" {
-        println!(
-            "\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT",
-            a.id, a.id
-        );
+}
+
+/// Whether the user running this command is root or a member of `group`.
+pub fn is_approver(group: &str) -> bool {
+    use nix::unistd::{getegid, getgid, getgroups, getuid, Group};
+    if getuid().is_root() {
+        return true;
     }
-    Ok(ExitCode::SUCCESS)
+    let mut mine = getgroups().unwrap_or_default();
+    mine.extend([getgid(), getegid()]);
+    Group::from_name(group).ok().flatten().is_some_and(|g| mine.contains(&g.gid))
 }
 
 /// Only root and members of the approver group may approve or reject.
 pub fn may_decide(group: &str) -> anyhow::Result<()> {
-    use nix::unistd::{getegid, getgid, getgroups, getuid, Group};
-    if getuid().is_root() {
-        return Ok(());
-    }
-    let mut mine = getgroups().unwrap_or_default();
-    mine.extend([getgid(), getegid()]);
-    let allowed = Group::from_name(group).ok().flatten().is_some_and(|g| mine.contains(&g.gid));
-    if !allowed {
+    if !is_approver(group) {
         anyhow::bail!(
             "{} may not approve or reject: only root and members of the group {group:?} may (config key act.approver_group)",
             current_user()
@@ -196,7 +214,7 @@ fn record(
     Ok(audit::append(&config.state_dir, audit::ACTIONS, &rec)?)
 }
 
-async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) -> anyhow::Result<ExitCode> {
+pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) -> anyhow::Result<ExitCode> {
     let notify = super::notifications(config)?;
     let item = find(store, id)?;
     let by = current_user();
@@ -312,7 +330,7 @@ async fn recheck(config: &Config, systemd: &Systemd, item: &Approval, action: &A
     act::still_applies(action, state.as_ref(), config).map_err(|r| format!("no longer applies: {r}"))
 }
 
-fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> anyhow::Result<ExitCode> {
+pub(super) fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> anyhow::Result<ExitCode> {
     let item = find(store, id)?;
     let by = current_user();
     let reason = reason.unwrap_or_else(|| "rejected without a reason".into());

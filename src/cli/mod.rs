@@ -2,8 +2,10 @@
 //! call the library and print; they decide nothing themselves.
 
 pub mod approve;
+pub mod ask;
 pub mod check;
 pub mod control;
+pub mod discuss;
 pub mod eval;
 pub mod logs;
 pub mod notify;

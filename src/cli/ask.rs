@@ -1,0 +1,176 @@
+//! `macha ask "QUESTION"`: the model answers a person's question about this
+//! host and about macha's own past decisions, looking things up with
+//! read-only tools (the probes, and macha's records), then the command
+//! prints the answer and what it looked at.
+//!
+//! Who may ask: root, members of the approver group, and the user that owns
+//! the state directory (the daemon's). The answers draw on macha's
+//! decisions and on the journal, which are theirs to read, so others are
+//! refused by name before anything is opened, as `macha note` does.
+//! Exit status: 0 answered, 2 on an error (the message says which).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use macha::ask::records::Records;
+use macha::ask::{self, Answer, AskTools, Conversation};
+use macha::config::Config;
+use macha::decide::prompt::{one_line, Prompts};
+use macha::decide::tools::HostTools;
+use macha::model::{ModelError, ModelService};
+use macha::observe::systemd::Systemd;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The question, for example "why did nginx fail last night?" (several words are joined).
+    #[arg(required = true, num_args = 1.., value_name = "QUESTION")]
+    question: Vec<String>,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    may_ask(&config)?;
+    let question = ask::check_question(&args.question.join(" ")).map_err(|e| anyhow::anyhow!("nothing asked: {e}"))?;
+    state_readable(&config.state_dir)?;
+    let _owner = super::KeepOwnership::new(&config.state_dir);
+    let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
+    super::runtime()?.block_on(async {
+        let session = Session::open(&config).await?;
+        let tools = session.tools(&config);
+        let system = format!("{}\n\n{}", prompts.ask.trim_end(), ask::facts(&config, &macha::observe::hostname()));
+        let mut conversation = Conversation::new(&session.model, &tools, "ask", &system);
+        let answer = conversation.ask(&question).await.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
+        print!("{}", shown(&answer, &session.model));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Root, the approver group, or the owner of the state directory (the
+/// daemon's user) may ask; anyone else is told who may.
+pub fn may_ask(config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let group = &config.act.approver_group;
+    if super::approve::is_approver(group) {
+        return Ok(());
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    if std::fs::metadata(&config.state_dir).is_ok_and(|m| m.uid() == uid) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} may not ask macha: its answers draw on macha's decisions and this host's journal, which only root, the user owning {} (the daemon's) and members of the group {group:?} (config key act.approver_group) may read",
+        super::approve::current_user(),
+        config.state_dir.display()
+    )
+}
+
+/// Fails, naming the file, when macha's records exist but cannot be read by
+/// this user; absent records are fine (the tools say there are none).
+pub fn state_readable(dir: &Path) -> anyhow::Result<()> {
+    use std::io::ErrorKind::NotFound;
+    let hint = "run it as root, as the daemon's user, or as a member of act.approver_group with read access to the state directory";
+    match std::fs::read_dir(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot read macha's state directory {}: {e}; {hint}", dir.display()),
+    }
+    for name in [macha::audit::DECISIONS, macha::audit::ACTIONS, macha::audit::INCIDENTS, "state.db"] {
+        let path = dir.join(name);
+        match std::fs::File::open(&path) {
+            Err(e) if e.kind() != NotFound => anyhow::bail!("cannot read {}: {e}; {hint}", path.display()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The model, checked, and the connection to systemd (or why there is none:
+/// the unit probes then say so, the others still answer).
+pub struct Session {
+    pub model: ModelService,
+    systemd: Result<Systemd, String>,
+}
+
+impl Session {
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let model = ModelService::new(config)?;
+        ask::model_ready(&model).await.map_err(anyhow::Error::msg)?;
+        let systemd = Systemd::connect(config.dbus_address.as_deref()).await.map_err(|e| e.to_string());
+        if let Err(e) = &systemd {
+            eprintln!("macha: {e}; the unit probes will say so, the others still answer");
+        }
+        Ok(Self { model, systemd })
+    }
+
+    pub fn tools<'a>(&'a self, config: &'a Config) -> AskTools<'a> {
+        AskTools {
+            host: HostTools { systemd: self.systemd.as_ref().map_err(String::as_str), config },
+            records: Records { state_dir: &config.state_dir },
+        }
+    }
+}
+
+/// A failed request, with where to look next.
+pub fn model_failed(e: &ModelError) -> String {
+    format!("the model could not answer: {e}; `macha status` shows the model endpoints and their state")
+}
+
+/// The answer for a terminal (no control characters but newlines and
+/// tabs: the text may quote log lines), then what was looked at.
+pub fn shown(answer: &Answer, model: &ModelService) -> String {
+    let mut out: String = answer.text.chars().filter(|c| !c.is_control() || matches!(c, '\n' | '\t')).collect();
+    if out.is_empty() {
+        out.push_str("(the model gave an empty answer)");
+    }
+    out.push('\n');
+    if answer.cut_off {
+        out.push_str("[the answer was cut off at its length limit, ollama.num_predict]\n");
+    }
+    if answer.uses.is_empty() {
+        let why = if model.tool_rounds() == 0 {
+            " (this model takes no tools; it answered from what it was told)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "\nlooked at: nothing{why}");
+        return out;
+    }
+    out.push_str("\nlooked at:\n");
+    for u in &answer.uses {
+        let args = arguments(&u.arguments);
+        let outcome = if u.outcome == "ok" {
+            String::new()
+        } else {
+            format!(" -> {}: {}", u.outcome, cut(&one_line(&u.detail), 100))
+        };
+        let _ = writeln!(out, "  {}{args}{outcome}", one_line(&u.tool));
+    }
+    out
+}
+
+/// A call's arguments as ` key=value ...`, on one short line.
+fn arguments(v: &serde_json::Value) -> String {
+    let Some(map) = v.as_object() else {
+        return match v {
+            serde_json::Value::Null => String::new(),
+            other => format!(" {}", cut(&one_line(&other.to_string()), 80)),
+        };
+    };
+    let pairs: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("{}={}", one_line(k), v.as_str().map(one_line).unwrap_or_else(|| v.to_string())))
+        .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
+    format!(" {}", cut(&pairs.join(" "), 80))
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    text.chars().take(max).collect::<String>() + "..."
+}

@@ -1,0 +1,136 @@
+//! `macha-approve discuss ID`: a person asks the model about one queued
+//! action, then approves or rejects it from the same prompt.
+//!
+//! Lines come from standard input, a terminal or a pipe (the prompt
+//! `discuss ID> ` is printed only on a terminal). `approve` and
+//! `reject [REASON]` are read here, before anything reaches the model, and
+//! run exactly what `macha-approve approve ID` and `macha-approve reject ID`
+//! run: the same permission check, re-check and audit. An approval is bound
+//! to the item as it was shown when the discussion began (`--expect` with
+//! its binding), so an item the daemon changed meanwhile is refused rather
+//! than carried out unseen. `quit`, `exit` or the end of input leave the
+//! item queued. Anything else is a question; the model gets the item, its
+//! incident and the decision that proposed it as data, plus the read-only
+//! tools of `macha ask`, and has no tool that decides.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use macha::ask::records::Records;
+use macha::ask::{self, Conversation};
+use macha::config::Config;
+use macha::decide::prompt::Prompts;
+use macha::store::Store;
+
+use super::ask::{model_failed, shown, Session};
+
+/// What one line of input asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Empty,
+    Approve,
+    Reject(Option<String>),
+    Quit,
+    Help,
+    Question(String),
+}
+
+/// Only the bare word `approve` approves: a sentence that starts with it
+/// ("approve it? what would happen") is a question. `reject` takes the rest
+/// of the line as its reason.
+fn parse_line(line: &str) -> Line {
+    let line = line.trim();
+    let (word, rest) = line.split_once(char::is_whitespace).map_or((line, ""), |(w, r)| (w, r.trim()));
+    match (word.to_ascii_lowercase().as_str(), rest.is_empty()) {
+        ("", _) => Line::Empty,
+        ("approve", true) => Line::Approve,
+        ("reject", true) => Line::Reject(None),
+        ("reject", false) => Line::Reject(Some(rest.to_owned())),
+        ("quit" | "exit", true) => Line::Quit,
+        ("help" | "?", true) => Line::Help,
+        _ => Line::Question(line.to_owned()),
+    }
+}
+
+const HELP: &str =
+    "Ask anything about this action; `approve` carries it out, `reject [REASON]` drops it, `quit` leaves it queued.";
+
+pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+    let item = super::approve::find(store, id)?;
+    super::approve::print_item(&item);
+    if item.status != "pending" {
+        println!("\napproval {id} is not waiting (it is {}); there is nothing to decide", item.status);
+        return Ok(ExitCode::from(1));
+    }
+    let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
+    let rt = super::runtime()?;
+    let session = rt.block_on(Session::open(config))?;
+    let tools = session.tools(config);
+    let system = format!("{}\n\n{}", prompts.discuss.trim_end(), ask::facts(config, &macha::observe::hostname()));
+    let mut conversation = Conversation::new(&session.model, &tools, format!("discuss approval {id}"), &system);
+    conversation.add_context(ask::discussion_context(&item, &Records { state_dir: &config.state_dir }));
+
+    let tty = std::io::stdin().is_terminal();
+    println!("\n{HELP}");
+    let mut lines = std::io::stdin().lock().lines();
+    // A refused approve or reject leaves the item queued; the exit status says so.
+    let mut refused = false;
+    loop {
+        if tty {
+            print!("discuss {id}> ");
+            std::io::stdout().flush()?;
+        }
+        let Some(line) = lines.next().transpose()? else {
+            if tty {
+                println!();
+            }
+            break;
+        };
+        match parse_line(&line) {
+            Line::Empty => {}
+            Line::Help => println!("{HELP}"),
+            Line::Quit => break,
+            Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
+                Ok(()) => return rt.block_on(super::approve::approve(config, store, id, Some(&item.binding))),
+                Err(e) => {
+                    eprintln!("macha-approve: {e:#}");
+                    refused = true;
+                }
+            },
+            Line::Reject(reason) => match super::approve::may_decide(&config.act.approver_group) {
+                Ok(()) => return super::approve::reject(config, store, id, reason),
+                Err(e) => {
+                    eprintln!("macha-approve: {e:#}");
+                    refused = true;
+                }
+            },
+            Line::Question(text) => match ask::check_question(&text) {
+                Err(e) => eprintln!("macha-approve: not asked: {e}"),
+                Ok(question) => match rt.block_on(conversation.ask(&question)) {
+                    Ok(answer) => print!("{}", shown(&answer, &session.model)),
+                    Err(e) => eprintln!("macha-approve: {}", model_failed(&e)),
+                },
+            },
+        }
+    }
+    println!("approval {id} stays queued (`macha-approve approve {id}` or `macha-approve reject {id}` later)");
+    Ok(if refused { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_bare_words_decide() {
+        assert_eq!(parse_line("  approve "), Line::Approve);
+        assert_eq!(parse_line("APPROVE"), Line::Approve);
+        assert_eq!(parse_line("reject"), Line::Reject(None));
+        assert_eq!(parse_line("reject  config is broken "), Line::Reject(Some("config is broken".into())));
+        assert_eq!(parse_line("quit"), Line::Quit);
+        assert_eq!(parse_line(""), Line::Empty);
+        for question in ["approve it? what would happen", "approve?", "should I approve", "why reject"] {
+            assert_eq!(parse_line(question), Line::Question(question.into()), "{question}");
+        }
+    }
+}
