@@ -29,7 +29,7 @@ use self::records::{Query, RecordTool, Records};
 use crate::config::Config;
 use crate::decide::prompt::one_line;
 use crate::decide::tokens::estimate_tokens;
-use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolFuture, ToolUse, Toolbox};
+use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
 use crate::decide::Probe;
 use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool};
 use crate::redact::redact;
@@ -61,13 +61,16 @@ impl Toolbox for AskTools<'_> {
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
             if let Some(tool) = RecordTool::named(name) {
-                return self.records.run(&records::parse(tool, arguments)?);
+                let query = records::parse(tool, arguments).map_err(ToolError::Refused)?;
+                return self.records.run(&query).map_err(ToolError::Failed);
             }
             if Probe::ALL.into_iter().any(|p| p.as_str() == name) {
                 return self.host.call(name, arguments).await;
             }
             // Not the list of names: over the length a refusal keeps, it would be cut.
-            Err("there is no such tool; call only the tools offered in this conversation".to_owned())
+            Err(ToolError::Refused(
+                "there is no such tool; call only the tools offered in this conversation".to_owned(),
+            ))
         })
     }
 }

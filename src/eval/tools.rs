@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use super::fixture::{Fixture, NOT_RECORDED};
-use crate::decide::tools::{self, finding_text, ToolFuture, Toolbox};
+use crate::decide::tools::{self, finding_text, ToolError, ToolFuture, Toolbox};
 use crate::decide::Probe;
 use crate::gate::Action;
 use crate::investigate;
@@ -100,8 +100,8 @@ impl Toolbox for FixtureTools<'_> {
 
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
-            let action = tools::parse_call(name, arguments)?;
-            self.answer(&action)
+            let action = tools::parse_call(name, arguments).map_err(ToolError::Refused)?;
+            self.answer(&action).map_err(ToolError::Failed)
         })
     }
 }
@@ -122,7 +122,7 @@ mod tests {
     fn call(f: &Fixture, name: &str, args: Value) -> Result<String, String> {
         let tools = FixtureTools::new(f);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(tools.call(name, &args))
+        rt.block_on(tools.call(name, &args)).map_err(|e| e.reason().to_owned())
     }
 
     #[test]
