@@ -360,6 +360,9 @@ fn the_record_of_calls_holds_no_secret_from_the_journal_or_the_answer() {
     bed.c.install_unit("leaky.service", &format!("[Service]\nExecStart=/bin/sh -c '{script}'\n")).unwrap();
     bed.c.start_unit("leaky.service").unwrap();
     bed.c.wait_unit_state("leaky.service", "failed", Duration::from_secs(10)).unwrap();
+    // The model reads the unit's journal through a tool first: the result
+    // goes back to it, and into the record, masked.
+    bed.double.push(Reply::ToolCalls(vec![("unit_logs".into(), json!({"unit": "leaky.service"}))]));
     // The model repeats secrets in its answer, which the record keeps too.
     bed.double.push(Reply::Json(json!({
         "diagnosis": format!("the backup used password={} and token {}", secrets[0], secrets[3]),
@@ -369,16 +372,25 @@ fn the_record_of_calls_holds_no_secret_from_the_journal_or_the_answer() {
     bed.check();
 
     let records = call_records(&bed.state_dir());
-    let record = records.iter().find(|r| r["purpose"].as_str().unwrap().contains("unit-failed:leaky.service")).unwrap();
+    let record =
+        records.iter().rfind(|r| r["purpose"].as_str().unwrap().contains("unit-failed:leaky.service")).unwrap();
     assert_eq!(record["priority"], "autonomous");
     assert_eq!(record["provider"]["endpoint"], "primary");
     assert!(record["prompt_tokens"].as_u64().unwrap() > 0 && record["answer_tokens"].as_u64().unwrap() > 0);
     let request = record["request"]["messages"].to_string();
     assert!(request.contains("backup: login with password=[redacted"), "the line is there, masked: {request}");
+    let tool = record["request"]["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").unwrap();
+    assert!(tool["content"].as_str().unwrap().contains("password=[redacted"), "the tool's result, masked: {tool}");
     assert!(record["response"]["message"]["content"].as_str().unwrap().contains("[redacted"), "{record:#}");
     let files: String = call_files(&bed.state_dir()).iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     for s in secrets {
         assert!(!files.contains(s), "{s} is in the record of calls");
+    }
+    let trail = std::fs::read_to_string(bed.state_dir().join("decisions.jsonl")).unwrap();
+    assert!(trail.contains("unit_logs"), "{trail}");
+    for s in secrets {
+        let at = trail.find(s).map(|i| &trail[i.saturating_sub(200)..(i + 80).min(trail.len())]);
+        assert!(at.is_none(), "{s} is in the decision's record: {at:?}");
     }
 }
 

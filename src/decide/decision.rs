@@ -296,8 +296,15 @@ impl Decision {
 
     /// Parses and validates the text the model returned.
     pub fn parse(text: &str) -> Result<Decision, InvalidAnswer> {
-        let d: Decision = serde_json::from_str(text.trim()).map_err(|e| InvalidAnswer::Parse(e.to_string()))?;
+        let mut d: Decision = serde_json::from_str(text.trim()).map_err(|e| InvalidAnswer::Parse(e.to_string()))?;
         d.validate()?;
+        // The model may repeat a secret it read in its prose; its prose goes
+        // to the audit, approvals and notifications, so it loses them here.
+        // Targets, arguments and diffs stay as written: the gate judges them.
+        d.diagnosis = crate::redact::redact(&d.diagnosis).into_owned();
+        for a in &mut d.actions {
+            a.reason = crate::redact::redact(&a.reason).into_owned();
+        }
         Ok(d)
     }
 

@@ -242,7 +242,8 @@ pub async fn decide(
                 messages.push(Message::user(format!(
                     "That answer was rejected ({reason}). Answer again with one JSON object that matches the schema."
                 )));
-                last_answer = Some(content);
+                // For the audit: the model's text, with any secret it repeated masked.
+                last_answer = Some(crate::redact::redact(&content).into_owned());
             }
         }
     }
