@@ -1,6 +1,8 @@
 //! The daemon: a cycle every `check_interval`, one daemon per state
-//! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, and the
-//! model service's status in `status.json` for `macha status`.
+//! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, the
+//! model service's status in `status.json` for `macha status`, and systemd
+//! told when it is ready, what it does and that it is alive
+//! (`service_manager`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -9,9 +11,10 @@ use std::path::Path;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::cycle::{ensure_state_dir, Engine};
+use crate::cycle::{ensure_state_dir, CycleReport, Engine};
 use crate::model::status::{self, DaemonStatus};
 use crate::notify::{self, outbox::Outbox};
+use crate::service_manager::ServiceManager;
 
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -78,12 +81,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_local(status::publish(engine.model().clone(), state_dir.clone(), started_at));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let manager = ServiceManager::from_env();
+    if let Some(every) = manager.ping_every() {
+        tracing::info!(every_ms = every.as_millis() as u64, "pinging systemd's watchdog");
+    }
+    tokio::task::spawn_local(manager.keep_watchdog_alive());
+    // Ready once the lock is held and the state, the model service and the
+    // notifier are open: what can fail at start-up has failed by now.
+    manager.ready("started; first cycle now");
     loop {
+        manager.status(&format!("cycle running since {}", chrono::Local::now().format("%H:%M:%S")));
         tokio::select! {
             result = engine.run_cycle() => {
-                if let Err(e) = result {
-                    // The daemon outlives a bad cycle; the next one tries again.
-                    tracing::error!(error = format!("{e:#}"), "cycle failed");
+                match result {
+                    Ok(report) => manager.status(&idle_status(&report, interval)),
+                    Err(e) => {
+                        // The daemon outlives a bad cycle; the next one tries again.
+                        tracing::error!(error = format!("{e:#}"), "cycle failed");
+                        manager.status(&format!("last cycle failed: {e}; next in {} s", interval.as_secs()));
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -95,10 +111,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
+    manager.stopping();
     tracing::info!("macha daemon stopped by signal");
     let last = DaemonStatus::of(engine.model(), started_at, Some(chrono::Utc::now()));
     if let Err(e) = status::write(&state_dir, &last) {
         tracing::warn!(error = %e, "cannot write the stopped status");
     }
     Ok(())
+}
+
+/// The unit's status line between two cycles, for `systemctl status`.
+fn idle_status(report: &CycleReport, interval: std::time::Duration) -> String {
+    let mut text = format!(
+        "idle; cycle at {}: {} incident{}",
+        report.started_at.with_timezone(&chrono::Local).format("%H:%M:%S"),
+        report.incidents.len(),
+        if report.incidents.len() == 1 { "" } else { "s" }
+    );
+    if !report.failed_sources.is_empty() {
+        let names: Vec<&str> = report.failed_sources.iter().map(|f| f.source.as_str()).collect();
+        text.push_str(&format!(", unreadable: {}", names.join(", ")));
+    }
+    if !report.model_problems.is_empty() {
+        text.push_str(", model not ready (macha status)");
+    }
+    text.push_str(&format!("; next in {} s", interval.as_secs()));
+    text
 }

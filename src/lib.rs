@@ -28,6 +28,7 @@ pub mod notify;
 pub mod observe;
 pub mod propose;
 pub mod redact;
+pub mod service_manager;
 pub mod store;
 pub mod storm;
 pub mod unit;
