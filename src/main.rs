@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,9 @@ enum Command {
         /// gc, vacuum-journal, rebuild or rollback.
         name: String,
     },
+    /// Write shell completions and man pages into DIR (run by the package build).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 /// `macha-check --json` becomes `macha check --json`.
@@ -74,7 +77,7 @@ fn with_subcommand_from_argv0(mut args: Vec<OsString>) -> Vec<OsString> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(sub) = name.strip_prefix("macha-") {
-        if ["check", "approve", "logs", "daemon"].contains(&sub) {
+        if cli::docs::ALIASES.contains(&sub) || sub == "daemon" {
             args.insert(1, sub.into());
         }
     }
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Resume => cli::control::resume(cli.config.as_deref()),
         Command::Note { text } => cli::control::note(cli.config.as_deref(), &text),
         Command::Helper { name } => cli::helper(cli.config.as_deref(), &name),
+        Command::GenerateDocs { dir } => cli::docs::run(Cli::command(), &dir),
     };
     match result {
         Ok(code) => code,

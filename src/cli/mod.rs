@@ -6,6 +6,7 @@ pub mod ask;
 pub mod check;
 pub mod control;
 pub mod discuss;
+pub mod docs;
 pub mod eval;
 pub mod logs;
 pub mod notify;
