@@ -1,0 +1,355 @@
+# services.macha-autonomous: the daemon as a hardened systemd service, its
+# configuration file, its user, the polkit rule that limits that user, and
+# the root helper units that are its only way to root.
+#
+# The options below cover what most hosts set; `settings` takes any other
+# key of the configuration file (macha.example.toml lists them all). The
+# module renders ONE file from both, /etc/macha-autonomous/config.toml, and
+# the daemon is started with exactly that file (`--config`); the CLI reads
+# it from the same place.
+{ config
+, lib
+, pkgs
+, ...
+}:
+
+let
+  cfg = config.services.macha-autonomous;
+  toml = pkgs.formats.toml { };
+
+  unit = "macha-autonomous.service";
+  user = "macha";
+  stateDir = "/var/lib/macha-autonomous";
+  # What systemd makes of LoadCredential=gotify-token:PATH: a copy only the
+  # service can read, gone when it stops.
+  gotifyCredential = "gotify-token";
+  gotifyTokenPath = "/run/credentials/${unit}/${gotifyCredential}";
+
+  # A unit name with its type, as macha and polkit compare them. A bare name
+  # is taken for a service: "postgresql" protects postgresql.service.
+  unitTypes = "service|socket|target|device|mount|automount|swap|timer|path|slice|scope";
+  unitName = lib.types.strMatching "[A-Za-z0-9:_.@\\\\-]+";
+  withSuffix = name: if builtins.match ".*\\.(${unitTypes})" name != null then name else "${name}.service";
+
+  # The rule in ./polkit carries the built-in protected list between two
+  # markers; the generated copy replaces that block with the full list, so
+  # the list has one source (kept equal to src/gate.rs by a unit test there).
+  rule = builtins.readFile ./polkit/50-macha-autonomous.rules;
+  ruleParts =
+    let
+      parts = builtins.match "(.*// BEGIN GENERATED: PROTECTED_UNITS\n)(.*)(    // END GENERATED: PROTECTED_UNITS\n.*)" rule;
+    in
+    if parts == null then
+      throw "module/polkit/50-macha-autonomous.rules has lost its lines `// BEGIN GENERATED: PROTECTED_UNITS` and `    // END GENERATED: PROTECTED_UNITS`, between which the module writes the protected list"
+    else
+      parts;
+  builtInProtected = map builtins.head (
+    builtins.filter builtins.isList (builtins.split "\"([^\"]+)\"" (builtins.elemAt ruleParts 1))
+  );
+  # polkit sees a unit's primary name only: the admin's names must be primary
+  # names (see module/README.md).
+  protectedUnits = lib.unique (builtInProtected ++ cfg.settings.protected_units ++ [ unit ]);
+  generatedRule = lib.concatStrings [
+    (builtins.elemAt ruleParts 0)
+    "    var PROTECTED_UNITS = ${builtins.toJSON protectedUnits};\n"
+    (builtins.elemAt ruleParts 2)
+  ];
+
+  configFile = toml.generate "macha-autonomous.toml" cfg.settings;
+
+  # What the root helpers run: the configured Nix (nix.package), git (for a
+  # flake in a git checkout), and nixos-rebuild as the running system has it
+  # (/run/current-system/sw/bin), the same tools an admin would use.
+  helperPath = lib.makeBinPath [
+    config.nix.package
+    pkgs.git
+    pkgs.coreutils
+  ] + ":/run/current-system/sw/bin";
+  helper = file: lib.replaceStrings [ "@macha@" "@config@" "@stateDir@" "@path@" ] [
+    (lib.getExe cfg.package)
+    "${configFile}"
+    stateDir
+    helperPath
+  ]
+    (builtins.readFile (./helpers + "/${file}"));
+  helperFiles = lib.filterAttrs (name: type: type == "regular" && lib.hasSuffix ".service" name) (
+    builtins.readDir ./helpers
+  );
+in
+{
+  options.services.macha-autonomous = {
+    enable = lib.mkEnableOption ''
+      macha, which watches this host's systemd units, journal and resources,
+      asks a local model (Ollama) what is wrong, and carries out or queues a
+      repair from a fixed catalog, as far as {option}`autonomyLevel` allows
+    '';
+
+    package = lib.mkPackageOption pkgs "macha" { };
+
+    autonomyLevel = lib.mkOption {
+      type = lib.types.enum [
+        "observe"
+        "suggest"
+        "auto-safe"
+        "auto-full"
+      ];
+      default = "suggest";
+      example = "auto-safe";
+      description = ''
+        How far macha may go on its own.
+
+        - `observe`: watch and record; never act, never queue.
+        - `suggest`: queue every proposed action for `macha-approve`.
+        - `auto-safe`: restart or reset the failed unit, collect garbage and
+          vacuum the journal by itself (within storm limits); queue the rest.
+        - `auto-full`: also `nixos-rebuild dry-build` and `test` by itself;
+          `switch`, `boot` and rollbacks are always queued for a human.
+
+        Protected units are never touched at any level.
+      '';
+    };
+
+    checkInterval = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = 300;
+      example = 60;
+      description = "Seconds between two cycles of the daemon (`check_interval`).";
+    };
+
+    model = lib.mkOption {
+      type = lib.types.strMatching ".*[^[:space:]].*";
+      default = "llama3.1:70b";
+      example = "qwen2.5:32b";
+      description = ''
+        The Ollama model macha asks (`ollama.model`). It must be pulled on
+        the server (`ollama pull MODEL`); `macha status` says when it is not.
+      '';
+    };
+
+    ollamaUrl = lib.mkOption {
+      type = lib.types.strMatching "https?://[^?@]+";
+      default = "http://127.0.0.1:11434";
+      example = "http://gpu-box.lan:11434";
+      description = ''
+        Base URL of the Ollama server (`ollama.url`). When
+        {option}`services.ollama.enable` is set on this host, the daemon
+        starts after `ollama.service`.
+      '';
+    };
+
+    protectedServices = lib.mkOption {
+      type = lib.types.listOf unitName;
+      default = [ ];
+      apply = map withSuffix;
+      example = [
+        "postgresql"
+        "nginx.service"
+        "backup.timer"
+      ];
+      description = ''
+        Units macha never restarts or resets, in addition to the built-in
+        list (ssh, networking, resolved, dbus, journald, logind, polkit,
+        ollama, macha itself) and every unit with `RefuseManualStop=yes`.
+        A name without a type is a service. Use a unit's primary name
+        (`systemctl show -p Id UNIT`), not an alias: polkit, which enforces
+        this list a second time, sees primary names only. Written to
+        `protected_units` and to the polkit rule.
+      '';
+    };
+
+    gotify = {
+      url = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "https?://[^?@]+");
+        default = null;
+        example = "https://gotify.example.org";
+        description = ''
+          Base URL of a Gotify server for notifications (`gotify.url`);
+          `null` turns notifications off. Requires {option}`gotify.tokenFile`.
+        '';
+      };
+      tokenFile = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.+");
+        default = null;
+        example = "/run/secrets/macha-gotify-token";
+        description = ''
+          A file holding the Gotify application token, given as a string so
+          that it is never copied into the world-readable Nix store. The
+          service receives it through `LoadCredential=`, so the file may
+          stay readable by root only; `gotify.token_file` in the
+          configuration points at the credential.
+        '';
+      };
+    };
+
+    approverGroup = lib.mkOption {
+      type = lib.types.strMatching "[a-z_][a-z0-9_-]*";
+      default = "wheel";
+      example = "ops";
+      description = ''
+        Besides root, members of this group may approve and reject queued
+        actions and leave notes (`act.approver_group`).
+      '';
+    };
+
+    settings = lib.mkOption {
+      type = lib.types.submodule { freeformType = toml.type; };
+      default = { };
+      example = lib.literalExpression ''
+        {
+          act.cooldown = 600;
+          detect.disk_full_percent = 85;
+          nixos = {
+            config_dir = "/etc/nixos";
+            flake = "/etc/nixos#web1";
+          };
+          model.fallback = {
+            url = "http://10.0.0.2:11434";
+            model = "llama3.1:8b";
+          };
+        }
+      '';
+      description = ''
+        Every other key of the configuration file, as in
+        `macha.example.toml` (TOML tables become attribute sets). The
+        options above write their own keys; setting one of those here as
+        well is a conflict. An unknown key or a bad value stops the daemon
+        at start-up with a message naming the key.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.gotify.tokenFile == null || !lib.hasPrefix builtins.storeDir cfg.gotify.tokenFile;
+        message = ''
+          services.macha-autonomous.gotify.tokenFile is in the Nix store (${cfg.gotify.tokenFile}),
+          where every user can read it. Keep the token in a file only root can read, outside the
+          store (for example one written by agenix or sops-nix), and give its path as a string.
+        '';
+      }
+      {
+        assertion = (cfg.gotify.url == null) == (cfg.gotify.tokenFile == null);
+        message = ''
+          services.macha-autonomous.gotify: set both url and tokenFile (notifications on) or
+          neither (off); now only ${if cfg.gotify.url == null then "tokenFile" else "url"} is set.
+        '';
+      }
+      {
+        assertion = (cfg.settings.gotify.token_file or gotifyTokenPath) == gotifyTokenPath;
+        message = ''
+          services.macha-autonomous.settings.gotify.token_file is set; use
+          services.macha-autonomous.gotify.tokenFile instead: the daemon runs as the user
+          ${user} in a sandbox and gets the token through LoadCredential=.
+        '';
+      }
+    ];
+
+    services.macha-autonomous.settings = {
+      autonomy_level = cfg.autonomyLevel;
+      check_interval = cfg.checkInterval;
+      state_dir = stateDir;
+      service_unit = unit;
+      protected_units = cfg.protectedServices;
+      ollama = {
+        url = cfg.ollamaUrl;
+        inherit (cfg) model;
+      };
+      act.approver_group = cfg.approverGroup;
+      gotify = lib.mkIf (cfg.gotify.url != null) {
+        inherit (cfg.gotify) url;
+        token_file = gotifyTokenPath;
+      };
+    };
+
+    users.users.${user} = {
+      isSystemUser = true;
+      group = user;
+      # Reading the system journal.
+      extraGroups = [ "systemd-journal" ];
+      description = "macha-autonomous daemon";
+    };
+    users.groups.${user} = { };
+
+    # The commands (macha, macha-check, macha-approve, macha-logs) read the
+    # daemon's file from its default place.
+    environment.etc."macha-autonomous/config.toml".source = configFile;
+    environment.systemPackages = [ cfg.package ];
+
+    # The daemon's user may restart and reset unprotected units and start
+    # the helpers, nothing else; the file name keeps its place in polkit's
+    # order (module/README.md).
+    security.polkit.enable = true;
+    environment.etc."polkit-1/rules.d/50-macha-autonomous.rules".text = generatedRule;
+
+    systemd.units = lib.mapAttrs' (file: _: lib.nameValuePair file { text = helper file; }) helperFiles;
+
+    systemd.services.macha-autonomous = {
+      description = "macha: keeps this host healthy";
+      documentation = [ "man:macha(1)" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ] ++ lib.optional (config.services.ollama.enable or false) "ollama.service";
+
+      serviceConfig = {
+        # READY=1 once started, WATCHDOG=1 pings from the daemon's own event
+        # loop (src/service_manager.rs): a stuck daemon is restarted.
+        Type = "notify";
+        NotifyAccess = "main";
+        WatchdogSec = lib.mkDefault "60s";
+        ExecStart = "${lib.getExe cfg.package} --config ${configFile} daemon";
+        Restart = "on-failure";
+        RestartSec = "10s";
+
+        User = user;
+        Group = user;
+        StateDirectory = "macha-autonomous";
+        StateDirectoryMode = "0750";
+        LoadCredential = lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}";
+
+        # Hardening. What stays open, and why: the network (Ollama and
+        # Gotify may be remote), D-Bus over AF_UNIX (systemd's manager and
+        # polkit), reading the journal and /proc (the failed units' logs,
+        # the host's load, the investigation probes; hence no ProtectProc=
+        # or ProcSubset=, which would hide other users' processes and
+        # /proc/meminfo). Everything else is closed.
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = lib.mkDefault true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        DevicePolicy = "closed";
+        PrivateUsers = true;
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+          "~@resources"
+        ];
+        SystemCallErrorNumber = "EPERM";
+        UMask = "0077";
+        # Idle it needs a few MiB; a decision's evidence a few more.
+        MemoryMax = lib.mkDefault "512M";
+      };
+    };
+  };
+}

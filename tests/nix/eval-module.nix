@@ -1,0 +1,253 @@
+# Evaluates module/ with nixpkgs' real module system (lib.evalModules) and
+# the stand-ins of ./stubs.nix. Run by ./eval.sh, which passes `lib`:
+#
+#   good      a host with every option set: the rendered unit (store paths
+#             replaced by @package@ and @config@), the configuration file's
+#             contents, the polkit rule and the helper units; the
+#             expectations below are checked first, and ./eval.sh compares
+#             the rest with the files in ./rendered/.
+#   effects   one check per option: setting it changes what the option says
+#             in the rendered file or unit. `true`, or an error naming the
+#             option.
+#   bad.NAME  configurations NixOS must refuse; each must fail, and
+#             ./eval.sh checks the message.
+{ lib }:
+
+let
+  stubs = import ./stubs.nix { inherit lib; };
+  renderUnit = import ./render-unit.nix { inherit lib; };
+
+  # NixOS refuses to build a system whose assertions fail; so does this.
+  evaluate =
+    modules:
+    let
+      inherit (lib.evalModules { modules = [ stubs.module ../../module ] ++ modules; }) config;
+      failed = builtins.filter (a: !a.assertion) config.assertions;
+    in
+    if failed == [ ] then
+      config
+    else
+      throw "Failed assertions:\n${lib.concatMapStrings (a: "- ${a.message}\n") failed}";
+
+  host =
+    options:
+    evaluate [
+      {
+        _file = "the host's configuration (tests/nix/eval-module.nix)";
+        services.macha-autonomous = {
+          enable = true;
+        }
+        // options;
+      }
+    ];
+
+  configFile = stubs.storePath "macha-autonomous.toml";
+  placeholders = lib.replaceStrings [ stubs.pkgs.macha.outPath configFile ] [ "@package@" "@config@" ];
+
+  render = config: {
+    unit = placeholders (renderUnit config.systemd.services.macha-autonomous);
+    settings = config.environment.etc."macha-autonomous/config.toml".source.value;
+    polkitRule = config.environment.etc."polkit-1/rules.d/50-macha-autonomous.rules".text;
+    helpers = lib.mapAttrs (_: u: placeholders u.text) config.systemd.units;
+  };
+
+  # `actual` must equal `expected`, or the error names `what` and shows both.
+  expect =
+    what: expected: actual:
+    if expected == actual then
+      true
+    else
+      throw "${what}:\n  expected ${builtins.toJSON expected}\n  got      ${builtins.toJSON actual}";
+
+  goodHost = host {
+    autonomyLevel = "auto-safe";
+    checkInterval = 120;
+    model = "qwen2.5:32b";
+    ollamaUrl = "http://10.0.0.7:11434";
+    protectedServices = [
+      "postgresql"
+      "backup.timer"
+    ];
+    gotify = {
+      url = "https://gotify.example.org";
+      tokenFile = "/run/secrets/gotify-token";
+    };
+    approverGroup = "ops";
+    settings = {
+      act.cooldown = 600;
+      detect.disk_full_percent = 85;
+      nixos.flake = "/etc/nixos#web1";
+    };
+  };
+  good = render goodHost;
+  service = goodHost.systemd.services.macha-autonomous;
+
+  goodChecks = [
+    (expect "the configuration file"
+      {
+        autonomy_level = "auto-safe";
+        check_interval = 120;
+        state_dir = "/var/lib/macha-autonomous";
+        service_unit = "macha-autonomous.service";
+        protected_units = [
+          "postgresql.service"
+          "backup.timer"
+        ];
+        ollama = {
+          url = "http://10.0.0.7:11434";
+          model = "qwen2.5:32b";
+        };
+        act = {
+          approver_group = "ops";
+          cooldown = 600;
+        };
+        detect.disk_full_percent = 85;
+        gotify = {
+          url = "https://gotify.example.org";
+          token_file = "/run/credentials/macha-autonomous.service/gotify-token";
+        };
+        nixos.flake = "/etc/nixos#web1";
+      }
+      good.settings)
+    (expect "ExecStart" "${stubs.pkgs.macha.outPath}/bin/macha --config ${configFile} daemon" service.serviceConfig.ExecStart)
+    (expect "the notify type and its watchdog" [ "notify" "main" "60s" ] [
+      service.serviceConfig.Type
+      service.serviceConfig.NotifyAccess
+      service.serviceConfig.WatchdogSec
+    ])
+    (expect "the user" [ "macha" "macha" ] [ service.serviceConfig.User service.serviceConfig.Group ])
+    (expect "the system user"
+      {
+        isSystemUser = true;
+        group = "macha";
+        extraGroups = [ "systemd-journal" ];
+        description = "macha-autonomous daemon";
+      }
+      goodHost.users.users.macha)
+    (expect "the Gotify token's credential" [ "gotify-token:/run/secrets/gotify-token" ] service.serviceConfig.LoadCredential)
+    (expect "the state directory" "macha-autonomous" service.serviceConfig.StateDirectory)
+    (expect "the ordering" [ [ "network-online.target" ] [ "network-online.target" ] ] [ service.wants service.after ])
+    (expect "the commands on PATH" [ stubs.pkgs.macha ] goodHost.environment.systemPackages)
+    (expect "polkit" true goodHost.security.polkit.enable)
+    (expect "the helper units" [
+      "macha-action-gc.service"
+      "macha-action-rebuild.service"
+      "macha-action-rollback.service"
+      "macha-action-vacuum-journal.service"
+    ]
+      (builtins.attrNames goodHost.systemd.units))
+    (expect "placeholders left in the helpers" [ ] (
+      lib.filter (u: builtins.match ".*@(macha|config|stateDir|path)@.*" u.text != null) (
+        builtins.attrValues goodHost.systemd.units
+      )
+    ))
+    (expect "the end of the protected list in the polkit rule: the built-in list, then the admin's units" [
+      "ollama.service"
+      "macha-autonomous.service"
+      "postgresql.service"
+      "backup.timer"
+    ]
+      (lib.sublist 24 4 (builtins.fromJSON (builtins.head (builtins.match ".*var PROTECTED_UNITS = (\\[[^]]*]);.*" good.polkitRule)))))
+  ];
+
+  # One host per option: the option's effect against a host without it.
+  base = render (host { });
+  effect =
+    option: options: check:
+    let
+      changed = render (host options);
+    in
+    if check changed && !(check base) then true else throw "setting ${option} has no visible effect";
+  setting = path: r: lib.attrByPath path null r.settings;
+in
+{
+  good =
+    assert lib.all (x: x) goodChecks;
+    good;
+
+  effects = {
+    enable =
+      let
+        off = evaluate [{ services.macha-autonomous.enable = false; }];
+      in
+      expect "a host without enable" [{ } { } [ ]] [
+        off.systemd.services
+        off.environment.etc
+        off.environment.systemPackages
+      ];
+    defaults = expect "the configuration with every option at its default"
+      {
+        autonomy_level = "suggest";
+        check_interval = 300;
+        state_dir = "/var/lib/macha-autonomous";
+        service_unit = "macha-autonomous.service";
+        protected_units = [ ];
+        ollama = {
+          url = "http://127.0.0.1:11434";
+          model = "llama3.1:70b";
+        };
+        act.approver_group = "wheel";
+      }
+      base.settings;
+    package =
+      let
+        other = stubs.pkgs.macha // {
+          outPath = stubs.storePath "macha-9.9.9";
+        };
+      in
+      effect "package" { package = other; } (r: lib.hasInfix "macha-9.9.9/bin/macha" r.unit);
+    autonomyLevel = effect "autonomyLevel" { autonomyLevel = "observe"; } (r: setting [ "autonomy_level" ] r == "observe");
+    checkInterval = effect "checkInterval" { checkInterval = 30; } (r: setting [ "check_interval" ] r == 30);
+    model = effect "model" { model = "llama3.1:8b"; } (r: setting [ "ollama" "model" ] r == "llama3.1:8b");
+    ollamaUrl = effect "ollamaUrl" { ollamaUrl = "https://llm.lan"; } (r: setting [ "ollama" "url" ] r == "https://llm.lan");
+    protectedServices = effect "protectedServices" { protectedServices = [ "nginx" ]; } (
+      r: setting [ "protected_units" ] r == [ "nginx.service" ] && lib.hasInfix "\"nginx.service\"" r.polkitRule
+    );
+    gotify = effect "gotify.url and gotify.tokenFile"
+      {
+        gotify = {
+          url = "http://gotify.lan";
+          tokenFile = "/etc/macha/token";
+        };
+      }
+      (r: setting [ "gotify" "url" ] r == "http://gotify.lan" && lib.hasInfix "LoadCredential=gotify-token:/etc/macha/token\n" r.unit);
+    approverGroup = effect "approverGroup" { approverGroup = "ops"; } (r: setting [ "act" "approver_group" ] r == "ops");
+    settings = effect "settings" { settings.gotify.digest_hour = 7; } (r: setting [ "gotify" "digest_hour" ] r == 7);
+    ollamaOrdering =
+      let
+        withOllama = evaluate [
+          {
+            services.ollama.enable = true;
+            services.macha-autonomous.enable = true;
+          }
+        ];
+      in
+      expect "the order after a local Ollama" [
+        "network-online.target"
+        "ollama.service"
+      ]
+        withOllama.systemd.services.macha-autonomous.after;
+  };
+
+  bad = {
+    autonomyLevel = render (host { autonomyLevel = "yolo"; });
+    tokenFileInStore = render (host {
+      gotify = {
+        url = "https://gotify.example.org";
+        tokenFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-gotify-token";
+      };
+    });
+    tokenFileAsPath = render (host {
+      gotify = {
+        url = "https://gotify.example.org";
+        tokenFile = ./stubs.nix;
+      };
+    });
+    tokenWithoutUrl = render (host { gotify.tokenFile = "/run/secrets/gotify-token"; });
+    settingOfUnknownType = render (host { settings.act.cooldown = _: 600; });
+    settingOwnedByAnOption = render (host { settings.state_dir = "/srv/macha"; });
+    tokenFileInSettings = render (host { settings.gotify.token_file = "/etc/gotify-token"; });
+    protectedServiceName = render (host { protectedServices = [ "ssh; reboot" ]; });
+    checkInterval = render (host { checkInterval = 0; });
+  };
+}
