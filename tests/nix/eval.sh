@@ -8,7 +8,10 @@
 #      tests/service_unit.rs installs in the test container (the unit under
 #      systemd, with `systemd-analyze security`);
 #   3. each option has a visible effect;
-#   4. each bad configuration is refused, with the message a person needs.
+#   4. each bad configuration is refused, with the message a person needs;
+#   5. flake.nix's outputs evaluate for both systems (eval-flake.nix: the
+#      package's source and inputs, apps, overlay, the flake's module, the
+#      VM test's machine), nixpkgs' packages stood in for by stubs.nix.
 #
 # Usage: tests/nix/eval.sh [--update] NIXPKGS_LIB
 #   NIXPKGS_LIB  a directory holding nixpkgs' lib/ (a checkout of nixpkgs,
@@ -99,4 +102,11 @@ if [ "$failures" -gt 0 ]; then
     exit 1
 fi
 
-echo "all module evaluations passed"
+# 5: the flake's outputs. --read-write-mode: the package's source
+# (lib.fileset.toSource) is copied into the store.
+if ! nix-instantiate --read-write-mode --eval --strict "$here/eval-flake.nix" --arg lib "import $lib_dir/lib" >/dev/null; then
+    echo "FAIL: flake.nix's outputs (above)" >&2
+    exit 1
+fi
+echo "ok: flake.nix's outputs evaluate for x86_64-linux and aarch64-linux"
+echo "all module and flake evaluations passed"
