@@ -18,6 +18,9 @@ command -v nsenter >/dev/null || need+=(util-linux)
 pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
 # Writes journal files of past boots for the journal vacuum tests.
 [ -x /lib/systemd/systemd-journal-remote ] || need+=(systemd-journal-remote)
+# Parses the Nix files and reads flake.lock (tests/nix/lint.sh); Debian's Nix
+# 2.8 runs as root without a daemon.
+command -v nix-instantiate >/dev/null || need+=(nix-bin)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -34,6 +37,16 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again" >&2
     exit 2
 fi
+
+# The Nix formatter and dead-code finder the Nix files are checked with,
+# built once into ~/.cargo/bin; versions pinned so the formatting does not
+# change under the project.
+for tool in nixpkgs-fmt@1.3.0 deadnix@1.3.1; do
+    if ! command -v "${tool%@*}" >/dev/null; then
+        echo "installing ${tool} (cargo install, once)" >&2
+        cargo install --quiet --locked "$tool"
+    fi
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MACHA_TESTBED_ROOTFS="$(bash "$here/testbed/build-rootfs.sh" | tail -n 1)"
