@@ -33,7 +33,8 @@ let
 
   # The rule in ./polkit carries the built-in protected list between two
   # markers; the generated copy replaces that block with the full list, so
-  # the list has one source (kept equal to src/gate.rs by a unit test there).
+  # the list has one source (a unit test in src/gate.rs checks that it holds
+  # every built-in name).
   rule = builtins.readFile ./polkit/50-macha-autonomous.rules;
   ruleParts =
     let
