@@ -87,7 +87,9 @@ pkgs.testers.runNixOSTest {
     with subtest("the service's sandbox"):
         report = machine.succeed("systemd-analyze security --no-pager macha-autonomous.service")
         print(report)
-        exposure = float(re.search(r"Overall exposure level for macha-autonomous.service: ([0-9.]+)", report).group(1))
+        level = re.search(r"Overall exposure level for macha-autonomous.service: ([0-9.]+)", report)
+        assert level is not None, report
+        exposure = float(level.group(1))
         assert exposure <= 2.5, f"exposure {exposure} is above 2.5"
 
     with subtest("the commands, completions and man pages are installed"):
