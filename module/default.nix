@@ -85,7 +85,9 @@ in
       repair from a fixed catalog, as far as {option}`autonomyLevel` allows
     '';
 
-    package = lib.mkPackageOption pkgs "macha" { };
+    package = lib.mkPackageOption pkgs "macha" {
+      example = "inputs.macha.packages.\${pkgs.stdenv.hostPlatform.system}.default";
+    };
 
     autonomyLevel = lib.mkOption {
       type = lib.types.enum [

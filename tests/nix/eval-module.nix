@@ -166,6 +166,13 @@ in
     good;
 
   effects = {
+    documented =
+      let
+        options = lib.collect lib.isOption
+          (lib.evalModules { modules = [ stubs.module ../../module ]; }).options.services.macha-autonomous;
+        undocumented = builtins.filter (o: (o.description or "") == "" || (o.example or null) == null) options;
+      in
+      expect "options without a description or an example" [ ] (map (o: lib.showOption o.loc) undocumented);
     enable =
       let
         off = evaluate [{ services.macha-autonomous.enable = false; }];
