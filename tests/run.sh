@@ -7,6 +7,15 @@ source tests/setup.sh
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all --check
 fi
+# The Nix formatter and dead-code finder the Nix files are checked with,
+# built once into ~/.cargo/bin (a few minutes, the first time only);
+# versions pinned so the formatting does not change under the project.
+for tool in nixpkgs-fmt@1.3.0 deadnix@1.3.1; do
+    if ! command -v "${tool%@*}" >/dev/null; then
+        echo "installing ${tool} (cargo install, once)" >&2
+        cargo install --quiet --locked "$tool"
+    fi
+done
 bash tests/nix/lint.sh
 cargo build --workspace --all-targets --locked
 # Two at a time: each integration test boots its own container.

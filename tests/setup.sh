@@ -38,16 +38,6 @@ if ! command -v cargo >/dev/null; then
     exit 2
 fi
 
-# The Nix formatter and dead-code finder the Nix files are checked with,
-# built once into ~/.cargo/bin; versions pinned so the formatting does not
-# change under the project.
-for tool in nixpkgs-fmt@1.3.0 deadnix@1.3.1; do
-    if ! command -v "${tool%@*}" >/dev/null; then
-        echo "installing ${tool} (cargo install, once)" >&2
-        cargo install --quiet --locked "$tool"
-    fi
-done
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MACHA_TESTBED_ROOTFS="$(bash "$here/testbed/build-rootfs.sh" | tail -n 1)"
 export MACHA_TESTBED_ROOTFS

@@ -2,14 +2,15 @@
 # The Nix files' checks that need no nixpkgs: every .nix file parses,
 # is formatted as nixpkgs-fmt formats it, and has no dead code (deadnix);
 # flake.lock pins nixpkgs with rev, narHash and lastModified.
-# tests/setup.sh installs nix-instantiate (Debian's nix-bin), nixpkgs-fmt and
-# deadnix. Evaluating the module needs nixpkgs' lib: tests/nix/eval.sh.
+# tests/setup.sh installs nix-instantiate (Debian's nix-bin), tests/run.sh
+# nixpkgs-fmt and deadnix. Evaluating the module needs nixpkgs' lib:
+# tests/nix/eval.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 for tool in nix-instantiate nixpkgs-fmt deadnix; do
     if ! command -v "$tool" >/dev/null; then
-        echo "tests/nix/lint.sh: $tool is missing; tests/setup.sh installs it" >&2
+        echo "tests/nix/lint.sh: $tool is missing; tests/run.sh installs it" >&2
         exit 2
     fi
 done
