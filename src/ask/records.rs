@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::audit;
 use crate::decide::prompt::one_line;
+use crate::decide::tools::closed_tool;
 use crate::gate;
 use crate::investigate;
 use crate::model::Tool;
@@ -103,16 +104,7 @@ impl RecordTool {
                 &["incident"],
             ),
         };
-        Tool {
-            name: self.as_str().to_owned(),
-            description: description.to_owned(),
-            parameters: json!({
-                "type": "object",
-                "properties": properties,
-                "required": required,
-                "additionalProperties": false,
-            }),
-        }
+        closed_tool(self.as_str(), description, properties, required)
     }
 }
 

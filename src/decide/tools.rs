@@ -122,8 +122,15 @@ fn probe_tool(probe: Probe) -> Tool {
             &[],
         ),
     };
+    closed_tool(probe.as_str(), description, properties, required)
+}
+
+/// A tool whose arguments object has exactly `properties`, `required` of
+/// them required, and nothing else (`additionalProperties: false`): the
+/// shape every tool macha offers has.
+pub fn closed_tool(name: &str, description: &str, properties: Value, required: &[&str]) -> Tool {
     Tool {
-        name: probe.as_str().to_owned(),
+        name: name.to_owned(),
         description: description.to_owned(),
         parameters: json!({
             "type": "object",
