@@ -28,13 +28,7 @@ fn setup() -> Container {
     )
     .unwrap();
     c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
-    c.install_unit(
-        APP,
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'if [ -e /run/app.ok ]; then exec sleep infinity; fi; echo \"app: database is not ready\" >&2; exit 2'\n",
-    )
-    .unwrap();
-    c.start_unit(APP).unwrap();
-    c.wait_unit_state(APP, "failed", Duration::from_secs(20)).unwrap();
+    common::failing_app(&c, APP);
     c.write_file(
         "/etc/macha-autonomous/config.toml",
         "autonomy_level = \"auto-safe\"\ncheck_interval = 2\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\n\n[act]\nsettle_time = 1\n",

@@ -83,13 +83,7 @@ fn setup() -> Container {
     )
     .unwrap();
     c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
-    c.install_unit(
-        APP,
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'if [ -e /run/app.ok ]; then exec sleep infinity; fi; echo \"app: database is not ready\" >&2; exit 2'\n",
-    )
-    .unwrap();
-    c.start_unit(APP).unwrap();
-    c.wait_unit_state(APP, "failed", Duration::from_secs(20)).unwrap();
+    common::failing_app(&c, APP);
 
     let mut settings = rendered_settings();
     settings["ollama"]["url"] = json!("http://127.0.0.1:11434");

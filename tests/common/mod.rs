@@ -169,6 +169,19 @@ job_timeout = 20
     }
 }
 
+/// Installs `name` as a service that fails (exit 2, "database is not
+/// ready") until `/run/app.ok` exists, starts it and waits until it failed:
+/// the unit the tests of an installed macha repair.
+pub fn failing_app(c: &Container, name: &str) {
+    c.install_unit(
+        name,
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'if [ -e /run/app.ok ]; then exec sleep infinity; fi; echo \"app: database is not ready\" >&2; exit 2'\n",
+    )
+    .unwrap();
+    c.start_unit(name).unwrap();
+    c.wait_unit_state(name, "failed", Duration::from_secs(20)).unwrap();
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
