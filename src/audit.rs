@@ -154,9 +154,13 @@ pub struct ActionRecord {
     pub after: Option<Observed>,
 }
 
+/// A file that could not be appended to, verified or read: what was being
+/// done (`read` is also how `macha-logs` reads the daemon's log, which is
+/// no audit file), on which file, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("audit file {path}: {source}")]
+#[error("cannot {op} {path}: {source}")]
 pub struct AuditError {
+    op: &'static str,
     path: String,
     source: std::io::Error,
 }
@@ -205,7 +209,7 @@ fn last_record(file: &mut File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
 /// seals the file's end in `name.head`.
 pub fn append<T: Serialize>(dir: &Path, name: &str, record: &T) -> Result<(), AuditError> {
     let path = dir.join(name);
-    let err = |source| AuditError { path: path.display().to_string(), source };
+    let err = |source| AuditError { op: "append to the audit file", path: path.display().to_string(), source };
     let mut value = serde_json::to_value(record).map_err(|e| err(e.into()))?;
     let mut file = OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(&path).map_err(err)?;
     file.lock().map_err(err)?;
@@ -256,7 +260,7 @@ pub struct ChainReport {
 /// before it, and that the file ends where its seal says.
 pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
     let path = dir.join(name);
-    let err = |source| AuditError { path: path.display().to_string(), source };
+    let err = |source| AuditError { op: "verify the audit file", path: path.display().to_string(), source };
     let data = match std::fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -323,17 +327,18 @@ pub struct Torn {
     pub error: String,
 }
 
-/// Reads every record of an audit file; torn or corrupted lines are
-/// returned apart, with their line number.
+/// Reads every record of a file of JSON lines (an audit file, or the
+/// daemon's log); torn or corrupted lines are returned apart, with their
+/// line number.
 pub fn read_all(path: &Path) -> Result<(Vec<serde_json::Value>, Vec<Torn>), AuditError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(source) => return Err(AuditError { path: path.display().to_string(), source }),
+        Err(source) => return Err(AuditError { op: "read", path: path.display().to_string(), source }),
     };
     let (mut records, mut torn) = (Vec::new(), Vec::new());
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|source| AuditError { path: path.display().to_string(), source })?;
+        let line = line.map_err(|source| AuditError { op: "read", path: path.display().to_string(), source })?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Ok(report) => manager.status(&idle_status(&report, interval)),
                     Err(e) => {
                         // The daemon outlives a bad cycle; the next one tries again.
-                        tracing::error!(error = format!("{e:#}"), "cycle failed");
+                        tracing::error!(error = crate::errors::chain(e.as_ref()), "cycle failed");
                         manager.status(&format!("last cycle failed: {e}; next in {} s", interval.as_secs()));
                     }
                 }

@@ -621,6 +621,7 @@ mod tests {
             identifier: Some("demo-web".into()),
             comm: Some("demo-web".into()),
             uid: Some(0),
+            pid: Some(812),
             message: message.into(),
         }
     }

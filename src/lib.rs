@@ -17,7 +17,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod decide;
 pub mod detect;
-mod errors;
+pub mod errors;
 pub mod eval;
 pub mod gate;
 pub mod investigate;

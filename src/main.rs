@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("macha: error: {e:#}");
+            eprintln!("macha: error: {}", macha::errors::chain(e.as_ref()));
             ExitCode::from(2)
         }
     }

@@ -140,6 +140,11 @@ fn service_shows_the_daemons_own_journal_lines() {
     let text = stdout(&out);
     assert!(out.status.success());
     assert!(text.contains("macha daemon started"), "{text}");
+    // As syslog and journalctl write it: the program, then its PID.
+    let pid = bed.prop("macha-autonomous.service", "MainPID");
+    let started = text.lines().find(|l| l.contains("macha daemon started")).unwrap();
+    assert!(started.contains(&format!(" macha[{pid}] info: ")), "{started}");
+    assert!(text.contains("systemd[1] info: Started macha-autonomous.service"), "{text}");
     let json = stdout(&bed.run("macha-logs", &["service", "--json"]));
     let entries: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     // Its own lines, and systemd's lines about it, as `journalctl -u` shows them.

@@ -171,9 +171,15 @@ pub fn is_approver(group: &str) -> bool {
 
 /// Only root and members of the approver group may approve or reject.
 pub fn may_decide(group: &str) -> anyhow::Result<()> {
+    only_approvers(group, "approve or reject")
+}
+
+/// Only root and members of the approver group may do `what`; anyone else
+/// is told what they may not do and who may.
+pub fn only_approvers(group: &str, what: &str) -> anyhow::Result<()> {
     if !is_approver(group) {
         anyhow::bail!(
-            "{} may not approve or reject: only root and members of the group {group:?} may (config key act.approver_group)",
+            "{} may not {what}: only root and members of the group {group:?} may (config key act.approver_group)",
             current_user()
         );
     }

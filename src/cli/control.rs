@@ -42,7 +42,7 @@ pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 pub fn note(config: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    super::approve::may_decide(&config.act.approver_group)?;
+    super::approve::only_approvers(&config.act.approver_group, "leave notes for macha's decisions")?;
     macha::cycle::ensure_state_dir(&config.state_dir)?;
     let _owner = super::KeepOwnership::new(&config.state_dir);
     let path = macha::note::leave(&config.state_dir, text, &super::approve::current_user())

@@ -93,14 +93,14 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
             Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
                 Ok(()) => return rt.block_on(super::approve::approve(config, store, id, Some(&item.binding))),
                 Err(e) => {
-                    eprintln!("macha-approve: {e:#}");
+                    eprintln!("macha-approve: {}", macha::errors::chain(e.as_ref()));
                     refused = true;
                 }
             },
             Line::Reject(reason) => match super::approve::may_decide(&config.act.approver_group) {
                 Ok(()) => return super::approve::reject(config, store, id, reason),
                 Err(e) => {
-                    eprintln!("macha-approve: {e:#}");
+                    eprintln!("macha-approve: {}", macha::errors::chain(e.as_ref()));
                     refused = true;
                 }
             },

@@ -13,6 +13,7 @@ use serde_json::Value;
 use macha::audit;
 use macha::config::Config;
 use macha::logging::ORCHESTRATOR_LOG;
+use macha::observe::journal::Entry;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,14 +64,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
                     if args.json {
                         writeln!(out, "{}", serde_json::to_string(e)?)
                     } else {
-                        writeln!(
-                            out,
-                            "{} {}[{}]: {}",
-                            e.time.format("%Y-%m-%d %H:%M:%S"),
-                            e.identifier.as_deref().unwrap_or("macha"),
-                            e.priority,
-                            e.message
-                        )
+                        writeln!(out, "{}", human_entry(e))
                     }
                     .and_then(|_| out.flush())
                 },
@@ -196,6 +190,19 @@ fn human_action(v: &Value) -> String {
         _ => s(v, "origin").to_owned(),
     };
     format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
+}
+
+/// `TIME PROGRAM[PID] PRIORITY: MESSAGE`, as syslog names the writer.
+fn human_entry(e: &Entry) -> String {
+    const PRIORITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+    let pid = e.pid.map(|p| format!("[{p}]")).unwrap_or_default();
+    format!(
+        "{} {}{pid} {}: {}",
+        e.time.format("%Y-%m-%d %H:%M:%S"),
+        e.identifier.as_deref().or(e.comm.as_deref()).unwrap_or("-"),
+        PRIORITIES.get(usize::from(e.priority)).copied().unwrap_or("unknown"),
+        e.message
+    )
 }
 
 fn human_log(v: &Value) -> String {

@@ -500,6 +500,7 @@ fn journal(lines: Vec<RawLine>) -> Result<Vec<Entry>, Problem> {
                 identifier: None,
                 comm: line.comm,
                 uid: line.uid,
+                pid: None,
                 message: line.message,
             })
         })

@@ -67,15 +67,24 @@ pub fn append(state_dir: &Path, line: &CycleMetrics, max_bytes: u64) -> std::io:
     file.write_all(text.as_bytes())
 }
 
+/// A metrics file that exists but cannot be read, named.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", .path.display())]
+pub struct ReadError {
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
 /// Every line of both files, oldest first, and how many lines could not be
 /// read (a torn last line after a crash).
-pub fn read(state_dir: &Path) -> std::io::Result<(Vec<CycleMetrics>, usize)> {
+pub fn read(state_dir: &Path) -> Result<(Vec<CycleMetrics>, usize), ReadError> {
     let (mut lines, mut unreadable) = (Vec::new(), 0);
     for name in [PREVIOUS_FILE, METRICS_FILE] {
-        let text = match std::fs::read_to_string(state_dir.join(name)) {
+        let path = state_dir.join(name);
+        let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(source) => return Err(ReadError { path, source }),
         };
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match serde_json::from_str(line) {

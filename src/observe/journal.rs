@@ -39,6 +39,8 @@ pub struct Entry {
     pub identifier: Option<String>,
     pub comm: Option<String>,
     pub uid: Option<u32>,
+    /// `_PID`: the writing process.
+    pub pid: Option<u32>,
     pub message: String,
 }
 
@@ -109,6 +111,7 @@ fn read_entry(j: &mut Journal) -> Entry {
         identifier: field(j, "SYSLOG_IDENTIFIER"),
         comm: field(j, "_COMM"),
         uid: field(j, "_UID").and_then(|u| u.parse().ok()),
+        pid: field(j, "_PID").and_then(|p| p.parse().ok()),
         message: message(j),
     }
 }
