@@ -381,6 +381,58 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// What a numeric key accepts: the range, and what the number counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    /// What one unit of the value is: "seconds", "hours", "KiB" ...
+    pub unit: &'static str,
+}
+
+impl Bound {
+    const fn new(key: &'static str, min: u64, max: u64, unit: &'static str) -> Self {
+        Self { key, min, max, unit }
+    }
+
+    fn check(&self, value: u64) -> Result<(), String> {
+        if (self.min..=self.max).contains(&value) {
+            return Ok(());
+        }
+        Err(format!(
+            "key `{}`: {value} is out of range (accepted: {} to {} {})",
+            self.key, self.min, self.max, self.unit
+        ))
+    }
+}
+
+/// A number of seconds from this file as a span of time. The ranges keep
+/// every accepted value far inside what a span holds; anything larger
+/// saturates rather than wrapping negative or panicking.
+pub fn seconds(n: u64) -> chrono::TimeDelta {
+    i64::try_from(n).ok().and_then(chrono::TimeDelta::try_seconds).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+/// A number of hours from this file as a span of time, saturating like
+/// [`seconds`].
+pub fn hours(n: u64) -> chrono::TimeDelta {
+    i64::try_from(n).ok().and_then(chrono::TimeDelta::try_hours).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+impl ActConfig {
+    /// How long a queued action waits for approval.
+    pub fn approval_ttl(&self) -> chrono::TimeDelta {
+        hours(self.approval_ttl_hours)
+    }
+
+    /// The longest an action can take once started: its job, its check and
+    /// a margin. An approval claimed longer ago than this was interrupted.
+    pub fn execution_limit(&self) -> chrono::TimeDelta {
+        seconds(self.job_timeout.saturating_add(self.settle_time).saturating_add(30))
+    }
+}
+
 /// Default location of the file written by the NixOS module.
 pub const DEFAULT_PATH: &str = "/etc/macha-autonomous/config.toml";
 
@@ -417,27 +469,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        fn percent(key: &str, v: u8) -> Result<(), String> {
-            if (1..=100).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("key `{key}`: {v} is not a percentage (accepted: 1 to 100)"))
-            }
-        }
-        if self.check_interval == 0 {
-            return Err("key `check_interval`: must be at least 1 second".into());
-        }
-        if self.ollama.timeout == 0 {
-            return Err("key `ollama.timeout`: must be at least 1 second".into());
+        for (bound, value) in self.numbers() {
+            bound.check(value)?;
         }
         if !(self.ollama.url.starts_with("http://") || self.ollama.url.starts_with("https://")) {
             return Err(format!("key `ollama.url`: {:?} is not an http:// or https:// URL", self.ollama.url));
         }
         if self.ollama.model.trim().is_empty() {
             return Err("key `ollama.model`: must name a model, for example \"llama3.1:70b\"".into());
-        }
-        if self.ollama.num_ctx < 512 {
-            return Err("key `ollama.num_ctx`: must be at least 512 tokens".into());
         }
         if !(0.0..=2.0).contains(&self.ollama.temperature) {
             return Err("key `ollama.temperature`: accepted values are 0.0 to 2.0".into());
@@ -448,20 +487,8 @@ impl Config {
                 "key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into(),
             );
         }
-        if self.act.approval_ttl_hours == 0 {
-            return Err("key `act.approval_ttl_hours`: must be at least 1 hour".into());
-        }
         if self.act.approver_group.trim().is_empty() {
             return Err("key `act.approver_group`: must name a Unix group".into());
-        }
-        if self.act.gc_min_days == 0 {
-            return Err("key `act.gc_min_days`: must be at least 1 day".into());
-        }
-        if self.act.journal_floor_mb < 16 {
-            return Err("key `act.journal_floor_mb`: must be at least 16 MiB".into());
-        }
-        if self.act.helper_timeout == 0 {
-            return Err("key `act.helper_timeout`: must be at least 1 second".into());
         }
         if let Some(flake) = &self.nixos.flake {
             crate::gate::check_flake(flake).map_err(|e| format!("key `nixos.flake`: {e}"))?;
@@ -470,11 +497,6 @@ impl Config {
             if !p.is_absolute() {
                 return Err(format!("key `{key}`: {p:?} is not an absolute path"));
             }
-        }
-        percent("detect.disk_full_percent", self.detect.disk_full_percent)?;
-        percent("detect.memory_pressure_percent", self.detect.memory_pressure_percent)?;
-        if self.detect.error_burst_lines == 0 {
-            return Err("key `detect.error_burst_lines`: must be at least 1".into());
         }
         let g = &self.gotify;
         if let Some(url) = &g.url {
@@ -491,36 +513,68 @@ impl Config {
                 );
             }
         }
-        if g.digest_hour > 23 {
-            return Err(format!("key `gotify.digest_hour`: {} is not an hour (accepted: 0 to 23)", g.digest_hour));
-        }
-        if g.retry_max == 0 {
-            return Err("key `gotify.retry_max`: must be at least 1 second".into());
-        }
-        if g.max_queued == 0 {
-            return Err("key `gotify.max_queued`: must be at least 1".into());
-        }
-        for (key, p) in
-            [("info", g.priorities.info), ("attention", g.priorities.attention), ("urgent", g.priorities.urgent)]
-        {
-            if p > 10 {
-                return Err(format!("key `gotify.priorities.{key}`: {p} is not a Gotify priority (accepted: 0 to 10)"));
-            }
-        }
         if !self.state_dir.is_absolute() {
             return Err(format!("key `state_dir`: {:?} is not an absolute path", self.state_dir));
+        }
+        if let Some(dir) = self.journal_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(format!("key `journal_dir`: {dir:?} is not an absolute path"));
         }
         Ok(())
     }
 
+    /// Every numeric key with its value and what it accepts: seconds of a
+    /// wait that a cycle, an approval or a delivery sits through, hours,
+    /// counts and sizes, each bounded to what makes sense, so that no
+    /// accepted value overflows a computation or stalls the daemon.
+    pub fn numbers(&self) -> Vec<(Bound, u64)> {
+        const DAY: u64 = 86_400;
+        let (o, m, d, a, g) = (&self.ollama, &self.model, &self.detect, &self.act, &self.gotify);
+        let mut out = vec![
+            (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
+            (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
+            (Bound::new("ollama.num_ctx", 512, 1_048_576, "tokens"), u64::from(o.num_ctx)),
+            (Bound::new("ollama.num_predict", 16, 131_072, "tokens"), u64::from(o.num_predict)),
+            (Bound::new("model.concurrency", 1, 64, "requests"), u64::from(m.concurrency)),
+            (Bound::new("model.tool_rounds", 0, 10, "rounds"), u64::from(m.tool_rounds)),
+            (Bound::new("model.prompt_margin", 0, 1_048_576, "tokens"), u64::from(m.prompt_margin)),
+            (Bound::new("model.metrics_max_kb", 16, 1_048_576, "KiB"), m.metrics_max_kb),
+            (Bound::new("model.calls.max_file_kb", 16, 1_048_576, "KiB"), m.calls.max_file_kb),
+            (Bound::new("model.calls.max_total_mb", 1, 1_048_576, "MiB"), m.calls.max_total_mb),
+            (Bound::new("model.calls.max_age_days", 1, 3_650, "days"), m.calls.max_age_days),
+            (Bound::new("detect.disk_full_percent", 1, 100, "percent"), u64::from(d.disk_full_percent)),
+            (Bound::new("detect.memory_pressure_percent", 1, 100, "percent"), u64::from(d.memory_pressure_percent)),
+            (Bound::new("detect.error_burst_lines", 1, 1_000_000, "lines"), u64::from(d.error_burst_lines)),
+            (
+                Bound::new("detect.unit_log_lines", 1, 1_000, "lines"),
+                u64::try_from(d.unit_log_lines).unwrap_or(u64::MAX),
+            ),
+            (Bound::new("act.settle_time", 0, 600, "seconds"), a.settle_time),
+            (Bound::new("act.job_timeout", 1, 3_600, "seconds"), a.job_timeout),
+            (Bound::new("act.cooldown", 0, DAY, "seconds"), a.cooldown),
+            (Bound::new("act.max_auto_per_hour", 0, 1_000, "actions"), u64::from(a.max_auto_per_hour)),
+            (Bound::new("act.max_auto_restarts", 0, 100, "actions"), u64::from(a.max_auto_restarts)),
+            (Bound::new("act.approval_ttl_hours", 1, 720, "hours"), a.approval_ttl_hours),
+            (Bound::new("act.gc_min_days", 1, 3_650, "days"), u64::from(a.gc_min_days)),
+            (Bound::new("act.journal_floor_mb", 16, 1_048_576, "MiB"), a.journal_floor_mb),
+            (Bound::new("act.helper_timeout", 1, DAY, "seconds"), a.helper_timeout),
+            (Bound::new("gotify.digest_hour", 0, 23, "(hour of the day)"), u64::from(g.digest_hour)),
+            (Bound::new("gotify.max_per_hour", 0, 1_000, "messages"), u64::from(g.max_per_hour)),
+            (Bound::new("gotify.resolve_after", 0, DAY, "seconds"), g.resolve_after),
+            (Bound::new("gotify.model_outage_after", 0, DAY, "seconds"), g.model_outage_after),
+            (Bound::new("gotify.max_queued", 1, 100_000, "messages"), u64::from(g.max_queued)),
+            (Bound::new("gotify.retry_max", 1, DAY, "seconds"), g.retry_max),
+            (Bound::new("gotify.priorities.info", 0, 10, "(Gotify priority)"), u64::from(g.priorities.info)),
+            (Bound::new("gotify.priorities.attention", 0, 10, "(Gotify priority)"), u64::from(g.priorities.attention)),
+            (Bound::new("gotify.priorities.urgent", 0, 10, "(Gotify priority)"), u64::from(g.priorities.urgent)),
+        ];
+        if let Some(f) = &m.fallback {
+            out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
+        }
+        out
+    }
+
     fn validate_model(&self) -> Result<(), String> {
         let m = &self.model;
-        if !(1..=64).contains(&m.concurrency) {
-            return Err(format!("key `model.concurrency`: {} is out of range (accepted: 1 to 64)", m.concurrency));
-        }
-        if m.tool_rounds > 10 {
-            return Err(format!("key `model.tool_rounds`: {} is out of range (accepted: 0 to 10)", m.tool_rounds));
-        }
         let room = u64::from(self.ollama.num_ctx) - u64::from(self.ollama.num_predict.min(self.ollama.num_ctx));
         if u64::from(m.prompt_margin) + 1024 > room {
             return Err(format!(
@@ -528,20 +582,11 @@ impl Config {
                 m.prompt_margin, self.ollama.num_ctx, self.ollama.num_predict
             ));
         }
-        if m.metrics_max_kb < 16 {
-            return Err("key `model.metrics_max_kb`: must be at least 16 KiB".into());
-        }
-        if m.calls.max_file_kb < 16 {
-            return Err("key `model.calls.max_file_kb`: must be at least 16 KiB".into());
-        }
         if m.calls.max_total_mb * 1024 < 2 * m.calls.max_file_kb {
             return Err(format!(
                 "key `model.calls.max_total_mb`: {} MiB cannot hold two files of `model.calls.max_file_kb` ({} KiB); raise it or lower the file size",
                 m.calls.max_total_mb, m.calls.max_file_kb
             ));
-        }
-        if m.calls.max_age_days == 0 {
-            return Err("key `model.calls.max_age_days`: must be at least 1 day".into());
         }
         if let Some(f) = &m.fallback {
             if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
@@ -552,9 +597,6 @@ impl Config {
             }
             if f.model.trim().is_empty() {
                 return Err("key `model.fallback.model`: must name a model".into());
-            }
-            if f.timeout == 0 {
-                return Err("key `model.fallback.timeout`: must be at least 1 second".into());
             }
         }
         Ok(())
@@ -602,6 +644,121 @@ mod tests {
         for k in expected {
             assert!(example.contains(&k), "macha.example.toml does not document `{k}`");
         }
+    }
+
+    #[test]
+    fn the_reviewers_values_are_refused_with_the_key_and_its_range() {
+        for (text, said) in [
+            (
+                "check_interval = 18446744073709551615",
+                "key `check_interval`: 18446744073709551615 is out of range (accepted: 1 to 86400 seconds)",
+            ),
+            (
+                "[act]\napproval_ttl_hours = 9223372036854775807",
+                "key `act.approval_ttl_hours`: 9223372036854775807 is out of range (accepted: 1 to 720 hours)",
+            ),
+            (
+                "[act]\napproval_ttl_hours = 18446744073709551615",
+                "key `act.approval_ttl_hours`: 18446744073709551615 is out of range (accepted: 1 to 720 hours)",
+            ),
+            (
+                "[gotify]\nresolve_after = 9223372036854775807",
+                "key `gotify.resolve_after`: 9223372036854775807 is out of range (accepted: 0 to 86400 seconds)",
+            ),
+            (
+                "[act]\njob_timeout = 9223372036854775807",
+                "key `act.job_timeout`: 9223372036854775807 is out of range (accepted: 1 to 3600 seconds)",
+            ),
+            (
+                "[act]\nsettle_time = 4294967296",
+                "key `act.settle_time`: 4294967296 is out of range (accepted: 0 to 600 seconds)",
+            ),
+            (
+                "[gotify]\nretry_max = 18446744073709551615",
+                "key `gotify.retry_max`: 18446744073709551615 is out of range (accepted: 1 to 86400 seconds)",
+            ),
+            (
+                "[model.calls]\nmax_total_mb = 18446744073709551615",
+                "key `model.calls.max_total_mb`: 18446744073709551615 is out of range (accepted: 1 to 1048576 MiB)",
+            ),
+            (
+                "[act]\njournal_floor_mb = 17592186044417",
+                "key `act.journal_floor_mb`: 17592186044417 is out of range (accepted: 16 to 1048576 MiB)",
+            ),
+            ("journal_dir = \"var/log/journal\"", "key `journal_dir`: \"var/log/journal\" is not an absolute path"),
+        ] {
+            assert_eq!(Config::parse(text).unwrap_err(), said, "{text}");
+        }
+    }
+
+    #[test]
+    fn every_numeric_key_has_a_range() {
+        let config = Config::parse("[model.fallback]\nurl = \"http://x:11434\"\nmodel = \"m\"").unwrap();
+        fn numeric(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                match value {
+                    toml::Value::Table(t) => numeric(&name, t, out),
+                    toml::Value::Integer(_) => out.push(name),
+                    _ => {}
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        numeric("", &toml::from_str(&toml::to_string(&config).unwrap()).unwrap(), &mut keys);
+        let mut bounded: Vec<String> = config.numbers().iter().map(|(b, _)| b.key.to_owned()).collect();
+        keys.sort();
+        bounded.sort();
+        assert_eq!(keys, bounded);
+        for (b, value) in config.numbers() {
+            assert!(b.check(value).is_ok(), "the default of `{}` is out of its own range", b.key);
+            assert!(b.check(b.min).is_ok() && b.check(b.max).is_ok() && b.check(b.max + 1).is_err(), "{}", b.key);
+        }
+    }
+
+    #[test]
+    fn example_file_gives_the_range_of_every_numeric_key() {
+        let example = include_str!("../macha.example.toml");
+        let config = Config::parse("[model.fallback]\nurl = \"http://x:11434\"\nmodel = \"m\"").unwrap();
+        // The comment lines above `key =` (commented out or not) in its table.
+        let comment_of = |key: &str| -> String {
+            let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+            let (mut current, mut comment) = (String::new(), Vec::new());
+            for line in example.lines() {
+                let bare = line.trim_start_matches('#').trim();
+                if bare.starts_with('[') && bare.ends_with(']') {
+                    current = bare[1..bare.len() - 1].to_owned();
+                    comment.clear();
+                } else if bare.split_once(" =").is_some_and(|(k, _)| !k.contains(' ')) {
+                    if current == table && bare.starts_with(&format!("{name} =")) {
+                        return comment.join(" ");
+                    }
+                    comment.clear();
+                } else if line.starts_with('#') {
+                    comment.push(bare.to_owned());
+                }
+            }
+            panic!("macha.example.toml has no `{key}`")
+        };
+        for (b, _) in config.numbers() {
+            let range = format!("{} to {}", b.min, b.max);
+            assert!(
+                comment_of(b.key).contains(&range),
+                "macha.example.toml does not give `{}` its range {range}",
+                b.key
+            );
+        }
+    }
+
+    #[test]
+    fn spans_from_the_file_saturate_instead_of_overflowing() {
+        assert_eq!(seconds(300), chrono::TimeDelta::seconds(300));
+        assert_eq!(hours(24), chrono::TimeDelta::hours(24));
+        assert_eq!(seconds(u64::MAX), chrono::TimeDelta::MAX);
+        assert_eq!(hours(i64::MAX as u64), chrono::TimeDelta::MAX);
+        let act = ActConfig { job_timeout: u64::MAX, settle_time: u64::MAX, ..ActConfig::default() };
+        assert_eq!(act.execution_limit(), chrono::TimeDelta::MAX);
+        assert_eq!(ActConfig::default().execution_limit(), chrono::TimeDelta::seconds(95));
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Engine {
             tool_rounds: asked.tool_rounds,
             calls: self.model.take_tally(),
         };
-        let max_bytes = self.config.model.metrics_max_kb * 1024;
+        let max_bytes = self.config.model.metrics_max_kb.saturating_mul(1024);
         if let Err(e) = metrics::append(&self.config.state_dir, &line, max_bytes) {
             tracing::warn!(error = %e, "cannot write {}", metrics::METRICS_FILE);
         }
@@ -446,7 +446,7 @@ impl Engine {
     }
 
     fn approval_ttl(&self) -> chrono::Duration {
-        chrono::Duration::hours(self.config.act.approval_ttl_hours as i64)
+        self.config.act.approval_ttl()
     }
 
     async fn carry_out(&mut self, action: &Action) -> act::Report {

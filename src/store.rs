@@ -387,6 +387,9 @@ impl Store {
         ttl: chrono::Duration,
     ) -> Result<(i64, bool), StoreError> {
         let now = Utc::now();
+        // An expiry past the end of time (a ttl no configuration accepts)
+        // expires at once rather than never.
+        let expires_at = now.checked_add_signed(ttl).unwrap_or(now).to_rfc3339();
         let binding = binding(action, fingerprint, evidence_key);
         let existing: Option<(i64, String)> = self
             .conn
@@ -410,7 +413,7 @@ impl Store {
                             binding,
                             reason,
                             diagnosis,
-                            (now + ttl).to_rfc3339()
+                            expires_at
                         ],
                     )
                     .map_err(self.wrap())?;
@@ -430,7 +433,7 @@ impl Store {
                     diagnosis,
                     evidence_key,
                     binding,
-                    (now + ttl).to_rfc3339(),
+                    expires_at,
                     action.to_json()
                 ],
             )

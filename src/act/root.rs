@@ -51,7 +51,7 @@ pub fn serve(config: &Config, name: &str) -> Result<String, HelperError> {
         Action::CollectGarbage { older_than_days } => collect_garbage(*older_than_days),
         Action::VacuumJournal { max_size_mb } => {
             let dir = config.journal_dir.clone().unwrap_or_else(|| PathBuf::from("/var/log/journal"));
-            let floor = config.act.journal_floor_mb.max(*max_size_mb) * MIB;
+            let floor = floor_bytes(config.act.journal_floor_mb, *max_size_mb);
             let r = vacuum(&dir, floor, &CurrentBoot::read()?).map_err(|e| HelperError::Failed(e.to_string()))?;
             Ok(r.summary())
         }
@@ -123,6 +123,13 @@ fn rollback(config: &Config, generation: Option<u32>) -> Result<String, HelperEr
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// The journal size a vacuum keeps, in bytes: the larger of the configured
+/// floor and the size asked for. A size past what bytes can count keeps
+/// everything; wrapping around would have kept almost nothing.
+fn floor_bytes(floor_mb: u64, asked_mb: u64) -> u64 {
+    floor_mb.max(asked_mb).saturating_mul(MIB)
+}
 
 /// What "the current boot" is, for the journal vacuum.
 pub struct CurrentBoot {
@@ -264,6 +271,14 @@ fn collect_journal_files(dir: &Path, depth: u32, out: &mut Vec<(PathBuf, std::fs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vacuum_size_past_what_bytes_can_count_keeps_everything() {
+        assert_eq!(floor_bytes(256, 512), 512 * MIB);
+        assert_eq!(floor_bytes(256, 16), 256 * MIB);
+        // (2^44 + 1) MiB would wrap around to 1 MiB.
+        assert_eq!(floor_bytes(256, (1 << 44) + 1), u64::MAX);
+    }
 
     /// A file shaped like a journal header with the given tail.
     fn fake_journal(path: &Path, boot: [u8; 16], realtime_us: u64, size: usize) {

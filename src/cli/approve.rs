@@ -81,7 +81,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 /// When a claimed item counts as interrupted: longer ago than any
 /// execution can take.
 fn stale_before(config: &Config) -> chrono::DateTime<Utc> {
-    Utc::now() - chrono::Duration::seconds((config.act.job_timeout + config.act.settle_time + 30) as i64)
+    Utc::now().checked_sub_signed(config.act.execution_limit()).unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
 }
 
 fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> {
@@ -302,7 +302,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     let mut report = act::execute(Ok(&systemd), &action, config).await;
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(macha::cycle::profile_of)) {
         let why = format!("undo {action} (approval {id}): go back to the system that ran before it");
-        let ttl = chrono::Duration::hours(config.act.approval_ttl_hours as i64);
+        let ttl = config.act.approval_ttl();
         let (undo_id, _) = store.enqueue_undo(&item.incident, from, undo, &why, ttl)?;
         report.detail = format!("{}; to undo it: `macha-approve approve {undo_id}`", report.detail);
     }

@@ -75,9 +75,9 @@ impl Recorder {
     pub fn new(state_dir: &Path, limits: &CallRecordConfig) -> Self {
         Self {
             dir: state_dir.join(CALLS_DIR),
-            max_file: limits.max_file_kb * 1024,
-            max_total: limits.max_total_mb * 1024 * 1024,
-            max_age: Duration::from_secs(limits.max_age_days * 86_400),
+            max_file: limits.max_file_kb.saturating_mul(1024),
+            max_total: limits.max_total_mb.saturating_mul(1024 * 1024),
+            max_age: Duration::from_secs(limits.max_age_days.saturating_mul(86_400)),
             current: Mutex::new(None),
         }
     }

@@ -280,7 +280,8 @@ impl Notifier {
     }
 
     fn resolve_settled(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
-        let cutoff = now - chrono::Duration::seconds(self.cfg.resolve_after as i64);
+        let cutoff =
+            now.checked_sub_signed(crate::config::seconds(self.cfg.resolve_after)).unwrap_or(DateTime::<Utc>::MIN_UTC);
         for (fp, t) in self.outbox.resolving_since_before(cutoff)? {
             let flaps = if t.flaps > 0 {
                 format!(
@@ -324,7 +325,7 @@ impl Notifier {
     fn check_model_outage(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
         let Some(since) = self.outbox.get_time(MODEL_FAILING_SINCE)? else { return Ok(()) };
         if self.outbox.get(MODEL_DOWN_NOTIFIED)?.is_some()
-            || (now - since).num_seconds() < self.cfg.model_outage_after as i64
+            || now - since < crate::config::seconds(self.cfg.model_outage_after)
         {
             return Ok(());
         }
@@ -467,7 +468,7 @@ pub struct Delivery {
 
 /// Retry delays: 5 s, 10 s, 20 s ... up to `max` seconds.
 fn backoff(attempts: u32, max: u64) -> chrono::Duration {
-    chrono::Duration::seconds((5i64 << attempts.saturating_sub(1).min(16)).min(max as i64))
+    crate::config::seconds((5u64 << attempts.saturating_sub(1).min(16)).min(max))
 }
 
 /// Sends every due message, oldest first. On the first failure the rest
@@ -550,5 +551,8 @@ mod tests {
         assert_eq!(backoff(4, 300).num_seconds(), 40);
         assert_eq!(backoff(30, 300).num_seconds(), 300);
         assert_eq!(backoff(3, 2).num_seconds(), 2);
+        // The longest wait a configuration could ever name stays a wait.
+        assert_eq!(backoff(3, u64::MAX).num_seconds(), 20);
+        assert_eq!(backoff(u32::MAX, u64::MAX).num_seconds(), 5 << 16);
     }
 }

@@ -146,7 +146,8 @@ pub fn scan_errors(
             skip_first = true;
         }
         None => {
-            let since = std::time::SystemTime::now() - lookback;
+            // A look-back longer than the clock's past reads from the start.
+            let since = std::time::SystemTime::now().checked_sub(lookback).unwrap_or(std::time::UNIX_EPOCH);
             let usec = since.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
             j.seek_realtime_usec(usec).map_err(err("seek by time", dir))?;
         }
