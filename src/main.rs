@@ -103,10 +103,12 @@ fn main() -> ExitCode {
         Command::GenerateDocs { dir } => cli::docs::run(Cli::command(), &dir),
     };
     match result {
-        Ok(code) => code,
         Err(e) => {
             eprintln!("macha: error: {}", macha::errors::chain(e.as_ref()));
             ExitCode::from(2)
         }
+        // The reader went away: the output was cut, say so as `| head` expects.
+        Ok(_) if cli::output::closed() => ExitCode::from(cli::output::CLOSED_STATUS),
+        Ok(code) => code,
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::Subcommand;
 
+use super::output::outln;
 use macha::act;
 use macha::audit::{self, ActionRecord};
 use macha::config::Config;
@@ -23,6 +24,11 @@ pub struct Args {
     command: Cmd,
 }
 
+/// Item ids start at 1.
+fn id() -> clap::builder::RangedI64ValueParser<i64> {
+    clap::builder::RangedI64ValueParser::new().range(1..)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Items waiting for approval: id, age, incident, action, target, reason.
@@ -32,12 +38,14 @@ enum Cmd {
     },
     /// Everything about one item.
     Show {
+        #[arg(value_parser = id())]
         id: i64,
         #[arg(long)]
         json: bool,
     },
     /// Carry out an item now and print the outcome.
     Approve {
+        #[arg(value_parser = id())]
         id: i64,
         /// The binding (or its first characters) shown by `show`: refuse if
         /// the item changed since.
@@ -46,13 +54,17 @@ enum Cmd {
     },
     /// Drop an item without carrying it out.
     Reject {
+        #[arg(value_parser = id())]
         id: i64,
         /// Why (recorded in the audit trail).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Show an item, ask the model about it, then approve or reject it from the same prompt.
-    Discuss { id: i64 },
+    Discuss {
+        #[arg(value_parser = id())]
+        id: i64,
+    },
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
@@ -88,25 +100,25 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
     let items = store.pending()?;
     let interrupted = store.interrupted(stale_before(config))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for a in &interrupted {
-        println!(
+        outln!(
             "interrupted: item {} ({} {}) was being carried out when its approve was stopped; check the unit, then `macha-approve reject {}`",
             a.id,
             a.kind.as_str(),
             a.target,
             a.id
-        );
+        )?;
     }
     if items.is_empty() {
-        println!("nothing is waiting for approval");
+        outln!("nothing is waiting for approval")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  REASON", "ID", "AGE", "INCIDENT", "ACTION", "TARGET");
+    outln!("{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  REASON", "ID", "AGE", "INCIDENT", "ACTION", "TARGET")?;
     for a in items {
-        println!(
+        outln!(
             "{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  {}",
             a.id,
             super::age(a.created_at),
@@ -114,7 +126,7 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
             a.kind.as_str(),
             a.target,
             a.reason
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,36 +138,38 @@ pub(super) fn find(store: &Store, id: i64) -> anyhow::Result<Approval> {
 fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
     let a = find(store, id)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&a)?);
+        outln!("{}", serde_json::to_string_pretty(&a)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    print_item(&a);
+    print_item(&a)?;
     if a.status == "pending" {
-        println!(
+        outln!(
             "\nto carry it out: macha-approve approve {}\nto drop it:      macha-approve reject {} --reason TEXT",
-            a.id, a.id
-        );
+            a.id,
+            a.id
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Everything about one item, a field a line.
-pub(super) fn print_item(a: &Approval) {
-    println!("id:         {}", a.id);
-    println!("status:     {}", a.status);
-    println!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at));
-    println!("incident:   {}", a.incident);
-    println!("action:     {} {}", a.kind.as_str(), a.target);
-    println!("reason:     {}", a.reason);
-    println!("diagnosis:  {}", a.diagnosis);
-    println!("binding:    {}", a.binding);
-    println!("expires:    {}", a.expires_at.to_rfc3339());
+pub(super) fn print_item(a: &Approval) -> std::io::Result<()> {
+    outln!("id:         {}", a.id)?;
+    outln!("status:     {}", a.status)?;
+    outln!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at))?;
+    outln!("incident:   {}", a.incident)?;
+    outln!("action:     {} {}", a.kind.as_str(), a.target)?;
+    outln!("reason:     {}", a.reason)?;
+    outln!("diagnosis:  {}", a.diagnosis)?;
+    outln!("binding:    {}", a.binding)?;
+    outln!("expires:    {}", a.expires_at.to_rfc3339())?;
     if let Some(by) = &a.decided_by {
-        println!("decided by: {by} at {}", a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default());
+        outln!("decided by: {by} at {}", a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default())?;
     }
     if let Some(o) = &a.outcome {
-        println!("outcome:    {o}");
+        outln!("outcome:    {o}")?;
     }
+    Ok(())
 }
 
 /// Whether the user running this command is root or a member of `group`.
@@ -225,21 +239,21 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     let item = find(store, id)?;
     let by = current_user();
     if item.status != "pending" {
-        println!(
+        outln!(
             "approval {id} is not waiting: it is {}{}",
             item.status,
             item.decided_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default()
-        );
+        )?;
         return Ok(ExitCode::from(1));
     }
     if !store.claim(id, &by)? {
-        println!("approval {id} was just taken by another approve or reject; nothing done");
+        outln!("approval {id} was just taken by another approve or reject; nothing done")?;
         return Ok(ExitCode::from(1));
     }
     let refuse = |reason: String| -> anyhow::Result<ExitCode> {
         store.finish(id, "refused", &reason)?;
         record(config, &item, &by, "refused", &reason, None)?;
-        println!("approval {id} refused: {reason}");
+        outln!("approval {id} refused: {reason}")?;
         Ok(ExitCode::from(1))
     };
     if Utc::now() > item.expires_at {
@@ -309,7 +323,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
     record(config, &item, &by, outcome, &report.detail, Some(&report))?;
-    println!("approval {id}: {action}: {outcome}: {}", report.detail);
+    outln!("approval {id}: {action}: {outcome}: {}", report.detail)?;
     if let (Some(notifier), Some(gotify)) = notify {
         let what = format!("{action} (approval {id} by {by})");
         let host = macha::observe::hostname();
@@ -342,10 +356,10 @@ pub(super) fn reject(config: &Config, store: &Store, id: i64, reason: Option<Str
     let reason = reason.unwrap_or_else(|| "rejected without a reason".into());
     if !store.reject(id, &by, &reason, stale_before(config))? {
         let now = find(store, id)?;
-        println!("approval {id} is not waiting: it is {}", now.status);
+        outln!("approval {id} is not waiting: it is {}", now.status)?;
         return Ok(ExitCode::from(1));
     }
     record(config, &item, &by, "rejected", &reason, None)?;
-    println!("approval {id} rejected: {reason}");
+    outln!("approval {id} rejected: {reason}")?;
     Ok(ExitCode::SUCCESS)
 }

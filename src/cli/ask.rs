@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::output::out;
 use macha::ask::records::Records;
 use macha::ask::{self, Answer, AskTools, Conversation};
 use macha::config::Config;
@@ -42,7 +43,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         let system = format!("{}\n\n{}", prompts.ask.trim_end(), ask::facts(&config, &macha::observe::hostname()));
         let mut conversation = Conversation::new(&session.model, &tools, "ask", &system);
         let answer = conversation.ask(&question).await.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
-        print!("{}", shown(&answer, &session.model));
+        out!("{}", shown(&answer, &session.model))?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::output::{out, outln};
 use macha::config::Config;
 use macha::cycle::{CycleReport, Engine};
 
@@ -28,9 +29,9 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(report)
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", human(&report));
+        out!("{}", human(&report))?;
     }
     Ok(if !report.failed_sources.is_empty() {
         ExitCode::from(2)

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::output::outln;
 use macha::config::Config;
 use macha::store::Store;
 
@@ -17,7 +18,7 @@ pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<Ex
     let store = Store::open(&config.state_dir)?;
     let reason = reason.unwrap_or_else(|| "paused by an operator".into());
     store.set_paused(Some(&reason))?;
-    println!("automatic actions paused ({reason}); proposals are queued for `macha-approve` until `macha resume`");
+    outln!("automatic actions paused ({reason}); proposals are queued for `macha-approve` until `macha resume`")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -29,9 +30,9 @@ pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match store.paused()? {
         Some(reason) => {
             store.set_paused(None)?;
-            println!("automatic actions resumed (were paused: {reason})");
+            outln!("automatic actions resumed (were paused: {reason})")?;
         }
-        None => println!("automatic actions were not paused"),
+        None => outln!("automatic actions were not paused")?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -47,6 +48,6 @@ pub fn note(config: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     let _owner = super::KeepOwnership::new(&config.state_dir);
     let path = macha::note::leave(&config.state_dir, text, &super::approve::current_user())
         .map_err(|e| anyhow::anyhow!("note not left: {e}"))?;
-    println!("note left for the next decision ({}); it is archived once read", path.display());
+    outln!("note left for the next decision ({}); it is archived once read", path.display())?;
     Ok(ExitCode::SUCCESS)
 }

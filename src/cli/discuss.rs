@@ -13,7 +13,7 @@
 //! incident and the decision that proposed it as data, plus the read-only
 //! tools of `macha ask`, and has no tool that decides.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use macha::ask::records::Records;
@@ -23,6 +23,7 @@ use macha::decide::prompt::Prompts;
 use macha::store::Store;
 
 use super::ask::{model_failed, shown, Session};
+use super::output::{self, out, outln};
 
 /// What one line of input asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,9 +58,9 @@ const HELP: &str =
 
 pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
     let item = super::approve::find(store, id)?;
-    super::approve::print_item(&item);
+    super::approve::print_item(&item)?;
     if item.status != "pending" {
-        println!("\napproval {id} is not waiting (it is {}); there is nothing to decide", item.status);
+        outln!("\napproval {id} is not waiting (it is {}); there is nothing to decide", item.status)?;
         return Ok(ExitCode::from(1));
     }
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
@@ -71,24 +72,27 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
     conversation.add_context(ask::discussion_context(&item, &Records { state_dir: &config.state_dir }));
 
     let tty = std::io::stdin().is_terminal();
-    println!("\n{HELP}");
+    outln!("\n{HELP}")?;
     let mut lines = std::io::stdin().lock().lines();
     // A refused approve or reject leaves the item queued; the exit status says so.
     let mut refused = false;
     loop {
         if tty {
-            print!("discuss {id}> ");
-            std::io::stdout().flush()?;
+            out!("discuss {id}> ")?;
+        }
+        if output::closed() {
+            // Nobody sees the answers any more: the item stays queued.
+            break;
         }
         let Some(line) = lines.next().transpose()? else {
             if tty {
-                println!();
+                outln!()?;
             }
             break;
         };
         match parse_line(&line) {
             Line::Empty => {}
-            Line::Help => println!("{HELP}"),
+            Line::Help => outln!("{HELP}")?,
             Line::Quit => break,
             Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
                 Ok(()) => return rt.block_on(super::approve::approve(config, store, id, Some(&item.binding))),
@@ -107,13 +111,13 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
             Line::Question(text) => match ask::check_question(&text) {
                 Err(e) => eprintln!("macha-approve: not asked: {e}"),
                 Ok(question) => match rt.block_on(conversation.ask(&question)) {
-                    Ok(answer) => print!("{}", shown(&answer, &session.model)),
+                    Ok(answer) => out!("{}", shown(&answer, &session.model))?,
                     Err(e) => eprintln!("macha-approve: {}", model_failed(&e)),
                 },
             },
         }
     }
-    println!("approval {id} stays queued (`macha-approve approve {id}` or `macha-approve reject {id}` later)");
+    outln!("approval {id} stays queued (`macha-approve approve {id}` or `macha-approve reject {id}` later)")?;
     Ok(if refused { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 

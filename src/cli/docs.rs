@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::output::outln;
 use anyhow::Context as _;
 use clap::Command;
 use clap_complete::Shell;
@@ -38,7 +39,7 @@ pub fn run(cli: Command, dir: &Path) -> anyhow::Result<ExitCode> {
     // One page per visible command: macha.1, macha-check.1 (which is also
     // the page of the macha-check program), macha-approve-list.1, ...
     clap_mangen::generate_to(cli, &man).with_context(|| format!("writing man pages into {}", man.display()))?;
-    println!("completions in {}, man pages in {}", dir.join("completions").display(), man.display());
+    outln!("completions in {}, man pages in {}", dir.join("completions").display(), man.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::output::{out, outln};
 use macha::config::Config;
 use macha::decide::prompt::Prompts;
 use macha::eval::{self, FixtureReport, Report, Totals};
@@ -39,8 +40,8 @@ pub struct Args {
     /// The directory of fixtures (*.json).
     #[arg(long, value_name = "DIR", default_value = "eval/fixtures")]
     fixtures: PathBuf,
-    /// Seconds to wait for one answer of the model.
-    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds to wait for one answer of the model (1 to 3600, as ollama.timeout).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
     /// Exit 1 when the overall pass rate, in percent, is below this (for CI).
     #[arg(long, value_name = "PERCENT", value_parser = percent)]
@@ -79,9 +80,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .await;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            outln!("{}", serde_json::to_string_pretty(&report)?)?;
         } else {
-            print!("{}", human(&report));
+            out!("{}", human(&report))?;
         }
         Ok(match args.min_pass_rate {
             Some(min) if report.overall.pass_rate_percent < min => {

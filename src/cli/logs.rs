@@ -3,13 +3,14 @@
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::output::{self, outln};
 use macha::audit;
 use macha::config::Config;
 use macha::logging::ORCHESTRATOR_LOG;
@@ -23,13 +24,18 @@ pub struct Args {
     /// Print records as JSON, one per line.
     #[arg(long)]
     json: bool,
-    /// How many of the most recent records to show.
-    #[arg(short = 'n', long = "lines", default_value_t = 20)]
+    /// How many of the most recent records to show (at most 10000).
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_LINES))]
     lines: usize,
     /// Keep printing new records as they are written.
     #[arg(short, long)]
     follow: bool,
 }
+
+/// The most records `-n` asks for: enough for a person, and what is held
+/// to print them stays small (a journal entry is at most a few KiB).
+const MAX_LINES: u64 = 10_000;
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 enum Which {
@@ -48,35 +54,42 @@ enum Which {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let mut out = std::io::stdout().lock();
     let (file, format): (PathBuf, fn(&Value) -> String) = match args.which {
         Which::Verify => return verify(&config, args.json),
         Which::Decisions => (config.state_dir.join(audit::DECISIONS), human_decision),
         Which::Actions => (config.state_dir.join(audit::ACTIONS), human_action),
         Which::Orchestrator => (config.state_dir.join(ORCHESTRATOR_LOG), human_log),
         Which::Service => {
-            macha::observe::journal::show_unit(
+            let shown = macha::observe::journal::show_unit(
                 config.journal_dir.as_deref(),
                 config.service_unit.as_str(),
                 args.lines,
                 args.follow,
                 |e| {
                     if args.json {
-                        writeln!(out, "{}", serde_json::to_string(e)?)
+                        outln!("{}", serde_json::to_string(e)?)?;
                     } else {
-                        writeln!(out, "{}", human_entry(e))
+                        outln!("{}", human_entry(e))?;
                     }
-                    .and_then(|_| out.flush())
+                    // Following ends when the reader has gone.
+                    if output::closed() {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                    Ok(())
                 },
-            )?;
+            );
+            match shown {
+                Err(_) if output::closed() => {}
+                shown => shown?,
+            }
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let emit = |out: &mut dyn Write, v: &Value| -> std::io::Result<()> {
+    let emit = |v: &Value| -> std::io::Result<()> {
         if args.json {
-            writeln!(out, "{v}")
+            outln!("{v}")
         } else {
-            writeln!(out, "{}", format(v))
+            outln!("{}", format(v))
         }
     };
     let (records, torn) = audit::read_all(&file)?;
@@ -87,11 +100,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("macha-logs: no records in {} yet", file.display());
     }
     for v in records.iter().skip(records.len().saturating_sub(args.lines)) {
-        emit(&mut out, v)?;
+        emit(v)?;
     }
-    out.flush()?;
     if args.follow {
-        follow(&file, |v| emit(&mut out, v).and_then(|_| out.flush()))?;
+        follow(&file, emit)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,26 +115,26 @@ fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         intact &= r.broken.is_none();
         if json {
             let broken = r.broken.as_ref().map(|(line, why)| serde_json::json!({"line": line, "reason": why}));
-            println!("{}", serde_json::json!({"file": name, "records": r.records, "broken": broken, "note": r.note}));
+            outln!("{}", serde_json::json!({"file": name, "records": r.records, "broken": broken, "note": r.note}))?;
             continue;
         }
         match &r.broken {
-            None => println!("{name}: {} records, chain intact", r.records),
-            Some((line, why)) => println!("{name}: BROKEN at line {line}: {why}"),
+            None => outln!("{name}: {} records, chain intact", r.records)?,
+            Some((line, why)) => outln!("{name}: BROKEN at line {line}: {why}")?,
         }
         if let Some(note) = &r.note {
-            println!("{name}: note: {note}");
+            outln!("{name}: note: {note}")?;
         }
     }
     Ok(if intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Prints each complete line appended to `path` from now on. A partial line
-/// is kept until its end arrives.
-fn follow(path: &Path, mut emit: impl FnMut(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
+/// Prints each complete line appended to `path` from now on, until the
+/// reader goes away. A partial line is kept until its end arrives.
+fn follow(path: &Path, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
     let mut offset = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut pending = Vec::new();
-    loop {
+    while !output::closed() {
         std::thread::sleep(Duration::from_millis(300));
         let Ok(file) = File::open(path) else { continue };
         let len = file.metadata()?.len();
@@ -150,6 +162,7 @@ fn follow(path: &Path, mut emit: impl FnMut(&Value) -> std::io::Result<()>) -> a
             }
         }
     }
+    Ok(())
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -10,6 +10,7 @@ pub mod docs;
 pub mod eval;
 pub mod logs;
 pub mod notify;
+pub mod output;
 pub mod stats;
 pub mod status;
 
@@ -19,6 +20,8 @@ use std::process::ExitCode;
 use macha::config::Config;
 use macha::notify::gotify::Gotify;
 use macha::notify::Notifier;
+
+use output::outln;
 
 /// A single-threaded runtime: macha's work is I/O-bound and sequential, and
 /// one thread keeps the idle daemon small.
@@ -43,7 +46,7 @@ pub fn helper(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     match macha::act::root::serve(&config, name) {
         Ok(summary) => {
-            println!("macha helper {name}: {summary}");
+            outln!("macha helper {name}: {summary}")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

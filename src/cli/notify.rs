@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::Subcommand;
 
+use super::output::outln;
 use macha::config::Config;
 use macha::notify::{Kind, Message};
 use macha::store::Store;
@@ -44,12 +45,12 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             };
             match super::runtime()?.block_on(gotify.send(&m)) {
                 Ok(stored) => {
-                    println!("sent to {}: the server stored message {}", gotify.url(), stored["id"]);
-                    println!("{}", serde_json::to_string_pretty(&stored)?);
+                    outln!("sent to {}: the server stored message {}", gotify.url(), stored["id"])?;
+                    outln!("{}", serde_json::to_string_pretty(&stored)?)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    println!("not sent: {e}");
+                    outln!("not sent: {e}")?;
                     Ok(ExitCode::from(2))
                 }
             }
@@ -57,7 +58,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Digest => {
             let pending = Store::open(&config.state_dir)?.pending()?.len();
             let m = notifier.send_digest(&config.state_dir, &host, pending, Utc::now())?;
-            println!("{}\n\n{}", m.title, m.body);
+            outln!("{}\n\n{}", m.title, m.body)?;
             super::runtime()?.block_on(super::deliver_now(&config, &gotify));
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Local, NaiveDate, Utc};
 use serde_json::json;
 
+use super::output::{out, outln};
 use macha::config::Config;
 use macha::model::metrics::{self, Summary, Totals};
 
@@ -19,8 +20,8 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Only the last N days (today included).
-    #[arg(long, value_name = "N")]
+    /// Only the last N days (today included; 1 to 3650).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=3650))]
     days: Option<u32>,
 }
 
@@ -29,16 +30,18 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let (mut lines, unreadable) = metrics::read(&config.state_dir)?;
     if let Some(days) = args.days {
-        let first = Local::now().date_naive() - chrono::Days::new(u64::from(days.max(1)) - 1);
+        let today = Local::now().date_naive();
+        let first =
+            today.checked_sub_days(chrono::Days::new(u64::from(days.saturating_sub(1)))).unwrap_or(NaiveDate::MIN);
         lines.retain(|m| local_day(m.time) >= first);
     }
     let summary = metrics::summarise(&lines, local_day);
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
         value["unreadable_lines"] = json!(unreadable);
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{}", human(&summary, unreadable));
+        out!("{}", human(&summary, unreadable))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use serde_json::json;
 
+use super::output::{out, outln};
 use macha::config::Config;
 use macha::model::metrics::{self, CycleMetrics};
 use macha::model::status::{self, DaemonStatus};
@@ -39,9 +40,9 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             "status": status,
             "last_cycle": last_cycle,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{}", human(&config, status.as_ref(), last_cycle.as_ref()));
+        out!("{}", human(&config, status.as_ref(), last_cycle.as_ref()))?;
     }
     Ok(if state == Some(Liveness::Running) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

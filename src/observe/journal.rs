@@ -203,7 +203,7 @@ pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>,
     let mut j = open(dir)?;
     match_unit(&mut j, dir, unit)?;
     j.seek_tail().map_err(err("seek to end", dir))?;
-    let mut lines = Vec::with_capacity(n);
+    let mut lines = Vec::with_capacity(n.min(64));
     while lines.len() < n && j.previous().map_err(err("read", dir))? > 0 {
         lines.push(read_entry(&mut j));
     }
