@@ -104,7 +104,9 @@ fn main() -> ExitCode {
     };
     match result {
         Err(e) => {
-            eprintln!("macha: error: {}", macha::errors::chain(e.as_ref()));
+            // Errors quote what others wrote (a server's answer, a file's
+            // text): shown like any such text, their line breaks kept.
+            eprintln!("macha: error: {}", cli::output::shown_lines(&macha::errors::chain(e.as_ref())));
             ExitCode::from(2)
         }
         // The reader went away: the output was cut, say so as `| head` expects.

@@ -190,7 +190,7 @@ fn a_model_without_tools_answers_in_one_request() {
     let out = host.run(&["ask", "is", "anything", "broken?"], "");
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stdout(&out);
-    assert!(said.starts_with("Nothing is failing that macha knows of.\n"), "{said}");
+    assert!(said.starts_with("> Nothing is failing that macha knows of.\n"), "{said}");
     assert!(said.contains("looked at: nothing (this model takes no tools"), "{said}");
     let chats = host.chats();
     assert_eq!(chats.len(), 1, "single-shot");
@@ -239,7 +239,7 @@ fn refused_tool_calls_are_answered_and_the_conversation_goes_on() {
     assert!(unreachable[3].contains("systemd") && unreachable[3].contains("cannot be reached"), "{}", unreachable[3]);
 
     let said = stdout(&out);
-    assert!(said.starts_with("I could not reach systemd, so I cannot tell.\n"), "{said}");
+    assert!(said.starts_with("> I could not reach systemd, so I cannot tell.\n"), "{said}");
     assert!(said.contains("looked at:\n  unit_status unit=nginx.service; reboot -> refused"), "{said}");
     assert!(said.contains("  run_shell command=rm -rf / -> refused: there is no such tool"), "{said}");
     assert!(said.contains("  unit_status unit=demo-web.service -> failed"), "{said}");
@@ -305,7 +305,7 @@ fn only_root_the_approver_group_and_the_daemons_user_may_ask() {
     host.give_state_to_nobody();
     let out = host.run_as_nobody(&["ask", "what happened?"], "");
     assert!(out.status.success(), "the daemon's own user may ask: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("Here is what I know."));
+    assert!(stdout(&out).starts_with("> Here is what I know."));
 }
 
 #[test]
@@ -421,7 +421,7 @@ fn ask_looks_at_the_unit_and_at_its_decisions_before_answering() {
     assert_eq!(calls.len(), 2);
 
     let said = stdout(&out);
-    assert!(said.starts_with("demo-web.service failed with exit status 3"), "{said}");
+    assert!(said.starts_with("> demo-web.service failed with exit status 3"), "{said}");
     assert!(
         said.contains("looked at:\n  unit_status unit=demo-web.service\n  recent_decisions incident=unit-failed:demo-web.service limit=2\n"),
         "{said}"

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::Subcommand;
 
-use super::output::outln;
+use super::output::{outln, shown};
 use macha::act;
 use macha::audit::{self, ActionRecord};
 use macha::config::Config;
@@ -108,7 +108,7 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
             "interrupted: item {} ({} {}) was being carried out when its approve was stopped; check the unit, then `macha-approve reject {}`",
             a.id,
             a.kind.as_str(),
-            a.target,
+            shown(&a.target),
             a.id
         )?;
     }
@@ -122,10 +122,10 @@ fn list(config: &Config, store: &Store, json: bool) -> anyhow::Result<ExitCode> 
             "{:>5}  {:>4}  {:<32}  {:<13}  {:<28}  {}",
             a.id,
             super::age(a.created_at),
-            a.incident,
+            shown(&a.incident),
             a.kind.as_str(),
-            a.target,
-            a.reason
+            shown(&a.target),
+            shown(&a.reason)
         )?;
     }
     Ok(ExitCode::SUCCESS)
@@ -152,22 +152,24 @@ fn show(store: &Store, id: i64, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Everything about one item, a field a line.
+/// Everything about one item, a field a line; the model's words, the
+/// names and the outcome's text through `shown`, so that none of them can
+/// clear the screen or fake another field.
 pub(super) fn print_item(a: &Approval) -> std::io::Result<()> {
     outln!("id:         {}", a.id)?;
-    outln!("status:     {}", a.status)?;
+    outln!("status:     {}", shown(&a.status))?;
     outln!("queued:     {} ({} ago)", a.created_at.to_rfc3339(), super::age(a.created_at))?;
-    outln!("incident:   {}", a.incident)?;
-    outln!("action:     {} {}", a.kind.as_str(), a.target)?;
-    outln!("reason:     {}", a.reason)?;
-    outln!("diagnosis:  {}", a.diagnosis)?;
-    outln!("binding:    {}", a.binding)?;
+    outln!("incident:   {}", shown(&a.incident))?;
+    outln!("action:     {} {}", a.kind.as_str(), shown(&a.target))?;
+    outln!("reason:     {}", shown(&a.reason))?;
+    outln!("diagnosis:  {}", shown(&a.diagnosis))?;
+    outln!("binding:    {}", shown(&a.binding))?;
     outln!("expires:    {}", a.expires_at.to_rfc3339())?;
     if let Some(by) = &a.decided_by {
-        outln!("decided by: {by} at {}", a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default())?;
+        outln!("decided by: {} at {}", shown(by), a.decided_at.map(|t| t.to_rfc3339()).unwrap_or_default())?;
     }
     if let Some(o) = &a.outcome {
-        outln!("outcome:    {o}")?;
+        outln!("outcome:    {}", shown(o))?;
     }
     Ok(())
 }
@@ -241,8 +243,8 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     if item.status != "pending" {
         outln!(
             "approval {id} is not waiting: it is {}{}",
-            item.status,
-            item.decided_by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default()
+            shown(&item.status),
+            item.decided_by.as_ref().map(|b| format!(" (by {})", shown(b))).unwrap_or_default()
         )?;
         return Ok(ExitCode::from(1));
     }
@@ -253,7 +255,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     let refuse = |reason: String| -> anyhow::Result<ExitCode> {
         store.finish(id, "refused", &reason)?;
         record(config, &item, &by, "refused", &reason, None)?;
-        outln!("approval {id} refused: {reason}")?;
+        outln!("approval {id} refused: {}", shown(&reason))?;
         Ok(ExitCode::from(1))
     };
     if Utc::now() > item.expires_at {
@@ -323,7 +325,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
     record(config, &item, &by, outcome, &report.detail, Some(&report))?;
-    outln!("approval {id}: {action}: {outcome}: {}", report.detail)?;
+    outln!("approval {id}: {}: {outcome}: {}", shown(&action.to_string()), shown(&report.detail))?;
     if let (Some(notifier), Some(gotify)) = notify {
         let what = format!("{action} (approval {id} by {by})");
         let host = macha::observe::hostname();
@@ -356,10 +358,10 @@ pub(super) fn reject(config: &Config, store: &Store, id: i64, reason: Option<Str
     let reason = reason.unwrap_or_else(|| "rejected without a reason".into());
     if !store.reject(id, &by, &reason, stale_before(config))? {
         let now = find(store, id)?;
-        outln!("approval {id} is not waiting: it is {}", now.status)?;
+        outln!("approval {id} is not waiting: it is {}", shown(&now.status))?;
         return Ok(ExitCode::from(1));
     }
     record(config, &item, &by, "rejected", &reason, None)?;
-    outln!("approval {id} rejected: {reason}")?;
+    outln!("approval {id} rejected: {}", shown(&reason))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,11 +13,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::output::out;
+use super::output::{out, shown, shown_lines};
 use macha::ask::records::Records;
 use macha::ask::{self, Answer, AskTools, Conversation};
 use macha::config::Config;
-use macha::decide::prompt::{one_line, Prompts};
+use macha::decide::prompt::Prompts;
 use macha::decide::tools::HostTools;
 use macha::model::{ModelError, ModelService};
 use macha::observe::systemd::Systemd;
@@ -43,7 +43,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         let system = format!("{}\n\n{}", prompts.ask.trim_end(), ask::facts(&config, &macha::observe::hostname()));
         let mut conversation = Conversation::new(&session.model, &tools, "ask", &system);
         let answer = conversation.ask(&question).await.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
-        out!("{}", shown(&answer, &session.model))?;
+        out!("{}", answer_shown(&answer, &session.model))?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -118,14 +118,19 @@ pub fn model_failed(e: &ModelError) -> String {
     format!("the model could not answer: {e}; `macha status` shows the model endpoints and their state")
 }
 
-/// The answer for a terminal (no control characters but newlines and
-/// tabs: the text may quote log lines), then what was looked at.
-pub fn shown(answer: &Answer, model: &ModelService) -> String {
-    let mut out: String = answer.text.chars().filter(|c| !c.is_control() || matches!(c, '\n' | '\t')).collect();
-    if out.is_empty() {
-        out.push_str("(the model gave an empty answer)");
+/// The answer for a terminal, then what was looked at, each call on one
+/// line. The answer keeps its lines, each quoted with `> ` and every other
+/// control character made visible (the text may quote log lines): no line
+/// the model writes can pass for one of macha's, which never start so.
+pub fn answer_shown(answer: &Answer, model: &ModelService) -> String {
+    let text = shown_lines(answer.text.trim_end());
+    let mut out = String::new();
+    if text.is_empty() {
+        out.push_str("(the model gave an empty answer)\n");
     }
-    out.push('\n');
+    for line in text.lines() {
+        let _ = writeln!(out, ">{}{line}", if line.is_empty() { "" } else { " " });
+    }
     if answer.cut_off {
         out.push_str("[the answer was cut off at its length limit, ollama.num_predict]\n");
     }
@@ -144,9 +149,9 @@ pub fn shown(answer: &Answer, model: &ModelService) -> String {
         let outcome = if u.outcome == "ok" {
             String::new()
         } else {
-            format!(" -> {}: {}", u.outcome, cut(&one_line(&u.detail), 100))
+            format!(" -> {}: {}", shown(&u.outcome), shown(&cut(&u.detail, 100)))
         };
-        let _ = writeln!(out, "  {}{args}{outcome}", one_line(&u.tool));
+        let _ = writeln!(out, "  {}{args}{outcome}", shown(&u.tool));
     }
     out
 }
@@ -156,17 +161,17 @@ fn arguments(v: &serde_json::Value) -> String {
     let Some(map) = v.as_object() else {
         return match v {
             serde_json::Value::Null => String::new(),
-            other => format!(" {}", cut(&one_line(&other.to_string()), 80)),
+            other => format!(" {}", shown(&cut(&other.to_string(), 80))),
         };
     };
     let pairs: Vec<String> = map
         .iter()
-        .map(|(k, v)| format!("{}={}", one_line(k), v.as_str().map(one_line).unwrap_or_else(|| v.to_string())))
+        .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
         .collect();
     if pairs.is_empty() {
         return String::new();
     }
-    format!(" {}", cut(&pairs.join(" "), 80))
+    format!(" {}", shown(&cut(&pairs.join(" "), 80)))
 }
 
 fn cut(text: &str, max: usize) -> String {

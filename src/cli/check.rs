@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::output::{out, outln};
+use super::output::{out, outln, shown};
 use macha::config::Config;
 use macha::cycle::{CycleReport, Engine};
 
@@ -42,15 +42,18 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The report for a person: what macha did not write itself (names from
+/// the host, the model's words, other programs' errors) through `shown`.
 fn human(r: &CycleReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "macha check on {} (autonomy: {}, {} ms)", r.host, r.autonomy_level.as_str(), r.wall_ms);
+    let _ =
+        writeln!(out, "macha check on {} (autonomy: {}, {} ms)", shown(&r.host), r.autonomy_level.as_str(), r.wall_ms);
     for p in &r.model_problems {
-        let _ = writeln!(out, "  model: {p}");
+        let _ = writeln!(out, "  model: {}", shown(p));
     }
     for f in &r.failed_sources {
-        let _ = writeln!(out, "  source {} could not be read: {}", f.source, f.error);
+        let _ = writeln!(out, "  source {} could not be read: {}", shown(&f.source), shown(&f.error));
     }
     if r.incidents.is_empty() && !r.failed_sources.is_empty() {
         let _ = writeln!(out, "no incident in the sources that could be read; the others are unknown");
@@ -61,28 +64,32 @@ fn human(r: &CycleReport) -> String {
         let _ = writeln!(out, "{n} incident{}:", if n == 1 { "" } else { "s" });
     }
     for i in &r.incidents {
-        let _ = writeln!(out, "  {} [{}]", i.fingerprint, i.novelty.as_str());
-        let _ = writeln!(out, "    {}", i.summary);
+        let _ = writeln!(out, "  {} [{}]", shown(&i.fingerprint), i.novelty.as_str());
+        let _ = writeln!(out, "    {}", shown(&i.summary));
         let Some(d) = &i.decision else {
             let _ = writeln!(out, "    already decided in an earlier cycle (see `macha-logs decisions`)");
             continue;
         };
         if let Some(diag) = &d.diagnosis {
-            let _ = writeln!(out, "    diagnosis: {diag}");
+            let _ = writeln!(out, "    diagnosis: {}", shown(diag));
         }
         if let Some(err) = &d.error {
-            let _ = writeln!(out, "    decision failed: {err} (the incident stays open and is asked again next cycle)");
+            let _ = writeln!(
+                out,
+                "    decision failed: {} (the incident stays open and is asked again next cycle)",
+                shown(err)
+            );
         }
         if d.actions.is_empty() && d.error.is_none() {
             let _ = writeln!(out, "    no action proposed");
         }
         for a in &d.actions {
-            let target = a.target.as_deref().map(|t| format!(" {t}")).unwrap_or_default();
-            let _ = writeln!(out, "    {}{target} -> {}: {}", a.action, a.result, a.detail);
+            let target = a.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
+            let _ = writeln!(out, "    {}{target} -> {}: {}", shown(&a.action), a.result, shown(&a.detail));
         }
     }
     for fp in &r.resolved {
-        let _ = writeln!(out, "  resolved: {fp}");
+        let _ = writeln!(out, "  resolved: {}", shown(fp));
     }
     out
 }

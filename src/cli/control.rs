@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::output::outln;
+use super::output::{outln, shown};
 use macha::config::Config;
 use macha::store::Store;
 
@@ -18,7 +18,10 @@ pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<Ex
     let store = Store::open(&config.state_dir)?;
     let reason = reason.unwrap_or_else(|| "paused by an operator".into());
     store.set_paused(Some(&reason))?;
-    outln!("automatic actions paused ({reason}); proposals are queued for `macha-approve` until `macha resume`")?;
+    outln!(
+        "automatic actions paused ({}); proposals are queued for `macha-approve` until `macha resume`",
+        shown(&reason)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -30,7 +33,7 @@ pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     match store.paused()? {
         Some(reason) => {
             store.set_paused(None)?;
-            outln!("automatic actions resumed (were paused: {reason})")?;
+            outln!("automatic actions resumed (were paused: {})", shown(&reason))?;
         }
         None => outln!("automatic actions were not paused")?,
     }

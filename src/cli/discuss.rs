@@ -22,8 +22,8 @@ use macha::config::Config;
 use macha::decide::prompt::Prompts;
 use macha::store::Store;
 
-use super::ask::{model_failed, shown, Session};
-use super::output::{self, out, outln};
+use super::ask::{answer_shown, model_failed, Session};
+use super::output::{self, out, outln, shown};
 
 /// What one line of input asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
     let item = super::approve::find(store, id)?;
     super::approve::print_item(&item)?;
     if item.status != "pending" {
-        outln!("\napproval {id} is not waiting (it is {}); there is nothing to decide", item.status)?;
+        outln!("\napproval {id} is not waiting (it is {}); there is nothing to decide", shown(&item.status))?;
         return Ok(ExitCode::from(1));
     }
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
@@ -97,22 +97,22 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
             Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
                 Ok(()) => return rt.block_on(super::approve::approve(config, store, id, Some(&item.binding))),
                 Err(e) => {
-                    eprintln!("macha-approve: {}", macha::errors::chain(e.as_ref()));
+                    eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;
                 }
             },
             Line::Reject(reason) => match super::approve::may_decide(&config.act.approver_group) {
                 Ok(()) => return super::approve::reject(config, store, id, reason),
                 Err(e) => {
-                    eprintln!("macha-approve: {}", macha::errors::chain(e.as_ref()));
+                    eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;
                 }
             },
             Line::Question(text) => match ask::check_question(&text) {
-                Err(e) => eprintln!("macha-approve: not asked: {e}"),
+                Err(e) => eprintln!("macha-approve: not asked: {}", shown(&e.to_string())),
                 Ok(question) => match rt.block_on(conversation.ask(&question)) {
-                    Ok(answer) => out!("{}", shown(&answer, &session.model))?,
-                    Err(e) => eprintln!("macha-approve: {}", model_failed(&e)),
+                    Ok(answer) => out!("{}", answer_shown(&answer, &session.model))?,
+                    Err(e) => eprintln!("macha-approve: {}", shown(&model_failed(&e))),
                 },
             },
         }

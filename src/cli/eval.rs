@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::output::{out, outln};
+use super::output::{out, outln, shown};
 use macha::config::Config;
 use macha::decide::prompt::Prompts;
 use macha::eval::{self, FixtureReport, Report, Totals};
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = eval::run(&model, &prompts, &fixtures, args.runs, |f| {
             done += 1;
             if watching {
-                eprintln!("[{done}/{total}] {}: {}/{} passed", f.id, f.totals.passes, f.totals.runs);
+                eprintln!("[{done}/{total}] {}: {}/{} passed", shown(&f.id), f.totals.passes, f.totals.runs);
             }
         })
         .await;
@@ -154,16 +154,17 @@ impl Drop for PrivateDir {
 const HEADER: [&str; 5] = ["passed", "rate", "median ms", "max ms", "tool calls"];
 
 /// The report as a table: a row per fixture, each failed run's reasons
-/// under its fixture, then the overall row.
+/// under its fixture, then the overall row. Fixture names come from file
+/// names and the reasons quote the model: both through `shown`.
 fn human(r: &Report) -> String {
-    let width = r.fixtures.iter().map(|f| f.id.len()).max().unwrap_or(0).max("overall".len());
+    let width = r.fixtures.iter().map(|f| shown(&f.id).chars().count()).max().unwrap_or(0).max("overall".len());
     let mut out = String::new();
     let tools = if r.tool_calling { "on" } else { "off" };
     let _ = writeln!(
         out,
         "macha eval: {} at {}, {} fixture(s), {} run(s) each, tool calling {tools}",
-        r.model,
-        r.url,
+        shown(&r.model),
+        shown(&r.url),
         r.fixtures.len(),
         r.runs_per_fixture
     );
@@ -173,7 +174,7 @@ fn human(r: &Report) -> String {
     }
     out.push('\n');
     for f in &r.fixtures {
-        out.push_str(&row(&f.id, &f.totals, width));
+        out.push_str(&row(&shown(&f.id), &f.totals, width));
         out.push_str(&failures(f));
     }
     out.push_str(&row("overall", &r.overall, width));
@@ -206,7 +207,7 @@ fn failures(f: &FixtureReport) -> String {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "  run {} failed: {}{proposed}", r.run, r.verdict.reasons.join("; "));
+        let _ = writeln!(out, "  run {} failed: {}{}", r.run, shown(&r.verdict.reasons.join("; ")), shown(&proposed));
     }
     out
 }

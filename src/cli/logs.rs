@@ -2,6 +2,7 @@
 //! log file (`orchestrator`) and its journal lines (`service`), for people
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::output::{self, outln};
+use super::output::{self, outln, shown};
 use macha::audit;
 use macha::config::Config;
 use macha::logging::ORCHESTRATOR_LOG;
@@ -165,15 +166,18 @@ fn follow(path: &Path, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::
     Ok(())
 }
 
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
+/// A text field of a record, as a terminal may show it: records quote the
+/// model, the journal, unit and mount names, people's reasons (and the
+/// files could have been edited), so every field goes through `shown`.
+fn s<'a>(v: &'a Value, key: &str) -> Cow<'a, str> {
+    shown(v.get(key).and_then(Value::as_str).unwrap_or(""))
 }
 
 fn time(v: &Value, key: &str) -> String {
     let t = s(v, key);
-    chrono::DateTime::parse_from_rfc3339(t)
+    chrono::DateTime::parse_from_rfc3339(&t)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|_| t.to_owned())
+        .unwrap_or_else(|_| t.into_owned())
 }
 
 fn human_decision(v: &Value) -> String {
@@ -181,51 +185,56 @@ fn human_decision(v: &Value) -> String {
     if let Some(d) = v.get("decision") {
         line.push_str(&format!(" ({}): {}", s(d, "severity"), s(d, "diagnosis")));
     }
-    if let Some(e) = v.get("error").and_then(Value::as_str) {
-        line.push_str(&format!(": {e}"));
+    if v.get("error").is_some() {
+        line.push_str(&format!(": {}", s(v, "error")));
     }
     for g in v.get("gated").and_then(Value::as_array).into_iter().flatten() {
         let p = &g["proposed"];
-        let unit = p.get("unit").and_then(Value::as_str).map(|u| format!(" {u}")).unwrap_or_default();
+        let unit =
+            if p.get("unit").is_some_and(Value::is_string) { format!(" {}", s(p, "unit")) } else { String::new() };
         line.push_str(&format!("\n    {}{unit} -> {}", s(p, "kind"), s(g, "verdict")));
-        if let Some(d) = g.get("detail").and_then(Value::as_str) {
-            line.push_str(&format!(": {d}"));
+        if g.get("detail").is_some_and(Value::is_string) {
+            line.push_str(&format!(": {}", s(g, "detail")));
         }
     }
     line
 }
 
 fn human_action(v: &Value) -> String {
-    let target = v.get("target").and_then(Value::as_str).map(|t| format!(" {t}")).unwrap_or_default();
-    let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").and_then(Value::as_str)) {
-        (Some(id), Some(by)) => format!("approval {id} by {by}"),
-        (Some(id), None) => format!("approval {id}"),
-        _ => s(v, "origin").to_owned(),
+    let target =
+        if v.get("target").is_some_and(Value::is_string) { format!(" {}", s(v, "target")) } else { String::new() };
+    let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").is_some_and(Value::is_string)) {
+        (Some(id), true) => format!("approval {id} by {}", s(v, "by")),
+        (Some(id), false) => format!("approval {id}"),
+        _ => s(v, "origin").into_owned(),
     };
     format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
 }
 
-/// `TIME PROGRAM[PID] PRIORITY: MESSAGE`, as syslog names the writer.
+/// `TIME PROGRAM[PID] PRIORITY: MESSAGE`, as syslog names the writer; the
+/// program's name and its message as a terminal may show them.
 fn human_entry(e: &Entry) -> String {
     const PRIORITIES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
     let pid = e.pid.map(|p| format!("[{p}]")).unwrap_or_default();
     format!(
         "{} {}{pid} {}: {}",
         e.time.format("%Y-%m-%d %H:%M:%S"),
-        e.identifier.as_deref().or(e.comm.as_deref()).unwrap_or("-"),
+        shown(e.identifier.as_deref().or(e.comm.as_deref()).unwrap_or("-")),
         PRIORITIES.get(usize::from(e.priority)).copied().unwrap_or("unknown"),
-        e.message
+        shown(&e.message)
     )
 }
 
 fn human_log(v: &Value) -> String {
     let fields = v.get("fields").and_then(Value::as_object);
-    let message = fields.and_then(|f| f.get("message")).and_then(Value::as_str).unwrap_or("");
+    let message = shown(fields.and_then(|f| f.get("message")).and_then(Value::as_str).unwrap_or(""));
     let extra: Vec<String> = fields
         .into_iter()
         .flatten()
         .filter(|(k, _)| k.as_str() != "message")
-        .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+        .map(|(k, v)| {
+            format!("{}={}", shown(k), shown(&v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+        })
         .collect();
     format!("{} {:>5} {message} {}", time(v, "timestamp"), s(v, "level"), extra.join(" ")).trim_end().to_owned()
 }

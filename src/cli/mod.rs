@@ -21,7 +21,7 @@ use macha::config::Config;
 use macha::notify::gotify::Gotify;
 use macha::notify::Notifier;
 
-use output::outln;
+use output::{outln, shown};
 
 /// A single-threaded runtime: macha's work is I/O-bound and sequential, and
 /// one thread keeps the idle daemon small.
@@ -46,7 +46,7 @@ pub fn helper(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     match macha::act::root::serve(&config, name) {
         Ok(summary) => {
-            outln!("macha helper {name}: {summary}")?;
+            outln!("macha helper {name}: {}", shown(&summary))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -74,10 +74,10 @@ pub async fn deliver_now(config: &Config, gotify: &Gotify) {
     };
     match tokio::time::timeout(std::time::Duration::from_secs(20), result).await {
         Ok(Ok(d)) if d.held > 0 => {
-            eprintln!("notifications: {} held for later delivery ({})", d.held, d.error.unwrap_or_default())
+            eprintln!("notifications: {} held for later delivery ({})", d.held, shown(&d.error.unwrap_or_default()))
         }
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("notifications: {e}"),
+        Ok(Err(e)) => eprintln!("notifications: {}", shown(&e.to_string())),
         Err(_) => eprintln!("notifications: Gotify did not answer in time; messages held for later delivery"),
     }
 }

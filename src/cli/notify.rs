@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::Subcommand;
 
-use super::output::outln;
+use super::output::{outln, shown, shown_lines};
 use macha::config::Config;
 use macha::notify::{Kind, Message};
 use macha::store::Store;
@@ -45,12 +45,13 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             };
             match super::runtime()?.block_on(gotify.send(&m)) {
                 Ok(stored) => {
-                    outln!("sent to {}: the server stored message {}", gotify.url(), stored["id"])?;
-                    outln!("{}", serde_json::to_string_pretty(&stored)?)?;
+                    // The server's answer, as a terminal may show it.
+                    outln!("sent to {}: the server stored message {}", gotify.url(), shown(&stored["id"].to_string()))?;
+                    outln!("{}", shown_lines(&serde_json::to_string_pretty(&stored)?))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    outln!("not sent: {e}")?;
+                    outln!("not sent: {}", shown(&e.to_string()))?;
                     Ok(ExitCode::from(2))
                 }
             }
@@ -58,7 +59,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Digest => {
             let pending = Store::open(&config.state_dir)?.pending()?.len();
             let m = notifier.send_digest(&config.state_dir, &host, pending, Utc::now())?;
-            outln!("{}\n\n{}", m.title, m.body)?;
+            outln!("{}\n\n{}", shown(&m.title), shown_lines(&m.body))?;
             super::runtime()?.block_on(super::deliver_now(&config, &gotify));
             Ok(ExitCode::SUCCESS)
         }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use serde_json::json;
 
-use super::output::{out, outln};
+use super::output::{out, outln, shown};
 use macha::config::Config;
 use macha::model::metrics::{self, CycleMetrics};
 use macha::model::status::{self, DaemonStatus};
@@ -130,10 +130,10 @@ fn endpoint_line(e: &EndpointCheck) -> String {
             let context = context_length.map(|c| format!(", context {c} tokens")).unwrap_or_default();
             format!("ready{tools}{context}")
         }
-        Check::MissingModel { error } => format!("MISSING MODEL: {error}"),
-        Check::Failed { error } => format!("cannot be checked: {error}"),
+        Check::MissingModel { error } => format!("MISSING MODEL: {}", shown(error)),
+        Check::Failed { error } => format!("cannot be checked: {}", shown(error)),
     };
-    format!("{}: {state}", e.provider)
+    format!("{}: {state}", shown(&e.provider.to_string()))
 }
 
 /// Milliseconds since the status was written: waits and running times in it
