@@ -1,6 +1,8 @@
 //! Test harness for macha's integration tests: a real systemd booted in a
-//! container (`container`), and a faithful Ollama double (`ollama`).
+//! container (`container`), and a faithful Ollama double (`ollama`);
+//! journal files of a chosen content (`journal`).
 pub mod container;
 pub mod gotify;
+pub mod journal;
 pub mod ollama;
 mod serve;
