@@ -9,6 +9,12 @@
 //! files; see DESIGN.md for why no pure-Rust reader is used. A `Journal`
 //! handle is neither `Send` nor `Sync`, so it is opened, used and dropped
 //! inside one call.
+//!
+//! libsystemd reads journal files through memory mappings, so a file that
+//! journald cuts short while it is read (rotation, vacuum) raises SIGBUS.
+//! Every call goes through `Reader`, which turns that into an error of the
+//! pass (`sigbus.rs` catches the fault); the next pass opens the journal
+//! again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 
+use super::sigbus;
 use crate::decide::evidence::{Folded, Limits, Writer};
 
 /// Units whose recent error lines are kept in one pass.
@@ -67,61 +74,116 @@ pub struct JournalError {
     source: std::io::Error,
 }
 
-fn open(dir: Option<&Path>) -> Result<Journal, JournalError> {
-    let shown = dir.map(|d| d.display().to_string());
-    let journal = match dir {
-        Some(d) => OpenDirectoryOptions::default().open_directory(d.as_os_str().as_encoded_bytes()),
-        None => OpenOptions::default().system(true).local_only(true).open(),
-    };
-    journal.map_err(|e| JournalError { what: "open", dir: shown, source: e.into() })
+/// What a pass says when a journal file was cut short under it.
+const SHRUNK: &str = "a journal file was cut short while it was being read (journald does this when it rotates or \
+                      vacuums files); this pass skips the journal and the next one opens it again";
+
+/// An open journal whose every libsystemd call, and every copy out of its
+/// mappings, runs under [`sigbus::guard`]: a file cut short under it becomes
+/// an error of this pass instead of killing the process. After that the
+/// handle is spent (each later call fails the same way); dropping it closes
+/// the journal, the zero pages go with its mappings, and the next pass opens
+/// the journal again.
+struct Reader {
+    journal: Journal,
+    dir: Option<String>,
+    shrunk: bool,
 }
 
-fn err(what: &'static str, dir: Option<&Path>) -> impl FnOnce(systemd::Error) -> JournalError {
-    let dir = dir.map(|d| d.display().to_string());
-    move |e| JournalError { what, dir, source: e.into() }
-}
-
-fn field(j: &mut Journal, name: &str) -> Option<String> {
-    let data = j.get_data(name).ok()??;
-    Some(String::from_utf8_lossy(data.value()?).into_owned())
-}
-
-fn message(j: &mut Journal) -> String {
-    let mut message = field(j, "MESSAGE").unwrap_or_default();
-    if message.chars().count() > MAX_MESSAGE_CHARS {
-        message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + " [...cut]";
+impl Reader {
+    fn open(dir: Option<&Path>) -> Result<Self, JournalError> {
+        let shown = dir.map(|d| d.display().to_string());
+        let opened = sigbus::guard(|| match dir {
+            Some(d) => OpenDirectoryOptions::default().open_directory(d.as_os_str().as_encoded_bytes()),
+            None => OpenOptions::default().system(true).local_only(true).open(),
+        });
+        match opened {
+            Ok(Ok(journal)) => Ok(Self { journal, dir: shown, shrunk: false }),
+            Ok(Err(e)) => Err(JournalError { what: "open", dir: shown, source: e.into() }),
+            Err(sigbus::Fault) => Err(JournalError { what: "open", dir: shown, source: std::io::Error::other(SHRUNK) }),
+        }
     }
-    message
-}
 
-fn time(j: &mut Journal) -> DateTime<Utc> {
-    j.timestamp_usec().ok().and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default()
-}
-
-fn priority(j: &mut Journal) -> u8 {
-    field(j, "PRIORITY").and_then(|p| p.parse().ok()).unwrap_or(6)
-}
-
-fn read_entry(j: &mut Journal) -> Entry {
-    Entry {
-        time: time(j),
-        priority: priority(j),
-        unit: field(j, "_SYSTEMD_UNIT"),
-        about_unit: field(j, "UNIT"),
-        identifier: field(j, "SYSLOG_IDENTIFIER"),
-        comm: field(j, "_COMM"),
-        uid: field(j, "_UID").and_then(|u| u.parse().ok()),
-        pid: field(j, "_PID").and_then(|p| p.parse().ok()),
-        message: message(j),
+    /// Runs `f` on the journal; only a file cut short is an error.
+    fn run<T>(&mut self, what: &'static str, f: impl FnOnce(&mut Journal) -> T) -> Result<T, JournalError> {
+        if !self.shrunk {
+            match sigbus::guard(|| f(&mut self.journal)) {
+                Ok(value) => return Ok(value),
+                Err(sigbus::Fault) => self.shrunk = true,
+            }
+        }
+        Err(JournalError { what, dir: self.dir.clone(), source: std::io::Error::other(SHRUNK) })
     }
-}
 
-/// Folds the entry at the journal's position, written by a process of
-/// `unit`, reading only the fields a template keeps.
-fn fold_entry(j: &mut Journal, unit: Option<String>, fold: &mut Folded) {
-    let writer = Writer { unit, comm: field(j, "_COMM"), uid: field(j, "_UID").and_then(|u| u.parse().ok()) };
-    let (priority, time, message) = (priority(j), time(j), message(j));
-    fold.push(writer, priority, time, &message);
+    /// Runs `f` on the journal; its error is `what` failing.
+    fn call<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Journal) -> Result<T, systemd::Error>,
+    ) -> Result<T, JournalError> {
+        self.run(what, f)?.map_err(|e| JournalError { what, dir: self.dir.clone(), source: e.into() })
+    }
+
+    /// A field of the entry at the current position, copied out of the
+    /// mapping; `None` when the entry has no such field.
+    fn field(&mut self, name: &str) -> Result<Option<String>, JournalError> {
+        self.run("read", |j| {
+            let data = j.get_data(name).ok()??;
+            Some(String::from_utf8_lossy(data.value()?).into_owned())
+        })
+    }
+
+    fn message(&mut self) -> Result<String, JournalError> {
+        let mut message = self.field("MESSAGE")?.unwrap_or_default();
+        if message.chars().count() > MAX_MESSAGE_CHARS {
+            message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + " [...cut]";
+        }
+        Ok(message)
+    }
+
+    fn time(&mut self) -> Result<DateTime<Utc>, JournalError> {
+        let usec = self.run("read", |j| j.timestamp_usec().ok())?;
+        Ok(usec.and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default())
+    }
+
+    fn priority(&mut self) -> Result<u8, JournalError> {
+        Ok(self.field("PRIORITY")?.and_then(|p| p.parse().ok()).unwrap_or(6))
+    }
+
+    fn uid(&mut self) -> Result<Option<u32>, JournalError> {
+        Ok(self.field("_UID")?.and_then(|u| u.parse().ok()))
+    }
+
+    fn read_entry(&mut self) -> Result<Entry, JournalError> {
+        Ok(Entry {
+            time: self.time()?,
+            priority: self.priority()?,
+            unit: self.field("_SYSTEMD_UNIT")?,
+            about_unit: self.field("UNIT")?,
+            identifier: self.field("SYSLOG_IDENTIFIER")?,
+            comm: self.field("_COMM")?,
+            uid: self.uid()?,
+            pid: self.field("_PID")?.and_then(|p| p.parse().ok()),
+            message: self.message()?,
+        })
+    }
+
+    /// Folds the entry at the journal's position, written by a process of
+    /// `unit`, reading only the fields a template keeps.
+    fn fold_entry(&mut self, unit: Option<String>, fold: &mut Folded) -> Result<(), JournalError> {
+        let writer = Writer { unit, comm: self.field("_COMM")?, uid: self.uid()? };
+        let (priority, time, message) = (self.priority()?, self.time()?, self.message()?);
+        fold.push(writer, priority, time, &message);
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<bool, JournalError> {
+        Ok(self.call("read", |j| j.next())? > 0)
+    }
+
+    fn previous(&mut self) -> Result<bool, JournalError> {
+        Ok(self.call("read", |j| j.previous())? > 0)
+    }
 }
 
 /// Reads entries at priority err (3) or worse that came after `cursor`, or,
@@ -133,54 +195,54 @@ pub fn scan_errors(
     lookback: Duration,
     keep: usize,
 ) -> Result<ErrorScan, JournalError> {
-    let mut j = open(dir)?;
+    let mut j = Reader::open(dir)?;
     for p in ["0", "1", "2", "3"] {
-        j.match_add("PRIORITY", p).map_err(err("match", dir))?;
+        j.call("match", |j| j.match_add("PRIORITY", p).map(drop))?;
     }
     let mut skip_first = false;
     match cursor {
         // A cursor that no longer exists (journal vacuumed) seeks to the
         // nearest entry, which is what we want.
         Some(c) => {
-            j.seek_cursor(c).map_err(err("seek to cursor", dir))?;
+            j.call("seek to cursor", |j| j.seek_cursor(c))?;
             skip_first = true;
         }
         None => {
             // A look-back longer than the clock's past reads from the start.
             let since = std::time::SystemTime::now().checked_sub(lookback).unwrap_or(std::time::UNIX_EPOCH);
             let usec = since.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-            j.seek_realtime_usec(usec).map_err(err("seek by time", dir))?;
+            j.call("seek by time", |j| j.seek_realtime_usec(usec))?;
         }
     }
     let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), ..Default::default() };
     let limits = Limits { verbatim: keep, ..Limits::DEFAULT };
-    while j.next().map_err(err("read", dir))? > 0 {
+    while j.next()? {
         if skip_first {
             skip_first = false;
             if let Some(c) = cursor {
-                if j.test_cursor(c).unwrap_or(false) {
+                if j.run("read", |j| j.test_cursor(c).unwrap_or(false))? {
                     continue;
                 }
             }
         }
         scan.total += 1;
-        if let Some(unit) = field(&mut j, "_SYSTEMD_UNIT") {
+        if let Some(unit) = j.field("_SYSTEMD_UNIT")? {
             *scan.per_unit.entry(unit.clone()).or_default() += 1;
             // Bounded: at most MAX_UNITS units, one bounded fold each.
             if scan.evidence.len() < MAX_UNITS || scan.evidence.contains_key(&unit) {
                 let fold = scan.evidence.entry(unit.clone()).or_insert_with(|| Folded::new(limits));
-                fold_entry(&mut j, Some(unit), fold);
+                j.fold_entry(Some(unit), fold)?;
             }
         }
-        scan.cursor = j.cursor().ok();
+        scan.cursor = j.run("read", |j| j.cursor().ok())?;
     }
     if scan.cursor.is_none() {
         // Nothing to read yet: remember the end, so the next pass does not
         // re-read the lookback window.
-        j.match_flush().map_err(err("match", dir))?;
-        j.seek_tail().map_err(err("seek to end", dir))?;
-        if j.previous().map_err(err("read", dir))? > 0 {
-            scan.cursor = j.cursor().ok();
+        j.call("match", |j| j.match_flush().map(drop))?;
+        j.call("seek to end", |j| j.seek_tail())?;
+        if j.previous()? {
+            scan.cursor = j.run("read", |j| j.cursor().ok())?;
         }
     }
     Ok(scan)
@@ -188,24 +250,26 @@ pub fn scan_errors(
 
 /// Matches the entries written by `unit` or by systemd (PID 1) about it.
 /// `UNIT=` alone is not enough: any client may set it.
-fn match_unit(j: &mut Journal, dir: Option<&Path>, unit: &str) -> Result<(), JournalError> {
-    j.match_add("_SYSTEMD_UNIT", unit).map_err(err("match", dir))?;
-    j.match_or().map_err(err("match", dir))?;
-    j.match_add("UNIT", unit).map_err(err("match", dir))?;
-    j.match_add("_PID", "1").map_err(err("match", dir))?;
-    Ok(())
+fn match_unit(j: &mut Reader, unit: &str) -> Result<(), JournalError> {
+    j.call("match", |j| {
+        j.match_add("_SYSTEMD_UNIT", unit)?;
+        j.match_or()?;
+        j.match_add("UNIT", unit)?;
+        j.match_add("_PID", "1")?;
+        Ok(())
+    })
 }
 
 /// The last `n` entries written by `unit` or by systemd (PID 1) about it,
 /// oldest first, as they were written (for probes and kept evidence, which
 /// ask for few).
 pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>, JournalError> {
-    let mut j = open(dir)?;
-    match_unit(&mut j, dir, unit)?;
-    j.seek_tail().map_err(err("seek to end", dir))?;
+    let mut j = Reader::open(dir)?;
+    match_unit(&mut j, unit)?;
+    j.call("seek to end", |j| j.seek_tail())?;
     let mut lines = Vec::with_capacity(n.min(64));
-    while lines.len() < n && j.previous().map_err(err("read", dir))? > 0 {
-        lines.push(read_entry(&mut j));
+    while lines.len() < n && j.previous()? {
+        lines.push(j.read_entry()?);
     }
     lines.reverse();
     Ok(lines)
@@ -215,22 +279,22 @@ pub fn unit_tail(dir: Option<&Path>, unit: &str, n: usize) -> Result<Vec<Entry>,
 /// folded as they are read: memory stays within [`Limits::DEFAULT`]
 /// whatever `n` is.
 pub fn unit_evidence(dir: Option<&Path>, unit: &str, n: usize) -> Result<Folded, JournalError> {
-    let mut j = open(dir)?;
-    match_unit(&mut j, dir, unit)?;
-    j.seek_tail().map_err(err("seek to end", dir))?;
+    let mut j = Reader::open(dir)?;
+    match_unit(&mut j, unit)?;
+    j.call("seek to end", |j| j.seek_tail())?;
     // Step back over the last `n` entries without reading them, then fold
     // them oldest first.
     let mut back = 0;
-    while back < n && j.previous().map_err(err("read", dir))? > 0 {
+    while back < n && j.previous()? {
         back += 1;
     }
     let mut fold = Folded::new(Limits::DEFAULT);
     for read in 0..back {
-        if read > 0 && j.next().map_err(err("read", dir))? == 0 {
+        if read > 0 && !j.next()? {
             break;
         }
-        let writer_unit = field(&mut j, "_SYSTEMD_UNIT");
-        fold_entry(&mut j, writer_unit, &mut fold);
+        let writer_unit = j.field("_SYSTEMD_UNIT")?;
+        j.fold_entry(writer_unit, &mut fold)?;
     }
     Ok(fold)
 }
@@ -250,16 +314,72 @@ pub fn show_unit(
     if !follow {
         return Ok(());
     }
-    let mut j = open(dir)?;
-    j.match_add("_SYSTEMD_UNIT", unit).map_err(err("match", dir))?;
-    j.seek_tail().map_err(err("seek to end", dir))?;
+    let mut j = Reader::open(dir)?;
+    j.call("match", |j| j.match_add("_SYSTEMD_UNIT", unit).map(drop))?;
+    j.call("seek to end", |j| j.seek_tail())?;
     // After seek_tail, previous() positions on the last entry, so next()
     // yields only entries written from now on.
-    j.previous().map_err(err("read", dir))?;
+    j.previous()?;
     loop {
-        while j.next().map_err(err("read", dir))? > 0 {
-            emit(&read_entry(&mut j)).map_err(|source| JournalError { what: "print", dir: None, source })?;
+        while j.next()? {
+            emit(&j.read_entry()?).map_err(|source| JournalError { what: "print", dir: None, source })?;
         }
-        j.wait(Some(Duration::from_millis(500))).map_err(err("wait", dir))?;
+        j.call("wait", |j| j.wait(Some(Duration::from_millis(500))).map(drop))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use macha_testbed::journal::{error_line, write_file};
+
+    use super::*;
+
+    const ENTRIES: usize = 20_000;
+
+    /// A journal directory holding one file of `n` err lines of `app.service`.
+    fn journal_dir(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("system.journal");
+        write_file(&file, (0..n).map(|i| error_line("app.service", &format!("request {i} failed")))).unwrap();
+        (dir, file)
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_file_cut_short_under_the_reader_fails_the_pass_and_the_next_pass_reads_again() {
+        let (dir, file) = journal_dir(ENTRIES);
+        let mut reader = Reader::open(Some(dir.path())).unwrap();
+        reader.call("seek", |j| j.seek_head()).unwrap();
+        for _ in 0..10 {
+            assert!(reader.next().unwrap());
+            reader.read_entry().unwrap();
+        }
+        // journald cuts a file short under a reader when it vacuums or
+        // rotates; the pages libsystemd mapped past the new end are gone.
+        let whole = std::fs::read(&file).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(4096).unwrap();
+        let mut read = 10;
+        let error = loop {
+            match reader.next().and_then(|_| reader.read_entry()) {
+                Ok(_) if read < ENTRIES => read += 1,
+                Ok(_) => panic!("every entry was read from a file cut to 4 KiB"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(error.contains("cut short") && error.contains(&dir.path().display().to_string()), "{error}");
+        assert!(reader.next().is_err(), "the handle is spent");
+        drop(reader);
+
+        // The next pass opens the journal again: the cut file is skipped...
+        let scan = scan_errors(Some(dir.path()), None, HOUR, 10).unwrap();
+        assert_eq!(scan.total, 0);
+        // ...and once the file is whole again, it is read in full.
+        std::fs::write(&file, whole).unwrap();
+        let scan = scan_errors(Some(dir.path()), None, HOUR, 10).unwrap();
+        assert_eq!(scan.total, ENTRIES as u64);
+        assert_eq!(scan.per_unit["app.service"], ENTRIES as u64);
     }
 }

@@ -8,6 +8,7 @@
 pub mod host;
 pub mod journal;
 pub mod nixos;
+mod sigbus;
 pub mod systemd;
 
 use std::collections::BTreeMap;
