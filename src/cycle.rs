@@ -161,6 +161,13 @@ impl Engine {
         let cursor =
             std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
         let snap = self.observer.observe(cursor.as_deref()).await;
+        if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
+            tracing::warn!(
+                "{} {why}: this cycle read the journal of the last {} s instead, and replaces the file with a good cursor",
+                self.cursor_path().display(),
+                self.config.check_interval
+            );
+        }
         let failed_sources: Vec<FailedSource> = snap
             .failed_sources()
             .into_iter()

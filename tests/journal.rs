@@ -1,6 +1,7 @@
 //! The journal source under hostile conditions: journal files cut short
 //! while macha reads them (journald does this when it rotates and vacuums),
-//! and a SIGBUS that is not macha's to catch.
+//! a SIGBUS that is not macha's to catch, and a `journal.cursor` that is
+//! garbage.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{macha_bin, MODEL};
+use common::{macha_bin, Bed, MODEL};
 use macha_testbed::journal::{error_line, write_file};
 use macha_testbed::ollama::OllamaDouble;
 use serde_json::Value;
@@ -141,4 +142,109 @@ fn a_sigbus_that_is_not_a_journal_read_still_ends_the_process() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// The state directory's cursor file.
+fn cursor_file(bed: &Bed) -> std::path::PathBuf {
+    bed.state_dir().join("journal.cursor")
+}
+
+/// Writes 25 err lines from `noisy.service` in the container.
+fn noisy(bed: &Bed) {
+    bed.c.exec_ok(&["systemctl", "start", "noisy.service"]).unwrap();
+}
+
+/// `macha-check --json`: the report and what it wrote on stderr.
+fn check(bed: &Bed) -> (Value, String) {
+    bed.c.sync_journal().unwrap();
+    let out = bed.run("macha-check", &["--json"]);
+    (serde_json::from_slice(&out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn burst_seen(report: &Value) -> bool {
+    report["incidents"].as_array().unwrap().iter().any(|i| i["fingerprint"] == "error-burst:noisy.service")
+}
+
+#[test]
+fn a_garbage_journal_cursor_is_replaced_and_the_journal_read_from_the_lookback_window() {
+    let bed = Bed::new("cursor", "observe");
+    // Look back ten minutes when there is no usable cursor.
+    bed.write_config("observe", "check_interval = 600");
+    bed.c
+        .install_unit(
+            "noisy.service",
+            "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'for i in $(seq 1 25); do echo \"<3>write error $i\"; done'\n",
+        )
+        .unwrap();
+    noisy(&bed);
+    let (report, _) = check(&bed);
+    assert!(burst_seen(&report), "{report:#}");
+    let good = std::fs::read_to_string(cursor_file(&bed)).unwrap();
+    assert!(good.starts_with("s="), "{good}");
+
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp_micros();
+    let garbage: [(&str, String); 4] = [
+        ("random text", "\u{1b}[2Jnot a cursor at all; rm -rf /\n".into()),
+        (
+            "another journal's cursor",
+            format!(
+                "s=5b1e2c8d9f0a4b3c8d7e6f5a4b3c2d1e;i=1f2;b=0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f;m=2a3b4c;t={ahead:x};x=9d8c7b6a5f4e3d2c"
+            ),
+        ),
+        ("an empty file", String::new()),
+        ("a huge file", "A".repeat(4 << 20)),
+    ];
+    for (what, text) in garbage {
+        std::fs::write(cursor_file(&bed), &text).unwrap();
+        let (report, stderr) = check(&bed);
+        assert_eq!(report["failed_sources"], serde_json::json!([]), "{what}: {report:#}");
+        assert!(burst_seen(&report), "{what}: the lookback window was read: {report:#}");
+        let warnings = stderr.matches("journal.cursor").count();
+        assert_eq!(warnings, usize::from(!text.is_empty()), "{what}: said once: {stderr}");
+        assert!(
+            !stderr.contains("rm -rf") && !stderr.contains('\u{1b}'),
+            "{what}: the content is not echoed: {stderr}"
+        );
+        let written = std::fs::read_to_string(cursor_file(&bed)).unwrap();
+        assert!(written.starts_with("s=") && written != text, "{what}: a good cursor is written: {written:?}");
+
+        // The next cycle starts from the new cursor: nothing to warn about,
+        // no line read twice, new lines read.
+        let (report, stderr) = check(&bed);
+        assert!(!stderr.contains("journal.cursor"), "{what}: {stderr}");
+        assert!(!burst_seen(&report), "{what}: read from the new cursor: {report:#}");
+        noisy(&bed);
+        let (report, _) = check(&bed);
+        assert!(burst_seen(&report), "{what}: {report:#}");
+    }
+}
+
+#[test]
+fn a_cursor_whose_entry_was_vacuumed_is_still_used() {
+    let bed = Bed::new("vacuumed", "observe");
+    bed.write_config("observe", "check_interval = 600");
+    bed.c
+        .install_unit("noisy.service", "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo \"<3>write error\"'\n")
+        .unwrap();
+    for _ in 0..3 {
+        noisy(&bed);
+    }
+    let (_, _) = check(&bed);
+    let cursor = std::fs::read_to_string(cursor_file(&bed)).unwrap();
+    // journald archives the file holding the cursor's entry and deletes it.
+    bed.c.exec_ok(&["journalctl", "--rotate"]).unwrap();
+    bed.c.exec_ok(&["journalctl", "--vacuum-size=1"]).unwrap();
+    let from = bed.c.exec(&["journalctl", "-q", "-o", "export", "--cursor", cursor.trim()]).unwrap();
+    let first = String::from_utf8_lossy(&from.stdout).lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.starts_with("__CURSOR=s=") && first != format!("__CURSOR={}", cursor.trim()),
+        "the entry is gone: {first}"
+    );
+    for _ in 0..25 {
+        noisy(&bed);
+    }
+    let (report, stderr) = check(&bed);
+    assert!(!stderr.contains("journal.cursor"), "the cursor is this journal's: {stderr}");
+    assert_eq!(report["failed_sources"], serde_json::json!([]), "{report:#}");
+    assert!(burst_seen(&report), "the lines after it were read: {report:#}");
 }

@@ -64,6 +64,9 @@ pub struct ErrorScan {
     pub evidence: BTreeMap<String, Folded>,
     /// Where the next pass starts.
     pub cursor: Option<String>,
+    /// Why the cursor this pass was given was not used (the lookback window
+    /// was read instead); `None` when it was used or there was none.
+    pub refused_cursor: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +199,14 @@ pub fn scan_errors(
     keep: usize,
 ) -> Result<ErrorScan, JournalError> {
     let mut j = Reader::open(dir)?;
+    // A stored cursor is used only when it is one of this journal's; any
+    // other (garbage, another journal's, one past the end) is set aside and
+    // the lookback window read instead, so a bad file cannot stop the source.
+    let refused_cursor = match cursor {
+        Some(c) => refuse_cursor(&mut j, c)?,
+        None => None,
+    };
+    let cursor = cursor.filter(|_| refused_cursor.is_none());
     for p in ["0", "1", "2", "3"] {
         j.call("match", |j| j.match_add("PRIORITY", p).map(drop))?;
     }
@@ -214,7 +225,7 @@ pub fn scan_errors(
             j.call("seek by time", |j| j.seek_realtime_usec(usec))?;
         }
     }
-    let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), ..Default::default() };
+    let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), refused_cursor, ..Default::default() };
     let limits = Limits { verbatim: keep, ..Limits::DEFAULT };
     while j.next()? {
         if skip_first {
@@ -246,6 +257,38 @@ pub fn scan_errors(
         }
     }
     Ok(scan)
+}
+
+/// Longest cursor taken from the state file; libsystemd's are about 150
+/// bytes.
+const MAX_CURSOR_BYTES: usize = 512;
+
+/// Why `cursor` is not a position in this journal, or `None` when it is:
+/// its entry is there, or, when the journal was vacuumed since, the entry
+/// it seeks to belongs to the same journal (sequence number ID). Leaves the
+/// journal at an unknown position, with no match.
+fn refuse_cursor(j: &mut Reader, cursor: &str) -> Result<Option<String>, JournalError> {
+    if cursor.len() > MAX_CURSOR_BYTES {
+        return Ok(Some(format!("is {} bytes long, longer than any journal cursor", cursor.len())));
+    }
+    if j.run("seek to cursor", |j| j.seek_cursor(cursor))?.is_err() {
+        return Ok(Some("is not a journal cursor".into()));
+    }
+    if !j.next()? {
+        return Ok(Some(
+            "points past the newest entry of this journal (it comes from another journal, or from a clock that was ahead)"
+                .into(),
+        ));
+    }
+    if j.run("read", |j| j.test_cursor(cursor).unwrap_or(false))? {
+        return Ok(None);
+    }
+    let here = j.run("read", |j| j.cursor().ok())?;
+    let seqnum_id = |c: &str| c.split(';').find_map(|f| f.strip_prefix("s=")).map(str::to_owned);
+    match (seqnum_id(cursor), here.as_deref().and_then(seqnum_id)) {
+        (Some(ours), Some(here)) if ours == here => Ok(None),
+        _ => Ok(Some("belongs to another journal".into())),
+    }
 }
 
 /// Matches the entries written by `unit` or by systemd (PID 1) about it.
@@ -347,6 +390,22 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_cursor_of_another_journal_is_refused_and_the_lookback_window_read() {
+        let (theirs, _) = journal_dir(5);
+        let their_cursor = scan_errors(Some(theirs.path()), None, HOUR, 1).unwrap().cursor.unwrap();
+        let (ours, _) = journal_dir(50);
+        let scan = scan_errors(Some(ours.path()), Some(&their_cursor), HOUR, 1).unwrap();
+        assert_eq!(scan.refused_cursor.as_deref(), Some("belongs to another journal"));
+        assert_eq!(scan.total, 50, "the lookback window");
+        let next = scan_errors(Some(ours.path()), scan.cursor.as_deref(), HOUR, 1).unwrap();
+        assert_eq!((next.refused_cursor, next.total), (None, 0), "its own cursor is used");
+        for garbage in ["", "s=;i=", "not a cursor", &"s=".repeat(1000)] {
+            let scan = scan_errors(Some(ours.path()), Some(garbage), HOUR, 1).unwrap();
+            assert!(scan.refused_cursor.is_some() && scan.total == 50, "{garbage:?}: {scan:?}");
+        }
+    }
 
     #[test]
     fn a_file_cut_short_under_the_reader_fails_the_pass_and_the_next_pass_reads_again() {
