@@ -59,6 +59,7 @@ impl Default for ModelCaps {
 /// `{"tool_calls": [{"name": "..", "arguments": {..}}]}`,
 /// `{"status": 500, "error": "boom"}`, `{"hang_ms": 5000}`,
 /// `{"invalid_json": true}`, `{"garbage": true}`, `{"stream_error": ".."}`,
+/// `{"oversized_bytes": 157286400}`, `{"endless_every_ms": 100}`,
 /// `{"demo": true}`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(try_from = "ScriptLine")]
@@ -87,6 +88,16 @@ pub enum Reply {
     /// as Ollama reports a failure after the stream has begun. Not streaming:
     /// 500 `{"error": text}`.
     StreamError(String),
+    /// 200 with a well-formed answer whose content is this many bytes, sent
+    /// as it is made (chunked, no `Content-Length`, 64 KiB at a time), as a
+    /// runaway server or a broken proxy would: a client must stop reading
+    /// rather than hold it all. Shaped as a non-streaming answer of either
+    /// API whatever the request asked.
+    Oversized(u64),
+    /// 200 with the start of an answer, then 4 KiB more of its content every
+    /// interval (zero: as fast as the connection takes it), forever: only the
+    /// client's size limit or its timeout ends it.
+    Endless(Duration),
     /// The built-in responder: proposes restarting the unit named by an
     /// incident fingerprint `unit-failed:NAME` in the last user message, and
     /// otherwise only notifies. Lets the README demo run without a model.
@@ -121,6 +132,8 @@ impl Reply {
             Reply::Hang(d) => format!("hang {}ms", d.as_millis()),
             Reply::Garbage => "garbage".into(),
             Reply::StreamError(_) => "stream_error".into(),
+            Reply::Oversized(n) => format!("oversized ({n} bytes)"),
+            Reply::Endless(every) => format!("endless (4 KiB every {}ms)", every.as_millis()),
             Reply::Demo => "demo".into(),
         }
     }
@@ -139,6 +152,8 @@ enum ScriptLine {
     InvalidJson(InvalidJsonLine),
     Garbage(GarbageLine),
     StreamError(StreamErrorLine),
+    Oversized(OversizedLine),
+    Endless(EndlessLine),
     Demo(DemoLine),
 }
 
@@ -191,6 +206,16 @@ struct StreamErrorLine {
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct OversizedLine {
+    oversized_bytes: u64,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndlessLine {
+    endless_every_ms: u64,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DemoLine {
     demo: bool,
 }
@@ -217,6 +242,8 @@ impl TryFrom<ScriptLine> for Reply {
             ScriptLine::InvalidJson(l) => flag(l.invalid_json, Reply::InvalidJson),
             ScriptLine::Garbage(l) => flag(l.garbage, Reply::Garbage),
             ScriptLine::StreamError(l) => Ok(Reply::StreamError(l.stream_error)),
+            ScriptLine::Oversized(l) => Ok(Reply::Oversized(l.oversized_bytes)),
+            ScriptLine::Endless(l) => Ok(Reply::Endless(Duration::from_millis(l.endless_every_ms))),
             ScriptLine::Demo(l) => flag(l.demo, Reply::Demo),
         }
     }
@@ -789,6 +816,13 @@ enum Produced {
     Status(StatusCode, String),
     Garbage,
     StreamError(String),
+    /// Content of this many bytes (`None`: without end), one piece of
+    /// `piece` bytes every `every`.
+    Flood {
+        total: Option<u64>,
+        piece: usize,
+        every: Duration,
+    },
 }
 
 /// Plays a reply: waits out a hang, builds the demo answer, counts tokens.
@@ -808,6 +842,8 @@ async fn produce(a: &Answer, reply: Reply) -> Produced {
         }
         Reply::Garbage => return Produced::Garbage,
         Reply::StreamError(text) => return Produced::StreamError(text),
+        Reply::Oversized(n) => return Produced::Flood { total: Some(n), piece: 64 * 1024, every: Duration::ZERO },
+        Reply::Endless(every) => return Produced::Flood { total: None, piece: 4096, every },
     };
     let stats = stats(a.prompt_chars, content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()));
     Produced::Message { content, tool_calls, stats }
@@ -829,6 +865,15 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             }
             let lines = vec![chunk(&a.model, "The", None), json!({ "error": text })];
             return ndjson(lines);
+        }
+        Produced::Flood { total, piece, every } => {
+            let prefix = format!(
+                "{{\"model\":\"{}\",\"created_at\":\"{}\",\"message\":{{\"role\":\"assistant\",\"content\":\"",
+                a.model,
+                now()
+            );
+            let suffix = "\"},\"done\":true,\"done_reason\":\"length\"}";
+            return flood(prefix, suffix, total, piece, every);
         }
     };
     let final_object = |content: &str, tool_calls: Option<Value>| {
@@ -928,6 +973,45 @@ fn split_stream(content_type: &'static str, texts: Vec<String>) -> Response {
         Some((Ok::<_, std::convert::Infallible>(piece), pieces))
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
+}
+
+/// A JSON answer sent as it is made: `prefix`, then content (`x`) in pieces
+/// of `piece` bytes, one every `every`, `total` bytes of it (then `suffix`)
+/// or without end. Nothing of it is held in memory but one piece.
+fn flood(prefix: String, suffix: &'static str, total: Option<u64>, piece: usize, every: Duration) -> Response {
+    struct Flood {
+        prefix: Option<Bytes>,
+        left: Option<u64>,
+        suffix: Option<Bytes>,
+        piece: Bytes,
+        every: Duration,
+    }
+    let start = Flood {
+        prefix: Some(Bytes::from(prefix)),
+        left: total,
+        suffix: Some(Bytes::from_static(suffix.as_bytes())),
+        piece: Bytes::from(vec![b'x'; piece]),
+        every,
+    };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        if let Some(prefix) = f.prefix.take() {
+            return Some((Ok::<_, std::convert::Infallible>(prefix), f));
+        }
+        let next = match f.left {
+            Some(0) => f.suffix.take()?,
+            Some(left) => {
+                let n = left.min(f.piece.len() as u64);
+                f.left = Some(left - n);
+                f.piece.slice(..n as usize)
+            }
+            None => f.piece.clone(),
+        };
+        if !f.every.is_zero() {
+            tokio::time::sleep(f.every).await;
+        }
+        Some((Ok(next), f))
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, JSON_TYPE)], Body::from_stream(stream)).into_response()
 }
 
 /// The decision [`Reply::Demo`] answers for a chat whose last user message is
@@ -1254,6 +1338,15 @@ async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response
             );
             let kind = if a.stream { "text/event-stream" } else { JSON_TYPE };
             return (StatusCode::OK, [(header::CONTENT_TYPE, kind)], cut).into_response();
+        }
+        Produced::Flood { total, piece, every } => {
+            let prefix = format!(
+                "{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":\"{}\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"",
+                completion_id(),
+                chrono::Utc::now().timestamp(),
+                a.model
+            );
+            return flood(prefix, "\"},\"finish_reason\":\"length\"}]}", total, piece, every);
         }
     };
     let count = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);

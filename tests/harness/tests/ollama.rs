@@ -168,6 +168,30 @@ async fn garbage_reply_is_not_parseable() {
 }
 
 #[tokio::test]
+async fn an_oversized_reply_is_a_whole_answer_sent_without_a_length() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Oversized(3 << 20));
+    let response =
+        reqwest::Client::new().post(format!("{}/api/chat", double.url())).json(&chat_body(false)).send().await.unwrap();
+    assert_eq!(response.content_length(), None, "chunked: the client learns the size only by reading");
+    let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(content(&answer).len(), 3 << 20);
+    assert_eq!(answer["done"], true);
+}
+
+#[tokio::test]
+async fn an_endless_reply_keeps_sending_until_the_client_gives_up() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Endless(Duration::from_millis(10)));
+    let mut response =
+        reqwest::Client::new().post(format!("{}/api/chat", double.url())).json(&chat_body(false)).send().await.unwrap();
+    let mut read = 0;
+    while read < 256 * 1024 {
+        read += response.chunk().await.unwrap().expect("the body has no end").len();
+    }
+}
+
+#[tokio::test]
 async fn hang_outlasts_a_short_client_timeout() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
     double.push(Reply::Hang(Duration::from_secs(5)));
@@ -400,6 +424,8 @@ fn script_lines_parse_into_replies_and_typos_are_errors() {
 {"invalid_json": true}
 {"garbage": true}
 {"stream_error": "oops"}
+{"oversized_bytes": 1048576}
+{"endless_every_ms": 100}
 {"demo": true}"#;
     let replies = Reply::parse_script(script).unwrap();
     assert_eq!(
@@ -413,6 +439,8 @@ fn script_lines_parse_into_replies_and_typos_are_errors() {
             Reply::InvalidJson,
             Reply::Garbage,
             Reply::StreamError("oops".into()),
+            Reply::Oversized(1 << 20),
+            Reply::Endless(Duration::from_millis(100)),
             Reply::Demo,
         ]
     );
