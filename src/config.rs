@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::{self, FileKind, Size};
 use crate::unit::UnitName;
 
 /// How far macha may go on its own. See the matrix in `gate`.
@@ -375,8 +376,9 @@ impl Default for ActConfig {
 /// A configuration file that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// Missing, not a regular file, or larger than [`FILE`] allows.
+    #[error("{0}")]
+    Read(bounded::FileError),
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -436,6 +438,10 @@ impl ActConfig {
 /// Default location of the file written by the NixOS module.
 pub const DEFAULT_PATH: &str = "/etc/macha-autonomous/config.toml";
 
+/// The most read of a config file: a few MiB is far more than every key
+/// with long lists of protected units.
+pub const FILE: FileKind = FileKind { name: "config file", limit: Size::mib(4) };
+
 impl Config {
     /// Reads and validates a config file. A missing file at the default path
     /// means "all defaults"; a missing file that was asked for is an error.
@@ -444,10 +450,10 @@ impl Config {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match bounded::read_to_string(&path, FILE) {
             Ok(t) => t,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(source) => return Err(ConfigError::Read { path, source }),
+            Err(e) if !required && e.is_not_found() => return Ok(Config::default()),
+            Err(e) => return Err(ConfigError::Read(e)),
         };
         Self::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
     }

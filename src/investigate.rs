@@ -433,10 +433,12 @@ async fn listening_sockets() -> Result<Finding, String> {
         let mut found = Vec::new();
         let mut readable = 0;
         for (protocol, path) in SOCKET_TABLES {
-            match std::fs::read_to_string(path) {
+            // Line by line: a busy host's tables run to many MiB.
+            match std::fs::File::open(path) {
                 Ok(table) => {
                     readable += 1;
-                    found.extend(parse_socket_table(protocol, &table));
+                    let table = parse_socket_table(protocol, std::io::BufReader::new(table));
+                    found.extend(table.map_err(|e| format!("cannot read {path}: {e}"))?);
                 }
                 // No IPv6 on this host: its tables do not exist.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -458,14 +460,14 @@ async fn listening_sockets() -> Result<Finding, String> {
 /// The listening entries of one table of `/proc/net/{tcp,tcp6,udp,udp6}`.
 /// Lines that do not parse are skipped: the header, and anything a future
 /// kernel adds.
-fn parse_socket_table(protocol: &'static str, table: &str) -> Vec<Listening> {
+fn parse_socket_table(protocol: &'static str, table: impl std::io::BufRead) -> std::io::Result<Vec<Listening>> {
     // TCP_LISTEN, and TCP_CLOSE, which is how a bound, unconnected UDP socket shows.
     let wanted = if protocol.starts_with("tcp") { "0A" } else { "07" };
     let family = if protocol.starts_with("tcp") { "tcp" } else { "udp" };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
+    let mut found = Vec::new();
+    for line in table.lines().skip(1) {
+        let line = line?;
+        let listening = || {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (local, state, uid) = (fields.get(1)?, fields.get(3)?, fields.get(7)?);
             if *state != wanted {
@@ -473,8 +475,10 @@ fn parse_socket_table(protocol: &'static str, table: &str) -> Vec<Listening> {
             }
             let (address, port) = parse_socket_address(local)?;
             Some(Listening { protocol: family, port, address, uid: uid.parse().ok()? })
-        })
-        .collect()
+        };
+        found.extend(listening());
+    }
+    Ok(found)
 }
 
 /// `0100007F:0035` is 127.0.0.1 port 53: the address is the kernel's
@@ -638,8 +642,8 @@ garbage line
         let udp6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
   10: 00000000000000000000000001000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000   153        0 99 2 0 0
 ";
-        let mut found = parse_socket_table("tcp", tcp);
-        found.extend(parse_socket_table("udp6", udp6));
+        let mut found = parse_socket_table("tcp", tcp.as_bytes()).unwrap();
+        found.extend(parse_socket_table("udp6", udp6.as_bytes()).unwrap());
         let shown: Vec<String> =
             found.iter().map(|s| format!("{} {} {} {}", s.protocol, s.address, s.port, s.uid)).collect();
         if cfg!(target_endian = "little") {

@@ -12,6 +12,7 @@
 pub mod act;
 pub mod ask;
 pub mod audit;
+pub mod bounded;
 pub mod config;
 pub mod cycle;
 pub mod daemon;

@@ -9,8 +9,13 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::bounded::{self, FileKind, Size};
+
 /// Where proposals are written, below the state directory.
 pub const DIR: &str = "proposals";
+
+/// The most read of the file a proposal changes: NixOS modules are a few KiB.
+const TARGET_FILE: FileKind = FileKind { name: "configuration file", limit: Size::mib(4) };
 
 /// Checks a proposed change and writes it as `proposals/NNNN-FILE.patch`.
 /// The error is the reason recorded in the audit trail.
@@ -39,7 +44,8 @@ pub fn write(
     if !target.starts_with(&root) || !target.is_file() {
         return Err(refuse(format!("{file} is not a file inside {}", root.display())));
     }
-    let original = std::fs::read_to_string(&target).map_err(|e| refuse(format!("{file} cannot be read: {e}")))?;
+    let original = bounded::read_to_string(&target, TARGET_FILE)
+        .map_err(|e| refuse(format!("{file} cannot be read: {}", e.reason())))?;
     let patch = diffy::Patch::from_str(diff).map_err(|e| refuse(format!("the diff is not a unified diff: {e}")))?;
     for name in [patch.original(), patch.modified()].into_iter().flatten() {
         let name = name.strip_prefix("a/").or_else(|| name.strip_prefix("b/")).unwrap_or(name);

@@ -220,3 +220,38 @@ fn root_commands_leave_the_daemons_files_to_the_daemons_user() {
     }
     assert_eq!(root_owned, Vec::<String>::new(), "files left to root");
 }
+
+#[test]
+fn a_config_that_is_not_a_regular_file_or_too_large_is_refused_at_once() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, format!("# {}\n", "x".repeat(5 << 20))).unwrap();
+    for (path, why) in [
+        (std::path::Path::new("/dev/zero"), "it is a character device, not a regular file"),
+        (fifo.as_path(), "it is a FIFO, not a regular file"),
+        (big.as_path(), "it is larger than the 4 MiB limit"),
+    ] {
+        let mut cmd = std::process::Command::new(common::macha_bin());
+        cmd.arg("--config").arg(path).arg("check").stderr(std::process::Stdio::piped());
+        // Reading /dev/zero whole would take all the memory there is: give
+        // the program a gigabyte to fail in instead.
+        let limit = || nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, 1 << 30, 1 << 30);
+        unsafe { cmd.pre_exec(move || limit().map_err(std::io::Error::from)) };
+        let mut child = cmd.spawn().unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("macha --config {} check still runs after 10 s", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {:?} {err}", path.display(), out.status);
+        assert!(err.contains(&format!("cannot read config file {}: {why}", path.display())), "{err}");
+    }
+}

@@ -18,6 +18,7 @@ use serde::Serialize;
 pub use super::evidence::one_line;
 use super::evidence::{self, Compaction, Folded};
 use super::tokens::estimate_tokens;
+use crate::bounded::{self, FileKind, Size};
 use crate::detect::{Incident, IncidentKind};
 use crate::observe::{Snapshot, Source};
 use crate::redact::redact;
@@ -50,11 +51,12 @@ pub struct Prompts {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read prompt template {path}: {source}")]
-pub struct PromptError {
-    path: String,
-    source: std::io::Error,
-}
+#[error("{0}")]
+pub struct PromptError(bounded::FileError);
+
+/// The most read of a template from `ollama.prompts_dir`: far more than fits
+/// in any model's context.
+const TEMPLATE_FILE: FileKind = FileKind { name: "prompt template", limit: Size::mib(1) };
 
 /// A decision's two messages, and what fitting them into the budget took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,10 +98,10 @@ impl Prompts {
         let read = |name: &str, default: &str| -> Result<String, PromptError> {
             let Some(dir) = dir else { return Ok(default.to_owned()) };
             let path = dir.join(format!("{name}.md"));
-            match std::fs::read_to_string(&path) {
+            match bounded::read_to_string(&path, TEMPLATE_FILE) {
                 Ok(text) => Ok(text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(default.to_owned()),
-                Err(source) => Err(PromptError { path: path.display().to_string(), source }),
+                Err(e) if e.is_not_found() => Ok(default.to_owned()),
+                Err(e) => Err(PromptError(e)),
             }
         };
         Ok(Self {

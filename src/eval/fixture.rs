@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::bounded::{self, FileKind, Size};
 use crate::decide::evidence::{Folded, Writer};
 use crate::decide::ActionKind;
 use crate::detect::{Incident, IncidentKind};
@@ -140,12 +141,16 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Fixture>, LoadError> {
     }
 }
 
+/// The most read of a fixture file: its journal lines are folded and cut to
+/// the prompt's budget anyway.
+const FILE: FileKind = FileKind { name: "fixture", limit: Size::mib(8) };
+
 /// Reads and checks one fixture file.
 pub fn load(file: &Path) -> Result<Fixture, FixtureError> {
-    let text = std::fs::read_to_string(file).map_err(|e| FixtureError {
+    let text = bounded::read_to_string(file, FILE).map_err(|e| FixtureError {
         file: file.to_path_buf(),
         field: ".".into(),
-        message: format!("cannot read: {e}"),
+        message: format!("cannot read: {}", e.reason()),
     })?;
     parse(file, &text)
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::chat::{Answer, ChatRequest};
 use super::{ollama, openai};
+use crate::bounded::{self, FileKind, Size};
 use crate::config::Api;
 use crate::errors::chain;
 
@@ -126,8 +127,8 @@ impl fmt::Debug for ApiKey {
 impl ApiKey {
     /// Reads the key from `path` (the first line, trimmed).
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?;
+        const FILE: FileKind = FileKind { name: "the API key file", limit: Size::kib(64) };
+        let text = bounded::read_to_string(path, FILE).map_err(|e| e.to_string())?;
         let key = text.lines().next().unwrap_or("").trim().to_owned();
         if key.is_empty() {
             return Err(format!("the API key file {} is empty", path.display()));
@@ -310,6 +311,15 @@ mod tests {
         assert!(names_a_missing_model("model \"x:7b\" not found, try pulling it first"));
         assert!(names_a_missing_model("The model `gpt-x` does not exist or you do not have access to it."));
         assert!(!names_a_missing_model("404 page not found"));
+    }
+
+    #[test]
+    fn an_api_key_file_that_is_a_device_or_too_large_is_refused() {
+        let err = ApiKey::read(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err, "cannot read the API key file /dev/zero: it is a character device, not a regular file");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "k".repeat(65 * 1024)).unwrap();
+        assert!(ApiKey::read(&dir.path().join("key")).unwrap_err().ends_with("larger than the 64 KiB limit"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::Message;
+use crate::bounded::{self, FileKind, Size};
 use crate::errors::chain;
 
 /// The application token. Its `Debug` and `Display` never show it.
@@ -24,8 +25,8 @@ impl fmt::Debug for Token {
 impl Token {
     /// Reads the token from `path` (the first line, trimmed).
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the Gotify token file {}: {e}", path.display()))?;
+        const FILE: FileKind = FileKind { name: "the Gotify token file", limit: Size::kib(64) };
+        let text = bounded::read_to_string(path, FILE).map_err(|e| e.to_string())?;
         let token = text.lines().next().unwrap_or("").trim().to_owned();
         if token.is_empty() {
             return Err(format!("the Gotify token file {} is empty", path.display()));
@@ -136,5 +137,18 @@ mod tests {
         assert!(err.contains("cannot read the Gotify token file") && err.contains("nope"), "{err}");
         std::fs::write(dir.path().join("empty"), "\n").unwrap();
         assert!(Token::read(&dir.path().join("empty")).unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn a_token_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = Token::read(&fifo).unwrap_err();
+        assert!(err.contains("the Gotify token file") && err.contains("it is a FIFO"), "{err}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, "t".repeat(65 * 1024)).unwrap();
+        let err = Token::read(&big).unwrap_err();
+        assert!(err.ends_with("it is larger than the 64 KiB limit"), "{err}");
     }
 }

@@ -1,0 +1,209 @@
+//! Bounded reading of what macha takes in from outside its state directory:
+//! files named by the configuration or the command line (the configuration
+//! itself, secret files, prompt templates, eval fixtures, a file a proposal
+//! changes).
+//!
+//! Every read has a limit and stops there with an error that names it, so
+//! `/dev/zero` cannot take the memory macha runs in.
+//! A file is opened without blocking and refused unless it is a regular file,
+//! before anything is read, so a FIFO cannot hang a command either. Files in
+//! the state directory are read through the state directory's own code.
+
+use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+
+/// A number of bytes, shown as people write limits (`4 MiB`, `64 KiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(u64);
+
+impl Size {
+    pub const fn bytes(n: u64) -> Self {
+        Self(n)
+    }
+
+    pub const fn kib(n: u64) -> Self {
+        Self(n * 1024)
+    }
+
+    pub const fn mib(n: u64) -> Self {
+        Self(n * 1024 * 1024)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: u64 = 1024 * 1024;
+        match self.0 {
+            n if n >= MIB && n % MIB == 0 => write!(f, "{} MiB", n / MIB),
+            n if n >= 1024 && n % 1024 == 0 => write!(f, "{} KiB", n / 1024),
+            n => write!(f, "{n} bytes"),
+        }
+    }
+}
+
+/// A kind of file macha reads: what it is to macha (for messages) and the
+/// most macha reads of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileKind {
+    /// As a message names it after "cannot read": `config file`, `the
+    /// Gotify token file`.
+    pub name: &'static str,
+    pub limit: Size,
+}
+
+/// Why a file was not read: `cannot read KIND PATH: REASON`.
+#[derive(Debug)]
+pub struct FileError {
+    kind: FileKind,
+    path: PathBuf,
+    problem: Problem,
+}
+
+#[derive(Debug)]
+enum Problem {
+    Io(std::io::Error),
+    /// What it is instead: `a FIFO`, `a directory`.
+    NotRegular(&'static str),
+    TooLarge,
+}
+
+impl FileError {
+    fn new(kind: FileKind, path: &Path, problem: Problem) -> Self {
+        Self { kind, path: path.to_path_buf(), problem }
+    }
+
+    /// Whether the file does not exist (some callers fall back to a default).
+    pub fn is_not_found(&self) -> bool {
+        matches!(&self.problem, Problem::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// What is wrong, without the file's kind and path (for messages that
+    /// name the file already).
+    pub fn reason(&self) -> String {
+        match &self.problem {
+            Problem::Io(e) => e.to_string(),
+            Problem::NotRegular(what) => format!("it is {what}, not a regular file"),
+            Problem::TooLarge => format!("it is larger than the {} limit", self.kind.limit),
+        }
+    }
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot read {} {}: {}", self.kind.name, self.path.display(), self.reason())
+    }
+}
+
+/// The cause is in the message already, so there is no `source`.
+impl std::error::Error for FileError {}
+
+/// Reads the regular file `path`, at most `kind.limit` bytes of it.
+pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, FileError> {
+    let io = |e| FileError::new(kind, path, Problem::Io(e));
+    // Non-blocking, so that opening a FIFO returns at once (and is refused
+    // below) instead of waiting for a writer; no effect on a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_block_device() {
+            "a block device"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        };
+        return Err(FileError::new(kind, path, Problem::NotRegular(what)));
+    }
+    let limit = kind.limit.get();
+    if meta.len() > limit {
+        return Err(FileError::new(kind, path, Problem::TooLarge));
+    }
+    // The size can change after fstat (and /proc files say 0): read one byte
+    // past the limit to tell.
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut content).map_err(io)?;
+    if content.len() as u64 > limit {
+        return Err(FileError::new(kind, path, Problem::TooLarge));
+    }
+    Ok(content)
+}
+
+/// [`read`], as UTF-8 text.
+pub fn read_to_string(path: &Path, kind: FileKind) -> Result<String, FileError> {
+    String::from_utf8(read(path, kind)?).map_err(|_| {
+        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text");
+        FileError::new(kind, path, Problem::Io(e))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: FileKind = FileKind { name: "test file", limit: Size::kib(4) };
+
+    #[test]
+    fn a_regular_file_within_its_limit_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x".repeat(4096)).unwrap();
+        assert_eq!(read_to_string(&path, SMALL).unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn a_file_over_its_limit_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, "x".repeat(4097)).unwrap();
+        let e = read(&path, SMALL).unwrap_err().to_string();
+        assert_eq!(e, format!("cannot read test file {}: it is larger than the 4 KiB limit", path.display()));
+    }
+
+    #[test]
+    fn devices_fifos_and_directories_are_refused_before_anything_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, what) in
+            [(Path::new("/dev/zero"), "a character device"), (fifo.as_path(), "a FIFO"), (dir.path(), "a directory")]
+        {
+            let started = std::time::Instant::now();
+            let e = read(path, SMALL).unwrap_err().to_string();
+            assert_eq!(e, format!("cannot read test file {}: it is {what}, not a regular file", path.display()));
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{what}: at once");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_says_so_with_its_path() {
+        let e = read(Path::new("/nonexistent/f"), SMALL).unwrap_err();
+        assert!(e.is_not_found());
+        assert!(e.to_string().starts_with("cannot read test file /nonexistent/f: "), "{e}");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(Size::mib(4).to_string(), "4 MiB");
+        assert_eq!(Size::kib(1088).to_string(), "1088 KiB");
+        assert_eq!(Size::bytes(1000).to_string(), "1000 bytes");
+    }
+}
