@@ -1,10 +1,10 @@
 //! Bounded reading of what macha takes in from outside its state directory:
 //! files named by the configuration or the command line (the configuration
 //! itself, secret files, prompt templates, eval fixtures, a file a proposal
-//! changes).
+//! changes) and HTTP bodies (the model's answers, Gotify's).
 //!
 //! Every read has a limit and stops there with an error that names it, so
-//! `/dev/zero` cannot take the memory macha runs in.
+//! neither a 2 GiB answer nor `/dev/zero` can take the memory macha runs in.
 //! A file is opened without blocking and refused unless it is a regular file,
 //! before anything is read, so a FIFO cannot hang a command either. Files in
 //! the state directory are read through the state directory's own code.
@@ -155,6 +155,35 @@ pub fn read_to_string(path: &Path, kind: FileKind) -> Result<String, FileError> 
     })
 }
 
+/// Why an HTTP body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is larger than {0}, the most macha reads of it")]
+    TooLarge(Size),
+    /// The connection failed or timed out while the body was read.
+    #[error("{0}")]
+    Transport(reqwest::Error),
+}
+
+/// Reads `response`'s body as it arrives, at most `limit` bytes: a larger
+/// body (announced or not) stops the read there, so memory holds at most the
+/// limit and one chunk; a body that never ends is cut by the limit or the
+/// client's timeout, whichever comes first.
+pub async fn read_body(mut response: reqwest::Response, limit: Size) -> Result<Vec<u8>, BodyError> {
+    let announced = response.content_length().unwrap_or(0);
+    if announced > limit.get() {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if (body.len() + chunk.len()) as u64 > limit.get() {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +227,31 @@ mod tests {
         let e = read(Path::new("/nonexistent/f"), SMALL).unwrap_err();
         assert!(e.is_not_found());
         assert!(e.to_string().starts_with("cannot read test file /nonexistent/f: "), "{e}");
+    }
+
+    /// POSTs a chat to the Ollama double answering with `reply` and reads
+    /// the body with `limit`.
+    fn read_answer(reply: macha_testbed::ollama::Reply, limit: Size) -> Result<Vec<u8>, BodyError> {
+        let double = macha_testbed::ollama::OllamaDouble::builder()
+            .model("m", Default::default())
+            .default_reply(reply)
+            .start()
+            .unwrap();
+        let chat = serde_json::json!({"model": "m", "stream": false, "messages": [{"role": "user", "content": "?"}]});
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let url = format!("{}/api/chat", double.url());
+            let response = reqwest::Client::new().post(url).json(&chat).send().await.unwrap();
+            read_body(response, limit).await
+        })
+    }
+
+    #[test]
+    fn a_body_past_its_limit_stops_the_read_there() {
+        let e = read_answer(macha_testbed::ollama::Reply::Oversized(64 << 20), Size::mib(1)).unwrap_err();
+        assert_eq!(e.to_string(), "the answer is larger than 1 MiB, the most macha reads of it");
+        let whole = read_answer(macha_testbed::ollama::Reply::Content("fine".into()), Size::mib(1)).unwrap();
+        assert!(String::from_utf8(whole).unwrap().contains("\"content\":\"fine\""));
     }
 
     #[test]

@@ -554,3 +554,77 @@ fn an_api_key_file_that_cannot_be_read_stops_start_up_with_the_key_named() {
     assert!(err.contains("model.fallback.api_key_file") && err.contains("/nonexistent/key"), "{err}");
     assert_eq!(config.model.fallback.as_ref().map(|f| f.api), Some(Api::Openai));
 }
+
+/// Runs `cmd` (its output into files) and waits for it with `wait4`: its
+/// exit status, stdout, stderr, and its peak resident memory in KiB.
+#[allow(clippy::zombie_processes, reason = "reaped by wait4, which also gives its resource usage")]
+fn run_measured(cmd: &mut Command) -> (std::process::ExitStatus, String, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let child =
+        cmd.stdout(std::fs::File::create(&out).unwrap()).stderr(std::fs::File::create(&err).unwrap()).spawn().unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<nix::libc::rusage>() });
+    let pid = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    (std::process::ExitStatus::from_raw(status), read(&out), read(&err), usage.ru_maxrss)
+}
+
+#[test]
+fn an_oversized_answer_fails_the_decision_naming_the_limit_and_memory_stays_small() {
+    // An error burst in a journal of its own makes the incident; systemd is
+    // out of reach (that source fails), which this test does not need.
+    let journal = tempfile::tempdir().unwrap();
+    let lines = (0..40).map(|i| macha_testbed::journal::error_line("app.service", &format!("write error {i}")));
+    macha_testbed::journal::write_file(&journal.path().join("system.journal"), lines).unwrap();
+    let double = OllamaDouble::builder()
+        .model(MODEL, ModelCaps::default())
+        .default_reply(Reply::Oversized(150 << 20))
+        .start()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("config.toml");
+    let text = format!(
+        "state_dir = \"{}\"\ncheck_interval = 600\ndbus_address = \"unix:path=/nonexistent/bus\"\njournal_dir = \"{}\"\n[ollama]\nurl = \"{}\"\nmodel = \"{MODEL}\"\ntimeout = 60\n",
+        state.path().join("state").display(),
+        journal.path().display(),
+        double.url()
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let (status, stdout, stderr, peak_kib) =
+        run_measured(Command::new(macha_bin()).arg("--config").arg(&config).args(["check", "--json"]));
+    eprintln!("{stderr}\npeak resident memory: {} MiB", peak_kib / 1024);
+    assert!(status.code().is_some(), "{status:?}");
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let decision = &report["incidents"][0]["decision"];
+    assert_eq!(decision["outcome"], "failed", "{report:#}");
+    let error = decision["error"].as_str().unwrap();
+    assert!(error.contains("larger than 1088 KiB") && error.contains("1024 tokens"), "names the limit: {error}");
+    assert!(peak_kib < 100 * 1024, "a 150 MiB answer is not held: peak {peak_kib} KiB");
+}
+
+#[test]
+fn an_answer_that_never_ends_is_cut_at_the_limit_before_the_timeout() {
+    let state = tempfile::tempdir().unwrap();
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Endless(Duration::ZERO));
+    let svc = service(state.path(), &double.url(), MODEL, 30, "");
+    let started = Instant::now();
+    let err = local(svc.chat(Priority::Autonomous, &ask("why?"))).unwrap_err().to_string();
+    assert!(err.contains("larger than 1088 KiB"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "cut by the limit, not the 30 s timeout");
+}
+
+#[test]
+fn an_answer_that_trickles_without_end_is_cut_by_the_timeout() {
+    let state = tempfile::tempdir().unwrap();
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Endless(Duration::from_millis(100)));
+    let svc = service(state.path(), &double.url(), MODEL, 2, "");
+    let started = Instant::now();
+    let err = local(svc.chat(Priority::Autonomous, &ask("why?"))).unwrap_err().to_string();
+    assert!(err.contains("did not answer within 2 s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::chat::{Answer, ChatRequest};
 use super::{ollama, openai};
-use crate::bounded::{self, FileKind, Size};
+use crate::bounded::{self, BodyError, FileKind, Size};
 use crate::config::Api;
 use crate::errors::chain;
 
@@ -77,6 +77,8 @@ pub enum ProviderError {
     Http { server: String, status: u16, message: String },
     #[error("{server} sent a response that is not a chat response: {detail}")]
     BadResponse { server: String, detail: String },
+    #[error("{server} sent an answer larger than {limit}, the most macha reads {of}; the server, or a proxy in front of it, does not answer as it should")]
+    TooLarge { server: String, limit: Size, of: String },
 }
 
 impl ProviderError {
@@ -87,9 +89,11 @@ impl ProviderError {
     pub fn fails_over(&self) -> bool {
         match self {
             Self::Http { status, .. } => *status >= 500,
-            Self::Unreachable { .. } | Self::Timeout { .. } | Self::ModelNotFound { .. } | Self::BadResponse { .. } => {
-                true
-            }
+            Self::Unreachable { .. }
+            | Self::Timeout { .. }
+            | Self::ModelNotFound { .. }
+            | Self::BadResponse { .. }
+            | Self::TooLarge { .. } => true,
         }
     }
 }
@@ -111,6 +115,30 @@ pub enum Check {
     MissingModel { error: String },
     /// The server could not be asked, or answered with an error.
     Failed { error: String },
+}
+
+/// Bytes allowed for each token an answer may hold (`num_predict`): a token
+/// is 3 to 4 characters of text, and even escaped in JSON (`\u003c` for
+/// `<`) few take more than a few dozen bytes.
+const ANSWER_BYTES_PER_TOKEN: u64 = 64;
+
+/// Bytes allowed besides the tokens: the JSON envelope, timing fields, the
+/// framing of tool calls, an error text.
+const ANSWER_ENVELOPE: Size = Size::mib(1);
+
+/// Whatever `num_predict` says, no answer is read past this.
+const ANSWER_CEILING: Size = Size::mib(64);
+
+/// The most read of an answer to `/api/show` or `/v1/models/MODEL`: model
+/// facts (template, parameters, license) are tens of KiB.
+const FACTS_LIMIT: Size = Size::mib(8);
+
+/// The most read of a chat answer of at most `num_predict` tokens:
+/// [`ANSWER_ENVELOPE`] + [`ANSWER_BYTES_PER_TOKEN`] × `num_predict`, at most
+/// [`ANSWER_CEILING`] (1088 KiB for the default 1024 tokens).
+pub(crate) fn answer_limit(num_predict: u32) -> Size {
+    let bytes = ANSWER_ENVELOPE.get().saturating_add(u64::from(num_predict) * ANSWER_BYTES_PER_TOKEN);
+    Size::bytes(bytes.min(ANSWER_CEILING.get()))
 }
 
 /// A key for an OpenAI-compatible server, sent as `Authorization: Bearer`.
@@ -180,7 +208,9 @@ impl Provider {
             Api::Ollama => ("/api/chat", ollama::chat_body(&self.info.model, request, options)),
             Api::Openai => ("/chat/completions", openai::chat_body(&self.info.model, request, options)),
         };
-        let sent = self.send(self.http.post(self.url(path)).json(&body)).await;
+        let num_predict = request.num_predict.unwrap_or(options.num_predict);
+        let of = format!("for an answer of at most {num_predict} tokens (`ollama.num_predict`)");
+        let sent = self.send(self.http.post(self.url(path)).json(&body), answer_limit(num_predict), &of).await;
         let response = sent.as_ref().ok().map(|e| e.body.clone());
         let result = sent.and_then(|e| self.read_answer(e));
         Attempt {
@@ -197,9 +227,12 @@ impl Provider {
         let sent = match self.info.api {
             Api::Ollama => {
                 let body = serde_json::json!({ "model": self.info.model });
-                self.send(self.http.post(self.url("/api/show")).json(&body)).await
+                self.send(self.http.post(self.url("/api/show")).json(&body), FACTS_LIMIT, "of model facts").await
             }
-            Api::Openai => self.send(self.http.get(self.url(&format!("/models/{}", self.info.model)))).await,
+            Api::Openai => {
+                let url = self.url(&format!("/models/{}", self.info.model));
+                self.send(self.http.get(url), FACTS_LIMIT, "of model facts").await
+            }
         };
         let exchange = match sent {
             Ok(e) => e,
@@ -221,15 +254,20 @@ impl Provider {
         format!("{}{path}", self.info.url.trim_end_matches('/'))
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Exchange, ProviderError> {
+    /// Sends `request` and reads the answer's body, at most `limit` bytes
+    /// of it (`of` says what that limit is for, in the error).
+    async fn send(&self, request: reqwest::RequestBuilder, limit: Size, of: &str) -> Result<Exchange, ProviderError> {
         let request = match &self.key {
             Some(ApiKey(key)) => request.bearer_auth(key),
             None => request,
         };
         let response = request.send().await.map_err(|e| self.transport_error(&e, false))?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| self.transport_error(&e, true))?;
-        Ok(Exchange { status, body })
+        let body = bounded::read_body(response, limit).await.map_err(|e| match e {
+            BodyError::TooLarge(limit) => ProviderError::TooLarge { server: self.info.server(), limit, of: of.into() },
+            BodyError::Transport(e) => self.transport_error(&e, true),
+        })?;
+        Ok(Exchange { status, body: String::from_utf8_lossy(&body).into_owned() })
     }
 
     fn transport_error(&self, e: &reqwest::Error, reading: bool) -> ProviderError {
@@ -320,6 +358,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("key"), "k".repeat(65 * 1024)).unwrap();
         assert!(ApiKey::read(&dir.path().join("key")).unwrap_err().ends_with("larger than the 64 KiB limit"));
+    }
+
+    #[test]
+    fn an_answer_may_hold_64_bytes_a_token_and_a_mib_more_up_to_a_ceiling() {
+        assert_eq!(answer_limit(1024).to_string(), "1088 KiB");
+        assert_eq!(answer_limit(0), ANSWER_ENVELOPE);
+        assert_eq!(answer_limit(u32::MAX), ANSWER_CEILING);
     }
 
     #[test]

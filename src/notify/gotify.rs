@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::Message;
-use crate::bounded::{self, FileKind, Size};
+use crate::bounded::{self, BodyError, FileKind, Size};
 use crate::errors::chain;
 
 /// The application token. Its `Debug` and `Display` never show it.
@@ -51,6 +51,10 @@ pub enum SendError {
     BadResponse { url: String, detail: String },
 }
 
+/// The most read of Gotify's answer: the stored message, echoed (macha's
+/// messages are a few KiB), or an error.
+const ANSWER_LIMIT: Size = Size::mib(1);
+
 pub struct Gotify {
     http: reqwest::Client,
     url: String,
@@ -89,10 +93,13 @@ impl Gotify {
             .await
             .map_err(|e| SendError::Unreachable { url: url.clone(), detail: self.token.redact(&chain(&e)) })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| SendError::BadResponse { url: url.clone(), detail: self.token.redact(&chain(&e)) })?;
+        let text = match bounded::read_body(response, ANSWER_LIMIT).await {
+            Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+            Err(BodyError::Transport(e)) => {
+                return Err(SendError::BadResponse { url, detail: self.token.redact(&chain(&e)) });
+            }
+            Err(e) => return Err(SendError::BadResponse { url, detail: e.to_string() }),
+        };
         if !status.is_success() {
             let parsed: Option<Value> = serde_json::from_str(&text).ok();
             let description = parsed
