@@ -14,17 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{macha_bin, Bed, MODEL};
-use macha_testbed::journal::{error_line, write_file};
+use macha_testbed::journal::{error_line, write_file, write_file_until};
 use macha_testbed::ollama::OllamaDouble;
 use serde_json::Value;
 
-/// Config for `macha-check` reading the journal in `journal` alone: systemd
-/// is out of reach (that source fails, exit code 2), the lookback is an
-/// hour, and no line count makes an incident.
-fn journal_only_config(state: &Path, journal: &Path, model_url: &str) -> String {
+/// Config for macha reading the journal in `journal` alone: systemd is out
+/// of reach (that source fails, exit code 2), the lookback is `interval`,
+/// and no line count makes an incident.
+fn journal_only_config(state: &Path, journal: &Path, model_url: &str, interval: u64) -> String {
     format!(
         "autonomy_level = \"observe\"
-check_interval = 3600
+check_interval = {interval}
 state_dir = \"{}\"
 dbus_address = \"unix:path=/nonexistent/bus\"
 journal_dir = \"{}\"
@@ -44,35 +44,62 @@ error_burst_lines = 4000000000
     )
 }
 
+/// A journal directory with one file of 20 000 err lines stamped up to
+/// `newest`, and a thread that cuts the file to a few pages and makes it
+/// whole again, over and over, in place (the same inode, as journald's
+/// ftruncate does).
+struct Cutter {
+    dir: tempfile::TempDir,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Cutter {
+    fn start(newest: std::time::SystemTime) -> Cutter {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("system.journal");
+        let lines = (0..20_000).map(|i| error_line("app.service", &format!("request {i} failed")));
+        write_file_until(&file, newest, lines).unwrap();
+        let whole = std::fs::read(&file).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                let mut cuts = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    f.set_len(4096 * (1 + cuts % 16)).unwrap();
+                    std::thread::sleep(Duration::from_millis(15));
+                    f.write_all_at(&whole, 0).unwrap();
+                    std::thread::sleep(Duration::from_millis(15));
+                    cuts += 1;
+                }
+                cuts
+            })
+        };
+        Cutter { dir, stop, thread: Some(thread) }
+    }
+
+    fn journal(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops cutting; how many cuts there were.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
 #[test]
 fn macha_check_survives_journal_files_cut_short_while_it_reads_them() {
-    let journal = tempfile::tempdir().unwrap();
-    let file = journal.path().join("system.journal");
-    write_file(&file, (0..20_000).map(|i| error_line("app.service", &format!("request {i} failed")))).unwrap();
-    let whole = std::fs::read(&file).unwrap();
+    let cutter = Cutter::start(std::time::SystemTime::now());
     let state = tempfile::tempdir().unwrap();
     let double = OllamaDouble::start(&[MODEL]).unwrap();
     let config = state.path().join("config.toml");
-    std::fs::write(&config, journal_only_config(&state.path().join("state"), journal.path(), &double.url())).unwrap();
+    let text = journal_only_config(&state.path().join("state"), cutter.journal(), &double.url(), 3600);
+    std::fs::write(&config, text).unwrap();
 
-    // Cut the file to a few pages and make it whole again, over and over,
-    // in place (the same inode, as journald's ftruncate does).
-    let stop = Arc::new(AtomicBool::new(false));
-    let cutter = {
-        let (stop, file) = (stop.clone(), file.clone());
-        std::thread::spawn(move || {
-            let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-            let mut cuts = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                f.set_len(4096 * (1 + cuts % 16)).unwrap();
-                std::thread::sleep(Duration::from_millis(15));
-                f.write_all_at(&whole, 0).unwrap();
-                std::thread::sleep(Duration::from_millis(15));
-                cuts += 1;
-            }
-            cuts
-        })
-    };
     let (mut died, mut cut_short, mut other_errors, mut read) = (Vec::new(), 0, Vec::new(), 0);
     const RUNS: usize = 30;
     for run in 0..RUNS {
@@ -87,18 +114,56 @@ fn macha_check_survives_journal_files_cut_short_while_it_reads_them() {
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         let sources = report["failed_sources"].as_array().unwrap();
         match sources.iter().find(|s| s["source"] == "journal").map(|s| s["error"].as_str().unwrap()) {
-            Some(error) if error.contains("a journal file was cut short while it was being read") => cut_short += 1,
+            Some(error) if error.contains(CUT_SHORT) => cut_short += 1,
             // A file read while it is made whole again can also look corrupt.
             Some(error) => other_errors.push(error.to_owned()),
             None => read += 1,
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let cuts = cutter.join().unwrap();
+    let cuts = cutter.stop();
     eprintln!(
         "{RUNS} runs, {cuts} cuts: {cut_short} caught a cut, {read} read the journal, other errors: {other_errors:?}"
     );
     assert_eq!(died, Vec::<String>::new(), "runs killed by a signal");
+}
+
+/// How a pass reports a file cut short under it.
+const CUT_SHORT: &str = "a journal file was cut short while it was being read";
+
+#[test]
+fn the_daemon_survives_journal_files_cut_short_while_it_reads_them() {
+    // Stamped an hour ahead, the entries stay in the daemon's one-second
+    // look-back window: each cycle without a cursor reads all of them.
+    let cutter = Cutter::start(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let state = tempfile::tempdir().unwrap();
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let config = state.path().join("config.toml");
+    std::fs::write(&config, journal_only_config(&state.path().join("state"), cutter.journal(), &double.url(), 1))
+        .unwrap();
+    let log = state.path().join("stderr");
+    let mut daemon = Command::new(macha_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("daemon")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut exited = None;
+    while started.elapsed() < Duration::from_secs(12) && exited.is_none() {
+        std::fs::remove_file(state.path().join("state/journal.cursor")).ok();
+        std::thread::sleep(Duration::from_millis(100));
+        exited = daemon.try_wait().unwrap();
+    }
+    let cuts = cutter.stop();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(exited, None, "the daemon ended while files were cut: {stderr}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = daemon.wait().unwrap();
+    let caught = stderr.matches(CUT_SHORT).count();
+    eprintln!("{cuts} cuts, {} cycles, {caught} caught a cut", stderr.matches("cycle done").count());
+    assert_eq!(status.code(), Some(0), "stopped cleanly: {status:?}");
+    assert!(caught > 0, "the cuts reached the reader: {stderr}");
 }
 
 /// What the child of [`a_sigbus_that_is_not_a_journal_read_still_ends_the_process`] does.

@@ -35,6 +35,12 @@ pub fn error_line(unit: &str, message: &str) -> Fields {
 /// `.journal`), in order; the last one is stamped now and each one before it
 /// a millisecond earlier, all of one boot. Values must not hold a newline.
 pub fn write_file(path: &Path, entries: impl ExactSizeIterator<Item = Fields>) -> Result<()> {
+    write_file_until(path, SystemTime::now(), entries)
+}
+
+/// [`write_file`], with the last entry stamped `newest` (in the future, the
+/// entries stay within any look-back window for that long).
+pub fn write_file_until(path: &Path, newest: SystemTime, entries: impl ExactSizeIterator<Item = Fields>) -> Result<()> {
     let program = JOURNAL_REMOTE
         .iter()
         .find(|p| Path::new(p).exists())
@@ -46,7 +52,7 @@ pub fn write_file(path: &Path, entries: impl ExactSizeIterator<Item = Fields>) -
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as u64;
+    let now = newest.duration_since(UNIX_EPOCH)?.as_micros() as u64;
     let count = entries.len() as u64;
     let boot_id = format!("{:032x}", u128::from(now) * 0x9e37_79b9);
     {
