@@ -37,7 +37,7 @@ timeout = 2
 [detect]
 disk_full_percent = 100
 memory_pressure_percent = 100
-error_burst_lines = 4000000000
+error_burst_lines = 1000000
 ",
         state.display(),
         journal.display()
