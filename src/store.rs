@@ -504,14 +504,16 @@ impl Store {
             .map_err(self.wrap())
     }
 
-    /// Takes a pending item for execution. Only one caller can win: the
+    /// Takes a pending item for execution, if its binding is still
+    /// `binding` (the one the caller checked). Only one caller can win: the
     /// others get `false`.
-    pub fn claim(&self, id: i64, by: &str) -> Result<bool, StoreError> {
+    pub fn claim(&self, id: i64, by: &str, binding: &str) -> Result<bool, StoreError> {
         let changed = self
             .conn
             .execute(
-                "UPDATE approvals SET status = 'executing', decided_by = ?2, decided_at = ?3 WHERE id = ?1 AND status = 'pending'",
-                params![id, by, Utc::now().to_rfc3339()],
+                "UPDATE approvals SET status = 'executing', decided_by = ?2, decided_at = ?3
+                 WHERE id = ?1 AND status = 'pending' AND binding = ?4",
+                params![id, by, Utc::now().to_rfc3339(), binding],
             )
             .map_err(self.wrap())?;
         Ok(changed == 1)

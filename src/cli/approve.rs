@@ -248,8 +248,27 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
         )?;
         return Ok(ExitCode::from(1));
     }
-    if !store.claim(id, &by)? {
-        outln!("approval {id} was just taken by another approve or reject; nothing done")?;
+    if let Some(expected) = expect {
+        // A mismatch refuses this command only: the item is what it was,
+        // and waits for an approval of what it is.
+        if expected.len() < 8 || !item.binding.starts_with(expected) {
+            outln!(
+                "approval {id} not carried out: its binding is {}, not \"{}\": it is not what you looked at (see `macha-approve show {id}`); the item is still waiting",
+                item.binding.get(..16).unwrap_or(&item.binding),
+                shown(expected)
+            )?;
+            return Ok(ExitCode::from(1));
+        }
+    }
+    // Claimed only with the binding checked above: an item brought up to
+    // date meanwhile is not carried out on the strength of an older look.
+    if !store.claim(id, &by, &item.binding)? {
+        match store.approval(id)? {
+            Some(now) if now.status == "pending" => outln!(
+                "approval {id} changed just now (new evidence); nothing done: see `macha-approve show {id}` and approve it again"
+            )?,
+            _ => outln!("approval {id} was just taken by another approve or reject; nothing done")?,
+        }
         return Ok(ExitCode::from(1));
     }
     let refuse = |reason: String| -> anyhow::Result<ExitCode> {
@@ -266,14 +285,6 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     }
     if !item.binding_holds() {
         return refuse("its stored content no longer matches its binding: it was changed after it was queued".into());
-    }
-    if let Some(expected) = expect {
-        if expected.len() < 8 || !item.binding.starts_with(expected) {
-            return refuse(format!(
-                "its binding is {}, not {expected:?}: it is not what you looked at (see `macha-approve show {id}`)",
-                &item.binding[..16]
-            ));
-        }
     }
     let action = match item.action() {
         Ok(a) => a,
