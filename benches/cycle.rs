@@ -55,15 +55,15 @@ fn main() {
     let mut observer = Observer::new(&config);
     let (incidents, cursor) = rt.block_on(async {
         // Warm up: connect, fill caches.
-        let snap = observer.observe(None).await;
+        let snap = observer.observe(None, &[]).await;
         let cursor = snap.journal.ok().and_then(|j| j.cursor.clone());
-        (detect(&snap, &config.detect).len(), cursor)
+        (detect(&snap, &[], &config.detect).len(), cursor)
     });
     let (cpu0, wall0) = (cpu(), Instant::now());
     rt.block_on(async {
         for _ in 0..PASSES {
-            let snap = observer.observe(cursor.as_deref()).await;
-            std::hint::black_box(detect(&snap, &config.detect));
+            let snap = observer.observe(cursor.as_deref(), &[]).await;
+            std::hint::black_box(detect(&snap, &[], &config.detect));
         }
     });
     let cpu_per = (cpu() - cpu0) / PASSES;

@@ -160,7 +160,14 @@ impl Engine {
         let model_problems = self.check_model().await;
         let cursor =
             std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
-        let snap = self.observer.observe(cursor.as_deref()).await;
+        // The units of open incidents are watched until they are back where they should be.
+        let open = self.store.open_evidence()?;
+        let watch: Vec<UnitName> = open
+            .iter()
+            .filter_map(|o| o.fingerprint.strip_prefix("unit-failed:"))
+            .filter_map(|u| UnitName::parse(u).ok())
+            .collect();
+        let snap = self.observer.observe(cursor.as_deref(), &watch).await;
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
             tracing::warn!(
                 "{} {why}: this cycle read the journal of the last {} s instead, and replaces the file with a good cursor",
@@ -176,7 +183,7 @@ impl Engine {
         for f in &failed_sources {
             tracing::warn!(source = %f.source, error = %f.error, "source could not be read");
         }
-        let incidents = detect(&snap, &self.config.detect);
+        let incidents = detect(&snap, &open, &self.config.detect);
         let (novelty, resolved) = self.store.sync_incidents(&incidents, &snap)?;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");

@@ -4,9 +4,11 @@
 //! This is plain code over data: no I/O, no model. A healthy snapshot yields
 //! no incident, and no incident means no call to the model.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::DetectConfig;
+use crate::observe::systemd::UnitState;
 use crate::observe::{Snapshot, Source};
 
 /// What kind of problem an incident is; each kind has its own fingerprint.
@@ -89,7 +91,7 @@ impl Snapshot {
     /// Whether the source an incident kind depends on was read this pass.
     pub fn saw(&self, basis: Basis) -> bool {
         match basis {
-            Basis::Systemd => matches!(self.failed_units, Source::Ok(_)),
+            Basis::Systemd => matches!((&self.failed_units, &self.watched_units), (Source::Ok(_), Source::Ok(_))),
             Basis::Journal => matches!(self.journal, Source::Ok(_)),
             Basis::Host => matches!(self.host, Source::Ok(_)),
         }
@@ -100,8 +102,94 @@ fn incident(kind: IncidentKind, summary: String, evidence_key: String) -> Incide
     Incident { fingerprint: kind.fingerprint(), kind, summary, evidence_key }
 }
 
-/// Applies every rule to `snap`.
-pub fn detect(snap: &Snapshot, cfg: &DetectConfig) -> Vec<Incident> {
+/// An incident the store holds open, as `detect` needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenIncident {
+    pub fingerprint: String,
+    pub evidence_key: String,
+}
+
+/// The evidence key of a unit's failure: when it became inactive (the
+/// failure) and systemd's own restart count, so that failing again, or
+/// being restarted by systemd, is new evidence.
+fn failure_key(unit: &UnitState) -> String {
+    let when = unit.inactive_enter_timestamp.map(|t| t.timestamp_micros()).unwrap_or_default();
+    format!("{when}/{}", unit.n_restarts.unwrap_or_default())
+}
+
+/// When the failure an evidence key of `failure_key` is about happened.
+fn failed_at(evidence_key: &str) -> Option<DateTime<Utc>> {
+    let micros: i64 = evidence_key.split_once('/')?.0.parse().ok()?;
+    (micros > 0).then(|| DateTime::from_timestamp_micros(micros)).flatten()
+}
+
+/// The state the unit of a `unit-failed` incident must be back in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Running: a target wants it, or it was running before (the reason).
+    Running(String),
+    /// A successful run after the failure: a oneshot, or a unit started on
+    /// demand by a timer, socket or path.
+    SuccessfulRun,
+    /// Only not failed: nothing wants it running and it never was.
+    NotFailed,
+}
+
+/// What `unit` should be doing, from how it is defined and wanted.
+pub fn expected(unit: &UnitState) -> Expected {
+    let oneshot = unit.service_type.as_deref() == Some("oneshot") && !unit.remain_after_exit;
+    if oneshot || !unit.triggered_by.is_empty() {
+        return Expected::SuccessfulRun;
+    }
+    if let Some(target) = unit.wanted_by.iter().find(|u| u.ends_with(".target")) {
+        return Expected::Running(format!("wanted by {target}"));
+    }
+    if unit.active_enter_timestamp.is_some() {
+        return Expected::Running("it was running before it failed".into());
+    }
+    Expected::NotFailed
+}
+
+/// Why `unit`, which failed at `failed_at` (its `InactiveEnterTimestamp`
+/// then), is not yet back in the state it should be in; `None` once it is.
+/// Clearing the failed state is not a repair: a unit that should run must
+/// run, and a oneshot must have run successfully since.
+pub fn still_down(unit: &UnitState, failed_at: Option<DateTime<Utc>>) -> Option<String> {
+    let id = &unit.id;
+    match unit.active_state.as_str() {
+        "active" | "reloading" => return None,
+        "failed" => return Some(format!("{id} is failed")),
+        "activating" | "deactivating" => {
+            return Some(format!("{id} is {} ({}): not settled yet", unit.active_state, unit.sub_state))
+        }
+        _ => {}
+    }
+    // Inactive. Only a run since the failure moves this timestamp: a reset
+    // of the failed state leaves it as it was.
+    let ran_since = unit.inactive_enter_timestamp != failed_at;
+    let clean = unit.result.as_deref().is_none_or(|r| r == "success") && unit.exec_main_status.unwrap_or(0) == 0;
+    match expected(unit) {
+        Expected::NotFailed => None,
+        Expected::SuccessfulRun if ran_since && clean => None,
+        Expected::SuccessfulRun => {
+            let status = unit.exec_main_status.filter(|s| *s != 0).map(|s| format!(", exit status {s}"));
+            Some(format!(
+                "{id} has not run successfully since it failed (it is {}{})",
+                unit.active_state,
+                status.unwrap_or_default()
+            ))
+        }
+        Expected::Running(why) => Some(format!(
+            "{id} is {} and nothing started it again since it failed; it should be running ({why})",
+            unit.active_state
+        )),
+    }
+}
+
+/// Applies every rule to `snap`. `open` are the incidents the store holds
+/// open: a unit incident stays while its unit is not back where it should
+/// be, even once it is no longer failed.
+pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec<Incident> {
     let mut out = Vec::new();
     let failed: Vec<&str> = snap.failed_units.ok().into_iter().flatten().map(|u| u.id.as_str()).collect();
     // A failed helper unit (macha-action-*) is reported by the action that
@@ -114,9 +202,16 @@ pub fn detect(snap: &Snapshot, cfg: &DetectConfig) -> Vec<Incident> {
             Some(status) if status != 0 => format!("{} failed ({result}, exit status {status})", unit.id),
             _ => format!("{} failed ({result})", unit.id),
         };
-        let when = unit.inactive_enter_timestamp.map(|t| t.timestamp_micros()).unwrap_or_default();
-        let key = format!("{when}/{}", unit.n_restarts.unwrap_or_default());
-        out.push(incident(IncidentKind::UnitFailed { unit: unit.id.clone() }, summary, key));
+        out.push(incident(IncidentKind::UnitFailed { unit: unit.id.clone() }, summary, failure_key(unit)));
+    }
+    for open in open {
+        let Some(unit) = open.fingerprint.strip_prefix("unit-failed:") else { continue };
+        // A unit that no longer exists is absent, and its incident resolves.
+        let Some(state) = snap.watched_units.ok().into_iter().flatten().find(|u| u.id == unit) else { continue };
+        if let Some(why) = still_down(state, failed_at(&open.evidence_key)) {
+            // The same evidence as when it failed: nothing new to decide.
+            out.push(incident(IncidentKind::UnitFailed { unit: unit.to_owned() }, why, open.evidence_key.clone()));
+        }
     }
     if let Some(host) = snap.host.ok() {
         for fs in &host.filesystems {
@@ -158,6 +253,7 @@ mod tests {
             taken_at: chrono::Utc::now(),
             hostname: "h".into(),
             failed_units: Source::Ok(vec![]),
+            watched_units: Source::Ok(vec![]),
             journal: Source::Ok(ErrorScan::default()),
             unit_logs: BTreeMap::new(),
             host: Source::Ok(HostStats {
@@ -187,16 +283,52 @@ mod tests {
             n_restarts: Some(restarts),
             exec_main_status: Some(3),
             inactive_enter_timestamp: None,
+            active_enter_timestamp: None,
             invocation_id: String::new(),
+            service_type: Some("simple".into()),
+            remain_after_exit: false,
+            wanted_by: Vec::new(),
+            triggered_by: Vec::new(),
+            has_job: false,
             refuse_manual_stop: false,
             success_action: "none".into(),
             failure_action: "none".into(),
         }
     }
 
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0)
+    }
+
+    /// `id` failed at `at(0)` (exit status 2) after running a while.
+    fn failed_service(id: &str) -> UnitState {
+        UnitState {
+            exec_main_status: Some(2),
+            inactive_enter_timestamp: at(0),
+            active_enter_timestamp: at(-60),
+            ..failed_unit(id, 0)
+        }
+    }
+
+    /// `unit` after `systemctl reset-failed`: inactive, `Result` reset to
+    /// success, its timestamps and exit status as they were.
+    fn reset(unit: &UnitState) -> UnitState {
+        UnitState {
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            result: Some("success".into()),
+            n_restarts: Some(0),
+            ..unit.clone()
+        }
+    }
+
+    fn open(unit: &UnitState) -> OpenIncident {
+        OpenIncident { fingerprint: format!("unit-failed:{}", unit.id), evidence_key: failure_key(unit) }
+    }
+
     #[test]
     fn healthy_snapshot_has_no_incident() {
-        assert!(detect(&healthy(), &DetectConfig::default()).is_empty());
+        assert!(detect(&healthy(), &[], &DetectConfig::default()).is_empty());
     }
 
     #[test]
@@ -212,7 +344,7 @@ mod tests {
         scan.per_unit.insert("quiet.service".into(), 2);
         scan.per_unit.insert("web.service".into(), 40);
         s.journal = Source::Ok(scan);
-        let fps: Vec<String> = detect(&s, &DetectConfig::default()).into_iter().map(|i| i.fingerprint).collect();
+        let fps: Vec<String> = detect(&s, &[], &DetectConfig::default()).into_iter().map(|i| i.fingerprint).collect();
         assert_eq!(fps, ["unit-failed:web.service", "disk-full:/", "memory-pressure", "error-burst:noisy.service"]);
     }
 
@@ -222,27 +354,113 @@ mod tests {
         if let Source::Ok(h) = &mut s.host {
             h.filesystems[0].available = 30; // 70% used
         }
-        assert!(detect(&s, &DetectConfig::default()).is_empty());
+        assert!(detect(&s, &[], &DetectConfig::default()).is_empty());
         let strict = DetectConfig { disk_full_percent: 70, ..DetectConfig::default() };
-        assert_eq!(detect(&s, &strict)[0].fingerprint, "disk-full:/");
+        assert_eq!(detect(&s, &[], &strict)[0].fingerprint, "disk-full:/");
     }
 
     #[test]
     fn a_new_failure_of_the_same_unit_changes_the_evidence_key() {
         let mut s = healthy();
         s.failed_units = Source::Ok(vec![failed_unit("web.service", 1)]);
-        let first = detect(&s, &DetectConfig::default()).remove(0);
+        let first = detect(&s, &[], &DetectConfig::default()).remove(0);
         s.failed_units = Source::Ok(vec![failed_unit("web.service", 2)]);
-        let second = detect(&s, &DetectConfig::default()).remove(0);
+        let second = detect(&s, &[], &DetectConfig::default()).remove(0);
         assert_eq!(first.fingerprint, second.fingerprint);
         assert_ne!(first.evidence_key, second.evidence_key);
+    }
+
+    #[test]
+    fn clearing_the_failed_state_of_a_wanted_service_is_no_repair() {
+        let failed = UnitState { wanted_by: vec!["multi-user.target".into()], ..failed_service("pay.service") };
+        assert_eq!(expected(&failed), Expected::Running("wanted by multi-user.target".into()));
+        let why = still_down(&reset(&failed), failed.inactive_enter_timestamp).expect("still down");
+        assert!(why.contains("inactive") && why.contains("wanted by multi-user.target"), "{why}");
+    }
+
+    #[test]
+    fn a_service_that_ran_before_it_failed_must_run_again() {
+        let failed = failed_service("web.service");
+        assert_eq!(expected(&failed), Expected::Running("it was running before it failed".into()));
+        assert!(still_down(&reset(&failed), failed.inactive_enter_timestamp).is_some());
+        let running = UnitState { active_state: "active".into(), sub_state: "running".into(), ..reset(&failed) };
+        assert_eq!(still_down(&running, failed.inactive_enter_timestamp), None);
+    }
+
+    #[test]
+    fn a_unit_mid_restart_is_not_settled() {
+        let failed = failed_service("web.service");
+        let starting = UnitState {
+            active_state: "activating".into(),
+            sub_state: "start-pre".into(),
+            has_job: true,
+            ..reset(&failed)
+        };
+        assert!(still_down(&starting, failed.inactive_enter_timestamp).unwrap().contains("not settled"));
+    }
+
+    #[test]
+    fn a_oneshot_is_repaired_by_a_successful_run_after_the_failure_only() {
+        let failed = UnitState { service_type: Some("oneshot".into()), ..failed_service("report.service") };
+        assert_eq!(expected(&failed), Expected::SuccessfulRun);
+        let cleared = reset(&failed);
+        assert!(still_down(&cleared, failed.inactive_enter_timestamp).unwrap().contains("exit status 2"));
+        // Failed in ExecStartPre: the main process's status is an older one.
+        let pre = UnitState { exec_main_status: Some(0), ..cleared.clone() };
+        assert!(still_down(&pre, failed.inactive_enter_timestamp).is_some(), "no run since the failure");
+        let rerun = UnitState { exec_main_status: Some(0), inactive_enter_timestamp: at(30), ..cleared.clone() };
+        assert_eq!(still_down(&rerun, failed.inactive_enter_timestamp), None);
+        let failed_rerun = UnitState { inactive_enter_timestamp: at(30), ..cleared };
+        assert!(still_down(&failed_rerun, failed.inactive_enter_timestamp).is_some(), "exit status 2 again");
+    }
+
+    #[test]
+    fn a_timers_service_and_a_oneshot_that_remains_follow_their_kind() {
+        let timed = UnitState { triggered_by: vec!["backup.timer".into()], ..failed_service("backup.service") };
+        assert_eq!(expected(&timed), Expected::SuccessfulRun);
+        let remains = UnitState {
+            service_type: Some("oneshot".into()),
+            remain_after_exit: true,
+            wanted_by: vec!["multi-user.target".into()],
+            ..failed_service("setup.service")
+        };
+        assert!(matches!(expected(&remains), Expected::Running(_)));
+    }
+
+    #[test]
+    fn a_unit_nothing_wants_that_never_ran_is_repaired_once_not_failed() {
+        let failed = UnitState { active_enter_timestamp: None, ..failed_service("once.service") };
+        assert_eq!(expected(&failed), Expected::NotFailed);
+        assert_eq!(still_down(&reset(&failed), failed.inactive_enter_timestamp), None);
+    }
+
+    #[test]
+    fn an_open_unit_incident_stays_while_its_unit_is_down_with_the_same_evidence() {
+        let failed = UnitState { wanted_by: vec!["multi-user.target".into()], ..failed_service("pay.service") };
+        let open = [open(&failed)];
+        let mut s = healthy();
+        s.watched_units = Source::Ok(vec![reset(&failed)]);
+        let incidents = detect(&s, &open, &DetectConfig::default());
+        assert_eq!(incidents.len(), 1);
+        assert_eq!(incidents[0].fingerprint, "unit-failed:pay.service");
+        assert_eq!(incidents[0].evidence_key, open[0].evidence_key, "nothing new to decide");
+        assert!(incidents[0].summary.contains("should be running"), "{}", incidents[0].summary);
+
+        let running = UnitState { active_state: "active".into(), ..reset(&failed) };
+        s.watched_units = Source::Ok(vec![running]);
+        assert!(detect(&s, &open, &DetectConfig::default()).is_empty(), "back up: resolved");
+        s.watched_units = Source::Ok(vec![]);
+        assert!(detect(&s, &open, &DetectConfig::default()).is_empty(), "gone: resolved");
+        s.watched_units = Source::Failed("bus down".into());
+        assert!(detect(&s, &open, &DetectConfig::default()).is_empty());
+        assert!(!s.saw(Basis::Systemd), "unread: not resolved either");
     }
 
     #[test]
     fn a_failed_source_yields_no_incident_from_it() {
         let mut s = healthy();
         s.failed_units = Source::Failed("bus down".into());
-        assert!(detect(&s, &DetectConfig::default()).is_empty());
+        assert!(detect(&s, &[], &DetectConfig::default()).is_empty());
         assert!(!s.saw(Basis::Systemd) && s.saw(Basis::Host));
     }
 }

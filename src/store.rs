@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::decide::ActionKind;
-use crate::detect::{basis_of, Incident};
+use crate::detect::{basis_of, Incident, OpenIncident};
 use crate::gate::Action;
 use crate::observe::Snapshot;
 use crate::storm::History;
@@ -439,6 +439,18 @@ impl Store {
             )
             .map_err(self.wrap())?;
         Ok((self.conn.last_insert_rowid(), true))
+    }
+
+    /// Open incidents with their current evidence, for `detect`.
+    pub fn open_evidence(&self) -> Result<Vec<OpenIncident>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fingerprint, evidence_key FROM incidents WHERE status = 'open' ORDER BY opened_at")
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| Ok(OpenIncident { fingerprint: r.get(0)?, evidence_key: r.get(1)? }))
+            .map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 
     /// Open incidents: fingerprint and summary, oldest first.

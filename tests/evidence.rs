@@ -60,12 +60,12 @@ fn a_burst_of_100000_lines_of_50_kinds_becomes_a_prompt_within_budget_naming_eve
     // The observer and the prompt, in this process.
     let config = Config::load(Some(bed.config.as_path())).expect("the bed's config");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let snap = rt.block_on(Observer::new(&config).observe(Some(&cursor)));
+    let snap = rt.block_on(Observer::new(&config).observe(Some(&cursor), &[]));
     let scan = snap.journal.ok().expect("the journal was read");
     assert_eq!(scan.per_unit.get(UNIT), Some(&(LINES as u64)), "journald kept every line of the burst");
     let fold = &scan.evidence[UNIT];
     assert_eq!(fold.templates().len(), KINDS);
-    let incident = detect(&snap, &config.detect)
+    let incident = detect(&snap, &[], &config.detect)
         .into_iter()
         .find(|i| i.fingerprint == format!("error-burst:{UNIT}"))
         .expect("the burst is an incident");

@@ -381,12 +381,18 @@ fn verify_generation(action: &Action, before: &Generations, after: &Generations)
 async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cfg: &ActConfig) -> Report {
     let before = systemd.unit_state(unit).await.ok().flatten();
     let before_brief = before.as_ref().map(|b| Observed::Unit(b.into()));
+    // The failure the action is to repair: a run since then moves this.
+    let failed_at = before.as_ref().and_then(|b| b.inactive_enter_timestamp);
     let failed = |detail: String, after: Option<Observed>| Report {
         succeeded: false,
         detail,
         before: before_brief.clone(),
         after,
         undo: None,
+    };
+    let report = |verdict: Result<String, String>, after: Option<Observed>| match verdict {
+        Ok(detail) => Report { succeeded: true, detail, before: before_brief.clone(), after, undo: None },
+        Err(detail) => failed(detail, after),
     };
     match action {
         Action::RestartUnit { .. } => {
@@ -402,22 +408,7 @@ async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cf
             if !job.is_done() {
                 return failed(format!("systemd's restart job for {unit} ended with {:?}", job.0), after_brief);
             }
-            if seen_failed || after.is_failed() {
-                return failed(
-                    format!("{unit} failed again after the restart ({})", after.result.as_deref().unwrap_or("unknown")),
-                    after_brief,
-                );
-            }
-            if after.active_state == "inactive" && after.result.as_deref() != Some("success") {
-                return failed(format!("{unit} stopped after the restart"), after_brief);
-            }
-            Report {
-                succeeded: true,
-                detail: format!("{unit} restarted and {} for {} s", after.active_state, cfg.settle_time),
-                before: before_brief,
-                after: after_brief,
-                undo: None,
-            }
+            report(judge_restart(unit, &after, seen_failed, failed_at, cfg), after_brief)
         }
         _ => {
             if let Err(e) = systemd.reset_failed(unit).await {
@@ -425,17 +416,49 @@ async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cf
             }
             let after = systemd.unit_state(unit).await.ok().flatten();
             let after_brief = after.as_ref().map(|a| Observed::Unit(a.into()));
-            match after {
-                Some(a) if a.is_failed() => failed(format!("{unit} is still failed after reset-failed"), after_brief),
-                _ => Report {
-                    succeeded: true,
-                    detail: format!("failed state of {unit} cleared"),
-                    before: before_brief,
-                    after: after_brief,
-                    undo: None,
-                },
-            }
+            report(judge_reset(unit, after.as_ref(), failed_at), after_brief)
         }
+    }
+}
+
+/// A restart's verdict, from the unit's state once settled: it must not
+/// have failed again, and must be where it should be (`detect::still_down`).
+fn judge_restart(
+    unit: &UnitName,
+    after: &UnitState,
+    seen_failed: bool,
+    failed_at: Option<chrono::DateTime<chrono::Utc>>,
+    cfg: &ActConfig,
+) -> Result<String, String> {
+    if seen_failed || after.is_failed() {
+        return Err(format!(
+            "{unit} failed again after the restart ({})",
+            after.result.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if after.active_state == "inactive" {
+        if let Some(why) = crate::detect::still_down(after, failed_at) {
+            return Err(format!("{unit} stopped after the restart: {why}"));
+        }
+    }
+    Ok(format!("{unit} restarted and {} for {} s", after.active_state, cfg.settle_time))
+}
+
+/// A reset's verdict: clearing the failed state repairs only a unit that
+/// then is where it should be; a unit that should run and does not is a
+/// failed action (`detect::still_down`).
+fn judge_reset(
+    unit: &UnitName,
+    after: Option<&UnitState>,
+    failed_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<String, String> {
+    match after {
+        Some(a) if a.is_failed() => Err(format!("{unit} is still failed after reset-failed")),
+        Some(a) => match crate::detect::still_down(a, failed_at) {
+            Some(why) => Err(format!("failed state of {unit} cleared, but {why}")),
+            None => Ok(format!("failed state of {unit} cleared; it is {}", a.active_state)),
+        },
+        None => Ok(format!("failed state of {unit} cleared; systemd no longer has the unit loaded")),
     }
 }
 

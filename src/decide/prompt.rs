@@ -305,9 +305,10 @@ impl<'a> Evidence<'a> {
     }
 }
 
-/// What systemd says about a failed unit.
+/// What systemd says about a failed unit (or one not back up since it failed).
 fn unit_facts(out: &mut String, unit: &str, snap: &Snapshot) {
-    let Some(u) = snap.failed_units.ok().into_iter().flatten().find(|u| u.id == unit) else { return };
+    let mut units = snap.failed_units.ok().into_iter().chain(snap.watched_units.ok()).flatten();
+    let Some(u) = units.find(|u| u.id == unit) else { return };
     let _ = writeln!(out, "unit: {}", u.id);
     let _ = writeln!(out, "description: {}", u.description);
     let _ =
@@ -368,6 +369,7 @@ mod tests {
             taken_at: chrono::Utc::now(),
             hostname: "web1".into(),
             failed_units: Source::Ok(vec![]),
+            watched_units: Source::Ok(vec![]),
             journal: Source::Ok(scan),
             unit_logs: BTreeMap::new(),
             host: Source::Failed("not read".into()),

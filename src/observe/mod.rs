@@ -23,6 +23,7 @@ use self::journal::ErrorScan;
 use self::systemd::{Systemd, UnitState};
 use crate::config::Config;
 use crate::decide::evidence::Folded;
+use crate::unit::UnitName;
 
 /// Err-or-worse entries of a unit kept in a snapshot as written; past this
 /// many they are only folded into templates.
@@ -56,9 +57,12 @@ pub struct Snapshot {
     pub hostname: String,
     /// Units whose `ActiveState` is `failed`.
     pub failed_units: Source<Vec<UnitState>>,
+    /// The other units of open unit incidents, as they are now (a unit that
+    /// no longer exists is absent): whether they are back where they should be.
+    pub watched_units: Source<Vec<UnitState>>,
     /// Err-or-worse journal entries since the previous pass.
     pub journal: Source<ErrorScan>,
-    /// The last journal lines of each failed unit, folded into templates.
+    /// The last journal lines of each failed or watched unit, folded into templates.
     pub unit_logs: BTreeMap<String, Source<Folded>>,
     pub host: Source<HostStats>,
 }
@@ -112,22 +116,27 @@ impl Observer {
     }
 
     /// Takes a snapshot; `cursor` is where the previous pass stopped reading
-    /// the journal.
-    pub async fn observe(&mut self, cursor: Option<&str>) -> Snapshot {
-        let failed_units = match self.systemd().await {
-            Ok(s) => s.failed_units().await,
+    /// the journal, `watch` the units of open incidents, read even when
+    /// they are no longer failed.
+    pub async fn observe(&mut self, cursor: Option<&str>, watch: &[UnitName]) -> Snapshot {
+        let units = match self.systemd().await {
+            Ok(s) => read_units(s, watch).await,
             Err(e) => Err(e),
         };
-        if failed_units.is_err() {
+        if units.is_err() {
             // A broken connection is remade on the next pass.
             self.systemd = None;
         }
-        let failed_units = Source::from_result(failed_units);
+        let (failed_units, watched_units) = match units {
+            Ok((failed, watched)) => (Source::Ok(failed), Source::Ok(watched)),
+            Err(e) => (Source::Failed(e.to_string()), Source::Failed(e.to_string())),
+        };
         let dir = self.journal_dir.as_deref();
         let journal = Source::from_result(journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES));
         let unit_logs = failed_units
             .ok()
             .into_iter()
+            .chain(watched_units.ok())
             .flatten()
             .map(|u| (u.id.clone(), Source::from_result(journal::unit_evidence(dir, &u.id, self.unit_log_lines))))
             .collect();
@@ -135,11 +144,25 @@ impl Observer {
             taken_at: Utc::now(),
             hostname: hostname(),
             failed_units,
+            watched_units,
             journal,
             unit_logs,
             host: Source::from_result(self.host.sample()),
         }
     }
+}
+
+/// The failed units, and the units of `watch` that are not among them.
+async fn read_units(
+    systemd: &Systemd,
+    watch: &[UnitName],
+) -> Result<(Vec<UnitState>, Vec<UnitState>), systemd::SystemdError> {
+    let failed = systemd.failed_units().await?;
+    let mut watched = Vec::new();
+    for unit in watch.iter().filter(|u| !failed.iter().any(|f| f.id == u.as_str())) {
+        watched.extend(systemd.unit_state(unit).await?);
+    }
+    Ok((failed, watched))
 }
 
 pub fn hostname() -> String {

@@ -57,6 +57,16 @@ trait Unit {
     #[zbus(property)]
     fn inactive_enter_timestamp(&self) -> zbus::Result<u64>;
     #[zbus(property)]
+    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
+    #[zbus(property)]
+    fn wanted_by(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn required_by(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn triggered_by(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
+    #[zbus(property)]
     fn refuse_manual_stop(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn success_action(&self) -> zbus::Result<String>;
@@ -72,6 +82,10 @@ trait Service {
     fn n_restarts(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property, name = "Type")]
+    fn service_type(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn remain_after_exit(&self) -> zbus::Result<bool>;
 }
 
 /// The state of one unit as systemd reports it.
@@ -90,7 +104,20 @@ pub struct UnitState {
     pub n_restarts: Option<u32>,
     pub exec_main_status: Option<i32>,
     pub inactive_enter_timestamp: Option<DateTime<Utc>>,
+    /// When it last became active; `None` if it never was (since systemd started).
+    pub active_enter_timestamp: Option<DateTime<Utc>>,
     pub invocation_id: String,
+    /// A service's `Type` (`simple`, `oneshot`, ...); `None` for other units.
+    pub service_type: Option<String>,
+    /// A service's `RemainAfterExit`.
+    pub remain_after_exit: bool,
+    /// The units that want or require this one (`WantedBy`, `RequiredBy`).
+    pub wanted_by: Vec<String>,
+    /// The units that start this one on demand (`TriggeredBy`: timers,
+    /// sockets, paths).
+    pub triggered_by: Vec<String>,
+    /// Whether systemd has a job queued or running for the unit (`Job`).
+    pub has_job: bool,
     pub refuse_manual_stop: bool,
     /// `SuccessAction` / `FailureAction`: what the unit's end does to the
     /// whole machine (`none`, `exit`, `poweroff`, `reboot`, ...).
@@ -195,6 +222,7 @@ impl Systemd {
             .map_err(err("Unit proxy"))?;
         let id = unit.id().await.map_err(err("Id"))?;
         let (mut result, mut n_restarts, mut exec_main_status) = (None, None, None);
+        let (mut service_type, mut remain_after_exit) = (None, false);
         if id.ends_with(".service") {
             let service = ServiceProxy::builder(&self.conn)
                 .path(path)
@@ -206,6 +234,8 @@ impl Systemd {
             result = Some(service.result().await.map_err(err("Result"))?);
             n_restarts = Some(service.n_restarts().await.map_err(err("NRestarts"))?);
             exec_main_status = Some(service.exec_main_status().await.map_err(err("ExecMainStatus"))?);
+            service_type = Some(service.service_type().await.map_err(err("Type"))?);
+            remain_after_exit = service.remain_after_exit().await.map_err(err("RemainAfterExit"))?;
         } else if let Some(iface) = result_interface(&id) {
             let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
                 .destination("org.freedesktop.systemd1")
@@ -222,6 +252,9 @@ impl Systemd {
             }
         }
         let usec = unit.inactive_enter_timestamp().await.map_err(err("InactiveEnterTimestamp"))?;
+        let active_usec = unit.active_enter_timestamp().await.map_err(err("ActiveEnterTimestamp"))?;
+        let mut wanted_by = unit.wanted_by().await.map_err(err("WantedBy"))?;
+        wanted_by.extend(unit.required_by().await.map_err(err("RequiredBy"))?);
         Ok(UnitState {
             names: unit.names().await.map_err(err("Names"))?,
             description: unit.description().await.map_err(err("Description"))?,
@@ -231,7 +264,8 @@ impl Systemd {
             result,
             n_restarts,
             exec_main_status,
-            inactive_enter_timestamp: (usec > 0).then(|| DateTime::from_timestamp_micros(usec as i64)).flatten(),
+            inactive_enter_timestamp: timestamp(usec),
+            active_enter_timestamp: timestamp(active_usec),
             invocation_id: unit
                 .invocation_id()
                 .await
@@ -239,6 +273,11 @@ impl Systemd {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
+            service_type,
+            remain_after_exit,
+            wanted_by,
+            triggered_by: unit.triggered_by().await.map_err(err("TriggeredBy"))?,
+            has_job: unit.job().await.map_err(err("Job"))?.0 != 0,
             refuse_manual_stop: unit.refuse_manual_stop().await.map_err(err("RefuseManualStop"))?,
             success_action: unit.success_action().await.map_err(err("SuccessAction"))?,
             failure_action: unit.failure_action().await.map_err(err("FailureAction"))?,
@@ -324,6 +363,11 @@ impl Verb {
             Self::Start => "StartUnit",
         }
     }
+}
+
+/// A systemd timestamp (microseconds since the epoch, 0 for never).
+fn timestamp(usec: u64) -> Option<DateTime<Utc>> {
+    (usec > 0).then(|| i64::try_from(usec).ok().and_then(DateTime::from_timestamp_micros)).flatten()
 }
 
 /// The type-specific interface that carries `Result` for non-service units.
