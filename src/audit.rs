@@ -145,7 +145,13 @@ pub struct ActionRecord {
     pub approval_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
-    /// `succeeded`, `failed`, `queued`, `refused` or `rejected`.
+    /// An automatic action's id in storm control's history: its `started`
+    /// record and its one outcome record carry the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_id: Option<i64>,
+    /// `started` (an automatic action, before it runs), `succeeded`,
+    /// `failed`, `interrupted` (its end could not be seen), `queued`,
+    /// `refused` or `rejected`, among others.
     pub outcome: String,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,8 +237,11 @@ pub fn append<T: Serialize>(dir: &Path, name: &str, record: &T) -> Result<(), Au
     }
     line.extend_from_slice(&body);
     line.push(b'\n');
-    file.write_all(&line).map_err(err)?;
-    file.sync_data().map_err(err)?;
+    if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+        // A write cut short (a full disk) leaves no torn line behind.
+        let _ = file.set_len(len);
+        return Err(err(e));
+    }
     seal(dir, name, &sha256_hex(&body)).map_err(err)
 }
 
@@ -318,6 +327,49 @@ pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
         Err(e) => return Err(err(e)),
     }
     Ok(report)
+}
+
+/// The records of `dir/name` written at `since` or later, oldest first,
+/// read backwards from the end of the file so that the cost is what was
+/// written since, not the file's length. Records are appended in time
+/// order, give or take the moments writers wait for the lock.
+pub fn read_since(dir: &Path, name: &str, since: DateTime<Utc>) -> Result<Vec<serde_json::Value>, AuditError> {
+    const CHUNK: u64 = 64 * 1024;
+    let path = dir.join(name);
+    let err = |source| AuditError { path: path.display().to_string(), source };
+    let mut file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let (mut start, mut rest) = (file.metadata().map_err(err)?.len(), Vec::new());
+    let mut found = Vec::new();
+    loop {
+        let from = start.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; (start - from) as usize];
+        file.seek(SeekFrom::Start(from)).map_err(err)?;
+        file.read_exact(&mut chunk).map_err(err)?;
+        chunk.extend_from_slice(&rest);
+        // The first line is only whole when the chunk starts the file.
+        let mut lines: Vec<&[u8]> = chunk.split(|b| *b == b'\n').collect();
+        let head = if from > 0 { lines.remove(0).to_vec() } else { Vec::new() };
+        for line in lines.into_iter().rev() {
+            let Some(record) = serde_json::from_slice::<serde_json::Value>(line).ok().filter(|v| v.is_object()) else {
+                continue;
+            };
+            let time = record.get("time").and_then(|t| t.as_str()).and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            if time.is_some_and(|t| t < since) {
+                found.reverse();
+                return Ok(found);
+            }
+            found.push(record);
+        }
+        if from == 0 {
+            found.reverse();
+            return Ok(found);
+        }
+        (start, rest) = (from, head);
+    }
 }
 
 /// A line of an audit file that is not a complete JSON object.
@@ -437,6 +489,22 @@ mod tests {
         let r = verify(dir.path(), "a.jsonl").unwrap();
         assert_eq!(r.records, 2);
         assert_eq!(r.broken.map(|b| b.0), Some(2), "the torn line is named, the rest chains");
+    }
+
+    #[test]
+    fn read_since_returns_the_records_from_a_time_on_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let pad = "x".repeat(10_000);
+        for n in 0..40 {
+            let time = t0 + chrono::Duration::seconds(n);
+            append(dir.path(), "a.jsonl", &serde_json::json!({"time": time, "n": n, "pad": pad})).unwrap();
+        }
+        let since = read_since(dir.path(), "a.jsonl", t0 + chrono::Duration::seconds(25)).unwrap();
+        let ns: Vec<i64> = since.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, (25..40).collect::<Vec<_>>());
+        assert_eq!(read_since(dir.path(), "a.jsonl", t0).unwrap().len(), 40);
+        assert!(read_since(dir.path(), "none.jsonl", t0).unwrap().is_empty());
     }
 
     #[test]

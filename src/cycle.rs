@@ -2,14 +2,21 @@
 //! record. The daemon runs it on a timer; `macha-check` runs it once.
 //!
 //! Ordering rule: a decision, with the gate's verdict on each action, is
-//! written to the audit trail before anything is carried out, so nothing is
-//! ever done that was not recorded first.
+//! written to the audit trail before anything is carried out, and an
+//! automatic action is recorded as started before it runs (`ledger`), so
+//! nothing is ever done that was not recorded first.
+//!
+//! A daemon told to stop (`Engine::stop_on`) stops observing and deciding at
+//! once, but an action already started runs to the end of its check and is
+//! recorded.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::act;
 use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentRecord};
@@ -19,6 +26,7 @@ use crate::decide::tools::HostTools;
 use crate::decide::{self, ActionKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
+use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
 use crate::notify::Notifier;
@@ -100,6 +108,8 @@ pub struct Engine {
     prompts: Prompts,
     policy: Policy,
     notifier: Option<Notifier>,
+    /// Turns true when the daemon is told to stop.
+    stop: Option<watch::Receiver<bool>>,
 }
 
 /// Creates the state directory (owner-only) if it does not exist.
@@ -124,7 +134,28 @@ impl Engine {
             policy: Policy::from_config(&config),
             notifier,
             config,
+            stop: None,
         })
+    }
+
+    /// From now on, a cycle stops observing and deciding once `stop` turns
+    /// true, and ends after the action it carries out, if any.
+    pub fn stop_on(&mut self, stop: watch::Receiver<bool>) {
+        self.stop = Some(stop);
+    }
+
+    /// Records the end of the automatic actions a stopped macha (or this
+    /// process, when it could not write) left unrecorded (`ledger`).
+    async fn recover(&mut self) {
+        let systemd = self.observer.systemd().await.map_err(|e| e.to_string());
+        let ledger = Ledger::new(&self.store, &self.config.state_dir);
+        let said = match &systemd {
+            Ok(s) => ledger.recover(Ok(*s), &self.config).await,
+            Err(e) => ledger.recover(Err(e.as_str()), &self.config).await,
+        };
+        for line in said {
+            tracing::warn!("{line}");
+        }
     }
 
     /// The model service, shared with whoever publishes its status.
@@ -157,7 +188,11 @@ impl Engine {
     pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
         let started = Instant::now();
         let started_at = Utc::now();
-        let model_problems = self.check_model().await;
+        self.recover().await;
+        let mut stop = self.stop.clone();
+        let Some(model_problems) = unless_stopped(stop.as_mut(), self.check_model()).await else {
+            anyhow::bail!("stopped before this cycle observed anything");
+        };
         let cursor =
             std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
         // The units of open incidents are watched until they are back where they should be.
@@ -167,7 +202,9 @@ impl Engine {
             .filter_map(|o| o.fingerprint.strip_prefix("unit-failed:"))
             .filter_map(|u| UnitName::parse(u).ok())
             .collect();
-        let snap = self.observer.observe(cursor.as_deref(), &watch).await;
+        let Some(snap) = unless_stopped(stop.as_mut(), self.observer.observe(cursor.as_deref(), &watch)).await else {
+            anyhow::bail!("stopped before this cycle observed anything");
+        };
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
             tracing::warn!(
                 "{} {why}: this cycle read the journal of the last {} s instead, and replaces the file with a good cursor",
@@ -200,16 +237,23 @@ impl Engine {
         let notes_text = crate::note::render(&notes);
         let mut read_for = Vec::new();
         for (incident, novelty) in incidents.iter().zip(novelty) {
-            let decision = if novelty == Novelty::Known {
+            // A stopping daemon decides nothing new: the next start does.
+            let stopping = stop.as_ref().is_some_and(|s| *s.borrow());
+            let decision = if novelty == Novelty::Known || stopping {
                 None
             } else {
                 tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
-                let outcome = self.decide(incident, &snap, notes_text.as_deref()).await;
-                if matches!(outcome, Outcome::Decided { .. }) {
-                    read_for.push(incident.fingerprint.clone());
+                let asking = self.decide(incident, &snap, notes_text.as_deref());
+                match unless_stopped(stop.as_mut(), asking).await {
+                    None => None,
+                    Some(outcome) => {
+                        if matches!(outcome, Outcome::Decided { .. }) {
+                            read_for.push(incident.fingerprint.clone());
+                        }
+                        asked.count(&outcome);
+                        Some(self.handle(incident, &snap.hostname, &outcome).await?)
+                    }
                 }
-                asked.count(&outcome);
-                Some(self.handle(incident, &snap.hostname, &outcome).await?)
             };
             reports.push(IncidentReport {
                 fingerprint: incident.fingerprint.clone(),
@@ -332,11 +376,14 @@ impl Engine {
                 origin: "automatic".into(),
                 approval_id: None,
                 by: None,
+                auto_id: None,
                 outcome: String::new(),
                 detail: String::new(),
                 before: None,
                 after: None,
             };
+            // An automatic action records itself (`ledger`), before and after.
+            let mut recorded = false;
             let (result, detail, approval_id) = match verdict {
                 Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
                 Verdict::Propose { file, diff } => {
@@ -372,33 +419,75 @@ impl Engine {
                 Verdict::Execute { action } => {
                     let now = Utc::now();
                     let history = self.store.auto_history(&incident.fingerprint, now)?;
-                    let signals = match (action.unit(), self.observer.systemd().await) {
+                    let unit_now = match (action.unit(), self.observer.systemd().await) {
                         (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
                         _ => None,
-                    }
-                    .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result })
-                    .unwrap_or_default();
+                    };
+                    let signals = unit_now
+                        .as_ref()
+                        .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
+                        .unwrap_or_default();
                     match storm::admit(&history, &signals, &self.config.act, now) {
+                        // Told to stop: what runs finishes, nothing new starts.
+                        Admission::Go if self.stop.as_ref().is_some_and(|s| *s.borrow()) => {
+                            self.store.mark_decided(incident, false)?;
+                            tracing::info!(%action, "automatic action not started: macha is stopping");
+                            let detail = "not acted now because macha is stopping; it decides again when it starts";
+                            ("deferred".to_string(), detail.to_string(), None)
+                        }
                         Admission::Go => {
-                            let report = self.carry_out(&action).await;
-                            self.store.record_auto(&incident.fingerprint, now, report.succeeded)?;
-                            rec.before = report.before;
-                            rec.after = report.after;
-                            let result = if report.succeeded { "executed" } else { "failed" };
-                            tracing::info!(%action, result, detail = %report.detail, "action carried out");
-                            let mut detail = report.detail;
-                            if let (Some(undo), Some(from)) = (&report.undo, rec.after.as_ref().and_then(profile_of)) {
-                                let why = format!("undo {action}: go back to the system that ran before it");
-                                let (id, _) = self.store.enqueue_undo(
-                                    &incident.fingerprint,
-                                    from,
-                                    undo,
-                                    &why,
-                                    self.approval_ttl(),
-                                )?;
-                                detail = format!("{detail}; to undo it: `macha-approve approve {id}`");
+                            recorded = true;
+                            let started = ActionRecord {
+                                detail: format!("carrying out {action}"),
+                                before: unit_now.as_ref().map(|u| act::Observed::Unit(u.into())),
+                                ..rec.clone()
+                            };
+                            match Ledger::new(&self.store, &self.config.state_dir).begin(
+                                &incident.fingerprint,
+                                now,
+                                &action,
+                                &started,
+                            ) {
+                                Err(why) => {
+                                    tracing::error!(%action, %why, "automatic action not carried out");
+                                    ("refused".to_string(), why, None)
+                                }
+                                Ok(id) => {
+                                    let report = self.carry_out(&action).await;
+                                    rec.before = report.before;
+                                    rec.after = report.after;
+                                    let result = if report.succeeded { "executed" } else { "failed" };
+                                    tracing::info!(%action, result, detail = %report.detail, "action carried out");
+                                    let mut detail = report.detail;
+                                    if let (Some(undo), Some(from)) =
+                                        (&report.undo, rec.after.as_ref().and_then(profile_of))
+                                    {
+                                        let why = format!("undo {action}: go back to the system that ran before it");
+                                        let ttl = self.approval_ttl();
+                                        // The outcome is recorded below whatever happens here.
+                                        detail =
+                                            match self.store.enqueue_undo(&incident.fingerprint, from, undo, &why, ttl)
+                                            {
+                                                Ok((id, _)) => {
+                                                    format!("{detail}; to undo it: `macha-approve approve {id}`")
+                                                }
+                                                Err(e) => format!("{detail}; its undo could not be queued: {e}"),
+                                            };
+                                    }
+                                    let done = ActionRecord {
+                                        time: Utc::now(),
+                                        auto_id: Some(id),
+                                        outcome: if report.succeeded { "succeeded" } else { "failed" }.into(),
+                                        detail: detail.clone(),
+                                        ..rec.clone()
+                                    };
+                                    let ledger = Ledger::new(&self.store, &self.config.state_dir);
+                                    if let Err(e) = ledger.finish(id, &done, report.succeeded) {
+                                        tracing::error!(%action, "{e}");
+                                    }
+                                    (result.to_string(), detail, None)
+                                }
                             }
-                            (result.to_string(), detail, None)
                         }
                         Admission::Wait(reason) => {
                             tracing::info!(%action, %reason, "automatic action deferred");
@@ -416,7 +505,7 @@ impl Engine {
                     }
                 }
             };
-            if result != "informed" {
+            if result != "informed" && !recorded {
                 rec.outcome = match result.as_str() {
                     "executed" => "succeeded".into(),
                     other => other.into(),
@@ -480,6 +569,16 @@ impl Engine {
             Ok(s) => unit_facts(s, &name).await,
             Err(e) => UnitFacts::Unknown(e.to_string()),
         }
+    }
+}
+
+/// Runs `work` unless `stop` turns true first (`None` then). Without a
+/// `stop`, it runs to its end.
+async fn unless_stopped<T>(stop: Option<&mut watch::Receiver<bool>>, work: impl Future<Output = T>) -> Option<T> {
+    let Some(stop) = stop else { return Some(work.await) };
+    tokio::select! {
+        out = work => Some(out),
+        Ok(_) = stop.wait_for(|stopping| *stopping) => None,
     }
 }
 

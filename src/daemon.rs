@@ -1,5 +1,7 @@
 //! The daemon: a cycle every `check_interval`, one daemon per state
-//! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, the
+//! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, except
+//! that an action in flight is let finish and recorded first (within
+//! `act.job_timeout + act.settle_time`), the
 //! model service's status in `status.json` for `macha status`, and systemd
 //! told when it is ready, what it does and that it is alive
 //! (`service_manager`).
@@ -76,7 +78,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let state_dir = config.state_dir.clone();
+    // How long a stop waits for an action in flight: its job, its check,
+    // and a little for writing its record.
+    let grace = std::time::Duration::from_secs(config.act.job_timeout.saturating_add(config.act.settle_time))
+        .saturating_add(std::time::Duration::from_secs(5));
     let mut engine = Engine::new(config, notifier)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    engine.stop_on(stopping);
     let started_at = chrono::Utc::now();
     tokio::task::spawn_local(status::publish(engine.model().clone(), state_dir.clone(), started_at));
     let mut term = signal(SignalKind::terminate())?;
@@ -91,8 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     manager.ready("started; first cycle now");
     loop {
         manager.status(&format!("cycle running since {}", chrono::Local::now().format("%H:%M:%S")));
-        tokio::select! {
-            result = engine.run_cycle() => {
+        let cycle = engine.run_cycle();
+        tokio::pin!(cycle);
+        let signalled = tokio::select! {
+            result = &mut cycle => {
                 match result {
                     Ok(report) => manager.status(&idle_status(&report, interval)),
                     Err(e) => {
@@ -101,9 +111,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         manager.status(&format!("last cycle failed: {e}; next in {} s", interval.as_secs()));
                     }
                 }
+                false
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        };
+        if signalled {
+            // Observing and deciding stop now; an action in flight ends
+            // and is recorded first, within the grace.
+            stop.send_replace(true);
+            manager.status("stopping: an action in flight, if any, ends and is recorded first");
+            match tokio::time::timeout(grace, &mut cycle).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::info!(error = format!("{e:#}"), "cycle cut short by the stop signal"),
+                Err(_) => tracing::error!(
+                    grace_secs = grace.as_secs(),
+                    "an action was still running when the stop's grace ran out; the next start records how it ended"
+                ),
+            }
+            break;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -4,8 +4,9 @@
 //!
 //! The modules follow the pipeline of one cycle:
 //! `observe` -> `detect` -> `decide` -> `gate` -> `act` -> `audit`, with
-//! `store` holding incident state and the approval queue, and `cycle`
-//! running the stages in order. Beside the pipeline, `ask` answers a
+//! `store` holding incident state and the approval queue, `ledger` the
+//! automatic actions from before they start to their recorded end, and
+//! `cycle` running the stages in order. Beside the pipeline, `ask` answers a
 //! person's questions (`macha ask`, `macha-approve discuss`) with
 //! read-only tools.
 
@@ -22,6 +23,7 @@ pub mod errors;
 pub mod eval;
 pub mod gate;
 pub mod investigate;
+pub mod ledger;
 pub mod logging;
 pub mod model;
 pub mod note;

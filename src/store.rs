@@ -112,11 +112,35 @@ impl Approval {
     }
 }
 
+/// One row of the automatic actions (see `Store::begin_auto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoAction {
+    pub id: i64,
+    pub time: DateTime<Utc>,
+    pub fingerprint: String,
+    /// `started`, `finished` or `void`.
+    pub state: String,
+    pub succeeded: bool,
+    /// The action exactly, as JSON (see `gate::Action`).
+    pub action: String,
+    /// The process that carries it out (see `ledger::owner`).
+    pub owner: String,
+    /// The outcome's audit record (JSON), once known.
+    pub record: Option<String>,
+}
+
 /// `evidence_key` of an undo item: `undo-from-generation:N`.
 pub const UNDO_PREFIX: &str = "undo-from-generation:";
 
 /// Columns added after the first release, added to older databases on open.
-const MIGRATIONS: &[(&str, &str)] = &[("approvals", "args TEXT NOT NULL DEFAULT ''")];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("approvals", "args TEXT NOT NULL DEFAULT ''"),
+    ("auto_actions", "state TEXT NOT NULL DEFAULT 'finished'"),
+    ("auto_actions", "action TEXT NOT NULL DEFAULT ''"),
+    ("auto_actions", "owner TEXT NOT NULL DEFAULT ''"),
+    ("auto_actions", "record TEXT"),
+    ("auto_actions", "logged INTEGER NOT NULL DEFAULT 1"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS incidents (
@@ -130,10 +154,19 @@ CREATE TABLE IF NOT EXISTS incidents (
     decided_key TEXT,
     decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed'))
 );
+-- The automatic actions, recorded before they start (see `ledger`):
+-- `state` is `started` (counted, outcome not known yet), `finished`, or
+-- `void` (never carried out, not counted); `record` is the outcome's audit
+-- record once known, `logged` whether actions.jsonl holds it.
 CREATE TABLE IF NOT EXISTS auto_actions (
     time TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    succeeded INTEGER NOT NULL
+    succeeded INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'finished',
+    action TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    record TEXT,
+    logged INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS approvals (
@@ -282,50 +315,138 @@ impl Store {
             .map_err(self.wrap())
     }
 
-    /// What storm control needs to know about earlier automatic actions.
+    /// What storm control needs to know about earlier automatic actions:
+    /// every one that was started counts, finished or not.
     pub fn auto_history(&self, fingerprint: &str, now: DateTime<Utc>) -> Result<History, StoreError> {
         let day = (now - chrono::Duration::hours(24)).to_rfc3339();
         let hour = (now - chrono::Duration::hours(1)).to_rfc3339();
         let (recent, last): (u32, Option<String>) = self
             .conn
             .query_row(
-                "SELECT COUNT(*), MAX(time) FROM auto_actions WHERE fingerprint = ?1 AND time > ?2",
+                "SELECT COUNT(*), MAX(time) FROM auto_actions WHERE fingerprint = ?1 AND time > ?2 AND state != 'void'",
                 params![fingerprint, day],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.wrap())?;
-        let last_failed: bool = self
+        let (in_flight, last_failed): (bool, bool) = self
             .conn
             .query_row(
-                "SELECT succeeded = 0 FROM auto_actions WHERE fingerprint = ?1 ORDER BY time DESC LIMIT 1",
+                "SELECT state = 'started', succeeded = 0 FROM auto_actions WHERE fingerprint = ?1 AND state != 'void'
+                 ORDER BY time DESC LIMIT 1",
                 [fingerprint],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(self.wrap())?
-            .unwrap_or(false);
+            .unwrap_or_default();
         let last_hour: u32 = self
             .conn
-            .query_row("SELECT COUNT(*) FROM auto_actions WHERE time > ?1", [hour], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM auto_actions WHERE time > ?1 AND state != 'void'", [hour], |r| r.get(0))
             .map_err(self.wrap())?;
         Ok(History {
             recent,
             last: last.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)),
-            last_failed,
+            last_failed: last_failed && !in_flight,
+            in_flight,
             last_hour,
             paused: self.paused()?,
         })
     }
 
-    /// Remembers an automatic action and whether it passed its check.
-    pub fn record_auto(&self, fingerprint: &str, now: DateTime<Utc>, succeeded: bool) -> Result<(), StoreError> {
+    /// Counts an automatic action about to start, owned by the process
+    /// `owner`; returns its id. Its outcome is still to be logged.
+    pub fn begin_auto(
+        &self,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        action: &Action,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
         self.conn
             .execute(
-                "INSERT INTO auto_actions (time, fingerprint, succeeded) VALUES (?1, ?2, ?3)",
-                params![now.to_rfc3339(), fingerprint, succeeded],
+                "INSERT INTO auto_actions (time, fingerprint, succeeded, state, action, owner, logged)
+                 VALUES (?1, ?2, 0, 'started', ?3, ?4, 0)",
+                params![now.to_rfc3339(), fingerprint, action.to_json(), owner],
+            )
+            .map_err(self.wrap())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Remembers how automatic action `id` ended, with its audit record
+    /// (JSON) still to be logged.
+    pub fn finish_auto(&self, id: i64, succeeded: bool, record: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE auto_actions SET state = 'finished', succeeded = ?2, record = ?3 WHERE rowid = ?1 AND state != 'void'",
+                params![id, succeeded, record],
             )
             .map(drop)
             .map_err(self.wrap())
+    }
+
+    /// Takes automatic action `id` back from storm control's count: it was
+    /// never carried out. `record`, if any, still has to be logged.
+    pub fn void_auto(&self, id: i64, record: Option<&str>) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE auto_actions SET state = 'void', record = ?2, logged = (?2 IS NULL) WHERE rowid = ?1",
+                params![id, record],
+            )
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Remembers that the outcome of automatic action `id` is in the audit
+    /// trail (and how it ended, had `finish_auto` not been remembered).
+    pub fn settle_auto(&self, id: i64, succeeded: bool) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE auto_actions SET logged = 1, succeeded = ?2,
+                   state = CASE state WHEN 'void' THEN 'void' ELSE 'finished' END
+                 WHERE rowid = ?1",
+                params![id, succeeded],
+            )
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// Makes `owner` the owner of automatic action `id` if `was` still is;
+    /// `false` when another process took it first.
+    pub fn take_over_auto(&self, id: i64, was: &str, owner: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute("UPDATE auto_actions SET owner = ?3 WHERE rowid = ?1 AND owner = ?2", params![id, was, owner])
+            .map_err(self.wrap())?;
+        Ok(changed == 1)
+    }
+
+    /// Automatic actions whose outcome is not in the audit trail yet: still
+    /// running, or left so by a process that stopped or could not write.
+    pub fn unlogged_auto(&self) -> Result<Vec<AutoAction>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT rowid, time, fingerprint, state, succeeded, action, owner, record FROM auto_actions
+                 WHERE logged = 0 ORDER BY rowid",
+            )
+            .map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AutoAction {
+                    id: r.get(0)?,
+                    time: DateTime::parse_from_rfc3339(&r.get::<_, String>(1)?)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    fingerprint: r.get(2)?,
+                    state: r.get(3)?,
+                    succeeded: r.get(4)?,
+                    action: r.get(5)?,
+                    owner: r.get(6)?,
+                    record: r.get(7)?,
+                })
+            })
+            .map_err(self.wrap())?;
+        rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 
     /// Why automatic actions are paused, if they are.

@@ -18,8 +18,11 @@ pub struct History {
     pub recent: u32,
     /// When the last one ran.
     pub last: Option<DateTime<Utc>>,
-    /// Whether the last one failed its check.
+    /// Whether the last one failed its check (or its outcome could not be seen).
     pub last_failed: bool,
+    /// Whether the last one has started and not finished: another process
+    /// is carrying it out, or its end is not recorded yet.
+    pub in_flight: bool,
     /// Automatic actions on any incident in the last hour.
     pub last_hour: u32,
     /// Why automatic actions are paused, if they are.
@@ -56,6 +59,11 @@ pub fn cooldown_after(n: u32, cfg: &ActConfig) -> chrono::Duration {
 pub fn admit(h: &History, unit: &UnitSignals, cfg: &ActConfig, now: DateTime<Utc>) -> Admission {
     if let Some(why) = &h.paused {
         return Admission::Escalate(format!("automatic actions are paused ({why}); `macha resume` restarts them"));
+    }
+    if h.in_flight {
+        return Admission::Wait(
+            "the previous automatic action on this incident has not finished (or its end is not recorded yet)".into(),
+        );
     }
     if h.last_failed {
         return Admission::Escalate(
@@ -128,6 +136,15 @@ mod tests {
             ..History::default()
         };
         assert!(is_escalation(&admit(&h, &UnitSignals::default(), &cfg(), now()), "failed its check"));
+    }
+
+    #[test]
+    fn nothing_runs_while_the_previous_action_is_in_flight() {
+        let h =
+            History { recent: 1, last: Some(now() - chrono::Duration::days(1)), in_flight: true, ..History::default() };
+        assert!(
+            matches!(admit(&h, &UnitSignals::default(), &cfg(), now()), Admission::Wait(r) if r.contains("not finished"))
+        );
     }
 
     #[test]

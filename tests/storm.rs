@@ -97,8 +97,8 @@ fn a_failed_check_is_not_repeated_automatically_and_the_cooldown_holds() {
     }
     let actions = bed.audit("actions.jsonl");
     let outcomes: Vec<&str> = actions.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["failed", "escalated"], "{actions:#?}");
-    assert!(actions[1]["detail"].as_str().unwrap().contains("failed its check"));
+    assert_eq!(outcomes, ["started", "failed", "escalated"], "{actions:#?}");
+    assert!(actions[2]["detail"].as_str().unwrap().contains("failed its check"));
     assert_eq!(starts(&bed, WEB), 2, "one automatic restart only");
 }
 

@@ -32,6 +32,9 @@ pub struct Brief {
     pub result: Option<String>,
     pub n_restarts: Option<u32>,
     pub invocation_id: String,
+    /// When it last became inactive (for a failed unit: its failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_enter_timestamp: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl From<&UnitState> for Brief {
@@ -42,6 +45,7 @@ impl From<&UnitState> for Brief {
             result: u.result.clone(),
             n_restarts: u.n_restarts,
             invocation_id: u.invocation_id.clone(),
+            inactive_enter_timestamp: u.inactive_enter_timestamp,
         }
     }
 }
@@ -460,6 +464,117 @@ fn judge_reset(
         },
         None => Ok(format!("failed state of {unit} cleared; systemd no longer has the unit loaded")),
     }
+}
+
+/// How an action a stopped macha left unfinished ended, or what was seen
+/// when that cannot be told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unfinished {
+    /// Judged as it would have been had macha seen it through.
+    Judged(Report),
+    /// Its end could not be seen: the detail says what was.
+    Unseen { detail: String, after: Option<Observed> },
+}
+
+/// Judges `action`, started by a macha that stopped before its end was
+/// recorded, by the host now. `before` is the unit as it was recorded
+/// before the action. A restart whose job still runs is waited for
+/// (`act.job_timeout`), then watched (`act.settle_time`) and judged as
+/// usual; nothing is carried out again.
+pub async fn judge_unfinished(
+    systemd: Result<&Systemd, &str>,
+    action: &Action,
+    before: Option<&Brief>,
+    config: &Config,
+) -> Unfinished {
+    let cfg = &config.act;
+    let unseen = |detail: String, after: Option<&UnitState>| Unfinished::Unseen {
+        detail,
+        after: after.map(|a| Observed::Unit(a.into())),
+    };
+    let systemd = match systemd {
+        Ok(s) => s,
+        Err(e) => {
+            return unseen(format!("macha stopped while {action} ran, and systemd cannot be asked now: {e}"), None)
+        }
+    };
+    let unit = match action {
+        Action::RestartUnit { unit } | Action::ResetFailed { unit } => unit,
+        other => {
+            // A helper's work is judged by its own verify probe, which needs
+            // the state from before it: say what the helper did.
+            let seen = match other.helper_unit().and_then(|h| UnitName::parse(h).ok()) {
+                Some(h) => match systemd.unit_state(&h).await {
+                    Ok(Some(s)) => {
+                        format!(
+                            "; its helper {h} is {} ({})",
+                            s.active_state,
+                            s.result.as_deref().unwrap_or("no result")
+                        )
+                    }
+                    _ => format!("; its helper {h} cannot be read"),
+                },
+                None => String::new(),
+            };
+            return unseen(format!("macha stopped while {action} ran{seen}: check the host"), None);
+        }
+    };
+    let before_brief = before.cloned().map(Observed::Unit);
+    let judged = |verdict: Result<String, String>, after: Option<&UnitState>| {
+        let (succeeded, detail) = match verdict {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Unfinished::Judged(Report {
+            succeeded,
+            detail: format!("{detail} (judged after macha stopped during it)"),
+            before: before_brief.clone(),
+            after: after.map(|a| Observed::Unit(a.into())),
+            undo: None,
+        })
+    };
+    if let Action::ResetFailed { .. } = action {
+        return match systemd.unit_state(unit).await {
+            Ok(now) => judged(judge_reset(unit, now.as_ref(), failed_at_of(before)), now.as_ref()),
+            Err(e) => unseen(format!("macha stopped while {action} ran, and {unit} cannot be read: {e}"), None),
+        };
+    }
+    // A restart: its job may still run.
+    let deadline = Instant::now() + Duration::from_secs(cfg.job_timeout);
+    let now = loop {
+        match systemd.unit_state(unit).await {
+            Err(e) => return unseen(format!("macha stopped while {action} ran, and {unit} cannot be read: {e}"), None),
+            Ok(None) => {
+                return unseen(format!("macha stopped while {action} ran, and {unit} is no longer loaded"), None)
+            }
+            Ok(Some(s)) if s.has_job && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Ok(Some(s)) if s.has_job => {
+                return unseen(
+                    format!("macha stopped while {action} ran, and its job still runs after {} s", cfg.job_timeout),
+                    Some(&s),
+                )
+            }
+            Ok(Some(s)) => break s,
+        }
+    };
+    if before.is_some_and(|b| !b.invocation_id.is_empty() && b.invocation_id == now.invocation_id) {
+        return unseen(
+            format!("macha stopped before {unit} was restarted: nothing was done (it is {})", now.active_state),
+            Some(&now),
+        );
+    }
+    let (after, seen_failed) = settle(systemd, unit, Duration::from_secs(cfg.settle_time)).await;
+    let Some(after) = after else {
+        return unseen(format!("{unit} is no longer loaded after the restart"), None);
+    };
+    judged(judge_restart(unit, &after, seen_failed || now.is_failed(), failed_at_of(before), cfg), Some(&after))
+}
+
+/// The failure a unit action was to repair, from the unit's state before it.
+fn failed_at_of(before: Option<&Brief>) -> Option<chrono::DateTime<chrono::Utc>> {
+    before.and_then(|b| b.inactive_enter_timestamp)
 }
 
 /// Watches the unit for `window`; returns its last state and whether it was

@@ -228,6 +228,7 @@ fn record(
         origin: "approval".into(),
         approval_id: Some(a.id),
         by: Some(by.into()),
+        auto_id: None,
         outcome: outcome.into(),
         detail: detail.into(),
         before: report.and_then(|r| r.before.clone()),
