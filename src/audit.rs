@@ -336,7 +336,7 @@ pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
 pub fn read_since(dir: &Path, name: &str, since: DateTime<Utc>) -> Result<Vec<serde_json::Value>, AuditError> {
     const CHUNK: u64 = 64 * 1024;
     let path = dir.join(name);
-    let err = |source| AuditError { path: path.display().to_string(), source };
+    let err = |source| AuditError { op: "read", path: path.display().to_string(), source };
     let mut file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
