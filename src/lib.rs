@@ -32,6 +32,7 @@ pub mod observe;
 pub mod propose;
 pub mod redact;
 pub mod service_manager;
+pub mod state_dir;
 pub mod store;
 pub mod storm;
 pub mod unit;
