@@ -6,10 +6,8 @@
 //! line; the next append starts on a fresh line, and readers report torn
 //! lines instead of failing on them, so no later record is lost.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::act::Observed;
 use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
+use crate::state_dir::{StateDir, StateError};
 
 pub const DECISIONS: &str = "decisions.jsonl";
 pub const ACTIONS: &str = "actions.jsonl";
@@ -161,15 +160,20 @@ pub struct ActionRecord {
 }
 
 /// A file that could not be appended to, verified or read: what was being
-/// done (`read` is also how `macha-logs` reads the daemon's log, which is
-/// no audit file), on which file, and why.
+/// done (`read_all` is also how `macha-logs` reads the daemon's log, which
+/// is no audit file), and why, which names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {op} {path}: {source}")]
+#[error("cannot {op}: {source}")]
 pub struct AuditError {
     op: &'static str,
-    path: String,
-    source: std::io::Error,
+    source: StateError,
 }
+
+/// The most of an audit file that is read at once (`read_all`, `verify`).
+pub const MAX_READ_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A seal holds one hash.
+const MAX_SEAL_BYTES: u64 = 1024;
 
 /// The field that chains each record to the one before it: the SHA-256 of
 /// the previous record's line, as written.
@@ -211,13 +215,14 @@ fn last_record(file: &mut File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Appends one record to `dir/name`, chained to the record before it, and
-/// seals the file's end in `name.head`.
-pub fn append<T: Serialize>(dir: &Path, name: &str, record: &T) -> Result<(), AuditError> {
-    let path = dir.join(name);
-    let err = |source| AuditError { op: "append to the audit file", path: path.display().to_string(), source };
+/// Appends one record to `name` in the state directory, chained to the
+/// record before it, and seals the file's end in `name.head`.
+pub fn append<T: Serialize>(state: &StateDir, name: &str, record: &T) -> Result<(), AuditError> {
+    let op = "append to the audit trail";
+    let fail = |source| AuditError { op, source };
+    let err = |e: std::io::Error| fail(StateError::Io { path: state.path_of(name).display().to_string(), error: e });
     let mut value = serde_json::to_value(record).map_err(|e| err(e.into()))?;
-    let mut file = OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(&path).map_err(err)?;
+    let mut file = state.append(name).map_err(fail)?;
     file.lock().map_err(err)?;
     let len = file.metadata().map_err(err)?.len();
     let prev = last_record(&mut file, len).map_err(err)?.map_or_else(|| GENESIS.to_owned(), |l| sha256_hex(&l));
@@ -242,16 +247,12 @@ pub fn append<T: Serialize>(dir: &Path, name: &str, record: &T) -> Result<(), Au
         let _ = file.set_len(len);
         return Err(err(e));
     }
-    seal(dir, name, &sha256_hex(&body)).map_err(err)
+    seal(state, name, &sha256_hex(&body)).map_err(fail)
 }
 
 /// Writes the hash of the newest record to `name.head`, replacing it whole.
-fn seal(dir: &Path, name: &str, hash: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.head.tmp"));
-    let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o640).open(&tmp)?;
-    f.write_all(hash.as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, dir.join(format!("{name}.head")))
+fn seal(state: &StateDir, name: &str, hash: &str) -> Result<(), StateError> {
+    state.replace(&format!("{name}.head"), hash.as_bytes())
 }
 
 /// The result of checking one file's chain.
@@ -265,16 +266,11 @@ pub struct ChainReport {
     pub note: Option<String>,
 }
 
-/// Checks that every record of `dir/name` carries the hash of the one
-/// before it, and that the file ends where its seal says.
-pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
-    let path = dir.join(name);
-    let err = |source| AuditError { op: "verify the audit file", path: path.display().to_string(), source };
-    let data = match std::fs::read(&path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(err(e)),
-    };
+/// Checks that every record of `name` carries the hash of the one before
+/// it, and that the file ends where its seal says.
+pub fn verify(state: &StateDir, name: &str) -> Result<ChainReport, AuditError> {
+    let fail = |source| AuditError { op: "verify the audit trail", source };
+    let data = state.read(name, MAX_READ_BYTES).map_err(fail)?.unwrap_or_default();
     let mut report = ChainReport { records: 0, broken: None, note: None };
     let mut prev = GENESIS.to_owned();
     let mut prev_line = 0;
@@ -311,40 +307,45 @@ pub fn verify(dir: &Path, name: &str) -> Result<ChainReport, AuditError> {
         before_last = std::mem::replace(&mut prev, sha256_hex(line));
         prev_line = n;
     }
-    match std::fs::read_to_string(dir.join(format!("{name}.head"))) {
-        Ok(head) if head.trim() == prev => {}
-        Ok(head) if head.trim() == before_last => {
+    let head = state
+        .read(&format!("{name}.head"), MAX_SEAL_BYTES)
+        .map_err(fail)?
+        .map(|h| String::from_utf8_lossy(&h).into_owned());
+    match head {
+        Some(head) if head.trim() == prev => {}
+        Some(head) if head.trim() == before_last => {
             report.note =
                 Some(format!("line {prev_line} was written but not sealed (an append was interrupted); it is intact"));
         }
-        Ok(_) => {
+        Some(_) => {
             report.broken.get_or_insert((prev_line, "the file does not end where its seal says: records were removed from its end, or the newest one was changed".into()));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && report.records == 0 => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None if report.records == 0 => {}
+        None => {
             report.broken.get_or_insert((prev_line, format!("its seal {name}.head is missing")));
         }
-        Err(e) => return Err(err(e)),
     }
     Ok(report)
 }
 
-/// The records of `dir/name` written at `since` or later, oldest first,
-/// read backwards from the end of the file so that the cost is what was
-/// written since, not the file's length. Records are appended in time
-/// order, give or take the moments writers wait for the lock.
-pub fn read_since(dir: &Path, name: &str, since: DateTime<Utc>) -> Result<Vec<serde_json::Value>, AuditError> {
+/// The records of `name` written at `since` or later, oldest first, read
+/// backwards from the end of the file so that the cost is what was written
+/// since, not the file's length (at most `MAX_READ_BYTES` of it). Records
+/// are appended in time order, give or take the moments writers wait for
+/// the lock.
+pub fn read_since(state: &StateDir, name: &str, since: DateTime<Utc>) -> Result<Vec<serde_json::Value>, AuditError> {
     const CHUNK: u64 = 64 * 1024;
-    let path = dir.join(name);
-    let err = |source| AuditError { op: "read", path: path.display().to_string(), source };
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(err(e)),
-    };
-    let (mut start, mut rest) = (file.metadata().map_err(err)?.len(), Vec::new());
+    let fail = |source| AuditError { op: "read the records", source };
+    let err = |e: std::io::Error| fail(StateError::Io { path: state.path_of(name).display().to_string(), error: e });
+    let Some(mut file) = state.open_read(name).map_err(fail)? else { return Ok(Vec::new()) };
+    let len = file.metadata().map_err(err)?.len();
+    let (mut start, mut rest) = (len, Vec::new());
     let mut found = Vec::new();
     loop {
+        if len - start > MAX_READ_BYTES {
+            let path = state.path_of(name).display().to_string();
+            return Err(fail(StateError::TooLarge { path, limit: MAX_READ_BYTES }));
+        }
         let from = start.saturating_sub(CHUNK);
         let mut chunk = vec![0u8; (start - from) as usize];
         file.seek(SeekFrom::Start(from)).map_err(err)?;
@@ -379,22 +380,18 @@ pub struct Torn {
     pub error: String,
 }
 
-/// Reads every record of a file of JSON lines (an audit file, or the
-/// daemon's log); torn or corrupted lines are returned apart, with their
-/// line number.
-pub fn read_all(path: &Path) -> Result<(Vec<serde_json::Value>, Vec<Torn>), AuditError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(source) => return Err(AuditError { op: "read", path: path.display().to_string(), source }),
-    };
+/// Reads every record of the file of JSON lines `name` (an audit file, or
+/// the daemon's log); torn or corrupted lines are returned apart, with
+/// their line number.
+pub fn read_all(state: &StateDir, name: &str) -> Result<(Vec<serde_json::Value>, Vec<Torn>), AuditError> {
+    let fail = |source| AuditError { op: "read the records", source };
+    let data = state.read(name, MAX_READ_BYTES).map_err(fail)?.unwrap_or_default();
     let (mut records, mut torn) = (Vec::new(), Vec::new());
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|source| AuditError { op: "read", path: path.display().to_string(), source })?;
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<serde_json::Value>(&line) {
+        match serde_json::from_slice::<serde_json::Value>(line) {
             Ok(v) if v.is_object() => records.push(v),
             Ok(_) => torn.push(Torn { line: i + 1, error: "not a JSON object".into() }),
             Err(e) => torn.push(Torn { line: i + 1, error: e.to_string() }),
@@ -406,17 +403,23 @@ pub fn read_all(path: &Path) -> Result<(Vec<serde_json::Value>, Vec<Torn>), Audi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::path::Path;
+
+    fn state(dir: &tempfile::TempDir) -> StateDir {
+        StateDir::open(dir.path()).unwrap()
+    }
 
     #[test]
     fn a_torn_line_does_not_hide_later_records() {
         let dir = tempfile::tempdir().unwrap();
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
         // Simulate a crash in the middle of a write.
         let mut f = OpenOptions::new().append(true).open(dir.path().join("a.jsonl")).unwrap();
         f.write_all(br#"{"n": 2, "half"#).unwrap();
         drop(f);
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
-        let (records, torn) = read_all(&dir.path().join("a.jsonl")).unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
+        let (records, torn) = read_all(&state(&dir), "a.jsonl").unwrap();
         let ns: Vec<&serde_json::Value> = records.iter().map(|r| &r["n"]).collect();
         assert_eq!(ns, [1, 3]);
         assert_eq!(torn.len(), 1);
@@ -429,26 +432,26 @@ mod tests {
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }
 
-    fn three(dir: &Path) {
+    fn three(state: &StateDir) {
         for n in 1..=3 {
-            append(dir, "a.jsonl", &serde_json::json!({"n": n, "what": "restart"})).unwrap();
+            append(state, "a.jsonl", &serde_json::json!({"n": n, "what": "restart"})).unwrap();
         }
     }
 
     #[test]
     fn an_untouched_chain_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        three(dir.path());
-        let r = verify(dir.path(), "a.jsonl").unwrap();
+        three(&state(&dir));
+        let r = verify(&state(&dir), "a.jsonl").unwrap();
         assert_eq!((r.records, r.broken, r.note), (3, None, None));
     }
 
     #[test]
     fn a_changed_record_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        three(dir.path());
+        three(&state(&dir));
         rewrite(&dir.path().join("a.jsonl"), |l| l[1] = l[1].replace("restart", "nothing"));
-        let (line, why) = verify(dir.path(), "a.jsonl").unwrap().broken.unwrap();
+        let (line, why) = verify(&state(&dir), "a.jsonl").unwrap().broken.unwrap();
         assert_eq!(line, 3, "{why}");
         assert!(why.contains("line 2"), "{why}");
     }
@@ -457,11 +460,11 @@ mod tests {
     fn removed_records_are_noticed_at_the_start_middle_and_end() {
         for (remove, expect_line) in [(0, 1), (1, 2), (2, 2)] {
             let dir = tempfile::tempdir().unwrap();
-            three(dir.path());
+            three(&state(&dir));
             rewrite(&dir.path().join("a.jsonl"), |l| {
                 l.remove(remove);
             });
-            let broken = verify(dir.path(), "a.jsonl").unwrap().broken;
+            let broken = verify(&state(&dir), "a.jsonl").unwrap().broken;
             assert_eq!(broken.map(|b| b.0), Some(expect_line), "removing record {}", remove + 1);
         }
     }
@@ -469,11 +472,11 @@ mod tests {
     #[test]
     fn an_unsealed_last_record_is_a_note_not_a_break() {
         let dir = tempfile::tempdir().unwrap();
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
         let head = std::fs::read(dir.path().join("a.jsonl.head")).unwrap();
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 2})).unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 2})).unwrap();
         std::fs::write(dir.path().join("a.jsonl.head"), head).unwrap();
-        let r = verify(dir.path(), "a.jsonl").unwrap();
+        let r = verify(&state(&dir), "a.jsonl").unwrap();
         assert_eq!(r.broken, None);
         assert!(r.note.unwrap().contains("line 2 was written but not sealed"));
     }
@@ -481,12 +484,12 @@ mod tests {
     #[test]
     fn the_chain_continues_past_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
         let mut f = OpenOptions::new().append(true).open(dir.path().join("a.jsonl")).unwrap();
         f.write_all(br#"{"n": 2, "ha"#).unwrap();
         drop(f);
-        append(dir.path(), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
-        let r = verify(dir.path(), "a.jsonl").unwrap();
+        append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 3})).unwrap();
+        let r = verify(&state(&dir), "a.jsonl").unwrap();
         assert_eq!(r.records, 2);
         assert_eq!(r.broken.map(|b| b.0), Some(2), "the torn line is named, the rest chains");
     }
@@ -498,13 +501,13 @@ mod tests {
         let pad = "x".repeat(10_000);
         for n in 0..40 {
             let time = t0 + chrono::Duration::seconds(n);
-            append(dir.path(), "a.jsonl", &serde_json::json!({"time": time, "n": n, "pad": pad})).unwrap();
+            append(&state(&dir), "a.jsonl", &serde_json::json!({"time": time, "n": n, "pad": pad})).unwrap();
         }
-        let since = read_since(dir.path(), "a.jsonl", t0 + chrono::Duration::seconds(25)).unwrap();
+        let since = read_since(&state(&dir), "a.jsonl", t0 + chrono::Duration::seconds(25)).unwrap();
         let ns: Vec<i64> = since.iter().map(|r| r["n"].as_i64().unwrap()).collect();
         assert_eq!(ns, (25..40).collect::<Vec<_>>());
-        assert_eq!(read_since(dir.path(), "a.jsonl", t0).unwrap().len(), 40);
-        assert!(read_since(dir.path(), "none.jsonl", t0).unwrap().is_empty());
+        assert_eq!(read_since(&state(&dir), "a.jsonl", t0).unwrap().len(), 40);
+        assert!(read_since(&state(&dir), "none.jsonl", t0).unwrap().is_empty());
     }
 
     #[test]
@@ -513,16 +516,35 @@ mod tests {
         let big = "x".repeat(64 * 1024);
         std::thread::scope(|s| {
             for t in 0..4 {
-                let (dir, big) = (dir.path(), &big);
+                let (st, big) = (state(&dir), &big);
                 s.spawn(move || {
                     for n in 0..25 {
-                        append(dir, "a.jsonl", &serde_json::json!({"t": t, "n": n, "pad": big})).unwrap();
+                        append(&st, "a.jsonl", &serde_json::json!({"t": t, "n": n, "pad": big})).unwrap();
                     }
                 });
             }
         });
-        let (records, torn) = read_all(&dir.path().join("a.jsonl")).unwrap();
+        let (records, torn) = read_all(&state(&dir), "a.jsonl").unwrap();
         assert_eq!((records.len(), torn.len()), (100, 0));
-        assert_eq!(verify(dir.path(), "a.jsonl").unwrap().broken, None, "the chain holds under concurrency");
+        assert_eq!(verify(&state(&dir), "a.jsonl").unwrap().broken, None, "the chain holds under concurrency");
+    }
+
+    #[test]
+    fn a_link_at_the_trail_or_its_seal_is_refused_and_not_followed() {
+        for name in ["a.jsonl", "a.jsonl.head"] {
+            let dir = tempfile::tempdir().unwrap();
+            let elsewhere = tempfile::tempdir().unwrap();
+            let target = elsewhere.path().join("precious");
+            std::fs::write(&target, "precious\n").unwrap();
+            append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 1})).unwrap();
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+            std::os::unix::fs::symlink(&target, dir.path().join(name)).unwrap();
+            let refused = format!("{name} is a symbolic link: refused");
+            let e = append(&state(&dir), "a.jsonl", &serde_json::json!({"n": 2})).unwrap_err().to_string();
+            assert!(e.contains(&refused), "{e}");
+            let e = verify(&state(&dir), "a.jsonl").unwrap_err().to_string();
+            assert!(e.contains(&refused), "{e}");
+            assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "{name}");
+        }
     }
 }

@@ -11,7 +11,6 @@
 //! recorded.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -33,11 +32,15 @@ use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
+use crate::state_dir::StateDir;
 use crate::store::{Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
 
 const CURSOR_FILE: &str = "journal.cursor";
+
+/// A journal cursor is a line of about 150 bytes; anything larger is not one.
+const MAX_CURSOR_BYTES: u64 = 4096;
 
 /// What one cycle saw and did, for `macha-check` and the daemon's log.
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +105,7 @@ impl CycleReport {
 /// Everything a cycle needs, kept between cycles.
 pub struct Engine {
     config: Config,
+    state: StateDir,
     observer: Observer,
     store: Store,
     model: ModelService,
@@ -112,24 +116,21 @@ pub struct Engine {
     stop: Option<watch::Receiver<bool>>,
 }
 
-/// Creates the state directory (owner-only) if it does not exist.
-pub fn ensure_state_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", dir.display()))
-}
-
 impl Engine {
-    /// `notifier` comes from `notify::setup`; `None` means notifications are off.
-    pub fn new(config: Config, notifier: Option<Notifier>) -> anyhow::Result<Self> {
-        ensure_state_dir(&config.state_dir)?;
+    /// `state` is the open state directory, `model` the model service (it
+    /// reads its key file when made, so it is made first), `notifier` comes
+    /// from `notify::setup`; `None` means notifications are off.
+    pub fn new(
+        config: Config,
+        state: StateDir,
+        model: ModelService,
+        notifier: Option<Notifier>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             observer: Observer::new(&config),
-            store: Store::open(&config.state_dir)?,
-            model: ModelService::new(&config)?,
+            store: Store::open(&state)?,
+            model,
+            state,
             prompts: Prompts::load(config.ollama.prompts_dir.as_deref())?,
             policy: Policy::from_config(&config),
             notifier,
@@ -148,7 +149,7 @@ impl Engine {
     /// process, when it could not write) left unrecorded (`ledger`).
     async fn recover(&mut self) {
         let systemd = self.observer.systemd().await.map_err(|e| e.to_string());
-        let ledger = Ledger::new(&self.store, &self.config.state_dir);
+        let ledger = Ledger::new(&self.store, &self.state);
         let said = match &systemd {
             Ok(s) => ledger.recover(Ok(*s), &self.config).await,
             Err(e) => ledger.recover(Err(e.as_str()), &self.config).await,
@@ -181,8 +182,16 @@ impl Engine {
         problems
     }
 
-    fn cursor_path(&self) -> PathBuf {
-        self.config.state_dir.join(CURSOR_FILE)
+    /// The journal cursor the last cycle saved; none when there is none or
+    /// it cannot be read (then the look-back window applies).
+    fn cursor(&self) -> Option<String> {
+        match self.state.read(CURSOR_FILE, MAX_CURSOR_BYTES) {
+            Ok(c) => c.map(|c| String::from_utf8_lossy(&c).trim().to_owned()).filter(|c| !c.is_empty()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the journal cursor cannot be read; reading the look-back window");
+                None
+            }
+        }
     }
 
     pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
@@ -193,8 +202,7 @@ impl Engine {
         let Some(model_problems) = unless_stopped(stop.as_mut(), self.check_model()).await else {
             anyhow::bail!("stopped before this cycle observed anything");
         };
-        let cursor =
-            std::fs::read_to_string(self.cursor_path()).ok().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
+        let cursor = self.cursor();
         // The units of open incidents are watched until they are back where they should be.
         let open = self.store.open_evidence()?;
         let watch: Vec<UnitName> = open
@@ -208,7 +216,7 @@ impl Engine {
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
             tracing::warn!(
                 "{} {why}: this cycle read the journal of the last {} s instead, and replaces the file with a good cursor",
-                self.cursor_path().display(),
+                self.state.path_of(CURSOR_FILE).display(),
                 self.config.check_interval
             );
         }
@@ -233,7 +241,7 @@ impl Engine {
         let mut reports = Vec::with_capacity(incidents.len());
         let mut asked = Asked::default();
         // The operator's notes are read by this cycle's decisions, then archived.
-        let notes = crate::note::pending(&self.config.state_dir);
+        let notes = crate::note::pending(&self.state);
         let notes_text = crate::note::render(&notes);
         let mut read_for = Vec::new();
         for (incident, novelty) in incidents.iter().zip(novelty) {
@@ -263,12 +271,14 @@ impl Engine {
             });
         }
         if !read_for.is_empty() {
-            if let Err(e) = crate::note::archive(&self.config.state_dir, &notes, &read_for.join(", ")) {
+            if let Err(e) = crate::note::archive(&self.state, &notes, &read_for.join(", ")) {
                 tracing::error!(error = %e, "operator notes could not be archived; they are read again next time");
             }
         }
         if let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) {
-            write_atomically(&self.cursor_path(), c)?;
+            self.state
+                .replace(CURSOR_FILE, c.as_bytes())
+                .map_err(|e| anyhow::anyhow!("cannot save the journal cursor: {e}"))?;
         }
         let report = CycleReport {
             started_at,
@@ -305,7 +315,7 @@ impl Engine {
             calls: self.model.take_tally(),
         };
         let max_bytes = self.config.model.metrics_max_kb.saturating_mul(1024);
-        if let Err(e) = metrics::append(&self.config.state_dir, &line, max_bytes) {
+        if let Err(e) = metrics::append(&self.state, &line, max_bytes) {
             tracing::warn!(error = %e, "cannot write {}", metrics::METRICS_FILE);
         }
     }
@@ -318,7 +328,7 @@ impl Engine {
         let result = notifier.after_cycle(report, now).and_then(|()| {
             if notifier.digest_due(report.started_at, now)? {
                 let pending = self.store.pending().map(|p| p.len()).unwrap_or_default();
-                notifier.send_digest(&self.config.state_dir, &report.host, pending, now)?;
+                notifier.send_digest(&self.state, &report.host, pending, now)?;
             }
             Ok(())
         });
@@ -335,7 +345,7 @@ impl Engine {
             event: event.into(),
             summary: summary.map(str::to_owned),
         };
-        Ok(audit::append(&self.config.state_dir, audit::INCIDENTS, &rec)?)
+        Ok(audit::append(&self.state, audit::INCIDENTS, &rec)?)
     }
 
     /// Gates, records, and carries out (or queues) what the model proposed.
@@ -358,7 +368,7 @@ impl Engine {
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
         let record = DecisionRecord::new(host, incident, model, outcome, gated);
-        audit::append(&self.config.state_dir, audit::DECISIONS, &record)?;
+        audit::append(&self.state, audit::DECISIONS, &record)?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
 
         let diagnosis = match outcome {
@@ -388,7 +398,7 @@ impl Engine {
                 Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
                 Verdict::Propose { file, diff } => {
                     let dir = self.config.nixos.config_dir.as_deref();
-                    match propose::write(dir, &self.config.state_dir, &incident.fingerprint, &file, &diff, &p.reason) {
+                    match propose::write(dir, &self.state, &incident.fingerprint, &file, &diff, &p.reason) {
                         Ok(path) => (
                             "proposed".to_string(),
                             format!(
@@ -442,7 +452,7 @@ impl Engine {
                                 before: unit_now.as_ref().map(|u| act::Observed::Unit(u.into())),
                                 ..rec.clone()
                             };
-                            match Ledger::new(&self.store, &self.config.state_dir).begin(
+                            match Ledger::new(&self.store, &self.state).begin(
                                 &incident.fingerprint,
                                 now,
                                 &action,
@@ -481,7 +491,7 @@ impl Engine {
                                         detail: detail.clone(),
                                         ..rec.clone()
                                     };
-                                    let ledger = Ledger::new(&self.store, &self.config.state_dir);
+                                    let ledger = Ledger::new(&self.store, &self.state);
                                     if let Err(e) = ledger.finish(id, &done, report.succeeded) {
                                         tracing::error!(%action, "{e}");
                                     }
@@ -512,7 +522,7 @@ impl Engine {
                 };
                 rec.detail = detail.clone();
                 rec.approval_id = approval_id;
-                audit::append(&self.config.state_dir, audit::ACTIONS, &rec)?;
+                audit::append(&self.state, audit::ACTIONS, &rec)?;
             }
             actions.push(ActionReport {
                 action: p.kind.as_str().into(),
@@ -649,13 +659,4 @@ pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
         Ok(None) => UnitFacts::Missing,
         Err(e) => UnitFacts::Unknown(e.to_string()),
     }
-}
-
-/// Replaces a small state file so that a crash leaves the old or the new
-/// content, never a mix.
-fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

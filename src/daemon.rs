@@ -6,17 +6,19 @@
 //! told when it is ready, what it does and that it is alive
 //! (`service_manager`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::Path;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::cycle::{ensure_state_dir, CycleReport, Engine};
+use crate::cycle::{CycleReport, Engine};
 use crate::model::status::{self, DaemonStatus};
+use crate::model::ModelService;
+use crate::notify::gotify::Gotify;
 use crate::notify::{self, outbox::Outbox};
 use crate::service_manager::ServiceManager;
+use crate::state_dir::StateDir;
 
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -25,16 +27,10 @@ pub struct StateLock {
     _file: File,
 }
 
-/// Takes the exclusive lock of `dir`, or says which process holds it.
-pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
-    let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+/// Takes the exclusive lock of the state directory, or says which process
+/// holds it.
+pub fn lock_state_dir(state: &StateDir) -> anyhow::Result<StateLock> {
+    let mut file = state.append(LOCK_FILE).map_err(|e| anyhow::anyhow!("cannot open the daemon's lock: {e}"))?;
     if file.try_lock().is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
@@ -42,7 +38,7 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
         anyhow::bail!(
             "another macha daemon{} is already running on {}; stop it first (systemctl stop macha-autonomous)",
             if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
-            dir.display()
+            state.path().display()
         );
     }
     file.set_len(0)?;
@@ -51,10 +47,11 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
     Ok(StateLock { _file: file })
 }
 
-/// Runs until SIGTERM or SIGINT. Must be polled inside a `tokio::task::LocalSet`.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    ensure_state_dir(&config.state_dir)?;
-    let _lock = lock_state_dir(&config.state_dir)?;
+/// Runs until SIGTERM or SIGINT, on the open state directory `state`, with
+/// the model service and the Gotify client (its token read) made before.
+/// Must be polled inside a `tokio::task::LocalSet`.
+pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: Option<Gotify>) -> anyhow::Result<()> {
+    let _lock = lock_state_dir(&state)?;
     let interval = config.check_interval();
     tracing::info!(
         autonomy = config.autonomy_level.as_str(),
@@ -63,30 +60,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "macha daemon started"
     );
-    let (notifier, gotify) = match notify::setup(&config)? {
+    let (notifier, gotify) = match notify::setup(&config, &state, gotify)? {
         Some((n, g)) => (Some(n), Some(g)),
         None => (None, None),
     };
     if let (Some(n), Some(g)) = (&notifier, gotify) {
         tracing::info!(url = %g.url(), "notifications to Gotify on");
         // The sender shares the daemon's single thread; its SQLite handle is not `Sync`.
-        tokio::task::spawn_local(notify::run_sender(
-            Outbox::open(&config.state_dir)?,
-            g,
-            config.gotify.retry_max,
-            n.wake(),
-        ));
+        tokio::task::spawn_local(notify::run_sender(Outbox::open(&state)?, g, config.gotify.retry_max, n.wake()));
     }
-    let state_dir = config.state_dir.clone();
     // How long a stop waits for an action in flight: its job, its check,
     // and a little for writing its record.
     let grace = std::time::Duration::from_secs(config.act.job_timeout.saturating_add(config.act.settle_time))
         .saturating_add(std::time::Duration::from_secs(5));
-    let mut engine = Engine::new(config, notifier)?;
+    let mut engine = Engine::new(config, state.clone(), model, notifier)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     engine.stop_on(stopping);
     let started_at = chrono::Utc::now();
-    tokio::task::spawn_local(status::publish(engine.model().clone(), state_dir.clone(), started_at));
+    tokio::task::spawn_local(status::publish(engine.model().clone(), state.clone(), started_at));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let manager = ServiceManager::from_env();
@@ -140,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     manager.stopping();
     tracing::info!("macha daemon stopped by signal");
     let last = DaemonStatus::of(engine.model(), started_at, Some(chrono::Utc::now()));
-    if let Err(e) = status::write(&state_dir, &last) {
+    if let Err(e) = status::write(&state, &last) {
         tracing::warn!(error = %e, "cannot write the stopped status");
     }
     Ok(())

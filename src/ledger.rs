@@ -19,7 +19,6 @@
 //! again. Each step can be cut short anywhere and the next `recover` still
 //! writes one outcome, no more.
 
-use std::path::Path;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +28,7 @@ use crate::audit::{self, ActionRecord};
 use crate::config::Config;
 use crate::gate::Action;
 use crate::observe::systemd::Systemd;
+use crate::state_dir::StateDir;
 use crate::store::{AutoAction, Store};
 
 /// How far before an action's row its records are looked for: writers of
@@ -39,7 +39,7 @@ const RECORD_SLACK_MINUTES: i64 = 10;
 /// The automatic actions of one state directory.
 pub struct Ledger<'a> {
     store: &'a Store,
-    state_dir: &'a Path,
+    state: &'a StateDir,
 }
 
 /// This process as the owner of the actions it starts: boot, pid and start
@@ -81,8 +81,8 @@ fn runs_elsewhere(owner: &str) -> bool {
 }
 
 impl<'a> Ledger<'a> {
-    pub fn new(store: &'a Store, state_dir: &'a Path) -> Self {
-        Self { store, state_dir }
+    pub fn new(store: &'a Store, state: &'a StateDir) -> Self {
+        Self { store, state }
     }
 
     /// Counts `action` on `fingerprint` for storm control and records it as
@@ -103,14 +103,14 @@ impl<'a> Ledger<'a> {
                 // Nothing counts it or keeps it: say so in the trail if it can be written.
                 let why = not_started(&e);
                 let refused = ActionRecord { outcome: "refused".into(), detail: why.clone(), ..started.clone() };
-                if let Err(e) = audit::append(self.state_dir, audit::ACTIONS, &refused) {
+                if let Err(e) = audit::append(self.state, audit::ACTIONS, &refused) {
                     tracing::error!(error = %e, "cannot record that an automatic action was not carried out");
                 }
                 return Err(why);
             }
         };
         let rec = ActionRecord { auto_id: Some(id), outcome: "started".into(), ..started.clone() };
-        if let Err(e) = audit::append(self.state_dir, audit::ACTIONS, &rec) {
+        if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec) {
             let why = not_started(&e);
             // The record may have reached the file before the error: this
             // refusal is then its outcome, written by `recover`.
@@ -134,7 +134,7 @@ impl<'a> Ledger<'a> {
     }
 
     fn log(&self, id: i64, rec: &ActionRecord, succeeded: bool) -> Result<(), String> {
-        audit::append(self.state_dir, audit::ACTIONS, rec).map_err(|e| {
+        audit::append(self.state, audit::ACTIONS, rec).map_err(|e| {
             format!("the outcome of automatic action {id} could not be recorded ({e}); it is recorded once the state directory can be written")
         })?;
         if let Err(e) = self.store.settle_auto(id, succeeded) {
@@ -181,7 +181,7 @@ impl<'a> Ledger<'a> {
     ) -> Result<Option<String>, String> {
         let id = row.id;
         let since = row.time.checked_sub_signed(chrono::Duration::minutes(RECORD_SLACK_MINUTES)).unwrap_or(row.time);
-        let trail = audit::read_since(self.state_dir, audit::ACTIONS, since)
+        let trail = audit::read_since(self.state, audit::ACTIONS, since)
             .map_err(|e| format!("cannot look for the records of automatic action {id}: {e}"))?;
         let mine: Vec<&serde_json::Value> =
             trail.iter().filter(|r| r.get("auto_id").and_then(serde_json::Value::as_i64) == Some(id)).collect();
@@ -273,15 +273,17 @@ mod tests {
 
     struct Bed {
         dir: tempfile::TempDir,
+        state: StateDir,
         store: Store,
         config: Config,
     }
 
     fn bed() -> Bed {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = Store::open(&state).unwrap();
         let config = Config { state_dir: dir.path().to_owned(), ..Config::default() };
-        Bed { dir, store, config }
+        Bed { dir, state, store, config }
     }
 
     const FP: &str = "unit-failed:web.service";
@@ -309,7 +311,7 @@ mod tests {
     }
 
     fn outcomes(b: &Bed) -> Vec<String> {
-        let (records, torn) = audit::read_all(&b.dir.path().join(audit::ACTIONS)).unwrap();
+        let (records, torn) = audit::read_all(&b.state, audit::ACTIONS).unwrap();
         assert!(torn.is_empty());
         records.iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect()
     }
@@ -317,7 +319,7 @@ mod tests {
     /// Settles the ledger as a later process would, with systemd out of reach.
     fn recover(b: &Bed) -> Vec<String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(Ledger::new(&b.store, b.dir.path()).recover(Err("no bus here"), &b.config))
+        rt.block_on(Ledger::new(&b.store, &b.state).recover(Err("no bus here"), &b.config))
     }
 
     /// An owner that no longer runs: another boot.
@@ -339,11 +341,11 @@ mod tests {
     #[test]
     fn an_outcome_already_in_the_trail_is_marked_not_written_again() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, b.dir.path());
+        let ledger = Ledger::new(&b.store, &b.state);
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome was appended, then the process died before marking it.
         let done = ActionRecord { auto_id: Some(id), outcome: "failed".into(), ..started() };
-        audit::append(b.dir.path(), audit::ACTIONS, &done).unwrap();
+        audit::append(&b.state, audit::ACTIONS, &done).unwrap();
         for _ in 0..2 {
             recover(&b);
         }
@@ -355,7 +357,7 @@ mod tests {
     #[test]
     fn a_kept_outcome_is_written_once_when_the_trail_can_be_written_again() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, b.dir.path());
+        let ledger = Ledger::new(&b.store, &b.state);
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome reached the database, not the trail (a full disk).
         let done = ActionRecord { auto_id: Some(id), outcome: "succeeded".into(), ..started() };
@@ -370,7 +372,7 @@ mod tests {
     #[test]
     fn an_unfinished_action_waits_for_systemd_to_be_judged() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, b.dir.path());
+        let ledger = Ledger::new(&b.store, &b.state);
         ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // Nothing kept, systemd out of reach: no outcome is made up.
         assert!(recover(&b).is_empty());
@@ -383,7 +385,7 @@ mod tests {
         let b = bed();
         let trail = b.dir.path().join(audit::ACTIONS);
         std::fs::create_dir(&trail).unwrap();
-        let ledger = Ledger::new(&b.store, b.dir.path());
+        let ledger = Ledger::new(&b.store, &b.state);
         let why = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap_err();
         assert!(why.starts_with("not carried out: its start could not be recorded"), "{why}");
         assert_eq!(b.store.auto_history(FP, Utc::now()).unwrap().recent, 0, "not counted: it did not run");

@@ -2,15 +2,14 @@
 //! journal) and JSON lines in `orchestrator.log` in the state directory,
 //! which `macha-logs orchestrator` reads.
 
-use std::fs::OpenOptions;
 use std::io::IsTerminal;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Mutex;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+use crate::state_dir::StateDir;
 
 pub const ORCHESTRATOR_LOG: &str = "orchestrator.log";
 
@@ -33,17 +32,14 @@ pub fn init_cli() {
 }
 
 /// Logging for the daemon and for `macha-check`: stderr plus `orchestrator.log`.
-pub fn init_orchestrator(state_dir: &Path, stderr_level: &str) -> anyhow::Result<()> {
-    let path = state_dir.join(ORCHESTRATOR_LOG);
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
-        let _ = std::fs::rename(&path, state_dir.join(format!("{ORCHESTRATOR_LOG}.1")));
+pub fn init_orchestrator(state: &StateDir, stderr_level: &str) -> anyhow::Result<()> {
+    let open = || state.append(ORCHESTRATOR_LOG).map_err(|e| anyhow::anyhow!("cannot open the log: {e}"));
+    let mut file = open()?;
+    if file.metadata().is_ok_and(|m| m.len() > ROTATE_BYTES) {
+        // Moved aside under its open handle; logging goes to a new file.
+        let _ = state.rename(ORCHESTRATOR_LOG, &format!("{ORCHESTRATOR_LOG}.1"));
+        file = open()?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -6,10 +6,10 @@
 //! directory, and its diff must apply cleanly to that file as it is now, so
 //! what a person reads is a change they could make, not a story.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::bounded::{self, FileKind, Size};
+use crate::state_dir::StateDir;
 
 /// Where proposals are written, below the state directory.
 pub const DIR: &str = "proposals";
@@ -21,7 +21,7 @@ const TARGET_FILE: FileKind = FileKind { name: "configuration file", limit: Size
 /// The error is the reason recorded in the audit trail.
 pub fn write(
     config_dir: Option<&Path>,
-    state_dir: &Path,
+    state: &StateDir,
     incident: &str,
     file: &str,
     diff: &str,
@@ -62,12 +62,12 @@ pub fn write(
         return Err(refuse("the diff changes nothing".into()));
     }
 
-    let dir = state_dir.join(DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0) + 1;
+    let dir = state.subdir(DIR).map_err(|e| format!("cannot write the proposal: {e}"))?;
+    let n = dir.list().map(|d| d.len()).unwrap_or(0) + 1;
     let flat: String =
         file.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
-    let path = dir.join(format!("{n:04}-{flat}.patch"));
+    let name = format!("{n:04}-{flat}.patch");
+    let path = dir.path_of(&name);
     let header = format!(
         "# Proposed by macha for incident {incident}; never applied by macha.\n# File: {}\n# Why: {}\n# Review, then apply in {} with: git apply {}\n",
         target.display(),
@@ -75,12 +75,7 @@ pub fn write(
         root.display(),
         path.display()
     );
-    let mut out = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o640)
-        .open(&path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let mut out = dir.create_new(&name).map_err(|e| format!("cannot write the proposal: {e}"))?;
     std::io::Write::write_all(&mut out, format!("{header}{}", patch).as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
@@ -103,9 +98,15 @@ mod tests {
     #[test]
     fn a_change_that_applies_is_written_and_the_file_is_untouched() {
         let (repo, state) = setup();
-        let path =
-            write(Some(repo.path()), state.path(), "unit-failed:nginx.service", "hosts/web.nix", DIFF, "more workers")
-                .unwrap();
+        let path = write(
+            Some(repo.path()),
+            &StateDir::open(state.path()).unwrap(),
+            "unit-failed:nginx.service",
+            "hosts/web.nix",
+            DIFF,
+            "more workers",
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("never applied by macha") && text.contains("+  services.nginx.workers = 4;"), "{text}");
         assert_eq!(std::fs::read_to_string(repo.path().join("hosts/web.nix")).unwrap(), NIX);
@@ -118,7 +119,8 @@ mod tests {
         for bad in
             ["../../etc/passwd", "/etc/passwd", "hosts/../../x", "", "hosts/link.nix", "hosts/missing.nix", "hosts"]
         {
-            let err = write(Some(repo.path()), state.path(), "i", bad, DIFF, "r").unwrap_err();
+            let err =
+                write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", bad, DIFF, "r").unwrap_err();
             assert!(err.starts_with("not proposed because"), "{bad:?}: {err}");
         }
         assert!(!state.path().join(DIR).exists() || std::fs::read_dir(state.path().join(DIR)).unwrap().count() == 0);
@@ -128,14 +130,24 @@ mod tests {
     fn a_diff_that_does_not_apply_or_names_another_file_is_refused() {
         let (repo, state) = setup();
         let stale = DIFF.replace("workers = 2", "workers = 3");
-        assert!(write(Some(repo.path()), state.path(), "i", "hosts/web.nix", &stale, "r")
+        assert!(write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", &stale, "r")
             .unwrap_err()
             .contains("does not apply"));
         let other = DIFF.replace("a/hosts/web.nix", "a/etc/shadow");
-        assert!(write(Some(repo.path()), state.path(), "i", "hosts/web.nix", &other, "r")
+        assert!(write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", &other, "r")
             .unwrap_err()
             .contains("not \"hosts/web.nix\""));
-        assert!(write(Some(repo.path()), state.path(), "i", "hosts/web.nix", "rm -rf /", "r").is_err());
-        assert!(write(None, state.path(), "i", "hosts/web.nix", DIFF, "r").unwrap_err().contains("nixos.config_dir"));
+        assert!(write(
+            Some(repo.path()),
+            &StateDir::open(state.path()).unwrap(),
+            "i",
+            "hosts/web.nix",
+            "rm -rf /",
+            "r"
+        )
+        .is_err());
+        assert!(write(None, &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", DIFF, "r")
+            .unwrap_err()
+            .contains("nixos.config_dir"));
     }
 }

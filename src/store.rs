@@ -5,17 +5,18 @@
 //! position. Claiming an approval is one conditional `UPDATE`, so two
 //! `approve` calls for the same id execute it once.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::decide::ActionKind;
 use crate::detect::{basis_of, Incident, OpenIncident};
 use crate::gate::Action;
 use crate::observe::Snapshot;
+use crate::state_dir::{StateDir, StateError};
 use crate::storm::History;
 use crate::unit::UnitName;
 
@@ -203,12 +204,61 @@ impl Novelty {
     }
 }
 
+/// The state database in the state directory.
+pub const DB_FILE: &str = "state.db";
+
+/// The files SQLite keeps beside the database.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// The database file, checked: created owner-only when it does not exist
+/// (SQLite gives its `-wal` and `-shm` files the database's mode), and
+/// refused, with the reason, when it or a file SQLite keeps beside it is a
+/// link or not a regular file. Returns the path to give SQLite, which is
+/// also told not to follow a link in it (and opens its side files with
+/// `O_NOFOLLOW` itself).
+fn database_file(state: &StateDir) -> Result<PathBuf, StateError> {
+    match state.metadata(DB_FILE)? {
+        // Never opened here when it exists: closing a second descriptor of
+        // the file would drop SQLite's locks on it in this process.
+        Some(_) => {}
+        None => match state.create_new(DB_FILE) {
+            Ok(_) => {}
+            Err(e) if matches!(&e, StateError::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists) =>
+                {}
+            Err(e) => return Err(e),
+        },
+    }
+    for name in std::iter::once(DB_FILE.to_owned()).chain(SIDE_FILES.iter().map(|s| format!("{DB_FILE}{s}"))) {
+        match state.metadata(&name)? {
+            Some(m) if m.is_link() => {
+                return Err(StateError::Link { path: state.path_of(&name).display().to_string() })
+            }
+            Some(m) if !m.is_file() => {
+                return Err(StateError::WrongType {
+                    path: state.path_of(&name).display().to_string(),
+                    found: m.described(),
+                    wanted: "a regular file",
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(state.real_path_of(DB_FILE))
+}
+
+/// Opens the state database of `state` (see `database_file`).
+pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
+    let path = database_file(state).map_err(|e| {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
+    })?;
+    Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
+}
+
 impl Store {
-    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let path = state_dir.join("state.db");
-        let shown = path.display().to_string();
+    pub fn open(state: &StateDir) -> Result<Self, StoreError> {
+        let shown = state.path_of(DB_FILE).display().to_string();
         let wrap = |source| StoreError { path: shown.clone(), source };
-        let conn = Connection::open(&path).map_err(wrap)?;
+        let conn = connect(state).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
@@ -699,5 +749,82 @@ impl Store {
             .map_err(self.wrap())?;
         let rows = stmt.query_map([stale_before.to_rfc3339()], Self::approval_from_row).map_err(self.wrap())?;
         rows.collect::<Result<_, _>>().map_err(self.wrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt};
+    use std::path::Path;
+
+    fn state(dir: &tempfile::TempDir) -> StateDir {
+        StateDir::open(dir.path()).unwrap()
+    }
+
+    /// A database that has been written to, closed: SQLite removes its
+    /// side files when the last connection closes.
+    fn written(dir: &tempfile::TempDir) {
+        Store::open(&state(dir)).unwrap().set_paused(Some("test")).unwrap();
+    }
+
+    fn plant_link(at: &Path, to: &Path) {
+        let _ = std::fs::remove_file(at);
+        symlink(to, at).unwrap();
+    }
+
+    #[test]
+    fn the_database_and_the_files_beside_it_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&state(&dir)).unwrap();
+        store.set_paused(Some("test")).unwrap();
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_link_at_the_database_or_beside_it_is_refused_and_not_followed() {
+        for name in ["state.db", "state.db-wal", "state.db-shm", "state.db-journal"] {
+            let dir = tempfile::tempdir().unwrap();
+            let elsewhere = tempfile::tempdir().unwrap();
+            let target = elsewhere.path().join("precious");
+            std::fs::write(&target, "precious\n").unwrap();
+            if name != "state.db" {
+                written(&dir);
+            }
+            plant_link(&dir.path().join(name), &target);
+            let Err(e) = Store::open(&state(&dir)) else { panic!("{name}: a link was opened") };
+            assert!(e.to_string().contains(&format!("{name} is a symbolic link: refused")), "{name}: {e}");
+            assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "{name}");
+        }
+    }
+
+    /// What the check above stands in front of: SQLite opens its side
+    /// files with `O_NOFOLLOW` and, asked to, refuses a link at the
+    /// database, so a link planted between the check and the open is not
+    /// followed either.
+    #[test]
+    fn sqlite_itself_follows_no_link_at_the_database_or_beside_it() {
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let dir = tempfile::tempdir().unwrap();
+            let elsewhere = tempfile::tempdir().unwrap();
+            let target = elsewhere.path().join("precious");
+            std::fs::write(&target, "precious\n").unwrap();
+            if name != "state.db" {
+                written(&dir);
+            }
+            plant_link(&dir.path().join(name), &target);
+            let flags = OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+            let used = Connection::open_with_flags(dir.path().join(DB_FILE), flags).and_then(|c| {
+                c.execute_batch(
+                    "PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS t (x); INSERT INTO t VALUES (1);",
+                )
+            });
+            assert!(used.is_err(), "{name}: SQLite used the link");
+            assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "{name}");
+            assert!(std::fs::symlink_metadata(dir.path().join(name)).unwrap().file_type().is_symlink(), "{name}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use common::{decision, macha_bin, Bed, MODEL, WEB};
 use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
+use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;
 use macha_testbed::ollama::{ModelCaps, OllamaDouble, Reply};
@@ -97,7 +98,7 @@ impl Host {
     /// Queues a restart of `demo-web.service` straight in the state database.
     fn queue_restart(&self) -> i64 {
         std::fs::create_dir_all(self.state_dir()).unwrap();
-        let store = Store::open(&self.state_dir()).unwrap();
+        let store = Store::open(&StateDir::open(&self.state_dir()).unwrap()).unwrap();
         let kind = IncidentKind::UnitFailed { unit: WEB.into() };
         let incident = Incident {
             fingerprint: kind.fingerprint(),
@@ -115,7 +116,7 @@ impl Host {
     }
 
     fn status(&self, id: i64) -> String {
-        let store = Store::open(&self.state_dir()).unwrap();
+        let store = Store::open(&StateDir::open(&self.state_dir()).unwrap()).unwrap();
         store.approval(id).unwrap().unwrap().status
     }
 }

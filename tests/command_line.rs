@@ -18,6 +18,7 @@ use macha::audit;
 use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
+use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;
 
@@ -52,9 +53,13 @@ impl Here {
         self.dir.path().join("state")
     }
 
+    fn open_state(&self) -> StateDir {
+        StateDir::open(&self.state()).unwrap()
+    }
+
     /// A queued restart, a decision and an action in the audit trail.
     fn with_records(self) -> Here {
-        let store = Store::open(&self.state()).unwrap();
+        let store = Store::open(&self.open_state()).unwrap();
         let kind = IncidentKind::UnitFailed { unit: WEB.into() };
         let incident = Incident {
             fingerprint: kind.fingerprint(),
@@ -70,9 +75,9 @@ impl Here {
             serde_json::json!({"time": "2026-01-01T00:00:00Z", "incident": format!("unit-failed:app{n}.service"),
                 "outcome": "decided", "decision": {"severity": "warning", "diagnosis": "the application failed"}})
         };
-        audit::append(&self.state(), audit::DECISIONS, &record(0)).unwrap();
+        audit::append(&self.open_state(), audit::DECISIONS, &record(0)).unwrap();
         audit::append(
-            &self.state(),
+            &self.open_state(),
             audit::ACTIONS,
             &serde_json::json!({"time": "2026-01-01T00:00:00Z", "action": "restart_unit", "outcome": "queued"}),
         )
@@ -178,7 +183,7 @@ fn a_pipe_closed_before_the_first_line_ends_each_command_quietly() {
         ended_quietly_by_sigpipe(args, status, &stderr_of(&mut child));
     }
     // The commands did their work before their output was lost.
-    assert!(Store::open(&here.state()).unwrap().paused().unwrap().is_none(), "paused, then resumed");
+    assert!(Store::open(&here.open_state()).unwrap().paused().unwrap().is_none(), "paused, then resumed");
     assert!(std::fs::read_to_string(here.state().join("orchestrator.log")).unwrap().contains("cycle done"));
 }
 

@@ -18,6 +18,7 @@ use macha::config::Config;
 use macha::cycle::{CycleReport, DecisionReport, IncidentReport};
 use macha::notify::outbox::Outbox;
 use macha::notify::{Kind, Message};
+use macha::state_dir::StateDir;
 use macha::store::Novelty;
 use macha_testbed::gotify::{GotifyReceiver, Mode};
 use macha_testbed::ollama::Reply;
@@ -108,10 +109,12 @@ fn gotify_down_with_the_longest_retry_wait_is_asked_again_later_not_in_a_storm()
     g.set_mode(Mode::Status(500));
     let mut config = here.notifying(&g.url());
     config.gotify.retry_max = u64::MAX;
-    let (notifier, gotify) = macha::notify::setup(&config).unwrap().unwrap();
+    let state = StateDir::create(&config.state_dir).unwrap();
+    let gotify = macha::notify::gotify(&config).unwrap();
+    let (notifier, gotify) = macha::notify::setup(&config, &state, gotify).unwrap().unwrap();
     let m = Message { kind: Kind::Test, title: "t".into(), body: "b".into(), priority: 2 };
     notifier.emit(m, Utc::now()).unwrap();
-    let outbox = Outbox::open(&config.state_dir).unwrap();
+    let outbox = Outbox::open(&state).unwrap();
     let sender = macha::notify::run_sender(outbox, gotify, config.gotify.retry_max, notifier.wake());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -119,7 +122,7 @@ fn gotify_down_with_the_longest_retry_wait_is_asked_again_later_not_in_a_storm()
     });
     // The first attempt failed 3 s ago; the next one waits 5 s.
     assert_eq!(g.attempts().len(), 1, "attempts in 3 s: {}", g.attempts().len());
-    let held = Outbox::open(&config.state_dir).unwrap();
+    let held = Outbox::open(&state).unwrap();
     assert!(held.due(Utc::now() + chrono::Duration::seconds(1)).unwrap().is_empty());
     assert_eq!(held.due(Utc::now() + chrono::Duration::seconds(3)).unwrap().len(), 1);
 }
@@ -131,7 +134,9 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
         let mut config = here.notifying("http://127.0.0.1:9");
         config.gotify.resolve_after = wait;
         config.gotify.model_outage_after = wait;
-        let (notifier, _) = macha::notify::setup(&config).unwrap().unwrap();
+        let state = StateDir::create(&config.state_dir).unwrap();
+        let gotify = macha::notify::gotify(&config).unwrap();
+        let (notifier, _) = macha::notify::setup(&config, &state, gotify).unwrap().unwrap();
         let failed = IncidentReport {
             fingerprint: "unit-failed:demo-web.service".into(),
             summary: "demo-web.service failed".into(),
@@ -158,7 +163,7 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
         let gone =
             CycleReport { incidents: Vec::new(), resolved: vec!["unit-failed:demo-web.service".into()], ..report };
         notifier.after_cycle(&gone, Utc::now()).unwrap();
-        let queued = Outbox::open(&config.state_dir).unwrap().due(Utc::now()).unwrap();
+        let queued = Outbox::open(&state).unwrap().due(Utc::now()).unwrap();
         let titles: Vec<&str> = queued.iter().map(|p| p.message.title.as_str()).collect();
         assert!(titles.iter().all(|t| !t.contains("not answering") && !t.contains("resolved")), "{titles:?}");
     }

@@ -88,7 +88,9 @@ fn an_io_error_says_its_cause_once() {
     make_dir(&here.state("decisions.jsonl"));
     let out = here.run(&["logs", "decisions"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("decisions.jsonl") && stderr(&out).contains("os error 21"), "{}", stderr(&out));
+    // Refused by macha itself: it opens only regular files in its state directory.
+    let text = stderr(&out).to_lowercase();
+    assert!(text.contains("decisions.jsonl") && text.contains("is a directory"), "{}", stderr(&out));
     each_cause_once(&stderr(&out));
 
     // The state database is a directory.

@@ -492,7 +492,11 @@ fn macha_status_shows_how_many_requests_wait_in_each_lane() {
             tasks.push(spawn_chat(&svc, priority, text));
         }
         until("three waiting", || svc.queue().waiting() == 3).await;
-        status::write(state.path(), &DaemonStatus::of(&svc, chrono::Utc::now(), None)).unwrap();
+        status::write(
+            &macha::state_dir::StateDir::open(state.path()).unwrap(),
+            &DaemonStatus::of(&svc, chrono::Utc::now(), None),
+        )
+        .unwrap();
         let json = Command::new(macha_bin()).arg("--config").arg(&config).args(["status", "--json"]).output().unwrap();
         let text = Command::new(macha_bin()).arg("--config").arg(&config).arg("status").output().unwrap();
         double.release_answers();

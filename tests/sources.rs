@@ -192,36 +192,6 @@ fn secrets_in_the_journal_never_reach_the_model_or_a_notification() {
 }
 
 #[test]
-fn root_commands_leave_the_daemons_files_to_the_daemons_user() {
-    use std::os::unix::fs::MetadataExt;
-    let bed = Bed::new("ownership", "suggest");
-    bed.failing_web();
-    bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
-    bed.check();
-    // The state directory belongs to the daemon's user (here: nobody).
-    let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(bed.state_dir()).status().unwrap();
-    assert!(chown.success());
-    std::fs::remove_file(bed.state_dir().join("state.db-wal")).ok();
-    std::fs::remove_file(bed.state_dir().join("state.db-shm")).ok();
-
-    bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
-    bed.c.exec_ok(&["systemctl", "restart", "--no-block", WEB]).unwrap();
-    bed.c.wait_for(Duration::from_secs(10), || bed.prop(WEB, "ActiveState") == "failed").unwrap();
-    bed.check();
-    bed.heal_web();
-    assert!(bed.run("macha-approve", &["approve", "1"]).status.success());
-    assert!(bed.run("macha", &["pause"]).status.success());
-    let mut root_owned = Vec::new();
-    for entry in std::fs::read_dir(bed.state_dir()).unwrap() {
-        let entry = entry.unwrap();
-        if entry.metadata().unwrap().uid() != 65534 {
-            root_owned.push(entry.path().display().to_string());
-        }
-    }
-    assert_eq!(root_owned, Vec::<String>::new(), "files left to root");
-}
-
-#[test]
 fn a_config_that_is_not_a_regular_file_or_too_large_is_refused_at_once() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,7 @@ use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
 use macha::model::status::DaemonStatus;
 use macha::model::{Check, Endpoint, EndpointCheck, ProviderInfo, QueueStatus, Readiness};
+use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;
 use macha_testbed::ollama::{OllamaDouble, Reply};
@@ -127,7 +128,7 @@ impl Host {
 
     /// A queued restart whose incident, reason and diagnosis carry `HOSTILE`.
     fn queue_hostile(&self) -> i64 {
-        let store = Store::open(&self.state()).unwrap();
+        let store = Store::open(&StateDir::open(&self.state()).unwrap()).unwrap();
         let kind = IncidentKind::DiskFull { mount: format!("/srv/{HOSTILE}") };
         let incident =
             Incident { fingerprint: kind.fingerprint(), kind, summary: HOSTILE.into(), evidence_key: "k1".into() };
@@ -188,10 +189,11 @@ fn plant_records(state: &Path) {
         "gated": [{"proposed": {"kind": "restart_unit", "unit": HOSTILE, "reason": HOSTILE},
                    "verdict": "refuse", "detail": HOSTILE}],
     });
-    audit::append(state, audit::DECISIONS, &decision).unwrap();
+    let dir = StateDir::open(state).unwrap();
+    audit::append(&dir, audit::DECISIONS, &decision).unwrap();
     let action = json!({"time": "2026-01-01T00:00:00Z", "action": "restart_unit", "target": HOSTILE,
         "origin": "approval", "approval_id": 1, "by": HOSTILE, "outcome": "rejected", "detail": HOSTILE});
-    audit::append(state, audit::ACTIONS, &action).unwrap();
+    audit::append(&dir, audit::ACTIONS, &action).unwrap();
     let log = json!({"timestamp": "2026-01-01T00:00:00Z", "level": "WARN",
         "fields": {"message": HOSTILE, "unit": HOSTILE, "error": HOSTILE}});
     std::fs::write(state.join("orchestrator.log"), format!("{log}\n")).unwrap();
@@ -262,7 +264,7 @@ fn status_shows_an_endpoints_error_made_visible() {
         supports_tools: false,
         queue: QueueStatus { slots: 1, running: Vec::new(), lanes: Vec::new() },
     };
-    macha::model::status::write(&host.state(), &status).unwrap();
+    macha::model::status::write(&StateDir::open(&host.state()).unwrap(), &status).unwrap();
     shown_safely("status", &host.run(&["status"], "").stdout);
     contains_exact("status --json", &json_lines("status --json", &host.run(&["status", "--json"], "")));
 }

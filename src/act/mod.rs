@@ -162,7 +162,8 @@ pub async fn execute(systemd: Result<&Systemd, &str>, action: &Action, config: &
 async fn run_helper(systemd: &Systemd, action: &Action, config: &Config) -> Result<(), String> {
     let unit = action.helper_unit().ok_or_else(|| format!("{action} has no helper unit"))?;
     let name = UnitName::parse(unit).map_err(|e| e.to_string())?;
-    let req = request::write(&config.state_dir, action)?;
+    let state = crate::state_dir::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let req = request::write(&state, action)?;
     let started = chrono::Utc::now();
     let job = systemd
         .start_helper(&name, Duration::from_secs(config.act.helper_timeout))
@@ -203,7 +204,8 @@ struct KeptEvidence {
 /// `STATE_DIR/evidence/TIME-before-vacuum.json` (synced), so a journal
 /// vacuum can never destroy what an open incident is based on.
 pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
-    let store = crate::store::Store::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let state = crate::state_dir::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let store = crate::store::Store::open(&state).map_err(|e| e.to_string())?;
     let open = store.open_incidents().map_err(|e| e.to_string())?;
     let mut kept = Vec::with_capacity(open.len());
     for (incident, summary) in open {
@@ -224,18 +226,11 @@ pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
         };
         kept.push(KeptEvidence { incident, summary, lines });
     }
-    let dir = config.state_dir.join("evidence");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let file = dir.join(format!("{}-before-vacuum.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    let dir = state.subdir("evidence").map_err(|e| format!("cannot keep the evidence: {e}"))?;
+    let name = format!("{}-before-vacuum.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"));
     let body = serde_json::to_vec_pretty(&kept).expect("evidence serialises");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&file)?;
-        f.write_all(&body)?;
-        f.sync_all()
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    Ok(file)
+    dir.replace(&name, &body).map_err(|e| format!("cannot keep the evidence: {e}"))?;
+    Ok(dir.path_of(&name))
 }
 
 /// Garbage collection and journal vacuum, verified by free space.

@@ -9,14 +9,15 @@
 //! the one that helper runs, within the configured bounds. It deletes the
 //! file once read, so a request runs at most once.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::gate::Action;
+use crate::state_dir::{StateDir, StateError};
 
 /// The directory under the state directory that holds requests.
 pub const REQUESTS_DIR: &str = "requests";
@@ -39,32 +40,23 @@ pub struct Request {
     pub action: Action,
 }
 
+/// The file name of the request for `helper_unit` in `REQUESTS_DIR`.
+fn file_name(helper_unit: &str) -> String {
+    let stem = helper_unit.strip_suffix(".service").unwrap_or(helper_unit);
+    format!("{stem}.json")
+}
+
 /// Where the request for `helper_unit` lives.
 pub fn path(state_dir: &Path, helper_unit: &str) -> PathBuf {
-    let stem = helper_unit.strip_suffix(".service").unwrap_or(helper_unit);
-    state_dir.join(REQUESTS_DIR).join(format!("{stem}.json"))
+    state_dir.join(REQUESTS_DIR).join(file_name(helper_unit))
 }
 
 /// Writes the request for `action`'s helper unit, replacing any older one.
-/// When root writes it (an approver running `macha-approve`), the file is
-/// handed to the owner of the state directory, as the helper requires.
-pub fn write(state_dir: &Path, action: &Action) -> Result<Request, String> {
+/// It is written as the owner of the state directory (a command run as root
+/// works as that user there), as the helper requires.
+pub fn write(state: &StateDir, action: &Action) -> Result<Request, String> {
     let unit = action.helper_unit().ok_or_else(|| format!("{action} does not run as a helper"))?;
-    let owner = std::fs::metadata(state_dir).map_err(|e| format!("state directory {}: {e}", state_dir.display()))?;
-    let dir = state_dir.join(REQUESTS_DIR);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-    }
-    let give_back = |p: &Path| -> Result<(), String> {
-        if nix::unistd::geteuid().is_root() && owner.uid() != 0 {
-            std::os::unix::fs::lchown(p, Some(owner.uid()), Some(owner.gid()))
-                .map_err(|e| format!("cannot hand {} to uid {}: {e}", p.display(), owner.uid()))?;
-        }
-        Ok(())
-    };
-    give_back(&dir)?;
+    let dir = state.subdir(REQUESTS_DIR).map_err(|e| format!("cannot write the request: {e}"))?;
     let now = Utc::now();
     let request = Request {
         version: VERSION,
@@ -72,19 +64,8 @@ pub fn write(state_dir: &Path, action: &Action) -> Result<Request, String> {
         written_at: now,
         action: action.clone(),
     };
-    let target = path(state_dir, unit);
-    let tmp = target.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
     let body = serde_json::to_vec_pretty(&request).expect("a request serialises");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(&body).and_then(|()| f.sync_all()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    give_back(&tmp)?;
-    std::fs::rename(&tmp, &target).map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    dir.replace(&file_name(unit), &body).map_err(|e| format!("cannot write the request: {e}"))?;
     Ok(request)
 }
 
@@ -103,68 +84,49 @@ pub enum Refused {
     WrongHelper { asked: String, runs: String },
 }
 
-/// Checks that `meta` belongs to `uid` and that nobody else may write it.
-fn owned_and_private(what: &Path, meta: &std::fs::Metadata, uid: u32) -> Result<(), Refused> {
-    if meta.uid() != uid {
+/// Checks that `what` (owned by `owner`, with permission bits `mode`)
+/// belongs to `uid` and that nobody else may write it.
+fn owned_and_private(what: &Path, owner: u32, mode: u32, uid: u32) -> Result<(), Refused> {
+    if owner != uid {
         return Err(Refused::Unsafe(format!(
-            "{} belongs to uid {}, not to the owner of the state directory (uid {uid})",
-            what.display(),
-            meta.uid()
+            "{} belongs to uid {owner}, not to the owner of the state directory (uid {uid})",
+            what.display()
         )));
     }
-    if meta.mode() & 0o022 != 0 {
-        return Err(Refused::Unsafe(format!(
-            "{} can be written by others (mode {:o}): refused",
-            what.display(),
-            meta.mode() & 0o7777
-        )));
+    if mode & 0o022 != 0 {
+        return Err(Refused::Unsafe(format!("{} can be written by others (mode {:o}): refused", what.display(), mode)));
     }
     Ok(())
 }
 
 /// Reads, checks and consumes the request for `helper_unit`. Called by the
-/// helper, as root.
+/// helper, as root: the state directory and everything below it are
+/// entered through handles, never through a link.
 pub fn take(state_dir: &Path, helper_unit: &str, now: DateTime<Utc>) -> Result<Request, Refused> {
-    let unsafe_ = |p: &Path, e: std::io::Error| Refused::Unsafe(format!("{}: {e}", p.display()));
-    let state_meta = std::fs::symlink_metadata(state_dir).map_err(|e| unsafe_(state_dir, e))?;
-    if !state_meta.is_dir() {
-        return Err(Refused::Unsafe(format!("{} is not a directory (a link is refused)", state_dir.display())));
-    }
+    let unsafe_ = |e: StateError| Refused::Unsafe(e.to_string());
+    let state = StateDir::open(state_dir).map_err(unsafe_)?;
+    let state_meta = state.own_metadata().map_err(unsafe_)?;
     let uid = state_meta.uid();
-    owned_and_private(state_dir, &state_meta, uid)?;
-    let dir = state_dir.join(REQUESTS_DIR);
-    let dir_meta = match std::fs::symlink_metadata(&dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Refused::Missing(path(state_dir, helper_unit).display().to_string()))
-        }
-        Err(e) => return Err(unsafe_(&dir, e)),
-    };
-    if !dir_meta.is_dir() {
-        return Err(Refused::Unsafe(format!("{} is not a directory (a link is refused)", dir.display())));
-    }
-    owned_and_private(&dir, &dir_meta, uid)?;
-    if dir_meta.mode() & 0o077 != 0 {
+    owned_and_private(state_dir, uid, state_meta.permissions(), uid)?;
+    let missing = || Refused::Missing(path(state_dir, helper_unit).display().to_string());
+    let Some(dir) = state.existing_subdir(REQUESTS_DIR).map_err(unsafe_)? else { return Err(missing()) };
+    let dir_meta = dir.own_metadata().map_err(unsafe_)?;
+    owned_and_private(dir.path(), dir_meta.uid(), dir_meta.permissions(), uid)?;
+    if dir_meta.permissions() & 0o077 != 0 {
         return Err(Refused::Unsafe(format!(
             "{} is open to others (mode {:o}); it must be 0700",
-            dir.display(),
-            dir_meta.mode() & 0o7777
+            dir.path().display(),
+            dir_meta.permissions()
         )));
     }
-    let file = path(state_dir, helper_unit);
-    let mut f = match std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(&file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refused::Missing(file.display().to_string())),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
-            return Err(Refused::Unsafe(format!("{} is a symbolic link: refused", file.display())))
-        }
-        Err(e) => return Err(unsafe_(&file, e)),
-    };
-    let meta = f.metadata().map_err(|e| unsafe_(&file, e))?;
-    if !meta.is_file() || meta.nlink() != 1 {
+    let name = file_name(helper_unit);
+    let file = dir.path_of(&name);
+    let Some(f) = dir.open_read(&name).map_err(unsafe_)? else { return Err(missing()) };
+    let meta = f.metadata().map_err(|e| Refused::Unsafe(format!("{}: {e}", file.display())))?;
+    if meta.nlink() != 1 {
         return Err(Refused::Unsafe(format!("{} is not a plain file with a single name", file.display())));
     }
-    owned_and_private(&file, &meta, uid)?;
+    owned_and_private(&file, meta.uid(), meta.mode() & 0o7777, uid)?;
     if meta.len() > MAX_SIZE {
         return Err(Refused::Invalid(format!(
             "{} is {} bytes; a request is at most {MAX_SIZE}",
@@ -173,9 +135,9 @@ pub fn take(state_dir: &Path, helper_unit: &str, now: DateTime<Utc>) -> Result<R
         )));
     }
     let mut body = Vec::new();
-    f.read_to_end(&mut body).map_err(|e| unsafe_(&file, e))?;
+    f.take(MAX_SIZE).read_to_end(&mut body).map_err(|e| Refused::Unsafe(format!("{}: {e}", file.display())))?;
     // Consumed: whatever it says, it is not read twice.
-    std::fs::remove_file(&file).map_err(|e| unsafe_(&file, e))?;
+    dir.remove(&name).map_err(unsafe_)?;
     let request: Request = serde_json::from_slice(&body).map_err(|e| Refused::Invalid(e.to_string()))?;
     if request.version != VERSION {
         return Err(Refused::Invalid(format!("version {} (this helper reads version {VERSION})", request.version)));
@@ -189,11 +151,6 @@ pub fn take(state_dir: &Path, helper_unit: &str, now: DateTime<Utc>) -> Result<R
         Some(u) if u == runs => Ok(request),
         _ => Err(Refused::WrongHelper { asked: request.action.to_string(), runs }),
     }
-}
-
-/// `O_NOFOLLOW`: opening a link fails instead of reading what it points to.
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 #[cfg(test)]
@@ -216,7 +173,7 @@ mod tests {
     #[test]
     fn a_written_request_is_taken_once() {
         let d = state();
-        let written = write(d.path(), &gc()).unwrap();
+        let written = write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         let mode = std::fs::metadata(d.path().join(REQUESTS_DIR)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
         let taken = take(d.path(), GC, Utc::now()).unwrap();
@@ -227,7 +184,7 @@ mod tests {
     #[test]
     fn a_request_for_another_helper_is_refused() {
         let d = state();
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         std::fs::rename(path(d.path(), GC), path(d.path(), "macha-action-rebuild.service")).unwrap();
         let e = take(d.path(), "macha-action-rebuild.service", Utc::now()).unwrap_err();
         assert!(matches!(e, Refused::WrongHelper { .. }), "{e}");
@@ -236,10 +193,10 @@ mod tests {
     #[test]
     fn stale_and_future_requests_are_refused() {
         let d = state();
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         let later = Utc::now() + chrono::Duration::seconds(MAX_AGE_SECS + 5);
         assert!(matches!(take(d.path(), GC, later), Err(Refused::Stale(_))));
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         let earlier = Utc::now() - chrono::Duration::seconds(120);
         assert!(matches!(take(d.path(), GC, earlier), Err(Refused::Stale(_))));
     }
@@ -247,7 +204,7 @@ mod tests {
     #[test]
     fn links_open_modes_and_foreign_fields_are_refused() {
         let d = state();
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         let file = path(d.path(), GC);
         // A link to some other file.
         let elsewhere = d.path().join("elsewhere.json");
@@ -258,14 +215,14 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
 
         // A file others may write.
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = take(d.path(), GC, Utc::now()).unwrap_err();
         assert!(e.to_string().contains("written by others"), "{e}");
         std::fs::remove_file(&file).unwrap();
 
         // A requests directory others may enter.
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         std::fs::set_permissions(d.path().join(REQUESTS_DIR), std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = take(d.path(), GC, Utc::now()).unwrap_err();
         assert!(e.to_string().contains("must be 0700"), "{e}");
@@ -281,7 +238,7 @@ mod tests {
     #[test]
     fn an_action_with_fields_it_does_not_take_is_invalid() {
         let d = state();
-        write(d.path(), &gc()).unwrap();
+        write(&StateDir::open(d.path()).unwrap(), &gc()).unwrap();
         let file = path(d.path(), GC);
         let text = std::fs::read_to_string(&file).unwrap().replacen(
             "\"older_than_days\"",

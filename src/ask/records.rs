@@ -25,6 +25,7 @@ use crate::gate;
 use crate::investigate;
 use crate::model::Tool;
 use crate::redact::redact;
+use crate::state_dir::StateDir;
 use crate::store::Store;
 use crate::unit::UnitName;
 
@@ -210,7 +211,7 @@ pub fn check_incident(raw: &str) -> Result<String, String> {
 
 /// The records of one state directory.
 pub struct Records<'a> {
-    pub state_dir: &'a Path,
+    pub state: &'a StateDir,
 }
 
 impl Records<'_> {
@@ -230,7 +231,7 @@ impl Records<'_> {
     /// Every record of an audit file, and a note on torn lines, if any.
     fn read(&self, file: &str, what: &str) -> Result<(Vec<Value>, String), String> {
         let (records, torn) =
-            audit::read_all(&self.state_dir.join(file)).map_err(|e| format!("cannot read macha's {what}: {e}"))?;
+            audit::read_all(self.state, file).map_err(|e| format!("cannot read macha's {what}: {e}"))?;
         let note = match torn.len() {
             0 => String::new(),
             n => format!(" ({n} damaged line{} skipped)", if n == 1 { "" } else { "s" }),
@@ -240,10 +241,12 @@ impl Records<'_> {
 
     /// The state database, if macha ever ran here.
     fn store(&self) -> Result<Option<Store>, String> {
-        if !self.state_dir.join("state.db").exists() {
-            return Ok(None);
+        match self.state.metadata(crate::store::DB_FILE) {
+            Ok(None) => return Ok(None),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(format!("cannot read macha's state: {e}")),
         }
-        Store::open(self.state_dir).map(Some).map_err(|e| format!("cannot read macha's state: {e}"))
+        Store::open(self.state).map(Some).map_err(|e| format!("cannot read macha's state: {e}"))
     }
 
     fn decisions(&self, incident: Option<&str>, limit: usize) -> Result<String, String> {
@@ -263,7 +266,7 @@ impl Records<'_> {
     }
 
     fn pending(&self) -> Result<String, String> {
-        let Some(store) = self.store()? else { return Ok(no_state(self.state_dir)) };
+        let Some(store) = self.store()? else { return Ok(no_state(self.state.path())) };
         let items = store.pending().map_err(|e| format!("cannot read the approval queue: {e}"))?;
         if items.is_empty() {
             return Ok("Nothing is waiting for approval.".to_owned());
@@ -289,7 +292,7 @@ impl Records<'_> {
     }
 
     fn open_incidents(&self) -> Result<String, String> {
-        let Some(store) = self.store()? else { return Ok(no_state(self.state_dir)) };
+        let Some(store) = self.store()? else { return Ok(no_state(self.state.path())) };
         let open = store.open_incidents().map_err(|e| format!("cannot read the incidents: {e}"))?;
         if open.is_empty() {
             return Ok("No incident is open.".to_owned());
@@ -548,9 +551,11 @@ mod tests {
         for n in 0..40 {
             let incident = if n % 2 == 0 { "unit-failed:nginx.service" } else { "unit-failed:other.service" };
             let diagnosis = format!("diagnosis {n}: password=hunter2secret {}", "x".repeat(500));
-            audit::append(dir.path(), audit::DECISIONS, &decision(incident, &diagnosis)).unwrap();
+            audit::append(&StateDir::open(dir.path()).unwrap(), audit::DECISIONS, &decision(incident, &diagnosis))
+                .unwrap();
         }
-        let records = Records { state_dir: dir.path() };
+        let state = StateDir::open(dir.path()).unwrap();
+        let records = Records { state: &state };
         let text = records
             .run(&Query::Decisions { incident: Some("unit-failed:nginx.service".into()), limit: MAX_LIMIT })
             .unwrap();
@@ -574,7 +579,8 @@ mod tests {
     #[test]
     fn no_records_and_no_state_are_said_in_words() {
         let dir = tempfile::tempdir().unwrap();
-        let records = Records { state_dir: dir.path() };
+        let state = StateDir::open(dir.path()).unwrap();
+        let records = Records { state: &state };
         let none = records.run(&Query::Actions { incident: None, limit: 5 }).unwrap();
         assert_eq!(none, "There are no action records.");
         let pending = records.run(&Query::PendingApprovals).unwrap();

@@ -15,7 +15,11 @@ use macha::audit::{self, ActionRecord};
 use macha::config::Config;
 use macha::cycle::unit_facts;
 use macha::gate::{check_target, Action, Policy};
+use macha::model::ModelService;
+use macha::notify::gotify::Gotify;
+use macha::notify::Notifier;
 use macha::observe::systemd::Systemd;
+use macha::state_dir::StateDir;
 use macha::store::{Approval, Store};
 
 #[derive(clap::Args)]
@@ -77,16 +81,30 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     if matches!(args.command, Cmd::Discuss { .. }) {
         // Discussing reads the records and the journal; deciding is checked when asked for.
         super::ask::may_ask(&config)?;
-        super::ask::state_readable(&config.state_dir)?;
     }
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    let store = Store::open(&config.state_dir)?;
+    // What only root may read is read before `state_dir`.
+    let (model, gotify) = match args.command {
+        Cmd::Approve { .. } => (None, macha::notify::gotify(&config)?),
+        Cmd::Discuss { .. } => (Some(ModelService::new(&config)?), macha::notify::gotify(&config)?),
+        _ => (None, None),
+    };
+    let state = super::required_state_dir(&config)?;
+    if matches!(args.command, Cmd::Discuss { .. }) {
+        super::ask::state_readable(&state)?;
+    }
+    let store = Store::open(&state)?;
+    let notify = super::notifications(&config, &state, gotify)?;
     match args.command {
         Cmd::List { json } => list(&config, &store, json),
         Cmd::Show { id, json } => show(&store, id, json),
-        Cmd::Approve { id, expect } => super::runtime()?.block_on(approve(&config, &store, id, expect.as_deref())),
-        Cmd::Reject { id, reason } => reject(&config, &store, id, reason),
-        Cmd::Discuss { id } => super::discuss::run(&config, &store, id),
+        Cmd::Approve { id, expect } => {
+            super::runtime()?.block_on(approve(&config, &state, &store, id, expect.as_deref(), notify))
+        }
+        Cmd::Reject { id, reason } => reject(&config, &state, &store, id, reason),
+        Cmd::Discuss { id } => {
+            let model = model.expect("made above for discuss");
+            super::discuss::run(&config, &state, &store, id, model, notify)
+        }
     }
 }
 
@@ -176,13 +194,11 @@ pub(super) fn print_item(a: &Approval) -> std::io::Result<()> {
 
 /// Whether the user running this command is root or a member of `group`.
 pub fn is_approver(group: &str) -> bool {
-    use nix::unistd::{getegid, getgid, getgroups, getuid, Group};
-    if getuid().is_root() {
+    let caller = super::Caller::get();
+    if caller.is_root() {
         return true;
     }
-    let mut mine = getgroups().unwrap_or_default();
-    mine.extend([getgid(), getegid()]);
-    Group::from_name(group).ok().flatten().is_some_and(|g| mine.contains(&g.gid))
+    nix::unistd::Group::from_name(group).ok().flatten().is_some_and(|g| caller.in_group(g.gid))
 }
 
 /// Only root and members of the approver group may approve or reject.
@@ -204,15 +220,11 @@ pub fn only_approvers(group: &str, what: &str) -> anyhow::Result<()> {
 
 /// The Unix user running this command, recorded as the approver.
 pub fn current_user() -> String {
-    let uid = nix::unistd::getuid();
-    match nix::unistd::User::from_uid(uid) {
-        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
-        _ => format!("uid {uid}"),
-    }
+    super::Caller::get().name().to_owned()
 }
 
 fn record(
-    config: &Config,
+    state: &StateDir,
     a: &Approval,
     by: &str,
     outcome: &str,
@@ -234,11 +246,17 @@ fn record(
         before: report.and_then(|r| r.before.clone()),
         after: report.and_then(|r| r.after.clone()),
     };
-    Ok(audit::append(&config.state_dir, audit::ACTIONS, &rec)?)
+    Ok(audit::append(state, audit::ACTIONS, &rec)?)
 }
 
-pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Option<&str>) -> anyhow::Result<ExitCode> {
-    let notify = super::notifications(config)?;
+pub(super) async fn approve(
+    config: &Config,
+    state: &StateDir,
+    store: &Store,
+    id: i64,
+    expect: Option<&str>,
+    notify: (Option<Notifier>, Option<Gotify>),
+) -> anyhow::Result<ExitCode> {
     let item = find(store, id)?;
     let by = current_user();
     if item.status != "pending" {
@@ -274,7 +292,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     }
     let refuse = |reason: String| -> anyhow::Result<ExitCode> {
         store.finish(id, "refused", &reason)?;
-        record(config, &item, &by, "refused", &reason, None)?;
+        record(state, &item, &by, "refused", &reason, None)?;
         outln!("approval {id} refused: {}", shown(&reason))?;
         Ok(ExitCode::from(1))
     };
@@ -326,7 +344,7 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     }
     // Recorded before it is done: a crash from here on leaves the intent in
     // the audit trail and the item in `executing`, never run twice.
-    record(config, &item, &by, "approved", &format!("carrying out {action}"), None)?;
+    record(state, &item, &by, "approved", &format!("carrying out {action}"), None)?;
     let mut report = act::execute(Ok(&systemd), &action, config).await;
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(macha::cycle::profile_of)) {
         let why = format!("undo {action} (approval {id}): go back to the system that ran before it");
@@ -336,13 +354,13 @@ pub(super) async fn approve(config: &Config, store: &Store, id: i64, expect: Opt
     }
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
-    record(config, &item, &by, outcome, &report.detail, Some(&report))?;
+    record(state, &item, &by, outcome, &report.detail, Some(&report))?;
     outln!("approval {id}: {}: {outcome}: {}", shown(&action.to_string()), shown(&report.detail))?;
     if let (Some(notifier), Some(gotify)) = notify {
         let what = format!("{action} (approval {id} by {by})");
         let host = macha::observe::hostname();
         notifier.action_result(&host, &item.incident, &what, report.succeeded, &report.detail, Utc::now())?;
-        super::deliver_now(config, &gotify).await;
+        super::deliver_now(config, state, &gotify).await;
     }
     Ok(if report.succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -364,7 +382,13 @@ async fn recheck(config: &Config, systemd: &Systemd, item: &Approval, action: &A
     act::still_applies(action, state.as_ref(), config).map_err(|r| format!("no longer applies: {r}"))
 }
 
-pub(super) fn reject(config: &Config, store: &Store, id: i64, reason: Option<String>) -> anyhow::Result<ExitCode> {
+pub(super) fn reject(
+    config: &Config,
+    state: &StateDir,
+    store: &Store,
+    id: i64,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let item = find(store, id)?;
     let by = current_user();
     let reason = reason.unwrap_or_else(|| "rejected without a reason".into());
@@ -373,7 +397,7 @@ pub(super) fn reject(config: &Config, store: &Store, id: i64, reason: Option<Str
         outln!("approval {id} is not waiting: it is {}", shown(&now.status))?;
         return Ok(ExitCode::from(1));
     }
-    record(config, &item, &by, "rejected", &reason, None)?;
+    record(state, &item, &by, "rejected", &reason, None)?;
     outln!("approval {id} rejected: {}", shown(&reason))?;
     Ok(ExitCode::SUCCESS)
 }

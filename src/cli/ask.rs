@@ -21,6 +21,7 @@ use macha::decide::prompt::Prompts;
 use macha::decide::tools::HostTools;
 use macha::model::{ModelError, ModelService};
 use macha::observe::systemd::Systemd;
+use macha::state_dir::{StateDir, StateError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,12 +35,18 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     may_ask(&config)?;
     let question = ask::check_question(&args.question.join(" ")).map_err(|e| anyhow::anyhow!("nothing asked: {e}"))?;
-    state_readable(&config.state_dir)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
+    // Reads the fallback's key file, which may be root's alone.
+    let model = ModelService::new(&config)?;
+    let state = super::state_dir(&config).map_err(|e| match e.downcast::<StateError>() {
+        Ok(e @ StateError::Io { .. }) => anyhow::anyhow!("cannot read macha's state directory {e}; {HINT}"),
+        Ok(e) => e.into(),
+        Err(e) => e,
+    })?;
+    state_readable(&state)?;
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
     super::runtime()?.block_on(async {
-        let session = Session::open(&config).await?;
-        let tools = session.tools(&config);
+        let session = Session::open(&config, model).await?;
+        let tools = session.tools(&config, &state);
         let system = format!("{}\n\n{}", prompts.ask.trim_end(), ask::facts(&config, &macha::observe::hostname()));
         let mut conversation = Conversation::new(&session.model, &tools, "ask", &system);
         let answer = conversation.ask(&question).await.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
@@ -56,7 +63,7 @@ pub fn may_ask(config: &Config) -> anyhow::Result<()> {
     if super::approve::is_approver(group) {
         return Ok(());
     }
-    let uid = nix::unistd::getuid().as_raw();
+    let uid = super::Caller::get().uid().as_raw();
     if std::fs::metadata(&config.state_dir).is_ok_and(|m| m.uid() == uid) {
         return Ok(());
     }
@@ -67,21 +74,17 @@ pub fn may_ask(config: &Config) -> anyhow::Result<()> {
     )
 }
 
+const HINT: &str = "run it as root, as the daemon's user, or as a member of act.approver_group with read access to the state directory";
+
 /// Fails, naming the file, when macha's records exist but cannot be read by
 /// this user; absent records are fine (the tools say there are none).
-pub fn state_readable(dir: &Path) -> anyhow::Result<()> {
-    use std::io::ErrorKind::NotFound;
-    let hint = "run it as root, as the daemon's user, or as a member of act.approver_group with read access to the state directory";
-    match std::fs::read_dir(dir) {
-        Ok(_) => {}
-        Err(e) if e.kind() == NotFound => return Ok(()),
-        Err(e) => anyhow::bail!("cannot read macha's state directory {}: {e}; {hint}", dir.display()),
-    }
-    for name in [macha::audit::DECISIONS, macha::audit::ACTIONS, macha::audit::INCIDENTS, "state.db"] {
-        let path = dir.join(name);
-        match std::fs::File::open(&path) {
-            Err(e) if e.kind() != NotFound => anyhow::bail!("cannot read {}: {e}; {hint}", path.display()),
-            _ => {}
+pub fn state_readable(state: &StateDir) -> anyhow::Result<()> {
+    state.list().map_err(|e| anyhow::anyhow!("cannot read macha's state directory {e}; {HINT}"))?;
+    for name in [macha::audit::DECISIONS, macha::audit::ACTIONS, macha::audit::INCIDENTS, macha::store::DB_FILE] {
+        match state.open_read(name) {
+            Ok(_) => {}
+            Err(e @ StateError::Io { .. }) => anyhow::bail!("cannot read {e}; {HINT}"),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -95,8 +98,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn open(config: &Config) -> anyhow::Result<Self> {
-        let model = ModelService::new(config)?;
+    /// `model` is made before the state directory is entered (it reads the
+    /// fallback's key file).
+    pub async fn open(config: &Config, model: ModelService) -> anyhow::Result<Self> {
         ask::model_ready(&model).await.map_err(anyhow::Error::msg)?;
         let systemd = Systemd::connect(config.dbus_address.as_deref()).await.map_err(|e| e.to_string());
         if let Err(e) = &systemd {
@@ -105,10 +109,10 @@ impl Session {
         Ok(Self { model, systemd })
     }
 
-    pub fn tools<'a>(&'a self, config: &'a Config) -> AskTools<'a> {
+    pub fn tools<'a>(&'a self, config: &'a Config, state: &'a StateDir) -> AskTools<'a> {
         AskTools {
             host: HostTools { systemd: self.systemd.as_ref().map_err(String::as_str), config },
-            records: Records { state_dir: &config.state_dir },
+            records: Records { state },
         }
     }
 }

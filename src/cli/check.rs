@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use super::output::{out, outln, shown};
 use macha::config::Config;
 use macha::cycle::{CycleReport, Engine};
+use macha::model::ModelService;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,14 +18,17 @@ pub struct Args {
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
-    macha::cycle::ensure_state_dir(&config.state_dir)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    macha::logging::init_orchestrator(&config.state_dir, "error")?;
-    let (notifier, gotify) = super::notifications(&config)?;
+    // What only root may read (the key file, the token file) is read before
+    // the state directory is entered.
+    let model = ModelService::new(&config)?;
+    let gotify = macha::notify::gotify(&config)?;
+    let state = super::state_dir(&config)?;
+    macha::logging::init_orchestrator(&state, "error")?;
+    let (notifier, gotify) = super::notifications(&config, &state, gotify)?;
     let report = super::runtime()?.block_on(async {
-        let report = Engine::new(config.clone(), notifier)?.run_cycle().await?;
+        let report = Engine::new(config.clone(), state.clone(), model, notifier)?.run_cycle().await?;
         if let Some(g) = gotify {
-            super::deliver_now(&config, &g).await;
+            super::deliver_now(&config, &state, &g).await;
         }
         anyhow::Ok(report)
     })?;

@@ -13,9 +13,7 @@ use macha::store::Store;
 pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    macha::cycle::ensure_state_dir(&config.state_dir)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open(&super::state_dir(&config)?)?;
     let reason = reason.unwrap_or_else(|| "paused by an operator".into());
     store.set_paused(Some(&reason))?;
     outln!(
@@ -28,8 +26,7 @@ pub fn pause(config: Option<&Path>, reason: Option<String>) -> anyhow::Result<Ex
 pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open(&super::required_state_dir(&config)?)?;
     match store.paused()? {
         Some(reason) => {
             store.set_paused(None)?;
@@ -47,9 +44,8 @@ pub fn note(config: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
     super::approve::only_approvers(&config.act.approver_group, "leave notes for macha's decisions")?;
-    macha::cycle::ensure_state_dir(&config.state_dir)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    let path = macha::note::leave(&config.state_dir, text, &super::approve::current_user())
+    let state = super::state_dir(&config)?;
+    let path = macha::note::leave(&state, text, &super::approve::current_user())
         .map_err(|e| anyhow::anyhow!("note not left: {e}"))?;
     outln!("note left for the next decision ({}); it is archived once read", path.display())?;
     Ok(ExitCode::SUCCESS)

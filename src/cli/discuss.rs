@@ -20,6 +20,10 @@ use macha::ask::records::Records;
 use macha::ask::{self, Conversation};
 use macha::config::Config;
 use macha::decide::prompt::Prompts;
+use macha::model::ModelService;
+use macha::notify::gotify::Gotify;
+use macha::notify::Notifier;
+use macha::state_dir::StateDir;
 use macha::store::Store;
 
 use super::ask::{answer_shown, model_failed, Session};
@@ -56,7 +60,14 @@ fn parse_line(line: &str) -> Line {
 const HELP: &str =
     "Ask anything about this action; `approve` carries it out, `reject [REASON]` drops it, `quit` leaves it queued.";
 
-pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> {
+pub fn run(
+    config: &Config,
+    state: &StateDir,
+    store: &Store,
+    id: i64,
+    model: ModelService,
+    notify: (Option<Notifier>, Option<Gotify>),
+) -> anyhow::Result<ExitCode> {
     let item = super::approve::find(store, id)?;
     super::approve::print_item(&item)?;
     if item.status != "pending" {
@@ -65,11 +76,11 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
     }
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
     let rt = super::runtime()?;
-    let session = rt.block_on(Session::open(config))?;
-    let tools = session.tools(config);
+    let session = rt.block_on(Session::open(config, model))?;
+    let tools = session.tools(config, state);
     let system = format!("{}\n\n{}", prompts.discuss.trim_end(), ask::facts(config, &macha::observe::hostname()));
     let mut conversation = Conversation::new(&session.model, &tools, format!("discuss approval {id}"), &system);
-    conversation.add_context(ask::discussion_context(&item, &Records { state_dir: &config.state_dir }));
+    conversation.add_context(ask::discussion_context(&item, &Records { state }));
 
     let tty = std::io::stdin().is_terminal();
     outln!("\n{HELP}")?;
@@ -95,14 +106,16 @@ pub fn run(config: &Config, store: &Store, id: i64) -> anyhow::Result<ExitCode> 
             Line::Help => outln!("{HELP}")?,
             Line::Quit => break,
             Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
-                Ok(()) => return rt.block_on(super::approve::approve(config, store, id, Some(&item.binding))),
+                Ok(()) => {
+                    return rt.block_on(super::approve::approve(config, state, store, id, Some(&item.binding), notify))
+                }
                 Err(e) => {
                     eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;
                 }
             },
             Line::Reject(reason) => match super::approve::may_decide(&config.act.approver_group) {
-                Ok(()) => return super::approve::reject(config, store, id, reason),
+                Ok(()) => return super::approve::reject(config, state, store, id, reason),
                 Err(e) => {
                     eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;

@@ -3,9 +3,8 @@
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use macha::audit;
 use macha::config::Config;
 use macha::logging::ORCHESTRATOR_LOG;
 use macha::observe::journal::Entry;
+use macha::state_dir::StateDir;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,11 +55,11 @@ enum Which {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let (file, format): (PathBuf, fn(&Value) -> String) = match args.which {
+    let (name, format): (&str, fn(&Value) -> String) = match args.which {
         Which::Verify => return verify(&config, args.json),
-        Which::Decisions => (config.state_dir.join(audit::DECISIONS), human_decision),
-        Which::Actions => (config.state_dir.join(audit::ACTIONS), human_action),
-        Which::Orchestrator => (config.state_dir.join(ORCHESTRATOR_LOG), human_log),
+        Which::Decisions => (audit::DECISIONS, human_decision),
+        Which::Actions => (audit::ACTIONS, human_action),
+        Which::Orchestrator => (ORCHESTRATOR_LOG, human_log),
         Which::Service => {
             let shown = macha::observe::journal::show_unit(
                 config.journal_dir.as_deref(),
@@ -93,7 +93,14 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             outln!("{}", format(v))
         }
     };
-    let (records, torn) = audit::read_all(&file)?;
+    let Some(state) = super::existing_state_dir(&config)? else {
+        let dir = config.state_dir.display();
+        anyhow::ensure!(!args.follow, "{dir} does not exist: macha has not run here, there is nothing to follow");
+        eprintln!("macha-logs: no records in {} yet", config.state_dir.join(name).display());
+        return Ok(ExitCode::SUCCESS);
+    };
+    let file = state.path_of(name);
+    let (records, torn) = audit::read_all(&state, name)?;
     for t in &torn {
         eprintln!("macha-logs: {} line {} is not a complete record ({}); skipped", file.display(), t.line, t.error);
     }
@@ -104,15 +111,19 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         emit(v)?;
     }
     if args.follow {
-        follow(&file, emit)?;
+        follow(&state, name, emit)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut intact = true;
+    let state = super::existing_state_dir(config)?;
     for name in [audit::DECISIONS, audit::ACTIONS, audit::INCIDENTS] {
-        let r = audit::verify(&config.state_dir, name)?;
+        let r = match &state {
+            Some(state) => audit::verify(state, name)?,
+            None => audit::ChainReport { records: 0, broken: None, note: None },
+        };
         intact &= r.broken.is_none();
         if json {
             let broken = r.broken.as_ref().map(|(line, why)| serde_json::json!({"line": line, "reason": why}));
@@ -130,14 +141,14 @@ fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Prints each complete line appended to `path` from now on, until the
+/// Prints each complete line appended to `name` from now on, until the
 /// reader goes away. A partial line is kept until its end arrives.
-fn follow(path: &Path, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
-    let mut offset = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut offset = state.metadata(name)?.map_or(0, |m| m.len());
     let mut pending = Vec::new();
     while !output::closed() {
         std::thread::sleep(Duration::from_millis(300));
-        let Ok(file) = File::open(path) else { continue };
+        let Some(file) = state.open_read(name)? else { continue };
         let len = file.metadata()?.len();
         if len < offset {
             // Rotated or truncated: start from the beginning of the new file.

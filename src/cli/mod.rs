@@ -16,10 +16,15 @@ pub mod status;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use nix::unistd::{Gid, Uid};
 
 use macha::config::Config;
+use macha::model::ModelService;
 use macha::notify::gotify::Gotify;
 use macha::notify::Notifier;
+use macha::state_dir::StateDir;
 
 use output::{outln, shown};
 
@@ -31,9 +36,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn daemon(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
-    macha::cycle::ensure_state_dir(&config.state_dir)?;
-    macha::logging::init_orchestrator(&config.state_dir, "info")?;
-    runtime()?.block_on(tokio::task::LocalSet::new().run_until(macha::daemon::run(config)))?;
+    let model = ModelService::new(&config)?;
+    let gotify = macha::notify::gotify(&config)?;
+    let state = state_dir(&config)?;
+    macha::logging::init_orchestrator(&state, "info")?;
+    runtime()?.block_on(tokio::task::LocalSet::new().run_until(macha::daemon::run(config, state, model, gotify)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -56,9 +63,14 @@ pub fn helper(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Notifications as configured; a bad token file is an error here, at start-up.
-pub fn notifications(config: &Config) -> anyhow::Result<(Option<Notifier>, Option<Gotify>)> {
-    Ok(match macha::notify::setup(config)? {
+/// Notifications as configured, with `gotify` from `macha::notify::gotify`
+/// (which reads the token file: a bad one is an error at start-up).
+pub fn notifications(
+    config: &Config,
+    state: &StateDir,
+    gotify: Option<Gotify>,
+) -> anyhow::Result<(Option<Notifier>, Option<Gotify>)> {
+    Ok(match macha::notify::setup(config, state, gotify)? {
         Some((n, g)) => (Some(n), Some(g)),
         None => (None, None),
     })
@@ -67,9 +79,9 @@ pub fn notifications(config: &Config) -> anyhow::Result<(Option<Notifier>, Optio
 /// One delivery pass for commands that exit right after (the daemon has its
 /// own delivery task). What cannot be delivered stays in the outbox for the
 /// daemon; the user is told.
-pub async fn deliver_now(config: &Config, gotify: &Gotify) {
+pub async fn deliver_now(config: &Config, state: &StateDir, gotify: &Gotify) {
     let result = async {
-        let outbox = macha::notify::outbox::Outbox::open(&config.state_dir)?;
+        let outbox = macha::notify::outbox::Outbox::open(state)?;
         macha::notify::deliver_due(&outbox, gotify, config.gotify.retry_max).await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(20), result).await {
@@ -82,47 +94,140 @@ pub async fn deliver_now(config: &Config, gotify: &Gotify) {
     }
 }
 
-/// When root runs a command on a state directory that belongs to the
-/// daemon's user, the files it creates or replaces there (SQLite's `-wal` and
-/// `-shm`, audit files and their seals, proposals) must stay the daemon's,
-/// or the daemon could no longer write them. Dropping this hands them back.
-pub struct KeepOwnership {
-    dir: std::path::PathBuf,
-    uid: u32,
-    gid: u32,
+/// Who ran this command, as they were before `state_dir` made this process
+/// the state directory's owner: whether they may decide, and the name
+/// recorded as the approver, are theirs.
+pub struct Caller {
+    uid: Uid,
+    gids: Vec<Gid>,
+    name: String,
 }
 
-impl KeepOwnership {
-    pub fn new(dir: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        let meta = std::fs::metadata(dir).ok()?;
-        (meta.uid() != 0).then(|| Self { dir: dir.to_path_buf(), uid: meta.uid(), gid: meta.gid() })
+impl Caller {
+    /// The caller, as first seen by this process.
+    pub fn get() -> &'static Caller {
+        static CALLER: OnceLock<Caller> = OnceLock::new();
+        CALLER.get_or_init(|| {
+            use nix::unistd::{getegid, getgid, getgroups, getuid, User};
+            let uid = getuid();
+            let mut gids = getgroups().unwrap_or_default();
+            gids.extend([getgid(), getegid()]);
+            let name = match User::from_uid(uid) {
+                Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+                _ => format!("uid {uid}"),
+            };
+            Caller { uid, gids, name }
+        })
     }
 
-    fn restore(&self, dir: &Path, depth: u32) {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            if meta.uid() != self.uid || meta.gid() != self.gid {
-                if let Err(e) = std::os::unix::fs::lchown(&path, Some(self.uid), Some(self.gid)) {
-                    eprintln!("macha: cannot give {} back to uid {}: {e}", path.display(), self.uid);
-                }
-            }
-            if meta.is_dir() && depth > 0 {
-                self.restore(&path, depth - 1);
-            }
-        }
+    pub fn is_root(&self) -> bool {
+        self.uid.is_root()
+    }
+
+    pub fn uid(&self) -> Uid {
+        self.uid
+    }
+
+    /// Whether `gid` is the caller's group, primary or supplementary.
+    pub fn in_group(&self, gid: Gid) -> bool {
+        self.gids.contains(&gid)
+    }
+
+    /// "alice (uid 1000)".
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
-impl Drop for KeepOwnership {
-    fn drop(&mut self) {
-        self.restore(&self.dir, 1);
+/// The state directory, open, created (owner-only) if it does not exist.
+/// See `enter_state_dir` for what happens when root runs the command.
+pub fn state_dir(config: &Config) -> anyhow::Result<StateDir> {
+    enter_state_dir(config)?;
+    let state = StateDir::create(&config.state_dir)?;
+    warn_if_open(&state);
+    Ok(state)
+}
+
+/// The state directory, open, if it exists (commands that only read).
+pub fn existing_state_dir(config: &Config) -> anyhow::Result<Option<StateDir>> {
+    enter_state_dir(config)?;
+    match StateDir::open(&config.state_dir) {
+        Ok(state) => {
+            warn_if_open(&state);
+            Ok(Some(state))
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The state directory, open; an error naming it when it does not exist
+/// (commands about what macha did, which there is nothing of yet).
+pub fn required_state_dir(config: &Config) -> anyhow::Result<StateDir> {
+    existing_state_dir(config)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the state directory {} does not exist: macha has not run here yet (or `state_dir` names another directory)",
+            config.state_dir.display()
+        )
+    })
+}
+
+/// When root runs a command against a state directory that belongs to
+/// another user (the daemon's), this process becomes that user, for good
+/// (user, primary group and supplementary groups, as a login would), before
+/// it opens anything there: whatever that user planted in the directory
+/// can then do nothing to root's files, and what the command creates there
+/// is the daemon's, as the daemon needs. The caller is noted first (the
+/// approver check and the approver's name are theirs), and everything only
+/// root may read (the Gotify token, the fallback's key) must be read before
+/// this is called, as must no thread or runtime have started.
+fn enter_state_dir(config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    Caller::get();
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    match std::fs::symlink_metadata(&config.state_dir) {
+        // A link is refused when the directory is opened.
+        Ok(meta) if meta.is_dir() && meta.uid() != 0 => become_owner(&config.state_dir, meta.uid(), meta.gid()),
+        _ => Ok(()),
+    }
+}
+
+fn become_owner(dir: &Path, uid: u32, dir_gid: u32) -> anyhow::Result<()> {
+    use nix::unistd::{initgroups, setgroups, setresgid, setresuid, User};
+    let uid = Uid::from_raw(uid);
+    let user = User::from_uid(uid).ok().flatten();
+    let gid = user.as_ref().map_or(Gid::from_raw(dir_gid), |u| u.gid);
+    let who = user.as_ref().map_or_else(|| format!("uid {uid}"), |u| format!("{} (uid {uid})", u.name));
+    let fail = |e: nix::Error| {
+        anyhow::anyhow!("cannot work as {who}, the owner of the state directory {}: {e}", dir.display())
+    };
+    match &user {
+        Some(u) => initgroups(&std::ffi::CString::new(u.name.as_str())?, gid).map_err(fail)?,
+        None => setgroups(&[gid]).map_err(fail)?,
+    }
+    setresgid(gid, gid, gid).map_err(fail)?;
+    setresuid(uid, uid, uid).map_err(fail)?;
+    if setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+        anyhow::bail!("gave up root for {who}, but could take it back: refusing to go on");
+    }
+    Ok(())
+}
+
+/// Says so, once, when others than the owner may write the state directory:
+/// they could replace anything in it.
+fn warn_if_open(state: &StateDir) {
+    if let Ok(meta) = state.own_metadata() {
+        let mode = meta.permissions();
+        if mode & 0o022 != 0 {
+            eprintln!(
+                "macha: warning: the state directory {} can be written by {} (mode {mode:04o}); only its owner should write it: chmod go-w {}",
+                state.path().display(),
+                if mode & 0o002 != 0 { "every user" } else { "its group" },
+                state.path().display()
+            );
+        }
     }
 }
 

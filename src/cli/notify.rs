@@ -29,9 +29,9 @@ enum Cmd {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    macha::cycle::ensure_state_dir(&config.state_dir)?;
-    let _owner = super::KeepOwnership::new(&config.state_dir);
-    let (Some(notifier), Some(gotify)) = super::notifications(&config)? else {
+    let gotify = macha::notify::gotify(&config)?;
+    let state = super::state_dir(&config)?;
+    let (Some(notifier), Some(gotify)) = super::notifications(&config, &state, gotify)? else {
         anyhow::bail!("notifications are off: set gotify.url and gotify.token_file in the configuration");
     };
     let host = macha::observe::hostname();
@@ -57,10 +57,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Digest => {
-            let pending = Store::open(&config.state_dir)?.pending()?.len();
-            let m = notifier.send_digest(&config.state_dir, &host, pending, Utc::now())?;
+            let pending = Store::open(&state)?.pending()?.len();
+            let m = notifier.send_digest(&state, &host, pending, Utc::now())?;
             outln!("{}\n\n{}", shown(&m.title), shown_lines(&m.body))?;
-            super::runtime()?.block_on(super::deliver_now(&config, &gotify));
+            super::runtime()?.block_on(super::deliver_now(&config, &state, &gotify));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -28,7 +28,10 @@ pub struct Args {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let (mut lines, unreadable) = metrics::read(&config.state_dir)?;
+    let (mut lines, unreadable) = match super::existing_state_dir(&config)? {
+        Some(state) => metrics::read(&state)?,
+        None => (Vec::new(), 0),
+    };
     if let Some(days) = args.days {
         let today = Local::now().date_naive();
         let first =

@@ -31,8 +31,10 @@ const STALE_SECS: i64 = 4 * status::REFRESH.as_secs() as i64;
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let status = status::read(&config.state_dir).map_err(anyhow::Error::msg)?;
-    let last_cycle = metrics::read(&config.state_dir)?.0.pop();
+    let (status, last_cycle) = match super::existing_state_dir(&config)? {
+        Some(state) => (status::read(&state).map_err(anyhow::Error::msg)?, metrics::read(&state)?.0.pop()),
+        None => (None, None),
+    };
     let state = status.as_ref().map(liveness);
     if args.json {
         let value = json!({

@@ -9,16 +9,20 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::provider::Endpoint;
+use crate::state_dir::{StateDir, StateError};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 const PREVIOUS_FILE: &str = "metrics.1.jsonl";
+
+/// The most of each metrics file `read` takes: a file is moved aside at
+/// `model.metrics_max_kb` (4 MiB by default), so this is far beyond any
+/// file macha wrote.
+pub const MAX_READ_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The model calls of one stretch of time (a cycle), as the service counted them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,37 +59,32 @@ pub struct CycleMetrics {
 }
 
 /// Appends one line, moving a full file aside first.
-pub fn append(state_dir: &Path, line: &CycleMetrics, max_bytes: u64) -> std::io::Result<()> {
-    let path = state_dir.join(METRICS_FILE);
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= max_bytes) {
-        std::fs::rename(&path, state_dir.join(PREVIOUS_FILE))?;
+pub fn append(state: &StateDir, line: &CycleMetrics, max_bytes: u64) -> std::io::Result<()> {
+    let mut file = state.append(METRICS_FILE)?;
+    if file.metadata()?.len() >= max_bytes {
+        state.rename(METRICS_FILE, PREVIOUS_FILE)?;
+        file = state.append(METRICS_FILE)?;
     }
     let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
     text.push('\n');
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&path)?;
     // One write of a whole line: the daemon and `macha-check` may append at once.
     file.write_all(text.as_bytes())
 }
 
-/// A metrics file that exists but cannot be read, named.
+/// A metrics file that exists but cannot be read (the cause names it).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {}: {source}", .path.display())]
+#[error("cannot read the metrics: {source}")]
 pub struct ReadError {
-    path: std::path::PathBuf,
-    source: std::io::Error,
+    source: StateError,
 }
 
 /// Every line of both files, oldest first, and how many lines could not be
 /// read (a torn last line after a crash).
-pub fn read(state_dir: &Path) -> Result<(Vec<CycleMetrics>, usize), ReadError> {
+pub fn read(state: &StateDir) -> Result<(Vec<CycleMetrics>, usize), ReadError> {
     let (mut lines, mut unreadable) = (Vec::new(), 0);
     for name in [PREVIOUS_FILE, METRICS_FILE] {
-        let path = state_dir.join(name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ReadError { path, source }),
-        };
+        let Some(bytes) = state.read(name, MAX_READ_BYTES).map_err(|source| ReadError { source })? else { continue };
+        let text = String::from_utf8_lossy(&bytes);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             match serde_json::from_str(line) {
                 Ok(m) => lines.push(m),
@@ -223,8 +222,9 @@ mod tests {
     #[test]
     fn a_full_file_moves_aside_and_both_are_read() {
         let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
         for i in 0..5 {
-            append(dir.path(), &line("2025-03-01T10:00:00Z", vec![i], 0), 300).unwrap();
+            append(&state, &line("2025-03-01T10:00:00Z", vec![i], 0), 300).unwrap();
         }
         assert!(dir.path().join(PREVIOUS_FILE).exists());
         std::fs::OpenOptions::new()
@@ -233,7 +233,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"torn")
             .unwrap();
-        let (lines, unreadable) = read(dir.path()).unwrap();
+        let (lines, unreadable) = read(&state).unwrap();
         assert_eq!(unreadable, 1);
         assert!(!lines.is_empty() && lines.len() < 5, "the oldest lines went with the replaced file");
         assert_eq!(lines.last().unwrap().calls.call_ms, [4]);

@@ -13,9 +13,8 @@
 //! A record larger than a whole file keeps its facts and loses its bodies.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -28,6 +27,7 @@ use super::provider::ProviderInfo;
 use super::queue::Priority;
 use crate::config::CallRecordConfig;
 use crate::redact::redact;
+use crate::state_dir::StateDir;
 
 pub const CALLS_DIR: &str = "model-calls";
 
@@ -58,15 +58,24 @@ pub struct CallRecord<'a> {
 
 /// Writes records and keeps the directory within its limits.
 pub struct Recorder {
-    dir: PathBuf,
+    state_dir: PathBuf,
     max_file: u64,
     max_total: u64,
     max_age: Duration,
-    current: Mutex<Option<Current>>,
+    open: Mutex<Open>,
+}
+
+/// The state directory, opened (created if need be) at the first record: a
+/// command run as root gives up root before it calls the model, not before
+/// it makes the service. And the file being written.
+#[derive(Default)]
+struct Open {
+    state: Option<StateDir>,
+    current: Option<Current>,
 }
 
 struct Current {
-    path: PathBuf,
+    name: String,
     file: File,
     size: u64,
 }
@@ -74,11 +83,11 @@ struct Current {
 impl Recorder {
     pub fn new(state_dir: &Path, limits: &CallRecordConfig) -> Self {
         Self {
-            dir: state_dir.join(CALLS_DIR),
+            state_dir: state_dir.to_path_buf(),
             max_file: limits.max_file_kb.saturating_mul(1024),
             max_total: limits.max_total_mb.saturating_mul(1024 * 1024),
             max_age: Duration::from_secs(limits.max_age_days.saturating_mul(86_400)),
-            current: Mutex::new(None),
+            open: Mutex::new(Open::default()),
         }
     }
 
@@ -91,39 +100,41 @@ impl Recorder {
             line = without_bodies(value, line.len())?;
         }
         line.push('\n');
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match &open.state {
+            Some(s) => s.clone(),
+            None => open.state.insert(StateDir::create(&self.state_dir)?).clone(),
+        };
+        let dir = state.subdir(CALLS_DIR)?;
         // Another process's pruning may have deleted the file this one writes.
-        if current.as_ref().is_none_or(|c| c.size + line.len() as u64 > self.max_file || !c.path.exists()) {
-            *current = Some(self.open_next()?);
+        let full = |c: &Current| c.size + line.len() as u64 > self.max_file;
+        if open.current.as_ref().is_none_or(|c| full(c) || !dir.metadata(&c.name).is_ok_and(|m| m.is_some())) {
+            open.current = Some(self.open_next(&dir)?);
         }
-        let c = current.as_mut().expect("a file was just opened");
+        let c = open.current.as_mut().expect("a file was just opened");
         c.file.write_all(line.as_bytes())?;
         c.size += line.len() as u64;
         Ok(())
     }
 
     /// Makes room, then starts a new file.
-    fn open_next(&self) -> std::io::Result<Current> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o750).create(&self.dir)?;
-        self.prune()?;
+    fn open_next(&self, dir: &StateDir) -> std::io::Result<Current> {
+        self.prune(dir)?;
         let name = format!("calls-{}-{}.jsonl", Utc::now().format("%Y%m%dT%H%M%S%.6f"), std::process::id());
-        let path = self.dir.join(name);
-        let file = OpenOptions::new().create(true).append(true).mode(0o640).open(&path)?;
-        Ok(Current { path, file, size: 0 })
+        let file = dir.create_new(&name)?;
+        Ok(Current { name, file, size: 0 })
     }
 
     /// Deletes files older than the age limit, then the oldest until the rest
     /// and a full new file fit in the total.
-    fn prune(&self) -> std::io::Result<()> {
+    fn prune(&self, dir: &StateDir) -> std::io::Result<()> {
         let mut files = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in dir.list()? {
             if !(name.starts_with("calls-") && name.ends_with(".jsonl")) {
                 continue;
             }
-            let meta = entry.metadata()?;
-            files.push((name, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            let Some(meta) = dir.metadata(&name)?.filter(|m| m.is_file()) else { continue };
+            files.push((name, meta.len(), meta.modified()));
         }
         // The names start with the time the file was opened.
         files.sort();
@@ -133,18 +144,11 @@ impl Recorder {
         for (name, size, modified) in files {
             let too_old = now.duration_since(modified).is_ok_and(|age| age > self.max_age);
             if too_old || total > budget {
-                remove_if_present(&self.dir.join(&name))?;
+                dir.remove(&name)?;
                 total -= size;
             }
         }
         Ok(())
-    }
-}
-
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 

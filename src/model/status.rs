@@ -5,15 +5,18 @@
 //! least every `REFRESH` (so a reader can tell a live daemon from a dead
 //! one), and once more when it stops.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ModelService, QueueStatus, Readiness};
+use crate::state_dir::StateDir;
 
 pub const STATUS_FILE: &str = "status.json";
+
+/// A status is a few KiB; anything much larger is not one.
+const MAX_READ_BYTES: u64 = 1024 * 1024;
 
 /// How often the file is rewritten when nothing changes. A status older than
 /// a few of these, from a daemon that did not say it stopped, is stale.
@@ -47,32 +50,28 @@ impl DaemonStatus {
 }
 
 /// Replaces the file so a reader sees the old or the new status, never a mix.
-pub fn write(state_dir: &Path, status: &DaemonStatus) -> std::io::Result<()> {
-    let path = state_dir.join(STATUS_FILE);
-    let tmp = state_dir.join(format!("{STATUS_FILE}.tmp"));
+pub fn write(state: &StateDir, status: &DaemonStatus) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)
+    Ok(state.replace(STATUS_FILE, text.as_bytes())?)
 }
 
 /// The last status the daemon wrote; `None` when it never wrote one.
-pub fn read(state_dir: &Path) -> Result<Option<DaemonStatus>, String> {
-    let path = state_dir.join(STATUS_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|e| format!("{} cannot be read: {e}", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
+    match state.read(STATUS_FILE, MAX_READ_BYTES) {
+        Ok(Some(text)) => serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| format!("{} cannot be read: {e}", state.path_of(STATUS_FILE).display())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("cannot read the daemon's status: {e}")),
     }
 }
 
 /// Keeps the file current for as long as the daemon runs: after each change
 /// of the queue or the readiness, and every `REFRESH`.
-pub async fn publish(service: ModelService, state_dir: PathBuf, started_at: DateTime<Utc>) {
+pub async fn publish(service: ModelService, state: StateDir, started_at: DateTime<Utc>) {
     let mut failing = false;
     loop {
-        match write(&state_dir, &DaemonStatus::of(&service, started_at, None)) {
+        match write(&state, &DaemonStatus::of(&service, started_at, None)) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;

@@ -12,7 +12,6 @@
 pub mod gotify;
 pub mod outbox;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use crate::audit;
 use crate::config::{Config, GotifyConfig};
 use crate::cycle::CycleReport;
 use crate::redact::redact;
+use crate::state_dir::StateDir;
 
 /// What a message is about; fixes its priority class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,9 +112,10 @@ pub struct Notifier {
     wake: Arc<tokio::sync::Notify>,
 }
 
-/// Notifications as configured: `None` when `gotify.url` is unset. Reads the
-/// token file now, so a missing or unreadable one stops start-up.
-pub fn setup(config: &Config) -> Result<Option<(Notifier, Gotify)>, NotifyError> {
+/// The Gotify client as configured: `None` when `gotify.url` is unset.
+/// Reads the token file now, so a missing or unreadable one stops start-up
+/// (and a command run as root reads it before it gives up root).
+pub fn gotify(config: &Config) -> Result<Option<Gotify>, NotifyError> {
     let g = &config.gotify;
     let Some(url) = &g.url else { return Ok(None) };
     let path = g
@@ -122,12 +123,23 @@ pub fn setup(config: &Config) -> Result<Option<(Notifier, Gotify)>, NotifyError>
         .as_deref()
         .ok_or_else(|| NotifyError::Setup("gotify.url is set but gotify.token_file is not".into()))?;
     let token = Token::read(path).map_err(NotifyError::Setup)?;
+    Ok(Some(Gotify::new(url, token)))
+}
+
+/// Notifications through `gotify` (from `gotify`), with their outbox in
+/// the state directory: `None` when they are off.
+pub fn setup(
+    config: &Config,
+    state: &StateDir,
+    gotify: Option<Gotify>,
+) -> Result<Option<(Notifier, Gotify)>, NotifyError> {
+    let Some(gotify) = gotify else { return Ok(None) };
     let notifier = Notifier {
-        cfg: g.clone(),
-        outbox: Outbox::open(&config.state_dir)?,
+        cfg: config.gotify.clone(),
+        outbox: Outbox::open(state)?,
         wake: Arc::new(tokio::sync::Notify::new()),
     };
-    Ok(Some((notifier, Gotify::new(url, token))))
+    Ok(Some((notifier, gotify)))
 }
 
 fn code(text: &str) -> String {
@@ -353,13 +365,13 @@ impl Notifier {
     /// Builds the digest of everything since the previous one and queues it.
     pub fn send_digest(
         &self,
-        state_dir: &Path,
+        state: &StateDir,
         host: &str,
         pending: usize,
         now: DateTime<Utc>,
     ) -> Result<Message, NotifyError> {
         let since = self.outbox.get_time(LAST_DIGEST)?.unwrap_or(now - chrono::Duration::hours(24));
-        let counts = DigestCounts::from_audit(state_dir, since, now)?;
+        let counts = DigestCounts::from_audit(state, since, now)?;
         let rolled = self.outbox.take_rolled()?;
         let dropped: u32 = self.outbox.get(DROPPED)?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let body = counts.render(since, now, pending, &rolled, dropped);
@@ -391,7 +403,7 @@ pub struct DigestCounts {
 }
 
 impl DigestCounts {
-    pub fn from_audit(state_dir: &Path, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Self, NotifyError> {
+    pub fn from_audit(state: &StateDir, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<Self, NotifyError> {
         let in_window = |v: &Value| {
             v.get("time")
                 .and_then(Value::as_str)
@@ -399,7 +411,7 @@ impl DigestCounts {
                 .is_some_and(|t| t > since && t <= until)
         };
         let read = |name: &str| -> Result<Vec<Value>, NotifyError> {
-            Ok(audit::read_all(&state_dir.join(name))?.0.into_iter().filter(in_window).collect())
+            Ok(audit::read_all(state, name)?.0.into_iter().filter(in_window).collect())
         };
         let count = |records: &[Value], key: &str, value: &str| records.iter().filter(|r| r[key] == value).count();
         let incidents = read(audit::INCIDENTS)?;

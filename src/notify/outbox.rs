@@ -6,13 +6,13 @@
 //! Keeping the outbox here means a message survives Gotify being down and
 //! the daemon restarting, and the monitoring loop only ever writes a row.
 
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Message;
+use crate::state_dir::StateDir;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notify_incidents (
@@ -77,11 +77,10 @@ fn parse_ts(s: &str) -> DateTime<Utc> {
 }
 
 impl Outbox {
-    pub fn open(state_dir: &Path) -> Result<Self, OutboxError> {
-        let path = state_dir.join("state.db");
-        let shown = path.display().to_string();
+    pub fn open(state: &StateDir) -> Result<Self, OutboxError> {
+        let shown = state.path_of(crate::store::DB_FILE).display().to_string();
         let wrap = |source| OutboxError { path: shown.clone(), source };
-        let conn = Connection::open(&path).map_err(wrap)?;
+        let conn = crate::store::connect(state).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
