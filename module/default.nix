@@ -58,6 +58,11 @@ let
 
   configFile = toml.generate "macha-autonomous.toml" cfg.settings;
 
+  # A stopping daemon lets an action in flight finish its job and its check
+  # (act.job_timeout + act.settle_time + 5 s, src/daemon.rs) before it exits;
+  # systemd must wait longer than that before it kills it.
+  stopTimeout = (cfg.settings.act.job_timeout or 60) + (cfg.settings.act.settle_time or 5) + 30;
+
   # What the root helpers run: the configured Nix (nix.package), git (for a
   # flake in a git checkout), and nixos-rebuild as the running system has it
   # (/run/current-system/sw/bin), the same tools an admin would use.
@@ -113,10 +118,10 @@ in
     };
 
     checkInterval = lib.mkOption {
-      type = lib.types.ints.positive;
+      type = lib.types.ints.between 1 86400;
       default = 300;
       example = 60;
-      description = "Seconds between two cycles of the daemon (`check_interval`).";
+      description = "Seconds between two cycles of the daemon (`check_interval`; 1 to 86400, as the daemon accepts).";
     };
 
     model = lib.mkOption {
@@ -301,6 +306,7 @@ in
         NotifyAccess = "main";
         WatchdogSec = lib.mkDefault "60s";
         ExecStart = "${lib.getExe cfg.package} --config ${configFile} daemon";
+        TimeoutStopSec = stopTimeout;
         Restart = "on-failure";
         RestartSec = "10s";
 

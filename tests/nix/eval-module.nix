@@ -115,6 +115,7 @@ let
       service.serviceConfig.NotifyAccess
       service.serviceConfig.WatchdogSec
     ])
+    (expect "the stop timeout: longer than an action in flight may take to finish" 95 service.serviceConfig.TimeoutStopSec)
     (expect "the user" [ "macha" "macha" ] [ service.serviceConfig.User service.serviceConfig.Group ])
     (expect "the system user"
       {
@@ -219,7 +220,8 @@ in
       }
       (r: setting [ "gotify" "url" ] r == "http://gotify.lan" && lib.hasInfix "LoadCredential=gotify-token:/etc/macha/token\n" r.unit);
     approverGroup = effect "approverGroup" { approverGroup = "ops"; } (r: setting [ "act" "approver_group" ] r == "ops");
-    settings = effect "settings" { settings.gotify.digest_hour = 7; } (r: setting [ "gotify" "digest_hour" ] r == 7);
+    settings = effect "settings" { settings.gotify.digest_hour = 7; } (r: setting [ "gotify" "digest_hour" ] r == 7)
+      && effect "settings.act.job_timeout" { settings.act.job_timeout = 600; } (r: lib.hasInfix "TimeoutStopSec=635\n" r.unit);
     ollamaOrdering =
       let
         withOllama = evaluate [

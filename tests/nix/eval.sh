@@ -96,7 +96,7 @@ refused settingOfUnknownType "services.macha-autonomous.settings.act.cooldown' i
 refused settingOwnedByAnOption "services.macha-autonomous.settings.state_dir' has conflicting definition values"
 refused tokenFileInSettings "services.macha-autonomous.settings.gotify.token_file is set; use"
 refused protectedServiceName "is not of type \`string matching the pattern"
-refused checkInterval "services.macha-autonomous.checkInterval' is not of type \`positive integer, meaning >0'"
+refused checkInterval "services.macha-autonomous.checkInterval' is not of type \`integer between 1 and 86400 (both inclusive)'"
 if [ "$failures" -gt 0 ]; then
     echo "FAIL: $failures bad configuration(s) not refused as they should be" >&2
     exit 1
