@@ -63,6 +63,22 @@ pub struct Config {
     pub act: ActConfig,
     pub gotify: GotifyConfig,
     pub nixos: NixosConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How much of what macha writes in its state directory is kept. The
+/// record of model calls (`model.calls`) and the metrics
+/// (`model.metrics_max_kb`) have their limits in `[model]`; everything else
+/// that grows has its limit here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// An audit file (`decisions.jsonl`, `actions.jsonl`,
+    /// `incidents.jsonl`) is moved to `NAME.1.jsonl` past this size in KiB.
+    pub audit_max_kb: u64,
+    /// Files kept of each audit trail, the current one included; the oldest
+    /// is deleted when another is moved aside.
+    pub audit_files: u32,
 }
 
 /// The host's NixOS configuration and system profile, as macha may refer to them.
@@ -291,7 +307,14 @@ impl Default for Config {
             act: ActConfig::default(),
             gotify: GotifyConfig::default(),
             nixos: NixosConfig::default(),
+            retention: RetentionConfig::default(),
         }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { audit_max_kb: 4096, audit_files: 8 }
     }
 }
 
@@ -535,6 +558,7 @@ impl Config {
     pub fn numbers(&self) -> Vec<(Bound, u64)> {
         const DAY: u64 = 86_400;
         let (o, m, d, a, g) = (&self.ollama, &self.model, &self.detect, &self.act, &self.gotify);
+        let r = &self.retention;
         let mut out = vec![
             (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
             (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
@@ -572,6 +596,9 @@ impl Config {
             (Bound::new("gotify.priorities.info", 0, 10, "(Gotify priority)"), u64::from(g.priorities.info)),
             (Bound::new("gotify.priorities.attention", 0, 10, "(Gotify priority)"), u64::from(g.priorities.attention)),
             (Bound::new("gotify.priorities.urgent", 0, 10, "(Gotify priority)"), u64::from(g.priorities.urgent)),
+            // An audit file is read whole by `macha-logs verify`: never past `audit::MAX_READ_BYTES`.
+            (Bound::new("retention.audit_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.audit_max_kb),
+            (Bound::new("retention.audit_files", 2, 1_000, "files"), u64::from(r.audit_files)),
         ];
         if let Some(f) = &m.fallback {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));

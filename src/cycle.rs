@@ -149,7 +149,7 @@ impl Engine {
     /// process, when it could not write) left unrecorded (`ledger`).
     async fn recover(&mut self) {
         let systemd = self.observer.systemd().await.map_err(|e| e.to_string());
-        let ledger = Ledger::new(&self.store, &self.state);
+        let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
         let said = match &systemd {
             Ok(s) => ledger.recover(Ok(*s), &self.config).await,
             Err(e) => ledger.recover(Err(e.as_str()), &self.config).await,
@@ -345,7 +345,7 @@ impl Engine {
             event: event.into(),
             summary: summary.map(str::to_owned),
         };
-        Ok(audit::append(&self.state, audit::INCIDENTS, &rec)?)
+        Ok(audit::append(&self.state, audit::INCIDENTS, &rec, self.config.retention.audit())?)
     }
 
     /// Gates, records, and carries out (or queues) what the model proposed.
@@ -368,7 +368,7 @@ impl Engine {
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
         let record = DecisionRecord::new(host, incident, model, outcome, gated);
-        audit::append(&self.state, audit::DECISIONS, &record)?;
+        audit::append(&self.state, audit::DECISIONS, &record, self.config.retention.audit())?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
 
         let diagnosis = match outcome {
@@ -452,7 +452,7 @@ impl Engine {
                                 before: unit_now.as_ref().map(|u| act::Observed::Unit(u.into())),
                                 ..rec.clone()
                             };
-                            match Ledger::new(&self.store, &self.state).begin(
+                            match Ledger::new(&self.store, &self.state, self.config.retention.audit()).begin(
                                 &incident.fingerprint,
                                 now,
                                 &action,
@@ -491,7 +491,7 @@ impl Engine {
                                         detail: detail.clone(),
                                         ..rec.clone()
                                     };
-                                    let ledger = Ledger::new(&self.store, &self.state);
+                                    let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
                                     if let Err(e) = ledger.finish(id, &done, report.succeeded) {
                                         tracing::error!(%action, "{e}");
                                     }
@@ -522,7 +522,7 @@ impl Engine {
                 };
                 rec.detail = detail.clone();
                 rec.approval_id = approval_id;
-                audit::append(&self.state, audit::ACTIONS, &rec)?;
+                audit::append(&self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
             }
             actions.push(ActionReport {
                 action: p.kind.as_str().into(),

@@ -28,6 +28,7 @@ use crate::audit::{self, ActionRecord};
 use crate::config::Config;
 use crate::gate::Action;
 use crate::observe::systemd::Systemd;
+use crate::retention::Rotation;
 use crate::state_dir::StateDir;
 use crate::store::{AutoAction, Store};
 
@@ -40,6 +41,8 @@ const RECORD_SLACK_MINUTES: i64 = 10;
 pub struct Ledger<'a> {
     store: &'a Store,
     state: &'a StateDir,
+    /// How `actions.jsonl` is moved aside (`retention.audit_*`).
+    rotation: Rotation,
 }
 
 /// This process as the owner of the actions it starts: boot, pid and start
@@ -81,8 +84,8 @@ fn runs_elsewhere(owner: &str) -> bool {
 }
 
 impl<'a> Ledger<'a> {
-    pub fn new(store: &'a Store, state: &'a StateDir) -> Self {
-        Self { store, state }
+    pub fn new(store: &'a Store, state: &'a StateDir, rotation: Rotation) -> Self {
+        Self { store, state, rotation }
     }
 
     /// Counts `action` on `fingerprint` for storm control and records it as
@@ -103,14 +106,14 @@ impl<'a> Ledger<'a> {
                 // Nothing counts it or keeps it: say so in the trail if it can be written.
                 let why = not_started(&e);
                 let refused = ActionRecord { outcome: "refused".into(), detail: why.clone(), ..started.clone() };
-                if let Err(e) = audit::append(self.state, audit::ACTIONS, &refused) {
+                if let Err(e) = audit::append(self.state, audit::ACTIONS, &refused, self.rotation) {
                     tracing::error!(error = %e, "cannot record that an automatic action was not carried out");
                 }
                 return Err(why);
             }
         };
         let rec = ActionRecord { auto_id: Some(id), outcome: "started".into(), ..started.clone() };
-        if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec) {
+        if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec, self.rotation) {
             let why = not_started(&e);
             // The record may have reached the file before the error: this
             // refusal is then its outcome, written by `recover`.
@@ -134,7 +137,7 @@ impl<'a> Ledger<'a> {
     }
 
     fn log(&self, id: i64, rec: &ActionRecord, succeeded: bool) -> Result<(), String> {
-        audit::append(self.state, audit::ACTIONS, rec).map_err(|e| {
+        audit::append(self.state, audit::ACTIONS, rec, self.rotation).map_err(|e| {
             format!("the outcome of automatic action {id} could not be recorded ({e}); it is recorded once the state directory can be written")
         })?;
         if let Err(e) = self.store.settle_auto(id, succeeded) {
@@ -203,13 +206,17 @@ impl<'a> Ledger<'a> {
             self.log(id, &refused, false)?;
             return Ok(Some(format!("automatic action {id} on {}: {}", row.fingerprint, refused.detail)));
         }
-        let Some(started) = mine.iter().find(|r| outcome_of(r).as_deref() == Some("started")) else {
-            // Never recorded as started, so never carried out.
-            self.store.void_auto(id, None).map_err(|e| e.to_string())?;
-            return Ok(Some(format!("automatic action {id} on {} was never carried out", row.fingerprint)));
+        let started: ActionRecord = match mine.iter().find(|r| outcome_of(r).as_deref() == Some("started")) {
+            Some(started) => serde_json::from_value((*started).clone())
+                .map_err(|e| format!("the started record of automatic action {id} cannot be read: {e}"))?,
+            // The records of its time are no longer kept: it may have run.
+            None if self.rotated_away_after(since)? => started_from_row(row),
+            None => {
+                // Never recorded as started, so never carried out.
+                self.store.void_auto(id, None).map_err(|e| e.to_string())?;
+                return Ok(Some(format!("automatic action {id} on {} was never carried out", row.fingerprint)));
+            }
         };
-        let started: ActionRecord = serde_json::from_value((*started).clone())
-            .map_err(|e| format!("the started record of automatic action {id} cannot be read: {e}"))?;
         let (rec, succeeded) = match kept {
             Some(rec) => {
                 let succeeded = rec.outcome == "succeeded";
@@ -234,6 +241,37 @@ impl<'a> Ledger<'a> {
             rec.outcome,
             rec.detail
         )))
+    }
+}
+
+impl Ledger<'_> {
+    /// Whether records of `actions.jsonl` written after `since` were
+    /// deleted by its rotation (`retention.audit_files`).
+    fn rotated_away_after(&self, since: DateTime<Utc>) -> Result<bool, String> {
+        let oldest = audit::rotated_away_before(self.state, audit::ACTIONS)
+            .map_err(|e| format!("cannot tell how far back the action records go: {e}"))?;
+        Ok(oldest.is_some_and(|oldest| oldest > since))
+    }
+}
+
+/// The `started` record of an action whose own record was rotated away, as
+/// far as its row in the state database tells.
+fn started_from_row(row: &AutoAction) -> ActionRecord {
+    let action = serde_json::from_str::<Action>(&row.action).ok();
+    ActionRecord {
+        time: row.time,
+        host: crate::observe::hostname(),
+        incident: row.fingerprint.clone(),
+        action: action.as_ref().map_or_else(|| "unknown".to_owned(), |a| a.kind().as_str().to_owned()),
+        target: action.as_ref().map(Action::target),
+        origin: "automatic".into(),
+        approval_id: None,
+        by: None,
+        auto_id: Some(row.id),
+        outcome: "started".into(),
+        detail: "its started record is no longer kept (the action records were rotated away since)".into(),
+        before: None,
+        after: None,
     }
 }
 
@@ -311,15 +349,20 @@ mod tests {
     }
 
     fn outcomes(b: &Bed) -> Vec<String> {
-        let (records, torn) = audit::read_all(&b.state, audit::ACTIONS).unwrap();
-        assert!(torn.is_empty());
-        records.iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect()
+        let kept = audit::read_kept(&b.state, audit::ACTIONS, usize::MAX).unwrap();
+        assert!(kept.torn.is_empty());
+        kept.records.iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
     /// Settles the ledger as a later process would, with systemd out of reach.
     fn recover(b: &Bed) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(Ledger::new(&b.store, &b.state).recover(Err("no bus here"), &b.config))
+        rt().block_on(
+            Ledger::new(&b.store, &b.state, b.config.retention.audit()).recover(Err("no bus here"), &b.config),
+        )
     }
 
     /// An owner that no longer runs: another boot.
@@ -341,11 +384,11 @@ mod tests {
     #[test]
     fn an_outcome_already_in_the_trail_is_marked_not_written_again() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, &b.state);
+        let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome was appended, then the process died before marking it.
         let done = ActionRecord { auto_id: Some(id), outcome: "failed".into(), ..started() };
-        audit::append(&b.state, audit::ACTIONS, &done).unwrap();
+        audit::append(&b.state, audit::ACTIONS, &done, b.config.retention.audit()).unwrap();
         for _ in 0..2 {
             recover(&b);
         }
@@ -357,7 +400,7 @@ mod tests {
     #[test]
     fn a_kept_outcome_is_written_once_when_the_trail_can_be_written_again() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, &b.state);
+        let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome reached the database, not the trail (a full disk).
         let done = ActionRecord { auto_id: Some(id), outcome: "succeeded".into(), ..started() };
@@ -372,7 +415,7 @@ mod tests {
     #[test]
     fn an_unfinished_action_waits_for_systemd_to_be_judged() {
         let b = bed();
-        let ledger = Ledger::new(&b.store, &b.state);
+        let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // Nothing kept, systemd out of reach: no outcome is made up.
         assert!(recover(&b).is_empty());
@@ -385,7 +428,7 @@ mod tests {
         let b = bed();
         let trail = b.dir.path().join(audit::ACTIONS);
         std::fs::create_dir(&trail).unwrap();
-        let ledger = Ledger::new(&b.store, &b.state);
+        let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         let why = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap_err();
         assert!(why.starts_with("not carried out: its start could not be recorded"), "{why}");
         assert_eq!(b.store.auto_history(FP, Utc::now()).unwrap().recent, 0, "not counted: it did not run");
@@ -394,6 +437,25 @@ mod tests {
             recover(&b);
         }
         assert_eq!(outcomes(&b), ["refused"]);
+    }
+
+    #[test]
+    fn an_action_whose_start_was_rotated_away_is_not_taken_for_one_never_carried_out() {
+        let b = bed();
+        // Two small files: the started record is deleted by the records after it.
+        let small = Rotation { max_bytes: 2048, files: 2 };
+        let ledger = Ledger::new(&b.store, &b.state, small);
+        ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
+        for _ in 0..20 {
+            let other = ActionRecord { outcome: "queued".into(), ..started() };
+            audit::append(&b.state, audit::ACTIONS, &other, small).unwrap();
+        }
+        assert!(!outcomes(&b).contains(&"started".to_owned()), "the started record is gone");
+        // Nothing kept, systemd out of reach: it stays in flight, counted.
+        let said = rt().block_on(ledger.recover(Err("no bus here"), &b.config));
+        assert!(said.is_empty(), "{said:?}");
+        let h = b.store.auto_history(FP, Utc::now()).unwrap();
+        assert!(h.in_flight && h.recent == 1, "{h:?}");
     }
 
     #[test]

@@ -102,6 +102,12 @@ impl Meta {
     pub fn uid(&self) -> u32 {
         self.stat.st_uid
     }
+    /// Whether `open` (the metadata of an open file) is this very file: a
+    /// file renamed after it was opened is no longer what the name holds.
+    pub fn is_same_file(&self, open: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.stat.st_dev == open.dev() && self.stat.st_ino == open.ino()
+    }
     pub fn modified(&self) -> SystemTime {
         let secs = u64::try_from(self.stat.st_mtime).unwrap_or(0);
         let nanos = u32::try_from(self.stat.st_mtime_nsec).unwrap_or(0);

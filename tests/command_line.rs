@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{macha_bin, WEB};
 use macha::audit;
+use macha::config::RetentionConfig;
 use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
@@ -75,11 +76,12 @@ impl Here {
             serde_json::json!({"time": "2026-01-01T00:00:00Z", "incident": format!("unit-failed:app{n}.service"),
                 "outcome": "decided", "decision": {"severity": "warning", "diagnosis": "the application failed"}})
         };
-        audit::append(&self.open_state(), audit::DECISIONS, &record(0)).unwrap();
+        audit::append(&self.open_state(), audit::DECISIONS, &record(0), RetentionConfig::default().audit()).unwrap();
         audit::append(
             &self.open_state(),
             audit::ACTIONS,
             &serde_json::json!({"time": "2026-01-01T00:00:00Z", "action": "restart_unit", "outcome": "queued"}),
+            RetentionConfig::default().audit(),
         )
         .unwrap();
         std::fs::write(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use common::{macha_bin, Bed, MODEL, WEB};
 use macha::audit;
-use macha::config::Api;
+use macha::config::{Api, RetentionConfig};
 use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
@@ -190,10 +190,10 @@ fn plant_records(state: &Path) {
                    "verdict": "refuse", "detail": HOSTILE}],
     });
     let dir = StateDir::open(state).unwrap();
-    audit::append(&dir, audit::DECISIONS, &decision).unwrap();
+    audit::append(&dir, audit::DECISIONS, &decision, RetentionConfig::default().audit()).unwrap();
     let action = json!({"time": "2026-01-01T00:00:00Z", "action": "restart_unit", "target": HOSTILE,
         "origin": "approval", "approval_id": 1, "by": HOSTILE, "outcome": "rejected", "detail": HOSTILE});
-    audit::append(&dir, audit::ACTIONS, &action).unwrap();
+    audit::append(&dir, audit::ACTIONS, &action, RetentionConfig::default().audit()).unwrap();
     let log = json!({"timestamp": "2026-01-01T00:00:00Z", "level": "WARN",
         "fields": {"message": HOSTILE, "unit": HOSTILE, "error": HOSTILE}});
     std::fs::write(state.join("orchestrator.log"), format!("{log}\n")).unwrap();

@@ -228,15 +228,23 @@ impl Records<'_> {
         Ok(redact(&text).into_owned())
     }
 
-    /// Every record of an audit file, and a note on torn lines, if any.
+    /// Every kept record of an audit trail (as far as `audit::read_kept`
+    /// reads), and a note on torn lines and older files left unread, if any.
     fn read(&self, file: &str, what: &str) -> Result<(Vec<Value>, String), String> {
-        let (records, torn) =
-            audit::read_all(self.state, file).map_err(|e| format!("cannot read macha's {what}: {e}"))?;
-        let note = match torn.len() {
+        let kept =
+            audit::read_kept(self.state, file, usize::MAX).map_err(|e| format!("cannot read macha's {what}: {e}"))?;
+        let mut note = match kept.torn.len() {
             0 => String::new(),
             n => format!(" ({n} damaged line{} skipped)", if n == 1 { "" } else { "s" }),
         };
-        Ok((records, note))
+        if kept.files_left > 0 {
+            note.push_str(&format!(
+                " (the {} oldest kept file{} not read: too much to read at once)",
+                kept.files_left,
+                if kept.files_left == 1 { "" } else { "s" }
+            ));
+        }
+        Ok((kept.records, note))
     }
 
     /// The state database, if macha ever ran here.
@@ -551,8 +559,13 @@ mod tests {
         for n in 0..40 {
             let incident = if n % 2 == 0 { "unit-failed:nginx.service" } else { "unit-failed:other.service" };
             let diagnosis = format!("diagnosis {n}: password=hunter2secret {}", "x".repeat(500));
-            audit::append(&StateDir::open(dir.path()).unwrap(), audit::DECISIONS, &decision(incident, &diagnosis))
-                .unwrap();
+            audit::append(
+                &StateDir::open(dir.path()).unwrap(),
+                audit::DECISIONS,
+                &decision(incident, &diagnosis),
+                crate::config::RetentionConfig::default().audit(),
+            )
+            .unwrap();
         }
         let state = StateDir::open(dir.path()).unwrap();
         let records = Records { state: &state };

@@ -224,6 +224,7 @@ pub fn current_user() -> String {
 }
 
 fn record(
+    config: &Config,
     state: &StateDir,
     a: &Approval,
     by: &str,
@@ -246,7 +247,7 @@ fn record(
         before: report.and_then(|r| r.before.clone()),
         after: report.and_then(|r| r.after.clone()),
     };
-    Ok(audit::append(state, audit::ACTIONS, &rec)?)
+    Ok(audit::append(state, audit::ACTIONS, &rec, config.retention.audit())?)
 }
 
 pub(super) async fn approve(
@@ -292,7 +293,7 @@ pub(super) async fn approve(
     }
     let refuse = |reason: String| -> anyhow::Result<ExitCode> {
         store.finish(id, "refused", &reason)?;
-        record(state, &item, &by, "refused", &reason, None)?;
+        record(config, state, &item, &by, "refused", &reason, None)?;
         outln!("approval {id} refused: {}", shown(&reason))?;
         Ok(ExitCode::from(1))
     };
@@ -344,7 +345,7 @@ pub(super) async fn approve(
     }
     // Recorded before it is done: a crash from here on leaves the intent in
     // the audit trail and the item in `executing`, never run twice.
-    record(state, &item, &by, "approved", &format!("carrying out {action}"), None)?;
+    record(config, state, &item, &by, "approved", &format!("carrying out {action}"), None)?;
     let mut report = act::execute(Ok(&systemd), &action, config).await;
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(macha::cycle::profile_of)) {
         let why = format!("undo {action} (approval {id}): go back to the system that ran before it");
@@ -354,7 +355,7 @@ pub(super) async fn approve(
     }
     let (status, outcome) = if report.succeeded { ("executed", "succeeded") } else { ("failed", "failed") };
     store.finish(id, status, &report.detail)?;
-    record(state, &item, &by, outcome, &report.detail, Some(&report))?;
+    record(config, state, &item, &by, outcome, &report.detail, Some(&report))?;
     outln!("approval {id}: {}: {outcome}: {}", shown(&action.to_string()), shown(&report.detail))?;
     if let (Some(notifier), Some(gotify)) = notify {
         let what = format!("{action} (approval {id} by {by})");
@@ -397,7 +398,7 @@ pub(super) fn reject(
         outln!("approval {id} is not waiting: it is {}", shown(&now.status))?;
         return Ok(ExitCode::from(1));
     }
-    record(state, &item, &by, "rejected", &reason, None)?;
+    record(config, state, &item, &by, "rejected", &reason, None)?;
     outln!("approval {id} rejected: {}", shown(&reason))?;
     Ok(ExitCode::SUCCESS)
 }

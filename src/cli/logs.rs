@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -100,9 +101,21 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let file = state.path_of(name);
-    let (records, torn) = audit::read_all(&state, name)?;
+    // The audit trail is read across the files it was moved aside to, as
+    // far back as `-n` asks; the daemon's log is its current file.
+    let (records, torn) = if args.which == Which::Orchestrator {
+        audit::read_all(&state, name)?
+    } else {
+        let kept = audit::read_kept(&state, name, args.lines)?;
+        (kept.records, kept.torn)
+    };
     for t in &torn {
-        eprintln!("macha-logs: {} line {} is not a complete record ({}); skipped", file.display(), t.line, t.error);
+        eprintln!(
+            "macha-logs: {} line {} is not a complete record ({}); skipped",
+            state.path_of(&t.file).display(),
+            t.line,
+            t.error
+        );
     }
     if records.is_empty() && !args.follow {
         eprintln!("macha-logs: no records in {} yet", file.display());
@@ -122,19 +135,27 @@ fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     for name in [audit::DECISIONS, audit::ACTIONS, audit::INCIDENTS] {
         let r = match &state {
             Some(state) => audit::verify(state, name)?,
-            None => audit::ChainReport { records: 0, broken: None, note: None },
+            None => audit::ChainReport::default(),
         };
         intact &= r.broken.is_none();
+        let note = (!r.notes.is_empty()).then(|| r.notes.join("; "));
         if json {
-            let broken = r.broken.as_ref().map(|(line, why)| serde_json::json!({"line": line, "reason": why}));
-            outln!("{}", serde_json::json!({"file": name, "records": r.records, "broken": broken, "note": r.note}))?;
+            let broken =
+                r.broken.as_ref().map(|b| serde_json::json!({"file": b.file, "line": b.line, "reason": b.why}));
+            outln!(
+                "{}",
+                serde_json::json!({"file": name, "records": r.records, "files": r.files, "broken": broken, "note": note})
+            )?;
             continue;
         }
+        let files = if r.files > 1 { format!(" in {} files", r.files) } else { String::new() };
         match &r.broken {
-            None => outln!("{name}: {} records, chain intact", r.records)?,
-            Some((line, why)) => outln!("{name}: BROKEN at line {line}: {why}")?,
+            None => outln!("{name}: {} records{files}, chain intact", r.records)?,
+            // A break in the current file is named by its line, as before the trail had files.
+            Some(b) if b.file == name => outln!("{name}: BROKEN at line {}: {}", b.line, b.why)?,
+            Some(b) => outln!("{name}: BROKEN at {} line {}: {}", b.file, b.line, b.why)?,
         }
-        if let Some(note) = &r.note {
+        for note in &r.notes {
             outln!("{name}: note: {note}")?;
         }
     }
@@ -145,16 +166,22 @@ fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 /// reader goes away. A partial line is kept until its end arrives.
 fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
     let mut offset = state.metadata(name)?.map_or(0, |m| m.len());
+    // The file followed (device and inode): another one at the name means
+    // it was moved aside.
+    let mut following = None;
     let mut pending = Vec::new();
     while !output::closed() {
         std::thread::sleep(Duration::from_millis(300));
         let Some(file) = state.open_read(name)? else { continue };
-        let len = file.metadata()?.len();
-        if len < offset {
-            // Rotated or truncated: start from the beginning of the new file.
+        let meta = file.metadata()?;
+        let len = meta.len();
+        let id = (meta.dev(), meta.ino());
+        if len < offset || following.is_some_and(|f| f != id) {
+            // Moved aside (or truncated): start from the beginning of the new file.
             offset = 0;
             pending.clear();
         }
+        following = Some(id);
         if len == offset {
             continue;
         }

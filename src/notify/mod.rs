@@ -411,7 +411,7 @@ impl DigestCounts {
                 .is_some_and(|t| t > since && t <= until)
         };
         let read = |name: &str| -> Result<Vec<Value>, NotifyError> {
-            Ok(audit::read_all(state, name)?.0.into_iter().filter(in_window).collect())
+            Ok(audit::read_since(state, name, since)?.into_iter().filter(in_window).collect())
         };
         let count = |records: &[Value], key: &str, value: &str| records.iter().filter(|r| r[key] == value).count();
         let incidents = read(audit::INCIDENTS)?;
