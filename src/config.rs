@@ -79,6 +79,10 @@ pub struct RetentionConfig {
     /// Files kept of each audit trail, the current one included; the oldest
     /// is deleted when another is moved aside.
     pub audit_files: u32,
+    /// `orchestrator.log` is moved to `orchestrator.log.1` past this size in KiB.
+    pub log_max_kb: u64,
+    /// Files kept of `orchestrator.log`, the current one included.
+    pub log_files: u32,
 }
 
 /// The host's NixOS configuration and system profile, as macha may refer to them.
@@ -314,7 +318,7 @@ impl Default for Config {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { audit_max_kb: 4096, audit_files: 8 }
+        Self { audit_max_kb: 4096, audit_files: 8, log_max_kb: 16384, log_files: 2 }
     }
 }
 
@@ -599,6 +603,9 @@ impl Config {
             // An audit file is read whole by `macha-logs verify`: never past `audit::MAX_READ_BYTES`.
             (Bound::new("retention.audit_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.audit_max_kb),
             (Bound::new("retention.audit_files", 2, 1_000, "files"), u64::from(r.audit_files)),
+            // `macha-logs orchestrator` reads the log whole, as far as `audit::MAX_READ_BYTES`.
+            (Bound::new("retention.log_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.log_max_kb),
+            (Bound::new("retention.log_files", 2, 100, "files"), u64::from(r.log_files)),
         ];
         if let Some(f) = &m.fallback {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));

@@ -23,6 +23,11 @@ impl RetentionConfig {
     pub fn audit(&self) -> Rotation {
         Rotation { max_bytes: self.audit_max_kb.saturating_mul(1024), files: self.audit_files }
     }
+
+    /// `orchestrator.log`'s rotation (`log_max_kb`, `log_files`).
+    pub fn log(&self) -> Rotation {
+        Rotation { max_bytes: self.log_max_kb.saturating_mul(1024), files: self.log_files }
+    }
 }
 
 /// How the files moved aside of a series are named.

@@ -23,7 +23,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let model = ModelService::new(&config)?;
     let gotify = macha::notify::gotify(&config)?;
     let state = super::state_dir(&config)?;
-    macha::logging::init_orchestrator(&state, "error")?;
+    macha::logging::init_orchestrator(&state, "error", config.retention.log())?;
     let (notifier, gotify) = super::notifications(&config, &state, gotify)?;
     let report = super::runtime()?.block_on(async {
         let report = Engine::new(config.clone(), state.clone(), model, notifier)?.run_cycle().await?;

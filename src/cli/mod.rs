@@ -39,7 +39,7 @@ pub fn daemon(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let model = ModelService::new(&config)?;
     let gotify = macha::notify::gotify(&config)?;
     let state = state_dir(&config)?;
-    macha::logging::init_orchestrator(&state, "info")?;
+    macha::logging::init_orchestrator(&state, "info", config.retention.log())?;
     runtime()?.block_on(tokio::task::LocalSet::new().run_until(macha::daemon::run(config, state, model, gotify)))?;
     Ok(ExitCode::SUCCESS)
 }
