@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::act::Observed;
 use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
+use crate::repeat::Repeats;
 use crate::retention::{self, Naming, Rotation};
 use crate::state_dir::{StateDir, StateError};
 
@@ -69,6 +70,12 @@ pub struct DecisionRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trail: Option<crate::decide::Trail>,
     pub gated: Vec<GatedAction>,
+    /// Set on a record of repeats: it stands for `count` failed decisions
+    /// of this incident, failing as the one recorded before them (the same
+    /// kind of error), counted instead of recorded one by one; they have no
+    /// attempts, trail or actions of their own (`repeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<Repeats>,
 }
 
 /// A proposed action and the gate's verdict on it.
@@ -117,6 +124,7 @@ impl DecisionRecord {
             provider: outcome.provider().cloned(),
             trail: Some(outcome.trail().clone()),
             gated,
+            repeated: None,
         };
         match outcome {
             Outcome::Decided { decision, attempts, wall_ms, .. } => Self {
@@ -134,6 +142,31 @@ impl DecisionRecord {
                 last_answer: last_answer.clone(),
                 ..base
             },
+        }
+    }
+}
+
+impl DecisionRecord {
+    /// The record of `repeats`: failed decisions of `incident` (whose
+    /// summary is `summary`) that failed as the one recorded before them,
+    /// the newest with `error`.
+    pub fn repeats(host: &str, incident: &str, summary: &str, model: &str, error: &str, repeats: Repeats) -> Self {
+        Self {
+            time: Utc::now(),
+            host: host.into(),
+            incident: incident.into(),
+            summary: summary.into(),
+            model: model.into(),
+            outcome: "failed".into(),
+            attempts: 0,
+            wall_ms: 0,
+            decision: None,
+            error: Some(error.into()),
+            last_answer: None,
+            provider: None,
+            trail: None,
+            gated: Vec::new(),
+            repeated: Some(repeats),
         }
     }
 }

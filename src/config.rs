@@ -83,6 +83,11 @@ pub struct RetentionConfig {
     pub log_max_kb: u64,
     /// Files kept of `orchestrator.log`, the current one included.
     pub log_files: u32,
+    /// Seconds between two records of a failure that repeats unchanged (the
+    /// same error deciding the same incident, an endpoint failing the same
+    /// way): it is recorded once, then counted, and the count is recorded
+    /// when the state changes and at least this often.
+    pub repeat_every: u64,
 }
 
 /// The host's NixOS configuration and system profile, as macha may refer to them.
@@ -186,6 +191,10 @@ pub struct ModelConfig {
     pub prompt_margin: u32,
     /// Size in KiB past which `metrics.jsonl` is moved to `metrics.1.jsonl`.
     pub metrics_max_kb: u64,
+    /// Longest wait in seconds before the daemon asks again about an
+    /// incident whose decision failed: the wait starts at `check_interval`
+    /// and doubles with each failure in a row, up to this.
+    pub retry_max: u64,
     pub calls: CallRecordConfig,
     /// A second endpoint, asked when the primary (`[ollama]`) cannot answer.
     pub fallback: Option<FallbackConfig>,
@@ -318,7 +327,7 @@ impl Default for Config {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { audit_max_kb: 4096, audit_files: 8, log_max_kb: 16384, log_files: 2 }
+        Self { audit_max_kb: 4096, audit_files: 8, log_max_kb: 16384, log_files: 2, repeat_every: 3600 }
     }
 }
 
@@ -365,6 +374,7 @@ impl Default for ModelConfig {
             tool_rounds: 4,
             prompt_margin: 1024,
             metrics_max_kb: 4096,
+            retry_max: 900,
             calls: CallRecordConfig::default(),
             fallback: None,
         }
@@ -572,6 +582,7 @@ impl Config {
             (Bound::new("model.tool_rounds", 0, 10, "rounds"), u64::from(m.tool_rounds)),
             (Bound::new("model.prompt_margin", 0, 1_048_576, "tokens"), u64::from(m.prompt_margin)),
             (Bound::new("model.metrics_max_kb", 16, 1_048_576, "KiB"), m.metrics_max_kb),
+            (Bound::new("model.retry_max", 1, DAY, "seconds"), m.retry_max),
             (Bound::new("model.calls.max_file_kb", 16, 1_048_576, "KiB"), m.calls.max_file_kb),
             (Bound::new("model.calls.max_total_mb", 1, 1_048_576, "MiB"), m.calls.max_total_mb),
             (Bound::new("model.calls.max_age_days", 1, 3_650, "days"), m.calls.max_age_days),
@@ -606,6 +617,7 @@ impl Config {
             // `macha-logs orchestrator` reads the log whole, as far as `audit::MAX_READ_BYTES`.
             (Bound::new("retention.log_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.log_max_kb),
             (Bound::new("retention.log_files", 2, 100, "files"), u64::from(r.log_files)),
+            (Bound::new("retention.repeat_every", 60, DAY, "seconds"), r.repeat_every),
         ];
         if let Some(f) = &m.fallback {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
@@ -644,6 +656,11 @@ impl Config {
 
     pub fn check_interval(&self) -> Duration {
         Duration::from_secs(self.check_interval)
+    }
+
+    /// `retention.repeat_every` as a span of time.
+    pub fn repeat_every(&self) -> chrono::TimeDelta {
+        seconds(self.retention.repeat_every)
     }
 }
 

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -22,7 +22,7 @@ use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentReco
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
-use crate::decide::{self, ActionKind, Outcome, ProposedAction};
+use crate::decide::{self, ActionKind, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
 use crate::ledger::Ledger;
@@ -32,8 +32,9 @@ use crate::notify::Notifier;
 use crate::observe::systemd::Systemd;
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
+use crate::repeat::{Repeating, Repeats, Write};
 use crate::state_dir::StateDir;
-use crate::store::{Novelty, Store};
+use crate::store::{Failing, Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
 
@@ -114,6 +115,22 @@ pub struct Engine {
     notifier: Option<Notifier>,
     /// Turns true when the daemon is told to stop.
     stop: Option<watch::Receiver<bool>>,
+    /// Whether a failed decision waits before it is asked again (the daemon).
+    pace: bool,
+    /// Whether the model's check failed at the last cycle.
+    model_was_down: bool,
+    /// The model's problems as last logged, when, and how many times.
+    said: Option<Said>,
+}
+
+/// Problems logged, and when they are due to be logged again.
+struct Said {
+    problems: Vec<String>,
+    /// First logged.
+    since: DateTime<Utc>,
+    /// Last logged.
+    at: DateTime<Utc>,
+    times: u32,
 }
 
 impl Engine {
@@ -136,7 +153,20 @@ impl Engine {
             notifier,
             config,
             stop: None,
+            pace: false,
+            model_was_down: false,
+            said: None,
         })
+    }
+
+    /// From now on an incident whose decision failed is asked about again
+    /// only after a wait: `check_interval` after its first failure, doubling
+    /// with each further failure in a row, at most `model.retry_max`; and at
+    /// once when the model passes its check again after failing it. The
+    /// daemon paces its retries so; `macha-check`, run by a person, asks at
+    /// once. `macha status` shows when the next try is.
+    pub fn pace_retries(&mut self) {
+        self.pace = true;
     }
 
     /// From now on, a cycle stops observing and deciding once `stop` turns
@@ -167,17 +197,43 @@ impl Engine {
     /// Asks the endpoints about the model at the first cycle (start-up), and
     /// again each cycle while one lacks it or cannot be asked. Returns what is
     /// wrong; decisions are still tried meanwhile (a fallback may answer).
-    async fn check_model(&self) -> Vec<String> {
+    /// The same problems are logged when they appear, then again after one
+    /// `check_interval`, two, four, ... at most every `retention.repeat_every`.
+    async fn check_model(&mut self) -> Vec<String> {
         if self.model.readiness().all_ready() {
             return Vec::new();
         }
         let readiness = self.model.check().await;
         let problems = readiness.problems();
-        for p in &problems {
-            tracing::error!("{p}; macha keeps running and checks the model again next cycle");
-        }
-        if problems.is_empty() {
-            tracing::info!(model = %self.model.primary(), tools = readiness.supports_tools(), "the model is ready");
+        let now = Utc::now();
+        match &mut self.said {
+            _ if problems.is_empty() => {
+                tracing::info!(model = %self.model.primary(), tools = readiness.supports_tools(), "the model is ready");
+                self.said = None;
+            }
+            Some(said) if said.problems == problems => {
+                let every = crate::config::seconds(self.config.check_interval);
+                let wait = every
+                    .checked_mul(1 << said.times.min(24))
+                    .unwrap_or(TimeDelta::MAX)
+                    .min(self.config.repeat_every());
+                if now.signed_duration_since(said.at) >= wait {
+                    for p in &problems {
+                        tracing::error!(
+                            "{p}; so since {}, checked each cycle",
+                            said.since.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                    }
+                    said.at = now;
+                    said.times += 1;
+                }
+            }
+            _ => {
+                for p in &problems {
+                    tracing::error!("{p}; macha keeps running and checks the model again next cycle");
+                }
+                self.said = Some(Said { problems: problems.clone(), since: now, at: now, times: 0 });
+            }
         }
         problems
     }
@@ -202,6 +258,9 @@ impl Engine {
         let Some(model_problems) = unless_stopped(stop.as_mut(), self.check_model()).await else {
             anyhow::bail!("stopped before this cycle observed anything");
         };
+        // The model passed its check again: failed decisions are asked at once.
+        let model_back = self.model_was_down && model_problems.is_empty();
+        self.model_was_down = !model_problems.is_empty();
         let cursor = self.cursor();
         // The units of open incidents are watched until they are back where they should be.
         let open = self.store.open_evidence()?;
@@ -236,6 +295,11 @@ impl Engine {
         }
         for fp in &resolved {
             tracing::info!(incident = %fp, "incident resolved");
+            // The failures counted and not recorded yet end with it.
+            if let Some(failing) = self.store.failing(fp)? {
+                self.record_repeats(&snap.hostname, fp, &failing, Repeating::ended(Some(failing.repeat.clone())))?;
+                self.store.set_failing(fp, None)?;
+            }
             self.record_incident(&snap.hostname, fp, "resolved", None)?;
         }
         let mut reports = Vec::with_capacity(incidents.len());
@@ -247,10 +311,29 @@ impl Engine {
         for (incident, novelty) in incidents.iter().zip(novelty) {
             // A stopping daemon decides nothing new: the next start does.
             let stopping = stop.as_ref().is_some_and(|s| *s.borrow());
-            let decision = if novelty == Novelty::Known || stopping {
+            let failing = match novelty {
+                Novelty::Retry => self.store.failing(&incident.fingerprint)?,
+                _ => None,
+            };
+            let waits = failing
+                .as_ref()
+                .filter(|_| self.pace && !model_back)
+                .map(|f| {
+                    f.next_try(
+                        crate::config::seconds(self.config.check_interval),
+                        crate::config::seconds(self.config.model.retry_max),
+                    )
+                })
+                .filter(|next| Utc::now() < *next);
+            let decision = if novelty == Novelty::Known || stopping || waits.is_some() {
                 None
             } else {
-                tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
+                if failing.is_some() {
+                    // Asked again about a failing decision: logged when it ends or changes.
+                    tracing::debug!(incident = %incident.fingerprint, "asking the model again");
+                } else {
+                    tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
+                }
                 let asking = self.decide(incident, &snap, notes_text.as_deref());
                 match unless_stopped(stop.as_mut(), asking).await {
                     None => None,
@@ -296,6 +379,7 @@ impl Engine {
             wall_ms = report.wall_ms,
             "cycle done"
         );
+        self.model.write_due_counts();
         self.write_metrics(&report, asked);
         self.notify(&report);
         Ok(report)
@@ -348,14 +432,75 @@ impl Engine {
         Ok(audit::append(&self.state, audit::INCIDENTS, &rec, self.config.retention.audit())?)
     }
 
+    /// Writes the record of `repeats` (failed decisions of `fingerprint`
+    /// counted, not recorded), when there are any.
+    fn record_repeats(
+        &self,
+        host: &str,
+        fingerprint: &str,
+        failing: &Failing,
+        repeats: Option<(FailureKind, Repeats)>,
+    ) -> anyhow::Result<()> {
+        let Some((kind, repeats)) = repeats else { return Ok(()) };
+        tracing::info!(
+            incident = %fingerprint,
+            %kind,
+            count = repeats.count,
+            since = %repeats.first.to_rfc3339(),
+            "decisions failed again as before; recorded as one record of repeats"
+        );
+        let model = &self.model.primary().model;
+        let record = DecisionRecord::repeats(host, fingerprint, &failing.summary, model, &failing.error, repeats);
+        Ok(audit::append(&self.state, audit::DECISIONS, &record, self.config.retention.audit())?)
+    }
+
+    /// Records a decision: a failure that repeats the one before is counted
+    /// (`repeat`); the count is recorded before a different failure or an
+    /// answer, and at least every `retention.repeat_every`.
+    fn record_decision(&self, incident: &Incident, record: &DecisionRecord, outcome: &Outcome) -> anyhow::Result<()> {
+        let fp = &incident.fingerprint;
+        let before = self.store.failing(fp)?;
+        let rotation = self.config.retention.audit();
+        let Outcome::Failed { error, kind, .. } = outcome else {
+            if let Some(failing) = &before {
+                self.record_repeats(&record.host, fp, failing, Repeating::ended(Some(failing.repeat.clone())))?;
+                self.store.set_failing(fp, None)?;
+            }
+            return Ok(audit::append(&self.state, audit::DECISIONS, record, rotation)?);
+        };
+        let now = record.time;
+        let (repeat, write) =
+            Repeating::failed(before.as_ref().map(|f| f.repeat.clone()), *kind, now, self.config.repeat_every());
+        let failing = Failing {
+            summary: incident.summary.clone(),
+            repeat,
+            error: error.clone(),
+            failures: before.as_ref().map_or(1, |f| f.failures.saturating_add(1)),
+            since: before.as_ref().map_or(now, |f| f.since),
+            last: now,
+        };
+        match write {
+            Write::Record { ended } => {
+                if let Some(before) = &before {
+                    self.record_repeats(&record.host, fp, before, ended)?;
+                }
+                tracing::warn!(incident = %fp, %error, "decision failed; the incident stays open");
+                audit::append(&self.state, audit::DECISIONS, record, rotation)?;
+            }
+            Write::Count => {
+                tracing::debug!(incident = %fp, %kind, "decision failed again as before; counted");
+            }
+            Write::Repeats(repeats) => self.record_repeats(&record.host, fp, &failing, Some((*kind, repeats)))?,
+        }
+        self.store.set_failing(fp, Some(&failing))?;
+        Ok(())
+    }
+
     /// Gates, records, and carries out (or queues) what the model proposed.
     async fn handle(&mut self, incident: &Incident, host: &str, outcome: &Outcome) -> anyhow::Result<DecisionReport> {
         let proposed: &[ProposedAction] = match outcome {
             Outcome::Decided { decision, .. } => &decision.actions,
-            Outcome::Failed { error, .. } => {
-                tracing::warn!(incident = %incident.fingerprint, %error, "decision failed; the incident stays open");
-                &[]
-            }
+            Outcome::Failed { .. } => &[],
         };
         let mut verdicts = Vec::with_capacity(proposed.len());
         for p in proposed {
@@ -368,7 +513,7 @@ impl Engine {
         let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
         let record = DecisionRecord::new(host, incident, model, outcome, gated);
-        audit::append(&self.state, audit::DECISIONS, &record, self.config.retention.audit())?;
+        self.record_decision(incident, &record, outcome)?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
 
         let diagnosis = match outcome {

@@ -76,6 +76,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let mut engine = Engine::new(config, state.clone(), model, notifier)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     engine.stop_on(stopping);
+    engine.pace_retries();
     let started_at = chrono::Utc::now();
     tokio::task::spawn_local(status::publish(engine.model().clone(), state.clone(), started_at));
     let mut term = signal(SignalKind::terminate())?;

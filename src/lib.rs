@@ -31,6 +31,7 @@ pub mod notify;
 pub mod observe;
 pub mod propose;
 pub mod redact;
+pub mod repeat;
 pub mod retention;
 pub mod service_manager;
 pub mod state_dir;

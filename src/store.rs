@@ -8,14 +8,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::decide::ActionKind;
+use crate::decide::{ActionKind, FailureKind};
 use crate::detect::{basis_of, Incident, OpenIncident};
 use crate::gate::Action;
 use crate::observe::Snapshot;
+use crate::repeat::Repeating;
 use crate::state_dir::{StateDir, StateError};
 use crate::storm::History;
 use crate::unit::UnitName;
@@ -130,6 +131,34 @@ pub struct AutoAction {
     pub record: Option<String>,
 }
 
+/// An open incident whose decisions keep failing: what paces the daemon's
+/// retries and keeps a repeated failure to one record (`repeat`). Kept
+/// until the model decides about it or the incident resolves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failing {
+    /// The incident's summary, for the record of repeats.
+    pub summary: String,
+    pub repeat: Repeating<FailureKind>,
+    /// The newest failure's error.
+    pub error: String,
+    /// Failed decisions in a row, of any kind.
+    pub failures: u32,
+    /// When the first of them and the newest failed.
+    pub since: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+}
+
+impl Failing {
+    /// When the daemon asks again: `interval` after the newest failure when
+    /// it was the first, twice that after the second, and so on, at most
+    /// `max` after it.
+    pub fn next_try(&self, interval: TimeDelta, max: TimeDelta) -> DateTime<Utc> {
+        let doubling = 1i32 << self.failures.saturating_sub(1).min(24);
+        let wait = interval.checked_mul(doubling).unwrap_or(max).min(max);
+        self.last.checked_add_signed(wait).unwrap_or(self.last)
+    }
+}
+
 /// `evidence_key` of an undo item: `undo-from-generation:N`.
 pub const UNDO_PREFIX: &str = "undo-from-generation:";
 
@@ -141,6 +170,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("auto_actions", "owner TEXT NOT NULL DEFAULT ''"),
     ("auto_actions", "record TEXT"),
     ("auto_actions", "logged INTEGER NOT NULL DEFAULT 1"),
+    ("incidents", "failing TEXT"),
 ];
 
 const SCHEMA: &str = "
@@ -153,7 +183,9 @@ CREATE TABLE IF NOT EXISTS incidents (
     resolved_at TEXT,
     evidence_key TEXT NOT NULL,
     decided_key TEXT,
-    decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed'))
+    decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed')),
+    -- While its decisions keep failing: `Failing` as JSON.
+    failing TEXT
 );
 -- The automatic actions, recorded before they start (see `ledger`):
 -- `state` is `started` (counted, outcome not known yet), `finished`, or
@@ -320,7 +352,8 @@ impl Store {
                     "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, evidence_key)
                      VALUES (?1, ?2, 'open', ?3, ?3, ?4)
                      ON CONFLICT(fingerprint) DO UPDATE SET summary = ?2, status = 'open', opened_at = ?3,
-                       last_seen = ?3, resolved_at = NULL, evidence_key = ?4, decided_key = NULL, decision = 'none'",
+                       last_seen = ?3, resolved_at = NULL, evidence_key = ?4, decided_key = NULL, decision = 'none',
+                       failing = NULL",
                     params![inc.fingerprint, inc.summary, now, inc.evidence_key],
                 )
                 .map_err(&wrap)?;
@@ -363,6 +396,43 @@ impl Store {
             )
             .map(drop)
             .map_err(self.wrap())
+    }
+
+    /// The failing state of `fingerprint`'s decisions, if they are failing.
+    /// A value that does not parse (written by another version) counts as none.
+    pub fn failing(&self, fingerprint: &str) -> Result<Option<Failing>, StoreError> {
+        let text: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT failing FROM incidents WHERE fingerprint = ?1", [fingerprint], |r| r.get(0))
+            .optional()
+            .map_err(self.wrap())?;
+        Ok(text.flatten().and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Remembers (or, with `None`, forgets) that `fingerprint`'s decisions are failing.
+    pub fn set_failing(&self, fingerprint: &str, failing: Option<&Failing>) -> Result<(), StoreError> {
+        let text = failing.map(|f| serde_json::to_string(f).expect("a failing state serialises"));
+        self.conn
+            .execute("UPDATE incidents SET failing = ?2 WHERE fingerprint = ?1", params![fingerprint, text])
+            .map(drop)
+            .map_err(self.wrap())
+    }
+
+    /// The open incidents whose decisions are failing, oldest failure first.
+    pub fn failing_open(&self) -> Result<Vec<(String, Failing)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT fingerprint, failing FROM incidents WHERE status = 'open' AND failing IS NOT NULL")
+            .map_err(self.wrap())?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(self.wrap())?;
+        let mut out: Vec<(String, Failing)> = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?
+            .into_iter()
+            .filter_map(|(fp, text)| serde_json::from_str(&text).ok().map(|f| (fp, f)))
+            .collect();
+        out.sort_by_key(|(_, f)| f.since);
+        Ok(out)
     }
 
     /// What storm control needs to know about earlier automatic actions:
@@ -771,6 +841,58 @@ mod tests {
     fn plant_link(at: &Path, to: &Path) {
         let _ = std::fs::remove_file(at);
         symlink(to, at).unwrap();
+    }
+
+    #[test]
+    fn a_failing_decision_waits_twice_as_long_after_each_failure_up_to_the_limit() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let kind = FailureKind::InvalidAnswer;
+        let failing = |failures| Failing {
+            summary: String::new(),
+            repeat: Repeating { kind, recorded: t0, count: 0, first: None, last: None },
+            error: String::new(),
+            failures,
+            since: t0,
+            last: t0,
+        };
+        let (every, max) = (TimeDelta::seconds(5), TimeDelta::seconds(900));
+        let waits: Vec<i64> =
+            [1, 2, 3, 8, 9, 1000].iter().map(|n| (failing(*n).next_try(every, max) - t0).num_seconds()).collect();
+        assert_eq!(waits, [5, 10, 20, 640, 900, 900]);
+    }
+
+    #[test]
+    fn a_failing_state_is_kept_with_its_incident_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&state(&dir)).unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, evidence_key) VALUES ('f', 's', 'open', 't', 't', 'k')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.failing("f").unwrap(), None);
+        let t0 = Utc::now();
+        let f = Failing {
+            summary: "s".into(),
+            repeat: Repeating {
+                kind: FailureKind::InvalidAnswer,
+                recorded: t0,
+                count: 3,
+                first: Some(t0),
+                last: Some(t0),
+            },
+            error: "invalid answer".into(),
+            failures: 4,
+            since: t0,
+            last: t0,
+        };
+        store.set_failing("f", Some(&f)).unwrap();
+        assert_eq!(store.failing("f").unwrap(), Some(f.clone()));
+        assert_eq!(store.failing_open().unwrap(), [("f".to_owned(), f)]);
+        store.set_failing("f", None).unwrap();
+        assert!(store.failing_open().unwrap().is_empty());
     }
 
     #[test]

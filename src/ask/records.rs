@@ -449,6 +449,10 @@ fn decision_text(r: &Value) -> String {
         push_field(&mut out, "diagnosis", text(d, "diagnosis"));
     }
     push_field(&mut out, "error", text(r, "error"));
+    if let Some(n) = r.pointer("/repeated/count").and_then(Value::as_u64) {
+        let (first, last) = (text(&r["repeated"], "first"), text(&r["repeated"], "last"));
+        out.push_str(&format!("; the same failure {n} more times from {} to {}", field(first), field(last)));
+    }
     let looked: Vec<String> = r
         .pointer("/trail/tools")
         .and_then(Value::as_array)

@@ -226,6 +226,14 @@ fn human_decision(v: &Value) -> String {
     if v.get("error").is_some() {
         line.push_str(&format!(": {}", s(v, "error")));
     }
+    if let Some(n) = v.pointer("/repeated/count").and_then(Value::as_u64) {
+        let r = &v["repeated"];
+        line.push_str(&format!(
+            " (the same {n} more times from {} to {}, counted, not recorded one by one)",
+            time(r, "first"),
+            time(r, "last")
+        ));
+    }
     for g in v.get("gated").and_then(Value::as_array).into_iter().flatten() {
         let p = &g["proposed"];
         let unit =

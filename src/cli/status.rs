@@ -1,20 +1,25 @@
 //! `macha status`: the daemon as it last described itself in `status.json`
 //! (whether it runs, whether the model endpoints have the model, the queue
-//! in front of the model) and its last cycle from `metrics.jsonl`.
+//! in front of the model), its last cycle from `metrics.jsonl`, and the
+//! incidents whose decisions keep failing, with when the daemon asks again
+//! (`state.db`).
 //! Exit status: 0 when the daemon runs, 1 when it does not, 2 on an error.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
 use serde_json::json;
 
 use super::output::{out, outln, shown};
-use macha::config::Config;
+use macha::config::{seconds, Config};
 use macha::model::metrics::{self, CycleMetrics};
 use macha::model::status::{self, DaemonStatus};
 use macha::model::{Check, EndpointCheck, QueueStatus};
+use macha::state_dir::StateDir;
+use macha::store::Store;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,9 +36,13 @@ const STALE_SECS: i64 = 4 * status::REFRESH.as_secs() as i64;
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let (status, last_cycle) = match super::existing_state_dir(&config)? {
-        Some(state) => (status::read(&state).map_err(anyhow::Error::msg)?, metrics::read(&state)?.0.pop()),
-        None => (None, None),
+    let (status, last_cycle, failing) = match super::existing_state_dir(&config)? {
+        Some(state) => (
+            status::read(&state).map_err(anyhow::Error::msg)?,
+            metrics::read(&state)?.0.pop(),
+            failing(&state, &config)?,
+        ),
+        None => (None, None, Vec::new()),
     };
     let state = status.as_ref().map(liveness);
     if args.json {
@@ -41,12 +50,77 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             "daemon": state.map(Liveness::as_str).unwrap_or("never_ran"),
             "status": status,
             "last_cycle": last_cycle,
+            "failing": failing,
         });
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         out!("{}", human(&config, status.as_ref(), last_cycle.as_ref()))?;
+        out!("{}", failing_lines(&failing))?;
     }
     Ok(if state == Some(Liveness::Running) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// An open incident whose decisions keep failing, and when the daemon asks again.
+#[derive(Debug, Clone, Serialize)]
+struct FailingDecision {
+    incident: String,
+    /// The kind of failure, as the records of repeats count it.
+    kind: String,
+    error: String,
+    /// Failed decisions in a row.
+    failures: u32,
+    since: DateTime<Utc>,
+    last: DateTime<Utc>,
+    next_try: DateTime<Utc>,
+}
+
+/// The incidents whose decisions are failing, from the state database
+/// (none when macha never ran here).
+fn failing(state: &StateDir, config: &Config) -> anyhow::Result<Vec<FailingDecision>> {
+    if state.metadata(macha::store::DB_FILE)?.is_none() {
+        return Ok(Vec::new());
+    }
+    let store = Store::open(state)?;
+    let (every, max) = (seconds(config.check_interval), seconds(config.model.retry_max));
+    Ok(store
+        .failing_open()?
+        .into_iter()
+        .map(|(incident, f)| FailingDecision {
+            incident,
+            kind: f.repeat.kind.to_string(),
+            next_try: f.next_try(every, max),
+            error: f.error,
+            failures: f.failures,
+            since: f.since,
+            last: f.last,
+        })
+        .collect())
+}
+
+fn failing_lines(failing: &[FailingDecision]) -> String {
+    let mut out = String::new();
+    if failing.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "decisions failing (the daemon waits longer after each failure, up to model.retry_max):");
+    let local = |t: DateTime<Utc>| t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S").to_string();
+    for f in failing {
+        let next = if f.next_try > Utc::now() {
+            format!("asked again at {}", local(f.next_try))
+        } else {
+            "asked again at the next cycle".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "  {}: {} failed in a row since {} ({}); {next}",
+            shown(&f.incident),
+            f.failures,
+            local(f.since),
+            shown(&f.kind)
+        );
+        let _ = writeln!(out, "    last error: {}", shown(&f.error));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

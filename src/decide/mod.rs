@@ -24,7 +24,7 @@ pub use self::decision::{ActionKind, Decision, Probe, ProposedAction, RebuildMod
 use self::prompt::Prompts;
 use self::tools::{ToolUse, Toolbox};
 use crate::detect::Incident;
-use crate::model::{ChatRequest, Message, ModelError, ModelService, Priority, ProviderInfo, Usage};
+use crate::model::{ChatRequest, ErrorKind, Message, ModelError, ModelService, Priority, ProviderInfo, Usage};
 use crate::observe::Snapshot;
 
 /// What came of asking the model about one incident.
@@ -43,6 +43,9 @@ pub enum Outcome {
     },
     Failed {
         error: String,
+        /// What kind of failure it was: the same kind on the next try is
+        /// the same state, counted rather than recorded again (`repeat`).
+        kind: FailureKind,
         attempts: u32,
         /// The last answer text, when there was one, for the audit trail.
         last_answer: Option<String>,
@@ -53,6 +56,37 @@ pub enum Outcome {
         invalid_answers: u32,
         trail: Trail,
     },
+}
+
+/// Why a decision failed, without the detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureKind {
+    /// No endpoint answered: the primary's failure, and the fallback's when
+    /// it was asked.
+    Model { primary: ErrorKind, fallback: Option<ErrorKind> },
+    /// The model answered, but not with a valid decision.
+    InvalidAnswer,
+    /// The evidence did not fit and could not be summarised.
+    Unsummarised,
+}
+
+impl FailureKind {
+    fn of(error: &ModelError) -> Self {
+        let (primary, fallback) = error.kinds();
+        Self::Model { primary, fallback }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Model { primary, fallback: None } => write!(f, "{primary}"),
+            Self::Model { primary, fallback: Some(fallback) } => write!(f, "{primary}, and the fallback {fallback}"),
+            Self::InvalidAnswer => f.write_str("invalid answer"),
+            Self::Unsummarised => f.write_str("evidence not summarised"),
+        }
+    }
 }
 
 /// How a decision was reached, for the audit: what the prompt took, the
@@ -159,7 +193,7 @@ pub async fn decide(
                 run.trail.summaries = failure.steps.clone();
                 let error =
                     format!("the evidence does not fit the input budget and could not be summarised: {failure}");
-                return run.failed(error, 0, None, None, 0);
+                return run.failed(error, FailureKind::Unsummarised, 0, None, None, 0);
             }
         }
     }
@@ -195,7 +229,8 @@ pub async fn decide(
                 run.add(failure.rounds.usage);
                 run.trail.tool_rounds = failure.rounds.rounds;
                 run.trail.tools = failure.rounds.uses;
-                return run.failed(failure.error.to_string(), 1, None, failure.rounds.last, 0);
+                let kind = FailureKind::of(&failure.error);
+                return run.failed(failure.error.to_string(), kind, 1, None, failure.rounds.last, 0);
             }
         };
         // The answers' tokens are counted below, with the other attempts.
@@ -223,7 +258,10 @@ pub async fn decide(
                 let request = ChatRequest::new(purpose, messages.clone()).with_format(format.clone());
                 match model.chat(Priority::Autonomous, &request).await {
                     Ok(r) => r,
-                    Err(e) => return run.failed(e.to_string(), attempt, last_answer, provider, attempt - 1),
+                    Err(e) => {
+                        let kind = FailureKind::of(&e);
+                        return run.failed(e.to_string(), kind, attempt, last_answer, provider, attempt - 1);
+                    }
                 }
             }
         };
@@ -247,7 +285,7 @@ pub async fn decide(
             }
         }
     }
-    run.failed(error, ATTEMPTS, last_answer, provider, ATTEMPTS)
+    run.failed(error, FailureKind::InvalidAnswer, ATTEMPTS, last_answer, provider, ATTEMPTS)
 }
 
 /// One decision under way: its clock, its token counts and its trail.
@@ -279,6 +317,7 @@ impl Run {
     fn failed(
         self,
         error: String,
+        kind: FailureKind,
         attempts: u32,
         last_answer: Option<String>,
         provider: Option<ProviderInfo>,
@@ -286,6 +325,7 @@ impl Run {
     ) -> Outcome {
         Outcome::Failed {
             error,
+            kind,
             attempts,
             last_answer,
             wall_ms: ms(self.started),

@@ -134,6 +134,7 @@ mod tests {
     fn a_failed_decision_fails_with_its_error() {
         let failed = Outcome::Failed {
             error: "invalid answer from the model: the diagnosis is empty".into(),
+            kind: crate::decide::FailureKind::InvalidAnswer,
             attempts: 2,
             last_answer: None,
             wall_ms: 5,

@@ -47,9 +47,9 @@ use tokio::sync::Notify;
 pub use self::chat::{ChatReply, ChatRequest, Message, Role, Tool, ToolCall, Usage};
 use self::metrics::CallTally;
 use self::provider::{ApiKey, Attempt, Options, Provider};
-pub use self::provider::{Check, Endpoint, ProviderError, ProviderInfo};
+pub use self::provider::{Check, Endpoint, ErrorKind, ProviderError, ProviderInfo};
 pub use self::queue::{Priority, QueueStatus};
-use self::record::{CallRecord, Recorder};
+use self::record::{CallRecord, Recorder, Written};
 use crate::config::{Api, Config};
 
 /// Why a request got no answer.
@@ -61,6 +61,16 @@ pub enum ModelError {
     Primary(ProviderError),
     #[error("{primary}; the fallback failed too: {fallback}")]
     Both { primary: ProviderError, fallback: ProviderError },
+}
+
+impl ModelError {
+    /// The kind of the primary's failure, and of the fallback's when it was asked.
+    pub fn kinds(&self) -> (ErrorKind, Option<ErrorKind>) {
+        match self {
+            Self::Primary(p) => (p.kind(), None),
+            Self::Both { primary, fallback } => (primary.kind(), Some(fallback.kind())),
+        }
+    }
 }
 
 /// A configuration the service cannot start with.
@@ -167,7 +177,7 @@ impl ModelService {
                 prompt_margin: config.model.prompt_margin,
                 tool_rounds: config.model.tool_rounds,
                 queue: queue::Queue::new(config.model.concurrency as usize),
-                recorder: Recorder::new(&config.state_dir, &config.model.calls),
+                recorder: Recorder::new(&config.state_dir, &config.model.calls, config.repeat_every()),
                 readiness: Mutex::new(readiness),
                 tally: Mutex::new(CallTally::default()),
                 primary,
@@ -239,12 +249,15 @@ impl ModelService {
         let permit = self.inner.queue.acquire(priority).await;
         let queue_ms = permit.waited.as_millis() as u64;
         let started = Instant::now();
-        let first = self.attempt(&self.inner.primary, priority, request, queue_ms).await;
+        let (first, written) = self.attempt(&self.inner.primary, priority, request, queue_ms).await;
         let result = match (first.result, &self.inner.fallback) {
             (Ok(answer), _) => Ok((answer, first.provider)),
             (Err(primary), Some(fallback)) if primary.fails_over() => {
-                tracing::warn!(error = %primary, fallback = %fallback.info, "the primary model endpoint failed; asking the fallback");
-                let second = self.attempt(fallback, priority, request, queue_ms).await;
+                // Said when it is recorded: not again for each repeat.
+                if written == Written::Recorded {
+                    tracing::warn!(error = %primary, fallback = %fallback.info, "the primary model endpoint failed; asking the fallback");
+                }
+                let (second, _) = self.attempt(fallback, priority, request, queue_ms).await;
                 match second.result {
                     Ok(answer) => Ok((answer, second.provider)),
                     Err(fallback) => Err(ModelError::Both { primary, fallback }),
@@ -264,8 +277,15 @@ impl ModelService {
         })
     }
 
-    /// One try at one endpoint, written to the record of calls.
-    async fn attempt(&self, provider: &Provider, priority: Priority, request: &ChatRequest, queue_ms: u64) -> Attempt {
+    /// One try at one endpoint, written to the record of calls (or, when it
+    /// failed as the one before, counted there).
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        priority: Priority,
+        request: &ChatRequest,
+        queue_ms: u64,
+    ) -> (Attempt, Written) {
         let attempt = provider.chat(request, &self.inner.options).await;
         let answer = attempt.result.as_ref().ok();
         let record = CallRecord {
@@ -286,11 +306,24 @@ impl ModelService {
                 .as_deref()
                 .map(|body| serde_json::from_str(body).unwrap_or_else(|_| body.into())),
         };
-        if let Err(e) = self.inner.recorder.write(&record) {
-            // The record is for later; a full disk must not stop a decision.
-            tracing::warn!(error = %e, "cannot write the record of a model call");
+        let failure = attempt.result.as_ref().err().map(ProviderError::kind);
+        let written = match self.inner.recorder.write(&record, failure) {
+            Ok(written) => written,
+            Err(e) => {
+                // The record is for later; a full disk must not stop a decision.
+                tracing::warn!(error = %e, "cannot write the record of a model call");
+                Written::Recorded
+            }
+        };
+        (attempt, written)
+    }
+
+    /// Writes the counts of repeated failed calls that are due
+    /// (`retention.repeat_every` since their last record); once a cycle.
+    pub fn write_due_counts(&self) {
+        if let Err(e) = self.inner.recorder.write_counts(false) {
+            tracing::warn!(error = %e, "cannot write the record of repeated model calls");
         }
-        attempt
     }
 
     fn count(&self, result: &Result<(chat::Answer, ProviderInfo), ModelError>, call_ms: u64) {

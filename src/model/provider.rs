@@ -81,7 +81,45 @@ pub enum ProviderError {
     TooLarge { server: String, limit: Size, of: String },
 }
 
+/// What kind of failure a `ProviderError` is, without its detail: the same
+/// kind twice in a row is the same state (see `repeat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Unreachable,
+    Timeout,
+    ModelNotFound,
+    /// An HTTP error status.
+    Http(u16),
+    BadResponse,
+    TooLarge,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable => f.write_str("unreachable"),
+            Self::Timeout => f.write_str("no answer in time"),
+            Self::ModelNotFound => f.write_str("model not available"),
+            Self::Http(status) => write!(f, "HTTP {status}"),
+            Self::BadResponse => f.write_str("not a chat response"),
+            Self::TooLarge => f.write_str("answer too large"),
+        }
+    }
+}
+
 impl ProviderError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unreachable { .. } => ErrorKind::Unreachable,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::ModelNotFound { .. } => ErrorKind::ModelNotFound,
+            Self::Http { status, .. } => ErrorKind::Http(*status),
+            Self::BadResponse { .. } => ErrorKind::BadResponse,
+            Self::TooLarge { .. } => ErrorKind::TooLarge,
+        }
+    }
+
     /// Whether the next endpoint should be asked: the server is down, broken
     /// (5xx, a cut-off or garbled body), too slow, or lacks the model. A 4xx
     /// means the request itself is wrong, and another server would refuse it

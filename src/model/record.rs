@@ -11,22 +11,28 @@
 //! of them fit in `model.calls.max_total_mb` with room for the new one, and
 //! files whose last record is older than `model.calls.max_age_days` go too.
 //! A record larger than a whole file keeps its facts and loses its bodies.
+//! A failed call that repeats the one recorded before it (the same
+//! endpoint, purpose and kind of error: the model still unreachable) is
+//! counted, not recorded again with its request; its count is recorded
+//! when that ends, and at least every `retention.repeat_every` (`repeat`).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::provider::ProviderInfo;
+use super::provider::{Endpoint, ErrorKind, ProviderInfo};
 use super::queue::Priority;
 use crate::config::CallRecordConfig;
 use crate::redact::redact;
+use crate::repeat::{Repeating, Repeats, Write as RepeatWrite};
 use crate::state_dir::StateDir;
 
 pub const CALLS_DIR: &str = "model-calls";
@@ -56,22 +62,56 @@ pub struct CallRecord<'a> {
     pub response: Option<Value>,
 }
 
+/// Calls that failed as the one recorded before them (the same endpoint,
+/// purpose and kind of error), counted instead of recorded one by one
+/// (`repeat`): what a record of repeats holds. No bodies: they were those
+/// of the call recorded before.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepeatRecord<'a> {
+    pub time: DateTime<Utc>,
+    pub purpose: &'a str,
+    pub priority: Priority,
+    pub provider: &'a ProviderInfo,
+    pub outcome: &'static str,
+    /// The newest of their errors.
+    pub error: &'a str,
+    pub repeated: Repeats,
+}
+
+/// Whether a record was written, or the call only counted as a repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Recorded,
+    Counted,
+}
+
 /// Writes records and keeps the directory within its limits.
 pub struct Recorder {
     state_dir: PathBuf,
     max_file: u64,
     max_total: u64,
     max_age: Duration,
+    repeat_every: TimeDelta,
     open: Mutex<Open>,
 }
 
 /// The state directory, opened (created if need be) at the first record: a
 /// command run as root gives up root before it calls the model, not before
-/// it makes the service. And the file being written.
+/// it makes the service. The file being written, and the failures that
+/// repeat, per endpoint and purpose.
 #[derive(Default)]
 struct Open {
     state: Option<StateDir>,
     current: Option<Current>,
+    repeating: HashMap<(Endpoint, String), Quiet>,
+}
+
+/// A failure of one endpoint for one purpose that may repeat.
+struct Quiet {
+    repeat: Repeating<ErrorKind>,
+    priority: Priority,
+    provider: ProviderInfo,
+    error: String,
 }
 
 struct Current {
@@ -81,26 +121,120 @@ struct Current {
 }
 
 impl Recorder {
-    pub fn new(state_dir: &Path, limits: &CallRecordConfig) -> Self {
+    pub fn new(state_dir: &Path, limits: &CallRecordConfig, repeat_every: TimeDelta) -> Self {
         Self {
             state_dir: state_dir.to_path_buf(),
             max_file: limits.max_file_kb.saturating_mul(1024),
             max_total: limits.max_total_mb.saturating_mul(1024 * 1024),
             max_age: Duration::from_secs(limits.max_age_days.saturating_mul(86_400)),
+            repeat_every,
             open: Mutex::new(Open::default()),
         }
     }
 
-    /// Redacts and appends one record.
-    pub fn write(&self, record: &CallRecord<'_>) -> std::io::Result<()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one call, `failure` the kind of its error when it failed. A
+    /// failure that repeats the one before it (same endpoint, purpose and
+    /// kind) is counted, not written; the count is written before a record
+    /// that ends it (an answer, another kind of failure) and at least every
+    /// `retention.repeat_every`.
+    pub fn write(&self, record: &CallRecord<'_>, failure: Option<ErrorKind>) -> std::io::Result<Written> {
+        let mut open = self.lock();
+        let key = (record.provider.endpoint, record.purpose.to_owned());
+        let before = open.repeating.remove(&key);
+        let Some(kind) = failure else {
+            if let Some(q) = before {
+                self.write_repeats(&mut open, &key.1, &q, Repeating::ended(Some(q.repeat.clone())))?;
+            }
+            self.write_full(&mut open, record)?;
+            return Ok(Written::Recorded);
+        };
+        let (repeat, write) =
+            Repeating::failed(before.as_ref().map(|q| q.repeat.clone()), kind, record.time, self.repeat_every);
+        let quiet = Quiet {
+            repeat,
+            priority: record.priority,
+            provider: record.provider.clone(),
+            error: record.error.clone().unwrap_or_default(),
+        };
+        let written = match write {
+            RepeatWrite::Record { ended } => {
+                if let Some(before) = &before {
+                    self.write_repeats(&mut open, &key.1, before, ended)?;
+                }
+                self.write_full(&mut open, record)?;
+                Written::Recorded
+            }
+            RepeatWrite::Count => Written::Counted,
+            RepeatWrite::Repeats(repeats) => {
+                self.write_repeats(&mut open, &key.1, &quiet, Some((kind, repeats)))?;
+                Written::Recorded
+            }
+        };
+        open.repeating.insert(key, quiet);
+        Ok(written)
+    }
+
+    /// Writes the counts of repeated failures that are due
+    /// (`retention.repeat_every` since their last record), or, with `all`,
+    /// every count not written yet (the process is about to stop).
+    pub fn write_counts(&self, all: bool) -> std::io::Result<()> {
+        let mut open = self.lock();
+        let now = Utc::now();
+        let keys: Vec<(Endpoint, String)> = open.repeating.keys().cloned().collect();
+        for key in keys {
+            let Some(mut q) = open.repeating.remove(&key) else { continue };
+            if all || q.repeat.due(now, self.repeat_every) {
+                let repeats = q.repeat.take().map(|r| (q.repeat.kind, r));
+                q.repeat.recorded = now;
+                self.write_repeats(&mut open, &key.1, &q, repeats)?;
+            }
+            if !all {
+                open.repeating.insert(key, q);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_repeats(
+        &self,
+        open: &mut Open,
+        purpose: &str,
+        q: &Quiet,
+        repeats: Option<(ErrorKind, Repeats)>,
+    ) -> std::io::Result<()> {
+        let Some((_, repeated)) = repeats else { return Ok(()) };
+        let record = RepeatRecord {
+            time: Utc::now(),
+            purpose,
+            priority: q.priority,
+            provider: &q.provider,
+            outcome: "failed",
+            error: &q.error,
+            repeated,
+        };
+        let mut value = serde_json::to_value(&record).map_err(std::io::Error::other)?;
+        redact_value(&mut value);
+        let line = serde_json::to_string(&value).map_err(std::io::Error::other)?;
+        self.append_line(open, line)
+    }
+
+    /// Redacts and appends one record in full.
+    fn write_full(&self, open: &mut Open, record: &CallRecord<'_>) -> std::io::Result<()> {
         let mut value = serde_json::to_value(record).map_err(std::io::Error::other)?;
         redact_value(&mut value);
         let mut line = serde_json::to_string(&value).map_err(std::io::Error::other)?;
         if line.len() as u64 >= self.max_file {
             line = without_bodies(value, line.len())?;
         }
+        self.append_line(open, line)
+    }
+
+    fn append_line(&self, open: &mut Open, mut line: String) -> std::io::Result<()> {
         line.push('\n');
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let state = match &open.state {
             Some(s) => s.clone(),
             None => open.state.insert(StateDir::create(&self.state_dir)?).clone(),
@@ -111,7 +245,7 @@ impl Recorder {
         if open.current.as_ref().is_none_or(|c| full(c) || !dir.metadata(&c.name).is_ok_and(|m| m.is_some())) {
             open.current = Some(self.open_next(&dir)?);
         }
-        let c = open.current.as_mut().expect("a file was just opened");
+        let Some(c) = open.current.as_mut() else { return Err(std::io::Error::other("no record file is open")) };
         c.file.write_all(line.as_bytes())?;
         c.size += line.len() as u64;
         Ok(())
@@ -149,6 +283,14 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Recorder {
+    /// The counts not written yet are written when the service goes away
+    /// (the process ends), as far as the directory can be written.
+    fn drop(&mut self) {
+        let _ = self.write_counts(true);
     }
 }
 
@@ -212,6 +354,78 @@ mod tests {
         }
     }
 
+    const HOUR: TimeDelta = TimeDelta::hours(1);
+
+    fn refused<'a>(provider: &'a ProviderInfo, request: &'a Value, time: DateTime<Utc>) -> CallRecord<'a> {
+        CallRecord {
+            time,
+            outcome: "failed",
+            error: Some("Ollama at http://x is unreachable: connection refused".into()),
+            response: None,
+            ..record(provider, request)
+        }
+    }
+
+    fn records(state: &Path) -> Vec<Value> {
+        let mut files: Vec<_> = std::fs::read_dir(state.join(CALLS_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Value>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failure_that_repeats_is_recorded_once_then_counted() {
+        let state = tempfile::tempdir().unwrap();
+        let (p, request) = (provider(), json!({"messages": [{"content": "x".repeat(3000)}]}));
+        let recorder = Recorder::new(state.path(), &CallRecordConfig::default(), HOUR);
+        let t0 = Utc::now();
+        let unreachable = Some(ErrorKind::Unreachable);
+        for i in 0..100 {
+            let at = t0 + TimeDelta::seconds(i * 5);
+            let written = recorder.write(&refused(&p, &request, at), unreachable).unwrap();
+            assert_eq!(written == Written::Recorded, i == 0, "call {i}");
+        }
+        // Another kind of failure: the count of the first, then the new one in full.
+        recorder.write(&refused(&p, &request, t0 + TimeDelta::seconds(500)), Some(ErrorKind::Http(500))).unwrap();
+        // An answer ends the second (nothing counted of it).
+        recorder.write(&record(&p, &request), None).unwrap();
+        let r = records(state.path());
+        let shape: Vec<(&str, Option<u64>, bool)> = r
+            .iter()
+            .map(|r| (r["outcome"].as_str().unwrap(), r["repeated"]["count"].as_u64(), r.get("request").is_some()))
+            .collect();
+        assert_eq!(
+            shape,
+            [("failed", None, true), ("failed", Some(99), false), ("failed", None, true), ("answered", None, true)]
+        );
+        assert!(r[1]["error"].as_str().unwrap().contains("connection refused"));
+    }
+
+    #[test]
+    fn a_count_is_written_at_the_interval_and_when_the_recorder_goes_away() {
+        let state = tempfile::tempdir().unwrap();
+        let (p, request) = (provider(), json!({"messages": []}));
+        let recorder = Recorder::new(state.path(), &CallRecordConfig::default(), HOUR);
+        let t0 = Utc::now() - TimeDelta::hours(2);
+        for i in 0..3 {
+            recorder.write(&refused(&p, &request, t0 + TimeDelta::seconds(i)), Some(ErrorKind::Unreachable)).unwrap();
+        }
+        // An hour and more since the first was recorded: due without a new failure.
+        recorder.write_counts(false).unwrap();
+        recorder.write(&refused(&p, &request, Utc::now()), Some(ErrorKind::Unreachable)).unwrap();
+        drop(recorder);
+        let counts: Vec<Option<u64>> = records(state.path()).iter().map(|r| r["repeated"]["count"].as_u64()).collect();
+        assert_eq!(counts, [None, Some(2), Some(1)]);
+    }
+
     fn dir_size(dir: &Path) -> u64 {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
     }
@@ -231,15 +445,15 @@ mod tests {
         let limits = CallRecordConfig { max_file_kb: 16, max_total_mb: 1, max_age_days: 30 };
         let p = provider();
         let request = json!({"messages": [{"content": "x".repeat(3000)}]});
-        let recorder = Recorder::new(state.path(), &limits);
+        let recorder = Recorder::new(state.path(), &limits, HOUR);
         for _ in 0..600 {
-            recorder.write(&record(&p, &request)).unwrap();
+            recorder.write(&record(&p, &request), None).unwrap();
         }
         let dir = state.path().join(CALLS_DIR);
         assert!(dir_size(&dir) <= 1024 * 1024, "{} bytes", dir_size(&dir));
 
         let huge = json!({"messages": [{"content": "y".repeat(40_000)}]});
-        recorder.write(&record(&p, &huge)).unwrap();
+        recorder.write(&record(&p, &huge), None).unwrap();
         let newest = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
         let text = std::fs::read_to_string(newest).unwrap();
         assert!(text.contains("[omitted: the record was") && text.contains("\"purpose\":\"test\""), "{text}");

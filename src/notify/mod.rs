@@ -414,6 +414,14 @@ impl DigestCounts {
             Ok(audit::read_since(state, name, since)?.into_iter().filter(in_window).collect())
         };
         let count = |records: &[Value], key: &str, value: &str| records.iter().filter(|r| r[key] == value).count();
+        // A record of repeats stands for that many failed decisions.
+        let failures = |records: &[Value]| -> usize {
+            records
+                .iter()
+                .filter(|r| r["outcome"] == "failed")
+                .map(|r| r["repeated"]["count"].as_u64().map_or(1, |n| usize::try_from(n).unwrap_or(usize::MAX)))
+                .fold(0, usize::saturating_add)
+        };
         let incidents = read(audit::INCIDENTS)?;
         let actions = read(audit::ACTIONS)?;
         let decisions = read(audit::DECISIONS)?;
@@ -424,7 +432,7 @@ impl DigestCounts {
             failed: count(&actions, "outcome", "failed"),
             queued: count(&actions, "outcome", "queued"),
             refused: count(&actions, "outcome", "refused"),
-            model_failures: count(&decisions, "outcome", "failed"),
+            model_failures: failures(&decisions),
         })
     }
 
