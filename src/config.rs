@@ -83,6 +83,13 @@ pub struct RetentionConfig {
     pub log_max_kb: u64,
     /// Files kept of `orchestrator.log`, the current one included.
     pub log_files: u32,
+    /// Days a file is kept in `notes/archive/`, `evidence/` and `proposals/`.
+    pub kept_days: u64,
+    /// Files kept in each of those directories; the oldest go first.
+    pub kept_files: u32,
+    /// Days `state.db` keeps resolved incidents, decided or expired
+    /// approvals and the rows of finished automatic actions.
+    pub db_days: u64,
     /// Seconds between two records of a failure that repeats unchanged (the
     /// same error deciding the same incident, an endpoint failing the same
     /// way): it is recorded once, then counted, and the count is recorded
@@ -327,7 +334,16 @@ impl Default for Config {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { audit_max_kb: 4096, audit_files: 8, log_max_kb: 16384, log_files: 2, repeat_every: 3600 }
+        Self {
+            audit_max_kb: 4096,
+            audit_files: 8,
+            log_max_kb: 16384,
+            log_files: 2,
+            kept_days: 90,
+            kept_files: 1000,
+            db_days: 90,
+            repeat_every: 3600,
+        }
     }
 }
 
@@ -617,6 +633,10 @@ impl Config {
             // `macha-logs orchestrator` reads the log whole, as far as `audit::MAX_READ_BYTES`.
             (Bound::new("retention.log_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.log_max_kb),
             (Bound::new("retention.log_files", 2, 100, "files"), u64::from(r.log_files)),
+            (Bound::new("retention.kept_days", 1, 3_650, "days"), r.kept_days),
+            (Bound::new("retention.kept_files", 1, 100_000, "files"), u64::from(r.kept_files)),
+            // Storm control counts the automatic actions of the last 24 hours.
+            (Bound::new("retention.db_days", 2, 3_650, "days"), r.db_days),
             (Bound::new("retention.repeat_every", 60, DAY, "seconds"), r.repeat_every),
         ];
         if let Some(f) = &m.fallback {

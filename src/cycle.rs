@@ -33,6 +33,7 @@ use crate::observe::systemd::Systemd;
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
 use crate::repeat::{Repeating, Repeats, Write};
+use crate::retention;
 use crate::state_dir::StateDir;
 use crate::store::{Failing, Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
@@ -382,7 +383,32 @@ impl Engine {
         self.model.write_due_counts();
         self.write_metrics(&report, asked);
         self.notify(&report);
+        self.housekeeping();
         Ok(report)
+    }
+
+    /// Once an hour (of all macha processes on this state directory, one):
+    /// deletes the state database's rows, kept documents and records of
+    /// model calls past their age or count (`retention`). A failure is
+    /// logged; the cycle's work stands.
+    fn housekeeping(&self) {
+        let now = Utc::now();
+        match self.store.take_housekeeping(now, retention::HOUSEKEEPING_EVERY) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether old records are due to be deleted");
+                return;
+            }
+        }
+        match retention::keep(&self.state, &self.store, &self.config, now) {
+            Ok(kept) if kept.rows + kept.files > 0 => {
+                tracing::info!(rows = kept.rows, files = kept.files, "deleted what is past its retention");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+        self.model.prune_records();
     }
 
     /// Appends the cycle's line to `metrics.jsonl`; a failure is logged, the

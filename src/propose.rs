@@ -63,7 +63,16 @@ pub fn write(
     }
 
     let dir = state.subdir(DIR).map_err(|e| format!("cannot write the proposal: {e}"))?;
-    let n = dir.list().map(|d| d.len()).unwrap_or(0) + 1;
+    // After the highest number there: older proposals are deleted by age
+    // (`retention.kept_days`), so counting them would reuse a number.
+    let n = dir
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| name.split_once('-').and_then(|(n, _)| n.parse::<u32>().ok()))
+        .max()
+        .unwrap_or(0)
+        + 1;
     let flat: String =
         file.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
     let name = format!("{n:04}-{flat}.patch");
@@ -110,6 +119,19 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("never applied by macha") && text.contains("+  services.nginx.workers = 4;"), "{text}");
         assert_eq!(std::fs::read_to_string(repo.path().join("hosts/web.nix")).unwrap(), NIX);
+    }
+
+    #[test]
+    fn a_proposal_after_older_ones_were_deleted_takes_the_next_number() {
+        let (repo, state) = setup();
+        let st = StateDir::open(state.path()).unwrap();
+        let propose = || write(Some(repo.path()), &st, "i", "hosts/web.nix", DIFF, "more workers").unwrap();
+        let first = propose();
+        let second = propose();
+        std::fs::remove_file(&first).unwrap();
+        let third = propose();
+        assert!(third.file_name().unwrap().to_string_lossy().starts_with("0003-"), "{}", third.display());
+        assert!(second.exists() && third.exists());
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! audit trail, the log, the metrics and the record of calls move a full
 //! file aside), and here otherwise.
 
-use crate::config::RetentionConfig;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, RetentionConfig};
 use crate::state_dir::{StateDir, StateError};
+use crate::store::Store;
 
 /// A file moved aside past a size: `NAME` becomes `NAME.1` (the one before
 /// becomes `NAME.2`, and so on), and the oldest beyond `files` (the current
@@ -92,9 +97,115 @@ pub fn move_aside(state: &StateDir, name: &str, naming: Naming, files: u32) -> R
     state.rename(name, &naming.name(name, 1))
 }
 
+/// How often the state database's old rows and the kept documents are
+/// looked at (`keep`): their limits are in days, and looking costs a scan.
+pub const HOUSEKEEPING_EVERY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// The directories of documents kept by age and count
+/// (`retention.kept_days`, `retention.kept_files`): read operator notes,
+/// evidence kept before a journal vacuum, proposed configuration changes.
+/// Pending notes are not among them: they wait to be read.
+pub const KEPT: [&[&str]; 3] = [&["notes", "archive"], &["evidence"], &[crate::propose::DIR]];
+
+/// What `keep` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub rows: usize,
+    pub files: usize,
+}
+
+/// Deletes what is past its age or count limit: the state database's rows
+/// older than `retention.db_days`, and the kept documents older than
+/// `retention.kept_days` or beyond `retention.kept_files` per directory.
+/// The daemon calls it through `Engine` once per `HOUSEKEEPING_EVERY`.
+pub fn keep(state: &StateDir, store: &Store, config: &Config, now: DateTime<Utc>) -> Result<Kept, String> {
+    let r = &config.retention;
+    let before = now.checked_sub_signed(crate::config::hours(r.db_days.saturating_mul(24))).unwrap_or(now);
+    let rows = store.prune(before).map_err(|e| format!("cannot delete old rows: {e}"))?;
+    let max_age = Duration::from_secs(r.kept_days.saturating_mul(86_400));
+    let mut files = 0;
+    for path in KEPT {
+        let Some(dir) = existing(state, path).map_err(|e| format!("cannot look at kept documents: {e}"))? else {
+            continue;
+        };
+        files += prune_dir(&dir, max_age, r.kept_files, SystemTime::from(now))
+            .map_err(|e| format!("cannot delete old kept documents: {e}"))?;
+    }
+    Ok(Kept { rows, files })
+}
+
+/// The directory at `path` below `state`, if it exists.
+fn existing(state: &StateDir, path: &[&str]) -> Result<Option<StateDir>, StateError> {
+    let mut dir = state.clone();
+    for name in path {
+        match dir.existing_subdir(name)? {
+            Some(d) => dir = d,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Deletes the files of `dir` last changed more than `max_age` before
+/// `now`, then the oldest beyond `max_files`. Returns how many went.
+fn prune_dir(dir: &StateDir, max_age: Duration, max_files: u32, now: SystemTime) -> Result<usize, StateError> {
+    let mut files = Vec::new();
+    for name in dir.list()? {
+        let Some(meta) = dir.metadata(&name)?.filter(|m| m.is_file()) else { continue };
+        files.push((meta.modified(), name));
+    }
+    // Oldest first.
+    files.sort();
+    let beyond = files.len().saturating_sub(max_files as usize);
+    let mut deleted = 0;
+    for (i, (modified, name)) in files.iter().enumerate() {
+        let too_old = now.duration_since(*modified).is_ok_and(|age| age > max_age);
+        if too_old || i < beyond {
+            dir.remove(name)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn age(path: &std::path::Path, days: u64) {
+        let when = SystemTime::now() - Duration::from_secs(days * 86_400);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+    }
+
+    #[test]
+    fn kept_documents_go_by_age_and_beyond_their_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let config = Config {
+            retention: RetentionConfig { kept_days: 30, kept_files: 3, ..RetentionConfig::default() },
+            ..Config::default()
+        };
+        let store = Store::open(&state).unwrap();
+        for sub in ["notes/archive", "notes/pending", "evidence", "proposals"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for (n, days) in [(1, 40), (2, 10), (3, 5), (4, 3), (5, 1)] {
+                let file = dir.path().join(sub).join(format!("{n}.json"));
+                std::fs::write(&file, "{}").unwrap();
+                age(&file, days);
+            }
+        }
+        let kept = keep(&state, &store, &config, Utc::now()).unwrap();
+        assert_eq!(kept.files, 6, "the 40-day-old file and one more beyond 3, in each of three directories");
+        for sub in ["notes/archive", "evidence", "proposals"] {
+            let mut left: Vec<String> = std::fs::read_dir(dir.path().join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            left.sort();
+            assert_eq!(left, ["3.json", "4.json", "5.json"], "{sub}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path().join("notes/pending")).unwrap().count(), 5, "notes not read yet stay");
+    }
 
     #[test]
     fn names_of_a_series_are_recognised_exactly() {

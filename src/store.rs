@@ -283,8 +283,15 @@ pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
     let path = database_file(state).map_err(|e| {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
     })?;
-    Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
+    let conn = Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
+    // The write-ahead log is checkpointed every 1000 pages (4 MiB) and cut
+    // back to this after a checkpoint: it never stays larger.
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
+    Ok(conn)
 }
+
+/// The size `state.db-wal` is cut back to after a checkpoint.
+pub const WAL_LIMIT: i64 = 4 * 1024 * 1024;
 
 impl Store {
     pub fn open(state: &StateDir) -> Result<Self, StoreError> {
@@ -567,6 +574,41 @@ impl Store {
             })
             .map_err(self.wrap())?;
         rows.collect::<Result<_, _>>().map_err(self.wrap())
+    }
+
+    /// Deletes what only grows and is no longer needed, older than
+    /// `before`: resolved incidents, approvals decided (or expired while
+    /// waiting) and the rows of automatic actions whose end is recorded.
+    /// Open incidents, waiting and executing items and actions in flight
+    /// stay, however old. Returns how many rows went.
+    pub fn prune(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let before = before.to_rfc3339();
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM incidents WHERE status = 'resolved' AND resolved_at < ?1",
+            "DELETE FROM approvals WHERE status IN ('executed', 'failed', 'rejected', 'refused')
+               AND COALESCE(decided_at, created_at) < ?1",
+            "DELETE FROM approvals WHERE status = 'pending' AND expires_at < ?1",
+            "DELETE FROM auto_actions WHERE logged = 1 AND state != 'started' AND time < ?1",
+        ] {
+            deleted += self.conn.execute(sql, [&before]).map_err(self.wrap())?;
+        }
+        Ok(deleted)
+    }
+
+    /// Whether the hourly housekeeping (`retention::keep`) is due at `now`,
+    /// taking it when it is: of all macha processes, one does it per `every`.
+    pub fn take_housekeeping(&self, now: DateTime<Utc>, every: TimeDelta) -> Result<bool, StoreError> {
+        let cutoff = now.checked_sub_signed(every).unwrap_or(now).to_rfc3339();
+        let taken = self
+            .conn
+            .execute(
+                "INSERT INTO control (key, value) VALUES ('housekeeping', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = ?1 WHERE value < ?2",
+                params![now.to_rfc3339(), cutoff],
+            )
+            .map_err(self.wrap())?;
+        Ok(taken == 1)
     }
 
     /// Why automatic actions are paused, if they are.
@@ -893,6 +935,65 @@ mod tests {
         assert_eq!(store.failing_open().unwrap(), [("f".to_owned(), f)]);
         store.set_failing("f", None).unwrap();
         assert!(store.failing_open().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rows_that_only_grow_are_pruned_by_age_and_what_is_still_needed_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&state(&dir)).unwrap();
+        let (old, recent) = ((Utc::now() - TimeDelta::days(100)).to_rfc3339(), Utc::now().to_rfc3339());
+        for (fp, status, at) in
+            [("open-old", "open", &old), ("resolved-old", "resolved", &old), ("resolved-recent", "resolved", &recent)]
+        {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, resolved_at, evidence_key)
+                     VALUES (?1, 's', ?2, ?3, ?3, ?3, 'k')",
+                    params![fp, status, at],
+                )
+                .unwrap();
+        }
+        for (status, at, expires) in [
+            ("executed", &old, &old),
+            ("rejected", &recent, &recent),
+            ("pending", &old, &old),
+            ("pending", &old, &recent),
+            ("executing", &old, &old),
+        ] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO approvals (created_at, incident, kind, unit, reason, diagnosis, evidence_key, binding,
+                       expires_at, status, decided_at) VALUES (?1, 'i', 'restart_unit', 'u', 'r', 'd', 'k', 'b', ?2, ?3, ?1)",
+                    params![at, expires, status],
+                )
+                .unwrap();
+        }
+        for (state, logged, at) in [("finished", 1, &old), ("started", 0, &old), ("finished", 1, &recent)] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO auto_actions (time, fingerprint, succeeded, state, logged) VALUES (?1, 'f', 1, ?2, ?3)",
+                    params![at, state, logged],
+                )
+                .unwrap();
+        }
+        let pruned = store.prune(Utc::now() - TimeDelta::days(90)).unwrap();
+        assert_eq!(pruned, 4);
+        let left = |sql: &str| -> Vec<String> {
+            let mut stmt = store.conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(left("SELECT fingerprint FROM incidents ORDER BY fingerprint"), ["open-old", "resolved-recent"]);
+        assert_eq!(left("SELECT status FROM approvals ORDER BY id"), ["rejected", "pending", "executing"]);
+        assert_eq!(left("SELECT state FROM auto_actions ORDER BY rowid"), ["started", "finished"]);
+        // Once an hour, whichever process asks first.
+        let now = Utc::now();
+        assert!(store.take_housekeeping(now, TimeDelta::hours(1)).unwrap());
+        assert!(!store.take_housekeeping(now + TimeDelta::minutes(59), TimeDelta::hours(1)).unwrap());
+        assert!(store.take_housekeeping(now + TimeDelta::minutes(61), TimeDelta::hours(1)).unwrap());
     }
 
     #[test]

@@ -318,6 +318,14 @@ impl ModelService {
         (attempt, written)
     }
 
+    /// Deletes the records of calls past their age (`model.calls.max_age_days`)
+    /// even when no new file is opened.
+    pub fn prune_records(&self) {
+        if let Err(e) = self.inner.recorder.prune_now() {
+            tracing::warn!(error = %e, "cannot delete old records of model calls");
+        }
+    }
+
     /// Writes the counts of repeated failed calls that are due
     /// (`retention.repeat_every` since their last record); once a cycle.
     pub fn write_due_counts(&self) {

@@ -251,6 +251,23 @@ impl Recorder {
         Ok(())
     }
 
+    /// Applies the limits now, without opening a new file: the files past
+    /// their age go (and the oldest beyond the total).
+    pub fn prune_now(&self) -> std::io::Result<()> {
+        let state = match &self.lock().state {
+            Some(s) => s.clone(),
+            None => match StateDir::open(&self.state_dir) {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        match state.existing_subdir(CALLS_DIR)? {
+            Some(dir) => self.prune(&dir),
+            None => Ok(()),
+        }
+    }
+
     /// Makes room, then starts a new file.
     fn open_next(&self, dir: &StateDir) -> std::io::Result<Current> {
         self.prune(dir)?;
