@@ -2,7 +2,8 @@
 //! and overall, summed from the metrics line each cycle writes: cycles,
 //! decisions, calls, tokens in and out, call latency (p50, p95), calls no
 //! endpoint answered, calls the fallback answered, answers that did not
-//! parse.
+//! parse. And what the state directory takes, kind by kind, against the
+//! configured limits (`retention::usage`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,9 +12,10 @@ use std::process::ExitCode;
 use chrono::{DateTime, Local, NaiveDate, Utc};
 use serde_json::json;
 
-use super::output::{out, outln};
+use super::output::{out, outln, shown};
 use macha::config::Config;
 use macha::model::metrics::{self, Summary, Totals};
+use macha::retention::{self, Usage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,10 +30,12 @@ pub struct Args {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let (mut lines, unreadable) = match super::existing_state_dir(&config)? {
-        Some(state) => metrics::read(&state)?,
+    let state = super::existing_state_dir(&config)?;
+    let (mut lines, unreadable) = match &state {
+        Some(state) => metrics::read(state)?,
         None => (Vec::new(), 0),
     };
+    let usage = state.as_ref().map(|s| retention::usage(s, &config));
     if let Some(days) = args.days {
         let today = Local::now().date_naive();
         let first =
@@ -42,9 +46,13 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
         value["unreadable_lines"] = json!(unreadable);
+        value["state_dir"] = json!({"path": config.state_dir, "usage": usage});
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         out!("{}", human(&summary, unreadable))?;
+        if let Some(usage) = &usage {
+            out!("{}", usage_lines(&config.state_dir, usage))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -77,6 +85,37 @@ fn human(s: &Summary, unreadable: usize) -> String {
     if unreadable > 0 {
         let _ = writeln!(out, "{unreadable} unreadable line(s) in the metrics files were skipped");
     }
+    out
+}
+
+/// Bytes for a person: "812 B", "3.4 KiB", "12.0 MiB".
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// The state directory's size, kind by kind, against the limits.
+fn usage_lines(dir: &Path, u: &Usage) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nstate directory {}: {}; the kinds with a size limit may take {} together",
+        shown(&dir.display().to_string()),
+        size(u.bytes),
+        size(u.limit_bytes)
+    );
+    let _ = writeln!(out, "  {:<24} {:>6} {:>11}  limit", "kind", "files", "size");
+    for k in &u.kinds {
+        let kind = k.kind.split(" (").next().unwrap_or(&k.kind);
+        let _ = writeln!(out, "  {kind:<24} {:>6} {:>11}  {}", k.files, size(k.bytes), k.limit);
+        if let Some(e) = &k.error {
+            let _ = writeln!(out, "    not measured: {}", shown(e));
+        }
+    }
+    out.push_str("  other: status.json, journal.cursor, daemon.lock, requests/, notes/pending/ (notes not read yet)\n");
     out
 }
 

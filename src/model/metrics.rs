@@ -60,13 +60,16 @@ pub struct CycleMetrics {
 
 /// Appends one line, moving a full file aside first.
 pub fn append(state: &StateDir, line: &CycleMetrics, max_bytes: u64) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+    text.push('\n');
     let mut file = state.append(METRICS_FILE)?;
-    if file.metadata()?.len() >= max_bytes {
+    let len = file.metadata()?.len();
+    // Moved aside before the line would take it past the limit, so neither
+    // file is ever larger (unless a single line is).
+    if len > 0 && len.saturating_add(text.len() as u64) > max_bytes {
         state.rename(METRICS_FILE, PREVIOUS_FILE)?;
         file = state.append(METRICS_FILE)?;
     }
-    let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
-    text.push('\n');
     // One write of a whole line: the daemon and `macha-check` may append at once.
     file.write_all(text.as_bytes())
 }
