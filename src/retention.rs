@@ -118,15 +118,17 @@ pub struct Kept {
 }
 
 /// Deletes what is past its age or count limit: the state database's rows
-/// older than `retention.db_days`, and the kept documents older than
-/// `retention.kept_days` or beyond `retention.kept_files` per directory.
+/// older than `retention.db_days`, the kept documents older than
+/// `retention.kept_days` or beyond `retention.kept_files` per directory,
+/// and temporary files a process that died left behind.
 /// The daemon calls it through `Engine` once per `HOUSEKEEPING_EVERY`.
 pub fn keep(state: &StateDir, store: &Store, config: &Config, now: DateTime<Utc>) -> Result<Kept, String> {
     let r = &config.retention;
     let before = now.checked_sub_signed(crate::config::hours(r.db_days.saturating_mul(24))).unwrap_or(now);
     let rows = store.prune(before).map_err(|e| format!("cannot delete old rows: {e}"))?;
     let max_age = Duration::from_secs(r.kept_days.saturating_mul(86_400));
-    let mut files = 0;
+    let mut files = stale_temporaries(state, SystemTime::from(now))
+        .map_err(|e| format!("cannot delete stale temporary files: {e}"))?;
     for path in KEPT {
         let Some(dir) = existing(state, path).map_err(|e| format!("cannot look at kept documents: {e}"))? else {
             continue;
@@ -135,6 +137,24 @@ pub fn keep(state: &StateDir, store: &Store, config: &Config, now: DateTime<Utc>
             .map_err(|e| format!("cannot delete old kept documents: {e}"))?;
     }
     Ok(Kept { rows, files })
+}
+
+/// A temporary file older than this was left by a process that died
+/// before it renamed it (`StateDir::replace` names them `NAME.PID.tmp`).
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+
+/// Deletes the temporary files at the top of the state directory that a
+/// process left when it died between writing and renaming them.
+fn stale_temporaries(state: &StateDir, now: SystemTime) -> Result<usize, StateError> {
+    let mut deleted = 0;
+    for name in state.list()?.into_iter().filter(|n| n.ends_with(".tmp")) {
+        let Some(meta) = state.metadata(&name)?.filter(|m| !m.is_dir()) else { continue };
+        if now.duration_since(meta.modified()).is_ok_and(|age| age > STALE_TEMPORARY) {
+            state.remove(&name)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The directory at `path` below `state`, if it exists.
@@ -323,6 +343,11 @@ mod tests {
         std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
     }
 
+    fn write_aged(path: &std::path::Path, days: u64) {
+        std::fs::write(path, "{}").unwrap();
+        age(path, days);
+    }
+
     #[test]
     fn kept_documents_go_by_age_and_beyond_their_count() {
         let dir = tempfile::tempdir().unwrap();
@@ -335,13 +360,18 @@ mod tests {
         for sub in ["notes/archive", "notes/pending", "evidence", "proposals"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             for (n, days) in [(1, 40), (2, 10), (3, 5), (4, 3), (5, 1)] {
-                let file = dir.path().join(sub).join(format!("{n}.json"));
-                std::fs::write(&file, "{}").unwrap();
-                age(&file, days);
+                write_aged(&dir.path().join(sub).join(format!("{n}.json")), days);
             }
         }
+        // A temporary file a dead process left, and one being written now.
+        write_aged(&dir.path().join("status.json.4242.tmp"), 1);
+        std::fs::write(dir.path().join("status.json.4243.tmp"), "{").unwrap();
         let kept = keep(&state, &store, &config, Utc::now()).unwrap();
-        assert_eq!(kept.files, 6, "the 40-day-old file and one more beyond 3, in each of three directories");
+        assert_eq!(
+            kept.files, 7,
+            "the 40-day-old file and one more beyond 3, in each of three directories; the stale temporary"
+        );
+        assert!(dir.path().join("status.json.4243.tmp").exists());
         for sub in ["notes/archive", "evidence", "proposals"] {
             let mut left: Vec<String> = std::fs::read_dir(dir.path().join(sub))
                 .unwrap()
