@@ -275,6 +275,39 @@ fn the_daemon_waits_longer_after_each_failed_decision_and_says_when_it_asks_agai
     assert!(text.contains("decisions failing") && text.contains("asked again at"), "{text}");
 }
 
+#[test]
+fn a_failed_decision_is_asked_at_once_when_the_model_passes_its_check_again() {
+    let bed = Bed::new("back", "suggest");
+    bed.append_config("[model]\nretry_max = 600\n");
+    let down = refused_url();
+    let text = std::fs::read_to_string(&bed.config).unwrap().replace(&bed.double.url(), &down);
+    std::fs::write(&bed.config, text).unwrap();
+    bed.failing_web();
+    let mut cycles = Cycles::new(&bed, true);
+    // Failed at 0 s, 1 s and 3 s: the next try would be 4 s after the last.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        cycles.run();
+    }
+    let failing = |bed: &Bed| -> Value {
+        let out = bed.run("macha", &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["failing"][0].clone()
+    };
+    assert_eq!(failing(&bed)["failures"], 3, "{:#}", failing(&bed));
+    // Ollama is back where it was.
+    let addr: std::net::SocketAddr = down.trim_start_matches("http://").parse().unwrap();
+    let _back = macha_testbed::ollama::OllamaDouble::builder()
+        .model(common::MODEL, macha_testbed::ollama::ModelCaps::default())
+        .listen(addr)
+        .start()
+        .unwrap();
+    let back = Instant::now();
+    let report = cycles.run();
+    assert_eq!(outcome(&report).as_deref(), Some("decided"), "{report:#?}");
+    assert!(back.elapsed() < Duration::from_secs(2), "asked at once, not after the wait");
+    assert!(failing(&bed).is_null(), "no longer failing");
+}
+
 /// Runs cycles for `how_long`; the bytes appended per cycle after the
 /// first `warm` cycles, and the cycles run.
 fn grow(bed: &Bed, cycles: &mut Cycles, warm: usize, how_long: Duration) -> (f64, usize) {
