@@ -326,6 +326,13 @@ impl Engine {
                     )
                 })
                 .filter(|next| Utc::now() < *next);
+            if let (Some(_), Some(mut f)) = (waits, failing.clone()) {
+                // Not asked now, but the count is recorded at least every `retention.repeat_every`.
+                if let Some(due) = f.repeat.take_due(Utc::now(), self.config.repeat_every()) {
+                    self.record_repeats(&snap.hostname, &incident.fingerprint, &f, Some((f.repeat.kind, due)))?;
+                    self.store.set_failing(&incident.fingerprint, Some(&f))?;
+                }
+            }
             let decision = if novelty == Novelty::Known || stopping || waits.is_some() {
                 None
             } else {

@@ -89,6 +89,16 @@ impl<K: PartialEq + Clone> Repeating<K> {
         self.count > 0 && now.signed_duration_since(self.recorded) >= every
     }
 
+    /// The count, when it is due at `now` (see `due`): taken, and `now`
+    /// becomes the time it was last recorded.
+    pub fn take_due(&mut self, now: DateTime<Utc>, every: TimeDelta) -> Option<Repeats> {
+        if !self.due(now, every) {
+            return None;
+        }
+        self.recorded = now;
+        self.take()
+    }
+
     /// The count not recorded yet, reset.
     pub fn take(&mut self) -> Option<Repeats> {
         let (first, last) = (self.first.take()?, self.last.take()?);
@@ -129,6 +139,16 @@ mod tests {
         assert_eq!(w, Write::Repeats(Repeats { count: 720, first: at(5), last: at(3600) }));
         assert_eq!((s.count, s.recorded), (0, at(3600)));
         assert_eq!(Repeating::failed(Some(s), "refused", at(3605), HOUR).1, Write::Count);
+    }
+
+    #[test]
+    fn a_count_not_followed_by_a_failure_is_taken_once_due() {
+        let s = Repeating::failed(None, "refused", at(0), HOUR).0;
+        let mut s = Repeating::failed(Some(s), "refused", at(60), HOUR).0;
+        assert_eq!(s.take_due(at(3599), HOUR), None);
+        assert_eq!(s.take_due(at(3600), HOUR), Some(Repeats { count: 1, first: at(60), last: at(60) }));
+        assert_eq!((s.count, s.recorded), (0, at(3600)));
+        assert_eq!(s.take_due(at(7300), HOUR), None, "nothing counted since");
     }
 
     #[test]

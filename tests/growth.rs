@@ -276,6 +276,24 @@ fn the_daemon_waits_longer_after_each_failed_decision_and_says_when_it_asks_agai
 }
 
 #[test]
+fn a_decision_still_failing_is_recorded_with_its_count_at_the_interval_while_the_daemon_waits() {
+    let bed = Bed::new("hourly", "suggest");
+    // The count at least every minute; tries at 0, 1, 3, 7, 15, 31 and 63 s.
+    bed.append_config("[model]\nretry_max = 86400\n[retention]\nrepeat_every = 60\n");
+    bed.double.set_default(Reply::Status(500, "model runner crashed".into()));
+    bed.failing_web();
+    let mut cycles = Cycles::new(&bed, true);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(62) {
+        cycles.run();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(bed.double.chat_requests(), 6);
+    // Recorded by a cycle that did not ask: the five failures after the first.
+    assert_eq!(decisions(&bed), [("failed".into(), "500".into(), None), ("failed".into(), "500".into(), Some(5))]);
+}
+
+#[test]
 fn a_failed_decision_is_asked_at_once_when_the_model_passes_its_check_again() {
     let bed = Bed::new("back", "suggest");
     bed.append_config("[model]\nretry_max = 600\n");

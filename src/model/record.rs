@@ -187,11 +187,8 @@ impl Recorder {
         let keys: Vec<(Endpoint, String)> = open.repeating.keys().cloned().collect();
         for key in keys {
             let Some(mut q) = open.repeating.remove(&key) else { continue };
-            if all || q.repeat.due(now, self.repeat_every) {
-                let repeats = q.repeat.take().map(|r| (q.repeat.kind, r));
-                q.repeat.recorded = now;
-                self.write_repeats(&mut open, &key.1, &q, repeats)?;
-            }
+            let repeats = if all { q.repeat.take() } else { q.repeat.take_due(now, self.repeat_every) };
+            self.write_repeats(&mut open, &key.1, &q, repeats.map(|r| (q.repeat.kind, r)))?;
             if !all {
                 open.repeating.insert(key, q);
             }
