@@ -189,7 +189,11 @@ impl Recorder {
             let Some(mut q) = open.repeating.remove(&key) else { continue };
             let repeats = if all { q.repeat.take() } else { q.repeat.take_due(now, self.repeat_every) };
             self.write_repeats(&mut open, &key.1, &q, repeats.map(|r| (q.repeat.kind, r)))?;
-            if !all {
+            // A failure not repeated for a whole interval is forgotten (its
+            // next one is recorded in full): the map does not grow with
+            // every incident that ever failed.
+            let quiet = q.repeat.count == 0 && now.signed_duration_since(q.repeat.recorded) >= self.repeat_every;
+            if !all && !quiet {
                 open.repeating.insert(key, q);
             }
         }
@@ -438,6 +442,14 @@ mod tests {
         drop(recorder);
         let counts: Vec<Option<u64>> = records(state.path()).iter().map(|r| r["repeated"]["count"].as_u64()).collect();
         assert_eq!(counts, [None, Some(2), Some(1)]);
+        // A failure not repeated for an interval is forgotten: the next one is recorded in full.
+        let state = tempfile::tempdir().unwrap();
+        let recorder = Recorder::new(state.path(), &CallRecordConfig::default(), HOUR);
+        recorder.write(&refused(&p, &request, t0), Some(ErrorKind::Unreachable)).unwrap();
+        recorder.write_counts(false).unwrap();
+        assert!(recorder.lock().repeating.is_empty());
+        let again = recorder.write(&refused(&p, &request, Utc::now()), Some(ErrorKind::Unreachable)).unwrap();
+        assert_eq!(again, Written::Recorded);
     }
 
     fn dir_size(dir: &Path) -> u64 {
