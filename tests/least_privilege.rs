@@ -5,29 +5,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{build_double_bin, macha_bin, manager_call_as};
-use macha_testbed::container::{BootOptions, Container};
+use common::manager_call_as;
+use macha_testbed::container::Container;
 
-const RULE: &str = "module/polkit/50-macha-autonomous.rules";
 const APP: &str = "app.service";
 
 fn setup() -> Container {
-    let bin = macha_bin().parent().unwrap().to_path_buf();
-    build_double_bin();
-    let c = Container::boot_with(BootOptions::new("leastpriv").bind_ro(&bin, "/opt/macha")).unwrap();
-    c.exec_ok(&["useradd", "--system", "--groups", "systemd-journal", "macha"]).unwrap();
-    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(RULE)).unwrap();
-    c.write_file("/etc/polkit-1/rules.d/50-macha-autonomous.rules", rule).unwrap();
-    c.exec_ok(&["systemctl", "restart", "polkit.service"]).unwrap();
-    c.install_unit(
-        "ollama.service",
-        "[Service]\nExecStart=/opt/macha/ollama-double --listen 127.0.0.1:11434 --model llama3.1:70b\n",
-    )
-    .unwrap();
-    c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
+    let c = common::macha_host("leastpriv");
     common::failing_app(&c, APP);
     c.write_file(
         "/etc/macha-autonomous/config.toml",

@@ -13,14 +13,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{build_double_bin, macha_bin};
-use macha_testbed::container::{BootOptions, Container};
+use macha_testbed::container::Container;
 use serde_json::Value;
 
-const RULE: &str = "module/polkit/50-macha-autonomous.rules";
 const STATE: &str = "/var/lib/macha-autonomous";
 const CONFIG: &str = "/etc/macha-autonomous/config.toml";
 const TOKEN: &str = "/etc/macha-autonomous/gotify-token";
@@ -35,19 +32,7 @@ const TARGETS: &str = "/srv/targets";
 /// as the NixOS module creates it, and Gotify configured with a token file
 /// only root can read (its server is absent: messages are held).
 fn host(name: &str) -> Container {
-    let bin = macha_bin().parent().unwrap().to_path_buf();
-    build_double_bin();
-    let c = Container::boot_with(BootOptions::new(name).bind_ro(&bin, "/opt/macha")).unwrap();
-    c.exec_ok(&["useradd", "--system", "--groups", "systemd-journal", "macha"]).unwrap();
-    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(RULE)).unwrap();
-    c.write_file("/etc/polkit-1/rules.d/50-macha-autonomous.rules", rule).unwrap();
-    c.exec_ok(&["systemctl", "restart", "polkit.service"]).unwrap();
-    c.install_unit(
-        "ollama.service",
-        "[Service]\nExecStart=/opt/macha/ollama-double --listen 127.0.0.1:11434 --model llama3.1:70b\n",
-    )
-    .unwrap();
-    c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
+    let c = common::macha_host(name);
     c.wait_for(Duration::from_secs(10), || {
         c.exec(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/11434"]).is_ok_and(|o| o.status.success())
     })

@@ -235,3 +235,27 @@ pub fn manager_call_as(c: &Container, user: &str, method: &str, unit: &str) -> (
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// The polkit rule the NixOS module installs, as the repository holds it.
+pub const POLKIT_RULE: &str = "module/polkit/50-macha-autonomous.rules";
+
+/// A container set up as a host macha runs on in production: the built
+/// binaries bound at `/opt/macha`, the daemon's user `macha` in
+/// `systemd-journal`, the polkit rule, and the Ollama double running as
+/// `ollama.service` on 127.0.0.1:11434 with the model `MODEL`.
+pub fn macha_host(name: &str) -> Container {
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    build_double_bin();
+    let c = Container::boot_with(BootOptions::new(name).bind_ro(&bin, "/opt/macha")).unwrap();
+    c.exec_ok(&["useradd", "--system", "--groups", "systemd-journal", "macha"]).unwrap();
+    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
+    c.write_file("/etc/polkit-1/rules.d/50-macha-autonomous.rules", rule).unwrap();
+    c.exec_ok(&["systemctl", "restart", "polkit.service"]).unwrap();
+    c.install_unit(
+        "ollama.service",
+        &format!("[Service]\nExecStart=/opt/macha/ollama-double --listen 127.0.0.1:11434 --model {MODEL}\n"),
+    )
+    .unwrap();
+    c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
+    c
+}
