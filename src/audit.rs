@@ -285,24 +285,45 @@ fn open_current(state: &StateDir, name: &str, for_append: bool) -> Result<Option
 /// backwards from the end so that appending stays cheap on a long trail.
 fn last_record(file: &mut File, len: u64) -> std::io::Result<Option<Vec<u8>>> {
     const CHUNK: u64 = 64 * 1024;
-    let (mut start, mut buf) = (len, Vec::new());
-    loop {
-        let segments: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
-        // The first segment is only a whole line when it starts the file.
-        let skip = usize::from(start > 0);
-        if let Some(line) = segments.iter().skip(skip).rev().find(|l| !l.is_empty() && is_record(l)) {
-            return Ok(Some(line.to_vec()));
-        }
-        if start == 0 {
-            return Ok(None);
-        }
-        let from = start.saturating_sub(CHUNK);
-        let mut chunk = vec![0u8; (start - from) as usize];
+    let mut chunk = vec![0u8; CHUNK as usize];
+    // The end of the line looked at next, and how far back the file has
+    // been scanned for line ends: each byte is scanned once and a line
+    // read whole only when it may be a record, so a long line without end
+    // costs one pass, not one per chunk.
+    let (mut end, mut pos) = (len, len);
+    while pos > 0 {
+        let from = pos.saturating_sub(CHUNK);
+        let n = (pos - from) as usize;
         file.seek(SeekFrom::Start(from))?;
-        file.read_exact(&mut chunk)?;
-        chunk.extend_from_slice(&buf);
-        (start, buf) = (from, chunk);
+        file.read_exact(&mut chunk[..n])?;
+        for i in (0..n).rev().filter(|&i| chunk[i] == b'\n') {
+            let newline = from + i as u64;
+            if let Some(line) = record_between(file, newline + 1, end)? {
+                return Ok(Some(line));
+            }
+            end = newline;
+        }
+        pos = from;
     }
+    record_between(file, 0, end)
+}
+
+/// The bytes from `start` to `end` of `file` when they are one record.
+fn record_between(file: &mut File, start: u64, end: u64) -> std::io::Result<Option<Vec<u8>>> {
+    if end <= start {
+        return Ok(None);
+    }
+    // A record starts with `{` (or blanks): anything else is passed over unread.
+    let mut first = [0u8; 1];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut first)?;
+    if first[0] != b'{' && !first[0].is_ascii_whitespace() {
+        return Ok(None);
+    }
+    let mut line = vec![0u8; (end - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut line)?;
+    Ok(is_record(&line).then_some(line))
 }
 
 /// The hash the next record of a trail whose current file holds no record
@@ -683,6 +704,29 @@ mod tests {
         assert_eq!(ns, [1, 3]);
         assert_eq!(torn.len(), 1);
         assert_eq!(torn[0].line, 2);
+    }
+
+    #[test]
+    fn the_last_record_is_found_behind_torn_lines_of_any_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        f.write_all(b"{\"n\":1}\n{\"n\":2}\n").unwrap();
+        // Torn or foreign tails of every kind: short, one chunk and more,
+        // a long one starting like a record, blank lines.
+        f.write_all(&[b'x'; 64 * 1024 + 3]).unwrap();
+        f.write_all(b"\n\n  \n{\"n\": 3, ").unwrap();
+        f.write_all(&[b'y'; 200 * 1024]).unwrap();
+        f.write_all(b"\n").unwrap();
+        f.write_all(&[b'z'; 3 * 1024 * 1024]).unwrap();
+        drop(f);
+        let mut file = File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(last_record(&mut file, len).unwrap().as_deref(), Some(&b"{\"n\":2}"[..]));
+        // Only the first line left, and no record at all.
+        assert_eq!(last_record(&mut file, 7).unwrap().as_deref(), Some(&b"{\"n\":1}"[..]));
+        assert_eq!(last_record(&mut file, 6).unwrap(), None);
+        assert_eq!(last_record(&mut file, 0).unwrap(), None);
     }
 
     fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
