@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -89,6 +89,36 @@ fn follow_prints_records_as_they_are_written() {
     assert!(line.contains("decided"), "{line}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn follow_skips_a_line_without_end_and_holds_no_more_than_its_limit() {
+    let bed = Bed::new("follow-long", "suggest");
+    bed.check();
+    let (mut child, rx) = follow(&bed, &["decisions", "--follow"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // 64 MiB without a line end, as a writer that never ends its line would leave.
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(bed.state_dir().join("decisions.jsonl")).unwrap();
+    for _ in 0..64 {
+        f.write_all(&[b'x'; 1 << 20]).unwrap();
+    }
+    drop(f);
+    std::thread::sleep(Duration::from_secs(2));
+    bed.failing_web();
+    bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
+    bed.check();
+    let line = wait_line(&rx, "unit-failed:demo-web.service");
+    assert!(line.contains("decided"), "{line}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(peak_kb < 48 * 1024, "macha-logs --follow held {peak_kb} kB for a 64 MiB line");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
 
 use std::borrow::Cow;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -162,14 +162,22 @@ fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if intact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Longest line `--follow` holds while it waits for the line's end; a
+/// longer one (a file written without line ends) is skipped and said so,
+/// so memory stays bounded.
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
 /// Prints each complete line appended to `name` from now on, until the
-/// reader goes away. A partial line is kept until its end arrives.
+/// reader goes away. A partial line is kept until its end arrives, up to
+/// `MAX_RECORD_BYTES`.
 fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result<()>) -> anyhow::Result<()> {
     let mut offset = state.metadata(name)?.map_or(0, |m| m.len());
     // The file followed (device and inode): another one at the name means
     // it was moved aside.
     let mut following = None;
     let mut pending = Vec::new();
+    // Set while the rest of an over-long line is read and dropped.
+    let mut skipping = false;
     while !output::closed() {
         std::thread::sleep(Duration::from_millis(300));
         let Some(file) = state.open_read(name)? else { continue };
@@ -180,6 +188,7 @@ fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result
             // Moved aside (or truncated): start from the beginning of the new file.
             offset = 0;
             pending.clear();
+            skipping = false;
         }
         following = Some(id);
         if len == offset {
@@ -188,15 +197,28 @@ fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result
         let mut reader = BufReader::new(file);
         reader.seek(SeekFrom::Start(offset))?;
         loop {
-            let n = reader.read_until(b'\n', &mut pending)?;
+            let room = (MAX_RECORD_BYTES + 1).saturating_sub(pending.len()) as u64;
+            let n = (&mut reader).take(room).read_until(b'\n', &mut pending)?;
             if n == 0 {
                 break;
             }
             offset += n as u64;
-            if pending.ends_with(b"\n") {
+            let ended = pending.ends_with(b"\n");
+            if ended && !skipping {
                 if let Ok(v) = serde_json::from_slice::<Value>(&pending) {
                     emit(&v)?;
                 }
+            } else if !ended && pending.len() > MAX_RECORD_BYTES && !skipping {
+                eprintln!(
+                    "macha-logs: a line of {name} is longer than {} MiB; it is skipped",
+                    MAX_RECORD_BYTES / (1024 * 1024)
+                );
+                skipping = true;
+            }
+            if ended {
+                skipping = false;
+                pending.clear();
+            } else if skipping {
                 pending.clear();
             }
         }
