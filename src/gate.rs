@@ -931,15 +931,15 @@ mod tests {
 
     #[test]
     fn observe_never_runs_anything_of_the_catalog() {
-        for p in
-            [gc(14), vacuum(512), rebuild(RebuildMode::DryBuild), rollback(), probe(Probe::FailedUnits, None, None)]
-        {
+        let rebuilds = [RebuildMode::DryBuild, RebuildMode::Test, RebuildMode::Switch, RebuildMode::Boot].map(rebuild);
+        for p in [gc(14), vacuum(512), rollback(), probe(Probe::FailedUnits, None, None)].into_iter().chain(rebuilds) {
             assert!(is_refusal_containing(&machine(Observe, p.clone()), "observe"), "{p:?}");
         }
     }
     #[test]
     fn suggest_queues_cleanups_rebuilds_and_rollbacks_and_runs_probes() {
-        for p in [gc(14), vacuum(512), rebuild(RebuildMode::Test), rebuild(RebuildMode::Switch), rollback()] {
+        let rebuilds = [RebuildMode::DryBuild, RebuildMode::Test, RebuildMode::Switch, RebuildMode::Boot].map(rebuild);
+        for p in [gc(14), vacuum(512), rollback()].into_iter().chain(rebuilds) {
             assert!(is_queue(&machine(Suggest, p.clone())), "{p:?}");
         }
         assert!(is_execute(&machine(Suggest, probe(Probe::Generations, None, None))));
