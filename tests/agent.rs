@@ -9,12 +9,7 @@ mod common;
 use macha_testbed::ollama::Reply;
 use serde_json::{json, Value};
 
-use self::common::{Bed, MODEL, WEB};
-
-/// The `/api/chat` bodies the double received, in order.
-fn chats(bed: &Bed) -> Vec<Value> {
-    bed.double.requests().into_iter().filter(|r| r.path == "/api/chat").map(|r| r.body).collect()
-}
+use self::common::{chats, Bed, MODEL, WEB};
 
 fn messages(chat: &Value) -> &Vec<Value> {
     chat["messages"].as_array().expect("messages")
@@ -49,7 +44,7 @@ fn the_model_investigates_over_several_tool_rounds_before_it_decides() {
 
     let (code, report) = bed.check();
     assert_eq!(code, 1, "{report:#}");
-    let chats = chats(&bed);
+    let chats = chats(&bed.double);
     assert_eq!(chats.len(), 3, "two tool rounds, then the answer: {chats:#?}");
     for chat in &chats {
         assert!(chat["tools"].as_array().is_some_and(|t| t.len() == 7), "every probe offered: {chat}");
@@ -102,7 +97,7 @@ fn when_the_rounds_run_out_the_model_must_answer_with_the_schema_and_no_tools() 
 
     let (code, report) = bed.check();
     assert_eq!(code, 1, "{report:#}");
-    let chats = chats(&bed);
+    let chats = chats(&bed.double);
     assert_eq!(chats.len(), 2, "{chats:#?}");
     assert!(chats[1].get("tools").is_none_or(Value::is_null), "no tools after the last round");
     assert!(chats[1]["format"].is_object(), "the decision is asked for with the schema");
@@ -144,7 +139,7 @@ fn at_observe_no_probe_runs_and_the_decision_is_single_shot() {
     bed.failing_web();
     bed.double.push(Reply::Json(common::decision("restart_unit", &[WEB])));
     bed.check();
-    let chats = chats(&bed);
+    let chats = chats(&bed.double);
     assert_eq!(chats.len(), 1);
     assert!(chats[0].get("tools").is_none_or(Value::is_null), "{}", chats[0]);
 }
@@ -194,7 +189,7 @@ fn evidence_over_the_budget_is_summarised_as_batch_work_before_the_decision() {
     // also serves as a (short) summary.
     let (_, report) = bed.check();
 
-    let chats = chats(&bed);
+    let chats = chats(&bed.double);
     let is_summary = |c: &Value| messages(c)[0]["content"].as_str().unwrap().starts_with("You condense evidence");
     let summaries: Vec<&Value> = chats.iter().filter(|c| is_summary(c)).collect();
     assert!(summaries.len() >= 2, "the evidence was cut into chunks: {report:#}");
@@ -234,7 +229,7 @@ fn an_invalid_answer_after_the_tools_is_retried_once_with_the_schema_and_no_tool
 
     let (code, report) = bed.check();
     assert_eq!(code, 1, "{report:#}");
-    let chats = chats(&bed);
+    let chats = chats(&bed.double);
     assert_eq!(chats.len(), 3);
     assert!(chats[2].get("tools").is_none_or(Value::is_null) && chats[2]["format"].is_object());
     let last = messages(&chats[2]).last().unwrap()["content"].as_str().unwrap().to_owned();

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{decision, macha_bin, Bed, WEB};
+use common::{decision, macha_bin, said, Bed, WEB};
 use macha_testbed::ollama::Reply;
 use serde_json::json;
 
@@ -22,10 +22,6 @@ fn queued(bed: &Bed) -> String {
 
 fn db(bed: &Bed) -> rusqlite::Connection {
     rusqlite::Connection::open(bed.state_dir().join("state.db")).unwrap()
-}
-
-fn said(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]

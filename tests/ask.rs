@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use common::{decision, macha_bin, Bed, MODEL, WEB};
+use common::{chats, decision, macha_bin, stderr, Bed, MODEL, WEB};
 use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
 use macha::gate::Action;
@@ -149,15 +149,6 @@ fn run_with(mut cmd: Command, config: &PathBuf, args: &[&str], stdin: &str) -> O
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The bodies of every chat request the double received, oldest first.
-fn chats(double: &OllamaDouble) -> Vec<Value> {
-    double.requests().into_iter().filter(|r| r.path == "/api/chat").map(|r| r.body).collect()
 }
 
 fn messages(chat: &Value) -> &Vec<Value> {

@@ -38,10 +38,6 @@ fn sigkill(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn spawn_daemon(bed: &Bed) -> Child {
-    bed.command("macha", &["daemon"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
 fn max_id(bed: &Bed) -> i64 {
     let path = bed.state_dir().join("state.db");
     if !path.exists() {
@@ -71,7 +67,7 @@ fn sigkill_at_random_points_loses_duplicates_and_repeats_nothing() {
     eprintln!("MACHA_CRASH_SEED={seed}");
     let mut rng = Lcg(seed);
 
-    let mut daemon = spawn_daemon(&bed);
+    let mut daemon = bed.daemon(Stdio::null());
     let started = Instant::now();
     while max_id(&bed) == 0 {
         assert!(started.elapsed() < Duration::from_secs(30), "the daemon queued nothing");
@@ -84,7 +80,7 @@ fn sigkill_at_random_points_loses_duplicates_and_repeats_nothing() {
             // Kill the daemon wherever it is (observing, deciding, queueing, writing the audit).
             std::thread::sleep(Duration::from_millis(rng.next(300)));
             sigkill(&mut daemon);
-            daemon = spawn_daemon(&bed);
+            daemon = bed.daemon(Stdio::null());
             daemon_kills += 1;
             ops += 1;
             continue;

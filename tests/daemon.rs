@@ -3,45 +3,13 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{decision, Bed, WEB};
+use common::{decision, signal, wait_exit, wait_until, Bed, WEB};
 use macha_testbed::ollama::Reply;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::json;
-
-fn start_daemon(bed: &Bed) -> Child {
-    bed.command("macha", &["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn signal(child: &Child, sig: Signal) {
-    kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
-/// Waits for the child to exit; returns its exit code and how long it took.
-fn wait_exit(child: &mut Child, timeout: Duration) -> (Option<i32>, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            child.kill().unwrap();
-            panic!("daemon did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn the_daemon_survives_every_model_failure_and_the_next_cycle_succeeds() {
@@ -61,7 +29,7 @@ fn the_daemon_survives_every_model_failure_and_the_next_cycle_succeeds() {
     ] {
         bed.double.push(reply);
     }
-    let mut daemon = start_daemon(&bed);
+    let mut daemon = bed.daemon(Stdio::piped());
     wait_until(Duration::from_secs(60), "a decided record", || {
         bed.audit("decisions.jsonl").iter().any(|d| d["outcome"] == "decided")
     });
@@ -94,7 +62,7 @@ fn a_signal_stops_the_daemon_promptly_mid_sleep_and_a_second_daemon_refuses() {
 
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let _ = std::fs::remove_file(&log);
-        let mut daemon = start_daemon(&bed);
+        let mut daemon = bed.daemon(Stdio::piped());
         wait_until(Duration::from_secs(20), "the first cycle", || {
             std::fs::read_to_string(&log).unwrap_or_default().contains("cycle done")
         });

@@ -12,12 +12,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{decision, Bed, WEB};
+use common::{decision, signal, wait_exit, wait_until, Bed, WEB};
 use macha_testbed::ollama::Reply;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const SLOW: &str = "slowstart.service";
@@ -59,32 +58,6 @@ fn starts(bed: &Bed) -> usize {
 fn spawn_daemon(bed: &Bed) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(bed.state.path().join("daemon.log")).unwrap();
     bed.command("macha", &["daemon"]).env("MACHA_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
-
-fn signal(child: &Child, sig: Signal) {
-    kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> (Option<i32>, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("the daemon did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn automatic(bed: &Bed) -> Vec<Value> {

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{decision, macha_bin, Bed, WEB};
+use common::{decision, macha_bin, said, Bed, WEB};
 use macha::config::Config;
 use macha::cycle::{CycleReport, DecisionReport, IncidentReport};
 use macha::notify::outbox::Outbox;
@@ -66,10 +66,6 @@ impl Here {
         config.gotify.token_file = Some(self.path("token"));
         config
     }
-}
-
-fn said(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]

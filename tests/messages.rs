@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::macha_bin;
+use common::{macha_bin, stderr};
 
 /// The uid and gid of `nobody`: neither root nor in the approver group.
 const NOBODY: u32 = 65534;
@@ -56,10 +56,6 @@ fn said(out: Output, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The message's parts (`what: cause: its cause`) are all different.

@@ -10,16 +10,14 @@ mod common;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{decision, macha_bin, read_jsonl, Bed, MODEL, WEB};
+use common::{decision, macha_bin, read_jsonl, stop_daemon, wait_until, Bed, MODEL, WEB};
 use macha::config::{Api, Config};
 use macha::model::status::{self, DaemonStatus};
 use macha::model::{ChatRequest, Check, Message, ModelError, ModelService, Priority, ProviderError, Tool, ToolCall};
 use macha_testbed::ollama::{ModelCaps, OllamaDouble, Reply};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 const FALLBACK_MODEL: &str = "qwen2.5:7b";
@@ -428,23 +426,6 @@ fn macha_stats_sums_the_metrics_of_real_cycles() {
     assert!(text.contains("tokens in") && text.contains("overall"), "{text}");
 }
 
-fn start_daemon(bed: &Bed) -> Child {
-    bed.command("macha", &["daemon"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-}
-
-fn stop_daemon(mut daemon: Child) {
-    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `macha status --json`: exit code and document.
 fn status_json(bed: &Bed) -> (Option<i32>, Value) {
     let out = bed.command("macha", &["status", "--json"]).output().unwrap();
@@ -456,9 +437,11 @@ fn macha_status_shows_the_daemons_busy_slot_and_then_that_it_stopped() {
     let bed = Bed::new("status", "suggest");
     bed.failing_web();
     bed.double.hold_answers();
-    let daemon = start_daemon(&bed);
-    wait_until("the daemon's decision at the model", || bed.double.chat_requests() == 1);
-    wait_until("the busy slot in status.json", || status_json(&bed).1["status"]["queue"]["running"][0].is_object());
+    let daemon = bed.daemon(Stdio::null());
+    wait_until(Duration::from_secs(60), "the daemon's decision at the model", || bed.double.chat_requests() == 1);
+    wait_until(Duration::from_secs(60), "the busy slot in status.json", || {
+        status_json(&bed).1["status"]["queue"]["running"][0].is_object()
+    });
 
     let (code, s) = status_json(&bed);
     assert_eq!((code, s["daemon"].as_str()), (Some(0), Some("running")), "{s:#}");
@@ -470,7 +453,7 @@ fn macha_status_shows_the_daemons_busy_slot_and_then_that_it_stopped() {
     assert!(text.contains("running: autonomous request"), "{text}");
 
     bed.double.release_answers();
-    wait_until("the decision", || !bed.audit("decisions.jsonl").is_empty());
+    wait_until(Duration::from_secs(60), "the decision", || !bed.audit("decisions.jsonl").is_empty());
     stop_daemon(daemon);
     let (code, s) = status_json(&bed);
     assert_eq!((code, s["daemon"].as_str()), (Some(1), Some("stopped")), "{s:#}");
@@ -527,8 +510,8 @@ fn a_missing_model_is_named_with_ollama_pull_at_start_up_and_the_daemon_keeps_ch
     let text = std::fs::read_to_string(&bed.config).unwrap().replace(MODEL, "qwen-missing:7b");
     std::fs::write(&bed.config, text).unwrap();
     let log = bed.state_dir().join("orchestrator.log");
-    let mut daemon = start_daemon(&bed);
-    wait_until("the hint in two cycles", || {
+    let mut daemon = bed.daemon(Stdio::null());
+    wait_until(Duration::from_secs(60), "the hint in two cycles", || {
         std::fs::read_to_string(&log).unwrap_or_default().matches("ollama pull qwen-missing:7b").count() >= 2
     });
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon keeps running");

@@ -6,14 +6,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use common::{decision, Bed, WEB};
+use common::{decision, stop_daemon, wait_until, Bed, WEB};
 use macha_testbed::gotify::{GotifyReceiver, Mode, ReceivedMessage, TokenSource};
 use macha_testbed::ollama::Reply;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 const TOKEN: &str = "AqZ8-macha-test-token-4711";
@@ -226,27 +224,8 @@ fn beyond_the_hourly_limit_messages_roll_into_the_digest_whose_counts_match_the_
     );
 }
 
-fn start_daemon(bed: &Bed) -> Child {
-    bed.command("macha", &["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn stop_daemon(daemon: Child) -> String {
-    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
-    let out = daemon.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn cycles(bed: &Bed) -> usize {
     std::fs::read_to_string(bed.state_dir().join("orchestrator.log")).unwrap_or_default().matches("cycle done").count()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
@@ -274,7 +253,7 @@ fn while_gotify_is_down_monitoring_goes_on_and_held_messages_arrive_later() {
     let mut stderr = String::new();
 
     g.set_mode(Mode::Status(401));
-    let daemon = start_daemon(&bed);
+    let daemon = bed.daemon(Stdio::piped());
     wait_until(Duration::from_secs(30), "rejected deliveries", || {
         g.attempts().iter().filter(|a| a.status == 401).count() >= 2
     });
@@ -298,7 +277,7 @@ fn while_gotify_is_down_monitoring_goes_on_and_held_messages_arrive_later() {
 
     // Gotify is back; a restarted daemon delivers what was held, once each.
     let g = GotifyReceiver::start_on(addr, &[TOKEN]).unwrap();
-    let daemon = start_daemon(&bed);
+    let daemon = bed.daemon(Stdio::piped());
     assert!(g.wait_for_messages(2, Duration::from_secs(30)), "{:#?}", titles(&g));
     std::thread::sleep(Duration::from_secs(2));
     stderr.push_str(&stop_daemon(daemon));
@@ -376,7 +355,7 @@ fn the_outbox_is_bounded_and_a_slow_gotify_does_not_hold_up_monitoring() {
     bed.c.start_unit("demo-a.service").unwrap();
     bed.c.wait_unit_state("demo-a.service", "failed", Duration::from_secs(10)).unwrap();
 
-    let daemon = start_daemon(&bed);
+    let daemon = bed.daemon(Stdio::piped());
     wait_until(Duration::from_secs(30), "a delivery attempt", || !g.attempts().is_empty());
     let before = cycles(&bed);
     wait_until(Duration::from_secs(30), "cycles while Gotify hangs", || cycles(&bed) >= before + 3);

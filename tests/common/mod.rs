@@ -4,11 +4,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use macha_testbed::container::{BootOptions, Container};
 use macha_testbed::ollama::OllamaDouble;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 pub const MODEL: &str = "llama3.1:70b";
@@ -126,6 +128,11 @@ job_timeout = 20
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// `macha daemon` with the bed's config, its standard error to `stderr`.
+    pub fn daemon(&self, stderr: impl Into<Stdio>) -> Child {
+        self.command("macha", &["daemon"]).stdout(Stdio::null()).stderr(stderr).spawn().unwrap()
     }
 
     pub fn command(&self, prog: &str, args: &[&str]) -> Command {
@@ -258,4 +265,58 @@ pub fn macha_host(name: &str) -> Container {
     .unwrap();
     c.exec_ok(&["systemctl", "start", "ollama.service"]).unwrap();
     c
+}
+
+/// Polls `cond` every 50 ms until it holds, failing the test with `what`
+/// after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` to exit: its exit code and how long it took. A child
+/// still running after `timeout` is killed and the test fails.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> (Option<i32>, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("the process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &Child, sig: Signal) {
+    kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// Stops a daemon started by `Bed::daemon` with SIGTERM, checks that it
+/// exited 0, and returns what it wrote to a piped standard error.
+pub fn stop_daemon(daemon: Child) -> String {
+    signal(&daemon, Signal::SIGTERM);
+    let out = daemon.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Standard output and standard error of a command, together.
+pub fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The bodies of every chat request the double received, oldest first.
+pub fn chats(double: &OllamaDouble) -> Vec<Value> {
+    double.requests().into_iter().filter(|r| r.path == "/api/chat").map(|r| r.body).collect()
 }
