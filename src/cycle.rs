@@ -179,12 +179,9 @@ impl Engine {
     /// Records the end of the automatic actions a stopped macha (or this
     /// process, when it could not write) left unrecorded (`ledger`).
     async fn recover(&mut self) {
-        let systemd = self.observer.systemd().await.map_err(|e| e.to_string());
+        let systemd = self.observer.link().await;
         let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
-        let said = match &systemd {
-            Ok(s) => ledger.recover(Ok(*s), &self.config).await,
-            Err(e) => ledger.recover(Err(e.as_str()), &self.config).await,
-        };
+        let said = ledger.recover(&systemd, &self.config).await;
         for line in said {
             tracing::warn!("{line}");
         }
@@ -725,14 +722,7 @@ impl Engine {
         if self.config.autonomy_level == AutonomyLevel::Observe {
             return decide::decide(&self.model, &self.prompts, incident, snap, notes, None).await;
         }
-        let connection = self.observer.systemd().await;
-        let unreachable = connection.as_ref().err().map(ToString::to_string);
-        let systemd = match (&connection, &unreachable) {
-            (Ok(s), _) => Ok(*s),
-            (Err(_), Some(why)) => Err(why.as_str()),
-            (Err(_), None) => unreachable!("an error has its text"),
-        };
-        let host = HostTools { systemd, config: &self.config };
+        let host = HostTools { systemd: self.observer.link().await, config: &self.config };
         decide::decide(&self.model, &self.prompts, incident, snap, notes, Some(&host)).await
     }
 
@@ -741,11 +731,7 @@ impl Engine {
     }
 
     async fn carry_out(&mut self, action: &Action) -> act::Report {
-        let config = &self.config;
-        match self.observer.systemd().await {
-            Ok(systemd) => act::execute(Ok(systemd), action, config).await,
-            Err(e) => act::execute(Err(&e.to_string()), action, config).await,
-        }
+        act::execute(&self.observer.link().await, action, &self.config).await
     }
 
     async fn facts(&mut self, raw: &str) -> UnitFacts {

@@ -31,7 +31,7 @@ use crate::gate::{self, Action};
 use crate::observe::host::{self, Filesystem};
 use crate::observe::journal::{self, Entry};
 use crate::observe::nixos::{self, Generations};
-use crate::observe::systemd::{Systemd, UnitState};
+use crate::observe::systemd::{Systemd, SystemdLink, UnitState};
 use crate::redact::redact;
 use crate::unit::UnitName;
 
@@ -82,7 +82,7 @@ impl Finding {
 
 /// Runs the probe of an `Action::Investigate`. `systemd` is the connection, or why there is none
 /// (unit probes then fail with that reason; the others still run). Any other action is an error.
-pub async fn run(action: &Action, systemd: Result<&Systemd, &str>, config: &Config) -> Result<Finding, String> {
+pub async fn run(action: &Action, systemd: &SystemdLink<'_>, config: &Config) -> Result<Finding, String> {
     let Action::Investigate { probe, unit, path } = action else {
         return Err(format!("{} is not an investigation; only investigate runs a probe", action.kind().as_str()));
     };
@@ -96,10 +96,10 @@ async fn run_probe(
     probe: Probe,
     unit: Option<&UnitName>,
     path: Option<&str>,
-    systemd: Result<&Systemd, &str>,
+    systemd: &SystemdLink<'_>,
     config: &Config,
 ) -> Result<Finding, String> {
-    let systemd = || systemd.map_err(|why| format!("needs systemd, which cannot be reached: {why}"));
+    let systemd = || systemd.get().map_err(|why| format!("needs systemd, which cannot be reached: {why}"));
     let unit = || unit.ok_or_else(|| "needs a unit".to_owned());
     match probe {
         Probe::UnitStatus => unit_status(systemd()?, unit()?).await,
@@ -796,7 +796,7 @@ garbage line
     #[tokio::test]
     async fn only_an_investigate_action_runs_a_probe() {
         let restart = Action::RestartUnit { unit: UnitName::parse("web.service").unwrap() };
-        let err = run(&restart, Err("not needed"), &Config::default()).await.unwrap_err();
+        let err = run(&restart, &SystemdLink::Down("not needed".into()), &Config::default()).await.unwrap_err();
         assert!(err.contains("restart_unit is not an investigation"), "{err}");
     }
 
@@ -807,7 +807,9 @@ garbage line
             unit: Some(UnitName::parse("web.service").unwrap()),
             path: None,
         };
-        let err = run(&action, Err("cannot connect to D-Bus at /x"), &Config::default()).await.unwrap_err();
+        let err = run(&action, &SystemdLink::Down("cannot connect to D-Bus at /x".into()), &Config::default())
+            .await
+            .unwrap_err();
         assert_eq!(err, "unit_status: needs systemd, which cannot be reached: cannot connect to D-Bus at /x");
     }
 
@@ -815,7 +817,7 @@ garbage line
     async fn a_path_that_does_not_exist_is_named_in_the_error() {
         let action =
             Action::Investigate { probe: Probe::DiskUsage, unit: None, path: Some("/nonexistent/macha-probe".into()) };
-        let err = run(&action, Err("no systemd"), &Config::default()).await.unwrap_err();
+        let err = run(&action, &SystemdLink::Down("no systemd".into()), &Config::default()).await.unwrap_err();
         assert!(err.contains("/nonexistent/macha-probe") && err.contains("No such file"), "{err}");
     }
 }

@@ -27,7 +27,7 @@ use crate::act::{self, Brief, Observed, Unfinished};
 use crate::audit::{self, ActionRecord};
 use crate::config::Config;
 use crate::gate::Action;
-use crate::observe::systemd::Systemd;
+use crate::observe::systemd::SystemdLink;
 use crate::retention::Rotation;
 use crate::state_dir::StateDir;
 use crate::store::{AutoAction, Store};
@@ -151,7 +151,7 @@ impl<'a> Ledger<'a> {
     /// recorded and whose process no longer runs (see the module's
     /// documentation). Returns what it recorded or could not, one line
     /// each, for the log.
-    pub async fn recover(&self, systemd: Result<&Systemd, &str>, config: &Config) -> Vec<String> {
+    pub async fn recover(&self, systemd: &SystemdLink<'_>, config: &Config) -> Vec<String> {
         let rows = match self.store.unlogged_auto() {
             Ok(rows) => rows,
             Err(e) => return vec![format!("cannot read the unfinished automatic actions: {e}")],
@@ -179,7 +179,7 @@ impl<'a> Ledger<'a> {
     async fn settle(
         &self,
         row: &AutoAction,
-        systemd: Result<&Systemd, &str>,
+        systemd: &SystemdLink<'_>,
         config: &Config,
     ) -> Result<Option<String>, String> {
         let id = row.id;
@@ -223,7 +223,7 @@ impl<'a> Ledger<'a> {
                 (rec, succeeded)
             }
             // Judged when systemd can be asked; until then it stays in flight.
-            None if systemd.is_err() => return Ok(None),
+            None if systemd.get().is_err() => return Ok(None),
             None => {
                 let rec = judged(&started, row, systemd, config).await;
                 let succeeded = rec.outcome == "succeeded";
@@ -276,12 +276,7 @@ fn started_from_row(row: &AutoAction) -> ActionRecord {
 }
 
 /// The outcome record of an action nobody saw end, judged now.
-async fn judged(
-    started: &ActionRecord,
-    row: &AutoAction,
-    systemd: Result<&Systemd, &str>,
-    config: &Config,
-) -> ActionRecord {
+async fn judged(started: &ActionRecord, row: &AutoAction, systemd: &SystemdLink<'_>, config: &Config) -> ActionRecord {
     let before: Option<Brief> = match &started.before {
         Some(Observed::Unit(b)) => Some(b.clone()),
         _ => None,
@@ -361,7 +356,8 @@ mod tests {
     /// Settles the ledger as a later process would, with systemd out of reach.
     fn recover(b: &Bed) -> Vec<String> {
         rt().block_on(
-            Ledger::new(&b.store, &b.state, b.config.retention.audit()).recover(Err("no bus here"), &b.config),
+            Ledger::new(&b.store, &b.state, b.config.retention.audit())
+                .recover(&SystemdLink::Down("no bus here".into()), &b.config),
         )
     }
 
@@ -452,7 +448,7 @@ mod tests {
         }
         assert!(!outcomes(&b).contains(&"started".to_owned()), "the started record is gone");
         // Nothing kept, systemd out of reach: it stays in flight, counted.
-        let said = rt().block_on(ledger.recover(Err("no bus here"), &b.config));
+        let said = rt().block_on(ledger.recover(&SystemdLink::Down("no bus here".into()), &b.config));
         assert!(said.is_empty(), "{said:?}");
         let h = b.store.auto_history(FP, Utc::now()).unwrap();
         assert!(h.in_flight && h.recent == 1, "{h:?}");

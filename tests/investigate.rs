@@ -12,7 +12,7 @@ use macha::config::Config;
 use macha::decide::Probe;
 use macha::gate::Action;
 use macha::investigate::{self, Finding, MAX_TEXT_CHARS};
-use macha::observe::systemd::Systemd;
+use macha::observe::systemd::{Systemd, SystemdLink};
 use macha::unit::UnitName;
 
 const UNIT: &str = "probe-target.service";
@@ -43,7 +43,7 @@ async fn probe(
     probe: Probe,
     unit: Option<&str>,
     path: Option<&str>,
-    systemd: Result<&Systemd, &str>,
+    systemd: &SystemdLink<'_>,
     config: &Config,
 ) -> Finding {
     let finding = investigate::run(&action(probe, unit, path), systemd, config).await.unwrap();
@@ -64,20 +64,20 @@ async fn unit_probes_show_a_failed_units_state_and_redacted_logs() {
     let config = config(&bed);
     let systemd = Systemd::connect(config.dbus_address.as_deref()).await.unwrap();
 
-    let status = probe(Probe::UnitStatus, Some(UNIT), None, Ok(&systemd), &config).await;
+    let status = probe(Probe::UnitStatus, Some(UNIT), None, &SystemdLink::Up(&systemd), &config).await;
     assert_eq!(status.summary, format!("{UNIT}: failed (failed), result exit-code, 0 restarts"));
     for line in ["Id=probe-target.service", "ActiveState=failed", "Result=exit-code", "ExecMainStatus=3"] {
         assert!(status.text.lines().any(|l| l == line), "{line} in:\n{}", status.text);
     }
     assert!(status.text.lines().any(|l| l.starts_with("InactiveEnterTimestamp=20")), "{}", status.text);
 
-    let logs = probe(Probe::UnitLogs, Some(UNIT), None, Ok(&systemd), &config).await;
+    let logs = probe(Probe::UnitLogs, Some(UNIT), None, &SystemdLink::Up(&systemd), &config).await;
     assert!(logs.text.contains("]: probe-target: cannot open /etc/probe-target.conf"), "{}", logs.text);
     assert!(!logs.text.contains("hunter2"), "the password is redacted:\n{}", logs.text);
     assert!(logs.text.contains("probe-target: connecting with password=[redacted:password]"), "{}", logs.text);
     assert!(logs.text.lines().all(|l| l.starts_with("20")), "each line starts with its time:\n{}", logs.text);
 
-    let failed = probe(Probe::FailedUnits, None, None, Ok(&systemd), &config).await;
+    let failed = probe(Probe::FailedUnits, None, None, &SystemdLink::Up(&systemd), &config).await;
     assert!(failed.summary.contains(UNIT), "{}", failed.summary);
     assert!(
         failed.text.lines().any(|l| l.starts_with(&format!("{UNIT} Result=exit-code ExecMainStatus=3"))),
@@ -85,10 +85,14 @@ async fn unit_probes_show_a_failed_units_state_and_redacted_logs() {
         failed.text
     );
 
-    let absent = probe(Probe::UnitStatus, Some("no-such-probe.service"), None, Ok(&systemd), &config).await;
+    let absent =
+        probe(Probe::UnitStatus, Some("no-such-probe.service"), None, &SystemdLink::Up(&systemd), &config).await;
     assert_eq!(absent.text, "no unit named no-such-probe.service is loaded");
 
-    let err = investigate::run(&action(Probe::FailedUnits, None, None), Err("no bus here"), &config).await.unwrap_err();
+    let err =
+        investigate::run(&action(Probe::FailedUnits, None, None), &SystemdLink::Down("no bus here".into()), &config)
+            .await
+            .unwrap_err();
     assert_eq!(err, "failed_units: needs systemd, which cannot be reached: no bus here");
 }
 
@@ -96,7 +100,7 @@ async fn unit_probes_show_a_failed_units_state_and_redacted_logs() {
 async fn host_probes_need_no_systemd() {
     let bed = Bed::new("investigate-host", "suggest");
     let config = config(&bed);
-    let no_systemd = Err("not connected in this test");
+    let no_systemd = &SystemdLink::Down("not connected in this test".into());
 
     let disk = probe(Probe::DiskUsage, None, Some("/"), no_systemd, &config).await;
     let percent = disk.text.lines().find_map(|l| l.strip_prefix("UsedPercent=")).expect("a percentage");

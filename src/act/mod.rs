@@ -8,6 +8,7 @@
 //! are the two sides of the helper units: the arguments file the daemon
 //! writes, and the root program that reads it.
 
+mod control;
 pub mod request;
 pub mod root;
 
@@ -21,8 +22,10 @@ use crate::decide::RebuildMode;
 use crate::gate::Action;
 use crate::observe::host;
 use crate::observe::nixos::{self, Generations};
-use crate::observe::systemd::{Systemd, UnitState};
+use crate::observe::systemd::{ReadUnits, SystemdLink, UnitState};
 use crate::unit::UnitName;
+
+pub use self::control::{Control, Host, JobResult};
 
 /// A unit's state in brief, before and after an action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,24 +137,25 @@ fn generations(config: &Config) -> Result<Generations, String> {
 }
 
 /// Carries out `action` and verifies it. `systemd` is the connection, or
-/// why there is none.
-pub async fn execute(systemd: Result<&Systemd, &str>, action: &Action, config: &Config) -> Report {
+/// why there is none; the handle that changes units (`Control`) is made
+/// from it here, and only here.
+pub async fn execute(systemd: &SystemdLink<'_>, action: &Action, config: &Config) -> Report {
     let cfg = &config.act;
     match action {
-        Action::RestartUnit { unit } | Action::ResetFailed { unit } => match systemd {
-            Ok(s) => execute_on_unit(s, action, unit, cfg).await,
+        Action::RestartUnit { unit } | Action::ResetFailed { unit } => match systemd.get() {
+            Ok(s) => execute_on_unit(&Control::new(s), action, unit, cfg).await,
             Err(e) => Report::failed(e),
         },
         Action::Investigate { .. } => match crate::investigate::run(action, systemd, config).await {
             Ok(f) => Report { succeeded: true, detail: format!("{}\n{}", f.summary, f.text), ..Report::failed("") },
             Err(e) => Report::failed(format!("the probe failed: {e}")),
         },
-        Action::CollectGarbage { .. } | Action::VacuumJournal { .. } => match systemd {
-            Ok(s) => cleanup(s, action, config).await,
+        Action::CollectGarbage { .. } | Action::VacuumJournal { .. } => match systemd.get() {
+            Ok(s) => cleanup(&Control::new(s), action, config).await,
             Err(e) => Report::failed(e),
         },
-        Action::NixosRebuild { .. } | Action::RollbackGeneration { .. } => match systemd {
-            Ok(s) => change_system(s, action, config).await,
+        Action::NixosRebuild { .. } | Action::RollbackGeneration { .. } => match systemd.get() {
+            Ok(s) => change_system(&Control::new(s), action, config).await,
             Err(e) => Report::failed(e),
         },
     }
@@ -159,13 +163,13 @@ pub async fn execute(systemd: Result<&Systemd, &str>, action: &Action, config: &
 
 /// Starts `action`'s helper unit with a fresh request and waits for it.
 /// On failure the error carries the helper's last journal lines.
-async fn run_helper(systemd: &Systemd, action: &Action, config: &Config) -> Result<(), String> {
+async fn run_helper(host: &impl Host, action: &Action, config: &Config) -> Result<(), String> {
     let unit = action.helper_unit().ok_or_else(|| format!("{action} has no helper unit"))?;
     let name = UnitName::parse(unit).map_err(|e| e.to_string())?;
     let state = crate::state_dir::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?;
     let req = request::write(&state, action)?;
     let started = chrono::Utc::now();
-    let job = systemd
+    let job = host
         .start_helper(&name, Duration::from_secs(config.act.helper_timeout))
         .await
         .map_err(|e| format!("{e} (request {})", req.id))?;
@@ -234,7 +238,7 @@ pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
 }
 
 /// Garbage collection and journal vacuum, verified by free space.
-async fn cleanup(systemd: &Systemd, action: &Action, config: &Config) -> Report {
+async fn cleanup(host: &impl Host, action: &Action, config: &Config) -> Report {
     let mut kept = String::new();
     if let Action::VacuumJournal { .. } = action {
         match preserve_evidence(config) {
@@ -251,7 +255,7 @@ async fn cleanup(systemd: &Systemd, action: &Action, config: &Config) -> Report 
         _ => PathBuf::from("/nix/store"),
     };
     let before = space_of(&path);
-    let result = run_helper(systemd, action, config).await;
+    let result = run_helper(host, action, config).await;
     let after = space_of(&path);
     let (b, a) = (before.clone().map(Observed::Space), after.clone().map(Observed::Space));
     let report = |succeeded: bool, detail: String| Report {
@@ -287,7 +291,7 @@ async fn cleanup(systemd: &Systemd, action: &Action, config: &Config) -> Report 
 
 /// A rebuild or rollback, verified by the generation that is current after
 /// it, and recorded with the generation before so that it can be undone.
-async fn change_system(systemd: &Systemd, action: &Action, config: &Config) -> Report {
+async fn change_system(host: &impl Host, action: &Action, config: &Config) -> Report {
     let before = match generations(config) {
         Ok(g) => g,
         Err(e) => return Report::failed(e),
@@ -301,7 +305,7 @@ async fn change_system(systemd: &Systemd, action: &Action, config: &Config) -> R
         },
         other => other.clone(),
     };
-    let result = run_helper(systemd, &action, config).await;
+    let result = run_helper(host, &action, config).await;
     let after = generations(config);
     let mut report = Report {
         succeeded: false,
@@ -377,8 +381,8 @@ fn verify_generation(action: &Action, before: &Generations, after: &Generations)
     }
 }
 
-async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cfg: &ActConfig) -> Report {
-    let before = systemd.unit_state(unit).await.ok().flatten();
+async fn execute_on_unit(host: &impl Host, action: &Action, unit: &UnitName, cfg: &ActConfig) -> Report {
+    let before = host.unit_state(unit).await.ok().flatten();
     let before_brief = before.as_ref().map(|b| Observed::Unit(b.into()));
     // The failure the action is to repair: a run since then moves this.
     let failed_at = before.as_ref().and_then(|b| b.inactive_enter_timestamp);
@@ -395,11 +399,11 @@ async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cf
     };
     match action {
         Action::RestartUnit { .. } => {
-            let job = match systemd.restart(unit, Duration::from_secs(cfg.job_timeout)).await {
+            let job = match host.restart(unit, Duration::from_secs(cfg.job_timeout)).await {
                 Ok(job) => job,
                 Err(e) => return failed(e.to_string(), None),
             };
-            let (after, seen_failed) = settle(systemd, unit, Duration::from_secs(cfg.settle_time)).await;
+            let (after, seen_failed) = settle(host, unit, Duration::from_secs(cfg.settle_time)).await;
             let after_brief = after.as_ref().map(|a| Observed::Unit(a.into()));
             let Some(after) = after else {
                 return failed(format!("{unit} disappeared after the restart"), None);
@@ -410,10 +414,10 @@ async fn execute_on_unit(systemd: &Systemd, action: &Action, unit: &UnitName, cf
             report(judge_restart(unit, &after, seen_failed, failed_at, cfg), after_brief)
         }
         _ => {
-            if let Err(e) = systemd.reset_failed(unit).await {
+            if let Err(e) = host.reset_failed(unit).await {
                 return failed(e.to_string(), None);
             }
-            let after = systemd.unit_state(unit).await.ok().flatten();
+            let after = host.unit_state(unit).await.ok().flatten();
             let after_brief = after.as_ref().map(|a| Observed::Unit(a.into()));
             report(judge_reset(unit, after.as_ref(), failed_at), after_brief)
         }
@@ -477,7 +481,7 @@ pub enum Unfinished {
 /// (`act.job_timeout`), then watched (`act.settle_time`) and judged as
 /// usual; nothing is carried out again.
 pub async fn judge_unfinished(
-    systemd: Result<&Systemd, &str>,
+    systemd: &SystemdLink<'_>,
     action: &Action,
     before: Option<&Brief>,
     config: &Config,
@@ -487,7 +491,7 @@ pub async fn judge_unfinished(
         detail,
         after: after.map(|a| Observed::Unit(a.into())),
     };
-    let systemd = match systemd {
+    let systemd = match systemd.get() {
         Ok(s) => s,
         Err(e) => {
             return unseen(format!("macha stopped while {action} ran, and systemd cannot be asked now: {e}"), None)
@@ -575,7 +579,7 @@ fn failed_at_of(before: Option<&Brief>) -> Option<chrono::DateTime<chrono::Utc>>
 /// Watches the unit for `window`; returns its last state and whether it was
 /// seen failed at any point (a `Type=simple` service is "active" at once and
 /// fails a moment later).
-async fn settle(systemd: &Systemd, unit: &UnitName, window: Duration) -> (Option<UnitState>, bool) {
+async fn settle(systemd: &impl ReadUnits, unit: &UnitName, window: Duration) -> (Option<UnitState>, bool) {
     let started = Instant::now();
     let mut seen_failed = false;
     loop {

@@ -18,7 +18,7 @@ use macha::gate::{check_target, Action, Policy};
 use macha::model::ModelService;
 use macha::notify::gotify::Gotify;
 use macha::notify::Notifier;
-use macha::observe::systemd::Systemd;
+use macha::observe::systemd::{Systemd, SystemdLink};
 use macha::state_dir::StateDir;
 use macha::store::{Approval, Store};
 
@@ -346,7 +346,7 @@ pub(super) async fn approve(
     // Recorded before it is done: a crash from here on leaves the intent in
     // the audit trail and the item in `executing`, never run twice.
     record(config, state, &item, &by, "approved", &format!("carrying out {action}"), None)?;
-    let mut report = act::execute(Ok(&systemd), &action, config).await;
+    let mut report = act::execute(&SystemdLink::Up(&systemd), &action, config).await;
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(macha::cycle::profile_of)) {
         let why = format!("undo {action} (approval {id}): go back to the system that ran before it");
         let ttl = config.act.approval_ttl();

@@ -20,7 +20,7 @@ use macha::config::Config;
 use macha::decide::prompt::Prompts;
 use macha::decide::tools::HostTools;
 use macha::model::{ModelError, ModelService};
-use macha::observe::systemd::Systemd;
+use macha::observe::systemd::{Systemd, SystemdLink};
 use macha::state_dir::{StateDir, StateError};
 
 #[derive(clap::Args)]
@@ -109,11 +109,15 @@ impl Session {
         Ok(Self { model, systemd })
     }
 
-    pub fn tools<'a>(&'a self, config: &'a Config, state: &'a StateDir) -> AskTools<'a> {
-        AskTools {
-            host: HostTools { systemd: self.systemd.as_ref().map_err(String::as_str), config },
-            records: Records { state },
+    fn link(&self) -> SystemdLink<'_> {
+        match &self.systemd {
+            Ok(s) => SystemdLink::Up(s),
+            Err(why) => SystemdLink::Down(why.clone()),
         }
+    }
+
+    pub fn tools<'a>(&'a self, config: &'a Config, state: &'a StateDir) -> AskTools<'a> {
+        AskTools { host: HostTools { systemd: self.link(), config }, records: Records { state } }
     }
 }
 

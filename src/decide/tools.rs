@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::gate::{self, Action};
 use crate::investigate;
 use crate::model::{ChatReply, ChatRequest, Message, ModelError, ModelService, Priority, Tool, ToolCall, Usage};
-use crate::observe::systemd::Systemd;
+use crate::observe::systemd::SystemdLink;
 
 /// Calls carried out per round; more in one answer are refused with a reason.
 pub const MAX_CALLS_PER_ROUND: usize = 4;
@@ -184,7 +184,7 @@ fn short_serde_error(e: &serde_json::Error) -> String {
 
 /// The probes, run on this host.
 pub struct HostTools<'a> {
-    pub systemd: Result<&'a Systemd, &'a str>,
+    pub systemd: SystemdLink<'a>,
     pub config: &'a Config,
 }
 
@@ -196,7 +196,7 @@ impl Toolbox for HostTools<'_> {
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
             let action = parse_call(name, arguments).map_err(ToolError::Refused)?;
-            let finding = investigate::run(&action, self.systemd, self.config).await.map_err(ToolError::Failed)?;
+            let finding = investigate::run(&action, &self.systemd, self.config).await.map_err(ToolError::Failed)?;
             Ok(finding_text(&finding))
         })
     }

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use self::host::{HostProbe, HostStats};
 use self::journal::ErrorScan;
-use self::systemd::{Systemd, UnitState};
+use self::systemd::{Systemd, SystemdLink, UnitState};
 use crate::config::Config;
 use crate::decide::evidence::Folded;
 use crate::unit::UnitName;
@@ -113,6 +113,11 @@ impl Observer {
             self.systemd = Some(Systemd::connect(self.dbus_address.as_deref()).await?);
         }
         Ok(self.systemd.as_ref().expect("connected above"))
+    }
+
+    /// The systemd connection, made (again) if needed, or why there is none.
+    pub async fn link(&mut self) -> SystemdLink<'_> {
+        self.systemd().await.into()
     }
 
     /// Takes a snapshot; `cursor` is where the previous pass stopped reading

@@ -1,14 +1,30 @@
 //! systemd over D-Bus (zbus), with proxies written here for exactly the
 //! methods, properties and signals macha uses.
 //!
-//! The same connection serves three stages: observe (failed units and their
-//! state), gate (does a named unit exist, what are all its names) and act
-//! (restart, reset). Nothing here decides anything.
+//! `Systemd` is the read handle: failed units and their state (observe),
+//! does a named unit exist and what are all its names (gate lookups), unit
+//! status for the probes (investigate, the model's tools). It has no method
+//! that changes anything: restarting, resetting and starting helpers are
+//! methods of `act::Control`, which only `act` can make from this handle
+//! (it wraps the same connection). Nothing here decides anything.
+//!
+//! ```compile_fail
+//! # async fn f(systemd: &macha::observe::systemd::Systemd, unit: &macha::unit::UnitName) {
+//! // A read handle cannot restart a unit: only `act` holds that capability.
+//! systemd.restart(unit, std::time::Duration::from_secs(1)).await;
+//! # }
+//! ```
+//!
+//! ```compile_fail
+//! # async fn f(systemd: &macha::observe::systemd::Systemd) {
+//! // Nor can code outside `act` turn it into the handle that can.
+//! let control = macha::act::Control::new(systemd);
+//! # }
+//! ```
 
-use std::time::Duration;
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::Serialize;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
@@ -30,12 +46,6 @@ trait Manager {
         Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
     >;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
-    fn subscribe(&self) -> zbus::Result<()>;
-    #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
@@ -141,22 +151,55 @@ pub enum SystemdError {
     JobTimeout { verb: &'static str, unit: String, secs: u64 },
 }
 
-fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
+pub(crate) fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     let call = call.into();
     move |source| SystemdError::Call { call, source }
 }
 
-/// The outcome of a systemd job, as reported by its `JobRemoved` signal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JobResult(pub String);
+/// What can be read about units: the read side of the host, implemented
+/// by `Systemd` and by `act::Control`, and by a fake host in tests.
+pub trait ReadUnits {
+    /// Every unit whose `ActiveState` is `failed`, with its state.
+    fn failed_units(&self) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
+    /// The state of `unit`, or `None` when systemd has no such unit.
+    fn unit_state(&self, unit: &UnitName) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send;
+}
 
-impl JobResult {
-    pub fn is_done(&self) -> bool {
-        self.0 == "done"
+impl ReadUnits for Systemd {
+    fn failed_units(&self) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send {
+        Systemd::failed_units(self)
+    }
+    fn unit_state(&self, unit: &UnitName) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send {
+        Systemd::unit_state(self, unit)
     }
 }
 
-/// A connection to one systemd manager.
+/// The systemd connection as a stage gets it: connected, or why not. A
+/// stage that needs systemd says the reason when it is down; one that does
+/// not (the host probes) runs either way.
+#[derive(Clone)]
+pub enum SystemdLink<'a> {
+    Up(&'a Systemd),
+    Down(String),
+}
+
+impl<'a> SystemdLink<'a> {
+    /// The handle, or why there is none.
+    pub fn get(&self) -> Result<&'a Systemd, &str> {
+        match self {
+            Self::Up(s) => Ok(s),
+            Self::Down(why) => Err(why),
+        }
+    }
+}
+
+impl<'a> From<Result<&'a Systemd, SystemdError>> for SystemdLink<'a> {
+    fn from(r: Result<&'a Systemd, SystemdError>) -> Self {
+        r.map_or_else(|e| Self::Down(e.to_string()), Self::Up)
+    }
+}
+
+/// A read handle on one systemd manager's connection.
 #[derive(Clone)]
 pub struct Systemd {
     conn: Connection,
@@ -178,6 +221,13 @@ impl Systemd {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The connection itself, for `act::Control`, which declares the calls
+    /// that change units on it (`tests/invariants.rs` checks that no other
+    /// module declares them).
+    pub(crate) fn bus(&self) -> &Connection {
+        &self.conn
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
@@ -283,85 +333,6 @@ impl Systemd {
             failure_action: unit.failure_action().await.map_err(err("FailureAction"))?,
             id,
         })
-    }
-
-    /// Restarts `unit` ("replace" mode) and waits for systemd to finish the job.
-    pub async fn restart(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
-        self.job(Verb::Restart, unit, timeout).await
-    }
-
-    /// Starts one of macha's helper units ("replace" mode) and waits for
-    /// systemd to finish the job: for a oneshot, until its program exits.
-    pub async fn start_helper(&self, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
-        self.job(Verb::Start, unit, timeout).await
-    }
-
-    async fn job(&self, verb: Verb, unit: &UnitName, timeout: Duration) -> Result<JobResult, SystemdError> {
-        let manager = self.manager().await?;
-        match manager.subscribe().await {
-            Ok(()) => {}
-            // A long-lived connection subscribes once; later calls say so.
-            Err(zbus::Error::MethodError(name, ..))
-                if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {}
-            Err(e) => return Err(call_err("Subscribe")(e)),
-        }
-        // Listen before asking, so the job's end cannot be missed.
-        let mut removed = manager.receive_job_removed().await.map_err(call_err("match JobRemoved"))?;
-        let job = match verb {
-            Verb::Restart => manager.restart_unit(unit.as_str(), "replace").await,
-            Verb::Start => manager.start_unit(unit.as_str(), "replace").await,
-        }
-        .map_err(call_err(format!("{}({unit})", verb.method())))?;
-        let wait = async {
-            while let Some(signal) = removed.next().await {
-                if let Ok(args) = signal.args() {
-                    if args.job.as_str() == job.as_str() {
-                        return Some(JobResult(args.result.to_owned()));
-                    }
-                }
-            }
-            None
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Some(result)) => Ok(result),
-            Ok(None) => {
-                Err(call_err(format!("JobRemoved for {unit}"))(zbus::Error::Failure("signal stream ended".into())))
-            }
-            Err(_) => {
-                Err(SystemdError::JobTimeout { verb: verb.name(), unit: unit.to_string(), secs: timeout.as_secs() })
-            }
-        }
-    }
-
-    /// Clears the failed state of `unit`.
-    pub async fn reset_failed(&self, unit: &UnitName) -> Result<(), SystemdError> {
-        self.manager()
-            .await?
-            .reset_failed_unit(unit.as_str())
-            .await
-            .map_err(call_err(format!("ResetFailedUnit({unit})")))
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Verb {
-    Restart,
-    Start,
-}
-
-impl Verb {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Restart => "restart",
-            Self::Start => "start",
-        }
-    }
-
-    fn method(self) -> &'static str {
-        match self {
-            Self::Restart => "RestartUnit",
-            Self::Start => "StartUnit",
-        }
     }
 }
 
