@@ -278,7 +278,16 @@ fn database_file(state: &StateDir) -> Result<PathBuf, StateError> {
     Ok(state.real_path_of(DB_FILE))
 }
 
-/// Opens the state database of `state` (see `database_file`).
+/// Opens the state database of `state` (see `database_file`): the one
+/// opener of `state.db`, for the store and for the notification outbox,
+/// so both write with the same durability.
+///
+/// The database keeps a write-ahead log (`journal_mode = WAL`, so the
+/// daemon and a command read and write at once) with `synchronous = FULL`:
+/// the log is synced at every commit, so a transaction that returned
+/// survives a power cut (with `NORMAL`, the store's setting before, the
+/// last ones could be lost; the outbox already had `FULL`). A writer waits
+/// up to 10 s for another one (`busy_timeout`).
 pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
     let path = database_file(state).map_err(|e| {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
@@ -287,6 +296,9 @@ pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
     // The write-ahead log is checkpointed every 1000 pages (4 MiB) and cut
     // back to this after a checkpoint: it never stays larger.
     conn.pragma_update(None, "journal_size_limit", WAL_LIMIT)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
@@ -298,9 +310,6 @@ impl Store {
         let shown = state.path_of(DB_FILE).display().to_string();
         let wrap = |source| StoreError { path: shown.clone(), source };
         let conn = connect(state).map_err(wrap)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         for (table, column) in MIGRATIONS {
             let name = column.split_whitespace().next().unwrap_or_default();
@@ -872,6 +881,17 @@ mod tests {
 
     fn state(dir: &tempfile::TempDir) -> StateDir {
         StateDir::open(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn the_one_opener_keeps_a_write_ahead_log_synced_at_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        // The store and the outbox both open the database through it.
+        let conn = connect(&state(&dir)).unwrap();
+        let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let limit: i64 = conn.query_row("PRAGMA journal_size_limit", [], |r| r.get(0)).unwrap();
+        assert_eq!((journal.as_str(), synchronous, limit), ("wal", 2, WAL_LIMIT), "2 is FULL");
     }
 
     /// A database that has been written to, closed: SQLite removes its

@@ -6,8 +6,6 @@
 //! Keeping the outbox here means a message survives Gotify being down and
 //! the daemon restarting, and the monitoring loop only ever writes a row.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -81,8 +79,6 @@ impl Outbox {
         let shown = state.path_of(crate::store::DB_FILE).display().to_string();
         let wrap = |source| OutboxError { path: shown.clone(), source };
         let conn = crate::store::connect(state).map_err(wrap)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(wrap)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         Ok(Self { conn, path: shown })
     }
