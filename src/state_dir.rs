@@ -316,37 +316,63 @@ impl StateDir {
         Ok(Some(data))
     }
 
-    /// Replaces `name` with `content` so that a reader sees the old or the
-    /// new content, never a mix: written to a temporary file of this
-    /// process, synced, then renamed over `name`. A link at `name` is
-    /// refused (the rename would not follow it, but someone planted it).
+    /// Replaces `name` with `content`, owner-only (`FILE_MODE`), so that a
+    /// reader sees the old or the new content, never a mix, and a power cut
+    /// leaves one of the two (see `replace_with_mode`). This is the one
+    /// atomic replace of macha: every file rewritten whole goes through it.
     pub fn replace(&self, name: &str, content: &[u8]) -> Result<(), StateError> {
+        self.replace_with_mode(name, content, FILE_MODE)
+    }
+
+    /// Replaces `name` with `content` with permission bits `mode`: written
+    /// to a temporary file of this process (`NAME.PID.tmp`, created
+    /// exclusively relative to this directory's handle, never through a
+    /// link; whatever had its name is removed first), given `mode` on the
+    /// open file whatever the umask, synced, renamed over `name`
+    /// (`renameat`), and then the directory synced, so the rename itself
+    /// survives a power cut. A link at `name`, or anything but a regular
+    /// file, is refused (the rename would not follow it, but someone
+    /// planted it), checked right before the rename; on any error the
+    /// temporary file is removed and `name` is as it was.
+    fn replace_with_mode(&self, name: &str, content: &[u8], mode: u32) -> Result<(), StateError> {
         let name = self.check_name(name)?;
-        if let Some(m) = self.metadata(name)? {
-            if m.is_link() {
-                return Err(StateError::Link { path: self.shown(name) });
-            }
-            if !m.is_file() {
-                return Err(StateError::WrongType {
-                    path: self.shown(name),
-                    found: m.described(),
-                    wanted: "a regular file",
-                });
-            }
-        }
         let tmp = format!("{name}.{}.tmp", std::process::id());
         // Left by a crash of an earlier process with this pid, or planted:
         // either way it goes (unlinking a link removes the link only).
         self.remove(&tmp)?;
         let mut file = self.create_new(&tmp)?;
-        let written =
-            file.write_all(content).and_then(|()| file.sync_all()).map_err(|e| self.io(&tmp, e)).and_then(|()| {
+        let written = file
+            .write_all(content)
+            .and_then(|()| file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode)))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io(&tmp, e))
+            .and_then(|()| self.replaceable(name))
+            .and_then(|()| {
                 renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name).map_err(|e| self.io(name, e))
             });
         if written.is_err() {
             let _ = self.remove(&tmp);
+            return written;
         }
-        written
+        self.sync()
+    }
+
+    /// Whether `name` may be replaced: absent, or a regular file.
+    fn replaceable(&self, name: &str) -> Result<(), StateError> {
+        match self.metadata(name)? {
+            Some(m) if m.is_link() => Err(StateError::Link { path: self.shown(name) }),
+            Some(m) if !m.is_file() => {
+                Err(StateError::WrongType { path: self.shown(name), found: m.described(), wanted: "a regular file" })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Syncs the directory itself: the names created, renamed or removed
+    /// in it reach the disk.
+    fn sync(&self) -> Result<(), StateError> {
+        nix::unistd::fsync(self.fd.as_fd())
+            .map_err(|e| StateError::Io { path: self.path.display().to_string(), error: e.into() })
     }
 
     /// Renames `from` to `to` in this directory (neither is followed).
@@ -413,7 +439,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, MetadataExt};
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn dir() -> (tempfile::TempDir, StateDir) {
         let t = tempfile::tempdir().unwrap();
@@ -487,6 +513,39 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
         let left: Vec<String> = s.list().unwrap();
         assert_eq!(left, ["cursor"], "no temporary file is left");
+    }
+
+    #[test]
+    fn a_replace_gives_the_mode_asked_for_whatever_the_umask_and_the_file_before() {
+        let (t, s) = dir();
+        let mode = |name: &str| std::fs::metadata(t.path().join(name)).unwrap().mode() & 0o7777;
+        std::fs::write(t.path().join("status.json"), "old").unwrap();
+        std::fs::set_permissions(t.path().join("status.json"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        s.replace("status.json", b"new").unwrap();
+        assert_eq!(mode("status.json"), 0o600);
+        assert_eq!(std::fs::read_to_string(t.path().join("status.json")).unwrap(), "new");
+        // Bits a umask of 022 would clear are kept: the mode is set on the open file.
+        s.replace_with_mode("shared", b"x", 0o666).unwrap();
+        assert_eq!(mode("shared"), 0o666);
+        s.replace_with_mode("shared", b"y", 0o640).unwrap();
+        assert_eq!(mode("shared"), 0o640);
+    }
+
+    #[test]
+    fn a_refused_replace_leaves_no_temporary_file_and_the_target_as_it_was() {
+        let (t, s) = dir();
+        let (_o, target) = outside("precious\n");
+        symlink(&target, t.path().join("cursor")).unwrap();
+        std::fs::create_dir(t.path().join("notes")).unwrap();
+        let e = s.replace("cursor", b"new").unwrap_err().to_string();
+        assert!(e.contains("/cursor is a symbolic link"), "{e}");
+        let e = s.replace("notes", b"new").unwrap_err().to_string();
+        assert!(e.contains("/notes is a directory, not a regular file"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "the link was not followed");
+        assert!(std::fs::symlink_metadata(t.path().join("cursor")).unwrap().file_type().is_symlink());
+        let mut left = s.list().unwrap();
+        left.sort();
+        assert_eq!(left, ["cursor", "notes"], "no temporary file is left");
     }
 
     #[test]
