@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::act::Observed;
 use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
+use crate::ids::ApprovalId;
 use crate::repeat::Repeats;
 use crate::retention::{self, Naming, Rotation};
 use crate::state_dir::{StateDir, StateError};
@@ -38,10 +39,114 @@ pub struct IncidentRecord {
     pub time: DateTime<Utc>,
     pub host: String,
     pub incident: String,
-    /// `opened` or `resolved`.
-    pub event: String,
+    pub event: IncidentEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+}
+
+/// What happened to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentEvent {
+    Opened,
+    Resolved,
+}
+
+impl IncidentEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentEvent::Opened => "opened",
+            IncidentEvent::Resolved => "resolved",
+        }
+    }
+}
+
+/// Whether the model's answer became a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionOutcome {
+    Decided,
+    Failed,
+}
+
+impl DecisionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionOutcome::Decided => "decided",
+            DecisionOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DecisionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who set an action going: the daemon on its own, or a person's approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Automatic,
+    Approval,
+}
+
+/// Where an action stands in `actions.jsonl`: an automatic one is
+/// `started` before it runs and an approved one `approved`, then each
+/// ends once (`succeeded`, `failed`, `interrupted` when its end could not
+/// be seen); one not carried out says why (`queued`, `already_queued`,
+/// `escalated`, `deferred`, `proposed`, `refused`, `rejected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOutcome {
+    Started,
+    Approved,
+    Succeeded,
+    Failed,
+    Interrupted,
+    Queued,
+    AlreadyQueued,
+    Escalated,
+    Deferred,
+    Proposed,
+    Refused,
+    Rejected,
+}
+
+impl ActionOutcome {
+    /// Its name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Started => "started",
+            ActionOutcome::Approved => "approved",
+            ActionOutcome::Succeeded => "succeeded",
+            ActionOutcome::Failed => "failed",
+            ActionOutcome::Interrupted => "interrupted",
+            ActionOutcome::Queued => "queued",
+            ActionOutcome::AlreadyQueued => "already_queued",
+            ActionOutcome::Escalated => "escalated",
+            ActionOutcome::Deferred => "deferred",
+            ActionOutcome::Proposed => "proposed",
+            ActionOutcome::Refused => "refused",
+            ActionOutcome::Rejected => "rejected",
+        }
+    }
+
+    /// How an action that ran ended.
+    pub fn of_run(succeeded: bool) -> Self {
+        if succeeded {
+            ActionOutcome::Succeeded
+        } else {
+            ActionOutcome::Failed
+        }
+    }
+}
+
+impl std::fmt::Display for ActionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One decision: the incident, what the model said (or why it could not),
@@ -53,7 +158,7 @@ pub struct DecisionRecord {
     pub incident: String,
     pub summary: String,
     pub model: String,
-    pub outcome: String,
+    pub outcome: DecisionOutcome,
     pub attempts: u32,
     pub wall_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,7 +220,7 @@ impl DecisionRecord {
             incident: incident.fingerprint.clone(),
             summary: incident.summary.clone(),
             model: model.into(),
-            outcome: String::new(),
+            outcome: DecisionOutcome::Failed,
             attempts: 0,
             wall_ms: 0,
             decision: None,
@@ -128,14 +233,14 @@ impl DecisionRecord {
         };
         match outcome {
             Outcome::Decided { decision, attempts, wall_ms, .. } => Self {
-                outcome: "decided".into(),
+                outcome: DecisionOutcome::Decided,
                 attempts: *attempts,
                 wall_ms: *wall_ms,
                 decision: Some(decision.clone()),
                 ..base
             },
             Outcome::Failed { error, attempts, last_answer, wall_ms, .. } => Self {
-                outcome: "failed".into(),
+                outcome: DecisionOutcome::Failed,
                 attempts: *attempts,
                 wall_ms: *wall_ms,
                 error: Some(error.clone()),
@@ -157,7 +262,7 @@ impl DecisionRecord {
             incident: incident.into(),
             summary: summary.into(),
             model: model.into(),
-            outcome: "failed".into(),
+            outcome: DecisionOutcome::Failed,
             attempts: 0,
             wall_ms: 0,
             decision: None,
@@ -181,20 +286,16 @@ pub struct ActionRecord {
     pub action: String,
     /// The target exactly as proposed (it may not be a valid unit name).
     pub target: Option<String>,
-    /// `automatic` or `approval`.
-    pub origin: String,
+    pub origin: Origin,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<i64>,
+    pub approval_id: Option<ApprovalId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// An automatic action's id in storm control's history: its `started`
     /// record and its one outcome record carry the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_id: Option<i64>,
-    /// `started` (an automatic action, before it runs), `succeeded`,
-    /// `failed`, `interrupted` (its end could not be seen), `queued`,
-    /// `refused` or `rejected`, among others.
-    pub outcome: String,
+    pub outcome: ActionOutcome,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<Observed>,

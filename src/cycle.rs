@@ -14,17 +14,22 @@ use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::act;
-use crate::audit::{self, ActionRecord, DecisionRecord, GatedAction, IncidentRecord};
+use crate::audit::{
+    self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, GatedAction, IncidentEvent, IncidentRecord,
+    Origin,
+};
+use crate::carry::{self, Bookkeeping, Books};
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
 use crate::decide::{self, ActionKind, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
+use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
@@ -78,8 +83,7 @@ pub struct IncidentReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionReport {
-    /// `decided` or `failed`.
-    pub outcome: String,
+    pub outcome: DecisionOutcome,
     pub diagnosis: Option<String>,
     pub error: Option<String>,
     pub actions: Vec<ActionReport>,
@@ -89,13 +93,82 @@ pub struct DecisionReport {
 pub struct ActionReport {
     pub action: String,
     pub target: Option<String>,
-    /// `executed`, `failed`, `queued`, `already_queued`, `escalated`,
-    /// `deferred`, `proposed`, `refused` or `informed`.
-    pub result: String,
+    pub result: ActionResult,
     pub detail: String,
     /// The model's reason for proposing it.
     pub reason: String,
-    pub approval_id: Option<i64>,
+    pub approval_id: Option<ApprovalId>,
+}
+
+/// What the cycle did with one proposed action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionResult {
+    /// Carried out, and it worked.
+    Executed,
+    /// Carried out, and it did not work.
+    Failed,
+    /// Waiting for a human's approval.
+    Queued,
+    /// The same action already waits for approval.
+    AlreadyQueued,
+    /// Allowed alone, but storm control handed it to a human.
+    Escalated,
+    /// Allowed alone, not now (storm control, or macha stopping).
+    Deferred,
+    /// A configuration change written as a patch for a human.
+    Proposed,
+    Refused,
+    /// Nothing to carry out: a human is told.
+    Informed,
+}
+
+impl ActionResult {
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionResult::Executed => "executed",
+            ActionResult::Failed => "failed",
+            ActionResult::Queued => "queued",
+            ActionResult::AlreadyQueued => "already_queued",
+            ActionResult::Escalated => "escalated",
+            ActionResult::Deferred => "deferred",
+            ActionResult::Proposed => "proposed",
+            ActionResult::Refused => "refused",
+            ActionResult::Informed => "informed",
+        }
+    }
+
+    /// How an action that ran ended.
+    fn of_run(succeeded: bool) -> Self {
+        if succeeded {
+            ActionResult::Executed
+        } else {
+            ActionResult::Failed
+        }
+    }
+
+    /// Its outcome in `actions.jsonl`; an action only informed about has
+    /// no record.
+    pub fn outcome(self) -> Option<ActionOutcome> {
+        Some(match self {
+            ActionResult::Executed => ActionOutcome::Succeeded,
+            ActionResult::Failed => ActionOutcome::Failed,
+            ActionResult::Queued => ActionOutcome::Queued,
+            ActionResult::AlreadyQueued => ActionOutcome::AlreadyQueued,
+            ActionResult::Escalated => ActionOutcome::Escalated,
+            ActionResult::Deferred => ActionOutcome::Deferred,
+            ActionResult::Proposed => ActionOutcome::Proposed,
+            ActionResult::Refused => ActionOutcome::Refused,
+            ActionResult::Informed => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for ActionResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl CycleReport {
@@ -289,7 +362,12 @@ impl Engine {
         let (novelty, resolved) = self.store.sync_incidents(&incidents, &snap)?;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
-            self.record_incident(&snap.hostname, &incident.fingerprint, "opened", Some(&incident.summary))?;
+            self.record_incident(
+                &snap.hostname,
+                &incident.fingerprint,
+                IncidentEvent::Opened,
+                Some(&incident.summary),
+            )?;
         }
         for fp in &resolved {
             tracing::info!(incident = %fp, "incident resolved");
@@ -298,7 +376,7 @@ impl Engine {
                 self.record_repeats(&snap.hostname, fp, &failing, Repeating::ended(Some(failing.repeat.clone())))?;
                 self.store.set_failing(fp, None)?;
             }
-            self.record_incident(&snap.hostname, fp, "resolved", None)?;
+            self.record_incident(&snap.hostname, fp, IncidentEvent::Resolved, None)?;
         }
         let mut reports = Vec::with_capacity(incidents.len());
         let mut asked = Asked::default();
@@ -451,12 +529,18 @@ impl Engine {
         }
     }
 
-    fn record_incident(&self, host: &str, fingerprint: &str, event: &str, summary: Option<&str>) -> anyhow::Result<()> {
+    fn record_incident(
+        &self,
+        host: &str,
+        fingerprint: &str,
+        event: IncidentEvent,
+        summary: Option<&str>,
+    ) -> anyhow::Result<()> {
         let rec = IncidentRecord {
             time: Utc::now(),
             host: host.into(),
             incident: fingerprint.into(),
-            event: event.into(),
+            event,
             summary: summary.map(str::to_owned),
         };
         Ok(audit::append(&self.state, audit::INCIDENTS, &rec, self.config.retention.audit())?)
@@ -558,11 +642,12 @@ impl Engine {
                 incident: incident.fingerprint.clone(),
                 action: p.kind.as_str().into(),
                 target: proposed_target(p),
-                origin: "automatic".into(),
+                origin: Origin::Automatic,
                 approval_id: None,
                 by: None,
                 auto_id: None,
-                outcome: String::new(),
+                // Set below, once known.
+                outcome: ActionOutcome::Started,
                 detail: String::new(),
                 before: None,
                 after: None,
@@ -570,36 +655,35 @@ impl Engine {
             // An automatic action records itself (`ledger`), before and after.
             let mut recorded = false;
             let (result, detail, approval_id) = match verdict {
-                Verdict::Inform => ("informed".to_string(), p.reason.clone(), None),
+                Verdict::Inform => (ActionResult::Informed, p.reason.clone(), None),
                 Verdict::Propose { file, diff } => {
                     let dir = self.config.nixos.config_dir.as_deref();
                     match propose::write(dir, &self.state, &incident.fingerprint, &file, &diff, &p.reason) {
                         Ok(path) => (
-                            "proposed".to_string(),
+                            ActionResult::Proposed,
                             format!(
                                 "written to {}: review it, then apply it yourself; macha never does",
                                 path.display()
                             ),
                             None,
                         ),
-                        Err(reason) => ("refused".to_string(), reason, None),
+                        Err(reason) => (ActionResult::Refused, reason, None),
                     }
                 }
-                Verdict::Refuse { reason } => ("refused".to_string(), reason, None),
+                Verdict::Refuse { reason } => (ActionResult::Refused, reason, None),
                 Verdict::Queue { action } => {
                     let diag = diagnosis.as_deref().unwrap_or_default();
                     let (id, new) = self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
                     if new {
-                        ("queued".to_string(), format!("run `macha-approve approve {id}` to carry it out"), Some(id))
+                        (ActionResult::Queued, format!("run `macha-approve approve {id}` to carry it out"), Some(id))
                     } else {
-                        ("already_queued".to_string(), format!("already waiting for approval as item {id}"), Some(id))
+                        (ActionResult::AlreadyQueued, format!("already waiting for approval as item {id}"), Some(id))
                     }
                 }
                 Verdict::Execute { action } if action.kind() == ActionKind::Investigate => {
                     // Read-only: no budget, no cooldown.
                     let report = self.carry_out(&action).await;
-                    let result = if report.succeeded { "executed" } else { "failed" };
-                    (result.to_string(), report.detail, None)
+                    (ActionResult::of_run(report.succeeded), report.detail, None)
                 }
                 Verdict::Execute { action } => {
                     let now = Utc::now();
@@ -618,7 +702,7 @@ impl Engine {
                             self.store.mark_decided(incident, false)?;
                             tracing::info!(%action, "automatic action not started: macha is stopping");
                             let detail = "not acted now because macha is stopping; it decides again when it starts";
-                            ("deferred".to_string(), detail.to_string(), None)
+                            (ActionResult::Deferred, detail.to_string(), None)
                         }
                         Admission::Go => {
                             recorded = true;
@@ -635,66 +719,34 @@ impl Engine {
                             ) {
                                 Err(why) => {
                                     tracing::error!(%action, %why, "automatic action not carried out");
-                                    ("refused".to_string(), why, None)
+                                    (ActionResult::Refused, why, None)
                                 }
                                 Ok(id) => {
-                                    let report = self.carry_out(&action).await;
-                                    rec.before = report.before;
-                                    rec.after = report.after;
-                                    let result = if report.succeeded { "executed" } else { "failed" };
-                                    tracing::info!(%action, result, detail = %report.detail, "action carried out");
-                                    let mut detail = report.detail;
-                                    if let (Some(undo), Some(from)) =
-                                        (&report.undo, rec.after.as_ref().and_then(profile_of))
-                                    {
-                                        let why = format!("undo {action}: go back to the system that ran before it");
-                                        let ttl = self.approval_ttl();
-                                        // The outcome is recorded below whatever happens here.
-                                        detail =
-                                            match self.store.enqueue_undo(&incident.fingerprint, from, undo, &why, ttl)
-                                            {
-                                                Ok((id, _)) => {
-                                                    format!("{detail}; to undo it: `macha-approve approve {id}`")
-                                                }
-                                                Err(e) => format!("{detail}; its undo could not be queued: {e}"),
-                                            };
-                                    }
-                                    let done = ActionRecord {
-                                        time: Utc::now(),
-                                        auto_id: Some(id),
-                                        outcome: if report.succeeded { "succeeded" } else { "failed" }.into(),
-                                        detail: detail.clone(),
-                                        ..rec.clone()
-                                    };
-                                    let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
-                                    if let Err(e) = ledger.finish(id, &done, report.succeeded) {
-                                        tracing::error!(%action, "{e}");
-                                    }
-                                    (result.to_string(), detail, None)
+                                    let report = self.carry_out_recorded(&action, &rec, id).await;
+                                    let result = ActionResult::of_run(report.succeeded);
+                                    tracing::info!(%action, %result, detail = %report.detail, "action carried out");
+                                    (result, report.detail, None)
                                 }
                             }
                         }
                         Admission::Wait(reason) => {
                             tracing::info!(%action, %reason, "automatic action deferred");
-                            ("deferred".to_string(), format!("not acted now because {reason}"), None)
+                            (ActionResult::Deferred, format!("not acted now because {reason}"), None)
                         }
                         Admission::Escalate(reason) => {
                             let diag = diagnosis.as_deref().unwrap_or_default();
                             let (id, new) =
                                 self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
-                            tracing::warn!(%action, %reason, approval = id, "handed to a human");
+                            tracing::warn!(%action, %reason, approval = id.get(), "handed to a human");
                             let detail = format!("not acted automatically because {reason}; run `macha-approve approve {id}` to carry it out");
-                            let result = if new { "escalated" } else { "already_queued" };
-                            (result.to_string(), detail, Some(id))
+                            let result = if new { ActionResult::Escalated } else { ActionResult::AlreadyQueued };
+                            (result, detail, Some(id))
                         }
                     }
                 }
             };
-            if result != "informed" && !recorded {
-                rec.outcome = match result.as_str() {
-                    "executed" => "succeeded".into(),
-                    other => other.into(),
-                };
+            if let (Some(outcome), false) = (result.outcome(), recorded) {
+                rec.outcome = outcome;
                 rec.detail = detail.clone();
                 rec.approval_id = approval_id;
                 audit::append(&self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
@@ -708,11 +760,11 @@ impl Engine {
                 approval_id,
             });
         }
-        let (outcome_name, error) = match outcome {
-            Outcome::Decided { .. } => ("decided", None),
-            Outcome::Failed { error, .. } => ("failed", Some(error.clone())),
+        let (outcome, error) = match outcome {
+            Outcome::Decided { .. } => (DecisionOutcome::Decided, None),
+            Outcome::Failed { error, .. } => (DecisionOutcome::Failed, Some(error.clone())),
         };
-        Ok(DecisionReport { outcome: outcome_name.into(), diagnosis, error, actions })
+        Ok(DecisionReport { outcome, diagnosis, error, actions })
     }
 
     /// Asks the model about one incident, offering the read-only probes as
@@ -732,6 +784,19 @@ impl Engine {
 
     async fn carry_out(&mut self, action: &Action) -> act::Report {
         act::execute(&self.observer.link().await, action, &self.config).await
+    }
+
+    /// Carries out an automatic action the ledger recorded as started
+    /// (`id`), and records its end (`carry`).
+    async fn carry_out_recorded(&mut self, action: &Action, rec: &ActionRecord, id: i64) -> act::Report {
+        let books = Books { config: &self.config, state: &self.state, store: &self.store };
+        let keep = Bookkeeping::Automatic(id);
+        // Never an error: what the trail refuses, the ledger keeps.
+        let (report, _) = match self.observer.systemd().await {
+            Ok(systemd) => carry::carry_out(&books, Ok(systemd), action, rec, keep).await,
+            Err(e) => carry::carry_out(&books, Err(&e.to_string()), action, rec, keep).await,
+        };
+        report
     }
 
     async fn facts(&mut self, raw: &str) -> UnitFacts {
@@ -800,14 +865,6 @@ pub fn proposed_target(p: &ProposedAction) -> Option<String> {
         parts.push(format!("file={file}"));
     }
     (!parts.is_empty()).then(|| parts.join(" "))
-}
-
-/// The boot-default generation recorded by a verify probe.
-pub fn profile_of(o: &act::Observed) -> Option<u32> {
-    match o {
-        act::Observed::Generations(g) => g.profile_generation,
-        _ => None,
-    }
 }
 
 /// Asks systemd what the gate needs to know about `name`.

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 
 use crate::act::{self, Brief, Observed, Unfinished};
-use crate::audit::{self, ActionRecord};
+use crate::audit::{self, ActionOutcome, ActionRecord, Origin};
 use crate::config::Config;
 use crate::gate::Action;
 use crate::observe::systemd::SystemdLink;
@@ -105,19 +105,20 @@ impl<'a> Ledger<'a> {
             Err(e) => {
                 // Nothing counts it or keeps it: say so in the trail if it can be written.
                 let why = not_started(&e);
-                let refused = ActionRecord { outcome: "refused".into(), detail: why.clone(), ..started.clone() };
+                let refused = ActionRecord { outcome: ActionOutcome::Refused, detail: why.clone(), ..started.clone() };
                 if let Err(e) = audit::append(self.state, audit::ACTIONS, &refused, self.rotation) {
                     tracing::error!(error = %e, "cannot record that an automatic action was not carried out");
                 }
                 return Err(why);
             }
         };
-        let rec = ActionRecord { auto_id: Some(id), outcome: "started".into(), ..started.clone() };
+        let rec = ActionRecord { auto_id: Some(id), outcome: ActionOutcome::Started, ..started.clone() };
         if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec, self.rotation) {
             let why = not_started(&e);
             // The record may have reached the file before the error: this
             // refusal is then its outcome, written by `recover`.
-            let refused = ActionRecord { time: Utc::now(), outcome: "refused".into(), detail: why.clone(), ..rec };
+            let refused =
+                ActionRecord { time: Utc::now(), outcome: ActionOutcome::Refused, detail: why.clone(), ..rec };
             if let Err(e) = self.store.void_auto(id, Some(&to_json(&refused))) {
                 tracing::error!(error = %e, id, "cannot take the automatic action back from storm control's count");
             }
@@ -190,9 +191,9 @@ impl<'a> Ledger<'a> {
             trail.iter().filter(|r| r.get("auto_id").and_then(serde_json::Value::as_i64) == Some(id)).collect();
         let outcome_of =
             |r: &serde_json::Value| r.get("outcome").and_then(serde_json::Value::as_str).map(str::to_owned);
-        if let Some(done) = mine.iter().filter_map(|r| outcome_of(r)).find(|o| o != "started") {
+        if let Some(done) = mine.iter().filter_map(|r| outcome_of(r)).find(|o| o != ActionOutcome::Started.as_str()) {
             // Written; only its mark was lost.
-            self.store.settle_auto(id, done == "succeeded").map_err(|e| e.to_string())?;
+            self.store.settle_auto(id, done == ActionOutcome::Succeeded.as_str()).map_err(|e| e.to_string())?;
             return Ok(None);
         }
         let kept = row.record.as_deref().and_then(|r| serde_json::from_str::<ActionRecord>(r).ok());
@@ -206,27 +207,28 @@ impl<'a> Ledger<'a> {
             self.log(id, &refused, false)?;
             return Ok(Some(format!("automatic action {id} on {}: {}", row.fingerprint, refused.detail)));
         }
-        let started: ActionRecord = match mine.iter().find(|r| outcome_of(r).as_deref() == Some("started")) {
-            Some(started) => serde_json::from_value((*started).clone())
-                .map_err(|e| format!("the started record of automatic action {id} cannot be read: {e}"))?,
-            // The records of its time are no longer kept: it may have run.
-            None if self.rotated_away_after(since)? => started_from_row(row),
-            None => {
-                // Never recorded as started, so never carried out.
-                self.store.void_auto(id, None).map_err(|e| e.to_string())?;
-                return Ok(Some(format!("automatic action {id} on {} was never carried out", row.fingerprint)));
-            }
-        };
+        let started: ActionRecord =
+            match mine.iter().find(|r| outcome_of(r).as_deref() == Some(ActionOutcome::Started.as_str())) {
+                Some(started) => serde_json::from_value((*started).clone())
+                    .map_err(|e| format!("the started record of automatic action {id} cannot be read: {e}"))?,
+                // The records of its time are no longer kept: it may have run.
+                None if self.rotated_away_after(since)? => started_from_row(row),
+                None => {
+                    // Never recorded as started, so never carried out.
+                    self.store.void_auto(id, None).map_err(|e| e.to_string())?;
+                    return Ok(Some(format!("automatic action {id} on {} was never carried out", row.fingerprint)));
+                }
+            };
         let (rec, succeeded) = match kept {
             Some(rec) => {
-                let succeeded = rec.outcome == "succeeded";
+                let succeeded = rec.outcome == ActionOutcome::Succeeded;
                 (rec, succeeded)
             }
             // Judged when systemd can be asked; until then it stays in flight.
             None if systemd.get().is_err() => return Ok(None),
             None => {
                 let rec = judged(&started, row, systemd, config).await;
-                let succeeded = rec.outcome == "succeeded";
+                let succeeded = rec.outcome == ActionOutcome::Succeeded;
                 if let Err(e) = self.store.finish_auto(id, succeeded, &to_json(&rec)) {
                     tracing::warn!(error = %e, id, "cannot keep the outcome of an automatic action");
                 }
@@ -264,11 +266,11 @@ fn started_from_row(row: &AutoAction) -> ActionRecord {
         incident: row.fingerprint.clone(),
         action: action.as_ref().map_or_else(|| "unknown".to_owned(), |a| a.kind().as_str().to_owned()),
         target: action.as_ref().map(Action::target),
-        origin: "automatic".into(),
+        origin: Origin::Automatic,
         approval_id: None,
         by: None,
         auto_id: Some(row.id),
-        outcome: "started".into(),
+        outcome: ActionOutcome::Started,
         detail: "its started record is no longer kept (the action records were rotated away since)".into(),
         before: None,
         after: None,
@@ -289,10 +291,10 @@ async fn judged(started: &ActionRecord, row: &AutoAction, systemd: &SystemdLink<
         },
     };
     let (outcome, detail, after) = match verdict {
-        Unfinished::Judged(r) => (if r.succeeded { "succeeded" } else { "failed" }, r.detail, r.after),
-        Unfinished::Unseen { detail, after } => ("interrupted", detail, after),
+        Unfinished::Judged(r) => (ActionOutcome::of_run(r.succeeded), r.detail, r.after),
+        Unfinished::Unseen { detail, after } => (ActionOutcome::Interrupted, detail, after),
     };
-    ActionRecord { time: Utc::now(), outcome: outcome.into(), detail, after, ..started.clone() }
+    ActionRecord { time: Utc::now(), outcome, detail, after, ..started.clone() }
 }
 
 fn to_json(rec: &ActionRecord) -> String {
@@ -332,11 +334,11 @@ mod tests {
             incident: FP.into(),
             action: "restart_unit".into(),
             target: Some("web.service".into()),
-            origin: "automatic".into(),
+            origin: Origin::Automatic,
             approval_id: None,
             by: None,
             auto_id: None,
-            outcome: String::new(),
+            outcome: ActionOutcome::Started,
             detail: "carrying out restart_unit web.service".into(),
             before: None,
             after: None,
@@ -383,7 +385,7 @@ mod tests {
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome was appended, then the process died before marking it.
-        let done = ActionRecord { auto_id: Some(id), outcome: "failed".into(), ..started() };
+        let done = ActionRecord { auto_id: Some(id), outcome: ActionOutcome::Failed, ..started() };
         audit::append(&b.state, audit::ACTIONS, &done, b.config.retention.audit()).unwrap();
         for _ in 0..2 {
             recover(&b);
@@ -399,7 +401,7 @@ mod tests {
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
         let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         // The outcome reached the database, not the trail (a full disk).
-        let done = ActionRecord { auto_id: Some(id), outcome: "succeeded".into(), ..started() };
+        let done = ActionRecord { auto_id: Some(id), outcome: ActionOutcome::Succeeded, ..started() };
         b.store.finish_auto(id, true, &to_json(&done)).unwrap();
         for _ in 0..2 {
             recover(&b);
@@ -443,7 +445,7 @@ mod tests {
         let ledger = Ledger::new(&b.store, &b.state, small);
         ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
         for _ in 0..20 {
-            let other = ActionRecord { outcome: "queued".into(), ..started() };
+            let other = ActionRecord { outcome: ActionOutcome::Queued, ..started() };
             audit::append(&b.state, audit::ACTIONS, &other, small).unwrap();
         }
         assert!(!outcomes(&b).contains(&"started".to_owned()), "the started record is gone");

@@ -11,9 +11,11 @@
 //! read-only tools.
 
 pub mod act;
+pub mod approval;
 pub mod ask;
 pub mod audit;
 pub mod bounded;
+pub mod carry;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -22,6 +24,7 @@ pub mod detect;
 pub mod errors;
 pub mod eval;
 pub mod gate;
+pub mod ids;
 pub mod investigate;
 pub mod ledger;
 pub mod logging;

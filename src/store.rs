@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::decide::{ActionKind, FailureKind};
 use crate::detect::{basis_of, Incident, OpenIncident};
 use crate::gate::Action;
+use crate::ids::{ApprovalId, Fingerprint};
 use crate::observe::Snapshot;
 use crate::repeat::Repeating;
 use crate::state_dir::{StateDir, StateError};
@@ -49,9 +50,9 @@ pub enum Novelty {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Approval {
-    pub id: i64,
+    pub id: ApprovalId,
     pub created_at: DateTime<Utc>,
-    pub incident: String,
+    pub incident: Fingerprint,
     pub kind: ActionKind,
     /// The target in words (a unit name, "older than 14 days", ...).
     pub target: String,
@@ -59,7 +60,7 @@ pub struct Approval {
     pub args: String,
     pub reason: String,
     pub diagnosis: String,
-    pub status: String,
+    pub status: ApprovalStatus,
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
@@ -69,6 +70,95 @@ pub struct Approval {
     /// what a human approves.
     pub binding: String,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Where an item of the approval queue stands: waiting, claimed by an
+/// `approve` that carries it out, or how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Executing,
+    Executed,
+    Failed,
+    Refused,
+    Rejected,
+}
+
+impl ApprovalStatus {
+    /// Its name in `state.db` and in `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Executing => "executing",
+            ApprovalStatus::Executed => "executed",
+            ApprovalStatus::Failed => "failed",
+            ApprovalStatus::Refused => "refused",
+            ApprovalStatus::Rejected => "rejected",
+        }
+    }
+
+    const ALL: [ApprovalStatus; 6] = [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Executing,
+        ApprovalStatus::Executed,
+        ApprovalStatus::Failed,
+        ApprovalStatus::Refused,
+        ApprovalStatus::Rejected,
+    ];
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for ApprovalStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for ApprovalStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        // The table's CHECK admits exactly these.
+        let name = value.as_str()?;
+        Self::ALL.into_iter().find(|s| s.as_str() == name).ok_or(rusqlite::types::FromSqlError::InvalidType)
+    }
+}
+
+/// Whether an incident is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentStatus {
+    Open,
+    Resolved,
+}
+
+impl IncidentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+}
+
+impl std::fmt::Display for IncidentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for IncidentStatus {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        // The table's CHECK admits exactly these.
+        match value.as_str()? {
+            "open" => Ok(IncidentStatus::Open),
+            "resolved" => Ok(IncidentStatus::Resolved),
+            _ => Err(rusqlite::types::FromSqlError::InvalidType),
+        }
+    }
 }
 
 /// What an approval is bound to: the action, its target and arguments, the
@@ -90,8 +180,9 @@ pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
 impl Approval {
     /// Whether the stored fields still hash to the stored binding.
     pub fn binding_holds(&self) -> bool {
-        self.action()
-            .is_ok_and(|a| a.target() == self.target && binding(&a, &self.incident, &self.evidence_key) == self.binding)
+        self.action().is_ok_and(|a| {
+            a.target() == self.target && binding(&a, self.incident.as_str(), &self.evidence_key) == self.binding
+        })
     }
 
     pub fn action(&self) -> Result<Action, String> {
@@ -652,7 +743,7 @@ impl Store {
         reason: &str,
         diagnosis: &str,
         ttl: chrono::Duration,
-    ) -> Result<(i64, bool), StoreError> {
+    ) -> Result<(ApprovalId, bool), StoreError> {
         self.enqueue_for(&incident.fingerprint, &incident.evidence_key, action, reason, diagnosis, ttl)
     }
 
@@ -665,7 +756,7 @@ impl Store {
         undo: &Action,
         reason: &str,
         ttl: chrono::Duration,
-    ) -> Result<(i64, bool), StoreError> {
+    ) -> Result<(ApprovalId, bool), StoreError> {
         self.enqueue_for(incident, &format!("{UNDO_PREFIX}{from}"), undo, reason, "", ttl)
     }
 
@@ -677,13 +768,13 @@ impl Store {
         reason: &str,
         diagnosis: &str,
         ttl: chrono::Duration,
-    ) -> Result<(i64, bool), StoreError> {
+    ) -> Result<(ApprovalId, bool), StoreError> {
         let now = Utc::now();
         // An expiry past the end of time (a ttl no configuration accepts)
         // expires at once rather than never.
         let expires_at = now.checked_add_signed(ttl).unwrap_or(now).to_rfc3339();
         let binding = binding(action, fingerprint, evidence_key);
-        let existing: Option<(i64, String)> = self
+        let existing: Option<(ApprovalId, String)> = self
             .conn
             .query_row(
                 "SELECT id, binding FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2 AND args = ?3",
@@ -730,7 +821,7 @@ impl Store {
                 ],
             )
             .map_err(self.wrap())?;
-        Ok((self.conn.last_insert_rowid(), true))
+        Ok((ApprovalId::new(self.conn.last_insert_rowid()), true))
     }
 
     /// Open incidents with their current evidence, for `detect`.
@@ -756,7 +847,7 @@ impl Store {
     }
 
     /// The incident's state and current evidence key, if it is known.
-    pub fn incident_state(&self, fingerprint: &str) -> Result<Option<(String, String)>, StoreError> {
+    pub fn incident_state(&self, fingerprint: &str) -> Result<Option<(IncidentStatus, String)>, StoreError> {
         self.conn
             .query_row("SELECT status, evidence_key FROM incidents WHERE fingerprint = ?1", [fingerprint], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -801,7 +892,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 
-    pub fn approval(&self, id: i64) -> Result<Option<Approval>, StoreError> {
+    pub fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.conn
             .query_row(&format!("SELECT {} FROM approvals WHERE id = ?1", Self::COLUMNS), [id], Self::approval_from_row)
             .optional()
@@ -811,7 +902,7 @@ impl Store {
     /// Takes a pending item for execution, if its binding is still
     /// `binding` (the one the caller checked). Only one caller can win: the
     /// others get `false`.
-    pub fn claim(&self, id: i64, by: &str, binding: &str) -> Result<bool, StoreError> {
+    pub fn claim(&self, id: ApprovalId, by: &str, binding: &str) -> Result<bool, StoreError> {
         let changed = self
             .conn
             .execute(
@@ -824,7 +915,7 @@ impl Store {
     }
 
     /// Records how a claimed item ended: `executed`, `failed` or `refused`.
-    pub fn finish(&self, id: i64, status: &str, outcome: &str) -> Result<(), StoreError> {
+    pub fn finish(&self, id: ApprovalId, status: ApprovalStatus, outcome: &str) -> Result<(), StoreError> {
         self.conn
             .execute("UPDATE approvals SET status = ?2, outcome = ?3 WHERE id = ?1", params![id, status, outcome])
             .map(drop)
@@ -833,7 +924,7 @@ impl Store {
 
     /// Gives a claimed item back, untouched, when it could not be attempted
     /// (systemd unreachable): it waits for approval again.
-    pub fn release(&self, id: i64) -> Result<(), StoreError> {
+    pub fn release(&self, id: ApprovalId) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE approvals SET status = 'pending', decided_by = NULL, decided_at = NULL WHERE id = ?1 AND status = 'executing'",
@@ -845,7 +936,13 @@ impl Store {
 
     /// Rejects a pending item, or one whose execution was interrupted
     /// (claimed before `stale_before` and never finished); `false` otherwise.
-    pub fn reject(&self, id: i64, by: &str, reason: &str, stale_before: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub fn reject(
+        &self,
+        id: ApprovalId,
+        by: &str,
+        reason: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let changed = self
             .conn
             .execute(

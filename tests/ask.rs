@@ -108,7 +108,7 @@ impl Host {
         };
         let action = Action::on_unit(ActionKind::RestartUnit, UnitName::parse(WEB).unwrap()).unwrap();
         let ttl = chrono::Duration::hours(24);
-        store.enqueue(&incident, &action, "the unit failed", "demo-web cannot read its config", ttl).unwrap().0
+        store.enqueue(&incident, &action, "the unit failed", "demo-web cannot read its config", ttl).unwrap().0.get()
     }
 
     fn chats(&self) -> Vec<Value> {
@@ -117,7 +117,7 @@ impl Host {
 
     fn status(&self, id: i64) -> String {
         let store = Store::open(&StateDir::open(&self.state_dir()).unwrap()).unwrap();
-        store.approval(id).unwrap().unwrap().status
+        store.approval(id.into()).unwrap().unwrap().status.to_string()
     }
 }
 

@@ -171,7 +171,7 @@ fn within_limits(bed: &Bed, db_bound: u64) -> retention::Usage {
 }
 
 fn outcome(report: &CycleReport) -> Option<String> {
-    report.incidents.first().and_then(|i| i.decision.as_ref()).map(|d| d.outcome.clone())
+    report.incidents.first().and_then(|i| i.decision.as_ref()).map(|d| d.outcome.to_string())
 }
 
 /// (outcome, error kind in a word, repeats counted) of each decision record.

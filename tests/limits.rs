@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{decision, macha_bin, said, Bed, WEB};
+use macha::audit::DecisionOutcome;
 use macha::config::Config;
 use macha::cycle::{CycleReport, DecisionReport, IncidentReport};
 use macha::notify::outbox::Outbox;
@@ -138,7 +139,7 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
             summary: "demo-web.service failed".into(),
             novelty: Novelty::New,
             decision: Some(DecisionReport {
-                outcome: "failed".into(),
+                outcome: DecisionOutcome::Failed,
                 diagnosis: None,
                 error: Some("the model is unreachable".into()),
                 actions: Vec::new(),

@@ -133,7 +133,7 @@ impl Host {
         let incident =
             Incident { fingerprint: kind.fingerprint(), kind, summary: HOSTILE.into(), evidence_key: "k1".into() };
         let action = Action::on_unit(ActionKind::RestartUnit, UnitName::parse(WEB).unwrap()).unwrap();
-        store.enqueue(&incident, &action, HOSTILE, HOSTILE, chrono::Duration::hours(24)).unwrap().0
+        store.enqueue(&incident, &action, HOSTILE, HOSTILE, chrono::Duration::hours(24)).unwrap().0.get()
     }
 }
 

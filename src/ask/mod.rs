@@ -236,7 +236,7 @@ pub fn discussion_context(item: &Approval, records: &Records<'_>) -> String {
     let _ = writeln!(block, "approval id: {}", item.id);
     let _ = writeln!(block, "status: {}", item.status);
     let _ = writeln!(block, "action: {} {}", item.kind.as_str(), one_line(&item.target));
-    let _ = writeln!(block, "incident: {}", one_line(&item.incident));
+    let _ = writeln!(block, "incident: {}", one_line(item.incident.as_str()));
     let _ = writeln!(
         block,
         "queued: {} ({} min ago); expires: {}",
@@ -251,11 +251,12 @@ pub fn discussion_context(item: &Approval, records: &Records<'_>) -> String {
     let _ = writeln!(block, "diagnosis: {}", one_line(&item.diagnosis));
     let _ = writeln!(block, "binding (what an approval is bound to): {}", item.binding);
     let about = |query: Query| records.run(&query).unwrap_or_else(|e| format!("could not be read: {e}"));
-    let _ = writeln!(block, "incident history: {}", about(Query::IncidentHistory { incident: item.incident.clone() }));
+    let _ =
+        writeln!(block, "incident history: {}", about(Query::IncidentHistory { incident: item.incident.to_string() }));
     let _ = writeln!(
         block,
         "latest decision about the incident: {}",
-        about(Query::Decisions { incident: Some(item.incident.clone()), limit: 1 })
+        about(Query::Decisions { incident: Some(item.incident.to_string()), limit: 1 })
     );
     let block = redact(&block).replace("</queued-action>", "</ queued-action>");
     format!(

@@ -287,7 +287,7 @@ impl Records<'_> {
                 a.id,
                 a.kind.as_str(),
                 field(&a.target),
-                field(&a.incident),
+                field(a.incident.as_str()),
                 stamp(a.created_at),
                 ago(now, a.created_at),
                 stamp(a.expires_at)

@@ -60,7 +60,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 pub fn may_ask(config: &Config) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let group = &config.act.approver_group;
-    if super::approve::is_approver(group) {
+    if super::approver::is_approver(group) {
         return Ok(());
     }
     let uid = super::Caller::get().uid().as_raw();
@@ -69,7 +69,7 @@ pub fn may_ask(config: &Config) -> anyhow::Result<()> {
     }
     anyhow::bail!(
         "{} may not ask macha: its answers draw on macha's decisions and this host's journal, which only root, the user owning {} (the daemon's) and members of the group {group:?} (config key act.approver_group) may read",
-        super::approve::current_user(),
+        super::approver::current_user(),
         config.state_dir.display()
     )
 }

@@ -43,9 +43,9 @@ pub fn resume(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 pub fn note(config: Option<&Path>, text: &str) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    super::approve::only_approvers(&config.act.approver_group, "leave notes for macha's decisions")?;
+    super::approver::only_approvers(&config.act.approver_group, "leave notes for macha's decisions")?;
     let state = super::state_dir(&config)?;
-    let path = macha::note::leave(&state, text, &super::approve::current_user())
+    let path = macha::note::leave(&state, text, &super::approver::current_user())
         .map_err(|e| anyhow::anyhow!("note not left: {e}"))?;
     outln!("note left for the next decision ({}); it is archived once read", path.display())?;
     Ok(ExitCode::SUCCESS)

@@ -16,16 +16,18 @@
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
+use macha::approval::Workflow;
 use macha::ask::records::Records;
 use macha::ask::{self, Conversation};
-use macha::config::Config;
 use macha::decide::prompt::Prompts;
+use macha::ids::ApprovalId;
 use macha::model::ModelService;
 use macha::notify::gotify::Gotify;
 use macha::notify::Notifier;
-use macha::state_dir::StateDir;
-use macha::store::Store;
+use macha::store::ApprovalStatus;
 
+use super::approval::print_item;
+use super::approver::may_decide;
 use super::ask::{answer_shown, model_failed, Session};
 use super::output::{self, out, outln, shown};
 
@@ -61,17 +63,16 @@ const HELP: &str =
     "Ask anything about this action; `approve` carries it out, `reject [REASON]` drops it, `quit` leaves it queued.";
 
 pub fn run(
-    config: &Config,
-    state: &StateDir,
-    store: &Store,
-    id: i64,
+    workflow: &Workflow<'_>,
+    id: ApprovalId,
     model: ModelService,
     notify: (Option<Notifier>, Option<Gotify>),
 ) -> anyhow::Result<ExitCode> {
-    let item = super::approve::find(store, id)?;
-    super::approve::print_item(&item)?;
-    if item.status != "pending" {
-        outln!("\napproval {id} is not waiting (it is {}); there is nothing to decide", shown(&item.status))?;
+    let (config, state) = (workflow.config, workflow.state);
+    let item = workflow.find(id)?;
+    print_item(&item)?;
+    if item.status != ApprovalStatus::Pending {
+        outln!("\napproval {id} is not waiting (it is {}); there is nothing to decide", item.status)?;
         return Ok(ExitCode::from(1));
     }
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
@@ -105,17 +106,15 @@ pub fn run(
             Line::Empty => {}
             Line::Help => outln!("{HELP}")?,
             Line::Quit => break,
-            Line::Approve => match super::approve::may_decide(&config.act.approver_group) {
-                Ok(()) => {
-                    return rt.block_on(super::approve::approve(config, state, store, id, Some(&item.binding), notify))
-                }
+            Line::Approve => match may_decide(&config.act.approver_group) {
+                Ok(()) => return rt.block_on(super::approval::approve(workflow, id, Some(&item.binding), notify)),
                 Err(e) => {
                     eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;
                 }
             },
-            Line::Reject(reason) => match super::approve::may_decide(&config.act.approver_group) {
-                Ok(()) => return super::approve::reject(config, state, store, id, reason),
+            Line::Reject(reason) => match may_decide(&config.act.approver_group) {
+                Ok(()) => return super::approval::reject(workflow, id, reason),
                 Err(e) => {
                     eprintln!("macha-approve: {}", shown(&macha::errors::chain(e.as_ref())));
                     refused = true;

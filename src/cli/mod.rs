@@ -1,7 +1,9 @@
 //! The command-line front ends, one file per command. They parse arguments,
 //! call the library and print; they decide nothing themselves.
 
+pub mod approval;
 pub mod approve;
+pub mod approver;
 pub mod ask;
 pub mod check;
 pub mod control;

@@ -20,14 +20,15 @@ use serde_json::Value;
 
 use self::gotify::{Gotify, Token};
 use self::outbox::{Outbox, OutboxError, Tracked};
-use crate::audit;
+use crate::audit::{self, ActionOutcome, DecisionOutcome, IncidentEvent};
 use crate::config::{Config, GotifyConfig};
-use crate::cycle::CycleReport;
+use crate::cycle::{ActionResult, CycleReport};
 use crate::redact::redact;
 use crate::state_dir::StateDir;
 
 /// What a message is about; fixes its priority class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Opened,
     Resolved,
@@ -41,26 +42,40 @@ pub enum Kind {
     Test,
 }
 
-const KINDS: [(Kind, &str); 10] = [
-    (Kind::Opened, "opened"),
-    (Kind::Resolved, "resolved"),
-    (Kind::Queued, "queued"),
-    (Kind::Executed, "executed"),
-    (Kind::Failed, "failed"),
-    (Kind::Escalation, "escalation"),
-    (Kind::ModelDown, "model_down"),
-    (Kind::ModelRecovered, "model_recovered"),
-    (Kind::Digest, "digest"),
-    (Kind::Test, "test"),
-];
-
 impl Kind {
+    const ALL: [Kind; 10] = [
+        Kind::Opened,
+        Kind::Resolved,
+        Kind::Queued,
+        Kind::Executed,
+        Kind::Failed,
+        Kind::Escalation,
+        Kind::ModelDown,
+        Kind::ModelRecovered,
+        Kind::Digest,
+        Kind::Test,
+    ];
+
+    /// Its name in the outbox.
     pub fn name(self) -> &'static str {
-        KINDS.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("test")
+        match self {
+            Kind::Opened => "opened",
+            Kind::Resolved => "resolved",
+            Kind::Queued => "queued",
+            Kind::Executed => "executed",
+            Kind::Failed => "failed",
+            Kind::Escalation => "escalation",
+            Kind::ModelDown => "model_down",
+            Kind::ModelRecovered => "model_recovered",
+            Kind::Digest => "digest",
+            Kind::Test => "test",
+        }
     }
 
+    /// The kind named `name`; a name no version wrote is delivered as a
+    /// test message rather than dropped.
     pub fn from_name(name: &str) -> Kind {
-        KINDS.iter().find(|(_, n)| *n == name).map(|(k, _)| *k).unwrap_or(Kind::Test)
+        Self::ALL.into_iter().find(|k| k.name() == name).unwrap_or(Kind::Test)
     }
 
     fn priority(self, cfg: &GotifyConfig) -> u8 {
@@ -212,7 +227,7 @@ impl Notifier {
                 }
             }
             let Some(d) = &inc.decision else { continue };
-            if d.outcome == "failed" {
+            if d.outcome == DecisionOutcome::Failed {
                 self.model_failed(host, d.error.as_deref().unwrap_or("unknown error"), now)?;
                 continue;
             }
@@ -221,9 +236,9 @@ impl Notifier {
             for a in &d.actions {
                 let target = a.target.as_deref().unwrap_or("");
                 let what = format!("{} {target}", a.action).trim_end().to_owned();
-                match a.result.as_str() {
-                    "queued" => {
-                        let id = a.approval_id.unwrap_or_default();
+                match a.result {
+                    ActionResult::Queued => {
+                        let id = a.approval_id.map(|id| id.to_string()).unwrap_or_else(|| "0".into());
                         let body = format!(
                             "**Approval needed** for {} on incident {}\n\n**Diagnosis:** {diagnosis}\n\n**Why:** {}\n\nTo carry it out: `macha-approve approve {id}`\n\nTo drop it: `macha-approve reject {id} --reason \"...\"`",
                             code(&what),
@@ -232,7 +247,7 @@ impl Notifier {
                         );
                         self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
                     }
-                    "escalated" => {
+                    ActionResult::Escalated => {
                         let body = format!(
                             "**A human is needed** for {} on incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
                             code(&what),
@@ -241,7 +256,7 @@ impl Notifier {
                         );
                         self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
                     }
-                    "proposed" => {
+                    ActionResult::Proposed => {
                         let body = format!(
                             "**Configuration change proposed** for incident {}\n\n**Why:** {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
                             code(fp),
@@ -250,9 +265,9 @@ impl Notifier {
                         );
                         self.emit(self.message(Kind::Queued, host, "configuration change proposed", body), now)?;
                     }
-                    "executed" => self.action_result(host, fp, &what, true, &a.detail, now)?,
-                    "failed" => self.action_result(host, fp, &what, false, &a.detail, now)?,
-                    "informed" => {
+                    ActionResult::Executed => self.action_result(host, fp, &what, true, &a.detail, now)?,
+                    ActionResult::Failed => self.action_result(host, fp, &what, false, &a.detail, now)?,
+                    ActionResult::Informed => {
                         let body = format!(
                             "**A human is needed** for incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}\n\n**Why no automatic action:** {}",
                             code(fp),
@@ -264,7 +279,10 @@ impl Notifier {
                             now,
                         )?;
                     }
-                    _ => {}
+                    // Nothing new for a person: the item already waits, the
+                    // refusal is in the records, and a deferred action is
+                    // decided again.
+                    ActionResult::AlreadyQueued | ActionResult::Refused | ActionResult::Deferred => {}
                 }
             }
         }
@@ -414,11 +432,12 @@ impl DigestCounts {
             Ok(audit::read_since(state, name, since)?.into_iter().filter(in_window).collect())
         };
         let count = |records: &[Value], key: &str, value: &str| records.iter().filter(|r| r[key] == value).count();
+        let actions_that = |records: &[Value], outcome: ActionOutcome| count(records, "outcome", outcome.as_str());
         // A record of repeats stands for that many failed decisions.
         let failures = |records: &[Value]| -> usize {
             records
                 .iter()
-                .filter(|r| r["outcome"] == "failed")
+                .filter(|r| r["outcome"] == DecisionOutcome::Failed.as_str())
                 .map(|r| r["repeated"]["count"].as_u64().map_or(1, |n| usize::try_from(n).unwrap_or(usize::MAX)))
                 .fold(0, usize::saturating_add)
         };
@@ -426,12 +445,12 @@ impl DigestCounts {
         let actions = read(audit::ACTIONS)?;
         let decisions = read(audit::DECISIONS)?;
         Ok(Self {
-            opened: count(&incidents, "event", "opened"),
-            resolved: count(&incidents, "event", "resolved"),
-            executed: count(&actions, "outcome", "succeeded"),
-            failed: count(&actions, "outcome", "failed"),
-            queued: count(&actions, "outcome", "queued"),
-            refused: count(&actions, "outcome", "refused"),
+            opened: count(&incidents, "event", IncidentEvent::Opened.as_str()),
+            resolved: count(&incidents, "event", IncidentEvent::Resolved.as_str()),
+            executed: actions_that(&actions, ActionOutcome::Succeeded),
+            failed: actions_that(&actions, ActionOutcome::Failed),
+            queued: actions_that(&actions, ActionOutcome::Queued),
+            refused: actions_that(&actions, ActionOutcome::Refused),
             model_failures: failures(&decisions),
         })
     }
