@@ -23,7 +23,7 @@ use crate::cycle::unit_facts;
 use crate::gate::{check_target, Action, Policy};
 use crate::ids::ApprovalId;
 use crate::notify::{Notifier, NotifyError};
-use crate::observe::systemd::Systemd;
+use crate::observe::systemd::{Systemd, SystemdLink};
 use crate::state_dir::StateDir;
 use crate::store::{Approval, ApprovalStatus, IncidentStatus, Store, StoreError};
 
@@ -216,7 +216,8 @@ impl Workflow<'_> {
         let rec = self.record(&item, by, ActionOutcome::Approved, &format!("carrying out {action}"));
         audit::append(self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
         let books = Books { config: self.config, state: self.state, store: self.store };
-        let (report, kept) = carry::carry_out(&books, Ok(&systemd), &action, &rec, Bookkeeping::Approval(id)).await;
+        let (report, kept) =
+            carry::carry_out(&books, &SystemdLink::Up(&systemd), &action, &rec, Bookkeeping::Approval(id)).await;
         kept?;
         let notify_error = notifier.and_then(|n| {
             let what = format!("{action} (approval {id} by {by})");

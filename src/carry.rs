@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::gate::Action;
 use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
-use crate::observe::systemd::Systemd;
+use crate::observe::systemd::SystemdLink;
 use crate::state_dir::StateDir;
 use crate::store::{ApprovalStatus, Store, StoreError};
 
@@ -55,7 +55,7 @@ pub struct Books<'a> {
 /// always is: what the trail refuses, the ledger keeps).
 pub async fn carry_out(
     books: &Books<'_>,
-    systemd: Result<&Systemd, &str>,
+    systemd: &SystemdLink<'_>,
     action: &Action,
     rec: &ActionRecord,
     keep: Bookkeeping,

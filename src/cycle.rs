@@ -792,10 +792,7 @@ impl Engine {
         let books = Books { config: &self.config, state: &self.state, store: &self.store };
         let keep = Bookkeeping::Automatic(id);
         // Never an error: what the trail refuses, the ledger keeps.
-        let (report, _) = match self.observer.systemd().await {
-            Ok(systemd) => carry::carry_out(&books, Ok(systemd), action, rec, keep).await,
-            Err(e) => carry::carry_out(&books, Err(&e.to_string()), action, rec, keep).await,
-        };
+        let (report, _) = carry::carry_out(&books, &self.observer.link().await, action, rec, keep).await;
         report
     }
 
