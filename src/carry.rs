@@ -10,8 +10,8 @@ use chrono::Utc;
 
 use crate::act;
 use crate::audit::{self, ActionOutcome, ActionRecord, AuditError};
+use crate::catalog::Action;
 use crate::config::Config;
-use crate::gate::Action;
 use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
 use crate::observe::systemd::SystemdLink;

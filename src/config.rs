@@ -550,7 +550,7 @@ impl Config {
             return Err("key `act.approver_group`: must name a Unix group".into());
         }
         if let Some(flake) = &self.nixos.flake {
-            crate::gate::check_flake(flake).map_err(|e| format!("key `nixos.flake`: {e}"))?;
+            crate::catalog::check_flake(flake).map_err(|e| format!("key `nixos.flake`: {e}"))?;
         }
         for (key, p) in [("nixos.profile", &self.nixos.profile), ("nixos.current_system", &self.nixos.current_system)] {
             if !p.is_absolute() {

@@ -23,12 +23,13 @@ use crate::audit::{
     Origin,
 };
 use crate::carry::{self, Bookkeeping, Books};
+use crate::catalog::{Action, ActionKind};
 use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
-use crate::decide::{self, ActionKind, FailureKind, Outcome, ProposedAction};
+use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
-use crate::gate::{gate, Action, Known, Policy, UnitFacts, Verdict};
+use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};

@@ -195,7 +195,7 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
     // A failed helper unit (macha-action-*) is reported by the action that
     // started it, in its record and notification; as an incident of its own
     // macha would be asked to act on its own action.
-    let own = |unit: &str| unit.starts_with(crate::gate::HELPER_PREFIX);
+    let own = |unit: &str| unit.starts_with(crate::catalog::HELPER_PREFIX);
     for unit in snap.failed_units.ok().into_iter().flatten().filter(|u| !own(&u.id)) {
         let result = unit.result.as_deref().unwrap_or("unknown");
         let summary = match unit.exec_main_status {

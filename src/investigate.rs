@@ -23,11 +23,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
+use crate::catalog::{self, Action, Probe};
 use crate::config::Config;
 use crate::decide::evidence::priority_name;
 use crate::decide::prompt::one_line;
-use crate::decide::Probe;
-use crate::gate::{self, Action};
 use crate::observe::host::{self, Filesystem};
 use crate::observe::journal::{self, Entry};
 use crate::observe::nixos::{self, Generations};
@@ -105,7 +104,7 @@ async fn run_probe(
         Probe::UnitStatus => unit_status(systemd()?, unit()?).await,
         Probe::UnitLogs => unit_logs(config, unit()?).await,
         Probe::FailedUnits => failed_units(systemd()?).await,
-        Probe::DiskUsage => disk_usage(&gate::check_probe_path(path.ok_or("needs a path")?)?).await,
+        Probe::DiskUsage => disk_usage(&catalog::check_probe_path(path.ok_or("needs a path")?)?).await,
         Probe::TopProcesses => top_processes().await,
         Probe::Generations => generations(config),
         Probe::ListeningSockets => listening_sockets().await,

@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 
 use crate::act::{self, Brief, Observed, Unfinished};
 use crate::audit::{self, ActionOutcome, ActionRecord, Origin};
+use crate::catalog::Action;
 use crate::config::Config;
-use crate::gate::Action;
 use crate::observe::systemd::SystemdLink;
 use crate::retention::Rotation;
 use crate::state_dir::StateDir;

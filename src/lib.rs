@@ -16,6 +16,7 @@ pub mod ask;
 pub mod audit;
 pub mod bounded;
 pub mod carry;
+pub mod catalog;
 pub mod config;
 pub mod cycle;
 pub mod daemon;

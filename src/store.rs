@@ -12,9 +12,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::decide::{ActionKind, FailureKind};
+use crate::catalog::Action;
+use crate::catalog::ActionKind;
+use crate::decide::FailureKind;
 use crate::detect::{basis_of, Incident, OpenIncident};
-use crate::gate::Action;
 use crate::ids::{ApprovalId, Fingerprint};
 use crate::observe::Snapshot;
 use crate::repeat::Repeating;
@@ -56,7 +57,7 @@ pub struct Approval {
     pub kind: ActionKind,
     /// The target in words (a unit name, "older than 14 days", ...).
     pub target: String,
-    /// The action exactly, as JSON (see `gate::Action`).
+    /// The action exactly, as JSON (see `catalog::Action`).
     pub args: String,
     pub reason: String,
     pub diagnosis: String,
@@ -214,7 +215,7 @@ pub struct AutoAction {
     /// `started`, `finished` or `void`.
     pub state: String,
     pub succeeded: bool,
-    /// The action exactly, as JSON (see `gate::Action`).
+    /// The action exactly, as JSON (see `catalog::Action`).
     pub action: String,
     /// The process that carries it out (see `ledger::owner`).
     pub owner: String,

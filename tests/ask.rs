@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use common::{chats, decision, macha_bin, stderr, Bed, MODEL, WEB};
-use macha::decide::ActionKind;
+use macha::catalog::{Action, ActionKind};
 use macha::detect::{Incident, IncidentKind};
-use macha::gate::Action;
 use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;

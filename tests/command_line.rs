@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{macha_bin, WEB};
 use macha::audit;
+use macha::catalog::{Action, ActionKind};
 use macha::config::RetentionConfig;
-use macha::decide::ActionKind;
 use macha::detect::{Incident, IncidentKind};
-use macha::gate::Action;
 use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;

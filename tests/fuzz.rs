@@ -32,8 +32,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Bed, WEB};
+use macha::catalog::ActionKind;
 use macha::config::{AutonomyLevel, Config};
-use macha::decide::{ActionKind, Decision};
+use macha::decide::Decision;
 use macha::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use macha_testbed::ollama::Reply;
 use serde_json::{json, Value};
@@ -473,7 +474,7 @@ fn valid_action(kind: ActionKind) -> Value {
 /// wrong types, unknown kinds and fields, too many actions, cut-off, prose,
 /// deep nesting.
 fn hostile_answer(rng: &mut Rng) -> String {
-    let kinds = macha::decide::decision::ALL_KINDS;
+    let kinds = macha::catalog::ALL_KINDS;
     let n = 1 + rng.below(3);
     let mut actions: Vec<Value> = (0..n).map(|_| valid_action(*rng.pick(&kinds))).collect();
     let mut d = json!({"diagnosis": "demo-web.service failed", "severity": "warning", "actions": []});

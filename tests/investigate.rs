@@ -8,9 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::Bed;
+use macha::catalog::{Action, Probe};
 use macha::config::Config;
-use macha::decide::Probe;
-use macha::gate::Action;
 use macha::investigate::{self, Finding, MAX_TEXT_CHARS};
 use macha::observe::systemd::{Systemd, SystemdLink};
 use macha::unit::UnitName;

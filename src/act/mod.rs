@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{Action, RebuildMode};
 use crate::config::{ActConfig, Config};
-use crate::decide::RebuildMode;
-use crate::gate::Action;
 use crate::observe::host;
 use crate::observe::nixos::{self, Generations};
 use crate::observe::systemd::{ReadUnits, SystemdLink, UnitState};

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::gate::Action;
+use crate::catalog::Action;
 use crate::state_dir::{StateDir, StateError};
 
 /// The directory under the state directory that holds requests.

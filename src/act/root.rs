@@ -15,8 +15,9 @@ use std::process::Command;
 use chrono::Utc;
 
 use crate::act::request::{self, Refused};
+use crate::catalog::Action;
 use crate::config::Config;
-use crate::gate::{self, Action};
+use crate::gate;
 use crate::observe::nixos;
 
 /// The helpers, by the name `macha helper` takes.
@@ -57,7 +58,7 @@ pub fn serve(config: &Config, name: &str) -> Result<String, HelperError> {
         }
         Action::NixosRebuild { mode } => {
             let flake = config.nixos.flake.as_deref().expect("checked again above");
-            if *mode != crate::decide::RebuildMode::DryBuild {
+            if *mode != crate::catalog::RebuildMode::DryBuild {
                 // Dry-build first: an evaluation or build plan that fails
                 // stops here, before anything is activated.
                 run("nixos-rebuild", &["dry-build", "--flake", flake])

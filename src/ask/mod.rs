@@ -26,11 +26,11 @@ use chrono::Utc;
 use serde_json::Value;
 
 use self::records::{Query, RecordTool, Records};
+use crate::catalog::Probe;
 use crate::config::Config;
 use crate::decide::prompt::one_line;
 use crate::decide::tokens::estimate_tokens;
 use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
-use crate::decide::Probe;
 use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool};
 use crate::redact::redact;
 use crate::store::Approval;

@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit;
+use crate::catalog;
 use crate::decide::prompt::one_line;
 use crate::decide::tools::closed_tool;
-use crate::gate;
 use crate::investigate;
 use crate::model::Tool;
 use crate::redact::redact;
@@ -198,7 +198,7 @@ pub fn check_incident(raw: &str) -> Result<String, String> {
         "incident must be an incident fingerprint: unit-failed:UNIT, error-burst:UNIT, disk-full:MOUNT or memory-pressure";
     let ok = match raw.split_once(':') {
         Some(("unit-failed" | "error-burst", unit)) => UnitName::parse(unit).is_ok(),
-        Some(("disk-full", mount)) => gate::check_probe_path(mount).is_ok(),
+        Some(("disk-full", mount)) => catalog::check_probe_path(mount).is_ok(),
         None => raw == "memory-pressure",
         Some(_) => false,
     };

@@ -5,6 +5,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{ActionKind, Probe, RebuildMode};
+
 /// How serious the model judges the incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -12,146 +14,6 @@ pub enum Severity {
     Info,
     Warning,
     Critical,
-}
-
-/// The catalog entries a decision may propose. Anything else fails to parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionKind {
-    /// Restart a failed unit (`unit` required).
-    RestartUnit,
-    /// Clear a unit's failed state without starting it (`unit` required).
-    ResetFailed,
-    /// Delete Nix store paths no longer in use, and system generations
-    /// older than `older_than_days` (required).
-    CollectGarbage,
-    /// Shrink the journal's archived files to `max_size_mb` (required).
-    VacuumJournal,
-    /// Read something about the host, changing nothing (`probe` required;
-    /// `unit` for unit_status and unit_logs, `path` for disk_usage).
-    Investigate,
-    /// Rebuild the NixOS system from the configured flake (`mode` required).
-    NixosRebuild,
-    /// Go back to the previous NixOS system generation.
-    RollbackGeneration,
-    /// Propose a change to a file of the NixOS configuration as a unified
-    /// diff (`file` and `diff` required, `unit` null). Written for a human
-    /// to review; never applied by macha.
-    ProposeConfigChange,
-    /// Nothing to carry out: a human should look (`unit` must be null).
-    NotifyOnly,
-}
-
-/// Every catalog entry, in the order of the catalog.
-pub const ALL_KINDS: [ActionKind; 9] = [
-    ActionKind::RestartUnit,
-    ActionKind::ResetFailed,
-    ActionKind::CollectGarbage,
-    ActionKind::VacuumJournal,
-    ActionKind::Investigate,
-    ActionKind::NixosRebuild,
-    ActionKind::RollbackGeneration,
-    ActionKind::ProposeConfigChange,
-    ActionKind::NotifyOnly,
-];
-
-impl ActionKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RestartUnit => "restart_unit",
-            Self::ResetFailed => "reset_failed",
-            Self::CollectGarbage => "collect_garbage",
-            Self::VacuumJournal => "vacuum_journal",
-            Self::Investigate => "investigate",
-            Self::NixosRebuild => "nixos_rebuild",
-            Self::RollbackGeneration => "rollback_generation",
-            Self::ProposeConfigChange => "propose_config_change",
-            Self::NotifyOnly => "notify_only",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        ALL_KINDS.into_iter().find(|k| k.as_str() == s)
-    }
-
-    /// Whether the action is about one systemd unit it changes.
-    pub fn needs_unit(self) -> bool {
-        matches!(self, Self::RestartUnit | Self::ResetFailed)
-    }
-}
-
-/// What `nixos_rebuild` does, as `nixos-rebuild` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum RebuildMode {
-    /// Evaluate and build nothing: shows what would be built.
-    DryBuild,
-    /// Build and activate, without making it the boot default.
-    Test,
-    /// Build, activate, and make it the boot default.
-    Switch,
-    /// Build and make it the boot default from the next boot on.
-    Boot,
-}
-
-impl RebuildMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DryBuild => "dry-build",
-            Self::Test => "test",
-            Self::Switch => "switch",
-            Self::Boot => "boot",
-        }
-    }
-}
-
-/// The read-only probes `investigate` may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Probe {
-    /// A unit's state, result, restarts and timestamps (`unit` required).
-    UnitStatus,
-    /// A unit's most recent journal lines (`unit` required).
-    UnitLogs,
-    /// The units systemd lists as failed.
-    FailedUnits,
-    /// Size and free space of the file system holding `path` (required).
-    DiskUsage,
-    /// The processes using the most CPU and memory.
-    TopProcesses,
-    /// The NixOS system generations and which one is running.
-    Generations,
-    /// The TCP ports listened on and the UDP ports bound, with their owners' uids.
-    ListeningSockets,
-}
-
-impl Probe {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnitStatus => "unit_status",
-            Self::UnitLogs => "unit_logs",
-            Self::FailedUnits => "failed_units",
-            Self::DiskUsage => "disk_usage",
-            Self::TopProcesses => "top_processes",
-            Self::Generations => "generations",
-            Self::ListeningSockets => "listening_sockets",
-        }
-    }
-
-    /// Every probe, in catalog order.
-    pub const ALL: [Probe; 7] = [
-        Self::UnitStatus,
-        Self::UnitLogs,
-        Self::FailedUnits,
-        Self::DiskUsage,
-        Self::TopProcesses,
-        Self::Generations,
-        Self::ListeningSockets,
-    ];
-
-    pub fn needs_unit(self) -> bool {
-        matches!(self, Self::UnitStatus | Self::UnitLogs)
-    }
 }
 
 /// One proposed action, exactly as the model wrote it. `unit` stays a plain
@@ -432,14 +294,6 @@ mod tests {
             r#"{"kind":"collect_garbage","unit":null,"reason":"r","older_than_days":"14d; rm -rf /"}"#,
         ] {
             assert!(matches!(one(a), Err(InvalidAnswer::Parse(_))), "{a}");
-        }
-    }
-
-    #[test]
-    fn kinds_round_trip_through_their_names() {
-        for k in ALL_KINDS {
-            assert_eq!(ActionKind::parse(k.as_str()), Some(k));
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::decision::{ActionKind, Decision, Probe, ProposedAction, RebuildMode, Severity};
+pub use self::decision::{Decision, ProposedAction, Severity};
 use self::prompt::Prompts;
 use self::tools::{ToolUse, Toolbox};
 use crate::detect::Incident;

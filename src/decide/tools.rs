@@ -4,7 +4,7 @@
 //! through tool calling: a call names a probe and gives its arguments as a
 //! JSON object; the arguments are parsed into a typed value (unknown or
 //! missing fields are refused with the reason) and checked by the same rule
-//! as a proposed `investigate` action (`gate::investigation`). No shell is
+//! as a proposed `investigate` action (`catalog::investigation`). No shell is
 //! involved anywhere, nothing is written, and what a probe returns is
 //! redacted and bounded before it goes back as a `tool` message.
 //!
@@ -22,9 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::tokens::estimate_tokens;
-use super::Probe;
+use crate::catalog::{self, Action, Probe};
 use crate::config::Config;
-use crate::gate::{self, Action};
 use crate::investigate;
 use crate::model::{ChatReply, ChatRequest, Message, ModelError, ModelService, Priority, Tool, ToolCall, Usage};
 use crate::observe::systemd::SystemdLink;
@@ -161,7 +160,7 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<Action, String> {
     if args.path.is_some() && probe != Probe::DiskUsage {
         return Err(format!("{name} takes no path"));
     }
-    gate::investigation(probe, args.unit.as_deref(), args.path.as_deref())
+    catalog::investigation(probe, args.unit.as_deref(), args.path.as_deref())
 }
 
 fn tool_names() -> String {

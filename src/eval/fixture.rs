@@ -23,10 +23,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::bounded::{self, FileKind, Size};
+use crate::catalog::{self, ActionKind};
 use crate::decide::evidence::{Folded, Writer};
-use crate::decide::ActionKind;
 use crate::detect::{Incident, IncidentKind};
-use crate::gate;
 use crate::observe::host::{Filesystem, HostStats};
 use crate::observe::journal::{Entry, ErrorScan};
 use crate::observe::systemd::UnitState;
@@ -323,7 +322,7 @@ fn incident_kind(fingerprint: &str) -> Result<IncidentKind, Problem> {
         Some(("unit-failed", u)) => IncidentKind::UnitFailed { unit: unit(u)? },
         Some(("error-burst", u)) => IncidentKind::ErrorBurst { unit: unit(u)? },
         Some(("disk-full", mount)) => {
-            gate::check_probe_path(mount).map_err(|e| problem(field, format!("the mount: {e}")))?;
+            catalog::check_probe_path(mount).map_err(|e| problem(field, format!("the mount: {e}")))?;
             IncidentKind::DiskFull { mount: mount.to_owned() }
         }
         None if fingerprint == "memory-pressure" => IncidentKind::MemoryPressure,
@@ -383,7 +382,7 @@ impl RawHost {
         let mut filesystems = Vec::with_capacity(self.filesystems.len());
         for (i, fs) in self.filesystems.into_iter().enumerate() {
             let field = |name: &str| format!("host.filesystems[{i}].{name}");
-            gate::check_probe_path(&fs.mount).map_err(|e| problem(&field("mount"), e))?;
+            catalog::check_probe_path(&fs.mount).map_err(|e| problem(&field("mount"), e))?;
             if fs.fs_type.trim().is_empty() {
                 return Err(problem(&field("fs_type"), "is empty; name the file system type, for example ext4"));
             }

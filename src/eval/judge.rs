@@ -10,7 +10,8 @@
 use serde::Serialize;
 
 use super::fixture::Expect;
-use crate::decide::{ActionKind, Decision, Outcome};
+use crate::catalog::ActionKind;
+use crate::decide::{Decision, Outcome};
 
 /// The judgement of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

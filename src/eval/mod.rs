@@ -197,7 +197,7 @@ fn median(sorted: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{ActionKind, Probe};
+    use crate::catalog::{ActionKind, Probe};
 
     fn result(passed: bool, wall_ms: u64) -> RunReport {
         RunReport {

@@ -11,9 +11,8 @@
 use serde_json::Value;
 
 use super::fixture::{Fixture, NOT_RECORDED};
+use crate::catalog::{Action, Probe};
 use crate::decide::tools::{self, finding_text, ToolError, ToolFuture, Toolbox};
-use crate::decide::Probe;
-use crate::gate::Action;
 use crate::investigate;
 use crate::model::Tool;
 use crate::observe::journal::Entry;
