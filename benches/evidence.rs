@@ -40,10 +40,10 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use macha::config::Config;
-use macha::decide::evidence::{Folded, Writer};
 use macha::decide::prompt::{Prompts, DEFAULT_INPUT_BUDGET};
 use macha::decide::tokens::estimate_tokens;
 use macha::detect::detect;
+use macha::observe::fold::{Folded, Writer};
 use macha::observe::{journal, Observer};
 use macha_testbed::container::Container;
 use macha_testbed::ollama::{OllamaDouble, Reply};

@@ -25,13 +25,13 @@ use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
 use crate::catalog::{self, Action, Probe};
 use crate::config::Config;
-use crate::decide::evidence::priority_name;
-use crate::decide::prompt::one_line;
+use crate::observe::fold::priority_name;
 use crate::observe::host::{self, Filesystem};
 use crate::observe::journal::{self, Entry};
 use crate::observe::nixos::{self, Generations};
 use crate::observe::systemd::{Systemd, SystemdLink, UnitState};
 use crate::redact::redact;
+use crate::text::{cut, one_line};
 use crate::unit::UnitName;
 
 /// Longest `text` of a finding, in characters, marker included.
@@ -549,12 +549,7 @@ fn bytes(n: u64) -> String {
 
 /// `text` cut to at most `max` characters, ending in `[...cut]` when cut.
 fn cut_chars(text: &str, max: usize) -> String {
-    const MARK: &str = " [...cut]";
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let keep = max.saturating_sub(MARK.chars().count());
-    text.chars().take(keep).collect::<String>() + MARK
+    cut(text, max, " [...cut]")
 }
 
 /// `text` within `max` characters: whole lines from the start, then a line

@@ -41,4 +41,5 @@ pub mod service_manager;
 pub mod state_dir;
 pub mod store;
 pub mod storm;
+pub mod text;
 pub mod unit;

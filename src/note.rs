@@ -142,7 +142,7 @@ pub fn render(notes: &[(PathBuf, Note)]) -> Option<String> {
         let text = crate::redact::redact(&n.text).replace("</operator-note>", "</ operator-note>");
         out.push_str(&format!(
             "<operator-note by=\"{}\" time=\"{}\">\n{}\n</operator-note>\n",
-            crate::decide::prompt::one_line(&n.by).replace('"', "'"),
+            crate::text::one_line(&n.by).replace('"', "'"),
             n.time.to_rfc3339(),
             text.trim()
         ));

@@ -80,7 +80,7 @@ pub fn write(
     let header = format!(
         "# Proposed by macha for incident {incident}; never applied by macha.\n# File: {}\n# Why: {}\n# Review, then apply in {} with: git apply {}\n",
         target.display(),
-        crate::decide::prompt::one_line(reason),
+        crate::text::one_line(reason),
         root.display(),
         path.display()
     );

@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use crate::text::one_line;
+
 /// The daemon's line to systemd's service manager.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceManager {
@@ -85,10 +87,6 @@ fn send(fields: &[(&str, &str)]) {
             tracing::warn!(error = %e, fields = ?what, "cannot notify systemd (NOTIFY_SOCKET)");
         }
     }
-}
-
-fn one_line(value: &str) -> String {
-    value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]

@@ -28,12 +28,12 @@ use serde_json::Value;
 use self::records::{Query, RecordTool, Records};
 use crate::catalog::Probe;
 use crate::config::Config;
-use crate::decide::prompt::one_line;
 use crate::decide::tokens::estimate_tokens;
 use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
 use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool};
 use crate::redact::redact;
 use crate::store::Approval;
+use crate::text::one_line;
 
 /// Longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 2000;

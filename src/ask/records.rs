@@ -20,13 +20,13 @@ use serde_json::{json, Value};
 
 use crate::audit;
 use crate::catalog;
-use crate::decide::prompt::one_line;
 use crate::decide::tools::closed_tool;
 use crate::investigate;
 use crate::model::Tool;
 use crate::redact::redact;
 use crate::state_dir::StateDir;
 use crate::store::Store;
+use crate::text::one_line;
 use crate::unit::UnitName;
 
 /// Records listed when the model names no limit.

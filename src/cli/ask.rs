@@ -183,8 +183,5 @@ fn arguments(v: &serde_json::Value) -> String {
 }
 
 fn cut(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    text.chars().take(max).collect::<String>() + "..."
+    macha::text::cut(text, max, "...")
 }

@@ -384,7 +384,7 @@ pub(crate) fn retry_reason(error: &str) -> String {
             "`...`".to_owned()
         }
     });
-    prompt::one_line(&elided).chars().take(200).collect()
+    crate::text::one_line(&elided).chars().take(200).collect()
 }
 
 fn ms(since: Instant) -> u64 {

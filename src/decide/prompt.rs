@@ -15,13 +15,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use super::evidence::one_line;
-use super::evidence::{self, Compaction, Folded};
+use super::evidence::{self, Compaction};
 use super::tokens::estimate_tokens;
 use crate::bounded::{self, FileKind, Size};
 use crate::detect::{Incident, IncidentKind};
+use crate::observe::fold::Folded;
 use crate::observe::{Snapshot, Source};
 use crate::redact::redact;
+use crate::text::one_line;
 
 const SYSTEM: &str = include_str!("../../prompts/system.md");
 const INCIDENT: &str = include_str!("../../prompts/incident.md");
@@ -350,7 +351,7 @@ fn memory_facts(out: &mut String, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::evidence::Writer;
+    use crate::observe::fold::Writer;
     use crate::observe::journal::ErrorScan;
 
     #[test]

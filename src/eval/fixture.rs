@@ -24,8 +24,8 @@ use serde::Deserialize;
 
 use crate::bounded::{self, FileKind, Size};
 use crate::catalog::{self, ActionKind};
-use crate::decide::evidence::{Folded, Writer};
 use crate::detect::{Incident, IncidentKind};
+use crate::observe::fold::{Folded, Writer};
 use crate::observe::host::{Filesystem, HostStats};
 use crate::observe::journal::{Entry, ErrorScan};
 use crate::observe::systemd::UnitState;

@@ -2,7 +2,7 @@
 //! since a persisted cursor, and the last lines of a given unit.
 //!
 //! Entries that become evidence for the model are folded into templates as
-//! they are read (`decide::evidence::Folded`), so a pass over a burst of a
+//! they are read (`observe::fold::Folded`), so a pass over a burst of a
 //! hundred thousand lines holds a few hundred templates, never the lines.
 //!
 //! libsystemd gives cursors, seeking, matches and tolerance of corrupted
@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 
+use super::fold::{Folded, Limits, Writer};
 use super::sigbus;
-use crate::decide::evidence::{Folded, Limits, Writer};
 
 /// Units whose recent error lines are kept in one pass.
 const MAX_UNITS: usize = 200;

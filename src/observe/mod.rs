@@ -5,6 +5,7 @@
 //! the snapshot and the others still count, so a broken journal never hides
 //! a failed unit.
 
+pub mod fold;
 pub mod host;
 pub mod journal;
 pub mod nixos;
@@ -18,11 +19,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use self::fold::Folded;
 use self::host::{HostProbe, HostStats};
 use self::journal::ErrorScan;
 use self::systemd::{Systemd, SystemdLink, UnitState};
 use crate::config::Config;
-use crate::decide::evidence::Folded;
 use crate::unit::UnitName;
 
 /// Err-or-worse entries of a unit kept in a snapshot as written; past this
