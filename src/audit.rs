@@ -26,7 +26,7 @@ use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
 use crate::ids::ApprovalId;
 use crate::repeat::Repeats;
-use crate::retention::{self, Naming, Rotation};
+use crate::rotation::{self, Naming, Rotation, MAX_READ_BYTES};
 use crate::state_dir::{StateDir, StateError};
 
 pub const DECISIONS: &str = "decisions.jsonl";
@@ -313,11 +313,6 @@ pub struct AuditError {
     source: StateError,
 }
 
-/// The most of the audit trail read at once: one file by `verify` (the
-/// size an audit file is moved aside at, `retention.audit_max_kb`, is at
-/// most this), all the kept files together by the other readers.
-pub const MAX_READ_BYTES: u64 = 256 * 1024 * 1024;
-
 /// A seal holds one hash.
 const MAX_SEAL_BYTES: u64 = 1024;
 
@@ -352,7 +347,7 @@ fn io_error(state: &StateDir, name: &str, error: std::io::Error) -> StateError {
 /// moved aside (`NAME.N.jsonl`, highest `N` first), then `name` itself.
 pub fn kept_files(state: &StateDir, name: &str) -> Result<Vec<String>, StateError> {
     let mut files: Vec<String> =
-        retention::numbers(state, name, NAMING)?.iter().rev().map(|n| NAMING.name(name, *n)).collect();
+        rotation::numbers(state, name, NAMING)?.iter().rev().map(|n| NAMING.name(name, *n)).collect();
     files.push(name.to_owned());
     Ok(files)
 }
@@ -431,7 +426,7 @@ fn record_between(file: &mut File, start: u64, end: u64) -> std::io::Result<Opti
 /// chains to: that of the last record of the newest file moved aside, or
 /// `GENESIS` when the trail is new.
 fn end_of_rotated(state: &StateDir, name: &str) -> Result<String, StateError> {
-    for n in retention::numbers(state, name, NAMING)? {
+    for n in rotation::numbers(state, name, NAMING)? {
         let rotated = NAMING.name(name, n);
         let Some(mut file) = state.open_read(&rotated)? else { continue };
         let len = file.metadata().map_err(|e| io_error(state, &rotated, e))?.len();
@@ -469,7 +464,7 @@ pub fn append<T: Serialize>(state: &StateDir, name: &str, record: &T, rotation: 
         if len == 0 || len.saturating_add(size) <= rotation.max_bytes {
             break (file, len);
         }
-        retention::move_aside(state, name, NAMING, rotation.files).map_err(fail)?;
+        rotation::move_aside(state, name, NAMING, rotation.files).map_err(fail)?;
         // The file moved aside is let go here (its lock with it); the next
         // turn takes the new one.
     };

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::{self, FileKind, Size};
+use crate::rotation::{self, Rotation};
 use crate::unit::UnitName;
 
 /// How far macha may go on its own. See the matrix in `gate`.
@@ -347,6 +348,18 @@ impl Default for RetentionConfig {
     }
 }
 
+impl RetentionConfig {
+    /// The audit trail's rotation (`audit_max_kb`, `audit_files`).
+    pub fn audit(&self) -> Rotation {
+        Rotation { max_bytes: self.audit_max_kb.saturating_mul(1024), files: self.audit_files }
+    }
+
+    /// `orchestrator.log`'s rotation (`log_max_kb`, `log_files`).
+    pub fn log(&self) -> Rotation {
+        Rotation { max_bytes: self.log_max_kb.saturating_mul(1024), files: self.log_files }
+    }
+}
+
 impl Default for GotifyConfig {
     fn default() -> Self {
         Self {
@@ -627,11 +640,11 @@ impl Config {
             (Bound::new("gotify.priorities.info", 0, 10, "(Gotify priority)"), u64::from(g.priorities.info)),
             (Bound::new("gotify.priorities.attention", 0, 10, "(Gotify priority)"), u64::from(g.priorities.attention)),
             (Bound::new("gotify.priorities.urgent", 0, 10, "(Gotify priority)"), u64::from(g.priorities.urgent)),
-            // An audit file is read whole by `macha-logs verify`: never past `audit::MAX_READ_BYTES`.
-            (Bound::new("retention.audit_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.audit_max_kb),
+            // An audit file is read whole by `macha-logs verify`: never past `rotation::MAX_READ_BYTES`.
+            (Bound::new("retention.audit_max_kb", 16, rotation::MAX_READ_BYTES / 1024, "KiB"), r.audit_max_kb),
             (Bound::new("retention.audit_files", 2, 1_000, "files"), u64::from(r.audit_files)),
-            // `macha-logs orchestrator` reads the log whole, as far as `audit::MAX_READ_BYTES`.
-            (Bound::new("retention.log_max_kb", 16, crate::audit::MAX_READ_BYTES / 1024, "KiB"), r.log_max_kb),
+            // `macha-logs orchestrator` reads the log whole, as far as `rotation::MAX_READ_BYTES`.
+            (Bound::new("retention.log_max_kb", 16, rotation::MAX_READ_BYTES / 1024, "KiB"), r.log_max_kb),
             (Bound::new("retention.log_files", 2, 100, "files"), u64::from(r.log_files)),
             (Bound::new("retention.kept_days", 1, 3_650, "days"), r.kept_days),
             (Bound::new("retention.kept_files", 1, 100_000, "files"), u64::from(r.kept_files)),

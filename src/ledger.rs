@@ -28,7 +28,7 @@ use crate::audit::{self, ActionOutcome, ActionRecord, Origin};
 use crate::catalog::Action;
 use crate::config::Config;
 use crate::observe::systemd::SystemdLink;
-use crate::retention::Rotation;
+use crate::rotation::Rotation;
 use crate::state_dir::StateDir;
 use crate::store::{AutoAction, Store};
 

@@ -37,6 +37,7 @@ pub mod propose;
 pub mod redact;
 pub mod repeat;
 pub mod retention;
+pub mod rotation;
 pub mod service_manager;
 pub mod state_dir;
 pub mod store;

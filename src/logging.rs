@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-use crate::retention::{self, Naming, Rotation};
+use crate::rotation::{self, Naming, Rotation};
 use crate::state_dir::StateDir;
 
 pub const ORCHESTRATOR_LOG: &str = "orchestrator.log";
@@ -85,7 +85,7 @@ impl RotatingLog {
         self.file.lock()?;
         // Another process may have moved it aside while this one waited.
         let moved = if self.is_current()? {
-            retention::move_aside(&self.state, ORCHESTRATOR_LOG, Naming::Appended, self.rotation.files).map(drop)
+            rotation::move_aside(&self.state, ORCHESTRATOR_LOG, Naming::Appended, self.rotation.files).map(drop)
         } else {
             Ok(())
         };
