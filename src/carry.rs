@@ -60,7 +60,8 @@ pub async fn carry_out(
     rec: &ActionRecord,
     keep: Bookkeeping,
 ) -> (act::Report, Result<(), RecordError>) {
-    let mut report = act::execute(systemd, action, books.config).await;
+    let open = books.store.open_incidents().map_err(|e| e.to_string());
+    let mut report = act::execute(systemd, action, books.config, open).await;
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(profile_of)) {
         let why = match keep {
             Bookkeeping::Automatic(_) => format!("undo {action}: go back to the system that ran before it"),

@@ -784,7 +784,8 @@ impl Engine {
     }
 
     async fn carry_out(&mut self, action: &Action) -> act::Report {
-        act::execute(&self.observer.link().await, action, &self.config).await
+        let open = self.store.open_incidents().map_err(|e| e.to_string());
+        act::execute(&self.observer.link().await, action, &self.config, open).await
     }
 
     /// Carries out an automatic action the ledger recorded as started

@@ -137,8 +137,15 @@ fn generations(config: &Config) -> Result<Generations, String> {
 
 /// Carries out `action` and verifies it. `systemd` is the connection, or
 /// why there is none; the handle that changes units (`Control`) is made
-/// from it here, and only here.
-pub async fn execute(systemd: &SystemdLink<'_>, action: &Action, config: &Config) -> Report {
+/// from it here, and only here. `open_incidents` are the incidents whose
+/// evidence a journal vacuum keeps first, as the caller's store has them
+/// (or why it could not read them: then no vacuum).
+pub async fn execute(
+    systemd: &SystemdLink<'_>,
+    action: &Action,
+    config: &Config,
+    open_incidents: Result<Vec<(String, String)>, String>,
+) -> Report {
     let cfg = &config.act;
     match action {
         Action::RestartUnit { unit } | Action::ResetFailed { unit } => match systemd.get() {
@@ -150,7 +157,7 @@ pub async fn execute(systemd: &SystemdLink<'_>, action: &Action, config: &Config
             Err(e) => Report::failed(format!("the probe failed: {e}")),
         },
         Action::CollectGarbage { .. } | Action::VacuumJournal { .. } => match systemd.get() {
-            Ok(s) => cleanup(&Control::new(s), action, config).await,
+            Ok(s) => cleanup(&Control::new(s), action, config, open_incidents).await,
             Err(e) => Report::failed(e),
         },
         Action::NixosRebuild { .. } | Action::RollbackGeneration { .. } => match systemd.get() {
@@ -203,13 +210,12 @@ struct KeptEvidence {
     lines: Vec<String>,
 }
 
-/// Writes the evidence of every open incident to
+/// Writes the evidence of every open incident (fingerprint and summary, as
+/// the caller's store has them) to
 /// `STATE_DIR/evidence/TIME-before-vacuum.json` (synced), so a journal
 /// vacuum can never destroy what an open incident is based on.
-pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
+pub fn preserve_evidence(config: &Config, open: Vec<(String, String)>) -> Result<PathBuf, String> {
     let state = crate::state_dir::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?;
-    let store = crate::store::Store::open(&state).map_err(|e| e.to_string())?;
-    let open = store.open_incidents().map_err(|e| e.to_string())?;
     let mut kept = Vec::with_capacity(open.len());
     for (incident, summary) in open {
         let lines = match crate::detect::unit_of(&incident) {
@@ -237,10 +243,15 @@ pub fn preserve_evidence(config: &Config) -> Result<PathBuf, String> {
 }
 
 /// Garbage collection and journal vacuum, verified by free space.
-async fn cleanup(host: &impl Host, action: &Action, config: &Config) -> Report {
+async fn cleanup(
+    host: &impl Host,
+    action: &Action,
+    config: &Config,
+    open_incidents: Result<Vec<(String, String)>, String>,
+) -> Report {
     let mut kept = String::new();
     if let Action::VacuumJournal { .. } = action {
-        match preserve_evidence(config) {
+        match open_incidents.and_then(|open| preserve_evidence(config, open)) {
             Ok(file) => kept = format!("; evidence of open incidents kept in {}", file.display()),
             Err(e) => {
                 return Report::failed(format!(
