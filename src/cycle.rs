@@ -14,7 +14,6 @@ use std::future::Future;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::act;
@@ -30,7 +29,6 @@ use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
-use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
@@ -39,6 +37,7 @@ use crate::observe::systemd::Systemd;
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
 use crate::repeat::{Repeating, Repeats, Write};
+use crate::report::{ActionReport, ActionResult, CycleReport, DecisionReport, FailedSource, IncidentReport};
 use crate::retention;
 use crate::state_dir::StateDir;
 use crate::store::{Failing, Novelty, Store};
@@ -49,134 +48,6 @@ const CURSOR_FILE: &str = "journal.cursor";
 
 /// A journal cursor is a line of about 150 bytes; anything larger is not one.
 const MAX_CURSOR_BYTES: u64 = 4096;
-
-/// What one cycle saw and did, for `macha-check` and the daemon's log.
-#[derive(Debug, Clone, Serialize)]
-pub struct CycleReport {
-    pub started_at: DateTime<Utc>,
-    pub host: String,
-    pub autonomy_level: AutonomyLevel,
-    /// Model endpoints that lack the model or could not be asked, with what
-    /// to do; empty when every endpoint is ready.
-    pub model_problems: Vec<String>,
-    /// Sources that could not be read, with the reason.
-    pub failed_sources: Vec<FailedSource>,
-    pub incidents: Vec<IncidentReport>,
-    /// Incidents seen before and gone now.
-    pub resolved: Vec<String>,
-    pub wall_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedSource {
-    pub source: String,
-    pub error: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IncidentReport {
-    pub fingerprint: String,
-    pub summary: String,
-    pub novelty: Novelty,
-    /// Absent when the incident was already decided in an earlier cycle.
-    pub decision: Option<DecisionReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionReport {
-    pub outcome: DecisionOutcome,
-    pub diagnosis: Option<String>,
-    pub error: Option<String>,
-    pub actions: Vec<ActionReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActionReport {
-    pub action: String,
-    pub target: Option<String>,
-    pub result: ActionResult,
-    pub detail: String,
-    /// The model's reason for proposing it.
-    pub reason: String,
-    pub approval_id: Option<ApprovalId>,
-}
-
-/// What the cycle did with one proposed action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionResult {
-    /// Carried out, and it worked.
-    Executed,
-    /// Carried out, and it did not work.
-    Failed,
-    /// Waiting for a human's approval.
-    Queued,
-    /// The same action already waits for approval.
-    AlreadyQueued,
-    /// Allowed alone, but storm control handed it to a human.
-    Escalated,
-    /// Allowed alone, not now (storm control, or macha stopping).
-    Deferred,
-    /// A configuration change written as a patch for a human.
-    Proposed,
-    Refused,
-    /// Nothing to carry out: a human is told.
-    Informed,
-}
-
-impl ActionResult {
-    /// Its name in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionResult::Executed => "executed",
-            ActionResult::Failed => "failed",
-            ActionResult::Queued => "queued",
-            ActionResult::AlreadyQueued => "already_queued",
-            ActionResult::Escalated => "escalated",
-            ActionResult::Deferred => "deferred",
-            ActionResult::Proposed => "proposed",
-            ActionResult::Refused => "refused",
-            ActionResult::Informed => "informed",
-        }
-    }
-
-    /// How an action that ran ended.
-    fn of_run(succeeded: bool) -> Self {
-        if succeeded {
-            ActionResult::Executed
-        } else {
-            ActionResult::Failed
-        }
-    }
-
-    /// Its outcome in `actions.jsonl`; an action only informed about has
-    /// no record.
-    pub fn outcome(self) -> Option<ActionOutcome> {
-        Some(match self {
-            ActionResult::Executed => ActionOutcome::Succeeded,
-            ActionResult::Failed => ActionOutcome::Failed,
-            ActionResult::Queued => ActionOutcome::Queued,
-            ActionResult::AlreadyQueued => ActionOutcome::AlreadyQueued,
-            ActionResult::Escalated => ActionOutcome::Escalated,
-            ActionResult::Deferred => ActionOutcome::Deferred,
-            ActionResult::Proposed => ActionOutcome::Proposed,
-            ActionResult::Refused => ActionOutcome::Refused,
-            ActionResult::Informed => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for ActionResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl CycleReport {
-    pub fn is_healthy(&self) -> bool {
-        self.incidents.is_empty()
-    }
-}
 
 /// Everything a cycle needs, kept between cycles.
 pub struct Engine {

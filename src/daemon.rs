@@ -12,11 +12,12 @@ use std::io::{Read, Seek, Write};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::cycle::{CycleReport, Engine};
+use crate::cycle::Engine;
 use crate::model::status::{self, DaemonStatus};
 use crate::model::ModelService;
 use crate::notify::gotify::Gotify;
 use crate::notify::{self, outbox::Outbox};
+use crate::report::CycleReport;
 use crate::service_manager::ServiceManager;
 use crate::state_dir::StateDir;
 

@@ -36,6 +36,7 @@ pub mod observe;
 pub mod propose;
 pub mod redact;
 pub mod repeat;
+pub mod report;
 pub mod retention;
 pub mod rotation;
 pub mod service_manager;

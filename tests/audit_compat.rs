@@ -11,9 +11,9 @@ use macha::audit::{
     self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, IncidentEvent, IncidentRecord, Origin,
 };
 use macha::config::AutonomyLevel;
-use macha::cycle::{ActionReport, ActionResult, CycleReport, DecisionReport, FailedSource, IncidentReport};
 use macha::ids::ApprovalId;
-use macha::retention::Rotation;
+use macha::report::{ActionReport, ActionResult, CycleReport, DecisionReport, FailedSource, IncidentReport};
+use macha::rotation::Rotation;
 use macha::state_dir::StateDir;
 use macha::store::Novelty;
 

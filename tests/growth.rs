@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{decision, read_jsonl, Bed, WEB};
 use macha::config::Config;
-use macha::cycle::{CycleReport, Engine};
+use macha::cycle::Engine;
 use macha::model::ModelService;
+use macha::report::CycleReport;
 use macha::retention;
 use macha::state_dir::StateDir;
 use macha_testbed::ollama::Reply;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use super::output::{out, outln, shown};
 use macha::config::Config;
-use macha::cycle::{CycleReport, Engine};
+use macha::cycle::Engine;
 use macha::model::ModelService;
+use macha::report::CycleReport;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -22,8 +22,8 @@ use self::gotify::{Gotify, Token};
 use self::outbox::{Outbox, OutboxError, Tracked};
 use crate::audit::{self, ActionOutcome, DecisionOutcome, IncidentEvent};
 use crate::config::{Config, GotifyConfig};
-use crate::cycle::{ActionResult, CycleReport};
 use crate::redact::redact;
+use crate::report::{ActionResult, CycleReport};
 use crate::state_dir::StateDir;
 
 /// What a message is about; fixes its priority class.
