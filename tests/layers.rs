@@ -15,7 +15,19 @@ use std::path::{Path, PathBuf};
 /// `report` (the cycle's report, read by notify) sits with the records,
 /// below notify, because notify reads it and the cycle writes it.
 const LAYERS: &[&[&str]] = &[
-    &["errors", "bounded", "text", "unit", "redact", "repeat", "state_dir", "rotation", "service_manager", "logging"],
+    &[
+        "errors",
+        "ids",
+        "bounded",
+        "text",
+        "unit",
+        "redact",
+        "repeat",
+        "state_dir",
+        "rotation",
+        "service_manager",
+        "logging",
+    ],
     &["catalog"],
     &["config"],
     &["observe"],
@@ -26,6 +38,10 @@ const LAYERS: &[&[&str]] = &[
     &["gate"],
     &["act"],
     &["audit", "store", "ledger", "note", "propose", "report"],
+    // The one step that carries out an action, queues its undo and records
+    // it: above the records it writes, below the cycle and the approval
+    // workflow that call it.
+    &["carry"],
     &["notify"],
     &["cycle", "approval", "retention", "daemon"],
     &["ask", "eval"],
