@@ -92,6 +92,16 @@ pub enum Origin {
     Approval,
 }
 
+impl Origin {
+    /// Its name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Automatic => "automatic",
+            Origin::Approval => "approval",
+        }
+    }
+}
+
 /// Where an action stands in `actions.jsonl`: an automatic one is
 /// `started` before it runs and an approved one `approved`, then each
 /// ends once (`succeeded`, `failed`, `interrupted` when its end could not

@@ -9,11 +9,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::output::{self, outln, shown};
-use macha::audit;
+use macha::audit::{self, ActionRecord, DecisionRecord};
 use macha::config::Config;
+use macha::decide::Severity;
 use macha::logging::ORCHESTRATOR_LOG;
 use macha::observe::journal::Entry;
 use macha::state_dir::StateDir;
@@ -226,57 +229,132 @@ fn follow(state: &StateDir, name: &str, emit: impl Fn(&Value) -> std::io::Result
     Ok(())
 }
 
-/// A text field of a record, as a terminal may show it: records quote the
-/// model, the journal, unit and mount names, people's reasons (and the
-/// files could have been edited), so every field goes through `shown`.
+/// How a time is shown: to the second, without its zone (the records' times are UTC).
+const TIME: &str = "%Y-%m-%d %H:%M:%S";
+
+fn when(t: &DateTime<Utc>) -> String {
+    t.format(TIME).to_string()
+}
+
+/// A line of `decisions.jsonl` for people, read as the decision record it
+/// is, so a field renamed in the record is a compile error here. A line
+/// that is JSON but no such record (edited by hand, written by a newer
+/// version) is still shown, field by field as far as they go.
+fn human_decision(v: &Value) -> String {
+    DecisionRecord::deserialize(v).map_or_else(|_| loose::decision(v), |r| decision_line(&r))
+}
+
+/// A line of `actions.jsonl` for people, as [`human_decision`].
+fn human_action(v: &Value) -> String {
+    ActionRecord::deserialize(v).map_or_else(|_| loose::action(v), |r| action_line(&r))
+}
+
+/// Every text of a record goes through `shown`: records quote the model,
+/// the journal, unit and mount names, people's reasons (and the files
+/// could have been edited).
+fn decision_line(r: &DecisionRecord) -> String {
+    let mut line = format!("{}  {}  {}", when(&r.time), shown(&r.incident), r.outcome);
+    if let Some(d) = &r.decision {
+        line.push_str(&format!(" ({}): {}", severity(d.severity), shown(&d.diagnosis)));
+    }
+    if let Some(error) = &r.error {
+        line.push_str(&format!(": {}", shown(error)));
+    }
+    if let Some(repeats) = &r.repeated {
+        line.push_str(&format!(
+            " (the same {} more times from {} to {}, counted, not recorded one by one)",
+            repeats.count,
+            when(&repeats.first),
+            when(&repeats.last)
+        ));
+    }
+    for g in &r.gated {
+        let p = &g.proposed;
+        let unit = p.unit.as_deref().map(|u| format!(" {}", shown(u))).unwrap_or_default();
+        line.push_str(&format!("\n    {}{unit} -> {}", p.kind.as_str(), shown(&g.verdict)));
+        if let Some(detail) = &g.detail {
+            line.push_str(&format!(": {}", shown(detail)));
+        }
+    }
+    line
+}
+
+fn severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+    }
+}
+
+fn action_line(r: &ActionRecord) -> String {
+    let target = r.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
+    let who = match (r.approval_id, &r.by) {
+        (Some(id), Some(by)) => format!("approval {id} by {}", shown(by)),
+        (Some(id), None) => format!("approval {id}"),
+        (None, _) => r.origin.as_str().to_owned(),
+    };
+    format!("{}  {}{target}  {}  [{who}]  {}", when(&r.time), shown(&r.action), r.outcome, shown(&r.detail))
+}
+
+/// A text field of a line read as JSON (the daemon's log, a line of the
+/// trail that is no record), as a terminal may show it.
 fn s<'a>(v: &'a Value, key: &str) -> Cow<'a, str> {
     shown(v.get(key).and_then(Value::as_str).unwrap_or(""))
 }
 
 fn time(v: &Value, key: &str) -> String {
     let t = s(v, key);
-    chrono::DateTime::parse_from_rfc3339(&t)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|_| t.into_owned())
+    chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.format(TIME).to_string()).unwrap_or_else(|_| t.into_owned())
 }
 
-fn human_decision(v: &Value) -> String {
-    let mut line = format!("{}  {}  {}", time(v, "time"), s(v, "incident"), s(v, "outcome"));
-    if let Some(d) = v.get("decision") {
-        line.push_str(&format!(" ({}): {}", s(d, "severity"), s(d, "diagnosis")));
-    }
-    if v.get("error").is_some() {
-        line.push_str(&format!(": {}", s(v, "error")));
-    }
-    if let Some(n) = v.pointer("/repeated/count").and_then(Value::as_u64) {
-        let r = &v["repeated"];
-        line.push_str(&format!(
-            " (the same {n} more times from {} to {}, counted, not recorded one by one)",
-            time(r, "first"),
-            time(r, "last")
-        ));
-    }
-    for g in v.get("gated").and_then(Value::as_array).into_iter().flatten() {
-        let p = &g["proposed"];
-        let unit =
-            if p.get("unit").is_some_and(Value::is_string) { format!(" {}", s(p, "unit")) } else { String::new() };
-        line.push_str(&format!("\n    {}{unit} -> {}", s(p, "kind"), s(g, "verdict")));
-        if g.get("detail").is_some_and(Value::is_string) {
-            line.push_str(&format!(": {}", s(g, "detail")));
+/// A line of the trail that is JSON but not a record of its file, shown
+/// field by field: the fields it has, by the names records have, each as
+/// far as it is of the type a record gives it; a missing one is empty.
+/// For a record it gives what [`decision_line`] and [`action_line`] give.
+mod loose {
+    use serde_json::Value;
+
+    use super::{s, time};
+
+    pub(super) fn decision(v: &Value) -> String {
+        let mut line = format!("{}  {}  {}", time(v, "time"), s(v, "incident"), s(v, "outcome"));
+        if let Some(d) = v.get("decision") {
+            line.push_str(&format!(" ({}): {}", s(d, "severity"), s(d, "diagnosis")));
         }
+        if v.get("error").is_some() {
+            line.push_str(&format!(": {}", s(v, "error")));
+        }
+        if let Some(n) = v.pointer("/repeated/count").and_then(Value::as_u64) {
+            let r = &v["repeated"];
+            line.push_str(&format!(
+                " (the same {n} more times from {} to {}, counted, not recorded one by one)",
+                time(r, "first"),
+                time(r, "last")
+            ));
+        }
+        for g in v.get("gated").and_then(Value::as_array).into_iter().flatten() {
+            let p = &g["proposed"];
+            let unit =
+                if p.get("unit").is_some_and(Value::is_string) { format!(" {}", s(p, "unit")) } else { String::new() };
+            line.push_str(&format!("\n    {}{unit} -> {}", s(p, "kind"), s(g, "verdict")));
+            if g.get("detail").is_some_and(Value::is_string) {
+                line.push_str(&format!(": {}", s(g, "detail")));
+            }
+        }
+        line
     }
-    line
-}
 
-fn human_action(v: &Value) -> String {
-    let target =
-        if v.get("target").is_some_and(Value::is_string) { format!(" {}", s(v, "target")) } else { String::new() };
-    let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").is_some_and(Value::is_string)) {
-        (Some(id), true) => format!("approval {id} by {}", s(v, "by")),
-        (Some(id), false) => format!("approval {id}"),
-        _ => s(v, "origin").into_owned(),
-    };
-    format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
+    pub(super) fn action(v: &Value) -> String {
+        let target =
+            if v.get("target").is_some_and(Value::is_string) { format!(" {}", s(v, "target")) } else { String::new() };
+        let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").is_some_and(Value::is_string)) {
+            (Some(id), true) => format!("approval {id} by {}", s(v, "by")),
+            (Some(id), false) => format!("approval {id}"),
+            _ => s(v, "origin").into_owned(),
+        };
+        format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
+    }
 }
 
 /// `TIME PROGRAM[PID] PRIORITY: MESSAGE`, as syslog names the writer; the
@@ -305,4 +383,108 @@ fn human_log(v: &Value) -> String {
         })
         .collect();
     format!("{} {:>5} {message} {}", time(v, "timestamp"), s(v, "level"), extra.join(" ")).trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records written by the code of issue 11, one `Value` a line.
+    fn fixture(name: &str) -> Vec<Value> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audit-issue11").join(name);
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn with(mut v: Value, pointer: &str, key: &str, value: Value) -> Value {
+        v.pointer_mut(pointer).and_then(Value::as_object_mut).unwrap().insert(key.into(), value);
+        v
+    }
+
+    #[test]
+    fn each_record_of_the_version_before_is_read_typed_and_shown_as_before() {
+        let decisions = fixture(audit::DECISIONS);
+        for v in &decisions {
+            let typed = decision_line(&DecisionRecord::deserialize(v).unwrap());
+            assert_eq!(typed, loose::decision(v), "{v}");
+        }
+        let shown: Vec<String> = decisions.iter().map(human_decision).collect();
+        assert_eq!(
+            shown,
+            [
+                "2026-05-28 20:26:50  unit-failed:demo-web.service  decided (critical): demo-web cannot read its config\n    restart_unit demo-web.service -> execute\n    collect_garbage -> queue\n    nixos_rebuild -> refuse: switch waits for a human",
+                "2026-05-28 20:27:00  unit-failed:demo-web.service  failed: invalid answer: expected value",
+                "2026-05-28 20:27:21  unit-failed:demo-web.service  failed: HTTP 500 (the same 4 more times from 2026-05-28 20:27:10 to 2026-05-28 20:27:20, counted, not recorded one by one)",
+            ]
+        );
+        let actions = fixture(audit::ACTIONS);
+        for v in &actions {
+            let typed = action_line(&ActionRecord::deserialize(v).unwrap());
+            assert_eq!(typed, loose::action(v), "{v}");
+        }
+        let shown: Vec<String> = actions.iter().map(human_action).collect();
+        assert_eq!(
+            shown,
+            [
+                "2026-05-28 20:27:30  restart_unit demo-web.service  started  [automatic]  carrying out restart_unit demo-web.service",
+                "2026-05-28 20:27:35  restart_unit demo-web.service  succeeded  [automatic]  demo-web.service is active (running)",
+                "2026-05-28 20:27:40  restart_unit demo-web.service  interrupted  [automatic]  macha stopped during it",
+                "2026-05-28 20:27:41  restart_unit demo-web.service  deferred  [automatic]  not acted now because of the cooldown",
+                "2026-05-28 20:27:42  collect_garbage older_than_days=14  queued  [approval 3]  run `macha-approve approve 3` to carry it out",
+                "2026-05-28 20:27:43  restart_unit demo-web.service  already_queued  [approval 3]  already waiting for approval as item 3",
+                "2026-05-28 20:27:44  restart_unit demo-web.service  escalated  [approval 4]  not acted automatically because it restarted too often",
+                "2026-05-28 20:27:45  propose_config_change file=hosts/web1.nix  proposed  [automatic]  written to /var/lib/macha/proposals/x.patch",
+                "2026-05-28 20:27:46  restart_unit demo-web.service  refused  [automatic]  nginx.service is protected",
+                "2026-05-28 20:27:50  restart_unit demo-web.service  approved  [approval 3 by alice]  carrying out nix_gc older than 14 days",
+                "2026-05-28 20:27:51  restart_unit demo-web.service  failed  [approval 3 by alice]  the helper failed",
+                "2026-05-28 20:27:52  restart_unit demo-web.service  rejected  [approval 4 by bob]  not now",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_with_a_field_this_version_does_not_know_is_shown_as_without_it() {
+        let decided = fixture(audit::DECISIONS).swap_remove(0);
+        let action = fixture(audit::ACTIONS).swap_remove(9);
+        // Beside the record's own fields the field is passed over.
+        let newer = with(decided.clone(), "", "confidence", 0.9.into());
+        assert!(DecisionRecord::deserialize(&newer).is_ok());
+        assert_eq!(human_decision(&newer), human_decision(&decided));
+        let newer = with(action.clone(), "", "host_group", "web".into());
+        assert!(ActionRecord::deserialize(&newer).is_ok());
+        assert_eq!(human_action(&newer), human_action(&action));
+        // In a proposed action, which takes no unknown field, the line is
+        // no record of this version and still shows the same.
+        let newer = with(decided.clone(), "/gated/0/proposed", "priority", 1.into());
+        assert!(DecisionRecord::deserialize(&newer).is_err());
+        assert_eq!(human_decision(&newer), human_decision(&decided));
+    }
+
+    #[test]
+    fn a_line_that_is_json_but_no_record_is_still_shown() {
+        // An outcome of a newer version: shown by its name.
+        let action = fixture(audit::ACTIONS).swap_remove(11);
+        let newer = with(action, "", "outcome", "postponed".into());
+        assert!(ActionRecord::deserialize(&newer).is_err());
+        assert_eq!(
+            human_action(&newer),
+            "2026-05-28 20:27:52  restart_unit demo-web.service  postponed  [approval 4 by bob]  not now"
+        );
+        // Edited by hand: the fields there are, the time as written when it is none.
+        let edited = serde_json::json!({"time": "yesterday", "incident": "disk-full:/var", "outcome": "decided"});
+        assert!(DecisionRecord::deserialize(&edited).is_err());
+        assert_eq!(human_decision(&edited), "yesterday  disk-full:/var  decided");
+        let other = serde_json::json!({"n": 1});
+        assert_eq!(human_decision(&other), "    ");
+        assert_eq!(human_action(&other), "      []  ");
+    }
+
+    #[test]
+    fn the_text_of_a_typed_record_is_shown_as_a_terminal_may_show_it() {
+        let decided = fixture(audit::DECISIONS).swap_remove(0);
+        let v = with(decided, "/decision", "diagnosis", "red \u{1b}[31m alert".into());
+        assert!(DecisionRecord::deserialize(&v).is_ok());
+        let line = human_decision(&v);
+        assert!(!line.contains('\u{1b}') && line.contains("red "), "{line}");
+    }
 }
