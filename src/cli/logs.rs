@@ -1,6 +1,8 @@
 //! `macha-logs`: the audit trail (`decisions`, `actions`), the daemon's own
 //! log file (`orchestrator`) and its journal lines (`service`), for people
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
+//! People see each audit line read as the library's record type; `--json`
+//! prints the line's JSON as read, whatever version wrote it.
 
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
