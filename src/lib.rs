@@ -2,13 +2,19 @@
 //! asks a local model what is wrong, and acts only through a typed, gated
 //! catalog of actions.
 //!
-//! The modules follow the pipeline of one cycle:
-//! `observe` -> `detect` -> `decide` -> `gate` -> `act` -> `audit`, with
-//! `store` holding incident state and the approval queue, `ledger` the
-//! automatic actions from before they start to their recorded end, and
-//! `cycle` running the stages in order. Beside the pipeline, `ask` answers a
-//! person's questions (`macha ask`, `macha-approve discuss`) with
-//! read-only tools.
+//! The modules are layered in the order of the pipeline of one cycle, and
+//! none imports one above it (`tests/layers.rs`): the foundations
+//! (`errors`, `ids`, `bounded`, `text`, `unit`, `redact`, `repeat`,
+//! `state_dir`, `rotation`, `service_manager`, `logging`), then `catalog`
+//! (what can ever happen), `config`, and the stages `observe` -> `detect`
+//! -> `decide` (through `model`, with `investigate`'s probes) -> `gate` ->
+//! `act` -> the records (`audit`, `store`, `ledger`, `note`, `propose`,
+//! `report`) -> `carry` (carry out, queue the undo, record) -> `notify`;
+//! on top `cycle` runs the stages in order, `approval` is the approval
+//! workflow, `retention` keeps the state directory in bounds and `daemon`
+//! is the loop. Beside the pipeline, `ask` answers a person's questions
+//! (`macha ask`, `macha-approve discuss`) with read-only tools, and `eval`
+//! measures a model against fixtures.
 
 pub mod act;
 pub mod approval;
