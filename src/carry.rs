@@ -61,7 +61,19 @@ pub async fn carry_out(
     keep: Bookkeeping,
 ) -> (act::Report, Result<(), RecordError>) {
     let open = books.store.open_incidents().map_err(|e| e.to_string());
-    let mut report = act::execute(systemd, action, books.config, open).await;
+    let report = act::execute(systemd, action, books.config, open).await;
+    record_end(books, report, action, rec, keep)
+}
+
+/// The second half of `carry_out`: queues the undo `report` names and
+/// records its end (a test gives it the report of a fake host).
+pub(crate) fn record_end(
+    books: &Books<'_>,
+    mut report: act::Report,
+    action: &Action,
+    rec: &ActionRecord,
+    keep: Bookkeeping,
+) -> (act::Report, Result<(), RecordError>) {
     if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(profile_of)) {
         let why = match keep {
             Bookkeeping::Automatic(_) => format!("undo {action}: go back to the system that ran before it"),

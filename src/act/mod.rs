@@ -12,6 +12,9 @@ mod control;
 pub mod request;
 pub mod root;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -146,24 +149,40 @@ pub async fn execute(
     config: &Config,
     open_incidents: Result<Vec<(String, String)>, String>,
 ) -> Report {
-    let cfg = &config.act;
-    match action {
-        Action::RestartUnit { unit } | Action::ResetFailed { unit } => match systemd.get() {
-            Ok(s) => execute_on_unit(&Control::new(s), action, unit, cfg).await,
-            Err(e) => Report::failed(e),
-        },
-        Action::Investigate { .. } => match crate::investigate::run(action, systemd, config).await {
+    // Written out, not `map(Control::new)`: `tests/invariants.rs` finds
+    // the one place that makes a `Control` by its call.
+    let control = match systemd.get() {
+        Ok(s) => Ok(Control::new(s)),
+        Err(e) => Err(e),
+    };
+    execute_on(control.as_ref().map_err(|e| *e), systemd, action, config, open_incidents).await
+}
+
+/// `execute` on any host: `host` changes the system (or why it cannot be
+/// reached), `systemd` is what the read-only probes ask. The real path
+/// passes `Control` over `systemd`; a test passes a fake host.
+pub(crate) async fn execute_on(
+    host: Result<&impl Host, &str>,
+    systemd: &SystemdLink<'_>,
+    action: &Action,
+    config: &Config,
+    open_incidents: Result<Vec<(String, String)>, String>,
+) -> Report {
+    match (action, host) {
+        (Action::Investigate { .. }, _) => match crate::investigate::run(action, systemd, config).await {
             Ok(f) => Report { succeeded: true, detail: format!("{}\n{}", f.summary, f.text), ..Report::failed("") },
             Err(e) => Report::failed(format!("the probe failed: {e}")),
         },
-        Action::CollectGarbage { .. } | Action::VacuumJournal { .. } => match systemd.get() {
-            Ok(s) => cleanup(&Control::new(s), action, config, open_incidents).await,
-            Err(e) => Report::failed(e),
-        },
-        Action::NixosRebuild { .. } | Action::RollbackGeneration { .. } => match systemd.get() {
-            Ok(s) => change_system(&Control::new(s), action, config).await,
-            Err(e) => Report::failed(e),
-        },
+        (_, Err(e)) => Report::failed(e),
+        (Action::RestartUnit { unit } | Action::ResetFailed { unit }, Ok(host)) => {
+            execute_on_unit(host, action, unit, &config.act).await
+        }
+        (Action::CollectGarbage { .. } | Action::VacuumJournal { .. }, Ok(host)) => {
+            cleanup(host, action, config, open_incidents).await
+        }
+        (Action::NixosRebuild { .. } | Action::RollbackGeneration { .. }, Ok(host)) => {
+            change_system(host, action, config).await
+        }
     }
 }
 
@@ -599,5 +618,292 @@ async fn settle(systemd: &impl ReadUnits, unit: &UnitName, window: Duration) -> 
             return (state, seen_failed);
         }
         tokio::time::sleep(Duration::from_millis(250).min(window)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use super::fake::{unit, Call, FakeHost, JobEnd};
+    use super::*;
+
+    const WEB: &str = "web.service";
+
+    /// A configuration whose state directory, journal and system profile
+    /// are in `dir`; units settle for `settle` seconds.
+    fn config(dir: &Path, settle: u64) -> Config {
+        for sub in ["state", "journal", "profiles"] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        let mut config =
+            Config { state_dir: dir.join("state"), journal_dir: Some(dir.join("journal")), ..Config::default() };
+        config.nixos.profile = dir.join("profiles/system");
+        config.nixos.current_system = dir.join("current-system");
+        config.act.settle_time = settle;
+        config.act.job_timeout = 7;
+        config
+    }
+
+    /// Generation `n` exists (`system-N-link` to a store path of its own).
+    fn generation(profile: &Path, n: u32) {
+        symlink(format!("/nix/store/{n}-system"), profile.with_file_name(format!("system-{n}-link"))).unwrap();
+    }
+
+    /// The profile is at generation `n`, and its store path runs.
+    fn boot_and_run(config: &Config, n: u32) {
+        let (profile, current) = (&config.nixos.profile, &config.nixos.current_system);
+        let _ = std::fs::remove_file(profile);
+        let _ = std::fs::remove_file(current);
+        symlink(format!("system-{n}-link"), profile).unwrap();
+        symlink(format!("/nix/store/{n}-system"), current).unwrap();
+    }
+
+    fn failed_web() -> UnitState {
+        unit(WEB, "failed", "failed", "exit-code", "aa", 100)
+    }
+
+    fn running_web() -> UnitState {
+        unit(WEB, "active", "running", "success", "bb", 100)
+    }
+
+    fn restart() -> Action {
+        Action::RestartUnit { unit: UnitName::parse(WEB).unwrap() }
+    }
+
+    fn reset() -> Action {
+        Action::ResetFailed { unit: UnitName::parse(WEB).unwrap() }
+    }
+
+    async fn run(host: &FakeHost, action: &Action, config: &Config) -> Report {
+        execute_on(Ok(host), &SystemdLink::Down("no systemd in a unit test".into()), action, config, Ok(Vec::new()))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_restart_that_leaves_the_unit_active_succeeds_with_before_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web())).then(WEB, vec![Some(running_web())]);
+        let report = run(&host, &restart(), &config).await;
+        assert!(report.succeeded, "{report:?}");
+        assert_eq!(report.detail, "web.service restarted and active for 0 s");
+        assert_eq!(report.before, Some(Observed::Unit((&failed_web()).into())));
+        assert_eq!(report.after, Some(Observed::Unit((&running_web()).into())));
+        assert_eq!(report.undo, None);
+        assert_eq!(host.calls(), [Call::UnitState(WEB.into()), Call::Restart(WEB.into()), Call::UnitState(WEB.into())]);
+    }
+
+    #[tokio::test]
+    async fn a_restart_whose_unit_fails_again_within_the_settle_time_fails_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1);
+        let again = unit(WEB, "failed", "failed", "signal", "cc", 200);
+        let host = FakeHost::new()
+            .with_unit(WEB, Some(failed_web()))
+            .then(WEB, vec![Some(running_web()), Some(again.clone())]);
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "web.service failed again after the restart (signal)");
+        assert_eq!(report.after, Some(Observed::Unit((&again).into())));
+    }
+
+    #[tokio::test]
+    async fn a_restart_seen_failed_while_settling_fails_even_if_it_is_back_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1);
+        let flapping = unit(WEB, "failed", "failed", "exit-code", "cc", 200);
+        let host =
+            FakeHost::new().with_unit(WEB, Some(failed_web())).then(WEB, vec![Some(flapping), Some(running_web())]);
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "web.service failed again after the restart (success)");
+    }
+
+    #[tokio::test]
+    async fn a_restart_job_that_fails_is_a_failure_naming_the_job_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = FakeHost::new()
+            .with_unit(WEB, Some(failed_web()))
+            .then(WEB, vec![Some(running_web())])
+            .ending(WEB, JobEnd::Result("failed"));
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "systemd's restart job for web.service ended with \"failed\"");
+        assert_eq!(report.after, Some(Observed::Unit((&running_web()).into())));
+    }
+
+    #[tokio::test]
+    async fn a_restart_job_that_times_out_or_a_dbus_error_is_a_failure_with_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web())).ending(WEB, JobEnd::Timeout);
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "systemd did not finish the restart job for web.service within 7 s");
+        assert_eq!(report.before, Some(Observed::Unit((&failed_web()).into())));
+        assert_eq!(report.after, None);
+
+        let host = FakeHost::new()
+            .with_unit(WEB, Some(failed_web()))
+            .then(WEB, vec![Some(running_web())])
+            .ending(WEB, JobEnd::Dbus("access denied"));
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert!(report.detail.contains("systemd D-Bus call restart(web.service) failed"), "{}", report.detail);
+        assert!(report.detail.contains("access denied"), "{}", report.detail);
+        // Nothing ran: the unit is as it was.
+        assert_eq!(host.unit_state(&UnitName::parse(WEB).unwrap()).await.unwrap(), Some(failed_web()));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_unit_that_disappears_is_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web())).then(WEB, vec![None]);
+        let report = run(&host, &restart(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "web.service disappeared after the restart");
+    }
+
+    #[tokio::test]
+    async fn reset_failed_on_a_unit_no_longer_failed_is_judged_by_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        // It ran since it failed, and runs now: cleared, and repaired.
+        let host = FakeHost::new().with_unit(WEB, Some(running_web()));
+        let report = run(&host, &reset(), &config).await;
+        assert!(report.succeeded, "{report:?}");
+        assert_eq!(report.detail, "failed state of web.service cleared; it is active");
+        assert_eq!(host.changes(), [Call::ResetFailed(WEB.into())]);
+
+        // Failed, and after the reset stopped with nothing started since:
+        // a unit that should run and does not is no repair.
+        let stopped = unit(WEB, "inactive", "dead", "exit-code", "aa", 100);
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web())).then(WEB, vec![Some(stopped.clone())]);
+        let report = run(&host, &reset(), &config).await;
+        assert!(!report.succeeded);
+        assert!(
+            report.detail.starts_with("failed state of web.service cleared, but web.service is inactive"),
+            "{}",
+            report.detail
+        );
+        assert_eq!(report.after, Some(Observed::Unit((&stopped).into())));
+
+        // Still failed after it.
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web()));
+        let report = run(&host, &reset(), &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "web.service is still failed after reset-failed");
+
+        // Gone from systemd: nothing is failed any more.
+        let host = FakeHost::new().with_unit(WEB, Some(failed_web())).then(WEB, vec![None]);
+        let report = run(&host, &reset(), &config).await;
+        assert!(report.succeeded);
+        assert_eq!(report.detail, "failed state of web.service cleared; systemd no longer has the unit loaded");
+    }
+
+    #[tokio::test]
+    async fn without_a_connection_an_action_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let down = SystemdLink::Down("cannot connect to D-Bus at the system bus: refused".into());
+        for action in [restart(), reset(), Action::NixosRebuild { mode: RebuildMode::Switch }] {
+            let report = execute(&down, &action, &config, Ok(Vec::new())).await;
+            assert_eq!(report, Report::failed("cannot connect to D-Bus at the system bus: refused"), "{action}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_that_makes_a_new_generation_current_succeeds_and_names_its_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        generation(&config.nixos.profile, 1);
+        boot_and_run(&config, 1);
+        let after = config.clone();
+        let host = FakeHost::new().helper_does(move |helper| {
+            // The helper finds the request written for it, then switches.
+            let written = std::fs::read_to_string(request::path(&after.state_dir, helper.as_str())).unwrap();
+            assert!(written.contains("\"switch\""), "{written}");
+            generation(&after.nixos.profile, 2);
+            boot_and_run(&after, 2);
+        });
+        let report = run(&host, &Action::NixosRebuild { mode: RebuildMode::Switch }, &config).await;
+        assert!(report.succeeded, "{report:?}");
+        assert_eq!(
+            report.detail,
+            "generation 2 is the boot default and runs (profile 2, running 2 (of 2 generations))"
+        );
+        let state = |n: u32| {
+            Some(Observed::Generations(GenerationState {
+                profile_generation: Some(n),
+                running_generation: Some(n),
+                running_system: Some(format!("/nix/store/{n}-system")),
+            }))
+        };
+        assert_eq!((report.before, report.after), (state(1), state(2)));
+        assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(1) }));
+        assert_eq!(host.changes(), [Call::StartHelper("macha-action-rebuild.service".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_goes_to_the_generation_before_and_its_undo_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        generation(&config.nixos.profile, 1);
+        generation(&config.nixos.profile, 2);
+        boot_and_run(&config, 2);
+        let after = config.clone();
+        let host = FakeHost::new().helper_does(move |_| boot_and_run(&after, 1));
+        let report = run(&host, &Action::RollbackGeneration { generation: None }, &config).await;
+        assert!(report.succeeded, "{report:?}");
+        assert!(report.detail.starts_with("generation 1 is the boot default and runs"), "{}", report.detail);
+        assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(2) }));
+        assert_eq!(host.changes(), [Call::StartHelper("macha-action-rollback.service".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_helper_job_that_fails_is_a_failure_with_nothing_to_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        generation(&config.nixos.profile, 1);
+        boot_and_run(&config, 1);
+        let helper = "macha-action-rebuild.service";
+        let host = FakeHost::new().ending(helper, JobEnd::Result("failed"));
+        let report = run(&host, &Action::NixosRebuild { mode: RebuildMode::Switch }, &config).await;
+        assert!(!report.succeeded);
+        assert_eq!(report.detail, "macha-action-rebuild.service ended with \"failed\"");
+        assert_eq!(report.undo, None);
+        assert_eq!(report.before, report.after);
+
+        let host = FakeHost::new().ending(helper, JobEnd::Timeout);
+        let report = run(&host, &Action::NixosRebuild { mode: RebuildMode::Boot }, &config).await;
+        assert!(!report.succeeded);
+        assert!(
+            report.detail.starts_with("systemd did not finish the start job for macha-action-rebuild.service within"),
+            "{}",
+            report.detail
+        );
+
+        // A cleanup's helper the same way.
+        let host = FakeHost::new().ending("macha-action-gc.service", JobEnd::Dbus("unit masked"));
+        let report = run(&host, &Action::CollectGarbage { older_than_days: 14 }, &config).await;
+        assert!(!report.succeeded);
+        assert!(report.detail.contains("unit masked"), "{}", report.detail);
+        assert_eq!(host.changes(), [Call::StartHelper("macha-action-gc.service".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_with_nowhere_to_go_starts_no_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        generation(&config.nixos.profile, 1);
+        boot_and_run(&config, 1);
+        let host = FakeHost::new();
+        let report = run(&host, &Action::RollbackGeneration { generation: None }, &config).await;
+        assert_eq!(report, Report::failed("there is no generation before the current one"));
+        assert_eq!(host.changes(), []);
     }
 }
