@@ -123,3 +123,220 @@ pub fn profile_of(o: &act::Observed) -> Option<u32> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::act::fake::{boot_and_run, config, generation, unit, FakeHost};
+    use crate::audit::Origin;
+    use crate::catalog::RebuildMode;
+    use crate::observe::systemd::SystemdLink;
+    use crate::store::ApprovalStatus;
+    use crate::unit::UnitName;
+
+    const WEB: &str = "web.service";
+    const INCIDENT: &str = "unit-failed:web.service";
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        config: Config,
+        state: StateDir,
+        store: Store,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config = config(dir.path(), 0);
+            let state = StateDir::open(&config.state_dir).unwrap();
+            let store = Store::open(&state).unwrap();
+            Self { _dir: dir, config, state, store }
+        }
+
+        fn books(&self) -> Books<'_> {
+            Books { config: &self.config, state: &self.state, store: &self.store }
+        }
+
+        /// The records of `actions.jsonl`, oldest first.
+        fn trail(&self) -> Vec<Value> {
+            let (records, torn) = audit::read_all(&self.state, audit::ACTIONS).unwrap();
+            assert!(torn.is_empty());
+            records
+        }
+
+        /// An automatic action counted and recorded as started by the ledger.
+        fn begin(&self, action: &Action, rec: &ActionRecord) -> i64 {
+            let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
+            ledger.begin(INCIDENT, Utc::now(), action, rec).unwrap()
+        }
+
+        /// A pending item of the approval queue, claimed by alice.
+        fn claimed(&self, action: &Action) -> ApprovalId {
+            let (id, _) =
+                self.store.enqueue_undo(INCIDENT, 7, action, "a test item", chrono::Duration::hours(1)).unwrap();
+            let binding = self.store.approval(id).unwrap().unwrap().binding;
+            assert!(self.store.claim(id, "alice", &binding).unwrap());
+            id
+        }
+
+        /// What `action` does on `host`.
+        async fn run(&self, host: &FakeHost, action: &Action) -> act::Report {
+            let down = SystemdLink::Down("no systemd in a unit test".into());
+            act::execute_on(Ok(host), &down, action, &self.config, Ok(Vec::new())).await
+        }
+    }
+
+    fn record(action: &Action, origin: Origin) -> ActionRecord {
+        ActionRecord {
+            time: Utc::now(),
+            host: "testhost".into(),
+            incident: INCIDENT.into(),
+            action: action.kind().as_str().into(),
+            target: Some(action.target()),
+            origin,
+            approval_id: None,
+            by: None,
+            auto_id: None,
+            outcome: ActionOutcome::Started,
+            detail: String::new(),
+            before: None,
+            after: None,
+        }
+    }
+
+    fn restart() -> Action {
+        Action::RestartUnit { unit: UnitName::parse(WEB).unwrap() }
+    }
+
+    /// A host where restarting web.service brings it up (`up`) or not.
+    fn host(up: bool) -> FakeHost {
+        let failed = unit(WEB, "failed", "failed", "exit-code", "aa", 100);
+        let after = if up { unit(WEB, "active", "running", "success", "bb", 100) } else { failed.clone() };
+        FakeHost::new().with_unit(WEB, Some(failed)).then(WEB, vec![Some(after)])
+    }
+
+    /// A host whose rebuild helper moves the system from generation 1 to 2.
+    fn switching(config: &Config) -> FakeHost {
+        generation(&config.nixos.profile, 1);
+        boot_and_run(config, 1);
+        let after = config.clone();
+        FakeHost::new().helper_does(move |_| {
+            generation(&after.nixos.profile, 2);
+            boot_and_run(&after, 2);
+        })
+    }
+
+    #[tokio::test]
+    async fn an_automatic_action_s_end_is_recorded_once_with_its_id_whether_it_worked_or_not() {
+        for (up, outcome) in [(true, "succeeded"), (false, "failed")] {
+            let s = Setup::new();
+            let (action, rec) = (restart(), record(&restart(), Origin::Automatic));
+            let id = s.begin(&action, &rec);
+            let report = s.run(&host(up), &action).await;
+            let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Automatic(id));
+            assert!(kept.is_ok());
+            assert_eq!(report.succeeded, up);
+            let trail = s.trail();
+            assert_eq!(trail.len(), 2, "{trail:?}");
+            assert_eq!(trail[0]["outcome"], "started");
+            let end = &trail[1];
+            assert_eq!(end["outcome"], outcome);
+            assert_eq!(end["auto_id"], id);
+            assert_eq!(end["origin"], "automatic");
+            assert_eq!(end["detail"], report.detail.as_str());
+            assert_eq!(end["before"]["active_state"], "failed");
+            assert_eq!(end["after"]["active_state"], if up { "active" } else { "failed" });
+            assert!(end.get("approval_id").is_none());
+            // Nothing is queued for a unit action.
+            assert!(s.store.pending().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approved_item_ends_executed_or_failed_with_the_detail_and_a_record() {
+        for (up, status, outcome) in
+            [(true, ApprovalStatus::Executed, "succeeded"), (false, ApprovalStatus::Failed, "failed")]
+        {
+            let s = Setup::new();
+            let action = restart();
+            let id = s.claimed(&action);
+            let rec =
+                ActionRecord { approval_id: Some(id), by: Some("alice".into()), ..record(&action, Origin::Approval) };
+            let report = s.run(&host(up), &action).await;
+            let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Approval(id));
+            assert!(kept.is_ok());
+            let item = s.store.approval(id).unwrap().unwrap();
+            assert_eq!(item.status, status);
+            assert_eq!(item.outcome.as_deref(), Some(report.detail.as_str()));
+            let trail = s.trail();
+            assert_eq!(trail.len(), 1, "{trail:?}");
+            assert_eq!(trail[0]["outcome"], outcome);
+            assert_eq!(trail[0]["origin"], "approval");
+            assert_eq!(trail[0]["approval_id"], id.get());
+            assert_eq!(trail[0]["by"], "alice");
+            assert!(trail[0].get("auto_id").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_queues_its_undo_and_names_it_in_the_detail() {
+        let s = Setup::new();
+        let action = Action::NixosRebuild { mode: RebuildMode::Switch };
+        let rec = record(&action, Origin::Automatic);
+        let id = s.begin(&action, &rec);
+        let report = s.run(&switching(&s.config), &action).await;
+        assert!(report.succeeded, "{report:?}");
+        let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Automatic(id));
+        assert!(kept.is_ok());
+        let pending = s.store.pending().unwrap();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        let undo = &pending[0];
+        assert_eq!(undo.args, Action::RollbackGeneration { generation: Some(1) }.to_json());
+        assert_eq!(undo.evidence_key, format!("{}2", crate::store::UNDO_PREFIX));
+        assert_eq!(undo.incident.as_str(), INCIDENT);
+        assert_eq!(undo.reason, "undo nixos_rebuild switch: go back to the system that ran before it");
+        let named = format!("; to undo it: `macha-approve approve {}`", undo.id);
+        assert!(report.detail.ends_with(&named), "{}", report.detail);
+        let trail = s.trail();
+        assert_eq!(trail[1]["outcome"], "succeeded");
+        assert_eq!(trail[1]["detail"], report.detail.as_str());
+        assert_eq!(trail[1]["after"]["profile_generation"], 2);
+    }
+
+    #[tokio::test]
+    async fn an_approved_switch_names_its_approval_in_the_undo() {
+        let s = Setup::new();
+        let action = Action::NixosRebuild { mode: RebuildMode::Switch };
+        let id = s.claimed(&action);
+        let rec = ActionRecord { approval_id: Some(id), ..record(&action, Origin::Approval) };
+        let report = s.run(&switching(&s.config), &action).await;
+        let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Approval(id));
+        assert!(kept.is_ok());
+        assert_eq!(s.store.approval(id).unwrap().unwrap().status, ApprovalStatus::Executed);
+        let pending = s.store.pending().unwrap();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(
+            pending[0].reason,
+            format!("undo nixos_rebuild switch (approval {id}): go back to the system that ran before it")
+        );
+        assert!(report.detail.contains(&format!("macha-approve approve {}", pending[0].id)), "{}", report.detail);
+    }
+
+    #[tokio::test]
+    async fn a_failed_helper_queues_no_undo() {
+        let s = Setup::new();
+        generation(&s.config.nixos.profile, 1);
+        boot_and_run(&s.config, 1);
+        let action = Action::NixosRebuild { mode: RebuildMode::Switch };
+        let rec = record(&action, Origin::Automatic);
+        let id = s.begin(&action, &rec);
+        let host = FakeHost::new().ending("macha-action-rebuild.service", crate::act::fake::JobEnd::Result("failed"));
+        let report = s.run(&host, &action).await;
+        let (report, _) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Automatic(id));
+        assert!(!report.succeeded);
+        assert!(s.store.pending().unwrap().is_empty());
+        assert_eq!(s.trail()[1]["outcome"], "failed");
+    }
+}

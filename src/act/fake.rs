@@ -2,13 +2,17 @@
 //! one (`ReadUnits` and `Host`), so `act` and the steps above it can be
 //! tested without systemd or root. It holds the units' states, records
 //! every call, and is told how each job ends and what state a unit is in
-//! afterwards. Compiled for tests only.
+//! afterwards; and a system profile whose generations a fake helper can
+//! move. Compiled for tests only.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::symlink;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Host, JobResult};
+use crate::config::Config;
 use crate::observe::systemd::{ReadUnits, SystemdError, UnitState};
 use crate::unit::UnitName;
 
@@ -196,4 +200,33 @@ pub(crate) fn unit(
         success_action: "none".into(),
         failure_action: "none".into(),
     }
+}
+
+/// A configuration whose state directory, journal and system profile
+/// are in `dir`; units settle for `settle` seconds.
+pub(crate) fn config(dir: &Path, settle: u64) -> Config {
+    for sub in ["state", "journal", "profiles"] {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+    }
+    let mut config =
+        Config { state_dir: dir.join("state"), journal_dir: Some(dir.join("journal")), ..Config::default() };
+    config.nixos.profile = dir.join("profiles/system");
+    config.nixos.current_system = dir.join("current-system");
+    config.act.settle_time = settle;
+    config.act.job_timeout = 7;
+    config
+}
+
+/// Generation `n` exists (`system-N-link` to a store path of its own).
+pub(crate) fn generation(profile: &Path, n: u32) {
+    symlink(format!("/nix/store/{n}-system"), profile.with_file_name(format!("system-{n}-link"))).unwrap();
+}
+
+/// The profile is at generation `n`, and its store path runs.
+pub(crate) fn boot_and_run(config: &Config, n: u32) {
+    let (profile, current) = (&config.nixos.profile, &config.nixos.current_system);
+    let _ = std::fs::remove_file(profile);
+    let _ = std::fs::remove_file(current);
+    symlink(format!("system-{n}-link"), profile).unwrap();
+    symlink(format!("/nix/store/{n}-system"), current).unwrap();
 }

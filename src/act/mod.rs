@@ -623,42 +623,10 @@ async fn settle(systemd: &impl ReadUnits, unit: &UnitName, window: Duration) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
-    use std::path::Path;
-
-    use super::fake::{unit, Call, FakeHost, JobEnd};
+    use super::fake::{boot_and_run, config, generation, unit, Call, FakeHost, JobEnd};
     use super::*;
 
     const WEB: &str = "web.service";
-
-    /// A configuration whose state directory, journal and system profile
-    /// are in `dir`; units settle for `settle` seconds.
-    fn config(dir: &Path, settle: u64) -> Config {
-        for sub in ["state", "journal", "profiles"] {
-            std::fs::create_dir(dir.join(sub)).unwrap();
-        }
-        let mut config =
-            Config { state_dir: dir.join("state"), journal_dir: Some(dir.join("journal")), ..Config::default() };
-        config.nixos.profile = dir.join("profiles/system");
-        config.nixos.current_system = dir.join("current-system");
-        config.act.settle_time = settle;
-        config.act.job_timeout = 7;
-        config
-    }
-
-    /// Generation `n` exists (`system-N-link` to a store path of its own).
-    fn generation(profile: &Path, n: u32) {
-        symlink(format!("/nix/store/{n}-system"), profile.with_file_name(format!("system-{n}-link"))).unwrap();
-    }
-
-    /// The profile is at generation `n`, and its store path runs.
-    fn boot_and_run(config: &Config, n: u32) {
-        let (profile, current) = (&config.nixos.profile, &config.nixos.current_system);
-        let _ = std::fs::remove_file(profile);
-        let _ = std::fs::remove_file(current);
-        symlink(format!("system-{n}-link"), profile).unwrap();
-        symlink(format!("/nix/store/{n}-system"), current).unwrap();
-    }
 
     fn failed_web() -> UnitState {
         unit(WEB, "failed", "failed", "exit-code", "aa", 100)
