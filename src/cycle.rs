@@ -751,3 +751,169 @@ pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
         Err(e) => UnitFacts::Unknown(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cycle's handling of each gate verdict, with no systemd to reach
+    //! (a bus address that does not exist): what it needs of the host then
+    //! is only the reason it cannot be reached.
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::Api;
+    use crate::decide::{Decision, Severity, Trail};
+    use crate::detect::IncidentKind;
+    use crate::model::provider::{Endpoint, ProviderInfo};
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        incident: Incident,
+    }
+
+    impl Setup {
+        fn new(level: AutonomyLevel) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = crate::act::fake::config(dir.path(), 0);
+            config.autonomy_level = level;
+            config.dbus_address = Some(format!("unix:path={}", dir.path().join("no-bus").display()));
+            let state = StateDir::open(&config.state_dir).unwrap();
+            let model = ModelService::new(&config).unwrap();
+            let engine = Engine::new(config, state, model, None).unwrap();
+            let kind = IncidentKind::DiskFull { mount: "/".into() };
+            let incident = Incident {
+                fingerprint: kind.fingerprint(),
+                kind,
+                summary: "/ is 97% full".into(),
+                evidence_key: "97".into(),
+            };
+            Self { _dir: dir, engine, incident }
+        }
+
+        /// The cycle's handling of a decision that proposes `proposed`.
+        async fn handle(&mut self, proposed: ProposedAction) -> ActionReport {
+            let outcome = Outcome::Decided {
+                decision: Decision {
+                    diagnosis: "the disk is full".into(),
+                    severity: Severity::Warning,
+                    actions: vec![proposed],
+                },
+                attempts: 1,
+                prompt_tokens: 0,
+                answer_tokens: 0,
+                wall_ms: 0,
+                provider: ProviderInfo {
+                    endpoint: Endpoint::Primary,
+                    api: Api::Ollama,
+                    url: "http://127.0.0.1:9".into(),
+                    model: "test".into(),
+                },
+                trail: Trail::default(),
+            };
+            let incident = self.incident.clone();
+            let mut report = self.engine.handle(&incident, "testhost", &outcome).await.unwrap();
+            assert_eq!(report.actions.len(), 1);
+            report.actions.remove(0)
+        }
+
+        /// The records of `actions.jsonl`, oldest first.
+        fn trail(&self) -> Vec<Value> {
+            audit::read_all(&self.engine.state, audit::ACTIONS).unwrap().0
+        }
+    }
+
+    fn gc() -> ProposedAction {
+        ProposedAction {
+            older_than_days: Some(30),
+            ..ProposedAction::new(ActionKind::CollectGarbage, None, "free space")
+        }
+    }
+
+    #[tokio::test]
+    async fn inform_is_reported_and_leaves_no_action_record() {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let report = s.handle(ProposedAction::new(ActionKind::NotifyOnly, None, "tell a human")).await;
+        assert_eq!(report.result, ActionResult::Informed);
+        assert_eq!(report.detail, "tell a human");
+        assert!(s.trail().is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuse_is_recorded_with_its_reason() {
+        let mut s = Setup::new(AutonomyLevel::Observe);
+        let report = s.handle(gc()).await;
+        assert_eq!(report.result, ActionResult::Refused);
+        assert!(report.detail.starts_with("not acted because the autonomy level is observe"), "{}", report.detail);
+        let trail = s.trail();
+        assert_eq!(trail.len(), 1);
+        assert_eq!(trail[0]["outcome"], "refused");
+        assert_eq!(trail[0]["detail"], report.detail.as_str());
+    }
+
+    #[tokio::test]
+    async fn queue_enqueues_once_and_says_so_the_second_time() {
+        let mut s = Setup::new(AutonomyLevel::Suggest);
+        let first = s.handle(gc()).await;
+        assert_eq!(first.result, ActionResult::Queued);
+        let id = first.approval_id.expect("an approval id");
+        assert_eq!(first.detail, format!("run `macha-approve approve {id}` to carry it out"));
+        let again = s.handle(gc()).await;
+        assert_eq!(again.result, ActionResult::AlreadyQueued);
+        assert_eq!(again.approval_id, Some(id));
+        let pending = s.engine.store.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].diagnosis, "the disk is full");
+        let outcomes: Vec<_> = s.trail().iter().map(|r| r["outcome"].clone()).collect();
+        assert_eq!(outcomes, ["queued", "already_queued"]);
+    }
+
+    #[tokio::test]
+    async fn execute_is_counted_recorded_and_ends_failed_without_systemd_then_escalates() {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let report = s.handle(gc()).await;
+        assert_eq!(report.result, ActionResult::Failed);
+        assert!(report.detail.starts_with("cannot connect to D-Bus at unix:path="), "{}", report.detail);
+        assert_eq!(report.approval_id, None);
+        let trail = s.trail();
+        assert_eq!(trail.len(), 2, "{trail:?}");
+        assert_eq!(trail[0]["outcome"], "started");
+        assert_eq!(trail[1]["outcome"], "failed");
+        assert_eq!(trail[0]["auto_id"], trail[1]["auto_id"]);
+        // The same again: storm control hands it to a human.
+        let again = s.handle(gc()).await;
+        assert_eq!(again.result, ActionResult::Escalated);
+        let id = again.approval_id.expect("an approval id");
+        assert!(
+            again.detail.starts_with("not acted automatically because the previous automatic action"),
+            "{}",
+            again.detail
+        );
+        assert!(again.detail.ends_with(&format!("run `macha-approve approve {id}` to carry it out")));
+        assert_eq!(s.trail()[2]["outcome"], "escalated");
+    }
+
+    #[tokio::test]
+    async fn execute_is_deferred_by_storm_control_while_one_is_in_flight() {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let action = Action::CollectGarbage { older_than_days: 30 };
+        s.engine.store.begin_auto(&s.incident.fingerprint, Utc::now(), &action, crate::ledger::owner()).unwrap();
+        let report = s.handle(gc()).await;
+        assert_eq!(report.result, ActionResult::Deferred);
+        assert!(report.detail.starts_with("not acted now because the previous automatic action"), "{}", report.detail);
+        let trail = s.trail();
+        assert_eq!(trail.len(), 1);
+        assert_eq!(trail[0]["outcome"], "deferred");
+    }
+
+    #[tokio::test]
+    async fn execute_is_deferred_when_macha_is_stopping() {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let (_tx, rx) = watch::channel(true);
+        s.engine.stop_on(rx);
+        let report = s.handle(gc()).await;
+        assert_eq!(report.result, ActionResult::Deferred);
+        assert_eq!(report.detail, "not acted now because macha is stopping; it decides again when it starts");
+        assert_eq!(s.engine.store.auto_history(&s.incident.fingerprint, Utc::now()).unwrap().recent, 0);
+    }
+}
