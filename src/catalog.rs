@@ -16,7 +16,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::unit::UnitName;
+use crate::unit::{UnitName, UnitNameError};
 
 /// The catalog entries a decision may propose. Anything else fails to parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -308,30 +308,53 @@ impl fmt::Display for Action {
     }
 }
 
+/// Why an argument does not fit its catalog entry. The text says which
+/// argument and what it should look like; it is shown to people and given
+/// back to the model.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{flake:?} is not a flake reference such as \"/etc/nixos#web1\"")]
+    NotAFlake { flake: String },
+    #[error("{flake:?} contains {c:?}, which a flake reference does not need")]
+    FlakeCharacter { flake: String, c: char },
+    #[error("{raw:?} is not an absolute path")]
+    NotAbsolute { raw: String },
+    #[error("the path is too long or contains control characters")]
+    UnprintablePath,
+    #[error("{raw:?} is not a normalised path (no '.', '..' or '//')")]
+    NotNormalised { raw: String },
+    #[error("the target is not a unit name: {source}")]
+    NotAUnit { source: UnitNameError },
+    #[error("{} needs a unit", .0.as_str())]
+    NeedsUnit(Probe),
+    #[error("disk_usage needs a path")]
+    NeedsPath,
+}
+
 /// Checks a flake reference as `nixos-rebuild --flake` takes it; it is never
 /// passed through a shell, but it must not read as an option either.
-pub fn check_flake(flake: &str) -> Result<(), String> {
+pub fn check_flake(flake: &str) -> Result<(), CatalogError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "/._#:+@-=?&~".contains(c);
     if flake.is_empty() || flake.starts_with('-') || flake.len() > 512 {
-        return Err(format!("{flake:?} is not a flake reference such as \"/etc/nixos#web1\""));
+        return Err(CatalogError::NotAFlake { flake: flake.to_owned() });
     }
     if let Some(c) = flake.chars().find(|c| !ok_char(*c)) {
-        return Err(format!("{flake:?} contains {c:?}, which a flake reference does not need"));
+        return Err(CatalogError::FlakeCharacter { flake: flake.to_owned(), c });
     }
     Ok(())
 }
 
 /// Checks a path given to the `disk_usage` probe: absolute, normalised, no
 /// `.` or `..` components, printable.
-pub fn check_probe_path(raw: &str) -> Result<String, String> {
+pub fn check_probe_path(raw: &str) -> Result<String, CatalogError> {
     if !raw.starts_with('/') {
-        return Err(format!("{raw:?} is not an absolute path"));
+        return Err(CatalogError::NotAbsolute { raw: raw.to_owned() });
     }
     if raw.len() > 1024 || raw.chars().any(char::is_control) {
-        return Err("the path is too long or contains control characters".into());
+        return Err(CatalogError::UnprintablePath);
     }
     if raw.split('/').skip(1).any(|c| c == "." || c == ".." || (c.is_empty() && raw != "/")) {
-        return Err(format!("{raw:?} is not a normalised path (no '.', '..' or '//')"));
+        return Err(CatalogError::NotNormalised { raw: raw.to_owned() });
     }
     Ok(raw.to_owned())
 }
@@ -341,17 +364,17 @@ pub fn check_probe_path(raw: &str) -> Result<String, String> {
 /// path for `disk_usage`. Arguments a probe does not read are ignored here;
 /// the tool calls refuse them before (`decide::tools`). The one rule for
 /// proposals and tool calls alike.
-pub fn investigation(probe: Probe, unit: Option<&str>, path: Option<&str>) -> Result<Action, String> {
+pub fn investigation(probe: Probe, unit: Option<&str>, path: Option<&str>) -> Result<Action, CatalogError> {
     let unit = match unit {
         Some(raw) if probe.needs_unit() => {
-            Some(UnitName::parse(raw).map_err(|e| format!("the target is not a unit name: {e}"))?)
+            Some(UnitName::parse(raw).map_err(|source| CatalogError::NotAUnit { source })?)
         }
-        None if probe.needs_unit() => return Err(format!("{} needs a unit", probe.as_str())),
+        None if probe.needs_unit() => return Err(CatalogError::NeedsUnit(probe)),
         _ => None,
     };
     let path = match path {
         Some(raw) if probe == Probe::DiskUsage => Some(check_probe_path(raw)?),
-        None if probe == Probe::DiskUsage => return Err("disk_usage needs a path".into()),
+        None if probe == Probe::DiskUsage => return Err(CatalogError::NeedsPath),
         _ => None,
     };
     Ok(Action::Investigate { probe, unit, path })

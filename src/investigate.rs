@@ -23,13 +23,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System};
 
-use crate::catalog::{self, Action, Probe};
+use crate::catalog::{self, Action, ActionKind, Probe};
 use crate::config::Config;
 use crate::observe::fold::priority_name;
 use crate::observe::host::{self, Filesystem};
-use crate::observe::journal::{self, Entry};
+use crate::observe::journal::{self, Entry, JournalError};
 use crate::observe::nixos::{self, Generations};
-use crate::observe::systemd::{Systemd, SystemdLink, UnitState};
+use crate::observe::systemd::{Systemd, SystemdError, SystemdLink, UnitState};
 use crate::redact::redact;
 use crate::text::{cut, one_line};
 use crate::unit::UnitName;
@@ -79,16 +79,65 @@ impl Finding {
     }
 }
 
+/// Why an investigation gave no finding.
+#[derive(Debug, thiserror::Error)]
+pub enum InvestigateError {
+    #[error("{} is not an investigation; only investigate runs a probe", .0.as_str())]
+    NotAnInvestigation(ActionKind),
+    /// The probe failed. The text goes where findings go, so it is redacted;
+    /// the cause is therefore not a `source` (an error chain would say it
+    /// again, unredacted).
+    #[error("{}: {}", .probe.as_str(), redact(&.error.to_string()))]
+    Probe { probe: Probe, error: ProbeError },
+}
+
+/// Why a probe failed: what it could not read, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("needs systemd, which cannot be reached: {0}")]
+    NoSystemd(String),
+    #[error("needs a unit")]
+    NoUnit,
+    #[error("needs a path")]
+    NoPath,
+    #[error(transparent)]
+    Path(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Systemd(#[from] Box<SystemdError>),
+    #[error("the journal reader stopped: {0}")]
+    JournalStopped(tokio::task::JoinError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("statvfs of {path} stopped: {source}")]
+    StatvfsStopped { path: String, source: tokio::task::JoinError },
+    #[error("cannot read the file system holding {path}: {source}")]
+    Filesystem { path: String, source: std::io::Error },
+    #[error("statvfs of {path} did not answer within {} s (a hung network file system?)", STATVFS_TIMEOUT.as_secs())]
+    StatvfsTimeout { path: String },
+    #[error("reading /proc stopped: {0}")]
+    ProcStopped(tokio::task::JoinError),
+    #[error("no process could be read from /proc")]
+    NoProcess,
+    #[error("cannot read the generations of {}: {source}", .profile.display())]
+    Generations { profile: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    SocketTable { path: &'static str, source: std::io::Error },
+    #[error("no socket table in /proc/net could be read")]
+    NoSocketTable,
+    #[error("reading /proc/net stopped: {0}")]
+    NetStopped(tokio::task::JoinError),
+}
+
 /// Runs the probe of an `Action::Investigate`. `systemd` is the connection, or why there is none
 /// (unit probes then fail with that reason; the others still run). Any other action is an error.
-pub async fn run(action: &Action, systemd: &SystemdLink<'_>, config: &Config) -> Result<Finding, String> {
+pub async fn run(action: &Action, systemd: &SystemdLink<'_>, config: &Config) -> Result<Finding, InvestigateError> {
     let Action::Investigate { probe, unit, path } = action else {
-        return Err(format!("{} is not an investigation; only investigate runs a probe", action.kind().as_str()));
+        return Err(InvestigateError::NotAnInvestigation(action.kind()));
     };
-    // Errors go where findings go, so they are redacted too.
+    // Errors go where findings go, so they are redacted too (by the Display of `Probe`).
     run_probe(*probe, unit.as_ref(), path.as_deref(), systemd, config)
         .await
-        .map_err(|e| format!("{}: {}", probe.as_str(), redact(&e)))
+        .map_err(|error| InvestigateError::Probe { probe: *probe, error })
 }
 
 async fn run_probe(
@@ -97,22 +146,22 @@ async fn run_probe(
     path: Option<&str>,
     systemd: &SystemdLink<'_>,
     config: &Config,
-) -> Result<Finding, String> {
-    let systemd = || systemd.get().map_err(|why| format!("needs systemd, which cannot be reached: {why}"));
-    let unit = || unit.ok_or_else(|| "needs a unit".to_owned());
+) -> Result<Finding, ProbeError> {
+    let systemd = || systemd.get().map_err(|why| ProbeError::NoSystemd(why.to_owned()));
+    let unit = || unit.ok_or(ProbeError::NoUnit);
     match probe {
         Probe::UnitStatus => unit_status(systemd()?, unit()?).await,
         Probe::UnitLogs => unit_logs(config, unit()?).await,
         Probe::FailedUnits => failed_units(systemd()?).await,
-        Probe::DiskUsage => disk_usage(&catalog::check_probe_path(path.ok_or("needs a path")?)?).await,
+        Probe::DiskUsage => disk_usage(&catalog::check_probe_path(path.ok_or(ProbeError::NoPath)?)?).await,
         Probe::TopProcesses => top_processes().await,
         Probe::Generations => generations(config),
         Probe::ListeningSockets => listening_sockets().await,
     }
 }
 
-async fn unit_status(systemd: &Systemd, unit: &UnitName) -> Result<Finding, String> {
-    let Some(state) = systemd.unit_state(unit).await.map_err(|e| e.to_string())? else {
+async fn unit_status(systemd: &Systemd, unit: &UnitName) -> Result<Finding, ProbeError> {
+    let Some(state) = systemd.unit_state(unit).await.map_err(Box::new)? else {
         let text = format!("no unit named {unit} is loaded");
         return Ok(Finding::new(Probe::UnitStatus, &text, &text, false));
     };
@@ -164,15 +213,14 @@ fn status_text(s: &UnitState) -> String {
     lines.join("\n")
 }
 
-async fn unit_logs(config: &Config, unit: &UnitName) -> Result<Finding, String> {
+async fn unit_logs(config: &Config, unit: &UnitName) -> Result<Finding, ProbeError> {
     let n = config.detect.unit_log_lines.min(MAX_LOG_LINES);
     let dir = config.journal_dir.clone();
     let name = unit.to_string();
     // libsystemd reads files synchronously; keep it off the async threads.
     let entries = tokio::task::spawn_blocking(move || journal::unit_tail(dir.as_deref(), &name, n))
         .await
-        .map_err(|e| format!("the journal reader stopped: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(ProbeError::JournalStopped)??;
     Ok(logs_finding(unit, &entries))
 }
 
@@ -202,8 +250,8 @@ fn log_line(e: &Entry) -> String {
     format!("{} {} {comm}[{uid}]: {message}", timestamp(e.time), priority_name(e.priority))
 }
 
-async fn failed_units(systemd: &Systemd) -> Result<Finding, String> {
-    let units = systemd.failed_units().await.map_err(|e| e.to_string())?;
+async fn failed_units(systemd: &Systemd) -> Result<Finding, ProbeError> {
+    let units = systemd.failed_units().await.map_err(Box::new)?;
     Ok(failed_finding(units))
 }
 
@@ -238,19 +286,14 @@ fn failed_line(s: &UnitState) -> String {
     line
 }
 
-async fn disk_usage(path: &str) -> Result<Finding, String> {
+async fn disk_usage(path: &str) -> Result<Finding, ProbeError> {
     let owned = PathBuf::from(path);
     let read = tokio::task::spawn_blocking(move || host::filesystem_of(&owned));
     let fs = match tokio::time::timeout(STATVFS_TIMEOUT, read).await {
         Ok(joined) => joined
-            .map_err(|e| format!("statvfs of {path} stopped: {e}"))?
-            .map_err(|e| format!("cannot read the file system holding {path}: {e}"))?,
-        Err(_) => {
-            return Err(format!(
-                "statvfs of {path} did not answer within {} s (a hung network file system?)",
-                STATVFS_TIMEOUT.as_secs()
-            ))
-        }
+            .map_err(|source| ProbeError::StatvfsStopped { path: path.to_owned(), source })?
+            .map_err(|source| ProbeError::Filesystem { path: path.to_owned(), source })?,
+        Err(_) => return Err(ProbeError::StatvfsTimeout { path: path.to_owned() }),
     };
     Ok(disk_finding(path, &fs))
 }
@@ -288,14 +331,13 @@ struct ProcessUse {
     rss: u64,
 }
 
-async fn top_processes() -> Result<Finding, String> {
+async fn top_processes() -> Result<Finding, ProbeError> {
     fn refresh(system: &mut System) {
         // Without tasks: a thread is not listed as a process of its own
         // (with the whole process's memory); a process's CPU use covers its threads.
         let kind = ProcessRefreshKind::nothing().with_cpu().with_memory().without_tasks();
         system.refresh_processes_specifics(ProcessesToUpdate::All, true, kind);
     }
-    let stopped = |e: tokio::task::JoinError| format!("reading /proc stopped: {e}");
     // CPU use is the difference between two samples.
     let mut system = tokio::task::spawn_blocking(|| {
         let mut system = System::new();
@@ -303,14 +345,14 @@ async fn top_processes() -> Result<Finding, String> {
         system
     })
     .await
-    .map_err(stopped)?;
+    .map_err(ProbeError::ProcStopped)?;
     tokio::time::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL).await;
     let system = tokio::task::spawn_blocking(move || {
         refresh(&mut system);
         system
     })
     .await
-    .map_err(stopped)?;
+    .map_err(ProbeError::ProcStopped)?;
     let processes: Vec<ProcessUse> = system
         .processes()
         .values()
@@ -322,7 +364,7 @@ async fn top_processes() -> Result<Finding, String> {
         })
         .collect();
     if processes.is_empty() {
-        return Err("no process could be read from /proc".into());
+        return Err(ProbeError::NoProcess);
     }
     let (summary, text) = top_text(processes, sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
     Ok(Finding::new(Probe::TopProcesses, &summary, &text, false))
@@ -371,10 +413,10 @@ fn top_text(mut processes: Vec<ProcessUse>, interval: Duration) -> (String, Stri
     (summary, text)
 }
 
-fn generations(config: &Config) -> Result<Finding, String> {
+fn generations(config: &Config) -> Result<Finding, ProbeError> {
     let profile = &config.nixos.profile;
     let g = nixos::read(profile, &config.nixos.current_system)
-        .map_err(|e| format!("cannot read the generations of {}: {e}", profile.display()))?;
+        .map_err(|source| ProbeError::Generations { profile: profile.clone(), source })?;
     let (summary, text) = generations_text(&profile.display().to_string(), &g);
     Ok(Finding::new(Probe::Generations, &summary, &text, false))
 }
@@ -427,7 +469,7 @@ struct Listening {
     uid: u32,
 }
 
-async fn listening_sockets() -> Result<Finding, String> {
+async fn listening_sockets() -> Result<Finding, ProbeError> {
     let read = tokio::task::spawn_blocking(|| {
         let mut found = Vec::new();
         let mut readable = 0;
@@ -437,19 +479,19 @@ async fn listening_sockets() -> Result<Finding, String> {
                 Ok(table) => {
                     readable += 1;
                     let table = parse_socket_table(protocol, std::io::BufReader::new(table));
-                    found.extend(table.map_err(|e| format!("cannot read {path}: {e}"))?);
+                    found.extend(table.map_err(|source| ProbeError::SocketTable { path, source })?);
                 }
                 // No IPv6 on this host: its tables do not exist.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot read {path}: {e}")),
+                Err(source) => return Err(ProbeError::SocketTable { path, source }),
             }
         }
         if readable == 0 {
-            return Err("no socket table in /proc/net could be read".to_owned());
+            return Err(ProbeError::NoSocketTable);
         }
         Ok(found)
     });
-    let mut sockets = read.await.map_err(|e| format!("reading /proc/net stopped: {e}"))??;
+    let mut sockets = read.await.map_err(ProbeError::NetStopped)??;
     sockets.sort();
     sockets.dedup();
     let (summary, text) = sockets_text(&sockets);
@@ -790,7 +832,8 @@ garbage line
     #[tokio::test]
     async fn only_an_investigate_action_runs_a_probe() {
         let restart = Action::RestartUnit { unit: UnitName::parse("web.service").unwrap() };
-        let err = run(&restart, &SystemdLink::Down("not needed".into()), &Config::default()).await.unwrap_err();
+        let err =
+            run(&restart, &SystemdLink::Down("not needed".into()), &Config::default()).await.unwrap_err().to_string();
         assert!(err.contains("restart_unit is not an investigation"), "{err}");
     }
 
@@ -803,7 +846,8 @@ garbage line
         };
         let err = run(&action, &SystemdLink::Down("cannot connect to D-Bus at /x".into()), &Config::default())
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "unit_status: needs systemd, which cannot be reached: cannot connect to D-Bus at /x");
     }
 
@@ -811,7 +855,8 @@ garbage line
     async fn a_path_that_does_not_exist_is_named_in_the_error() {
         let action =
             Action::Investigate { probe: Probe::DiskUsage, unit: None, path: Some("/nonexistent/macha-probe".into()) };
-        let err = run(&action, &SystemdLink::Down("no systemd".into()), &Config::default()).await.unwrap_err();
+        let err =
+            run(&action, &SystemdLink::Down("no systemd".into()), &Config::default()).await.unwrap_err().to_string();
         assert!(err.contains("/nonexistent/macha-probe") && err.contains("No such file"), "{err}");
     }
 }

@@ -160,7 +160,7 @@ pub fn parse_call(name: &str, arguments: &Value) -> Result<Action, String> {
     if args.path.is_some() && probe != Probe::DiskUsage {
         return Err(format!("{name} takes no path"));
     }
-    catalog::investigation(probe, args.unit.as_deref(), args.path.as_deref())
+    catalog::investigation(probe, args.unit.as_deref(), args.path.as_deref()).map_err(|e| e.to_string())
 }
 
 fn tool_names() -> String {
@@ -195,7 +195,9 @@ impl Toolbox for HostTools<'_> {
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
             let action = parse_call(name, arguments).map_err(ToolError::Refused)?;
-            let finding = investigate::run(&action, &self.systemd, self.config).await.map_err(ToolError::Failed)?;
+            let finding = investigate::run(&action, &self.systemd, self.config)
+                .await
+                .map_err(|e| ToolError::Failed(e.to_string()))?;
             Ok(finding_text(&finding))
         })
     }

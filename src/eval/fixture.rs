@@ -382,7 +382,7 @@ impl RawHost {
         let mut filesystems = Vec::with_capacity(self.filesystems.len());
         for (i, fs) in self.filesystems.into_iter().enumerate() {
             let field = |name: &str| format!("host.filesystems[{i}].{name}");
-            catalog::check_probe_path(&fs.mount).map_err(|e| problem(&field("mount"), e))?;
+            catalog::check_probe_path(&fs.mount).map_err(|e| problem(&field("mount"), e.to_string()))?;
             if fs.fs_type.trim().is_empty() {
                 return Err(problem(&field("fs_type"), "is empty; name the file system type, for example ext4"));
             }
