@@ -61,8 +61,8 @@ impl Toolbox for AskTools<'_> {
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
             if let Some(tool) = RecordTool::named(name) {
-                let query = records::parse(tool, arguments).map_err(ToolError::Refused)?;
-                return self.records.run(&query).map_err(ToolError::Failed);
+                let query = records::parse(tool, arguments).map_err(|e| ToolError::Refused(e.to_string()))?;
+                return self.records.run(&query).map_err(|e| ToolError::Failed(e.to_string()));
             }
             if Probe::ALL.into_iter().any(|p| p.as_str() == name) {
                 return self.host.call(name, arguments).await;
