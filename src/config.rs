@@ -446,7 +446,39 @@ pub enum ConfigError {
     #[error("{0}")]
     Read(bounded::FileError),
     #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid { path: PathBuf, message: Invalid },
+}
+
+/// What is wrong in a configuration's text: the key, and what it accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// Not TOML; the parser's own words, which name the line.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key of the wrong type or name; the deserializer's words, after the key.
+    #[error("{}{message}", .key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Field { key: Option<String>, message: String },
+    #[error("key `{}`: {value} is out of range (accepted: {} to {} {})", .bound.key, .bound.min, .bound.max, .bound.unit)]
+    OutOfRange { bound: Bound, value: u64 },
+    #[error("key `{key}`: {url:?} is not an http:// or https:// URL")]
+    NotHttp { key: &'static str, url: String },
+    #[error("key `{key}`: {path:?} is not an absolute path")]
+    NotAbsolute { key: &'static str, path: PathBuf },
+    #[error("key `nixos.flake`: {0}")]
+    Flake(crate::catalog::CatalogError),
+    /// A key that breaks a fixed rule; `rule` says what it must be.
+    #[error("key `{key}`: {rule}")]
+    Rule { key: &'static str, rule: &'static str },
+    #[error("key `model.prompt_margin`: {margin} leaves less than 1024 tokens of `ollama.num_ctx` ({num_ctx}) for the prompt once `ollama.num_predict` ({num_predict}) is kept free")]
+    PromptMargin { margin: u32, num_ctx: u32, num_predict: u32 },
+    #[error("key `model.calls.max_total_mb`: {total_mb} MiB cannot hold two files of `model.calls.max_file_kb` ({file_kb} KiB); raise it or lower the file size")]
+    CallsTotal { total_mb: u64, file_kb: u64 },
+}
+
+impl Invalid {
+    const fn rule(key: &'static str, rule: &'static str) -> Self {
+        Self::Rule { key, rule }
+    }
 }
 
 /// What a numeric key accepts: the range, and what the number counts.
@@ -464,14 +496,11 @@ impl Bound {
         Self { key, min, max, unit }
     }
 
-    fn check(&self, value: u64) -> Result<(), String> {
+    fn check(&self, value: u64) -> Result<(), Invalid> {
         if (self.min..=self.max).contains(&value) {
             return Ok(());
         }
-        Err(format!(
-            "key `{}`: {value} is out of range (accepted: {} to {} {})",
-            self.key, self.min, self.max, self.unit
-        ))
+        Err(Invalid::OutOfRange { bound: *self, value })
     }
 }
 
@@ -525,71 +554,68 @@ impl Config {
     }
 
     /// Parses TOML text; the error names the key and what it accepts.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        let de = toml::Deserializer::parse(text).map_err(|e| Invalid::Syntax(e.to_string().trim_end().to_owned()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let inner = e.into_inner().message().to_owned();
-            if key == "." {
-                inner
-            } else {
-                format!("key `{key}`: {inner}")
-            }
+            let message = e.into_inner().message().to_owned();
+            Invalid::Field { key: (key != ".").then_some(key), message }
         })?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         for (bound, value) in self.numbers() {
             bound.check(value)?;
         }
         if !(self.ollama.url.starts_with("http://") || self.ollama.url.starts_with("https://")) {
-            return Err(format!("key `ollama.url`: {:?} is not an http:// or https:// URL", self.ollama.url));
+            return Err(Invalid::NotHttp { key: "ollama.url", url: self.ollama.url.clone() });
         }
         if self.ollama.model.trim().is_empty() {
-            return Err("key `ollama.model`: must name a model, for example \"llama3.1:70b\"".into());
+            return Err(Invalid::rule("ollama.model", "must name a model, for example \"llama3.1:70b\""));
         }
         if !(0.0..=2.0).contains(&self.ollama.temperature) {
-            return Err("key `ollama.temperature`: accepted values are 0.0 to 2.0".into());
+            return Err(Invalid::rule("ollama.temperature", "accepted values are 0.0 to 2.0"));
         }
         self.validate_model()?;
         if self.dbus_address.as_deref().is_some_and(|a| !a.contains(':')) {
-            return Err(
-                "key `dbus_address`: expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"".into(),
-            );
+            return Err(Invalid::rule(
+                "dbus_address",
+                "expected a D-Bus address such as \"unix:path=/run/dbus/system_bus_socket\"",
+            ));
         }
         if self.act.approver_group.trim().is_empty() {
-            return Err("key `act.approver_group`: must name a Unix group".into());
+            return Err(Invalid::rule("act.approver_group", "must name a Unix group"));
         }
         if let Some(flake) = &self.nixos.flake {
-            crate::catalog::check_flake(flake).map_err(|e| format!("key `nixos.flake`: {e}"))?;
+            crate::catalog::check_flake(flake).map_err(Invalid::Flake)?;
         }
         for (key, p) in [("nixos.profile", &self.nixos.profile), ("nixos.current_system", &self.nixos.current_system)] {
             if !p.is_absolute() {
-                return Err(format!("key `{key}`: {p:?} is not an absolute path"));
+                return Err(Invalid::NotAbsolute { key, path: p.clone() });
             }
         }
         let g = &self.gotify;
         if let Some(url) = &g.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("key `gotify.url`: {url:?} is not an http:// or https:// URL"));
+                return Err(Invalid::NotHttp { key: "gotify.url", url: url.clone() });
             }
             if url.contains('?') || url.contains('@') {
-                return Err("key `gotify.url`: must not carry a token or credentials; put the application token in the file named by `gotify.token_file`".into());
+                return Err(Invalid::rule("gotify.url", "must not carry a token or credentials; put the application token in the file named by `gotify.token_file`"));
             }
             if g.token_file.is_none() {
-                return Err(
-                    "key `gotify.token_file`: required when `gotify.url` is set (a file holding the application token)"
-                        .into(),
-                );
+                return Err(Invalid::rule(
+                    "gotify.token_file",
+                    "required when `gotify.url` is set (a file holding the application token)",
+                ));
             }
         }
         if !self.state_dir.is_absolute() {
-            return Err(format!("key `state_dir`: {:?} is not an absolute path", self.state_dir));
+            return Err(Invalid::NotAbsolute { key: "state_dir", path: self.state_dir.clone() });
         }
         if let Some(dir) = self.journal_dir.as_ref().filter(|d| !d.is_absolute()) {
-            return Err(format!("key `journal_dir`: {dir:?} is not an absolute path"));
+            return Err(Invalid::NotAbsolute { key: "journal_dir", path: dir.clone() });
         }
         Ok(())
     }
@@ -658,30 +684,31 @@ impl Config {
         out
     }
 
-    fn validate_model(&self) -> Result<(), String> {
+    fn validate_model(&self) -> Result<(), Invalid> {
         let m = &self.model;
         let room = u64::from(self.ollama.num_ctx) - u64::from(self.ollama.num_predict.min(self.ollama.num_ctx));
         if u64::from(m.prompt_margin) + 1024 > room {
-            return Err(format!(
-                "key `model.prompt_margin`: {} leaves less than 1024 tokens of `ollama.num_ctx` ({}) for the prompt once `ollama.num_predict` ({}) is kept free",
-                m.prompt_margin, self.ollama.num_ctx, self.ollama.num_predict
-            ));
+            return Err(Invalid::PromptMargin {
+                margin: m.prompt_margin,
+                num_ctx: self.ollama.num_ctx,
+                num_predict: self.ollama.num_predict,
+            });
         }
         if m.calls.max_total_mb * 1024 < 2 * m.calls.max_file_kb {
-            return Err(format!(
-                "key `model.calls.max_total_mb`: {} MiB cannot hold two files of `model.calls.max_file_kb` ({} KiB); raise it or lower the file size",
-                m.calls.max_total_mb, m.calls.max_file_kb
-            ));
+            return Err(Invalid::CallsTotal { total_mb: m.calls.max_total_mb, file_kb: m.calls.max_file_kb });
         }
         if let Some(f) = &m.fallback {
             if !(f.url.starts_with("http://") || f.url.starts_with("https://")) {
-                return Err(format!("key `model.fallback.url`: {:?} is not an http:// or https:// URL", f.url));
+                return Err(Invalid::NotHttp { key: "model.fallback.url", url: f.url.clone() });
             }
             if f.url.contains('@') || f.url.contains('?') {
-                return Err("key `model.fallback.url`: must not carry credentials; put a key in the file named by `model.fallback.api_key_file`".into());
+                return Err(Invalid::rule(
+                    "model.fallback.url",
+                    "must not carry credentials; put a key in the file named by `model.fallback.api_key_file`",
+                ));
             }
             if f.model.trim().is_empty() {
-                return Err("key `model.fallback.model`: must name a model".into());
+                return Err(Invalid::rule("model.fallback.model", "must name a model"));
             }
         }
         Ok(())
@@ -777,7 +804,7 @@ mod tests {
             ),
             ("journal_dir = \"var/log/journal\"", "key `journal_dir`: \"var/log/journal\" is not an absolute path"),
         ] {
-            assert_eq!(Config::parse(text).unwrap_err(), said, "{text}");
+            assert_eq!(Config::parse(text).unwrap_err().to_string(), said, "{text}");
         }
     }
 
@@ -853,16 +880,16 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse("autonomy = \"observe\"").unwrap_err();
+        let err = Config::parse("autonomy = \"observe\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `autonomy`"), "{err}");
         assert!(err.contains("autonomy_level"), "{err}");
-        let err = Config::parse("[ollama]\nmodell = \"x\"").unwrap_err();
+        let err = Config::parse("[ollama]\nmodell = \"x\"").unwrap_err().to_string();
         assert!(err.contains("ollama") && err.contains("modell"), "{err}");
     }
 
     #[test]
     fn bad_autonomy_level_names_key_and_accepted_values() {
-        let err = Config::parse("autonomy_level = \"yolo\"").unwrap_err();
+        let err = Config::parse("autonomy_level = \"yolo\"").unwrap_err().to_string();
         assert!(err.contains("autonomy_level"), "{err}");
         for accepted in ["observe", "suggest", "auto-safe", "auto-full"] {
             assert!(err.contains(accepted), "{err}");
@@ -895,7 +922,7 @@ mod tests {
             ("[model.fallback]\nurl = \"ftp://x\"\nmodel = \"m\"", "model.fallback.url"),
             ("[model.fallback]\napi = \"anthropic\"\nurl = \"http://x\"\nmodel = \"m\"", "model.fallback.api"),
         ] {
-            let err = Config::parse(text).unwrap_err();
+            let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
     }

@@ -321,6 +321,7 @@ fn mutated_configurations_are_refused_by_key_or_run_without_panic_or_hang() {
         match parsed {
             Err(_) => failures.push(format!("Config::parse panicked with {key} in:\n{text}")),
             Ok(Err(message)) => {
+                let message = message.to_string();
                 refused += 1;
                 let last = key.rsplit('.').next().unwrap();
                 if key != "(damaged)" && !message.contains(last) && !message.contains("line ") {
