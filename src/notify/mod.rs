@@ -23,7 +23,7 @@ use self::outbox::{Outbox, OutboxError, Tracked};
 use crate::audit::{self, ActionOutcome, DecisionOutcome, IncidentEvent};
 use crate::config::{Config, GotifyConfig};
 use crate::redact::redact;
-use crate::report::{ActionResult, CycleReport};
+use crate::report::{ActionReport, ActionResult, CycleReport, DecisionReport, IncidentReport};
 use crate::state_dir::StateDir;
 
 /// What a message is about; fixes its priority class.
@@ -198,96 +198,135 @@ impl Notifier {
     /// The messages for what one cycle saw and did.
     pub fn after_cycle(&self, r: &CycleReport, now: DateTime<Utc>) -> Result<(), NotifyError> {
         let host = r.host.as_str();
-        for fp in &r.resolved {
+        self.mark_resolving(&r.resolved, now)?;
+        for inc in &r.incidents {
+            self.track_incident(host, inc, now)?;
+            if let Some(d) = &inc.decision {
+                self.decision_messages(host, inc, d, now)?;
+            }
+        }
+        self.resolve_settled(host, now)?;
+        self.check_model_outage(host, now)
+    }
+
+    /// The incidents resolved this cycle start to settle: the message that
+    /// they are resolved waits until they stay gone (`resolve_settled`).
+    fn mark_resolving(&self, resolved: &[String], now: DateTime<Utc>) -> Result<(), NotifyError> {
+        for fp in resolved {
             if let Some(mut t) = self.outbox.tracked(fp)? {
                 t.state = "resolving".into();
                 t.since = now;
                 self.outbox.track(fp, &t)?;
             }
         }
-        for inc in &r.incidents {
-            let fp = &inc.fingerprint;
-            match self.outbox.tracked(fp)? {
-                Some(mut t) if t.state == "resolving" => {
-                    // Back before it stayed gone: a flap, not a new incident.
-                    t.state = "open".into();
-                    t.flaps += 1;
-                    self.outbox.track(fp, &t)?;
-                }
-                Some(_) => {}
-                None => {
-                    let t = Tracked { state: "open".into(), since: now, flaps: 0, summary: inc.summary.clone() };
-                    self.outbox.track(fp, &t)?;
-                    let body = format!(
-                        "**Incident opened:** {}\n\n{}\n\n`macha-logs decisions` shows what was decided.",
-                        code(fp),
-                        inc.summary
-                    );
-                    self.emit(self.message(Kind::Opened, host, &inc.summary, body), now)?;
-                }
+        Ok(())
+    }
+
+    /// Tracks an incident seen this cycle: a new one is announced, one that
+    /// was settling counts a flap.
+    fn track_incident(&self, host: &str, inc: &IncidentReport, now: DateTime<Utc>) -> Result<(), NotifyError> {
+        let fp = &inc.fingerprint;
+        match self.outbox.tracked(fp)? {
+            Some(mut t) if t.state == "resolving" => {
+                // Back before it stayed gone: a flap, not a new incident.
+                t.state = "open".into();
+                t.flaps += 1;
+                self.outbox.track(fp, &t)?;
             }
-            let Some(d) = &inc.decision else { continue };
-            if d.outcome == DecisionOutcome::Failed {
-                self.model_failed(host, d.error.as_deref().unwrap_or("unknown error"), now)?;
-                continue;
-            }
-            self.model_answered(host, now)?;
-            let diagnosis = d.diagnosis.as_deref().unwrap_or("");
-            for a in &d.actions {
-                let target = a.target.as_deref().unwrap_or("");
-                let what = format!("{} {target}", a.action).trim_end().to_owned();
-                match a.result {
-                    ActionResult::Queued => {
-                        let id = a.approval_id.map(|id| id.to_string()).unwrap_or_else(|| "0".into());
-                        let body = format!(
-                            "**Approval needed** for {} on incident {}\n\n**Diagnosis:** {diagnosis}\n\n**Why:** {}\n\nTo carry it out: `macha-approve approve {id}`\n\nTo drop it: `macha-approve reject {id} --reason \"...\"`",
-                            code(&what),
-                            code(fp),
-                            a.reason
-                        );
-                        self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
-                    }
-                    ActionResult::Escalated => {
-                        let body = format!(
-                            "**A human is needed** for {} on incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
-                            code(&what),
-                            code(fp),
-                            a.detail
-                        );
-                        self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
-                    }
-                    ActionResult::Proposed => {
-                        let body = format!(
-                            "**Configuration change proposed** for incident {}\n\n**Why:** {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
-                            code(fp),
-                            a.reason,
-                            a.detail
-                        );
-                        self.emit(self.message(Kind::Queued, host, "configuration change proposed", body), now)?;
-                    }
-                    ActionResult::Executed => self.action_result(host, fp, &what, true, &a.detail, now)?,
-                    ActionResult::Failed => self.action_result(host, fp, &what, false, &a.detail, now)?,
-                    ActionResult::Informed => {
-                        let body = format!(
-                            "**A human is needed** for incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}\n\n**Why no automatic action:** {}",
-                            code(fp),
-                            inc.summary,
-                            a.reason
-                        );
-                        self.emit(
-                            self.message(Kind::Escalation, host, &format!("needs a human: {}", inc.summary), body),
-                            now,
-                        )?;
-                    }
-                    // Nothing new for a person: the item already waits, the
-                    // refusal is in the records, and a deferred action is
-                    // decided again.
-                    ActionResult::AlreadyQueued | ActionResult::Refused | ActionResult::Deferred => {}
-                }
+            Some(_) => {}
+            None => {
+                let t = Tracked { state: "open".into(), since: now, flaps: 0, summary: inc.summary.clone() };
+                self.outbox.track(fp, &t)?;
+                let body = format!(
+                    "**Incident opened:** {}\n\n{}\n\n`macha-logs decisions` shows what was decided.",
+                    code(fp),
+                    inc.summary
+                );
+                self.emit(self.message(Kind::Opened, host, &inc.summary, body), now)?;
             }
         }
-        self.resolve_settled(host, now)?;
-        self.check_model_outage(host, now)
+        Ok(())
+    }
+
+    /// The messages for one decision: the model's outage or return, then
+    /// one per action a person should hear of.
+    fn decision_messages(
+        &self,
+        host: &str,
+        inc: &IncidentReport,
+        d: &DecisionReport,
+        now: DateTime<Utc>,
+    ) -> Result<(), NotifyError> {
+        if d.outcome == DecisionOutcome::Failed {
+            return self.model_failed(host, d.error.as_deref().unwrap_or("unknown error"), now);
+        }
+        self.model_answered(host, now)?;
+        let diagnosis = d.diagnosis.as_deref().unwrap_or("");
+        for a in &d.actions {
+            self.action_message(host, inc, diagnosis, a, now)?;
+        }
+        Ok(())
+    }
+
+    /// The message for one action of a decision, when a person should hear
+    /// of it.
+    fn action_message(
+        &self,
+        host: &str,
+        inc: &IncidentReport,
+        diagnosis: &str,
+        a: &ActionReport,
+        now: DateTime<Utc>,
+    ) -> Result<(), NotifyError> {
+        let fp = &inc.fingerprint;
+        let target = a.target.as_deref().unwrap_or("");
+        let what = format!("{} {target}", a.action).trim_end().to_owned();
+        match a.result {
+            ActionResult::Queued => {
+                let id = a.approval_id.map(|id| id.to_string()).unwrap_or_else(|| "0".into());
+                let body = format!(
+                    "**Approval needed** for {} on incident {}\n\n**Diagnosis:** {diagnosis}\n\n**Why:** {}\n\nTo carry it out: `macha-approve approve {id}`\n\nTo drop it: `macha-approve reject {id} --reason \"...\"`",
+                    code(&what),
+                    code(fp),
+                    a.reason
+                );
+                self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
+            }
+            ActionResult::Escalated => {
+                let body = format!(
+                    "**A human is needed** for {} on incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
+                    code(&what),
+                    code(fp),
+                    a.detail
+                );
+                self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
+            }
+            ActionResult::Proposed => {
+                let body = format!(
+                    "**Configuration change proposed** for incident {}\n\n**Why:** {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
+                    code(fp),
+                    a.reason,
+                    a.detail
+                );
+                self.emit(self.message(Kind::Queued, host, "configuration change proposed", body), now)?;
+            }
+            ActionResult::Executed => self.action_result(host, fp, &what, true, &a.detail, now)?,
+            ActionResult::Failed => self.action_result(host, fp, &what, false, &a.detail, now)?,
+            ActionResult::Informed => {
+                let body = format!(
+                    "**A human is needed** for incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}\n\n**Why no automatic action:** {}",
+                    code(fp),
+                    inc.summary,
+                    a.reason
+                );
+                self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {}", inc.summary), body), now)?;
+            }
+            // Nothing new for a person: the item already waits, the
+            // refusal is in the records, and a deferred action is
+            // decided again.
+            ActionResult::AlreadyQueued | ActionResult::Refused | ActionResult::Deferred => {}
+        }
+        Ok(())
     }
 
     /// An action was carried out, by the daemon or through an approval.
