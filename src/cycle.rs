@@ -29,11 +29,12 @@ use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
+use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
 use crate::notify::Notifier;
-use crate::observe::systemd::Systemd;
+use crate::observe::systemd::{Systemd, UnitState};
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
 use crate::repeat::{Repeating, Repeats, Write};
@@ -488,6 +489,27 @@ impl Engine {
             Outcome::Decided { decision, .. } => &decision.actions,
             Outcome::Failed { .. } => &[],
         };
+        let verdicts = self.gate_all(incident, proposed).await;
+        self.record_gated(incident, host, outcome, proposed, &verdicts)?;
+
+        let diagnosis = match outcome {
+            Outcome::Decided { decision, .. } => Some(decision.diagnosis.clone()),
+            Outcome::Failed { .. } => None,
+        };
+        let mut actions = Vec::with_capacity(proposed.len());
+        for (p, verdict) in proposed.iter().zip(verdicts) {
+            actions.push(self.handle_action(incident, host, diagnosis.as_deref(), p, verdict).await?);
+        }
+        let (outcome, error) = match outcome {
+            Outcome::Decided { .. } => (DecisionOutcome::Decided, None),
+            Outcome::Failed { error, .. } => (DecisionOutcome::Failed, Some(error.clone())),
+        };
+        Ok(DecisionReport { outcome, diagnosis, error, actions })
+    }
+
+    /// The gate's verdict on each proposed action, with what systemd says of
+    /// its unit.
+    async fn gate_all(&mut self, incident: &Incident, proposed: &[ProposedAction]) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(proposed.len());
         for p in proposed {
             let facts = match p.unit.as_deref() {
@@ -496,147 +518,205 @@ impl Engine {
             };
             verdicts.push(gate(self.config.autonomy_level, p, &facts, incident.kind.unit(), &self.policy));
         }
-        let gated = proposed.iter().zip(&verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
+        verdicts
+    }
+
+    /// Records the decision with the gate's verdict on each action, before
+    /// anything is carried out, and marks the incident decided.
+    fn record_gated(
+        &self,
+        incident: &Incident,
+        host: &str,
+        outcome: &Outcome,
+        proposed: &[ProposedAction],
+        verdicts: &[Verdict],
+    ) -> anyhow::Result<()> {
+        let gated = proposed.iter().zip(verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
         let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
         let record = DecisionRecord::new(host, incident, model, outcome, gated);
         self.record_decision(incident, &record, outcome)?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
+        Ok(())
+    }
 
-        let diagnosis = match outcome {
-            Outcome::Decided { decision, .. } => Some(decision.diagnosis.clone()),
-            Outcome::Failed { .. } => None,
+    /// Follows one verdict of the gate, records what came of it (unless the
+    /// ledger did) and reports it.
+    async fn handle_action(
+        &mut self,
+        incident: &Incident,
+        host: &str,
+        diagnosis: Option<&str>,
+        p: &ProposedAction,
+        verdict: Verdict,
+    ) -> anyhow::Result<ActionReport> {
+        let mut rec = ActionRecord {
+            time: Utc::now(),
+            host: host.into(),
+            incident: incident.fingerprint.clone(),
+            action: p.kind.as_str().into(),
+            target: proposed_target(p),
+            origin: Origin::Automatic,
+            approval_id: None,
+            by: None,
+            auto_id: None,
+            // Set below, once known.
+            outcome: ActionOutcome::Started,
+            detail: String::new(),
+            before: None,
+            after: None,
         };
-        let mut actions = Vec::with_capacity(proposed.len());
-        for (p, verdict) in proposed.iter().zip(verdicts) {
-            let mut rec = ActionRecord {
-                time: Utc::now(),
-                host: host.into(),
-                incident: incident.fingerprint.clone(),
-                action: p.kind.as_str().into(),
-                target: proposed_target(p),
-                origin: Origin::Automatic,
-                approval_id: None,
-                by: None,
-                auto_id: None,
-                // Set below, once known.
-                outcome: ActionOutcome::Started,
-                detail: String::new(),
-                before: None,
-                after: None,
-            };
-            // An automatic action records itself (`ledger`), before and after.
-            let mut recorded = false;
-            let (result, detail, approval_id) = match verdict {
-                Verdict::Inform => (ActionResult::Informed, p.reason.clone(), None),
-                Verdict::Propose { file, diff } => {
-                    let dir = self.config.nixos.config_dir.as_deref();
-                    match propose::write(dir, &self.state, &incident.fingerprint, &file, &diff, &p.reason) {
-                        Ok(path) => (
-                            ActionResult::Proposed,
-                            format!(
-                                "written to {}: review it, then apply it yourself; macha never does",
-                                path.display()
-                            ),
-                            None,
-                        ),
-                        Err(reason) => (ActionResult::Refused, reason, None),
-                    }
-                }
-                Verdict::Refuse { reason } => (ActionResult::Refused, reason, None),
-                Verdict::Queue { action } => {
-                    let diag = diagnosis.as_deref().unwrap_or_default();
-                    let (id, new) = self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
-                    if new {
-                        (ActionResult::Queued, format!("run `macha-approve approve {id}` to carry it out"), Some(id))
-                    } else {
-                        (ActionResult::AlreadyQueued, format!("already waiting for approval as item {id}"), Some(id))
-                    }
-                }
-                Verdict::Execute { action } if action.kind() == ActionKind::Investigate => {
-                    // Read-only: no budget, no cooldown.
-                    let report = self.carry_out(&action).await;
-                    (ActionResult::of_run(report.succeeded), report.detail, None)
-                }
-                Verdict::Execute { action } => {
-                    let now = Utc::now();
-                    let history = self.store.auto_history(&incident.fingerprint, now)?;
-                    let unit_now = match (action.unit(), self.observer.systemd().await) {
-                        (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
-                        _ => None,
-                    };
-                    let signals = unit_now
-                        .as_ref()
-                        .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
-                        .unwrap_or_default();
-                    match storm::admit(&history, &signals, &self.config.act, now) {
-                        // Told to stop: what runs finishes, nothing new starts.
-                        Admission::Go if self.stop.as_ref().is_some_and(|s| *s.borrow()) => {
-                            self.store.mark_decided(incident, false)?;
-                            tracing::info!(%action, "automatic action not started: macha is stopping");
-                            let detail = "not acted now because macha is stopping; it decides again when it starts";
-                            (ActionResult::Deferred, detail.to_string(), None)
-                        }
-                        Admission::Go => {
-                            recorded = true;
-                            let started = ActionRecord {
-                                detail: format!("carrying out {action}"),
-                                before: unit_now.as_ref().map(|u| act::Observed::Unit(u.into())),
-                                ..rec.clone()
-                            };
-                            match Ledger::new(&self.store, &self.state, self.config.retention.audit()).begin(
-                                &incident.fingerprint,
-                                now,
-                                &action,
-                                &started,
-                            ) {
-                                Err(why) => {
-                                    tracing::error!(%action, %why, "automatic action not carried out");
-                                    (ActionResult::Refused, why, None)
-                                }
-                                Ok(id) => {
-                                    let report = self.carry_out_recorded(&action, &rec, id).await;
-                                    let result = ActionResult::of_run(report.succeeded);
-                                    tracing::info!(%action, %result, detail = %report.detail, "action carried out");
-                                    (result, report.detail, None)
-                                }
-                            }
-                        }
-                        Admission::Wait(reason) => {
-                            tracing::info!(%action, %reason, "automatic action deferred");
-                            (ActionResult::Deferred, format!("not acted now because {reason}"), None)
-                        }
-                        Admission::Escalate(reason) => {
-                            let diag = diagnosis.as_deref().unwrap_or_default();
-                            let (id, new) =
-                                self.store.enqueue(incident, &action, &p.reason, diag, self.approval_ttl())?;
-                            tracing::warn!(%action, %reason, approval = id.get(), "handed to a human");
-                            let detail = format!("not acted automatically because {reason}; run `macha-approve approve {id}` to carry it out");
-                            let result = if new { ActionResult::Escalated } else { ActionResult::AlreadyQueued };
-                            (result, detail, Some(id))
-                        }
-                    }
-                }
-            };
-            if let (Some(outcome), false) = (result.outcome(), recorded) {
-                rec.outcome = outcome;
-                rec.detail = detail.clone();
-                rec.approval_id = approval_id;
-                audit::append(&self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
+        let handled = match verdict {
+            Verdict::Inform => Handled::new(ActionResult::Informed, p.reason.clone(), None),
+            Verdict::Propose { file, diff } => self.propose(incident, p, &file, &diff),
+            Verdict::Refuse { reason } => Handled::new(ActionResult::Refused, reason, None),
+            Verdict::Queue { action } => self.queue(incident, p, diagnosis, &action)?,
+            Verdict::Execute { action } if action.kind() == ActionKind::Investigate => {
+                // Read-only: no budget, no cooldown.
+                let report = self.carry_out(&action).await;
+                Handled::new(ActionResult::of_run(report.succeeded), report.detail, None)
             }
-            actions.push(ActionReport {
-                action: p.kind.as_str().into(),
-                target: proposed_target(p),
-                result,
-                detail,
-                reason: p.reason.clone(),
-                approval_id,
-            });
-        }
-        let (outcome, error) = match outcome {
-            Outcome::Decided { .. } => (DecisionOutcome::Decided, None),
-            Outcome::Failed { error, .. } => (DecisionOutcome::Failed, Some(error.clone())),
+            Verdict::Execute { action } => self.execute(incident, p, diagnosis, &action, &rec).await?,
         };
-        Ok(DecisionReport { outcome, diagnosis, error, actions })
+        let Handled { result, detail, approval_id, recorded } = handled;
+        if let (Some(outcome), false) = (result.outcome(), recorded) {
+            rec.outcome = outcome;
+            rec.detail = detail.clone();
+            rec.approval_id = approval_id;
+            audit::append(&self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
+        }
+        Ok(ActionReport {
+            action: p.kind.as_str().into(),
+            target: proposed_target(p),
+            result,
+            detail,
+            reason: p.reason.clone(),
+            approval_id,
+        })
+    }
+
+    /// `Verdict::Propose`: writes the proposed change of configuration for
+    /// a person to review.
+    fn propose(&self, incident: &Incident, p: &ProposedAction, file: &str, diff: &str) -> Handled {
+        let dir = self.config.nixos.config_dir.as_deref();
+        match propose::write(dir, &self.state, &incident.fingerprint, file, diff, &p.reason) {
+            Ok(path) => Handled::new(
+                ActionResult::Proposed,
+                format!("written to {}: review it, then apply it yourself; macha never does", path.display()),
+                None,
+            ),
+            Err(reason) => Handled::new(ActionResult::Refused, reason, None),
+        }
+    }
+
+    /// `Verdict::Queue`: queues the action for approval, once.
+    fn queue(
+        &self,
+        incident: &Incident,
+        p: &ProposedAction,
+        diagnosis: Option<&str>,
+        action: &Action,
+    ) -> anyhow::Result<Handled> {
+        let diag = diagnosis.unwrap_or_default();
+        let (id, new) = self.store.enqueue(incident, action, &p.reason, diag, self.approval_ttl())?;
+        Ok(if new {
+            Handled::new(ActionResult::Queued, format!("run `macha-approve approve {id}` to carry it out"), Some(id))
+        } else {
+            Handled::new(ActionResult::AlreadyQueued, format!("already waiting for approval as item {id}"), Some(id))
+        })
+    }
+
+    /// `Verdict::Execute` of an action that changes the system: storm
+    /// control admits it, defers it or hands it to a human.
+    async fn execute(
+        &mut self,
+        incident: &Incident,
+        p: &ProposedAction,
+        diagnosis: Option<&str>,
+        action: &Action,
+        rec: &ActionRecord,
+    ) -> anyhow::Result<Handled> {
+        let now = Utc::now();
+        let history = self.store.auto_history(&incident.fingerprint, now)?;
+        let unit_now = match (action.unit(), self.observer.systemd().await) {
+            (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
+            _ => None,
+        };
+        let signals = unit_now
+            .as_ref()
+            .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
+            .unwrap_or_default();
+        Ok(match storm::admit(&history, &signals, &self.config.act, now) {
+            // Told to stop: what runs finishes, nothing new starts.
+            Admission::Go if self.stop.as_ref().is_some_and(|s| *s.borrow()) => {
+                self.store.mark_decided(incident, false)?;
+                tracing::info!(%action, "automatic action not started: macha is stopping");
+                let detail = "not acted now because macha is stopping; it decides again when it starts";
+                Handled::new(ActionResult::Deferred, detail.to_string(), None)
+            }
+            Admission::Go => self.begin_and_carry_out(incident, action, rec, now, unit_now.as_ref()).await,
+            Admission::Wait(reason) => {
+                tracing::info!(%action, %reason, "automatic action deferred");
+                Handled::new(ActionResult::Deferred, format!("not acted now because {reason}"), None)
+            }
+            Admission::Escalate(reason) => self.escalate(incident, p, diagnosis, action, &reason)?,
+        })
+    }
+
+    /// An admitted automatic action: the ledger records it as started, then
+    /// it is carried out and its end recorded.
+    async fn begin_and_carry_out(
+        &mut self,
+        incident: &Incident,
+        action: &Action,
+        rec: &ActionRecord,
+        now: DateTime<Utc>,
+        unit_now: Option<&UnitState>,
+    ) -> Handled {
+        let started = ActionRecord {
+            detail: format!("carrying out {action}"),
+            before: unit_now.map(|u| act::Observed::Unit(u.into())),
+            ..rec.clone()
+        };
+        let begun = Ledger::new(&self.store, &self.state, self.config.retention.audit()).begin(
+            &incident.fingerprint,
+            now,
+            action,
+            &started,
+        );
+        let mut handled = match begun {
+            Err(why) => {
+                tracing::error!(%action, %why, "automatic action not carried out");
+                Handled::new(ActionResult::Refused, why, None)
+            }
+            Ok(id) => {
+                let report = self.carry_out_recorded(action, rec, id).await;
+                let result = ActionResult::of_run(report.succeeded);
+                tracing::info!(%action, %result, detail = %report.detail, "action carried out");
+                Handled::new(result, report.detail, None)
+            }
+        };
+        // An automatic action records itself (`ledger`), before and after.
+        handled.recorded = true;
+        handled
+    }
+
+    /// Storm control would not let it run automatically: it is queued for a
+    /// human instead.
+    fn escalate(
+        &self,
+        incident: &Incident,
+        p: &ProposedAction,
+        diagnosis: Option<&str>,
+        action: &Action,
+        reason: &str,
+    ) -> anyhow::Result<Handled> {
+        let diag = diagnosis.unwrap_or_default();
+        let (id, new) = self.store.enqueue(incident, action, &p.reason, diag, self.approval_ttl())?;
+        tracing::warn!(%action, %reason, approval = id.get(), "handed to a human");
+        let detail =
+            format!("not acted automatically because {reason}; run `macha-approve approve {id}` to carry it out");
+        let result = if new { ActionResult::Escalated } else { ActionResult::AlreadyQueued };
+        Ok(Handled::new(result, detail, Some(id)))
     }
 
     /// Asks the model about one incident, offering the read-only probes as
@@ -688,6 +768,22 @@ async fn unless_stopped<T>(stop: Option<&mut watch::Receiver<bool>>, work: impl 
     tokio::select! {
         out = work => Some(out),
         Ok(_) = stop.wait_for(|stopping| *stopping) => None,
+    }
+}
+
+/// What came of one verdict of the gate, for its record and its report.
+struct Handled {
+    result: ActionResult,
+    detail: String,
+    approval_id: Option<ApprovalId>,
+    /// Whether the ledger recorded it already (an automatic action records
+    /// itself, before and after).
+    recorded: bool,
+}
+
+impl Handled {
+    fn new(result: ActionResult, detail: String, approval_id: Option<ApprovalId>) -> Self {
+        Self { result, detail, approval_id, recorded: false }
     }
 }
 
