@@ -27,7 +27,7 @@ use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
-use crate::detect::{detect, Incident};
+use crate::detect::{detect, Incident, OpenIncident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
@@ -205,6 +205,34 @@ impl Engine {
         // The model passed its check again: failed decisions are asked at once.
         let model_back = self.model_was_down && model_problems.is_empty();
         self.model_was_down = !model_problems.is_empty();
+        let Some((open, snap)) = self.observe(&mut stop).await? else {
+            anyhow::bail!("stopped before this cycle observed anything");
+        };
+        let failed_sources = failed_sources(&snap);
+        let incidents = detect(&snap, &open, &self.config.detect);
+        let (novelty, resolved) = self.sync_incidents(&incidents, &snap)?;
+        let (reports, asked) = self.decide_all(&mut stop, &snap, &incidents, novelty, model_back).await?;
+        self.save_cursor(&snap)?;
+        let report = CycleReport {
+            started_at,
+            host: snap.hostname.clone(),
+            autonomy_level: self.config.autonomy_level,
+            model_problems,
+            failed_sources,
+            incidents: reports,
+            resolved,
+            wall_ms: started.elapsed().as_millis() as u64,
+        };
+        self.after_cycle(&report, asked);
+        Ok(report)
+    }
+
+    /// Observes the host from the saved journal cursor, watching the units
+    /// of the open incidents; `None` when told to stop first.
+    async fn observe(
+        &mut self,
+        stop: &mut Option<watch::Receiver<bool>>,
+    ) -> anyhow::Result<Option<(Vec<OpenIncident>, Snapshot)>> {
         let cursor = self.cursor();
         // The units of open incidents are watched until they are back where they should be.
         let open = self.store.open_evidence()?;
@@ -214,7 +242,7 @@ impl Engine {
             .filter_map(|u| UnitName::parse(u).ok())
             .collect();
         let Some(snap) = unless_stopped(stop.as_mut(), self.observer.observe(cursor.as_deref(), &watch)).await else {
-            anyhow::bail!("stopped before this cycle observed anything");
+            return Ok(None);
         };
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
             tracing::warn!(
@@ -223,16 +251,18 @@ impl Engine {
                 self.config.check_interval
             );
         }
-        let failed_sources: Vec<FailedSource> = snap
-            .failed_sources()
-            .into_iter()
-            .map(|(source, error)| FailedSource { source: source.into(), error: error.into() })
-            .collect();
-        for f in &failed_sources {
-            tracing::warn!(source = %f.source, error = %f.error, "source could not be read");
-        }
-        let incidents = detect(&snap, &open, &self.config.detect);
-        let (novelty, resolved) = self.store.sync_incidents(&incidents, &snap)?;
+        Ok(Some((open, snap)))
+    }
+
+    /// Brings the store's open incidents in line with those detected, and
+    /// records each one opened or resolved. Returns how new each incident
+    /// is, and the fingerprints resolved.
+    fn sync_incidents(
+        &mut self,
+        incidents: &[Incident],
+        snap: &Snapshot,
+    ) -> anyhow::Result<(Vec<Novelty>, Vec<String>)> {
+        let (novelty, resolved) = self.store.sync_incidents(incidents, snap)?;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
             self.record_incident(
@@ -251,9 +281,22 @@ impl Engine {
             }
             self.record_incident(&snap.hostname, fp, IncidentEvent::Resolved, None)?;
         }
+        Ok((novelty, resolved))
+    }
+
+    /// Asks the model about each incident that is due, and handles its
+    /// answer; the operator's notes are read by these decisions, then
+    /// archived.
+    async fn decide_all(
+        &mut self,
+        stop: &mut Option<watch::Receiver<bool>>,
+        snap: &Snapshot,
+        incidents: &[Incident],
+        novelty: Vec<Novelty>,
+        model_back: bool,
+    ) -> anyhow::Result<(Vec<IncidentReport>, Asked)> {
         let mut reports = Vec::with_capacity(incidents.len());
         let mut asked = Asked::default();
-        // The operator's notes are read by this cycle's decisions, then archived.
         let notes = crate::note::pending(&self.state);
         let notes_text = crate::note::render(&notes);
         let mut read_for = Vec::new();
@@ -264,24 +307,8 @@ impl Engine {
                 Novelty::Retry => self.store.failing(&incident.fingerprint)?,
                 _ => None,
             };
-            let waits = failing
-                .as_ref()
-                .filter(|_| self.pace && !model_back)
-                .map(|f| {
-                    f.next_try(
-                        crate::config::seconds(self.config.check_interval),
-                        crate::config::seconds(self.config.model.retry_max),
-                    )
-                })
-                .filter(|next| Utc::now() < *next);
-            if let (Some(_), Some(mut f)) = (waits, failing.clone()) {
-                // Not asked now, but the count is recorded at least every `retention.repeat_every`.
-                if let Some(due) = f.repeat.take_due(Utc::now(), self.config.repeat_every()) {
-                    self.record_repeats(&snap.hostname, &incident.fingerprint, &f, Some((f.repeat.kind, due)))?;
-                    self.store.set_failing(&incident.fingerprint, Some(&f))?;
-                }
-            }
-            let decision = if novelty == Novelty::Known || stopping || waits.is_some() {
+            let waits = self.waits(&snap.hostname, incident, failing.as_ref(), model_back)?;
+            let decision = if novelty == Novelty::Known || stopping || waits {
                 None
             } else {
                 if failing.is_some() {
@@ -290,15 +317,14 @@ impl Engine {
                 } else {
                     tracing::info!(incident = %incident.fingerprint, ?novelty, "asking the model");
                 }
-                let asking = self.decide(incident, &snap, notes_text.as_deref());
-                match unless_stopped(stop.as_mut(), asking).await {
+                match self.ask(stop, snap, incident, notes_text.as_deref()).await? {
                     None => None,
-                    Some(outcome) => {
+                    Some((outcome, report)) => {
                         if matches!(outcome, Outcome::Decided { .. }) {
                             read_for.push(incident.fingerprint.clone());
                         }
                         asked.count(&outcome);
-                        Some(self.handle(incident, &snap.hostname, &outcome).await?)
+                        Some(report)
                     }
                 }
             };
@@ -314,21 +340,67 @@ impl Engine {
                 tracing::error!(error = %e, "operator notes could not be archived; they are read again next time");
             }
         }
+        Ok((reports, asked))
+    }
+
+    /// Whether a failing decision waits before it is asked again
+    /// (`pace_retries`). While it waits, its count of failures is still
+    /// recorded at least every `retention.repeat_every`.
+    fn waits(
+        &self,
+        host: &str,
+        incident: &Incident,
+        failing: Option<&Failing>,
+        model_back: bool,
+    ) -> anyhow::Result<bool> {
+        let waits = failing
+            .filter(|_| self.pace && !model_back)
+            .map(|f| {
+                f.next_try(
+                    crate::config::seconds(self.config.check_interval),
+                    crate::config::seconds(self.config.model.retry_max),
+                )
+            })
+            .filter(|next| Utc::now() < *next);
+        if let (Some(_), Some(mut f)) = (waits, failing.cloned()) {
+            // Not asked now, but the count is recorded at least every `retention.repeat_every`.
+            if let Some(due) = f.repeat.take_due(Utc::now(), self.config.repeat_every()) {
+                self.record_repeats(host, &incident.fingerprint, &f, Some((f.repeat.kind, due)))?;
+                self.store.set_failing(&incident.fingerprint, Some(&f))?;
+            }
+        }
+        Ok(waits.is_some())
+    }
+
+    /// Asks the model about one incident and handles its answer; `None`
+    /// when told to stop before it answers.
+    async fn ask(
+        &mut self,
+        stop: &mut Option<watch::Receiver<bool>>,
+        snap: &Snapshot,
+        incident: &Incident,
+        notes: Option<&str>,
+    ) -> anyhow::Result<Option<(Outcome, DecisionReport)>> {
+        let asking = self.decide(incident, snap, notes);
+        let Some(outcome) = unless_stopped(stop.as_mut(), asking).await else { return Ok(None) };
+        let report = self.handle(incident, &snap.hostname, &outcome).await?;
+        Ok(Some((outcome, report)))
+    }
+
+    /// Saves the journal cursor this cycle read up to, for the next one.
+    fn save_cursor(&self, snap: &Snapshot) -> anyhow::Result<()> {
         if let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) {
             self.state
                 .replace(CURSOR_FILE, c.as_bytes())
                 .map_err(|e| anyhow::anyhow!("cannot save the journal cursor: {e}"))?;
         }
-        let report = CycleReport {
-            started_at,
-            host: snap.hostname.clone(),
-            autonomy_level: self.config.autonomy_level,
-            model_problems,
-            failed_sources,
-            incidents: reports,
-            resolved,
-            wall_ms: started.elapsed().as_millis() as u64,
-        };
+        Ok(())
+    }
+
+    /// Logs the cycle's end, then writes what follows from its report: the
+    /// model's counts, the metrics line, the notifications, and the
+    /// housekeeping when due.
+    fn after_cycle(&self, report: &CycleReport, asked: Asked) {
         tracing::info!(
             incidents = report.incidents.len(),
             resolved = report.resolved.len(),
@@ -336,10 +408,9 @@ impl Engine {
             "cycle done"
         );
         self.model.write_due_counts();
-        self.write_metrics(&report, asked);
-        self.notify(&report);
+        self.write_metrics(report, asked);
+        self.notify(report);
         self.housekeeping();
-        Ok(report)
     }
 
     /// Once an hour (of all macha processes on this state directory, one):
@@ -769,6 +840,19 @@ async fn unless_stopped<T>(stop: Option<&mut watch::Receiver<bool>>, work: impl 
         out = work => Some(out),
         Ok(_) = stop.wait_for(|stopping| *stopping) => None,
     }
+}
+
+/// The sources of a snapshot that could not be read, each logged.
+fn failed_sources(snap: &Snapshot) -> Vec<FailedSource> {
+    let failed: Vec<FailedSource> = snap
+        .failed_sources()
+        .into_iter()
+        .map(|(source, error)| FailedSource { source: source.into(), error: error.into() })
+        .collect();
+    for f in &failed {
+        tracing::warn!(source = %f.source, error = %f.error, "source could not be read");
+    }
+    failed
 }
 
 /// What came of one verdict of the gate, for its record and its report.
