@@ -289,6 +289,36 @@ impl Action {
     pub fn helper_unit(&self) -> Option<&'static str> {
         helper_unit(self.kind())
     }
+
+    /// How act judges it after it ran: its verify probe.
+    pub fn verify(&self) -> Verify {
+        match self {
+            Self::Investigate { .. } => Verify::Answer,
+            Self::RestartUnit { .. } | Self::ResetFailed { .. } => Verify::UnitSettles,
+            Self::CollectGarbage { .. } | Self::VacuumJournal { .. } => Verify::FreeSpace,
+            Self::NixosRebuild { .. } | Self::RollbackGeneration { .. } => Verify::Generation,
+        }
+    }
+}
+
+/// How a catalog entry is judged after it ran: its verify probe. Which
+/// probe judges which entry is fixed here; reading the host for it is
+/// `act`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The probe's own answer is the result (`investigate`).
+    Answer,
+    /// The unit, watched for `act.settle_time`, must end where it should
+    /// be: running, or a run after the failure (`restart_unit`,
+    /// `reset_failed`).
+    UnitSettles,
+    /// Free space where the cleanup works, before and after
+    /// (`collect_garbage`, `vacuum_journal`).
+    FreeSpace,
+    /// The system profile's generations before and after: the expected one
+    /// is the boot default, and running for a rollback (`nixos_rebuild`,
+    /// `rollback_generation`).
+    Generation,
 }
 
 /// The helper unit of a root-only catalog entry.
@@ -383,6 +413,29 @@ pub fn investigation(probe: Probe, unit: Option<&str>, path: Option<&str>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_entry_has_its_verify_probe_and_a_watched_unit_is_named() {
+        let unit = || UnitName::parse("web.service").unwrap();
+        for (action, probe) in [
+            (Action::RestartUnit { unit: unit() }, Verify::UnitSettles),
+            (Action::ResetFailed { unit: unit() }, Verify::UnitSettles),
+            (Action::CollectGarbage { older_than_days: 14 }, Verify::FreeSpace),
+            (Action::VacuumJournal { max_size_mb: 512 }, Verify::FreeSpace),
+            (Action::Investigate { probe: Probe::FailedUnits, unit: None, path: None }, Verify::Answer),
+            (Action::NixosRebuild { mode: RebuildMode::Switch }, Verify::Generation),
+            (Action::RollbackGeneration { generation: None }, Verify::Generation),
+        ] {
+            assert_eq!(action.verify(), probe, "{action}");
+            // act watches the unit an entry names; every such entry names one.
+            assert_eq!(probe == Verify::UnitSettles, action.unit().is_some(), "{action}");
+            // What changes the system as root goes through a helper and is
+            // judged by the host afterwards, never by the helper's word.
+            if action.helper_unit().is_some() {
+                assert!(matches!(probe, Verify::FreeSpace | Verify::Generation), "{action}");
+            }
+        }
+    }
 
     #[test]
     fn kinds_round_trip_through_their_names() {

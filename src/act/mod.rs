@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Action, RebuildMode};
+use crate::catalog::{Action, RebuildMode, Verify};
 use crate::config::{ActConfig, Config};
 use crate::observe::host;
 use crate::observe::nixos::{self, Generations};
@@ -168,21 +168,19 @@ pub(crate) async fn execute_on(
     config: &Config,
     open_incidents: Result<Vec<(String, String)>, String>,
 ) -> Report {
-    match (action, host) {
-        (Action::Investigate { .. }, _) => match crate::investigate::run(action, systemd, config).await {
+    // The catalog says how each entry is judged; each probe's code is here.
+    match (action.verify(), host) {
+        (Verify::Answer, _) => match crate::investigate::run(action, systemd, config).await {
             Ok(f) => Report { succeeded: true, detail: format!("{}\n{}", f.summary, f.text), ..Report::failed("") },
             Err(e) => Report::failed(format!("the probe failed: {e}")),
         },
         (_, Err(e)) => Report::failed(e),
-        (Action::RestartUnit { unit } | Action::ResetFailed { unit }, Ok(host)) => {
-            execute_on_unit(host, action, unit, &config.act).await
-        }
-        (Action::CollectGarbage { .. } | Action::VacuumJournal { .. }, Ok(host)) => {
-            cleanup(host, action, config, open_incidents).await
-        }
-        (Action::NixosRebuild { .. } | Action::RollbackGeneration { .. }, Ok(host)) => {
-            change_system(host, action, config).await
-        }
+        (Verify::UnitSettles, Ok(host)) => match action.unit() {
+            Some(unit) => execute_on_unit(host, action, unit, &config.act).await,
+            None => Report::failed(format!("{action} names no unit to watch")),
+        },
+        (Verify::FreeSpace, Ok(host)) => cleanup(host, action, config, open_incidents).await,
+        (Verify::Generation, Ok(host)) => change_system(host, action, config).await,
     }
 }
 
