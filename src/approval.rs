@@ -12,6 +12,7 @@
 //! recorded as the approver.
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use chrono::{DateTime, Utc};
 
@@ -24,7 +25,7 @@ use crate::cycle::unit_facts;
 use crate::gate::{check_target, Policy};
 use crate::ids::ApprovalId;
 use crate::notify::{Notifier, NotifyError};
-use crate::observe::systemd::{Systemd, SystemdLink};
+use crate::observe::systemd::{ReadUnits, Systemd};
 use crate::state_dir::StateDir;
 use crate::store::{Approval, ApprovalStatus, IncidentStatus, Store, StoreError};
 
@@ -178,28 +179,9 @@ impl Workflow<'_> {
         expect: Option<&str>,
         notifier: Option<&Notifier>,
     ) -> Result<Approved, ApprovalError> {
-        let item = self.find(id)?;
-        if item.status != ApprovalStatus::Pending {
-            return Ok(Approved::NotWaiting { status: item.status, decided_by: item.decided_by });
-        }
-        if let Some(expected) = expect {
-            // A mismatch refuses this command only: the item is what it was,
-            // and waits for an approval of what it is.
-            if expected.len() < 8 || !item.binding.starts_with(expected) {
-                return Ok(Approved::NotAsShown { binding: item.binding, expected: expected.to_owned() });
-            }
-        }
-        // Claimed only with the binding checked above: an item brought up to
-        // date meanwhile is not carried out on the strength of an older look.
-        if !self.store.claim(id, by, &item.binding)? {
-            return Ok(match self.store.approval(id)? {
-                Some(now) if now.status == ApprovalStatus::Pending => Approved::ChangedMeanwhile,
-                _ => Approved::Taken,
-            });
-        }
-        let action = match self.checked(&item) {
-            Ok(action) => action,
-            Err(refusal) => return self.refuse(&item, by, refusal),
+        let (item, action) = match self.claim(id, by, expect)? {
+            ControlFlow::Continue(claimed) => claimed,
+            ControlFlow::Break(ended) => return Ok(ended),
         };
         let systemd = match Systemd::connect(self.config.dbus_address.as_deref()).await {
             Ok(s) => s,
@@ -209,19 +191,67 @@ impl Workflow<'_> {
                 return Ok(Approved::Unreachable { error: e.to_string() });
             }
         };
-        if let Err(refusal) = self.applies(&systemd, &item, &action).await? {
-            return self.refuse(&item, by, refusal);
+        self.carry_claimed(&systemd, &item, action, by, notifier).await
+    }
+
+    /// The first half of `approve`, up to reaching the host: claims item
+    /// `id` for `by` and checks what it holds. Breaks with how `approve`
+    /// ended when it goes no further.
+    fn claim(
+        &self,
+        id: ApprovalId,
+        by: &str,
+        expect: Option<&str>,
+    ) -> Result<ControlFlow<Approved, (Approval, Action)>, ApprovalError> {
+        let item = self.find(id)?;
+        if item.status != ApprovalStatus::Pending {
+            return Ok(ControlFlow::Break(Approved::NotWaiting { status: item.status, decided_by: item.decided_by }));
+        }
+        if let Some(expected) = expect {
+            // A mismatch refuses this command only: the item is what it was,
+            // and waits for an approval of what it is.
+            if expected.len() < 8 || !item.binding.starts_with(expected) {
+                let shown = Approved::NotAsShown { binding: item.binding, expected: expected.to_owned() };
+                return Ok(ControlFlow::Break(shown));
+            }
+        }
+        // Claimed only with the binding checked above: an item brought up to
+        // date meanwhile is not carried out on the strength of an older look.
+        if !self.store.claim(id, by, &item.binding)? {
+            return Ok(ControlFlow::Break(match self.store.approval(id)? {
+                Some(now) if now.status == ApprovalStatus::Pending => Approved::ChangedMeanwhile,
+                _ => Approved::Taken,
+            }));
+        }
+        Ok(match self.checked(&item) {
+            Ok(action) => ControlFlow::Continue((item, action)),
+            Err(refusal) => ControlFlow::Break(self.refuse(&item, by, refusal)?),
+        })
+    }
+
+    /// The second half of `approve`, on `host` (systemd; a fake host in a
+    /// unit test): re-checks the claimed item, records the approval, carries
+    /// it out and queues its message.
+    async fn carry_claimed(
+        &self,
+        host: &(impl ReadUnits + act::Executor),
+        item: &Approval,
+        action: Action,
+        by: &str,
+        notifier: Option<&Notifier>,
+    ) -> Result<Approved, ApprovalError> {
+        if let Err(refusal) = self.applies(host, item, &action).await? {
+            return self.refuse(item, by, refusal);
         }
         // Recorded before it is done: a crash from here on leaves the intent in
         // the audit trail and the item in `executing`, never run twice.
-        let rec = self.record(&item, by, ActionOutcome::Approved, &format!("carrying out {action}"));
+        let rec = self.record(item, by, ActionOutcome::Approved, &format!("carrying out {action}"));
         audit::append(self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
         let books = Books { config: self.config, state: self.state, store: self.store };
-        let (report, kept) =
-            carry::carry_out(&books, &SystemdLink::Up(&systemd), &action, &rec, Bookkeeping::Approval(id)).await;
+        let (report, kept) = carry::carry_out(&books, host, &action, &rec, Bookkeeping::Approval(item.id)).await;
         kept?;
         let notify_error = notifier.and_then(|n| {
-            let what = format!("{action} (approval {id} by {by})");
+            let what = format!("{action} (approval {} by {by})", item.id);
             let host = crate::observe::hostname();
             n.action_result(&host, item.incident.as_str(), &what, report.succeeded, &report.detail, Utc::now()).err()
         });
@@ -259,7 +289,7 @@ impl Workflow<'_> {
     /// default, anything else only while its incident is as it was.
     async fn applies(
         &self,
-        systemd: &Systemd,
+        systemd: &impl ReadUnits,
         item: &Approval,
         action: &Action,
     ) -> Result<Result<(), Refusal>, ApprovalError> {
@@ -312,7 +342,7 @@ impl Workflow<'_> {
 
 /// The gate's target checks and the action's preconditions, again, right
 /// before a queued action runs.
-async fn recheck(config: &Config, systemd: &Systemd, item: &Approval, action: &Action) -> Result<(), String> {
+async fn recheck(config: &Config, systemd: &impl ReadUnits, item: &Approval, action: &Action) -> Result<(), String> {
     let policy = Policy::from_config(config);
     let state = match action.unit() {
         Some(unit) => {
@@ -330,7 +360,11 @@ async fn recheck(config: &Config, systemd: &Systemd, item: &Approval, action: &A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::act::fake::{self, boot_and_run, generation, unit, Call, FakeHost};
+    use crate::detect::{Incident, IncidentKind};
     use crate::unit::UnitName;
+
+    const WEB: &str = "web.service";
 
     struct Bed {
         _dir: tempfile::TempDir,
@@ -339,14 +373,15 @@ mod tests {
         config: Config,
     }
 
-    /// A state directory of its own, and a bus address where no bus is:
-    /// systemd cannot be reached.
+    /// A state directory and a system profile of its own, and a bus
+    /// address where no bus is: systemd cannot be reached (a test that gets
+    /// further puts a fake host in its place, `approve_on`).
     fn bed() -> Bed {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(dir.path()).unwrap();
+        let mut config = fake::config(dir.path(), 0);
+        config.dbus_address = Some(format!("unix:path={}", dir.path().join("no-bus").display()));
+        let state = StateDir::open(&config.state_dir).unwrap();
         let store = Store::open(&state).unwrap();
-        let bus = format!("unix:path={}", dir.path().join("no-bus").display());
-        let config = Config { state_dir: dir.path().to_owned(), dbus_address: Some(bus), ..Config::default() };
         Bed { _dir: dir, state, store, config }
     }
 
@@ -382,6 +417,82 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(self.workflow().approve(id, "alice", expect, None)).unwrap()
         }
+
+        /// alice approves item `id` as `approve` does, with `host` where
+        /// systemd would be.
+        fn approve_on(&self, host: &FakeHost, id: ApprovalId) -> Approved {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let w = self.workflow();
+                match w.claim(id, "alice", None).unwrap() {
+                    ControlFlow::Continue((item, action)) => {
+                        w.carry_claimed(host, &item, action, "alice", None).await.unwrap()
+                    }
+                    ControlFlow::Break(ended) => ended,
+                }
+            })
+        }
+
+        /// `fingerprint` is open in the store with evidence `key`.
+        fn open_incident(&self, fingerprint: &str, key: &str) {
+            let db = rusqlite::Connection::open(self.config.state_dir.join(crate::store::DB_FILE)).unwrap();
+            db.execute(
+                "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, evidence_key)
+                 VALUES (?1, 'a test incident', 'open', ?2, ?2, ?3)",
+                rusqlite::params![fingerprint, Utc::now().to_rfc3339(), key],
+            )
+            .unwrap();
+        }
+
+        /// Sets the stored incident `fingerprint`'s `column` to `value`, as
+        /// a later cycle would.
+        fn update_incident(&self, fingerprint: &str, column: &str, value: &str) {
+            let db = rusqlite::Connection::open(self.config.state_dir.join(crate::store::DB_FILE)).unwrap();
+            let sql = format!("UPDATE incidents SET {column} = ?2 WHERE fingerprint = ?1");
+            assert_eq!(db.execute(&sql, [fingerprint, value]).unwrap(), 1);
+        }
+
+        /// `action` queued by a cycle for `incident` (open, evidence `k1`).
+        fn queue_for(&self, kind: IncidentKind, action: &Action) -> Approval {
+            let incident = Incident {
+                fingerprint: kind.fingerprint(),
+                kind,
+                summary: "a test incident".into(),
+                evidence_key: "k1".into(),
+            };
+            self.open_incident(&incident.fingerprint, &incident.evidence_key);
+            let (id, _) = self.store.enqueue(&incident, action, "bring it back", "it failed", DAY).unwrap();
+            self.item(id)
+        }
+
+        /// A restart of web.service queued for its failure.
+        fn queue_restart(&self) -> Approval {
+            self.queue_for(IncidentKind::UnitFailed { unit: WEB.into() }, &restart())
+        }
+
+        /// Asserts that `item` ended refused for `refusal`: its outcome
+        /// says why, one record says who, and `host` was not changed.
+        fn assert_refused(&self, item: &Approval, refusal: &Refusal, host: &FakeHost) {
+            let now = self.item(item.id);
+            assert_eq!(now.status, ApprovalStatus::Refused);
+            assert_eq!(now.decided_by.as_deref(), Some("alice"));
+            assert_eq!(now.outcome, Some(refusal.to_string()));
+            assert_eq!(self.records(), [("refused".into(), Some(item.id.get()), Some("alice".into()))]);
+            let trail = audit::read_kept(&self.state, audit::ACTIONS, usize::MAX).unwrap().records;
+            assert_eq!(trail[0]["detail"], refusal.to_string());
+            assert_eq!(host.changes(), []);
+        }
+    }
+
+    fn restart() -> Action {
+        Action::RestartUnit { unit: UnitName::parse(WEB).unwrap() }
+    }
+
+    /// A host where web.service failed, and a restart brings it up.
+    fn web_failed() -> FakeHost {
+        FakeHost::new()
+            .with_unit(WEB, Some(unit(WEB, "failed", "failed", "exit-code", "aa", 100)))
+            .then(WEB, vec![Some(unit(WEB, "active", "running", "success", "bb", 100))])
     }
 
     const DAY: chrono::Duration = chrono::Duration::hours(24);
@@ -499,5 +610,103 @@ mod tests {
         for (refusal, text) in cases {
             assert_eq!(refusal.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_target_protected_since_it_was_queued_is_refused_and_not_touched() {
+        let mut b = bed();
+        let item = b.queue_restart();
+        b.config.protected_units = vec![UnitName::parse(WEB).unwrap()];
+        let host = web_failed();
+        let got = b.approve_on(&host, item.id);
+        let reason = "not acted because web.service is protected (web.service is on the protected list)";
+        let Approved::Refused(refusal) = got else { panic!("{got:?}") };
+        assert_eq!(refusal, Refusal::NotAllowed(reason.into()));
+        b.assert_refused(&item, &refusal, &host);
+    }
+
+    #[test]
+    fn bounds_tightened_since_it_was_queued_refuse_it() {
+        let mut b = bed();
+        let gc = Action::CollectGarbage { older_than_days: 30 };
+        let item = b.queue_for(IncidentKind::DiskFull { mount: "/".into() }, &gc);
+        b.config.act.gc_min_days = 60;
+        let host = FakeHost::new();
+        let got = b.approve_on(&host, item.id);
+        let Approved::Refused(refusal) = got else { panic!("{got:?}") };
+        assert_eq!(
+            refusal,
+            Refusal::NotAllowed(
+                "not acted because older_than_days 30 is below act.gc_min_days (60): younger generations are kept for rollback"
+                    .into()
+            )
+        );
+        b.assert_refused(&item, &refusal, &host);
+    }
+
+    #[test]
+    fn an_incident_with_new_evidence_or_resolved_since_it_was_queued_refuses_it() {
+        let incident = "unit-failed:web.service";
+        for (column, value, expected) in [
+            ("evidence_key", "k2", Refusal::IncidentChanged { incident: incident.into() }),
+            ("status", "resolved", Refusal::IncidentResolved { incident: incident.into() }),
+        ] {
+            let b = bed();
+            let item = b.queue_restart();
+            b.update_incident(incident, column, value);
+            let host = web_failed();
+            let got = b.approve_on(&host, item.id);
+            let Approved::Refused(refusal) = got else { panic!("{got:?}") };
+            assert_eq!(refusal, expected);
+            b.assert_refused(&item, &refusal, &host);
+            // The re-check read the unit, and went no further.
+            assert_eq!(host.calls(), [Call::UnitState(WEB.into()), Call::UnitState(WEB.into())]);
+        }
+    }
+
+    #[test]
+    fn an_undo_whose_generation_is_no_longer_the_boot_default_is_refused() {
+        let b = bed();
+        let profile = &b.config.nixos.profile;
+        for n in [1, 2] {
+            generation(profile, n);
+        }
+        boot_and_run(&b.config, 2);
+        let back = Action::RollbackGeneration { generation: Some(1) };
+        let (id, _) = b.store.enqueue_undo("unit-failed:web.service", 2, &back, "go back", DAY).unwrap();
+        let item = b.item(id);
+        // Another rebuild since: generation 3 is the boot default.
+        generation(profile, 3);
+        boot_and_run(&b.config, 3);
+        let host = FakeHost::new();
+        let got = b.approve_on(&host, id);
+        let Approved::Refused(refusal) = got else { panic!("{got:?}") };
+        assert_eq!(refusal, Refusal::GenerationMoved { from: 2, now: Some(3) });
+        b.assert_refused(&item, &refusal, &host);
+    }
+
+    #[test]
+    fn an_approved_restart_that_still_applies_is_carried_out_and_recorded() {
+        let b = bed();
+        let item = b.queue_restart();
+        let host = web_failed();
+        let got = b.approve_on(&host, item.id);
+        let Approved::Done(done) = got else { panic!("{got:?}") };
+        assert_eq!(done.action, restart());
+        assert!(done.report.succeeded, "{:?}", done.report);
+        assert!(done.notify_error.is_none());
+        assert_eq!(host.changes(), [Call::Restart(WEB.into())]);
+        let now = b.item(item.id);
+        assert_eq!(now.status, ApprovalStatus::Executed);
+        assert_eq!(now.decided_by.as_deref(), Some("alice"));
+        assert_eq!(now.outcome.as_deref(), Some(done.report.detail.as_str()));
+        let by = |outcome: &str| (outcome.to_owned(), Some(item.id.get()), Some("alice".to_owned()));
+        assert_eq!(b.records(), [by("approved"), by("succeeded")]);
+        let trail = audit::read_kept(&b.state, audit::ACTIONS, usize::MAX).unwrap().records;
+        assert_eq!(trail[0]["detail"], "carrying out restart_unit web.service");
+        assert_eq!(trail[1]["origin"], "approval");
+        assert_eq!(trail[1]["detail"], done.report.detail.as_str());
+        assert_eq!(trail[1]["before"]["active_state"], "failed");
+        assert_eq!(trail[1]["after"]["active_state"], "active");
     }
 }

@@ -14,7 +14,6 @@ use crate::catalog::Action;
 use crate::config::Config;
 use crate::ids::ApprovalId;
 use crate::ledger::Ledger;
-use crate::observe::systemd::SystemdLink;
 use crate::state_dir::StateDir;
 use crate::store::{ApprovalStatus, Store, StoreError};
 
@@ -45,7 +44,7 @@ pub struct Books<'a> {
     pub store: &'a Store,
 }
 
-/// Carries out `action` and records its end: `rec` is the record of the
+/// Carries out `action` on `host` and records its end: `rec` is the record of the
 /// action so far (who, what, for which incident); its outcome, detail and
 /// what was observed before and after are filled in here. A rebuild or
 /// rollback that moved the boot default leaves an undo item in the queue,
@@ -55,13 +54,13 @@ pub struct Books<'a> {
 /// always is: what the trail refuses, the ledger keeps).
 pub async fn carry_out(
     books: &Books<'_>,
-    systemd: &SystemdLink<'_>,
+    host: &impl act::Executor,
     action: &Action,
     rec: &ActionRecord,
     keep: Bookkeeping,
 ) -> (act::Report, Result<(), RecordError>) {
     let open = books.store.open_incidents().map_err(|e| e.to_string());
-    let report = act::execute(systemd, action, books.config, open).await;
+    let report = host.execute(action, books.config, open).await;
     record_end(books, report, action, rec, keep)
 }
 

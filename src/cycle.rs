@@ -34,7 +34,7 @@ use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
 use crate::notify::Notifier;
-use crate::observe::systemd::{Systemd, UnitState};
+use crate::observe::systemd::{ReadUnits, UnitState};
 use crate::observe::{Observer, Snapshot};
 use crate::propose;
 use crate::repeat::{Repeating, Repeats, Write};
@@ -918,7 +918,7 @@ pub fn proposed_target(p: &ProposedAction) -> Option<String> {
 }
 
 /// Asks systemd what the gate needs to know about `name`.
-pub async fn unit_facts(systemd: &Systemd, name: &UnitName) -> UnitFacts {
+pub async fn unit_facts(systemd: &impl ReadUnits, name: &UnitName) -> UnitFacts {
     match systemd.unit_state(name).await {
         Ok(Some(s)) => UnitFacts::Exists(Known {
             id: s.id,

@@ -11,9 +11,10 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Host, JobResult};
+use super::{Executor, Host, JobResult, Report};
+use crate::catalog::Action;
 use crate::config::Config;
-use crate::observe::systemd::{ReadUnits, SystemdError, UnitState};
+use crate::observe::systemd::{ReadUnits, SystemdError, SystemdLink, UnitState};
 use crate::unit::UnitName;
 
 /// How a job (or a reset) on a unit ends.
@@ -164,6 +165,18 @@ impl Host for FakeHost {
 
     async fn reset_failed(&self, unit: &UnitName) -> Result<(), SystemdError> {
         self.job(Call::ResetFailed(unit.to_string()), "reset-failed", unit, Duration::ZERO).map(drop)
+    }
+}
+
+impl Executor for FakeHost {
+    async fn execute(
+        &self,
+        action: &Action,
+        config: &Config,
+        open_incidents: Result<Vec<(String, String)>, String>,
+    ) -> Report {
+        let down = SystemdLink::Down("no systemd in a unit test".into());
+        super::execute_on(Ok(self), &down, action, config, open_incidents).await
     }
 }
 

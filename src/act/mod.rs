@@ -24,7 +24,7 @@ use crate::catalog::{Action, RebuildMode, Verify};
 use crate::config::{ActConfig, Config};
 use crate::observe::host;
 use crate::observe::nixos::{self, Generations};
-use crate::observe::systemd::{ReadUnits, SystemdLink, UnitState};
+use crate::observe::systemd::{ReadUnits, Systemd, SystemdLink, UnitState};
 use crate::unit::UnitName;
 
 pub use self::control::{Control, Host, JobResult};
@@ -156,6 +156,41 @@ pub async fn execute(
         Err(e) => Err(e),
     };
     execute_on(control.as_ref().map_err(|e| *e), systemd, action, config, open_incidents).await
+}
+
+/// What an action is carried out on: the connection to systemd (from which
+/// `execute` makes the `Control`, here and only here), or a fake host in a
+/// unit test. The cycle and the approval workflow carry out through it.
+pub trait Executor {
+    /// Carries out `action` and verifies it, as `execute` does.
+    fn execute(
+        &self,
+        action: &Action,
+        config: &Config,
+        open_incidents: Result<Vec<(String, String)>, String>,
+    ) -> impl std::future::Future<Output = Report> + Send;
+}
+
+impl Executor for SystemdLink<'_> {
+    fn execute(
+        &self,
+        action: &Action,
+        config: &Config,
+        open_incidents: Result<Vec<(String, String)>, String>,
+    ) -> impl std::future::Future<Output = Report> + Send {
+        execute(self, action, config, open_incidents)
+    }
+}
+
+impl Executor for Systemd {
+    async fn execute(
+        &self,
+        action: &Action,
+        config: &Config,
+        open_incidents: Result<Vec<(String, String)>, String>,
+    ) -> Report {
+        execute(&SystemdLink::Up(self), action, config, open_incidents).await
+    }
 }
 
 /// `execute` on any host: `host` changes the system (or why it cannot be
