@@ -68,6 +68,10 @@ pub struct Engine {
     model_was_down: bool,
     /// The model's problems as last logged, when, and how many times.
     said: Option<Said>,
+    /// The host a unit test puts where systemd is (`act::fake`): what the
+    /// gate's facts, storm control's signals and the carrying out reach.
+    #[cfg(test)]
+    fake: Option<crate::act::fake::FakeHost>,
 }
 
 /// Problems logged, and when they are due to be logged again.
@@ -103,6 +107,8 @@ impl Engine {
             pace: false,
             model_was_down: false,
             said: None,
+            #[cfg(test)]
+            fake: None,
         })
     }
 
@@ -708,10 +714,7 @@ impl Engine {
     ) -> anyhow::Result<Handled> {
         let now = Utc::now();
         let history = self.store.auto_history(&incident.fingerprint, now)?;
-        let unit_now = match (action.unit(), self.observer.systemd().await) {
-            (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
-            _ => None,
-        };
+        let unit_now = self.unit_now(action).await;
         let signals = unit_now
             .as_ref()
             .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
@@ -816,8 +819,24 @@ impl Engine {
         let books = Books { config: &self.config, state: &self.state, store: &self.store };
         let keep = Bookkeeping::Automatic(id);
         // Never an error: what the trail refuses, the ledger keeps.
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return carry::carry_out(&books, fake, action, rec, keep).await.0;
+        }
         let (report, _) = carry::carry_out(&books, &self.observer.link().await, action, rec, keep).await;
         report
+    }
+
+    /// The state of the unit `action` names, right now, when it can be read.
+    async fn unit_now(&mut self, action: &Action) -> Option<UnitState> {
+        #[cfg(test)]
+        if let (Some(fake), Some(unit)) = (&self.fake, action.unit()) {
+            return fake.unit_state(unit).await.ok().flatten();
+        }
+        match (action.unit(), self.observer.systemd().await) {
+            (Some(unit), Ok(s)) => s.unit_state(unit).await.ok().flatten(),
+            _ => None,
+        }
     }
 
     async fn facts(&mut self, raw: &str) -> UnitFacts {
@@ -825,6 +844,10 @@ impl Engine {
             // The gate refuses it on the name alone.
             return UnitFacts::Missing;
         };
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            return unit_facts(fake, &name).await;
+        }
         match self.observer.systemd().await {
             Ok(s) => unit_facts(s, &name).await,
             Err(e) => UnitFacts::Unknown(e.to_string()),
@@ -936,7 +959,8 @@ pub async fn unit_facts(systemd: &impl ReadUnits, name: &UnitName) -> UnitFacts 
 mod tests {
     //! The cycle's handling of each gate verdict, with no systemd to reach
     //! (a bus address that does not exist): what it needs of the host then
-    //! is only the reason it cannot be reached.
+    //! is only the reason it cannot be reached; or with a fake host in its
+    //! place (`Engine::fake`), for an action that runs.
 
     use serde_json::Value;
 
@@ -1095,5 +1119,45 @@ mod tests {
         assert_eq!(report.result, ActionResult::Deferred);
         assert_eq!(report.detail, "not acted now because macha is stopping; it decides again when it starts");
         assert_eq!(s.engine.store.auto_history(&s.incident.fingerprint, Utc::now()).unwrap().recent, 0);
+    }
+
+    #[tokio::test]
+    async fn execute_of_a_restart_that_works_is_counted_recorded_and_not_escalated() {
+        use crate::act::fake::{unit, Call, FakeHost};
+        const WEB: &str = "web.service";
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let kind = IncidentKind::UnitFailed { unit: WEB.into() };
+        s.incident = Incident {
+            fingerprint: kind.fingerprint(),
+            kind,
+            summary: "web.service failed".into(),
+            evidence_key: "1".into(),
+        };
+        s.engine.fake = Some(
+            FakeHost::new()
+                .with_unit(WEB, Some(unit(WEB, "failed", "failed", "exit-code", "aa", 100)))
+                .then(WEB, vec![Some(unit(WEB, "active", "running", "success", "bb", 100))]),
+        );
+        let report = s.handle(ProposedAction::new(ActionKind::RestartUnit, Some(WEB), "bring it back")).await;
+        assert_eq!(report.result, ActionResult::Executed, "{}", report.detail);
+        assert_eq!(report.approval_id, None);
+        let host = s.engine.fake.as_ref().unwrap();
+        assert_eq!(host.changes(), [Call::Restart(WEB.into())]);
+        // Counted by storm control.
+        let history = s.engine.store.auto_history(&s.incident.fingerprint, Utc::now()).unwrap();
+        assert_eq!(history.recent, 1);
+        let trail = s.trail();
+        assert_eq!(trail.len(), 2, "{trail:?}");
+        assert_eq!(trail[0]["outcome"], "started");
+        assert_eq!(trail[0]["before"]["active_state"], "failed");
+        let end = &trail[1];
+        assert_eq!(end["outcome"], "succeeded");
+        assert_eq!(end["auto_id"], trail[0]["auto_id"]);
+        assert_eq!(end["detail"], report.detail.as_str());
+        assert_eq!(end["before"]["active_state"], "failed");
+        assert_eq!(end["after"]["active_state"], "active");
+        assert_eq!(end["after"]["invocation_id"], "bb");
+        // Nothing handed to a human.
+        assert!(s.engine.store.pending().unwrap().is_empty());
     }
 }

@@ -176,12 +176,17 @@ fn without_tests(code: &str) -> String {
     while let Some(at) = rest.find(MARK) {
         out.push_str(&rest[..at]);
         let item = &rest[at + MARK.len()..];
-        // The item ends at its `;` or at the end of its first `{ ... }`.
+        // The item ends at its `;` or at the end of its first `{ ... }`; a
+        // field (the last of its struct) at the brace that closes the struct.
         let mut depth = 0usize;
         let mut end = item.len();
         for (k, ch) in item.char_indices() {
             match ch {
                 '{' => depth += 1,
+                '}' if depth == 0 => {
+                    end = k;
+                    break;
+                }
                 '}' => {
                     depth -= 1;
                     if depth == 0 {
