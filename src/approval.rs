@@ -78,10 +78,10 @@ pub enum Refusal {
         now: Option<u32>,
     },
     IncidentResolved {
-        incident: String,
+        incident: crate::ids::Fingerprint,
     },
     IncidentChanged {
-        incident: String,
+        incident: crate::ids::Fingerprint,
     },
 }
 
@@ -253,7 +253,7 @@ impl Workflow<'_> {
         let notify_error = notifier.and_then(|n| {
             let what = format!("{action} (approval {} by {by})", item.id);
             let host = crate::observe::hostname();
-            n.action_result(&host, item.incident.as_str(), &what, report.succeeded, &report.detail, Utc::now()).err()
+            n.action_result(&host, &item.incident, &what, report.succeeded, &report.detail, Utc::now()).err()
         });
         Ok(Approved::Done(Box::new(Done { action, report, notify_error })))
     }
@@ -303,8 +303,8 @@ impl Workflow<'_> {
             }
             return Ok(Ok(()));
         }
-        let incident = item.incident.to_string();
-        Ok(match self.store.incident_state(item.incident.as_str())? {
+        let incident = item.incident.clone();
+        Ok(match self.store.incident_state(&item.incident)? {
             Some((IncidentStatus::Open, key)) if key == item.evidence_key => Ok(()),
             Some((IncidentStatus::Resolved, _)) => Err(Refusal::IncidentResolved { incident }),
             _ => Err(Refusal::IncidentChanged { incident }),
@@ -325,7 +325,7 @@ impl Workflow<'_> {
         ActionRecord {
             time: Utc::now(),
             host: crate::observe::hostname(),
-            incident: item.incident.to_string(),
+            incident: item.incident.clone(),
             action: item.kind.as_str().into(),
             target: Some(item.target.clone()),
             origin: Origin::Approval,
@@ -346,7 +346,7 @@ async fn recheck(config: &Config, systemd: &impl ReadUnits, item: &Approval, act
     let policy = Policy::from_config(config);
     let state = match action.unit() {
         Some(unit) => {
-            let scope = crate::detect::unit_of(item.incident.as_str());
+            let scope = crate::detect::unit_of(&item.incident);
             check_target(action.kind(), unit.as_str(), &unit_facts(systemd, unit).await, scope, &policy.protected)?;
             systemd.unit_state(unit).await.map_err(|e| e.to_string())?
         }
@@ -393,7 +393,8 @@ mod tests {
         /// An item queued for `ttl` (an undo: no incident needed).
         fn queue(&self, ttl: chrono::Duration) -> Approval {
             let restart = Action::RestartUnit { unit: UnitName::parse("web.service").unwrap() };
-            let (id, _) = self.store.enqueue_undo("unit-failed:web.service", 7, &restart, "go back", ttl).unwrap();
+            let (id, _) =
+                self.store.enqueue_undo(&"unit-failed:web.service".into(), 7, &restart, "go back", ttl).unwrap();
             self.store.approval(id).unwrap().unwrap()
         }
 
@@ -434,7 +435,7 @@ mod tests {
         }
 
         /// `fingerprint` is open in the store with evidence `key`.
-        fn open_incident(&self, fingerprint: &str, key: &str) {
+        fn open_incident(&self, fingerprint: &crate::ids::Fingerprint, key: &str) {
             let db = rusqlite::Connection::open(self.config.state_dir.join(crate::store::DB_FILE)).unwrap();
             db.execute(
                 "INSERT INTO incidents (fingerprint, summary, status, opened_at, last_seen, evidence_key)
@@ -673,7 +674,7 @@ mod tests {
         }
         boot_and_run(&b.config, 2);
         let back = Action::RollbackGeneration { generation: Some(1) };
-        let (id, _) = b.store.enqueue_undo("unit-failed:web.service", 2, &back, "go back", DAY).unwrap();
+        let (id, _) = b.store.enqueue_undo(&"unit-failed:web.service".into(), 2, &back, "go back", DAY).unwrap();
         let item = b.item(id);
         // Another rebuild since: generation 3 is the boot default.
         generation(profile, 3);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::act::Observed;
 use crate::decide::{Decision, Outcome, ProposedAction};
 use crate::gate::Verdict;
-use crate::ids::ApprovalId;
+use crate::ids::{ApprovalId, Fingerprint};
 use crate::repeat::Repeats;
 use crate::rotation::{self, Naming, Rotation, MAX_READ_BYTES};
 use crate::state_dir::{StateDir, StateError};
@@ -38,7 +38,7 @@ pub const INCIDENTS: &str = "incidents.jsonl";
 pub struct IncidentRecord {
     pub time: DateTime<Utc>,
     pub host: String,
-    pub incident: String,
+    pub incident: Fingerprint,
     pub event: IncidentEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -165,7 +165,7 @@ impl std::fmt::Display for ActionOutcome {
 pub struct DecisionRecord {
     pub time: DateTime<Utc>,
     pub host: String,
-    pub incident: String,
+    pub incident: Fingerprint,
     pub summary: String,
     pub model: String,
     pub outcome: DecisionOutcome,
@@ -265,11 +265,18 @@ impl DecisionRecord {
     /// The record of `repeats`: failed decisions of `incident` (whose
     /// summary is `summary`) that failed as the one recorded before them,
     /// the newest with `error`.
-    pub fn repeats(host: &str, incident: &str, summary: &str, model: &str, error: &str, repeats: Repeats) -> Self {
+    pub fn repeats(
+        host: &str,
+        incident: &Fingerprint,
+        summary: &str,
+        model: &str,
+        error: &str,
+        repeats: Repeats,
+    ) -> Self {
         Self {
             time: Utc::now(),
             host: host.into(),
-            incident: incident.into(),
+            incident: incident.clone(),
             summary: summary.into(),
             model: model.into(),
             outcome: DecisionOutcome::Failed,
@@ -291,7 +298,7 @@ impl DecisionRecord {
 pub struct ActionRecord {
     pub time: DateTime<Utc>,
     pub host: String,
-    pub incident: String,
+    pub incident: Fingerprint,
     /// Catalog entry, for example `restart_unit`.
     pub action: String,
     /// The target exactly as proposed (it may not be a valid unit name).

@@ -168,13 +168,15 @@ mod tests {
         /// An automatic action counted and recorded as started by the ledger.
         fn begin(&self, action: &Action, rec: &ActionRecord) -> i64 {
             let ledger = Ledger::new(&self.store, &self.state, self.config.retention.audit());
-            ledger.begin(INCIDENT, Utc::now(), action, rec).unwrap()
+            ledger.begin(&INCIDENT.into(), Utc::now(), action, rec).unwrap()
         }
 
         /// A pending item of the approval queue, claimed by alice.
         fn claimed(&self, action: &Action) -> ApprovalId {
-            let (id, _) =
-                self.store.enqueue_undo(INCIDENT, 7, action, "a test item", chrono::Duration::hours(1)).unwrap();
+            let (id, _) = self
+                .store
+                .enqueue_undo(&INCIDENT.into(), 7, action, "a test item", chrono::Duration::hours(1))
+                .unwrap();
             let binding = self.store.approval(id).unwrap().unwrap().binding;
             assert!(self.store.claim(id, "alice", &binding).unwrap());
             id

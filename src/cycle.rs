@@ -29,7 +29,7 @@ use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident, OpenIncident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
-use crate::ids::ApprovalId;
+use crate::ids::{ApprovalId, Fingerprint};
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
@@ -244,7 +244,7 @@ impl Engine {
         let open = self.store.open_evidence()?;
         let watch: Vec<UnitName> = open
             .iter()
-            .filter_map(|o| o.fingerprint.strip_prefix("unit-failed:"))
+            .filter_map(|o| o.fingerprint.as_str().strip_prefix("unit-failed:"))
             .filter_map(|u| UnitName::parse(u).ok())
             .collect();
         let Some(snap) = unless_stopped(stop.as_mut(), self.observer.observe(cursor.as_deref(), &watch)).await else {
@@ -267,7 +267,7 @@ impl Engine {
         &mut self,
         incidents: &[Incident],
         snap: &Snapshot,
-    ) -> anyhow::Result<(Vec<Novelty>, Vec<String>)> {
+    ) -> anyhow::Result<(Vec<Novelty>, Vec<Fingerprint>)> {
         let (novelty, resolved) = self.store.sync_incidents(incidents, snap)?;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
@@ -327,7 +327,7 @@ impl Engine {
                     None => None,
                     Some((outcome, report)) => {
                         if matches!(outcome, Outcome::Decided { .. }) {
-                            read_for.push(incident.fingerprint.clone());
+                            read_for.push(incident.fingerprint.as_str());
                         }
                         asked.count(&outcome);
                         Some(report)
@@ -482,14 +482,14 @@ impl Engine {
     fn record_incident(
         &self,
         host: &str,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         event: IncidentEvent,
         summary: Option<&str>,
     ) -> anyhow::Result<()> {
         let rec = IncidentRecord {
             time: Utc::now(),
             host: host.into(),
-            incident: fingerprint.into(),
+            incident: fingerprint.clone(),
             event,
             summary: summary.map(str::to_owned),
         };
@@ -501,7 +501,7 @@ impl Engine {
     fn record_repeats(
         &self,
         host: &str,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         failing: &Failing,
         repeats: Option<(FailureKind, Repeats)>,
     ) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::DetectConfig;
+use crate::ids::Fingerprint;
 use crate::observe::systemd::UnitState;
 use crate::observe::{Snapshot, Source};
 
@@ -33,7 +34,7 @@ pub enum Basis {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Incident {
     /// Stable identity across cycles, for example `unit-failed:nginx.service`.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     #[serde(flatten)]
     pub kind: IncidentKind,
     /// One line for humans.
@@ -44,12 +45,12 @@ pub struct Incident {
 }
 
 impl IncidentKind {
-    pub fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> Fingerprint {
         match self {
-            Self::UnitFailed { unit } => format!("unit-failed:{unit}"),
-            Self::DiskFull { mount } => format!("disk-full:{mount}"),
+            Self::UnitFailed { unit } => format!("unit-failed:{unit}").into(),
+            Self::DiskFull { mount } => format!("disk-full:{mount}").into(),
             Self::MemoryPressure => "memory-pressure".into(),
-            Self::ErrorBurst { unit } => format!("error-burst:{unit}"),
+            Self::ErrorBurst { unit } => format!("error-burst:{unit}").into(),
         }
     }
 
@@ -71,15 +72,16 @@ impl IncidentKind {
 }
 
 /// The unit a stored fingerprint is about (`unit-failed:X`, `error-burst:X`).
-pub fn unit_of(fingerprint: &str) -> Option<&str> {
-    match fingerprint.split_once(':') {
+pub fn unit_of(fingerprint: &Fingerprint) -> Option<&str> {
+    match fingerprint.as_str().split_once(':') {
         Some(("unit-failed" | "error-burst", unit)) => Some(unit),
         _ => None,
     }
 }
 
 /// The basis of a stored fingerprint, without re-parsing its kind.
-pub fn basis_of(fingerprint: &str) -> Basis {
+pub fn basis_of(fingerprint: &Fingerprint) -> Basis {
+    let fingerprint = fingerprint.as_str();
     match fingerprint.split_once(':').map_or(fingerprint, |(k, _)| k) {
         "unit-failed" => Basis::Systemd,
         "error-burst" => Basis::Journal,
@@ -105,7 +107,7 @@ fn incident(kind: IncidentKind, summary: String, evidence_key: String) -> Incide
 /// An incident the store holds open, as `detect` needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenIncident {
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub evidence_key: String,
 }
 
@@ -205,7 +207,7 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
         out.push(incident(IncidentKind::UnitFailed { unit: unit.id.clone() }, summary, failure_key(unit)));
     }
     for open in open {
-        let Some(unit) = open.fingerprint.strip_prefix("unit-failed:") else { continue };
+        let Some(unit) = open.fingerprint.as_str().strip_prefix("unit-failed:") else { continue };
         // A unit that no longer exists is absent, and its incident resolves.
         let Some(state) = snap.watched_units.ok().into_iter().flatten().find(|u| u.id == unit) else { continue };
         if let Some(why) = still_down(state, failed_at(&open.evidence_key)) {
@@ -323,7 +325,7 @@ mod tests {
     }
 
     fn open(unit: &UnitState) -> OpenIncident {
-        OpenIncident { fingerprint: format!("unit-failed:{}", unit.id), evidence_key: failure_key(unit) }
+        OpenIncident { fingerprint: format!("unit-failed:{}", unit.id).into(), evidence_key: failure_key(unit) }
     }
 
     #[test]
@@ -344,7 +346,8 @@ mod tests {
         scan.per_unit.insert("quiet.service".into(), 2);
         scan.per_unit.insert("web.service".into(), 40);
         s.journal = Source::Ok(scan);
-        let fps: Vec<String> = detect(&s, &[], &DetectConfig::default()).into_iter().map(|i| i.fingerprint).collect();
+        let fps: Vec<Fingerprint> =
+            detect(&s, &[], &DetectConfig::default()).into_iter().map(|i| i.fingerprint).collect();
         assert_eq!(fps, ["unit-failed:web.service", "disk-full:/", "memory-pressure", "error-burst:noisy.service"]);
     }
 

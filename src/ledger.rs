@@ -27,6 +27,7 @@ use crate::act::{self, Brief, Observed, Unfinished};
 use crate::audit::{self, ActionOutcome, ActionRecord, Origin};
 use crate::catalog::Action;
 use crate::config::Config;
+use crate::ids::Fingerprint;
 use crate::observe::systemd::SystemdLink;
 use crate::rotation::Rotation;
 use crate::state_dir::StateDir;
@@ -94,7 +95,7 @@ impl<'a> Ledger<'a> {
     /// out, and the error says why.
     pub fn begin(
         &self,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         now: DateTime<Utc>,
         action: &Action,
         started: &ActionRecord,
@@ -370,11 +371,11 @@ mod tests {
     fn an_action_whose_start_never_reached_the_trail_stops_counting_and_leaves_no_record() {
         let b = bed();
         // Killed between counting it and recording it as started.
-        b.store.begin_auto(FP, Utc::now(), &restart(), GONE).unwrap();
-        assert_eq!(b.store.auto_history(FP, Utc::now()).unwrap().recent, 1);
+        b.store.begin_auto(&FP.into(), Utc::now(), &restart(), GONE).unwrap();
+        assert_eq!(b.store.auto_history(&FP.into(), Utc::now()).unwrap().recent, 1);
         let said = recover(&b);
         assert!(said[0].contains("never carried out"), "{said:?}");
-        assert_eq!(b.store.auto_history(FP, Utc::now()).unwrap().recent, 0);
+        assert_eq!(b.store.auto_history(&FP.into(), Utc::now()).unwrap().recent, 0);
         assert!(outcomes(&b).is_empty());
         assert!(b.store.unlogged_auto().unwrap().is_empty());
     }
@@ -383,7 +384,7 @@ mod tests {
     fn an_outcome_already_in_the_trail_is_marked_not_written_again() {
         let b = bed();
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
-        let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
+        let id = ledger.begin(&FP.into(), Utc::now(), &restart(), &started()).unwrap();
         // The outcome was appended, then the process died before marking it.
         let done = ActionRecord { auto_id: Some(id), outcome: ActionOutcome::Failed, ..started() };
         audit::append(&b.state, audit::ACTIONS, &done, b.config.retention.audit()).unwrap();
@@ -391,7 +392,7 @@ mod tests {
             recover(&b);
         }
         assert_eq!(outcomes(&b), ["started", "failed"]);
-        let h = b.store.auto_history(FP, Utc::now()).unwrap();
+        let h = b.store.auto_history(&FP.into(), Utc::now()).unwrap();
         assert_eq!((h.recent, h.in_flight, h.last_failed), (1, false, true), "counted, and failed its check");
     }
 
@@ -399,7 +400,7 @@ mod tests {
     fn a_kept_outcome_is_written_once_when_the_trail_can_be_written_again() {
         let b = bed();
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
-        let id = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
+        let id = ledger.begin(&FP.into(), Utc::now(), &restart(), &started()).unwrap();
         // The outcome reached the database, not the trail (a full disk).
         let done = ActionRecord { auto_id: Some(id), outcome: ActionOutcome::Succeeded, ..started() };
         b.store.finish_auto(id, true, &to_json(&done)).unwrap();
@@ -414,11 +415,11 @@ mod tests {
     fn an_unfinished_action_waits_for_systemd_to_be_judged() {
         let b = bed();
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
-        ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
+        ledger.begin(&FP.into(), Utc::now(), &restart(), &started()).unwrap();
         // Nothing kept, systemd out of reach: no outcome is made up.
         assert!(recover(&b).is_empty());
         assert_eq!(outcomes(&b), ["started"]);
-        assert!(b.store.auto_history(FP, Utc::now()).unwrap().in_flight, "and nothing else runs meanwhile");
+        assert!(b.store.auto_history(&FP.into(), Utc::now()).unwrap().in_flight, "and nothing else runs meanwhile");
     }
 
     #[test]
@@ -427,9 +428,9 @@ mod tests {
         let trail = b.dir.path().join(audit::ACTIONS);
         std::fs::create_dir(&trail).unwrap();
         let ledger = Ledger::new(&b.store, &b.state, b.config.retention.audit());
-        let why = ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap_err();
+        let why = ledger.begin(&FP.into(), Utc::now(), &restart(), &started()).unwrap_err();
         assert!(why.starts_with("not carried out: its start could not be recorded"), "{why}");
-        assert_eq!(b.store.auto_history(FP, Utc::now()).unwrap().recent, 0, "not counted: it did not run");
+        assert_eq!(b.store.auto_history(&FP.into(), Utc::now()).unwrap().recent, 0, "not counted: it did not run");
         std::fs::remove_dir(&trail).unwrap();
         for _ in 0..2 {
             recover(&b);
@@ -443,7 +444,7 @@ mod tests {
         // Two small files: the started record is deleted by the records after it.
         let small = Rotation { max_bytes: 2048, files: 2 };
         let ledger = Ledger::new(&b.store, &b.state, small);
-        ledger.begin(FP, Utc::now(), &restart(), &started()).unwrap();
+        ledger.begin(&FP.into(), Utc::now(), &restart(), &started()).unwrap();
         for _ in 0..20 {
             let other = ActionRecord { outcome: ActionOutcome::Queued, ..started() };
             audit::append(&b.state, audit::ACTIONS, &other, small).unwrap();
@@ -452,7 +453,7 @@ mod tests {
         // Nothing kept, systemd out of reach: it stays in flight, counted.
         let said = rt().block_on(ledger.recover(&SystemdLink::Down("no bus here".into()), &b.config));
         assert!(said.is_empty(), "{said:?}");
-        let h = b.store.auto_history(FP, Utc::now()).unwrap();
+        let h = b.store.auto_history(&FP.into(), Utc::now()).unwrap();
         assert!(h.in_flight && h.recent == 1, "{h:?}");
     }
 
@@ -460,7 +461,7 @@ mod tests {
     fn an_action_of_a_process_that_still_runs_is_left_to_it() {
         let b = bed();
         let parent = process_token(std::os::unix::process::parent_id()).expect("the parent process runs");
-        b.store.begin_auto(FP, Utc::now(), &restart(), &parent).unwrap();
+        b.store.begin_auto(&FP.into(), Utc::now(), &restart(), &parent).unwrap();
         assert!(recover(&b).is_empty());
         assert_eq!(b.store.unlogged_auto().unwrap().len(), 1, "still its own");
         assert!(runs_elsewhere(&parent) && !runs_elsewhere(owner()) && !runs_elsewhere(GONE));

@@ -9,6 +9,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::bounded::{self, FileKind, Size};
+use crate::ids::Fingerprint;
 use crate::state_dir::StateDir;
 
 /// Where proposals are written, below the state directory.
@@ -22,7 +23,7 @@ const TARGET_FILE: FileKind = FileKind { name: "configuration file", limit: Size
 pub fn write(
     config_dir: Option<&Path>,
     state: &StateDir,
-    incident: &str,
+    incident: &Fingerprint,
     file: &str,
     diff: &str,
     reason: &str,
@@ -110,7 +111,7 @@ mod tests {
         let path = write(
             Some(repo.path()),
             &StateDir::open(state.path()).unwrap(),
-            "unit-failed:nginx.service",
+            &"unit-failed:nginx.service".into(),
             "hosts/web.nix",
             DIFF,
             "more workers",
@@ -125,7 +126,7 @@ mod tests {
     fn a_proposal_after_older_ones_were_deleted_takes_the_next_number() {
         let (repo, state) = setup();
         let st = StateDir::open(state.path()).unwrap();
-        let propose = || write(Some(repo.path()), &st, "i", "hosts/web.nix", DIFF, "more workers").unwrap();
+        let propose = || write(Some(repo.path()), &st, &"i".into(), "hosts/web.nix", DIFF, "more workers").unwrap();
         let first = propose();
         let second = propose();
         std::fs::remove_file(&first).unwrap();
@@ -141,8 +142,8 @@ mod tests {
         for bad in
             ["../../etc/passwd", "/etc/passwd", "hosts/../../x", "", "hosts/link.nix", "hosts/missing.nix", "hosts"]
         {
-            let err =
-                write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", bad, DIFF, "r").unwrap_err();
+            let err = write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), &"i".into(), bad, DIFF, "r")
+                .unwrap_err();
             assert!(err.starts_with("not proposed because"), "{bad:?}: {err}");
         }
         assert!(!state.path().join(DIR).exists() || std::fs::read_dir(state.path().join(DIR)).unwrap().count() == 0);
@@ -152,23 +153,37 @@ mod tests {
     fn a_diff_that_does_not_apply_or_names_another_file_is_refused() {
         let (repo, state) = setup();
         let stale = DIFF.replace("workers = 2", "workers = 3");
-        assert!(write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", &stale, "r")
-            .unwrap_err()
-            .contains("does not apply"));
-        let other = DIFF.replace("a/hosts/web.nix", "a/etc/shadow");
-        assert!(write(Some(repo.path()), &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", &other, "r")
-            .unwrap_err()
-            .contains("not \"hosts/web.nix\""));
         assert!(write(
             Some(repo.path()),
             &StateDir::open(state.path()).unwrap(),
-            "i",
+            &"i".into(),
+            "hosts/web.nix",
+            &stale,
+            "r"
+        )
+        .unwrap_err()
+        .contains("does not apply"));
+        let other = DIFF.replace("a/hosts/web.nix", "a/etc/shadow");
+        assert!(write(
+            Some(repo.path()),
+            &StateDir::open(state.path()).unwrap(),
+            &"i".into(),
+            "hosts/web.nix",
+            &other,
+            "r"
+        )
+        .unwrap_err()
+        .contains("not \"hosts/web.nix\""));
+        assert!(write(
+            Some(repo.path()),
+            &StateDir::open(state.path()).unwrap(),
+            &"i".into(),
             "hosts/web.nix",
             "rm -rf /",
             "r"
         )
         .is_err());
-        assert!(write(None, &StateDir::open(state.path()).unwrap(), "i", "hosts/web.nix", DIFF, "r")
+        assert!(write(None, &StateDir::open(state.path()).unwrap(), &"i".into(), "hosts/web.nix", DIFF, "r")
             .unwrap_err()
             .contains("nixos.config_dir"));
     }

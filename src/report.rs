@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{ActionOutcome, DecisionOutcome};
 use crate::config::AutonomyLevel;
-use crate::ids::ApprovalId;
+use crate::ids::{ApprovalId, Fingerprint};
 use crate::store::Novelty;
 
 /// What one cycle saw and did, for `macha-check` and the daemon's log.
@@ -25,7 +25,7 @@ pub struct CycleReport {
     pub failed_sources: Vec<FailedSource>,
     pub incidents: Vec<IncidentReport>,
     /// Incidents seen before and gone now.
-    pub resolved: Vec<String>,
+    pub resolved: Vec<Fingerprint>,
     pub wall_ms: u64,
 }
 
@@ -37,7 +37,7 @@ pub struct FailedSource {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentReport {
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub summary: String,
     pub novelty: Novelty,
     /// Absent when the incident was already decided in an earlier cycle.

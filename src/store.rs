@@ -164,14 +164,14 @@ impl rusqlite::types::FromSql for IncidentStatus {
 
 /// What an approval is bound to: the action, its target and arguments, the
 /// incident and the evidence it was based on.
-pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
+pub fn binding(action: &Action, incident: &Fingerprint, evidence_key: &str) -> String {
     use sha2::{Digest, Sha256};
     let target = match action.unit() {
         Some(u) => u.to_string(),
         None => action.to_json(),
     };
     let mut h = Sha256::new();
-    for part in [action.kind().as_str(), target.as_str(), incident, evidence_key] {
+    for part in [action.kind().as_str(), target.as_str(), incident.as_str(), evidence_key] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -181,9 +181,8 @@ pub fn binding(action: &Action, incident: &str, evidence_key: &str) -> String {
 impl Approval {
     /// Whether the stored fields still hash to the stored binding.
     pub fn binding_holds(&self) -> bool {
-        self.action().is_ok_and(|a| {
-            a.target() == self.target && binding(&a, self.incident.as_str(), &self.evidence_key) == self.binding
-        })
+        self.action()
+            .is_ok_and(|a| a.target() == self.target && binding(&a, &self.incident, &self.evidence_key) == self.binding)
     }
 
     pub fn action(&self) -> Result<Action, String> {
@@ -211,7 +210,7 @@ impl Approval {
 pub struct AutoAction {
     pub id: i64,
     pub time: DateTime<Utc>,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// `started`, `finished` or `void`.
     pub state: String,
     pub succeeded: bool,
@@ -431,7 +430,7 @@ impl Store {
         &mut self,
         current: &[Incident],
         snap: &Snapshot,
-    ) -> Result<(Vec<Novelty>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<Novelty>, Vec<Fingerprint>), StoreError> {
         let now = snap.taken_at.to_rfc3339();
         let path = self.path.clone();
         let wrap = move |source| StoreError { path: path.clone(), source };
@@ -474,7 +473,7 @@ impl Store {
             }
             novelty.push(n);
         }
-        let open: Vec<String> = {
+        let open: Vec<Fingerprint> = {
             let mut stmt = tx.prepare("SELECT fingerprint FROM incidents WHERE status = 'open'").map_err(&wrap)?;
             let rows = stmt.query_map([], |r| r.get(0)).map_err(&wrap)?;
             rows.collect::<Result<_, _>>().map_err(&wrap)?
@@ -508,7 +507,7 @@ impl Store {
 
     /// The failing state of `fingerprint`'s decisions, if they are failing.
     /// A value that does not parse (written by another version) counts as none.
-    pub fn failing(&self, fingerprint: &str) -> Result<Option<Failing>, StoreError> {
+    pub fn failing(&self, fingerprint: &Fingerprint) -> Result<Option<Failing>, StoreError> {
         let text: Option<Option<String>> = self
             .conn
             .query_row("SELECT failing FROM incidents WHERE fingerprint = ?1", [fingerprint], |r| r.get(0))
@@ -518,7 +517,7 @@ impl Store {
     }
 
     /// Remembers (or, with `None`, forgets) that `fingerprint`'s decisions are failing.
-    pub fn set_failing(&self, fingerprint: &str, failing: Option<&Failing>) -> Result<(), StoreError> {
+    pub fn set_failing(&self, fingerprint: &Fingerprint, failing: Option<&Failing>) -> Result<(), StoreError> {
         let text = failing.map(|f| serde_json::to_string(f).expect("a failing state serialises"));
         self.conn
             .execute("UPDATE incidents SET failing = ?2 WHERE fingerprint = ?1", params![fingerprint, text])
@@ -527,13 +526,14 @@ impl Store {
     }
 
     /// The open incidents whose decisions are failing, oldest failure first.
-    pub fn failing_open(&self) -> Result<Vec<(String, Failing)>, StoreError> {
+    pub fn failing_open(&self) -> Result<Vec<(Fingerprint, Failing)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT fingerprint, failing FROM incidents WHERE status = 'open' AND failing IS NOT NULL")
             .map_err(self.wrap())?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(self.wrap())?;
-        let mut out: Vec<(String, Failing)> = rows
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, Fingerprint>(0)?, r.get::<_, String>(1)?))).map_err(self.wrap())?;
+        let mut out: Vec<(Fingerprint, Failing)> = rows
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.wrap())?
             .into_iter()
@@ -545,7 +545,7 @@ impl Store {
 
     /// What storm control needs to know about earlier automatic actions:
     /// every one that was started counts, finished or not.
-    pub fn auto_history(&self, fingerprint: &str, now: DateTime<Utc>) -> Result<History, StoreError> {
+    pub fn auto_history(&self, fingerprint: &Fingerprint, now: DateTime<Utc>) -> Result<History, StoreError> {
         let day = (now - chrono::Duration::hours(24)).to_rfc3339();
         let hour = (now - chrono::Duration::hours(1)).to_rfc3339();
         let (recent, last): (u32, Option<String>) = self
@@ -585,7 +585,7 @@ impl Store {
     /// `owner`; returns its id. Its outcome is still to be logged.
     pub fn begin_auto(
         &self,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         now: DateTime<Utc>,
         action: &Action,
         owner: &str,
@@ -752,7 +752,7 @@ impl Store {
     /// generation `from`: approving it is all it takes to go back.
     pub fn enqueue_undo(
         &self,
-        incident: &str,
+        incident: &Fingerprint,
         from: u32,
         undo: &Action,
         reason: &str,
@@ -763,7 +763,7 @@ impl Store {
 
     fn enqueue_for(
         &self,
-        fingerprint: &str,
+        fingerprint: &Fingerprint,
         evidence_key: &str,
         action: &Action,
         reason: &str,
@@ -838,7 +838,7 @@ impl Store {
     }
 
     /// Open incidents: fingerprint and summary, oldest first.
-    pub fn open_incidents(&self) -> Result<Vec<(String, String)>, StoreError> {
+    pub fn open_incidents(&self) -> Result<Vec<(Fingerprint, String)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT fingerprint, summary FROM incidents WHERE status = 'open' ORDER BY opened_at")
@@ -848,7 +848,7 @@ impl Store {
     }
 
     /// The incident's state and current evidence key, if it is known.
-    pub fn incident_state(&self, fingerprint: &str) -> Result<Option<(IncidentStatus, String)>, StoreError> {
+    pub fn incident_state(&self, fingerprint: &Fingerprint) -> Result<Option<(IncidentStatus, String)>, StoreError> {
         self.conn
             .query_row("SELECT status, evidence_key FROM incidents WHERE fingerprint = ?1", [fingerprint], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -1032,7 +1032,7 @@ mod tests {
                 [],
             )
             .unwrap();
-        assert_eq!(store.failing("f").unwrap(), None);
+        assert_eq!(store.failing(&"f".into()).unwrap(), None);
         let t0 = Utc::now();
         let f = Failing {
             summary: "s".into(),
@@ -1048,10 +1048,10 @@ mod tests {
             since: t0,
             last: t0,
         };
-        store.set_failing("f", Some(&f)).unwrap();
-        assert_eq!(store.failing("f").unwrap(), Some(f.clone()));
-        assert_eq!(store.failing_open().unwrap(), [("f".to_owned(), f)]);
-        store.set_failing("f", None).unwrap();
+        store.set_failing(&"f".into(), Some(&f)).unwrap();
+        assert_eq!(store.failing(&"f".into()).unwrap(), Some(f.clone()));
+        assert_eq!(store.failing_open().unwrap(), [(Fingerprint::from("f"), f)]);
+        store.set_failing(&"f".into(), None).unwrap();
         assert!(store.failing_open().unwrap().is_empty());
     }
 

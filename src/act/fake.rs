@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::{Executor, Host, JobResult, Report};
 use crate::catalog::Action;
 use crate::config::Config;
+use crate::ids::Fingerprint;
 use crate::observe::systemd::{ReadUnits, SystemdError, SystemdLink, UnitState};
 use crate::unit::UnitName;
 
@@ -173,7 +174,7 @@ impl Executor for FakeHost {
         &self,
         action: &Action,
         config: &Config,
-        open_incidents: Result<Vec<(String, String)>, String>,
+        open_incidents: Result<Vec<(Fingerprint, String)>, String>,
     ) -> Report {
         let down = SystemdLink::Down("no systemd in a unit test".into());
         super::execute_on(Ok(self), &down, action, config, open_incidents).await

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Action, RebuildMode, Verify};
 use crate::config::{ActConfig, Config};
+use crate::ids::Fingerprint;
 use crate::observe::host;
 use crate::observe::nixos::{self, Generations};
 use crate::observe::systemd::{ReadUnits, Systemd, SystemdLink, UnitState};
@@ -147,7 +148,7 @@ pub async fn execute(
     systemd: &SystemdLink<'_>,
     action: &Action,
     config: &Config,
-    open_incidents: Result<Vec<(String, String)>, String>,
+    open_incidents: Result<Vec<(Fingerprint, String)>, String>,
 ) -> Report {
     // Written out, not `map(Control::new)`: `tests/invariants.rs` finds
     // the one place that makes a `Control` by its call.
@@ -167,7 +168,7 @@ pub trait Executor {
         &self,
         action: &Action,
         config: &Config,
-        open_incidents: Result<Vec<(String, String)>, String>,
+        open_incidents: Result<Vec<(Fingerprint, String)>, String>,
     ) -> impl std::future::Future<Output = Report> + Send;
 }
 
@@ -176,7 +177,7 @@ impl Executor for SystemdLink<'_> {
         &self,
         action: &Action,
         config: &Config,
-        open_incidents: Result<Vec<(String, String)>, String>,
+        open_incidents: Result<Vec<(Fingerprint, String)>, String>,
     ) -> impl std::future::Future<Output = Report> + Send {
         execute(self, action, config, open_incidents)
     }
@@ -187,7 +188,7 @@ impl Executor for Systemd {
         &self,
         action: &Action,
         config: &Config,
-        open_incidents: Result<Vec<(String, String)>, String>,
+        open_incidents: Result<Vec<(Fingerprint, String)>, String>,
     ) -> Report {
         execute(&SystemdLink::Up(self), action, config, open_incidents).await
     }
@@ -201,7 +202,7 @@ pub(crate) async fn execute_on(
     systemd: &SystemdLink<'_>,
     action: &Action,
     config: &Config,
-    open_incidents: Result<Vec<(String, String)>, String>,
+    open_incidents: Result<Vec<(Fingerprint, String)>, String>,
 ) -> Report {
     // The catalog says how each entry is judged; each probe's code is here.
     match (action.verify(), host) {
@@ -256,7 +257,7 @@ fn space_of(path: &std::path::Path) -> Option<Space> {
 /// Evidence kept of one open incident before the journal is vacuumed.
 #[derive(Debug, Serialize)]
 struct KeptEvidence {
-    incident: String,
+    incident: Fingerprint,
     summary: String,
     /// The unit's last journal lines (redacted), for incidents about a unit.
     lines: Vec<String>,
@@ -266,7 +267,7 @@ struct KeptEvidence {
 /// the caller's store has them) to
 /// `STATE_DIR/evidence/TIME-before-vacuum.json` (synced), so a journal
 /// vacuum can never destroy what an open incident is based on.
-pub fn preserve_evidence(config: &Config, open: Vec<(String, String)>) -> Result<PathBuf, String> {
+pub fn preserve_evidence(config: &Config, open: Vec<(Fingerprint, String)>) -> Result<PathBuf, String> {
     let state = crate::state_dir::StateDir::open(&config.state_dir).map_err(|e| e.to_string())?;
     let mut kept = Vec::with_capacity(open.len());
     for (incident, summary) in open {
@@ -299,7 +300,7 @@ async fn cleanup(
     host: &impl Host,
     action: &Action,
     config: &Config,
-    open_incidents: Result<Vec<(String, String)>, String>,
+    open_incidents: Result<Vec<(Fingerprint, String)>, String>,
 ) -> Report {
     let mut kept = String::new();
     if let Action::VacuumJournal { .. } = action {

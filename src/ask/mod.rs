@@ -251,12 +251,11 @@ pub fn discussion_context(item: &Approval, records: &Records<'_>) -> String {
     let _ = writeln!(block, "diagnosis: {}", one_line(&item.diagnosis));
     let _ = writeln!(block, "binding (what an approval is bound to): {}", item.binding);
     let about = |query: Query| records.run(&query).unwrap_or_else(|e| format!("could not be read: {e}"));
-    let _ =
-        writeln!(block, "incident history: {}", about(Query::IncidentHistory { incident: item.incident.to_string() }));
+    let _ = writeln!(block, "incident history: {}", about(Query::IncidentHistory { incident: item.incident.clone() }));
     let _ = writeln!(
         block,
         "latest decision about the incident: {}",
-        about(Query::Decisions { incident: Some(item.incident.to_string()), limit: 1 })
+        about(Query::Decisions { incident: Some(item.incident.clone()), limit: 1 })
     );
     let block = redact(&block).replace("</queued-action>", "</ queued-action>");
     format!(

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::audit::{self, AuditError};
 use crate::catalog;
 use crate::decide::tools::closed_tool;
+use crate::ids::Fingerprint;
 use crate::investigate;
 use crate::model::Tool;
 use crate::redact::redact;
@@ -112,11 +113,11 @@ impl RecordTool {
 /// A checked call of a record tool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
-    Decisions { incident: Option<String>, limit: usize },
-    Actions { incident: Option<String>, limit: usize },
+    Decisions { incident: Option<Fingerprint>, limit: usize },
+    Actions { incident: Option<Fingerprint>, limit: usize },
     PendingApprovals,
     OpenIncidents,
-    IncidentHistory { incident: String },
+    IncidentHistory { incident: Fingerprint },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,7 +223,7 @@ fn plain_serde_error(e: &serde_json::Error) -> String {
 /// An incident fingerprint as macha writes them: `unit-failed:UNIT`,
 /// `error-burst:UNIT` (a valid unit name), `disk-full:MOUNT` (an absolute,
 /// normalised path) or `memory-pressure`.
-pub fn check_incident(raw: &str) -> Result<String, Refused> {
+pub fn check_incident(raw: &str) -> Result<Fingerprint, Refused> {
     let ok = match raw.split_once(':') {
         Some(("unit-failed" | "error-burst", unit)) => UnitName::parse(unit).is_ok(),
         Some(("disk-full", mount)) => catalog::check_probe_path(mount).is_ok(),
@@ -230,7 +231,7 @@ pub fn check_incident(raw: &str) -> Result<String, Refused> {
         Some(_) => false,
     };
     if ok {
-        Ok(raw.to_owned())
+        Ok(raw.into())
     } else {
         Err(Refused::NotAnIncident)
     }
@@ -246,8 +247,8 @@ impl Records<'_> {
     /// why the records could not be read.
     pub fn run(&self, query: &Query) -> Result<String, ReadError> {
         let text = match query {
-            Query::Decisions { incident, limit } => self.decisions(incident.as_deref(), *limit)?,
-            Query::Actions { incident, limit } => self.actions(incident.as_deref(), *limit)?,
+            Query::Decisions { incident, limit } => self.decisions(incident.as_ref(), *limit)?,
+            Query::Actions { incident, limit } => self.actions(incident.as_ref(), *limit)?,
             Query::PendingApprovals => self.pending()?,
             Query::OpenIncidents => self.open_incidents()?,
             Query::IncidentHistory { incident } => self.history(incident)?,
@@ -284,17 +285,17 @@ impl Records<'_> {
         Store::open(self.state).map(Some).map_err(|e| ReadError::State { source: Box::new(e) })
     }
 
-    fn decisions(&self, incident: Option<&str>, limit: usize) -> Result<String, ReadError> {
+    fn decisions(&self, incident: Option<&Fingerprint>, limit: usize) -> Result<String, ReadError> {
         let (records, note) = self.read(audit::DECISIONS, "decisions")?;
-        let of = |r: &&Value| incident.is_none_or(|i| text(r, "incident") == i);
+        let of = |r: &&Value| incident.is_none_or(|i| text(r, "incident") == i.as_str());
         let mine: Vec<&Value> = records.iter().filter(of).collect();
         let head = listing_head("decision", mine.len(), limit, incident, &note);
         Ok(bounded(head, mine.iter().rev().take(limit).map(|r| decision_text(r)), "decisions"))
     }
 
-    fn actions(&self, incident: Option<&str>, limit: usize) -> Result<String, ReadError> {
+    fn actions(&self, incident: Option<&Fingerprint>, limit: usize) -> Result<String, ReadError> {
         let (records, note) = self.read(audit::ACTIONS, "action records")?;
-        let of = |r: &&Value| incident.is_none_or(|i| text(r, "incident") == i);
+        let of = |r: &&Value| incident.is_none_or(|i| text(r, "incident") == i.as_str());
         let mine: Vec<&Value> = records.iter().filter(of).collect();
         let head = listing_head("action record", mine.len(), limit, incident, &note);
         Ok(bounded(head, mine.iter().rev().take(limit).map(|r| action_text(r)), "action records"))
@@ -333,19 +334,23 @@ impl Records<'_> {
             return Ok("No incident is open.".to_owned());
         }
         let head = format!("{} open incident{}, oldest first:", open.len(), plural(open.len()));
-        Ok(bounded(head, open.iter().map(|(fp, summary)| format!("{}: {}", field(fp), field(summary))), "incidents"))
+        Ok(bounded(
+            head,
+            open.iter().map(|(fp, summary)| format!("{}: {}", field(fp.as_str()), field(summary))),
+            "incidents",
+        ))
     }
 
-    fn history(&self, incident: &str) -> Result<String, ReadError> {
+    fn history(&self, incident: &Fingerprint) -> Result<String, ReadError> {
         let state = match self.store()? {
             Some(store) => store.incident_state(incident).map_err(|e| ReadError::Incidents { source: Box::new(e) })?,
             None => None,
         };
         let (events, note) = self.read(audit::INCIDENTS, "incident records")?;
-        let events: Vec<&Value> = events.iter().filter(|r| text(r, "incident") == incident).collect();
+        let events: Vec<&Value> = events.iter().filter(|r| text(r, "incident") == incident.as_str()).collect();
         let decisions = self.read(audit::DECISIONS, "decisions")?.0;
         let actions = self.read(audit::ACTIONS, "action records")?.0;
-        let count = |records: &[Value]| records.iter().filter(|r| text(r, "incident") == incident).count();
+        let count = |records: &[Value]| records.iter().filter(|r| text(r, "incident") == incident.as_str()).count();
         let status = match &state {
             Some((status, _)) => format!("{incident} is {status} now."),
             None => format!("macha has no state for {incident}: it was never detected here, or its state was removed."),
@@ -384,7 +389,7 @@ fn no_state(state_dir: &Path) -> String {
 }
 
 /// "3 most recent decisions of 57 recorded for X, newest first:", or that there are none.
-fn listing_head(what: &str, total: usize, limit: usize, incident: Option<&str>, note: &str) -> String {
+fn listing_head(what: &str, total: usize, limit: usize, incident: Option<&Fingerprint>, note: &str) -> String {
     let scope = incident.map(|i| format!(" for {i}")).unwrap_or_default();
     if total == 0 {
         return format!("There are no {what}s{scope}{note}.");

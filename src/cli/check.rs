@@ -69,7 +69,7 @@ fn human(r: &CycleReport) -> String {
         let _ = writeln!(out, "{n} incident{}:", if n == 1 { "" } else { "s" });
     }
     for i in &r.incidents {
-        let _ = writeln!(out, "  {} [{}]", shown(&i.fingerprint), i.novelty.as_str());
+        let _ = writeln!(out, "  {} [{}]", shown(i.fingerprint.as_str()), i.novelty.as_str());
         let _ = writeln!(out, "    {}", shown(&i.summary));
         let Some(d) = &i.decision else {
             let _ = writeln!(out, "    already decided in an earlier cycle (see `macha-logs decisions`)");
@@ -94,7 +94,7 @@ fn human(r: &CycleReport) -> String {
         }
     }
     for fp in &r.resolved {
-        let _ = writeln!(out, "  resolved: {}", shown(fp));
+        let _ = writeln!(out, "  resolved: {}", shown(fp.as_str()));
     }
     out
 }

@@ -255,7 +255,7 @@ fn human_action(v: &Value) -> String {
 /// the journal, unit and mount names, people's reasons (and the files
 /// could have been edited).
 fn decision_line(r: &DecisionRecord) -> String {
-    let mut line = format!("{}  {}  {}", when(&r.time), shown(&r.incident), r.outcome);
+    let mut line = format!("{}  {}  {}", when(&r.time), shown(r.incident.as_str()), r.outcome);
     if let Some(d) = &r.decision {
         line.push_str(&format!(" ({}): {}", severity(d.severity), shown(&d.diagnosis)));
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::output::{out, outln, shown};
 use macha::config::{seconds, Config};
+use macha::ids::Fingerprint;
 use macha::model::metrics::{self, CycleMetrics};
 use macha::model::status::{self, DaemonStatus};
 use macha::model::{Check, EndpointCheck, QueueStatus};
@@ -63,7 +64,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 /// An open incident whose decisions keep failing, and when the daemon asks again.
 #[derive(Debug, Clone, Serialize)]
 struct FailingDecision {
-    incident: String,
+    incident: Fingerprint,
     /// The kind of failure, as the records of repeats count it.
     kind: String,
     error: String,
@@ -113,7 +114,7 @@ fn failing_lines(failing: &[FailingDecision]) -> String {
         let _ = writeln!(
             out,
             "  {}: {} failed in a row since {} ({}); {next}",
-            shown(&f.incident),
+            shown(f.incident.as_str()),
             f.failures,
             local(f.since),
             shown(&f.kind)

@@ -177,7 +177,7 @@ impl Prompts {
     fn frame<'a>(&'a self, incident: &Incident, snap: &Snapshot, facts: &str) -> Frame<'a> {
         let mut vars = BTreeMap::new();
         vars.insert("hostname", snap.hostname.clone());
-        vars.insert("fingerprint", incident.fingerprint.clone());
+        vars.insert("fingerprint", incident.fingerprint.to_string());
         vars.insert("summary", redact(&incident.summary).into_owned());
         Frame { prompts: self, vars, facts: redact(facts).into_owned() }
     }

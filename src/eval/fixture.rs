@@ -292,7 +292,7 @@ impl RawFixture {
         let journal = journal(self.journal)?;
         let expect = self.expect.check()?;
         let incident = Incident {
-            fingerprint: self.incident.fingerprint,
+            fingerprint: self.incident.fingerprint.into(),
             kind,
             summary: self.incident.summary,
             evidence_key: String::new(),

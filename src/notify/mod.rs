@@ -22,6 +22,7 @@ use self::gotify::{Gotify, Token};
 use self::outbox::{Outbox, OutboxError, Tracked};
 use crate::audit::{self, ActionOutcome, DecisionOutcome, IncidentEvent};
 use crate::config::{Config, GotifyConfig};
+use crate::ids::Fingerprint;
 use crate::redact::redact;
 use crate::report::{ActionReport, ActionResult, CycleReport, DecisionReport, IncidentReport};
 use crate::state_dir::StateDir;
@@ -211,7 +212,7 @@ impl Notifier {
 
     /// The incidents resolved this cycle start to settle: the message that
     /// they are resolved waits until they stay gone (`resolve_settled`).
-    fn mark_resolving(&self, resolved: &[String], now: DateTime<Utc>) -> Result<(), NotifyError> {
+    fn mark_resolving(&self, resolved: &[Fingerprint], now: DateTime<Utc>) -> Result<(), NotifyError> {
         for fp in resolved {
             if let Some(mut t) = self.outbox.tracked(fp)? {
                 t.state = "resolving".into();
@@ -239,7 +240,7 @@ impl Notifier {
                 self.outbox.track(fp, &t)?;
                 let body = format!(
                     "**Incident opened:** {}\n\n{}\n\n`macha-logs decisions` shows what was decided.",
-                    code(fp),
+                    code(fp.as_str()),
                     inc.summary
                 );
                 self.emit(self.message(Kind::Opened, host, &inc.summary, body), now)?;
@@ -287,7 +288,7 @@ impl Notifier {
                 let body = format!(
                     "**Approval needed** for {} on incident {}\n\n**Diagnosis:** {diagnosis}\n\n**Why:** {}\n\nTo carry it out: `macha-approve approve {id}`\n\nTo drop it: `macha-approve reject {id} --reason \"...\"`",
                     code(&what),
-                    code(fp),
+                    code(fp.as_str()),
                     a.reason
                 );
                 self.emit(self.message(Kind::Queued, host, &format!("approval needed: {what}"), body), now)?;
@@ -296,7 +297,7 @@ impl Notifier {
                 let body = format!(
                     "**A human is needed** for {} on incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
                     code(&what),
-                    code(fp),
+                    code(fp.as_str()),
                     a.detail
                 );
                 self.emit(self.message(Kind::Escalation, host, &format!("needs a human: {what}"), body), now)?;
@@ -304,7 +305,7 @@ impl Notifier {
             ActionResult::Proposed => {
                 let body = format!(
                     "**Configuration change proposed** for incident {}\n\n**Why:** {}\n\n{}\n\n**Diagnosis:** {diagnosis}",
-                    code(fp),
+                    code(fp.as_str()),
                     a.reason,
                     a.detail
                 );
@@ -315,7 +316,7 @@ impl Notifier {
             ActionResult::Informed => {
                 let body = format!(
                     "**A human is needed** for incident {}\n\n{}\n\n**Diagnosis:** {diagnosis}\n\n**Why no automatic action:** {}",
-                    code(fp),
+                    code(fp.as_str()),
                     inc.summary,
                     a.reason
                 );
@@ -333,7 +334,7 @@ impl Notifier {
     pub fn action_result(
         &self,
         host: &str,
-        incident: &str,
+        incident: &Fingerprint,
         what: &str,
         succeeded: bool,
         detail: &str,
@@ -344,7 +345,7 @@ impl Notifier {
         } else {
             (Kind::Failed, format!("FAILED: {what}"), "**Failed**")
         };
-        let body = format!("{head}: {} for incident {}\n\n{detail}", code(what), code(incident));
+        let body = format!("{head}: {} for incident {}\n\n{detail}", code(what), code(incident.as_str()));
         self.emit(self.message(kind, host, &title, body), now)
     }
 
@@ -361,7 +362,7 @@ impl Notifier {
             } else {
                 String::new()
             };
-            let body = format!("**Resolved:** {}\n\nWas: {}{flaps}", code(&fp), t.summary);
+            let body = format!("**Resolved:** {}\n\nWas: {}{flaps}", code(fp.as_str()), t.summary);
             let title =
                 if t.flaps > 0 { format!("resolved after {} flaps: {fp}", t.flaps) } else { format!("resolved: {fp}") };
             self.emit(self.message(Kind::Resolved, host, &title, body), now)?;

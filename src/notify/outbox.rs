@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Message;
+use crate::ids::Fingerprint;
 use crate::state_dir::StateDir;
 
 const SCHEMA: &str = "
@@ -87,7 +88,7 @@ impl Outbox {
         |source| OutboxError { path: self.path.clone(), source }
     }
 
-    pub fn tracked(&self, fingerprint: &str) -> Result<Option<Tracked>, OutboxError> {
+    pub fn tracked(&self, fingerprint: &Fingerprint) -> Result<Option<Tracked>, OutboxError> {
         self.conn
             .query_row(
                 "SELECT state, since, flaps, summary FROM notify_incidents WHERE fingerprint = ?1",
@@ -105,7 +106,7 @@ impl Outbox {
             .map_err(self.wrap())
     }
 
-    pub fn track(&self, fingerprint: &str, t: &Tracked) -> Result<(), OutboxError> {
+    pub fn track(&self, fingerprint: &Fingerprint, t: &Tracked) -> Result<(), OutboxError> {
         self.conn
             .execute(
                 "INSERT INTO notify_incidents (fingerprint, state, since, flaps, summary) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -116,7 +117,7 @@ impl Outbox {
             .map_err(self.wrap())
     }
 
-    pub fn untrack(&self, fingerprint: &str) -> Result<(), OutboxError> {
+    pub fn untrack(&self, fingerprint: &Fingerprint) -> Result<(), OutboxError> {
         self.conn
             .execute("DELETE FROM notify_incidents WHERE fingerprint = ?1", [fingerprint])
             .map(drop)
@@ -124,7 +125,7 @@ impl Outbox {
     }
 
     /// Fingerprints gone since before `cutoff`, with their state.
-    pub fn resolving_since_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<(String, Tracked)>, OutboxError> {
+    pub fn resolving_since_before(&self, cutoff: DateTime<Utc>) -> Result<Vec<(Fingerprint, Tracked)>, OutboxError> {
         let mut stmt = self
             .conn
             .prepare("SELECT fingerprint, state, since, flaps, summary FROM notify_incidents WHERE state = 'resolving' ORDER BY since")
@@ -132,7 +133,7 @@ impl Outbox {
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
+                    r.get::<_, Fingerprint>(0)?,
                     Tracked {
                         state: r.get(1)?,
                         since: parse_ts(&r.get::<_, String>(2)?),
@@ -142,7 +143,7 @@ impl Outbox {
                 ))
             })
             .map_err(self.wrap())?;
-        let all: Vec<(String, Tracked)> = rows.collect::<Result<_, _>>().map_err(self.wrap())?;
+        let all: Vec<(Fingerprint, Tracked)> = rows.collect::<Result<_, _>>().map_err(self.wrap())?;
         Ok(all.into_iter().filter(|(_, t)| t.since <= cutoff).collect())
     }
 
