@@ -104,8 +104,6 @@ impl FakeHost {
 
     /// Records `call` and ends the job on `unit` as told; a job that ran
     /// moves the unit to its `then` states.
-    // The error is the one `Host` declares.
-    #[allow(clippy::result_large_err)]
     fn job(
         &self,
         call: Call,
@@ -119,7 +117,7 @@ impl FakeHost {
             JobEnd::Dbus(message) => {
                 return Err(SystemdError::Call {
                     call: format!("{verb}({unit})"),
-                    source: zbus::Error::Failure(message.into()),
+                    source: Box::new(zbus::Error::Failure(message.into())),
                 })
             }
             JobEnd::Timeout => Err(SystemdError::JobTimeout { verb, unit: unit.to_string(), secs: timeout.as_secs() }),

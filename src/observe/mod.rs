@@ -5,12 +5,14 @@
 //! the snapshot and the others still count, so a broken journal never hides
 //! a failed unit.
 
+pub mod events;
 pub mod fold;
 pub mod host;
 pub mod journal;
 pub mod nixos;
 mod sigbus;
 pub mod systemd;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -22,12 +22,13 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::Connection;
 
 use crate::unit::UnitName;
@@ -46,56 +47,6 @@ trait Manager {
         Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>,
     >;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-}
-
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
-trait Unit {
-    #[zbus(property)]
-    fn id(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn names(&self) -> zbus::Result<Vec<String>>;
-    #[zbus(property)]
-    fn description(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn load_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "InvocationID")]
-    fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
-    #[zbus(property)]
-    fn inactive_enter_timestamp(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn wanted_by(&self) -> zbus::Result<Vec<String>>;
-    #[zbus(property)]
-    fn required_by(&self) -> zbus::Result<Vec<String>>;
-    #[zbus(property)]
-    fn triggered_by(&self) -> zbus::Result<Vec<String>>;
-    #[zbus(property)]
-    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
-    #[zbus(property)]
-    fn refuse_manual_stop(&self) -> zbus::Result<bool>;
-    #[zbus(property)]
-    fn success_action(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn failure_action(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
-trait Service {
-    #[zbus(property)]
-    fn result(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "NRestarts")]
-    fn n_restarts(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn exec_main_status(&self) -> zbus::Result<i32>;
-    #[zbus(property, name = "Type")]
-    fn service_type(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn remain_after_exit(&self) -> zbus::Result<bool>;
 }
 
 /// The state of one unit as systemd reports it.
@@ -144,16 +95,18 @@ impl UnitState {
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot connect to D-Bus at {address}: {source}")]
-    Connect { address: String, source: zbus::Error },
+    Connect { address: String, source: Box<zbus::Error> },
     #[error("systemd D-Bus call {call} failed: {source}")]
-    Call { call: String, source: zbus::Error },
+    Call { call: String, source: Box<zbus::Error> },
+    #[error("systemd's property {name} cannot be read: {why}")]
+    Property { name: String, why: String },
     #[error("systemd did not finish the {verb} job for {unit} within {secs} s")]
     JobTimeout { verb: &'static str, unit: String, secs: u64 },
 }
 
 pub(crate) fn call_err(call: impl Into<String>) -> impl FnOnce(zbus::Error) -> SystemdError {
     let call = call.into();
-    move |source| SystemdError::Call { call, source }
+    move |source| SystemdError::Call { call, source: Box::new(source) }
 }
 
 /// What can be read about units: the read side of the host, implemented
@@ -210,7 +163,7 @@ impl Systemd {
     /// Connects to `address`, or to the system bus when it is `None`.
     pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
         let shown = address.unwrap_or("the system bus").to_owned();
-        let connect_err = |source| SystemdError::Connect { address: shown.clone(), source };
+        let connect_err = |source| SystemdError::Connect { address: shown.clone(), source: Box::new(source) };
         let conn = match address {
             Some(a) => zbus::connection::Builder::address(a).map_err(connect_err)?.build().await,
             None => Connection::system().await,
@@ -261,79 +214,103 @@ impl Systemd {
         Ok((state.load_state != "not-found").then_some(state))
     }
 
+    /// Reads `name`'s state at `path`: one `GetAll` of the unit's
+    /// interface and one of its type's (a service's, or the one that
+    /// carries `Result` for the other types).
     async fn read_state(&self, name: &str, path: OwnedObjectPath) -> Result<UnitState, SystemdError> {
-        let err = |what: &str| call_err(format!("read {what} of {name}"));
-        let unit = UnitProxy::builder(&self.conn)
-            .path(path.clone())
-            .map_err(err("path"))?
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .and_then(|b| b.path(path))
+            .map_err(call_err(format!("Properties proxy of {name}")))?
             .cache_properties(CacheProperties::No)
             .build()
             .await
-            .map_err(err("Unit proxy"))?;
-        let id = unit.id().await.map_err(err("Id"))?;
-        let (mut result, mut n_restarts, mut exec_main_status) = (None, None, None);
-        let (mut service_type, mut remain_after_exit) = (None, false);
-        if id.ends_with(".service") {
-            let service = ServiceProxy::builder(&self.conn)
-                .path(path)
-                .map_err(err("path"))?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await
-                .map_err(err("Service proxy"))?;
-            result = Some(service.result().await.map_err(err("Result"))?);
-            n_restarts = Some(service.n_restarts().await.map_err(err("NRestarts"))?);
-            exec_main_status = Some(service.exec_main_status().await.map_err(err("ExecMainStatus"))?);
-            service_type = Some(service.service_type().await.map_err(err("Type"))?);
-            remain_after_exit = service.remain_after_exit().await.map_err(err("RemainAfterExit"))?;
-        } else if let Some(iface) = result_interface(&id) {
-            let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
-                .destination("org.freedesktop.systemd1")
-                .map_err(err("destination"))?
-                .path(path)
-                .map_err(err("path"))?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await
-                .map_err(err("Properties proxy"))?;
-            let iface = zbus::names::InterfaceName::try_from(iface).map_err(|e| err("interface")(e.into()))?;
-            if let Ok(value) = props.get(iface, "Result").await {
-                result = String::try_from(value).ok();
+            .map_err(call_err(format!("Properties proxy of {name}")))?;
+        let get_all = |iface: &'static str| {
+            let props = &props;
+            async move {
+                let interface = zbus::names::InterfaceName::from_static_str_unchecked(iface);
+                props
+                    .get_all(interface)
+                    .await
+                    .map(Props)
+                    .map_err(|e| call_err(format!("GetAll({iface}) of {name}"))(e.into()))
             }
-        }
-        let usec = unit.inactive_enter_timestamp().await.map_err(err("InactiveEnterTimestamp"))?;
-        let active_usec = unit.active_enter_timestamp().await.map_err(err("ActiveEnterTimestamp"))?;
-        let mut wanted_by = unit.wanted_by().await.map_err(err("WantedBy"))?;
-        wanted_by.extend(unit.required_by().await.map_err(err("RequiredBy"))?);
-        Ok(UnitState {
-            names: unit.names().await.map_err(err("Names"))?,
-            description: unit.description().await.map_err(err("Description"))?,
-            load_state: unit.load_state().await.map_err(err("LoadState"))?,
-            active_state: unit.active_state().await.map_err(err("ActiveState"))?,
-            sub_state: unit.sub_state().await.map_err(err("SubState"))?,
-            result,
-            n_restarts,
-            exec_main_status,
-            inactive_enter_timestamp: timestamp(usec),
-            active_enter_timestamp: timestamp(active_usec),
-            invocation_id: unit
-                .invocation_id()
-                .await
-                .map_err(err("InvocationID"))?
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-            service_type,
-            remain_after_exit,
-            wanted_by,
-            triggered_by: unit.triggered_by().await.map_err(err("TriggeredBy"))?,
-            has_job: unit.job().await.map_err(err("Job"))?.0 != 0,
-            refuse_manual_stop: unit.refuse_manual_stop().await.map_err(err("RefuseManualStop"))?,
-            success_action: unit.success_action().await.map_err(err("SuccessAction"))?,
-            failure_action: unit.failure_action().await.map_err(err("FailureAction"))?,
-            id,
-        })
+        };
+        let unit = get_all(UNIT_IFACE).await?;
+        let id: String = unit.get("Id")?;
+        let typed = match type_interface(&id) {
+            Some(SERVICE_IFACE) => Some(get_all(SERVICE_IFACE).await?),
+            // Another type's `Result` is only shown; a unit without it is still read.
+            Some(iface) => get_all(iface).await.ok(),
+            None => None,
+        };
+        state_of(id, &unit, typed.as_ref())
     }
+}
+
+const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+
+/// One interface's properties as `GetAll` or `PropertiesChanged` gives
+/// them, read by name and type.
+#[derive(Debug, Default)]
+pub struct Props(pub(crate) HashMap<String, OwnedValue>);
+
+impl Props {
+    /// The property `name`, which must be there and of type `T`.
+    pub fn get<T>(&self, name: &str) -> Result<T, SystemdError>
+    where
+        T: TryFrom<OwnedValue>,
+        T::Error: Into<zbus::Error>,
+    {
+        self.maybe(name)?.ok_or_else(|| SystemdError::Property { name: name.into(), why: "missing".into() })
+    }
+
+    /// The property `name` if it is there; of type `T` if so.
+    pub fn maybe<T>(&self, name: &str) -> Result<Option<T>, SystemdError>
+    where
+        T: TryFrom<OwnedValue>,
+        T::Error: Into<zbus::Error>,
+    {
+        let Some(value) = self.0.get(name) else { return Ok(None) };
+        let value = value.try_clone().map_err(|e| SystemdError::Property { name: name.into(), why: e.to_string() })?;
+        T::try_from(value)
+            .map(Some)
+            .map_err(|e| SystemdError::Property { name: name.into(), why: e.into().to_string() })
+    }
+}
+
+/// A unit's state from its properties: `unit` those of
+/// `org.freedesktop.systemd1.Unit`, `typed` those of its type's interface.
+fn state_of(id: String, unit: &Props, typed: Option<&Props>) -> Result<UnitState, SystemdError> {
+    let service = typed.filter(|_| id.ends_with(".service"));
+    let mut wanted_by: Vec<String> = unit.get("WantedBy")?;
+    wanted_by.extend(unit.get::<Vec<String>>("RequiredBy")?);
+    let job: (u32, OwnedObjectPath) = unit.get("Job")?;
+    let invocation: Vec<u8> = unit.get("InvocationID")?;
+    Ok(UnitState {
+        names: unit.get("Names")?,
+        description: unit.get("Description")?,
+        load_state: unit.get("LoadState")?,
+        active_state: unit.get("ActiveState")?,
+        sub_state: unit.get("SubState")?,
+        result: typed.map(|t| t.maybe("Result")).transpose()?.flatten(),
+        n_restarts: service.map(|s| s.get("NRestarts")).transpose()?,
+        exec_main_status: service.map(|s| s.get("ExecMainStatus")).transpose()?,
+        inactive_enter_timestamp: timestamp(unit.get("InactiveEnterTimestamp")?),
+        active_enter_timestamp: timestamp(unit.get("ActiveEnterTimestamp")?),
+        invocation_id: invocation.iter().map(|b| format!("{b:02x}")).collect(),
+        service_type: service.map(|s| s.get("Type")).transpose()?,
+        remain_after_exit: service.map(|s| s.get("RemainAfterExit")).transpose()?.unwrap_or(false),
+        wanted_by,
+        triggered_by: unit.get("TriggeredBy")?,
+        has_job: job.0 != 0,
+        refuse_manual_stop: unit.get("RefuseManualStop")?,
+        success_action: unit.get("SuccessAction")?,
+        failure_action: unit.get("FailureAction")?,
+        id,
+    })
 }
 
 /// A systemd timestamp (microseconds since the epoch, 0 for never).
@@ -341,9 +318,11 @@ fn timestamp(usec: u64) -> Option<DateTime<Utc>> {
     (usec > 0).then(|| i64::try_from(usec).ok().and_then(DateTime::from_timestamp_micros)).flatten()
 }
 
-/// The type-specific interface that carries `Result` for non-service units.
-fn result_interface(id: &str) -> Option<&'static str> {
+/// The interface of a unit's type that carries its `Result` (and, for a
+/// service, its restarts, exit status and type).
+fn type_interface(id: &str) -> Option<&'static str> {
     Some(match id.rsplit_once('.')?.1 {
+        "service" => SERVICE_IFACE,
         "socket" => "org.freedesktop.systemd1.Socket",
         "mount" => "org.freedesktop.systemd1.Mount",
         "automount" => "org.freedesktop.systemd1.Automount",
