@@ -55,14 +55,14 @@ fn main() {
     let mut observer = Observer::new(&config);
     let (incidents, cursor) = rt.block_on(async {
         // Warm up: connect, fill caches.
-        let snap = observer.observe(None, &[]).await;
+        let snap = observer.observe(None, &[], macha::observe::Scope::Full).await;
         let cursor = snap.journal.ok().and_then(|j| j.cursor.clone());
         (detect(&snap, &[], &config.detect).len(), cursor)
     });
     let (cpu0, wall0) = (cpu(), Instant::now());
     rt.block_on(async {
         for _ in 0..PASSES {
-            let snap = observer.observe(cursor.as_deref(), &[]).await;
+            let snap = observer.observe(cursor.as_deref(), &[], macha::observe::Scope::Full).await;
             std::hint::black_box(detect(&snap, &[], &config.detect));
         }
     });

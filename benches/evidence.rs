@@ -155,7 +155,7 @@ fn fold(config: &Path, cursor: &str, count_heap: bool) -> Value {
         count_from_now();
     }
     let (cpu0, wall0) = (cpu(UsageWho::RUSAGE_SELF), Instant::now());
-    let snap = rt.block_on(observer.observe(Some(cursor), &[]));
+    let snap = rt.block_on(observer.observe(Some(cursor), &[], macha::observe::Scope::Full));
     let incident = detect(&snap, &[], &config.detect)
         .into_iter()
         .find(|i| i.fingerprint == format!("error-burst:{UNIT}"))

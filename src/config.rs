@@ -280,6 +280,11 @@ pub struct DetectConfig {
     pub error_burst_lines: u32,
     /// Journal lines of a failed unit given to the model as evidence.
     pub unit_log_lines: usize,
+    /// A unit systemd restarted by itself (`Restart=`) this many times
+    /// within `restart_loop_window` is a `restart-loop` incident.
+    pub restart_loop_restarts: u32,
+    /// Seconds over which a unit's restarts by systemd are counted.
+    pub restart_loop_window: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -418,7 +423,14 @@ impl Default for CallRecordConfig {
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        Self { disk_full_percent: 90, memory_pressure_percent: 90, error_burst_lines: 20, unit_log_lines: 30 }
+        Self {
+            disk_full_percent: 90,
+            memory_pressure_percent: 90,
+            error_burst_lines: 20,
+            unit_log_lines: 30,
+            restart_loop_restarts: 3,
+            restart_loop_window: 600,
+        }
     }
 }
 
@@ -648,6 +660,8 @@ impl Config {
                 Bound::new("detect.unit_log_lines", 1, 1_000, "lines"),
                 u64::try_from(d.unit_log_lines).unwrap_or(u64::MAX),
             ),
+            (Bound::new("detect.restart_loop_restarts", 1, 10_000, "restarts"), u64::from(d.restart_loop_restarts)),
+            (Bound::new("detect.restart_loop_window", 1, DAY, "seconds"), d.restart_loop_window),
             (Bound::new("act.settle_time", 0, 600, "seconds"), a.settle_time),
             (Bound::new("act.job_timeout", 1, 3_600, "seconds"), a.job_timeout),
             (Bound::new("act.cooldown", 0, DAY, "seconds"), a.cooldown),

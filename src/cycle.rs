@@ -11,6 +11,7 @@
 //! recorded.
 
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Instant;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -35,13 +36,14 @@ use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
 use crate::notify::Notifier;
 use crate::observe::systemd::{ReadUnits, UnitState};
-use crate::observe::{Observer, Snapshot};
+use crate::observe::units::Restarting;
+use crate::observe::{Observer, Scope, Snapshot};
 use crate::propose;
 use crate::repeat::{Repeating, Repeats, Write};
 use crate::report::{ActionReport, ActionResult, CycleReport, DecisionReport, FailedSource, IncidentReport};
 use crate::retention;
 use crate::state_dir::StateDir;
-use crate::store::{Failing, Novelty, Store};
+use crate::store::{Due, Failing, Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
 
@@ -200,25 +202,19 @@ impl Engine {
         }
     }
 
+    /// One whole cycle, as `macha-check` runs it: a full pass, then a
+    /// decision on each incident that needs one.
     pub async fn run_cycle(&mut self) -> anyhow::Result<CycleReport> {
-        let started = Instant::now();
-        let started_at = Utc::now();
         self.recover().await;
         let mut stop = self.stop.clone();
-        let Some(model_problems) = unless_stopped(stop.as_mut(), self.check_model()).await else {
+        let Some((model_problems, model_back)) = self.model_state(&mut stop).await else {
             anyhow::bail!("stopped before this cycle observed anything");
         };
-        // The model passed its check again: failed decisions are asked at once.
-        let model_back = self.model_was_down && model_problems.is_empty();
-        self.model_was_down = !model_problems.is_empty();
-        let Some((open, snap)) = self.observe(&mut stop).await? else {
+        let Some(pass) = self.pass(Scope::Full, None).await? else {
             anyhow::bail!("stopped before this cycle observed anything");
         };
-        let failed_sources = failed_sources(&snap);
-        let incidents = detect(&snap, &open, &self.config.detect);
-        let (novelty, resolved) = self.sync_incidents(&incidents, &snap)?;
+        let Pass { started, started_at, snap, incidents, novelty, resolved, failed_sources } = pass;
         let (reports, asked) = self.decide_all(&mut stop, &snap, &incidents, novelty, model_back).await?;
-        self.save_cursor(&snap)?;
         let report = CycleReport {
             started_at,
             host: snap.hostname.clone(),
@@ -233,21 +229,116 @@ impl Engine {
         Ok(report)
     }
 
+    /// Checks the model when it is not known to be ready: its problems, and
+    /// whether it is back after failing its check (then failed decisions
+    /// are asked at once). `None` when told to stop first.
+    async fn model_state(&mut self, stop: &mut Option<watch::Receiver<bool>>) -> Option<(Vec<String>, bool)> {
+        let problems = unless_stopped(stop.as_mut(), self.check_model()).await?;
+        let back = self.model_was_down && problems.is_empty();
+        self.model_was_down = !problems.is_empty();
+        Some((problems, back))
+    }
+
+    /// Observes, detects, and records what changed: the incidents opened
+    /// and resolved (store, incidents.jsonl), and the journal cursor. The
+    /// daemon runs one for each signal that matters (`Scope::Units`) and a
+    /// full one every `check_interval`; `restarting` are the units systemd
+    /// restarts by itself, as its signals told. `None` when told to stop
+    /// first.
+    pub async fn pass(&mut self, scope: Scope, restarting: Option<Vec<Restarting>>) -> anyhow::Result<Option<Pass>> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let mut stop = self.stop.clone();
+        let Some((open, mut snap)) = self.observe(&mut stop, scope).await? else { return Ok(None) };
+        snap.restarting = restarting;
+        let failed_sources = failed_sources(&snap);
+        let incidents = detect(&snap, &open, &self.config.detect);
+        let (novelty, resolved) = self.sync_incidents(&incidents, &snap)?;
+        self.save_cursor(&snap)?;
+        Ok(Some(Pass { started, started_at, snap: Rc::new(snap), incidents, novelty, resolved, failed_sources }))
+    }
+
+    /// After a pass of the daemon: what it opened and resolved is notified
+    /// and counted in the metrics, as a cycle without decisions.
+    pub fn after_pass(&self, pass: &Pass) -> CycleReport {
+        let report = CycleReport {
+            started_at: pass.started_at,
+            host: pass.snap.hostname.clone(),
+            autonomy_level: self.config.autonomy_level,
+            model_problems: Vec::new(),
+            failed_sources: pass.failed_sources.clone(),
+            incidents: pass
+                .incidents
+                .iter()
+                .zip(&pass.novelty)
+                .map(|(i, n)| IncidentReport {
+                    fingerprint: i.fingerprint.clone(),
+                    summary: i.summary.clone(),
+                    novelty: *n,
+                    decision: None,
+                })
+                .collect(),
+            resolved: pass.resolved.clone(),
+            wall_ms: pass.started.elapsed().as_millis() as u64,
+        };
+        self.after_cycle(&report, Asked::default());
+        report
+    }
+
+    /// Decides one incident a pass recorded, unless it cleared (or was
+    /// decided, by `macha-check`) before its turn came: then `None`, and
+    /// nothing is asked.
+    pub async fn decide_job(&mut self, job: &Job) -> anyhow::Result<Option<CycleReport>> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        self.recover().await;
+        let fp = &job.incident.fingerprint;
+        match self.store.decision_due(fp, &job.incident.evidence_key)? {
+            Due::Yes => {}
+            Due::Decided => return Ok(None),
+            Due::Gone => {
+                tracing::info!(incident = %fp, "not decided: it cleared or changed before its decision started");
+                return Ok(None);
+            }
+        }
+        let mut stop = self.stop.clone();
+        let Some((model_problems, model_back)) = self.model_state(&mut stop).await else { return Ok(None) };
+        let incidents = std::slice::from_ref(&job.incident);
+        let (reports, asked) = self.decide_all(&mut stop, &job.snap, incidents, vec![job.novelty], model_back).await?;
+        if reports.iter().all(|r| r.decision.is_none()) {
+            return Ok(None);
+        }
+        let report = CycleReport {
+            started_at,
+            host: job.snap.hostname.clone(),
+            autonomy_level: self.config.autonomy_level,
+            model_problems,
+            failed_sources: Vec::new(),
+            incidents: reports,
+            resolved: Vec::new(),
+            wall_ms: started.elapsed().as_millis() as u64,
+        };
+        self.after_cycle(&report, asked);
+        Ok(Some(report))
+    }
+
     /// Observes the host from the saved journal cursor, watching the units
     /// of the open incidents; `None` when told to stop first.
     async fn observe(
         &mut self,
         stop: &mut Option<watch::Receiver<bool>>,
+        scope: Scope,
     ) -> anyhow::Result<Option<(Vec<OpenIncident>, Snapshot)>> {
         let cursor = self.cursor();
         // The units of open incidents are watched until they are back where they should be.
         let open = self.store.open_evidence()?;
         let watch: Vec<UnitName> = open
             .iter()
-            .filter_map(|o| o.fingerprint.as_str().strip_prefix("unit-failed:"))
+            .filter_map(|o| crate::detect::unit_of(&o.fingerprint))
             .filter_map(|u| UnitName::parse(u).ok())
             .collect();
-        let Some(snap) = unless_stopped(stop.as_mut(), self.observer.observe(cursor.as_deref(), &watch)).await else {
+        let observing = self.observer.observe(cursor.as_deref(), &watch, scope);
+        let Some(snap) = unless_stopped(stop.as_mut(), observing).await else {
             return Ok(None);
         };
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
@@ -892,6 +983,46 @@ impl Handled {
     fn new(result: ActionResult, detail: String, approval_id: Option<ApprovalId>) -> Self {
         Self { result, detail, approval_id, recorded: false }
     }
+}
+
+/// What one pass saw and recorded.
+pub struct Pass {
+    started: Instant,
+    started_at: DateTime<Utc>,
+    pub snap: Rc<Snapshot>,
+    pub incidents: Vec<Incident>,
+    /// How new each incident is, in the same order.
+    pub novelty: Vec<Novelty>,
+    pub resolved: Vec<Fingerprint>,
+    failed_sources: Vec<FailedSource>,
+}
+
+impl Job {
+    /// How `macha status` shows it.
+    pub fn waiting(&self) -> crate::model::status::Waiting {
+        crate::model::status::Waiting { incident: self.incident.fingerprint.to_string(), since: self.snap.taken_at }
+    }
+}
+
+impl Pass {
+    /// The decisions this pass calls for: each incident that is new,
+    /// changed, or whose last decision failed, with what the pass saw.
+    pub fn jobs(&self) -> Vec<Job> {
+        self.incidents
+            .iter()
+            .zip(&self.novelty)
+            .filter(|(_, n)| **n != Novelty::Known)
+            .map(|(incident, novelty)| Job { incident: incident.clone(), novelty: *novelty, snap: self.snap.clone() })
+            .collect()
+    }
+}
+
+/// An incident waiting for its decision, with the snapshot that saw it.
+#[derive(Clone)]
+pub struct Job {
+    pub incident: Incident,
+    pub novelty: Novelty,
+    pub snap: Rc<Snapshot>,
 }
 
 /// The decisions of one cycle, for its metrics line.

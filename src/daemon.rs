@@ -1,4 +1,5 @@
-//! The daemon: a cycle every `check_interval`, one daemon per state
+//! The daemon: systemd's signals followed and a full pass every
+//! `check_interval`, decisions apart from observation, one daemon per state
 //! directory, a prompt stop on SIGTERM or SIGINT, also mid-sleep, except
 //! that an action in flight is let finish and recorded first (within
 //! `act.job_timeout + act.settle_time`), the
@@ -6,20 +7,28 @@
 //! told when it is ready, what it does and that it is alive
 //! (`service_manager`).
 
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::rc::Rc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::cycle::Engine;
+use crate::cycle::{Engine, Job};
+use crate::ids::Fingerprint;
 use crate::model::status::{self, DaemonStatus};
 use crate::model::ModelService;
 use crate::notify::gotify::Gotify;
 use crate::notify::{self, outbox::Outbox};
+use crate::observe::units::Transition;
+use crate::observe::Scope;
 use crate::report::CycleReport;
 use crate::service_manager::ServiceManager;
 use crate::state_dir::StateDir;
+use crate::store::Novelty;
+use crate::watch::{Happened, Watch};
 
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -51,6 +60,11 @@ pub fn lock_state_dir(state: &StateDir) -> anyhow::Result<StateLock> {
 /// Runs until SIGTERM or SIGINT, on the open state directory `state`, with
 /// the model service and the Gotify client (its token read) made before.
 /// Must be polled inside a `tokio::task::LocalSet`.
+///
+/// Two tasks: this one watches (systemd's signals, and a full pass every
+/// `check_interval`) and records each incident as soon as it is seen; the
+/// decider (`decide`) takes the incidents that need a decision one at a
+/// time, so a slow or dead model delays only decisions.
 pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: Option<Gotify>) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&state)?;
     let interval = config.check_interval();
@@ -74,12 +88,18 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     // and a little for writing its record.
     let grace = std::time::Duration::from_secs(config.act.job_timeout.saturating_add(config.act.settle_time))
         .saturating_add(std::time::Duration::from_secs(5));
-    let mut engine = Engine::new(config, state.clone(), model, notifier)?;
+    let watcher_notifier = notifier.as_ref().map(|n| n.another(&state)).transpose()?;
+    let mut watcher = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
+    let mut decider = Engine::new(config.clone(), state.clone(), model, notifier)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    engine.stop_on(stopping);
-    engine.pace_retries();
+    watcher.stop_on(stopping.clone());
+    decider.stop_on(stopping);
+    decider.pace_retries();
     let started_at = chrono::Utc::now();
-    tokio::task::spawn_local(status::publish(engine.model().clone(), state.clone(), started_at));
+    let shared = status::Shared::default();
+    tokio::task::spawn_local(status::publish(decider.model().clone(), shared.clone(), state.clone(), started_at));
+    let line = Line::new(shared.clone());
+    let deciding = tokio::task::spawn_local(decide(decider, line.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let manager = ServiceManager::from_env();
@@ -89,54 +109,196 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     tokio::task::spawn_local(manager.keep_watchdog_alive());
     // Ready once the lock is held and the state, the model service and the
     // notifier are open: what can fail at start-up has failed by now.
-    manager.ready("started; first cycle now");
+    manager.ready("started; first pass now");
+    let mut watch = Watch::new(&config, shared.clone());
+    let mut watching = Watching {
+        next_full: tokio::time::Instant::now(),
+        units: HashSet::new(),
+        loop_at: config.detect.restart_loop_restarts as usize,
+    };
     loop {
-        manager.status(&format!("cycle running since {}", chrono::Local::now().format("%H:%M:%S")));
-        let cycle = engine.run_cycle();
-        tokio::pin!(cycle);
-        let signalled = tokio::select! {
-            result = &mut cycle => {
-                match result {
-                    Ok(report) => manager.status(&idle_status(&report, interval)),
-                    Err(e) => {
-                        // The daemon outlives a bad cycle; the next one tries again.
-                        tracing::error!(error = crate::errors::chain(e.as_ref()), "cycle failed");
-                        manager.status(&format!("last cycle failed: {e}; next in {} s", interval.as_secs()));
-                    }
-                }
-                false
-            }
-            _ = term.recv() => true,
-            _ = int.recv() => true,
-        };
-        if signalled {
-            // Observing and deciding stop now; an action in flight ends
-            // and is recorded first, within the grace.
-            stop.send_replace(true);
-            manager.status("stopping: an action in flight, if any, ends and is recorded first");
-            match tokio::time::timeout(grace, &mut cycle).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::info!(error = format!("{e:#}"), "cycle cut short by the stop signal"),
-                Err(_) => tracing::error!(
-                    grace_secs = grace.as_secs(),
-                    "an action was still running when the stop's grace ran out; the next start records how it ended"
-                ),
-            }
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+        let scope = tokio::select! {
+            happened = watch.next() => watching.scope_for(happened),
+            _ = tokio::time::sleep_until(watching.next_full) => Some(Scope::Full),
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        let Some(scope) = scope else { continue };
+        if scope == Scope::Full {
+            watching.next_full = tokio::time::Instant::now() + interval;
+            watch.reconcile().await;
+        }
+        let restarting = watch.live().then(|| watch.restarting());
+        match watcher.pass(scope, restarting).await {
+            Ok(Some(pass)) => {
+                watching.units = pass.incidents.iter().filter_map(|i| i.kind.unit().map(str::to_owned)).collect();
+                let noteworthy = !pass.resolved.is_empty() || pass.novelty.iter().any(|n| *n != Novelty::Known);
+                if scope == Scope::Full || noteworthy {
+                    let report = watcher.after_pass(&pass);
+                    manager.status(&idle_status(&report, interval));
+                }
+                for job in pass.jobs() {
+                    line.push(job);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // The daemon outlives a bad pass; the next one tries again.
+                tracing::error!(error = crate::errors::chain(e.as_ref()), "pass failed");
+                manager.status(&format!("last pass failed: {e}; next in {} s", interval.as_secs()));
+            }
         }
     }
+    // Observing and deciding stop now; an action in flight ends and is
+    // recorded first, within the grace.
+    stop.send_replace(true);
+    line.close();
+    manager.status("stopping: an action in flight, if any, ends and is recorded first");
+    let last_model = match tokio::time::timeout(grace, deciding).await {
+        Ok(Ok(model)) => Some(model),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the decider ended abnormally");
+            None
+        }
+        Err(_) => {
+            tracing::error!(
+                grace_secs = grace.as_secs(),
+                "an action was still running when the stop's grace ran out; the next start records how it ended"
+            );
+            None
+        }
+    };
     manager.stopping();
     tracing::info!("macha daemon stopped by signal");
-    let last = DaemonStatus::of(engine.model(), started_at, Some(chrono::Utc::now()));
+    let model = last_model.unwrap_or_else(|| watcher.model().clone());
+    let mut last = DaemonStatus::of(&model, Some(shared.get()), started_at, Some(chrono::Utc::now()));
+    if let Some(w) = &mut last.watching {
+        w.events.live = false;
+    }
     if let Err(e) = status::write(&state, &last) {
         tracing::warn!(error = %e, "cannot write the stopped status");
     }
     Ok(())
+}
+
+/// What the watching loop keeps between two things happening.
+struct Watching {
+    /// When the next full pass is due.
+    next_full: tokio::time::Instant,
+    /// The units of the incidents the last pass saw: any change of theirs
+    /// may resolve one.
+    units: HashSet<String>,
+    /// Restarts within the window that make a restart loop.
+    loop_at: usize,
+}
+
+impl Watching {
+    /// The pass that what happened calls for, if any: one of the units
+    /// (`Scope::Units`) for a unit that entered or left `failed`, one that
+    /// became a restart loop, or any change of a unit with an incident; and
+    /// after the stream came back. A lost stream calls for none: the full
+    /// passes go on meanwhile.
+    fn scope_for(&self, happened: Happened) -> Option<Scope> {
+        let changed = match happened {
+            Happened::Changed(changed) => changed,
+            Happened::Back(_) => return Some(Scope::Units),
+            Happened::Lost(_) => return None,
+        };
+        let matters = |(unit, t): &(String, Transition)| match t {
+            Transition::Failed | Transition::LeftFailed(_) => true,
+            Transition::Restarted { in_window } => *in_window == self.loop_at,
+            Transition::State(..) | Transition::Gone => self.units.contains(unit),
+        };
+        changed.iter().any(matters).then_some(Scope::Units)
+    }
+}
+
+/// The incidents waiting for a decision, oldest first, shared by the
+/// watcher (which puts them in line) and the decider (which takes them);
+/// each change is told to `macha status`.
+#[derive(Clone)]
+struct Line {
+    jobs: Rc<RefCell<VecDeque<Job>>>,
+    added: Rc<tokio::sync::Notify>,
+    closed: Rc<Cell<bool>>,
+    /// The incident being decided, and the evidence it is decided on.
+    deciding: Rc<RefCell<Option<(Fingerprint, String)>>>,
+    shared: status::Shared,
+}
+
+impl Line {
+    fn new(shared: status::Shared) -> Self {
+        Self { jobs: Rc::default(), added: Rc::default(), closed: Rc::default(), deciding: Rc::default(), shared }
+    }
+
+    /// Puts `job` in line, in the place of an older one of the same
+    /// incident (the newer pass saw more).
+    fn push(&self, job: Job) {
+        let seen = (&job.incident.fingerprint, &job.incident.evidence_key);
+        if self.deciding.borrow().as_ref().is_some_and(|(fp, key)| (fp, key) == seen) {
+            // Being decided on this very evidence.
+            return;
+        }
+        {
+            let mut jobs = self.jobs.borrow_mut();
+            match jobs.iter_mut().find(|w| w.incident.fingerprint == job.incident.fingerprint) {
+                Some(older) => *older = job,
+                None => jobs.push_back(job),
+            }
+        }
+        self.tell_waiting();
+        self.added.notify_one();
+    }
+
+    /// The next job; `None` once the line is closed and empty.
+    async fn next(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.jobs.borrow_mut().pop_front() {
+                return Some(job);
+            }
+            if self.closed.get() {
+                return None;
+            }
+            self.added.notified().await;
+        }
+    }
+
+    /// No more jobs come; the decider ends once it took them all.
+    fn close(&self) {
+        self.closed.set(true);
+        self.added.notify_one();
+    }
+
+    /// Tells the status what waits.
+    fn tell_waiting(&self) {
+        let now: Vec<status::Waiting> = self.jobs.borrow().iter().map(Job::waiting).collect();
+        self.shared.tell(|w| w.waiting = now);
+    }
+
+    /// Tells the status what is being decided now (`None`: nothing).
+    fn tell_deciding(&self, job: Option<&Job>) {
+        *self.deciding.borrow_mut() = job.map(|j| (j.incident.fingerprint.clone(), j.incident.evidence_key.clone()));
+        let deciding = job.map(Job::waiting);
+        self.shared.tell(|w| w.deciding = deciding);
+        self.tell_waiting();
+    }
+}
+
+/// The decider: decides the incidents in line, one at a time, until the
+/// line is closed; returns the model service for the last status.
+async fn decide(mut engine: Engine, line: Line) -> ModelService {
+    while let Some(job) = line.next().await {
+        line.tell_deciding(Some(&job));
+        if let Err(e) = engine.decide_job(&job).await {
+            tracing::error!(
+                incident = %job.incident.fingerprint,
+                error = crate::errors::chain(e.as_ref()),
+                "deciding failed; the incident stays open and is decided again"
+            );
+        }
+        line.tell_deciding(None);
+    }
+    engine.model().clone()
 }
 
 /// The unit's status line between two cycles, for `systemctl status`.

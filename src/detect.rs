@@ -10,16 +10,26 @@ use serde::Serialize;
 use crate::config::DetectConfig;
 use crate::ids::Fingerprint;
 use crate::observe::systemd::UnitState;
-use crate::observe::{Snapshot, Source};
+use crate::observe::{Scope, Snapshot, Source};
 
 /// What kind of problem an incident is; each kind has its own fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum IncidentKind {
-    UnitFailed { unit: String },
-    DiskFull { mount: String },
+    UnitFailed {
+        unit: String,
+    },
+    /// systemd keeps restarting the unit by itself (`Restart=`).
+    RestartLoop {
+        unit: String,
+    },
+    DiskFull {
+        mount: String,
+    },
     MemoryPressure,
-    ErrorBurst { unit: String },
+    ErrorBurst {
+        unit: String,
+    },
 }
 
 /// The source whose reading an incident depends on. An incident is only
@@ -27,6 +37,8 @@ pub enum IncidentKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {
     Systemd,
+    /// systemd's signals, which tell its own restarts of a unit.
+    Restarts,
     Journal,
     Host,
 }
@@ -48,6 +60,7 @@ impl IncidentKind {
     pub fn fingerprint(&self) -> Fingerprint {
         match self {
             Self::UnitFailed { unit } => format!("unit-failed:{unit}").into(),
+            Self::RestartLoop { unit } => format!("restart-loop:{unit}").into(),
             Self::DiskFull { mount } => format!("disk-full:{mount}").into(),
             Self::MemoryPressure => "memory-pressure".into(),
             Self::ErrorBurst { unit } => format!("error-burst:{unit}").into(),
@@ -57,7 +70,7 @@ impl IncidentKind {
     /// The unit an incident is about, the only one its actions may touch.
     pub fn unit(&self) -> Option<&str> {
         match self {
-            Self::UnitFailed { unit } | Self::ErrorBurst { unit } => Some(unit),
+            Self::UnitFailed { unit } | Self::RestartLoop { unit } | Self::ErrorBurst { unit } => Some(unit),
             Self::DiskFull { .. } | Self::MemoryPressure => None,
         }
     }
@@ -65,16 +78,18 @@ impl IncidentKind {
     pub fn basis(&self) -> Basis {
         match self {
             Self::UnitFailed { .. } => Basis::Systemd,
+            Self::RestartLoop { .. } => Basis::Restarts,
             Self::ErrorBurst { .. } => Basis::Journal,
             Self::DiskFull { .. } | Self::MemoryPressure => Basis::Host,
         }
     }
 }
 
-/// The unit a stored fingerprint is about (`unit-failed:X`, `error-burst:X`).
+/// The unit a stored fingerprint is about (`unit-failed:X`,
+/// `restart-loop:X`, `error-burst:X`).
 pub fn unit_of(fingerprint: &Fingerprint) -> Option<&str> {
     match fingerprint.as_str().split_once(':') {
-        Some(("unit-failed" | "error-burst", unit)) => Some(unit),
+        Some(("unit-failed" | "restart-loop" | "error-burst", unit)) => Some(unit),
         _ => None,
     }
 }
@@ -84,6 +99,7 @@ pub fn basis_of(fingerprint: &Fingerprint) -> Basis {
     let fingerprint = fingerprint.as_str();
     match fingerprint.split_once(':').map_or(fingerprint, |(k, _)| k) {
         "unit-failed" => Basis::Systemd,
+        "restart-loop" => Basis::Restarts,
         "error-burst" => Basis::Journal,
         _ => Basis::Host,
     }
@@ -94,7 +110,8 @@ impl Snapshot {
     pub fn saw(&self, basis: Basis) -> bool {
         match basis {
             Basis::Systemd => matches!((&self.failed_units, &self.watched_units), (Source::Ok(_), Source::Ok(_))),
-            Basis::Journal => matches!(self.journal, Source::Ok(_)),
+            Basis::Restarts => self.restarting.is_some() && self.saw(Basis::Systemd),
+            Basis::Journal => matches!(self.journal, Source::Ok(_)) && self.scope == Scope::Full,
             Basis::Host => matches!(self.host, Source::Ok(_)),
         }
     }
@@ -215,6 +232,15 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
             out.push(incident(IncidentKind::UnitFailed { unit: unit.to_owned() }, why, open.evidence_key.clone()));
         }
     }
+    for r in snap.restarting.iter().flatten().filter(|r| !own(&r.unit) && !failed.contains(&r.unit.as_str())) {
+        if r.restarts >= cfg.restart_loop_restarts as usize {
+            let summary = format!(
+                "{} was restarted by systemd {} times in {} s (now {}/{})",
+                r.unit, r.restarts, cfg.restart_loop_window, r.active_state, r.sub_state
+            );
+            out.push(incident(IncidentKind::RestartLoop { unit: r.unit.clone() }, summary, String::new()));
+        }
+    }
     if let Some(host) = snap.host.ok() {
         for fs in &host.filesystems {
             let used = fs.used_percent();
@@ -258,6 +284,8 @@ mod tests {
             watched_units: Source::Ok(vec![]),
             journal: Source::Ok(ErrorScan::default()),
             unit_logs: BTreeMap::new(),
+            restarting: None,
+            scope: Scope::Full,
             host: Source::Ok(HostStats {
                 cpu_count: 2,
                 cpu_percent: Some(3.0),

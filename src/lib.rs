@@ -51,3 +51,4 @@ pub mod store;
 pub mod storm;
 pub mod text;
 pub mod unit;
+pub mod watch;

@@ -49,6 +49,17 @@ pub enum Novelty {
     Known,
 }
 
+/// Whether an incident a pass saw still needs its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Yes,
+    /// Decided for this evidence already (by `macha-check`, or a view of
+    /// it that waited in line before).
+    Decided,
+    /// Resolved, or seen again with other evidence, since.
+    Gone,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Approval {
     pub id: ApprovalId,
@@ -845,6 +856,31 @@ impl Store {
             .map_err(self.wrap())?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.wrap())?;
         rows.collect::<Result<_, _>>().map_err(self.wrap())
+    }
+
+    /// Whether `fingerprint`, seen with `evidence_key`, still needs its
+    /// decision: open with that evidence, and not decided for it (or its
+    /// decision failed).
+    pub fn decision_due(&self, fingerprint: &Fingerprint, evidence_key: &str) -> Result<Due, StoreError> {
+        let row: Option<(IncidentStatus, String, Option<String>, String)> = self
+            .conn
+            .query_row(
+                "SELECT status, evidence_key, decided_key, decision FROM incidents WHERE fingerprint = ?1",
+                [fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(self.wrap())?;
+        Ok(match row {
+            Some((IncidentStatus::Open, key, decided, decision)) if key == evidence_key => {
+                if decision == "failed" || decided.as_deref() != Some(evidence_key) {
+                    Due::Yes
+                } else {
+                    Due::Decided
+                }
+            }
+            _ => Due::Gone,
+        })
     }
 
     /// The incident's state and current evidence key, if it is known.

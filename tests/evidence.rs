@@ -16,7 +16,7 @@ use macha::config::Config;
 use macha::decide::prompt::{Prompts, DEFAULT_INPUT_BUDGET};
 use macha::decide::tokens::estimate_tokens;
 use macha::detect::detect;
-use macha::observe::Observer;
+use macha::observe::{Observer, Scope};
 use macha_testbed::ollama::Reply;
 
 use self::burst::{Burst, KINDS, UNIT};
@@ -60,7 +60,7 @@ fn a_burst_of_100000_lines_of_50_kinds_becomes_a_prompt_within_budget_naming_eve
     // The observer and the prompt, in this process.
     let config = Config::load(Some(bed.config.as_path())).expect("the bed's config");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let snap = rt.block_on(Observer::new(&config).observe(Some(&cursor), &[]));
+    let snap = rt.block_on(Observer::new(&config).observe(Some(&cursor), &[], Scope::Full));
     let scan = snap.journal.ok().expect("the journal was read");
     assert_eq!(scan.per_unit.get(UNIT), Some(&(LINES as u64)), "journald kept every line of the burst");
     let fold = &scan.evidence[UNIT];

@@ -43,7 +43,7 @@ const LAYERS: &[&[&str]] = &[
     // workflow that call it.
     &["carry"],
     &["notify"],
-    &["cycle", "approval", "retention", "daemon"],
+    &["cycle", "approval", "retention", "watch", "daemon"],
     &["ask", "eval"],
 ];
 

@@ -477,7 +477,7 @@ fn macha_status_shows_how_many_requests_wait_in_each_lane() {
         until("three waiting", || svc.queue().waiting() == 3).await;
         status::write(
             &macha::state_dir::StateDir::open(state.path()).unwrap(),
-            &DaemonStatus::of(&svc, chrono::Utc::now(), None),
+            &DaemonStatus::of(&svc, None, chrono::Utc::now(), None),
         )
         .unwrap();
         let json = Command::new(macha_bin()).arg("--config").arg(&config).args(["status", "--json"]).output().unwrap();

@@ -20,7 +20,7 @@ use macha::audit;
 use macha::catalog::{Action, ActionKind};
 use macha::config::{Api, RetentionConfig};
 use macha::detect::{Incident, IncidentKind};
-use macha::model::status::DaemonStatus;
+use macha::model::status::{DaemonStatus, Stream, Waiting, Watching};
 use macha::model::{Check, Endpoint, EndpointCheck, ProviderInfo, QueueStatus, Readiness};
 use macha::state_dir::StateDir;
 use macha::store::Store;
@@ -262,6 +262,11 @@ fn status_shows_an_endpoints_error_made_visible() {
         },
         supports_tools: false,
         queue: QueueStatus { slots: 1, running: Vec::new(), lanes: Vec::new() },
+        watching: Some(Watching {
+            events: Stream { last_error: Some(HOSTILE.into()), ..Stream::default() },
+            waiting: vec![Waiting { incident: format!("unit-failed:{HOSTILE}"), since: now }],
+            deciding: Some(Waiting { incident: format!("error-burst:{HOSTILE}"), since: now }),
+        }),
     };
     macha::model::status::write(&StateDir::open(&host.state()).unwrap(), &status).unwrap();
     shown_safely("status", &host.run(&["status"], "").stdout);

@@ -17,7 +17,7 @@ use super::output::{out, outln, shown};
 use macha::config::{seconds, Config};
 use macha::ids::Fingerprint;
 use macha::model::metrics::{self, CycleMetrics};
-use macha::model::status::{self, DaemonStatus};
+use macha::model::status::{self, DaemonStatus, Watching};
 use macha::model::{Check, EndpointCheck, QueueStatus};
 use macha::state_dir::StateDir;
 use macha::store::Store;
@@ -169,6 +169,9 @@ fn human(config: &Config, status: Option<&DaemonStatus>, last_cycle: Option<&Cyc
         return out;
     };
     let _ = writeln!(out, "daemon: {}", daemon_line(s));
+    if let Some(w) = &s.watching {
+        out.push_str(&watching_lines(w));
+    }
     let _ = writeln!(out, "model:");
     for e in std::iter::once(&s.model.primary).chain(s.model.fallback.as_ref()) {
         let _ = writeln!(out, "  {}", endpoint_line(e));
@@ -193,6 +196,41 @@ fn daemon_line(s: &DaemonStatus) -> String {
             s.pid
         ),
     }
+}
+
+/// The signal stream and the incidents waiting for a decision.
+fn watching_lines(w: &Watching) -> String {
+    let e = &w.events;
+    let since = e.since.map(|t| format!(" for {}", super::age(t))).unwrap_or_default();
+    let mut line = if e.live {
+        format!("events: live{since} ({} signals from systemd", e.signals)
+    } else {
+        let why = e.last_error.as_deref().map(|w| format!(": {}", shown(w))).unwrap_or_default();
+        format!("events: DOWN{since}{why}; reconnecting, periodic checks go on ({} signals before", e.signals)
+    };
+    if e.reconnects > 0 {
+        let last = e.last_reconnect.map(|t| format!(", last {} ago", super::age(t))).unwrap_or_default();
+        line.push_str(&format!(", {} reconnect{}{last}", e.reconnects, if e.reconnects == 1 { "" } else { "s" }));
+    }
+    if e.missed > 0 {
+        line.push_str(&format!(", {} missed and caught by reconciliation", e.missed));
+    }
+    if e.unreadable > 0 {
+        line.push_str(&format!(", {} unreadable", e.unreadable));
+    }
+    line.push_str(")\n");
+    if let Some(d) = &w.deciding {
+        line.push_str(&format!("deciding: {} (recorded {} ago)\n", shown(&d.incident), super::age(d.since)));
+    }
+    if w.waiting.is_empty() {
+        line.push_str("waiting for a decision: none\n");
+    } else {
+        line.push_str(&format!("waiting for a decision: {}\n", w.waiting.len()));
+        for item in &w.waiting {
+            line.push_str(&format!("  {} (recorded {} ago)\n", shown(&item.incident), super::age(item.since)));
+        }
+    }
+    line
 }
 
 fn endpoint_line(e: &EndpointCheck) -> String {

@@ -277,7 +277,8 @@ impl<'a> Evidence<'a> {
     fn of(incident: &Incident, snap: &'a Snapshot) -> Self {
         let mut facts = String::new();
         let journal = match &incident.kind {
-            IncidentKind::UnitFailed { unit } => {
+            IncidentKind::UnitFailed { unit } | IncidentKind::RestartLoop { unit } => {
+                restart_facts(&mut facts, unit, snap);
                 unit_facts(&mut facts, unit, snap);
                 match snap.unit_logs.get(unit) {
                     Some(Source::Ok(fold)) => Some((format!("last journal lines of {unit}"), fold)),
@@ -304,6 +305,19 @@ impl<'a> Evidence<'a> {
         };
         Evidence { facts, journal }
     }
+}
+
+/// How often systemd restarted the unit by itself lately, as its signals told.
+fn restart_facts(out: &mut String, unit: &str, snap: &Snapshot) {
+    let Some(r) = snap.restarting.iter().flatten().find(|r| r.unit == unit) else { return };
+    let _ = writeln!(
+        out,
+        "restarted by systemd itself (Restart=) {} times since {}; now {} ({})",
+        r.restarts,
+        r.since.to_rfc3339(),
+        r.active_state,
+        r.sub_state
+    );
 }
 
 /// What systemd says about a failed unit (or one not back up since it failed).
@@ -367,6 +381,8 @@ mod tests {
         scan.per_unit.insert(unit.into(), fold.entries());
         scan.evidence.insert(unit.into(), fold);
         Snapshot {
+            restarting: None,
+            scope: crate::observe::Scope::Full,
             taken_at: chrono::Utc::now(),
             hostname: "web1".into(),
             failed_units: Source::Ok(vec![]),

@@ -320,6 +320,7 @@ fn incident_kind(fingerprint: &str) -> Result<IncidentKind, Problem> {
     };
     let kind = match fingerprint.split_once(':') {
         Some(("unit-failed", u)) => IncidentKind::UnitFailed { unit: unit(u)? },
+        Some(("restart-loop", u)) => IncidentKind::RestartLoop { unit: unit(u)? },
         Some(("error-burst", u)) => IncidentKind::ErrorBurst { unit: unit(u)? },
         Some(("disk-full", mount)) => {
             catalog::check_probe_path(mount).map_err(|e| problem(field, format!("the mount: {e}")))?;
@@ -330,7 +331,7 @@ fn incident_kind(fingerprint: &str) -> Result<IncidentKind, Problem> {
             return Err(problem(
                 field,
                 format!(
-                    "{fingerprint:?} is not a fingerprint detect makes (unit-failed:UNIT, disk-full:MOUNT, memory-pressure, error-burst:UNIT)"
+                    "{fingerprint:?} is not a fingerprint detect makes (unit-failed:UNIT, restart-loop:UNIT, disk-full:MOUNT, memory-pressure, error-burst:UNIT)"
                 ),
             ))
         }
@@ -341,7 +342,7 @@ fn incident_kind(fingerprint: &str) -> Result<IncidentKind, Problem> {
 impl RawUnit {
     fn check(self, kind: &IncidentKind) -> Result<UnitState, Problem> {
         let name = UnitName::parse(&self.id).map_err(|e| problem("unit.id", e.to_string()))?;
-        if let IncidentKind::UnitFailed { unit } = kind {
+        if let IncidentKind::UnitFailed { unit } | IncidentKind::RestartLoop { unit } = kind {
             if name.as_str() != unit {
                 return Err(problem("unit.id", format!("{name} is not the incident's unit ({unit})")));
             }
@@ -552,7 +553,7 @@ impl Fixture {
         let mut scan = ErrorScan::default();
         let mut unit_logs = BTreeMap::new();
         match &self.incident.kind {
-            IncidentKind::UnitFailed { unit } => {
+            IncidentKind::UnitFailed { unit } | IncidentKind::RestartLoop { unit } => {
                 unit_logs.insert(unit.clone(), Source::Ok(self.evidence()));
             }
             IncidentKind::ErrorBurst { unit } => {
@@ -564,6 +565,9 @@ impl Fixture {
             IncidentKind::DiskFull { .. } | IncidentKind::MemoryPressure => {}
         }
         Snapshot {
+            // A fixture records no signals: a restart loop is told by the unit's state.
+            restarting: None,
+            scope: crate::observe::Scope::Full,
             taken_at: snapshot_time(),
             hostname: HOSTNAME.into(),
             failed_units,

@@ -3,8 +3,13 @@
 //! `macha status`, which is another process. The daemon rewrites the file
 //! atomically after every change of the queue or the model's readiness, at
 //! least every `REFRESH` (so a reader can tell a live daemon from a dead
-//! one), and once more when it stops.
+//! one), and once more when it stops. Besides the model it tells how the
+//! daemon watches: whether systemd's signal stream is live, how many
+//! signals it took, its reconnects, and the incidents waiting for a
+//! decision (`Watching`, kept by the daemon's watcher).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +27,9 @@ const MAX_READ_BYTES: u64 = 1024 * 1024;
 /// a few of these, from a daemon that did not say it stopped, is stale.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
+/// How often changed counters (signals taken) are written at most.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub pid: u32,
@@ -32,11 +40,99 @@ pub struct DaemonStatus {
     pub model: Readiness,
     pub supports_tools: bool,
     pub queue: QueueStatus,
+    /// How the daemon watches; absent in the status of an older version.
+    #[serde(default)]
+    pub watching: Option<Watching>,
+}
+
+/// How the daemon watches the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Watching {
+    /// systemd's signal stream.
+    pub events: Stream,
+    /// Incidents recorded and waiting for their decision, oldest first.
+    pub waiting: Vec<Waiting>,
+    /// The incident being decided now.
+    #[serde(default)]
+    pub deciding: Option<Waiting>,
+}
+
+/// The state of systemd's signal stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    /// Subscribed and reading now.
+    pub live: bool,
+    /// Since when it is live, or down.
+    pub since: Option<DateTime<Utc>>,
+    /// Signals taken since the daemon started.
+    pub signals: u64,
+    /// Signals that did not parse (skipped).
+    pub unreadable: u64,
+    /// Units whose state a reconciliation found other than the signals
+    /// said (a missed signal).
+    pub missed: u64,
+    /// Times the stream was lost and made again.
+    pub reconnects: u32,
+    pub last_reconnect: Option<DateTime<Utc>>,
+    /// Why it was last lost, or why it cannot be made now.
+    pub last_error: Option<String>,
+}
+
+/// An incident waiting for its decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub incident: String,
+    pub since: DateTime<Utc>,
+}
+
+/// `Watching`, shared between the daemon's watcher (which changes it) and
+/// the task that writes the status; `changed` wakes the writer for what a
+/// reader should see at once (the stream lost or back, the waiting list).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    watching: Rc<RefCell<Watching>>,
+    changed: Rc<tokio::sync::Notify>,
+    /// When counters last woke the writer.
+    counted_at: Rc<std::cell::Cell<Option<std::time::Instant>>>,
+}
+
+impl Shared {
+    /// Reads it.
+    pub fn get(&self) -> Watching {
+        self.watching.borrow().clone()
+    }
+
+    /// Changes it quietly: the next write shows it.
+    pub fn update(&self, f: impl FnOnce(&mut Watching)) {
+        f(&mut self.watching.borrow_mut());
+    }
+
+    /// Changes counters: the writer is woken at most once a second for
+    /// them, so a busy stream costs one write a second and an idle one none.
+    pub fn count(&self, f: impl FnOnce(&mut Watching)) {
+        f(&mut self.watching.borrow_mut());
+        let now = std::time::Instant::now();
+        if self.counted_at.get().is_none_or(|at| now.duration_since(at) >= COUNTERS_EVERY) {
+            self.counted_at.set(Some(now));
+            self.changed.notify_one();
+        }
+    }
+
+    /// Changes it and has the status written now.
+    pub fn tell(&self, f: impl FnOnce(&mut Watching)) {
+        f(&mut self.watching.borrow_mut());
+        self.changed.notify_one();
+    }
 }
 
 impl DaemonStatus {
     /// The service now, for the daemon started at `started_at`.
-    pub fn of(service: &ModelService, started_at: DateTime<Utc>, stopped_at: Option<DateTime<Utc>>) -> Self {
+    pub fn of(
+        service: &ModelService,
+        watching: Option<Watching>,
+        started_at: DateTime<Utc>,
+        stopped_at: Option<DateTime<Utc>>,
+    ) -> Self {
         Self {
             pid: std::process::id(),
             started_at,
@@ -45,6 +141,7 @@ impl DaemonStatus {
             model: service.readiness(),
             supports_tools: service.supports_tools(),
             queue: service.queue(),
+            watching,
         }
     }
 }
@@ -67,11 +164,17 @@ pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
 }
 
 /// Keeps the file current for as long as the daemon runs: after each change
-/// of the queue or the readiness, and every `REFRESH`.
-pub async fn publish(service: ModelService, state: StateDir, started_at: DateTime<Utc>) {
+/// of the queue, the readiness or what `watching` tells, and every `REFRESH`.
+pub async fn publish(service: ModelService, watching: Shared, state: StateDir, started_at: DateTime<Utc>) {
     let mut failing = false;
+    let mut signals = 0;
     loop {
-        match write(&state, &DaemonStatus::of(&service, started_at, None)) {
+        let now = watching.get();
+        // While signals come, once more a second after the last: the
+        // final count is written, not one a second short of it.
+        let busy = now.events.signals != signals;
+        signals = now.events.signals;
+        match write(&state, &DaemonStatus::of(&service, Some(now), started_at, None)) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
@@ -81,7 +184,8 @@ pub async fn publish(service: ModelService, state: StateDir, started_at: DateTim
         }
         tokio::select! {
             _ = service.changed().notified() => {}
-            _ = tokio::time::sleep(REFRESH) => {}
+            _ = watching.changed.notified() => {}
+            _ = tokio::time::sleep(if busy { COUNTERS_EVERY } else { REFRESH }) => {}
         }
     }
 }

@@ -163,6 +163,13 @@ fn code(text: &str) -> String {
 }
 
 impl Notifier {
+    /// Another notifier on the same outbox (a connection of its own to
+    /// `state.db`) that wakes the same delivery task: for the daemon's
+    /// watcher, which records incidents while the decider decides.
+    pub fn another(&self, state: &StateDir) -> Result<Self, NotifyError> {
+        Ok(Self { cfg: self.cfg.clone(), outbox: Outbox::open(state)?, wake: self.wake.clone() })
+    }
+
     /// Wakes the delivery task when a message is queued.
     pub fn wake(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()

@@ -68,6 +68,27 @@ pub struct Snapshot {
     /// The last journal lines of each failed or watched unit, folded into templates.
     pub unit_logs: BTreeMap<String, Source<Folded>>,
     pub host: Source<HostStats>,
+    /// Units systemd restarted by itself within the restart-loop window,
+    /// as its signals told the daemon; `None` where no signals are followed
+    /// (`macha-check`): then restart loops are neither seen nor resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarting: Option<Vec<units::Restarting>>,
+    /// What this pass read.
+    #[serde(skip)]
+    pub scope: Scope,
+}
+
+/// What a pass reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Everything: the periodic pass (and `macha-check`).
+    #[default]
+    Full,
+    /// systemd, the failed and watched units' logs and the host, but not
+    /// the journal's errors since the last pass: a pass a signal started.
+    /// Error bursts are counted over the time between full passes, so such
+    /// a pass neither opens nor resolves one, and leaves the cursor.
+    Units,
 }
 
 impl Snapshot {
@@ -110,8 +131,13 @@ impl Observer {
         }
     }
 
-    /// The systemd connection, made (again) if needed.
+    /// The systemd connection, made (again) if needed: at first, after a
+    /// pass that could not read systemd, and once the bus closed it.
     pub async fn systemd(&mut self) -> Result<&Systemd, systemd::SystemdError> {
+        if self.systemd.as_ref().is_some_and(Systemd::is_closed) {
+            tracing::info!("the bus closed macha's connection; connecting again");
+            self.systemd = None;
+        }
         if self.systemd.is_none() {
             self.systemd = Some(Systemd::connect(self.dbus_address.as_deref()).await?);
         }
@@ -126,7 +152,7 @@ impl Observer {
     /// Takes a snapshot; `cursor` is where the previous pass stopped reading
     /// the journal, `watch` the units of open incidents, read even when
     /// they are no longer failed.
-    pub async fn observe(&mut self, cursor: Option<&str>, watch: &[UnitName]) -> Snapshot {
+    pub async fn observe(&mut self, cursor: Option<&str>, watch: &[UnitName], scope: Scope) -> Snapshot {
         let units = match self.systemd().await {
             Ok(s) => read_units(s, watch).await,
             Err(e) => Err(e),
@@ -140,7 +166,10 @@ impl Observer {
             Err(e) => (Source::Failed(e.to_string()), Source::Failed(e.to_string())),
         };
         let dir = self.journal_dir.as_deref();
-        let journal = Source::from_result(journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES));
+        let journal = match scope {
+            Scope::Full => Source::from_result(journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES)),
+            Scope::Units => Source::Ok(ErrorScan::default()),
+        };
         let unit_logs = failed_units
             .ok()
             .into_iter()
@@ -156,6 +185,8 @@ impl Observer {
             journal,
             unit_logs,
             host: Source::from_result(self.host.sample()),
+            restarting: None,
+            scope,
         }
     }
 }

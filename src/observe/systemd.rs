@@ -176,6 +176,12 @@ impl Systemd {
         &self.address
     }
 
+    /// Whether the bus closed this connection (dbus-daemon restarted, or
+    /// went away): then it must be made again.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
     /// The connection itself, for `act::Control`, which declares the calls
     /// that change units on it (`tests/invariants.rs` checks that no other
     /// module declares them).
