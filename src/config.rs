@@ -275,9 +275,13 @@ pub struct DetectConfig {
     pub disk_full_percent: u8,
     /// Used memory at or above this percentage of total is `memory-pressure`.
     pub memory_pressure_percent: u8,
-    /// This many err-or-worse journal lines from one unit within one cycle
-    /// make an `error-burst`.
+    /// This many err-or-worse journal lines from one unit within
+    /// `error_burst_window` (the daemon) or since the previous check
+    /// (`macha-check`) make an `error-burst`.
     pub error_burst_lines: u32,
+    /// Seconds over which the daemon, following the journal, counts a
+    /// unit's error lines.
+    pub error_burst_window: u64,
     /// Journal lines of a failed unit given to the model as evidence.
     pub unit_log_lines: usize,
     /// A unit systemd restarted by itself (`Restart=`) this many times
@@ -427,6 +431,7 @@ impl Default for DetectConfig {
             disk_full_percent: 90,
             memory_pressure_percent: 90,
             error_burst_lines: 20,
+            error_burst_window: 300,
             unit_log_lines: 30,
             restart_loop_restarts: 3,
             restart_loop_window: 600,
@@ -656,6 +661,7 @@ impl Config {
             (Bound::new("detect.disk_full_percent", 1, 100, "percent"), u64::from(d.disk_full_percent)),
             (Bound::new("detect.memory_pressure_percent", 1, 100, "percent"), u64::from(d.memory_pressure_percent)),
             (Bound::new("detect.error_burst_lines", 1, 1_000_000, "lines"), u64::from(d.error_burst_lines)),
+            (Bound::new("detect.error_burst_window", 1, DAY, "seconds"), d.error_burst_window),
             (
                 Bound::new("detect.unit_log_lines", 1, 1_000, "lines"),
                 u64::try_from(d.unit_log_lines).unwrap_or(u64::MAX),

@@ -254,7 +254,10 @@ impl Engine {
         let failed_sources = failed_sources(&snap);
         let incidents = detect(&snap, &open, &self.config.detect);
         let (novelty, resolved) = self.sync_incidents(&incidents, &snap)?;
-        self.save_cursor(&snap)?;
+        // Saved by the full passes only: one write (and sync) per check.
+        if scope == Scope::Full {
+            self.save_cursor(&snap)?;
+        }
         Ok(Some(Pass { started, started_at, snap: Rc::new(snap), incidents, novelty, resolved, failed_sources }))
     }
 
@@ -320,6 +323,18 @@ impl Engine {
         };
         self.after_cycle(&report, asked);
         Ok(Some(report))
+    }
+
+    /// From now on, passes read the journal's errors from `window`, which
+    /// the daemon's journal follower keeps current.
+    pub fn follow_journal(&mut self, window: std::sync::Arc<std::sync::Mutex<crate::observe::window::ErrorWindow>>) {
+        self.observer.follow_journal(window);
+    }
+
+    /// The journal cursor the last full pass saved, for a journal follower
+    /// to start from.
+    pub fn journal_cursor(&self) -> Option<String> {
+        self.cursor()
     }
 
     /// Observes the host from the saved journal cursor, watching the units

@@ -12,6 +12,8 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,8 +24,10 @@ use crate::model::status::{self, DaemonStatus};
 use crate::model::ModelService;
 use crate::notify::gotify::Gotify;
 use crate::notify::{self, outbox::Outbox};
+use crate::observe::journal;
 use crate::observe::units::Transition;
-use crate::observe::Scope;
+use crate::observe::window::ErrorWindow;
+use crate::observe::{Scope, KEPT_ERROR_ENTRIES};
 use crate::report::CycleReport;
 use crate::service_manager::ServiceManager;
 use crate::state_dir::StateDir;
@@ -111,6 +115,9 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     // notifier are open: what can fail at start-up has failed by now.
     manager.ready("started; first pass now");
     let mut watch = Watch::new(&config, shared.clone());
+    // The journal's errors, followed on a thread of their own: a burst
+    // beginning or ending wakes a pass.
+    let (journal, bursts) = follow_journal(&config, &mut watcher)?;
     let mut watching = Watching {
         next_full: tokio::time::Instant::now(),
         units: HashSet::new(),
@@ -120,6 +127,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
         let scope = tokio::select! {
             happened = watch.next() => watching.scope_for(happened),
             _ = tokio::time::sleep_until(watching.next_full) => Some(Scope::Full),
+            _ = bursts.notified() => Some(Scope::Units),
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -152,6 +160,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     // Observing and deciding stop now; an action in flight ends and is
     // recorded first, within the grace.
     stop.send_replace(true);
+    journal.store(true, Ordering::Relaxed);
     line.close();
     manager.status("stopping: an action in flight, if any, ends and is recorded first");
     let last_model = match tokio::time::timeout(grace, deciding).await {
@@ -179,6 +188,32 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
         tracing::warn!(error = %e, "cannot write the stopped status");
     }
     Ok(())
+}
+
+/// Starts following the journal's errors from where the last full pass
+/// left off, into a window `watcher`'s passes read; returns the flag that
+/// stops the follower and what it wakes.
+fn follow_journal(
+    config: &Config,
+    watcher: &mut Engine,
+) -> anyhow::Result<(Arc<AtomicBool>, Arc<tokio::sync::Notify>)> {
+    let d = &config.detect;
+    let span = chrono::TimeDelta::seconds(i64::try_from(d.error_burst_window).unwrap_or(i64::MAX));
+    let window = Arc::new(Mutex::new(ErrorWindow::new(span, u64::from(d.error_burst_lines), KEPT_ERROR_ENTRIES)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let waker = wake.clone();
+    journal::follow(
+        config.journal_dir.clone(),
+        watcher.journal_cursor(),
+        config.check_interval(),
+        window.clone(),
+        stop.clone(),
+        move || waker.notify_one(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the journal follower: {e}"))?;
+    watcher.follow_journal(window);
+    Ok((stop, wake))
 }
 
 /// What the watching loop keeps between two things happening.

@@ -259,7 +259,10 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
         for (unit, &count) in &scan.per_unit {
             // A failed unit's errors are evidence of that failure, not a second incident.
             if count >= u64::from(cfg.error_burst_lines) && !failed.contains(&unit.as_str()) && !own(unit) {
-                let summary = format!("{unit} logged {count} errors since the previous check");
+                let summary = match scan.window_secs {
+                    Some(secs) => format!("{unit} logged {count} errors in the last {secs} s"),
+                    None => format!("{unit} logged {count} errors since the previous check"),
+                };
                 out.push(incident(IncidentKind::ErrorBurst { unit: unit.clone() }, summary, String::new()));
             }
         }

@@ -153,6 +153,34 @@ fn a_failure_is_an_incident_at_once_not_at_the_next_cycle() {
 }
 
 #[test]
+fn an_error_burst_is_an_incident_as_it_happens_and_ends_as_the_window_slides_on() {
+    let bed = hourly("ev-burst", "observe");
+    let config =
+        std::fs::read_to_string(&bed.config).unwrap().replace("[detect]\n", "[detect]\nerror_burst_window = 5\n");
+    std::fs::write(&bed.config, config).unwrap();
+    let daemon = bed.daemon(Stdio::piped());
+    until_live(&bed);
+    bed.c
+        .install_unit(
+            "noisy.service",
+            "[Service]\nExecStart=/bin/sh -c 'for i in $(seq 25); do echo \"<3>noisy: cannot reach the database (try $i)\"; done; exec sleep infinity'\n",
+        )
+        .unwrap();
+    let started = Instant::now();
+    bed.c.start_unit("noisy.service").unwrap();
+    let incident = "error-burst:noisy.service";
+    wait_until(Duration::from_secs(10), "the burst's incident", || events_of(&bed, incident) == ["opened"]);
+    eprintln!("burst to incident record: {:?}", started.elapsed());
+    let opened = bed.audit("incidents.jsonl").into_iter().find(|r| r["incident"] == incident).unwrap();
+    assert_eq!(opened["summary"], "noisy.service logged 25 errors in the last 5 s", "{opened}");
+    // No more errors: five seconds on, the window holds none.
+    wait_until(Duration::from_secs(20), "the burst to slide out", || {
+        events_of(&bed, incident) == ["opened", "resolved"]
+    });
+    stop_daemon(daemon);
+}
+
+#[test]
 fn a_restart_loop_is_one_incident_and_giving_up_is_one_failure() {
     let bed = hourly("ev-loop", "observe");
     let daemon = bed.daemon(Stdio::piped());

@@ -18,6 +18,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +28,7 @@ use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 
 use super::fold::{Folded, Limits, Writer};
 use super::sigbus;
+use super::window::ErrorWindow;
 
 /// Units whose recent error lines are kept in one pass.
 const MAX_UNITS: usize = 200;
@@ -67,6 +70,10 @@ pub struct ErrorScan {
     /// Why the cursor this pass was given was not used (the lookback window
     /// was read instead); `None` when it was used or there was none.
     pub refused_cursor: Option<String>,
+    /// Counted over the last this many seconds (the daemon follows the
+    /// journal); `None`: since the previous pass (`macha-check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,41 +206,15 @@ pub fn scan_errors(
     keep: usize,
 ) -> Result<ErrorScan, JournalError> {
     let mut j = Reader::open(dir)?;
-    // A stored cursor is used only when it is one of this journal's; any
-    // other (garbage, another journal's, one past the end) is set aside and
-    // the lookback window read instead, so a bad file cannot stop the source.
-    let refused_cursor = match cursor {
-        Some(c) => refuse_cursor(&mut j, c)?,
-        None => None,
-    };
+    let (refused_cursor, skip) = seek_errors(&mut j, cursor, lookback)?;
     let cursor = cursor.filter(|_| refused_cursor.is_none());
-    for p in ["0", "1", "2", "3"] {
-        j.call("match", |j| j.match_add("PRIORITY", p).map(drop))?;
-    }
-    let mut skip_first = false;
-    match cursor {
-        // A cursor that no longer exists (journal vacuumed) seeks to the
-        // nearest entry, which is what we want.
-        Some(c) => {
-            j.call("seek to cursor", |j| j.seek_cursor(c))?;
-            skip_first = true;
-        }
-        None => {
-            // A look-back longer than the clock's past reads from the start.
-            let since = std::time::SystemTime::now().checked_sub(lookback).unwrap_or(std::time::UNIX_EPOCH);
-            let usec = since.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
-            j.call("seek by time", |j| j.seek_realtime_usec(usec))?;
-        }
-    }
     let mut scan = ErrorScan { cursor: cursor.map(str::to_owned), refused_cursor, ..Default::default() };
     let limits = Limits { verbatim: keep, ..Limits::DEFAULT };
+    let mut skip = skip;
     while j.next()? {
-        if skip_first {
-            skip_first = false;
-            if let Some(c) = cursor {
-                if j.run("read", |j| j.test_cursor(c).unwrap_or(false))? {
-                    continue;
-                }
+        if let Some(c) = skip.take() {
+            if j.run("read", |j| j.test_cursor(&c).unwrap_or(false))? {
+                continue;
             }
         }
         scan.total += 1;
@@ -257,6 +238,152 @@ pub fn scan_errors(
         }
     }
     Ok(scan)
+}
+
+/// Positions `j` on the err-or-worse entries after `cursor` (when it is one
+/// of this journal's) or, without one, within the last `lookback`. Returns
+/// why the cursor was refused, and the cursor whose own entry the first
+/// read lands on and must skip.
+fn seek_errors(
+    j: &mut Reader,
+    cursor: Option<&str>,
+    lookback: Duration,
+) -> Result<(Option<String>, Option<String>), JournalError> {
+    // A stored cursor is used only when it is one of this journal's; any
+    // other (garbage, another journal's, one past the end) is set aside and
+    // the lookback window read instead, so a bad file cannot stop the source.
+    let refused_cursor = match cursor {
+        Some(c) => refuse_cursor(j, c)?,
+        None => None,
+    };
+    let cursor = cursor.filter(|_| refused_cursor.is_none());
+    for p in ["0", "1", "2", "3"] {
+        j.call("match", |j| j.match_add("PRIORITY", p).map(drop))?;
+    }
+    match cursor {
+        // A cursor that no longer exists (journal vacuumed) seeks to the
+        // nearest entry, which is what we want.
+        Some(c) => j.call("seek to cursor", |j| j.seek_cursor(c))?,
+        None => {
+            // A look-back longer than the clock's past reads from the start.
+            let since = std::time::SystemTime::now().checked_sub(lookback).unwrap_or(std::time::UNIX_EPOCH);
+            let usec = since.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+            j.call("seek by time", |j| j.seek_realtime_usec(usec))?;
+        }
+    }
+    Ok((refused_cursor, cursor.map(str::to_owned)))
+}
+
+/// Entries taken from the journal before the window is locked once for them.
+const BATCH: usize = 1024;
+
+/// The longest wait between two tries to open the journal again.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Follows the journal's err-or-worse entries as journald writes them (its
+/// own wait, not a timer), from `cursor` (or the last `lookback`), into
+/// `window`, on a thread of its own (a libsystemd handle never leaves the
+/// thread that opened it), until `stop` is set. `wake` is called when a
+/// unit's burst begins or ends, and when the journal cannot be read (the
+/// reason is in the window; the follower opens it again after a backoff,
+/// from where it was).
+pub fn follow(
+    dir: Option<std::path::PathBuf>,
+    cursor: Option<String>,
+    lookback: Duration,
+    window: Arc<Mutex<ErrorWindow>>,
+    stop: Arc<AtomicBool>,
+    wake: impl Fn() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("macha-journal".into()).spawn(move || {
+        let mut at = cursor;
+        let mut first = true;
+        let mut backoff = Duration::from_millis(100);
+        while !stop.load(Ordering::Relaxed) {
+            let following = Following { window: &window, stop: &stop, wake: &wake };
+            match following.run(dir.as_deref(), &mut at, lookback, first) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the journal cannot be followed; trying again");
+                    lock(&window).error = Some(e.to_string());
+                    wake();
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            first = false;
+        }
+    })
+}
+
+fn lock(window: &Mutex<ErrorWindow>) -> std::sync::MutexGuard<'_, ErrorWindow> {
+    // A panic while it was held left a count, not a broken invariant.
+    window.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Following<'a, F> {
+    window: &'a Mutex<ErrorWindow>,
+    stop: &'a AtomicBool,
+    wake: &'a F,
+}
+
+impl<F: Fn()> Following<'_, F> {
+    /// Opens the journal, seeks past `at`, and takes entries until stopped
+    /// (`Ok`) or the journal fails; `at` follows the last entry taken.
+    fn run(
+        &self,
+        dir: Option<&Path>,
+        at: &mut Option<String>,
+        lookback: Duration,
+        first: bool,
+    ) -> Result<(), JournalError> {
+        let mut j = Reader::open(dir)?;
+        let (refused, mut skip) = seek_errors(&mut j, at.as_deref(), lookback)?;
+        {
+            let mut w = lock(self.window);
+            if first {
+                w.refused_cursor.clone_from(&refused);
+            }
+            if w.error.take().is_some() {
+                tracing::info!("following the journal again");
+            }
+        }
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            while batch.len() < BATCH && j.next()? {
+                if let Some(c) = skip.take() {
+                    if j.run("read", |j| j.test_cursor(&c).unwrap_or(false))? {
+                        continue;
+                    }
+                }
+                let writer = Writer { unit: j.field("_SYSTEMD_UNIT")?, comm: j.field("_COMM")?, uid: j.uid()? };
+                batch.push((writer, j.priority()?, j.time()?, j.message()?));
+            }
+            if !batch.is_empty() {
+                *at = j.run("read", |j| j.cursor().ok())?.or(at.take());
+                let now = Utc::now();
+                let mut w = lock(self.window);
+                for (writer, priority, time, message) in batch.drain(..) {
+                    w.push(writer, priority, time, &message, now);
+                }
+                w.cursor.clone_from(at);
+                let turned = w.take_turns(now);
+                drop(w);
+                if turned {
+                    (self.wake)();
+                }
+                continue;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            j.call("wait", |j| j.wait(Some(Duration::from_secs(1))).map(drop))?;
+            // A second passed, or entries came: a burst may have slid out.
+            if lock(self.window).take_turns(Utc::now()) {
+                (self.wake)();
+            }
+        }
+    }
 }
 
 /// Longest cursor taken from the state file; libsystemd's are about 150
@@ -405,6 +532,40 @@ mod tests {
             let scan = scan_errors(Some(ours.path()), Some(garbage), HOUR, 1).unwrap();
             assert!(scan.refused_cursor.is_some() && scan.total == 50, "{garbage:?}: {scan:?}");
         }
+    }
+
+    #[test]
+    fn the_follower_takes_entries_as_they_come_and_wakes_when_a_burst_begins() {
+        let (dir, _) = journal_dir(5);
+        let window = Arc::new(Mutex::new(ErrorWindow::new(chrono::TimeDelta::seconds(600), 20, 5)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (woke, wakes) = std::sync::mpsc::channel();
+        let thread = follow(Some(dir.path().to_owned()), None, HOUR, window.clone(), stop.clone(), move || {
+            woke.send(()).unwrap()
+        })
+        .unwrap();
+        let taken = |n: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while lock(&window).taken < n {
+                assert!(std::time::Instant::now() < deadline, "taken {} of {n}", lock(&window).taken);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        taken(5);
+        assert!(wakes.try_recv().is_err(), "5 lines are no burst");
+        // journald starts a new file: the follower's wait sees it.
+        write_file(
+            &dir.path().join("system@0001.journal"),
+            (0..30).map(|i| error_line("app.service", &format!("late {i}"))),
+        )
+        .unwrap();
+        taken(35);
+        wakes.recv_timeout(Duration::from_secs(10)).expect("woken for the burst");
+        let scan = lock(&window).scan(Utc::now());
+        assert_eq!(scan.per_unit["app.service"], 35);
+        assert!(scan.cursor.is_some());
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -13,9 +13,11 @@ pub mod nixos;
 mod sigbus;
 pub mod systemd;
 pub mod units;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,12 +27,13 @@ use self::fold::Folded;
 use self::host::{HostProbe, HostStats};
 use self::journal::ErrorScan;
 use self::systemd::{Systemd, SystemdLink, UnitState};
+use self::window::ErrorWindow;
 use crate::config::Config;
 use crate::unit::UnitName;
 
 /// Err-or-worse entries of a unit kept in a snapshot as written; past this
 /// many they are only folded into templates.
-const KEPT_ERROR_ENTRIES: usize = 50;
+pub const KEPT_ERROR_ENTRIES: usize = 50;
 
 /// A source's reading, or why it could not be read.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -111,6 +114,9 @@ impl Snapshot {
 /// Holds what must live between passes: the D-Bus connection and the
 /// sysinfo state for CPU deltas.
 pub struct Observer {
+    /// The daemon's journal follower's window, once it follows the journal:
+    /// then every pass reads it instead of the journal.
+    followed: Option<Arc<Mutex<ErrorWindow>>>,
     dbus_address: Option<String>,
     journal_dir: Option<PathBuf>,
     unit_log_lines: usize,
@@ -122,6 +128,7 @@ pub struct Observer {
 impl Observer {
     pub fn new(config: &Config) -> Self {
         Self {
+            followed: None,
             dbus_address: config.dbus_address.clone(),
             journal_dir: config.journal_dir.clone(),
             unit_log_lines: config.detect.unit_log_lines,
@@ -129,6 +136,12 @@ impl Observer {
             systemd: None,
             host: HostProbe::default(),
         }
+    }
+
+    /// From now on, passes read the journal's errors from `window`, which a
+    /// follower (`journal::follow`) keeps current.
+    pub fn follow_journal(&mut self, window: Arc<Mutex<ErrorWindow>>) {
+        self.followed = Some(window);
     }
 
     /// The systemd connection, made (again) if needed: at first, after a
@@ -166,9 +179,20 @@ impl Observer {
             Err(e) => (Source::Failed(e.to_string()), Source::Failed(e.to_string())),
         };
         let dir = self.journal_dir.as_deref();
-        let journal = match scope {
-            Scope::Full => Source::from_result(journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES)),
-            Scope::Units => Source::Ok(ErrorScan::default()),
+        let (journal, scope) = match (&self.followed, scope) {
+            (Some(window), _) => {
+                let mut w = window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let source = match &w.error {
+                    Some(e) => Source::Failed(e.clone()),
+                    None => Source::Ok(w.scan(Utc::now())),
+                };
+                (source, Scope::Full)
+            }
+            (None, Scope::Full) => {
+                let scan = journal::scan_errors(dir, cursor, self.lookback, KEPT_ERROR_ENTRIES);
+                (Source::from_result(scan), Scope::Full)
+            }
+            (None, Scope::Units) => (Source::Ok(ErrorScan::default()), Scope::Units),
         };
         let unit_logs = failed_units
             .ok()
