@@ -296,9 +296,15 @@ impl Engine {
         let started_at = Utc::now();
         self.recover().await;
         let fp = &job.incident.fingerprint;
-        match self.store.decision_due(fp, &job.incident.evidence_key)? {
+        // A changed or flapping incident is decided again at most once per check.
+        let recent = Utc::now() - crate::config::seconds(self.config.check_interval);
+        match self.store.decision_due(fp, &job.incident.evidence_key, recent)? {
             Due::Yes => {}
             Due::Decided => return Ok(None),
+            Due::Later(at) => {
+                tracing::debug!(incident = %fp, decided_at = %at, "changed since its last decision; decided again later");
+                return Ok(None);
+            }
             Due::Gone => {
                 tracing::info!(incident = %fp, "not decided: it cleared or changed before its decision started");
                 return Ok(None);

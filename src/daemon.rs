@@ -120,14 +120,23 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let (journal, bursts) = follow_journal(&config, &mut watcher)?;
     let mut watching = Watching {
         next_full: tokio::time::Instant::now(),
+        settle_at: None,
         units: HashSet::new(),
         loop_at: config.detect.restart_loop_restarts as usize,
     };
+    // A resolved incident is told once it stayed gone this long.
+    let settle = std::time::Duration::from_secs(config.gotify.resolve_after.saturating_add(1));
     loop {
+        let mut settling = false;
         let scope = tokio::select! {
             happened = watch.next() => watching.scope_for(happened),
             _ = tokio::time::sleep_until(watching.next_full) => Some(Scope::Full),
             _ = bursts.notified() => Some(Scope::Units),
+            _ = sleep_until(watching.settle_at) => {
+                watching.settle_at = None;
+                settling = true;
+                Some(Scope::Units)
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
@@ -140,8 +149,11 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
         match watcher.pass(scope, restarting).await {
             Ok(Some(pass)) => {
                 watching.units = pass.incidents.iter().filter_map(|i| i.kind.unit().map(str::to_owned)).collect();
+                if !pass.resolved.is_empty() {
+                    watching.settle_at = Some(tokio::time::Instant::now() + settle);
+                }
                 let noteworthy = !pass.resolved.is_empty() || pass.novelty.iter().any(|n| *n != Novelty::Known);
-                if scope == Scope::Full || noteworthy {
+                if scope == Scope::Full || noteworthy || settling {
                     let report = watcher.after_pass(&pass);
                     manager.status(&idle_status(&report, interval));
                 }
@@ -216,10 +228,21 @@ fn follow_journal(
     Ok((stop, wake))
 }
 
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the watching loop keeps between two things happening.
 struct Watching {
     /// When the next full pass is due.
     next_full: tokio::time::Instant,
+    /// When incidents resolved lately have stayed gone long enough to be
+    /// told resolved (a pass tells it): no waiting for the next full pass.
+    settle_at: Option<tokio::time::Instant>,
     /// The units of the incidents the last pass saw: any change of theirs
     /// may resolve one.
     units: HashSet<String>,

@@ -58,6 +58,9 @@ pub enum Due {
     Decided,
     /// Resolved, or seen again with other evidence, since.
     Gone,
+    /// Decided lately (at this time) on other evidence: decided again at a
+    /// later full pass, not at each change.
+    Later(DateTime<Utc>),
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -273,6 +276,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("auto_actions", "record TEXT"),
     ("auto_actions", "logged INTEGER NOT NULL DEFAULT 1"),
     ("incidents", "failing TEXT"),
+    ("incidents", "decided_at TEXT"),
 ];
 
 const SCHEMA: &str = "
@@ -287,7 +291,9 @@ CREATE TABLE IF NOT EXISTS incidents (
     decided_key TEXT,
     decision TEXT NOT NULL DEFAULT 'none' CHECK (decision IN ('none', 'decided', 'failed')),
     -- While its decisions keep failing: `Failing` as JSON.
-    failing TEXT
+    failing TEXT,
+    -- When it was last decided; kept when it resolves and opens again.
+    decided_at TEXT
 );
 -- The automatic actions, recorded before they start (see `ledger`):
 -- `state` is `started` (counted, outcome not known yet), `finished`, or
@@ -509,8 +515,15 @@ impl Store {
     pub fn mark_decided(&self, incident: &Incident, ok: bool) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE incidents SET decided_key = ?2, decision = ?3 WHERE fingerprint = ?1",
-                params![incident.fingerprint, incident.evidence_key, if ok { "decided" } else { "failed" }],
+                "UPDATE incidents SET decided_key = ?2, decision = ?3,
+                   decided_at = CASE WHEN ?3 = 'decided' THEN ?4 ELSE decided_at END
+                 WHERE fingerprint = ?1",
+                params![
+                    incident.fingerprint,
+                    incident.evidence_key,
+                    if ok { "decided" } else { "failed" },
+                    Utc::now().to_rfc3339()
+                ],
             )
             .map(drop)
             .map_err(self.wrap())
@@ -860,26 +873,38 @@ impl Store {
 
     /// Whether `fingerprint`, seen with `evidence_key`, still needs its
     /// decision: open with that evidence, and not decided for it (or its
-    /// decision failed).
-    pub fn decision_due(&self, fingerprint: &Fingerprint, evidence_key: &str) -> Result<Due, StoreError> {
-        let row: Option<(IncidentStatus, String, Option<String>, String)> = self
+    /// decision failed). One decided after `recent` (failing again, or
+    /// open again after it resolved: a flap) waits.
+    pub fn decision_due(
+        &self,
+        fingerprint: &Fingerprint,
+        evidence_key: &str,
+        recent: DateTime<Utc>,
+    ) -> Result<Due, StoreError> {
+        type Row = (IncidentStatus, String, Option<String>, String, Option<String>);
+        let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT status, evidence_key, decided_key, decision FROM incidents WHERE fingerprint = ?1",
+                "SELECT status, evidence_key, decided_key, decision, decided_at FROM incidents WHERE fingerprint = ?1",
                 [fingerprint],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
             .map_err(self.wrap())?;
-        Ok(match row {
-            Some((IncidentStatus::Open, key, decided, decision)) if key == evidence_key => {
-                if decision == "failed" || decided.as_deref() != Some(evidence_key) {
-                    Due::Yes
-                } else {
-                    Due::Decided
-                }
-            }
-            _ => Due::Gone,
+        let Some((IncidentStatus::Open, key, decided, decision, at)) = row else { return Ok(Due::Gone) };
+        if key != evidence_key {
+            return Ok(Due::Gone);
+        }
+        if decision == "failed" {
+            return Ok(Due::Yes);
+        }
+        if decided.as_deref() == Some(evidence_key) {
+            return Ok(Due::Decided);
+        }
+        let at = at.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+        Ok(match at {
+            Some(at) if at > recent => Due::Later(at),
+            _ => Due::Yes,
         })
     }
 
@@ -1089,6 +1114,57 @@ mod tests {
         assert_eq!(store.failing_open().unwrap(), [(Fingerprint::from("f"), f)]);
         store.set_failing(&"f".into(), None).unwrap();
         assert!(store.failing_open().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_decision_is_due_once_per_evidence_and_a_flap_waits_for_a_later_pass() {
+        use crate::detect::{Incident, IncidentKind};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&state(&dir)).unwrap();
+        let kind = IncidentKind::UnitFailed { unit: "web.service".into() };
+        let incident = |key: &str| Incident {
+            fingerprint: kind.fingerprint(),
+            kind: kind.clone(),
+            summary: "web.service failed".into(),
+            evidence_key: key.into(),
+        };
+        let fp = kind.fingerprint();
+        // systemd read, nothing else.
+        let snap = |_: &[Incident]| {
+            use crate::observe::{Scope, Snapshot, Source};
+            Snapshot {
+                taken_at: Utc::now(),
+                hostname: "h".into(),
+                failed_units: Source::Ok(Vec::new()),
+                watched_units: Source::Ok(Vec::new()),
+                journal: Source::Failed("not read".into()),
+                unit_logs: Default::default(),
+                host: Source::Failed("not read".into()),
+                restarting: None,
+                scope: Scope::Full,
+            }
+        };
+        let long_ago = Utc::now() - TimeDelta::hours(1);
+        let first = incident("1/0");
+        store.sync_incidents(std::slice::from_ref(&first), &snap(&[])).unwrap();
+        assert_eq!(store.decision_due(&fp, "1/0", long_ago).unwrap(), Due::Yes, "never decided");
+        assert_eq!(store.decision_due(&fp, "other", long_ago).unwrap(), Due::Gone, "seen since with other evidence");
+        store.mark_decided(&first, true).unwrap();
+        assert_eq!(store.decision_due(&fp, "1/0", long_ago).unwrap(), Due::Decided);
+        // It fails again at once: decided again, but not before a later pass.
+        let again = incident("2/0");
+        store.sync_incidents(std::slice::from_ref(&again), &snap(&[])).unwrap();
+        assert!(matches!(store.decision_due(&fp, "2/0", long_ago).unwrap(), Due::Later(_)));
+        assert_eq!(store.decision_due(&fp, "2/0", Utc::now() + TimeDelta::seconds(1)).unwrap(), Due::Yes);
+        // Resolved, then open again (a flap): still waits.
+        store.sync_incidents(&[], &snap(&[])).unwrap();
+        assert_eq!(store.decision_due(&fp, "2/0", long_ago).unwrap(), Due::Gone, "resolved");
+        let third = incident("3/0");
+        store.sync_incidents(std::slice::from_ref(&third), &snap(&[])).unwrap();
+        assert!(matches!(store.decision_due(&fp, "3/0", long_ago).unwrap(), Due::Later(_)));
+        // A failed decision is asked again (its own pacing applies).
+        store.mark_decided(&third, false).unwrap();
+        assert_eq!(store.decision_due(&fp, "3/0", long_ago).unwrap(), Due::Yes);
     }
 
     #[test]

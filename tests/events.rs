@@ -14,6 +14,7 @@ use macha::observe::units::{Transition, Units};
 use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha_testbed::container::Container;
+use macha_testbed::gotify::{GotifyReceiver, ReceivedMessage};
 use macha_testbed::ollama::Reply;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -353,5 +354,50 @@ fn two_hundred_state_changes_a_second_are_followed_and_none_is_lost() {
     bed.failing_web();
     let incident = format!("unit-failed:{WEB}");
     wait_until(Duration::from_secs(10), "the failure after the load", || events_of(&bed, &incident) == ["opened"]);
+    stop_daemon(daemon);
+}
+
+#[test]
+fn a_flapping_unit_is_one_incident_one_decision_and_one_message_per_state_change() {
+    let bed = hourly("ev-flap", "observe");
+    let g = GotifyReceiver::start(&["flap-token"]).unwrap();
+    let token_file = bed.state.path().join("gotify-token");
+    std::fs::write(&token_file, "flap-token\n").unwrap();
+    bed.append_config(&format!(
+        "[gotify]\nurl = \"{}\"\ntoken_file = \"{}\"\nresolve_after = 4\nretry_max = 1\n",
+        g.url(),
+        token_file.display()
+    ));
+    let daemon = bed.daemon(Stdio::piped());
+    until_live(&bed);
+    // It runs for a moment, then fails; started again and again.
+    bed.c
+        .install_unit(
+            "flappy.service",
+            "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'if [ -e /run/flappy.ok ]; then exec sleep infinity; fi; sleep 0.3; echo flappy: lost its lock >&2; exit 2'\n",
+        )
+        .unwrap();
+    let incident = "unit-failed:flappy.service";
+    for _ in 0..6 {
+        bed.c.exec_ok(&["systemctl", "start", "--no-block", "flappy.service"]).unwrap();
+        bed.c.wait_unit_state("flappy.service", "failed", Duration::from_secs(10)).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let records = events_of(&bed, incident);
+    assert!(records.len() >= 9, "every change is recorded at once: {records:?}");
+    // Repaired: it stays up; told resolved once it stayed gone 4 s.
+    bed.c.write_file("/run/flappy.ok", "").unwrap();
+    bed.c.exec_ok(&["systemctl", "start", "flappy.service"]).unwrap();
+    let resolved = |m: &ReceivedMessage| m.title.contains(&format!("flaps: {incident}"));
+    wait_until(Duration::from_secs(20), "the resolved message", || g.messages().iter().any(resolved));
+    let msgs = g.messages();
+    let titles: Vec<&str> = msgs.iter().map(|m| m.title.as_str()).collect();
+    assert_eq!(titles.len(), 2, "one message when it opened, one when it stayed resolved: {titles:?}");
+    assert!(titles[0].ends_with("flappy.service failed (exit-code, exit status 2)"), "{titles:?}");
+    let told = msgs.iter().find(|m| resolved(m)).unwrap();
+    assert!(told.title.contains("resolved after 5 flaps"), "{titles:?}");
+    // Decided once: a flap is decided again at a later full pass, not at each failure.
+    let decisions = bed.audit("decisions.jsonl").into_iter().filter(|d| d["incident"] == incident).count();
+    assert_eq!(decisions, 1);
     stop_daemon(daemon);
 }
