@@ -121,7 +121,7 @@ in
       type = lib.types.ints.between 1 86400;
       default = 300;
       example = 60;
-      description = "Seconds between two cycles of the daemon (`check_interval`; 1 to 86400, as the daemon accepts).";
+      description = "Seconds between two full passes of the daemon (`check_interval`; 1 to 86400, as the daemon accepts): the reconciliation that catches what no signal tells (disks, memory, a missed signal). Failures are seen at once from systemd's signals.";
     };
 
     model = lib.mkOption {

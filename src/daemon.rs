@@ -23,7 +23,7 @@ use crate::ids::Fingerprint;
 use crate::model::status::{self, DaemonStatus};
 use crate::model::ModelService;
 use crate::notify::gotify::Gotify;
-use crate::notify::{self, outbox::Outbox};
+use crate::notify::{self, outbox::Outbox, Notifier};
 use crate::observe::journal;
 use crate::observe::units::Transition;
 use crate::observe::window::ErrorWindow;
@@ -65,38 +65,25 @@ pub fn lock_state_dir(state: &StateDir) -> anyhow::Result<StateLock> {
 /// the model service and the Gotify client (its token read) made before.
 /// Must be polled inside a `tokio::task::LocalSet`.
 ///
-/// Two tasks: this one watches (systemd's signals, and a full pass every
-/// `check_interval`) and records each incident as soon as it is seen; the
-/// decider (`decide`) takes the incidents that need a decision one at a
-/// time, so a slow or dead model delays only decisions.
+/// Two tasks: this one watches (systemd's signals, the journal's errors,
+/// and a full pass every `check_interval`) and records each incident as
+/// soon as it is seen; the decider (`decide`) takes the incidents that need
+/// a decision one at a time, so a slow or dead model delays only decisions.
 pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: Option<Gotify>) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&state)?;
-    let interval = config.check_interval();
     tracing::info!(
         autonomy = config.autonomy_level.as_str(),
-        interval_secs = interval.as_secs(),
+        interval_secs = config.check_interval().as_secs(),
         model = %config.ollama.model,
         state_dir = %config.state_dir.display(),
         "macha daemon started"
     );
-    let (notifier, gotify) = match notify::setup(&config, &state, gotify)? {
-        Some((n, g)) => (Some(n), Some(g)),
-        None => (None, None),
-    };
-    if let (Some(n), Some(g)) = (&notifier, gotify) {
-        tracing::info!(url = %g.url(), "notifications to Gotify on");
-        // The sender shares the daemon's single thread; its SQLite handle is not `Sync`.
-        tokio::task::spawn_local(notify::run_sender(Outbox::open(&state)?, g, config.gotify.retry_max, n.wake()));
-    }
-    // How long a stop waits for an action in flight: its job, its check,
-    // and a little for writing its record.
-    let grace = std::time::Duration::from_secs(config.act.job_timeout.saturating_add(config.act.settle_time))
-        .saturating_add(std::time::Duration::from_secs(5));
+    let notifier = start_notifications(&config, &state, gotify)?;
     let watcher_notifier = notifier.as_ref().map(|n| n.another(&state)).transpose()?;
-    let mut watcher = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
+    let mut engine = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
     let mut decider = Engine::new(config.clone(), state.clone(), model, notifier)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    watcher.stop_on(stopping.clone());
+    engine.stop_on(stopping.clone());
     decider.stop_on(stopping);
     decider.pace_retries();
     let started_at = chrono::Utc::now();
@@ -114,85 +101,37 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     // Ready once the lock is held and the state, the model service and the
     // notifier are open: what can fail at start-up has failed by now.
     manager.ready("started; first pass now");
-    let mut watch = Watch::new(&config, shared.clone());
-    // The journal's errors, followed on a thread of their own: a burst
-    // beginning or ending wakes a pass.
-    let (journal, bursts) = follow_journal(&config, &mut watcher)?;
-    let mut watching = Watching {
-        next_full: tokio::time::Instant::now(),
-        settle_at: None,
-        units: HashSet::new(),
-        loop_at: config.detect.restart_loop_restarts as usize,
-    };
-    // A resolved incident is told once it stayed gone this long.
-    let settle = std::time::Duration::from_secs(config.gotify.resolve_after.saturating_add(1));
-    loop {
-        let mut settling = false;
-        let scope = tokio::select! {
-            happened = watch.next() => watching.scope_for(happened),
-            _ = tokio::time::sleep_until(watching.next_full) => Some(Scope::Full),
-            _ = bursts.notified() => Some(Scope::Units),
-            _ = sleep_until(watching.settle_at) => {
-                watching.settle_at = None;
-                settling = true;
-                Some(Scope::Units)
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let Some(scope) = scope else { continue };
-        if scope == Scope::Full {
-            watching.next_full = tokio::time::Instant::now() + interval;
-            watch.reconcile().await;
-        }
-        let restarting = watch.live().then(|| watch.restarting());
-        match watcher.pass(scope, restarting).await {
-            Ok(Some(pass)) => {
-                watching.units = pass.incidents.iter().filter_map(|i| i.kind.unit().map(str::to_owned)).collect();
-                if !pass.resolved.is_empty() {
-                    watching.settle_at = Some(tokio::time::Instant::now() + settle);
-                }
-                let noteworthy = !pass.resolved.is_empty() || pass.novelty.iter().any(|n| *n != Novelty::Known);
-                if scope == Scope::Full || noteworthy || settling {
-                    let report = watcher.after_pass(&pass);
-                    manager.status(&idle_status(&report, interval));
-                }
-                for job in pass.jobs() {
-                    line.push(job);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // The daemon outlives a bad pass; the next one tries again.
-                tracing::error!(error = crate::errors::chain(e.as_ref()), "pass failed");
-                manager.status(&format!("last pass failed: {e}; next in {} s", interval.as_secs()));
-            }
-        }
+    let mut watcher = Watcher::start(&config, engine, line, manager, shared.clone())?;
+    tokio::select! {
+        () = watcher.run() => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
     // Observing and deciding stop now; an action in flight ends and is
     // recorded first, within the grace.
     stop.send_replace(true);
-    journal.store(true, Ordering::Relaxed);
-    line.close();
-    manager.status("stopping: an action in flight, if any, ends and is recorded first");
+    watcher.stop();
+    // How long a stop waits for an action in flight: its job, its check,
+    // and a little for writing its record.
+    let grace = std::time::Duration::from_secs(config.act.job_timeout.saturating_add(config.act.settle_time))
+        .saturating_add(std::time::Duration::from_secs(5));
     let last_model = match tokio::time::timeout(grace, deciding).await {
-        Ok(Ok(model)) => Some(model),
+        Ok(Ok(model)) => model,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "the decider ended abnormally");
-            None
+            watcher.engine.model().clone()
         }
         Err(_) => {
             tracing::error!(
                 grace_secs = grace.as_secs(),
                 "an action was still running when the stop's grace ran out; the next start records how it ended"
             );
-            None
+            watcher.engine.model().clone()
         }
     };
-    manager.stopping();
+    watcher.manager.stopping();
     tracing::info!("macha daemon stopped by signal");
-    let model = last_model.unwrap_or_else(|| watcher.model().clone());
-    let mut last = DaemonStatus::of(&model, Some(shared.get()), started_at, Some(chrono::Utc::now()));
+    let mut last = DaemonStatus::of(&last_model, Some(shared.get()), started_at, Some(chrono::Utc::now()));
     if let Some(w) = &mut last.watching {
         w.events.live = false;
     }
@@ -200,6 +139,152 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
         tracing::warn!(error = %e, "cannot write the stopped status");
     }
     Ok(())
+}
+
+/// The notifier, and its delivery task started; `None` when notifications
+/// are off.
+fn start_notifications(config: &Config, state: &StateDir, gotify: Option<Gotify>) -> anyhow::Result<Option<Notifier>> {
+    let Some((notifier, gotify)) = notify::setup(config, state, gotify)? else { return Ok(None) };
+    tracing::info!(url = %gotify.url(), "notifications to Gotify on");
+    // The sender shares the daemon's single thread; its SQLite handle is not `Sync`.
+    let outbox = Outbox::open(state)?;
+    tokio::task::spawn_local(notify::run_sender(outbox, gotify, config.gotify.retry_max, notifier.wake()));
+    Ok(Some(notifier))
+}
+
+/// The watching task: what starts a pass, the passes, and what they put in
+/// line for the decider.
+struct Watcher {
+    engine: Engine,
+    watch: Watch,
+    line: Line,
+    manager: ServiceManager,
+    /// Woken by the journal follower when a burst begins or ends.
+    bursts: Arc<tokio::sync::Notify>,
+    /// Stops the journal follower.
+    journal: Arc<AtomicBool>,
+    interval: std::time::Duration,
+    /// How long a resolved incident must stay gone before it is told.
+    settle: std::time::Duration,
+    /// When the next full pass is due.
+    next_full: tokio::time::Instant,
+    /// When incidents resolved lately have stayed gone long enough to be
+    /// told resolved (a pass tells it): no waiting for the next full pass.
+    settle_at: Option<tokio::time::Instant>,
+    /// The units of the incidents the last pass saw: any change of theirs
+    /// may resolve one.
+    units: HashSet<String>,
+    /// Restarts within the window that make a restart loop.
+    loop_at: usize,
+}
+
+impl Watcher {
+    fn start(
+        config: &Config,
+        mut engine: Engine,
+        line: Line,
+        manager: ServiceManager,
+        shared: status::Shared,
+    ) -> anyhow::Result<Self> {
+        // The journal's errors, followed on a thread of their own: a burst
+        // beginning or ending wakes a pass.
+        let (journal, bursts) = follow_journal(config, &mut engine)?;
+        Ok(Self {
+            engine,
+            watch: Watch::new(config, shared),
+            line,
+            manager,
+            bursts,
+            journal,
+            interval: config.check_interval(),
+            settle: std::time::Duration::from_secs(config.gotify.resolve_after.saturating_add(1)),
+            next_full: tokio::time::Instant::now(),
+            settle_at: None,
+            units: HashSet::new(),
+            loop_at: config.detect.restart_loop_restarts as usize,
+        })
+    }
+
+    /// Watches until the engine is told to stop.
+    async fn run(&mut self) {
+        loop {
+            let mut settling = false;
+            let scope = tokio::select! {
+                happened = self.watch.next() => self.scope_for(happened),
+                _ = tokio::time::sleep_until(self.next_full) => Some(Scope::Full),
+                _ = self.bursts.notified() => Some(Scope::Units),
+                _ = sleep_until(self.settle_at) => {
+                    self.settle_at = None;
+                    settling = true;
+                    Some(Scope::Units)
+                }
+            };
+            let Some(scope) = scope else { continue };
+            if !self.pass(scope, settling).await {
+                return;
+            }
+        }
+    }
+
+    /// One pass; its incidents that need a decision go in line. False once
+    /// told to stop.
+    async fn pass(&mut self, scope: Scope, settling: bool) -> bool {
+        if scope == Scope::Full {
+            self.next_full = tokio::time::Instant::now() + self.interval;
+            self.watch.reconcile().await;
+        }
+        let restarting = self.watch.live().then(|| self.watch.restarting());
+        match self.engine.pass(scope, restarting).await {
+            Ok(Some(pass)) => {
+                self.units = pass.incidents.iter().filter_map(|i| i.kind.unit().map(str::to_owned)).collect();
+                if !pass.resolved.is_empty() {
+                    self.settle_at = Some(tokio::time::Instant::now() + self.settle);
+                }
+                let noteworthy = !pass.resolved.is_empty() || pass.novelty.iter().any(|n| *n != Novelty::Known);
+                if scope == Scope::Full || noteworthy || settling {
+                    let report = self.engine.after_pass(&pass);
+                    self.manager.status(&idle_status(&report, self.interval));
+                }
+                for job in pass.jobs() {
+                    self.line.push(job);
+                }
+            }
+            Ok(None) => return false,
+            Err(e) => {
+                // The daemon outlives a bad pass; the next one tries again.
+                tracing::error!(error = crate::errors::chain(e.as_ref()), "pass failed");
+                self.manager.status(&format!("last pass failed: {e}; next in {} s", self.interval.as_secs()));
+            }
+        }
+        true
+    }
+
+    /// The pass that what happened calls for, if any: one of the units
+    /// (`Scope::Units`) for a unit that entered or left `failed`, one that
+    /// became a restart loop, or any change of a unit with an incident; and
+    /// after the stream came back. A lost stream calls for none: the full
+    /// passes go on meanwhile.
+    fn scope_for(&self, happened: Happened) -> Option<Scope> {
+        let changed = match happened {
+            Happened::Changed(changed) => changed,
+            Happened::Back(_) => return Some(Scope::Units),
+            Happened::Lost(_) => return None,
+        };
+        let matters = |(unit, t): &(String, Transition)| match t {
+            Transition::Failed | Transition::LeftFailed(_) => true,
+            Transition::Restarted { in_window } => *in_window == self.loop_at,
+            Transition::State(..) | Transition::Gone => self.units.contains(unit),
+        };
+        changed.iter().any(matters).then_some(Scope::Units)
+    }
+
+    /// Stops the journal follower and closes the line: the decider ends
+    /// once it finished what it does now.
+    fn stop(&self) {
+        self.journal.store(true, Ordering::Relaxed);
+        self.line.close();
+        self.manager.status("stopping: an action in flight, if any, ends and is recorded first");
+    }
 }
 
 /// Starts following the journal's errors from where the last full pass
@@ -233,41 +318,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// What the watching loop keeps between two things happening.
-struct Watching {
-    /// When the next full pass is due.
-    next_full: tokio::time::Instant,
-    /// When incidents resolved lately have stayed gone long enough to be
-    /// told resolved (a pass tells it): no waiting for the next full pass.
-    settle_at: Option<tokio::time::Instant>,
-    /// The units of the incidents the last pass saw: any change of theirs
-    /// may resolve one.
-    units: HashSet<String>,
-    /// Restarts within the window that make a restart loop.
-    loop_at: usize,
-}
-
-impl Watching {
-    /// The pass that what happened calls for, if any: one of the units
-    /// (`Scope::Units`) for a unit that entered or left `failed`, one that
-    /// became a restart loop, or any change of a unit with an incident; and
-    /// after the stream came back. A lost stream calls for none: the full
-    /// passes go on meanwhile.
-    fn scope_for(&self, happened: Happened) -> Option<Scope> {
-        let changed = match happened {
-            Happened::Changed(changed) => changed,
-            Happened::Back(_) => return Some(Scope::Units),
-            Happened::Lost(_) => return None,
-        };
-        let matters = |(unit, t): &(String, Transition)| match t {
-            Transition::Failed | Transition::LeftFailed(_) => true,
-            Transition::Restarted { in_window } => *in_window == self.loop_at,
-            Transition::State(..) | Transition::Gone => self.units.contains(unit),
-        };
-        changed.iter().any(matters).then_some(Scope::Units)
     }
 }
 

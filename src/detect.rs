@@ -394,6 +394,38 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_loop_is_told_by_the_signals_and_ends_in_a_failure_when_systemd_gives_up() {
+        use crate::observe::units::Restarting;
+        let looping = |restarts: usize, active: &str| Restarting {
+            unit: "crashy.service".into(),
+            restarts,
+            n_restarts: Some(restarts as u32),
+            since: chrono::Utc::now(),
+            active_state: active.into(),
+            sub_state: "auto-restart".into(),
+        };
+        let cfg = DetectConfig::default();
+        let mut s = healthy();
+        s.restarting = Some(vec![looping(2, "activating")]);
+        assert!(detect(&s, &[], &cfg).is_empty(), "two restarts are watched, not decided");
+        s.restarting = Some(vec![looping(3, "activating")]);
+        let found = detect(&s, &[], &cfg);
+        assert_eq!(found[0].fingerprint, "restart-loop:crashy.service");
+        assert!(found[0].summary.contains("restarted by systemd 3 times"), "{}", found[0].summary);
+        // Shown failed by the signals between a crash and its restart: systemd's
+        // own list says it is not failed, so it is still a loop.
+        s.restarting = Some(vec![looping(3, "failed")]);
+        assert_eq!(detect(&s, &[], &cfg)[0].fingerprint, "restart-loop:crashy.service");
+        // systemd gave up: a failure, and no loop.
+        s.failed_units = Source::Ok(vec![failed_unit("crashy.service", 3)]);
+        let found: Vec<String> = detect(&s, &[], &cfg).iter().map(|i| i.fingerprint.to_string()).collect();
+        assert_eq!(found, ["unit-failed:crashy.service"]);
+        // Without signals (macha-check) restart loops are neither seen nor resolved.
+        s.restarting = None;
+        assert!(!s.saw(Basis::Restarts));
+    }
+
+    #[test]
     fn a_new_failure_of_the_same_unit_changes_the_evidence_key() {
         let mut s = healthy();
         s.failed_units = Source::Ok(vec![failed_unit("web.service", 1)]);
