@@ -68,8 +68,12 @@ pub struct Engine {
     pace: bool,
     /// Whether the model's check failed at the last cycle.
     model_was_down: bool,
+    /// The model passed its check again since the last decision.
+    model_back: bool,
     /// The model's problems as last logged, when, and how many times.
     said: Option<Said>,
+    /// The journal cursor this engine last saved.
+    saved_cursor: Option<String>,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -108,7 +112,9 @@ impl Engine {
             stop: None,
             pace: false,
             model_was_down: false,
+            model_back: false,
             said: None,
+            saved_cursor: None,
             #[cfg(test)]
             fake: None,
         })
@@ -234,9 +240,22 @@ impl Engine {
     /// are asked at once). `None` when told to stop first.
     async fn model_state(&mut self, stop: &mut Option<watch::Receiver<bool>>) -> Option<(Vec<String>, bool)> {
         let problems = unless_stopped(stop.as_mut(), self.check_model()).await?;
-        let back = self.model_was_down && problems.is_empty();
+        if self.model_was_down && problems.is_empty() {
+            self.model_back = true;
+        }
         self.model_was_down = !problems.is_empty();
-        Some((problems, back))
+        Some((problems, std::mem::take(&mut self.model_back)))
+    }
+
+    /// Checks the model when it is not known to be ready (the daemon does
+    /// at start-up and at each full pass, decisions or not), so that
+    /// `macha status` and the log tell a missing model before an incident
+    /// needs it. That it came back is kept for the next decision.
+    pub async fn check_model_now(&mut self) {
+        let mut stop = self.stop.clone();
+        if let Some((_, back)) = self.model_state(&mut stop).await {
+            self.model_back |= back;
+        }
     }
 
     /// Observes, detects, and records what changed: the incidents opened
@@ -506,12 +525,16 @@ impl Engine {
     }
 
     /// Saves the journal cursor this cycle read up to, for the next one.
-    fn save_cursor(&self, snap: &Snapshot) -> anyhow::Result<()> {
-        if let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) {
-            self.state
-                .replace(CURSOR_FILE, c.as_bytes())
-                .map_err(|e| anyhow::anyhow!("cannot save the journal cursor: {e}"))?;
+    fn save_cursor(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
+        let Some(c) = snap.journal.ok().and_then(|j| j.cursor.as_deref()) else { return Ok(()) };
+        // Unchanged (no new error since): no write, no sync.
+        if self.saved_cursor.as_deref() == Some(c) {
+            return Ok(());
         }
+        self.state
+            .replace(CURSOR_FILE, c.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot save the journal cursor: {e}"))?;
+        self.saved_cursor = Some(c.to_owned());
         Ok(())
     }
 

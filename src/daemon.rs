@@ -231,6 +231,8 @@ impl Watcher {
     async fn pass(&mut self, scope: Scope, settling: bool) -> bool {
         if scope == Scope::Full {
             self.next_full = tokio::time::Instant::now() + self.interval;
+            self.manager.status(&format!("cycle running since {}", chrono::Local::now().format("%H:%M:%S")));
+            self.line.check_model();
             self.watch.reconcile().await;
         }
         let restarting = self.watch.live().then(|| self.watch.restarting());
@@ -327,6 +329,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[derive(Clone)]
 struct Line {
     jobs: Rc<RefCell<VecDeque<Job>>>,
+    /// The model is to be checked (a full pass asked).
+    check: Rc<Cell<bool>>,
     added: Rc<tokio::sync::Notify>,
     closed: Rc<Cell<bool>>,
     /// The incident being decided, and the evidence it is decided on.
@@ -336,7 +340,14 @@ struct Line {
 
 impl Line {
     fn new(shared: status::Shared) -> Self {
-        Self { jobs: Rc::default(), added: Rc::default(), closed: Rc::default(), deciding: Rc::default(), shared }
+        Self {
+            jobs: Rc::default(),
+            check: Rc::default(),
+            added: Rc::default(),
+            closed: Rc::default(),
+            deciding: Rc::default(),
+            shared,
+        }
     }
 
     /// Puts `job` in line, in the place of an older one of the same
@@ -358,11 +369,20 @@ impl Line {
         self.added.notify_one();
     }
 
-    /// The next job; `None` once the line is closed and empty.
-    async fn next(&self) -> Option<Job> {
+    /// Asks the decider to check the model (when it is not known to be ready).
+    fn check_model(&self) {
+        self.check.set(true);
+        self.added.notify_one();
+    }
+
+    /// The next thing to do; `None` once the line is closed and empty.
+    async fn next(&self) -> Option<Work> {
         loop {
+            if self.check.take() {
+                return Some(Work::CheckModel);
+            }
             if let Some(job) = self.jobs.borrow_mut().pop_front() {
-                return Some(job);
+                return Some(Work::Decide(job));
             }
             if self.closed.get() {
                 return None;
@@ -392,10 +412,23 @@ impl Line {
     }
 }
 
+/// What the decider does next.
+enum Work {
+    CheckModel,
+    Decide(Job),
+}
+
 /// The decider: decides the incidents in line, one at a time, until the
 /// line is closed; returns the model service for the last status.
 async fn decide(mut engine: Engine, line: Line) -> ModelService {
-    while let Some(job) = line.next().await {
+    while let Some(work) = line.next().await {
+        let job = match work {
+            Work::CheckModel => {
+                engine.check_model_now().await;
+                continue;
+            }
+            Work::Decide(job) => job,
+        };
         line.tell_deciding(Some(&job));
         if let Err(e) = engine.decide_job(&job).await {
             tracing::error!(

@@ -449,6 +449,7 @@ impl Store {
         snap: &Snapshot,
     ) -> Result<(Vec<Novelty>, Vec<Fingerprint>), StoreError> {
         let now = snap.taken_at.to_rfc3339();
+        let hour_ago = (snap.taken_at - TimeDelta::hours(1)).to_rfc3339();
         let path = self.path.clone();
         let wrap = move |source| StoreError { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(&wrap)?;
@@ -482,9 +483,12 @@ impl Store {
                 )
                 .map_err(&wrap)?;
             } else {
+                // Seen as before: written at most hourly, so a steady pass
+                // writes (and syncs) nothing.
                 tx.execute(
-                    "UPDATE incidents SET summary = ?2, last_seen = ?3, evidence_key = ?4 WHERE fingerprint = ?1",
-                    params![inc.fingerprint, inc.summary, now, inc.evidence_key],
+                    "UPDATE incidents SET summary = ?2, last_seen = ?3, evidence_key = ?4
+                     WHERE fingerprint = ?1 AND (summary IS NOT ?2 OR evidence_key IS NOT ?4 OR last_seen < ?5)",
+                    params![inc.fingerprint, inc.summary, now, inc.evidence_key, hour_ago],
                 )
                 .map_err(&wrap)?;
             }

@@ -64,9 +64,14 @@ fn only_the_daemon_side_of_act_starts_helper_units() {
 fn only_the_executor_changes_units() {
     // A second check beside the types: only `act::Control` (made only in
     // `act`) declares the calls that change units, and only `act` uses them.
-    for call in ["fn restart_unit", "fn start_unit", "fn reset_failed_unit", "fn subscribe"] {
+    for call in ["fn restart_unit", "fn start_unit", "fn reset_failed_unit"] {
         assert_eq!(files_containing(call), ["src/act/control.rs"], "{call}");
     }
+    // `Manager.Subscribe` changes no unit (systemd sends signals to its
+    // subscribers): act's job waits and the daemon's signal stream call it,
+    // nothing else.
+    assert_eq!(files_containing("fn subscribe(&self)"), ["src/act/control.rs"]);
+    assert_eq!(files_containing("\"Subscribe\", &()"), ["src/observe/events.rs"]);
     assert_eq!(files_containing("restart_unit(unit"), ["src/act/control.rs"]);
     assert_eq!(files_containing("reset_failed_unit(unit"), ["src/act/control.rs"]);
     assert_eq!(code_containing(".restart("), ["src/act/mod.rs"]);
