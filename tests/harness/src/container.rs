@@ -35,6 +35,8 @@ use anyhow::{bail, Context, Result};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a command run with [`Container::exec`] may take.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a container runs unless its `BootOptions` say otherwise.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// How long `Drop` waits for a clean poweroff before killing.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// PATH for commands run inside the container (the host's PATH is meaningless there).
@@ -49,12 +51,22 @@ pub struct BootOptions {
     /// Host directories or files mounted read-only into the container:
     /// (absolute host path, absolute path inside the container).
     pub bind_ro: Vec<(PathBuf, String)>,
+    /// How long the container may run before `timeout` stops it; `None` is
+    /// ten minutes, enough for any test. A benchmark with long idle windows
+    /// sets more.
+    pub lifetime: Option<Duration>,
 }
 
 impl BootOptions {
     /// Options with just a name hint.
     pub fn new(name_hint: &str) -> Self {
-        BootOptions { name_hint: name_hint.to_string(), bind_ro: Vec::new() }
+        BootOptions { name_hint: name_hint.to_string(), bind_ro: Vec::new(), lifetime: None }
+    }
+
+    /// Lets the container run for `lifetime` instead of ten minutes.
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
     }
 
     /// Adds a read-only bind mount of `host` at `container_path`.
@@ -116,7 +128,8 @@ impl Container {
         let cgroups = create_cgroups(&name)?;
 
         let mut cmd = Command::new("timeout");
-        cmd.arg("600").arg("systemd-nspawn").arg("-q").arg("-D").arg(&rootfs).args(["-M", &name]).args([
+        let lifetime = opts.lifetime.unwrap_or(DEFAULT_LIFETIME).as_secs().to_string();
+        cmd.arg(lifetime).arg("systemd-nspawn").arg("-q").arg("-D").arg(&rootfs).args(["-M", &name]).args([
             "--boot",
             "--register=no",
             "--keep-unit",
