@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use macha::observe::events::Events;
 use macha::observe::units::{Transition, Units};
-use macha_testbed::container::Container;
+use macha_testbed::container::{BootOptions, Container};
 use macha_testbed::ollama::OllamaDouble;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -390,7 +390,11 @@ fn main() {
     let tick = clock_tick();
     println!("load average at the start: {}", load_average());
 
-    let c = Container::boot("latency").expect("boot the container (run as root)");
+    // Two idle windows and about five minutes besides; the harness's
+    // default lifetime (ten minutes) is a test's.
+    let lifetime = 2 * idle + Duration::from_secs(1800);
+    let c =
+        Container::boot_with(BootOptions::new("latency").lifetime(lifetime)).expect("boot the container (run as root)");
     c.install_unit("fail@.service", FAIL_UNIT).unwrap();
     c.install_unit("tick@.service", TICK_UNIT).unwrap();
     let double = OllamaDouble::start(&[MODEL]).expect("start the Ollama double");
