@@ -299,6 +299,22 @@ memory_pressure_percent = 100
     }
 }
 
+/// A benchmark that panics leaves no daemon behind (one already stopped
+/// is not signalled again: its status is known).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Monit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Monit, run in the foreground on the host (`monit -I`), checking units in
 /// the container through `nsenter`.
 struct Monit {
