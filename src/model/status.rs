@@ -30,6 +30,9 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 /// How often changed counters (signals taken) are written at most.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the writer waits after a change for the changes that follow it.
+const COALESCE: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub pid: u32,
@@ -168,24 +171,39 @@ pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
 pub async fn publish(service: ModelService, watching: Shared, state: StateDir, started_at: DateTime<Utc>) {
     let mut failing = false;
     let mut signals = 0;
+    let mut last: Option<(DaemonStatus, std::time::Instant)> = None;
     loop {
         let now = watching.get();
         // While signals come, once more a second after the last: the
         // final count is written, not one a second short of it.
         let busy = now.events.signals != signals;
         signals = now.events.signals;
-        match write(&state, &DaemonStatus::of(&service, Some(now), started_at, None)) {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot write {STATUS_FILE}; `macha status` shows an old state");
+        let status = DaemonStatus::of(&service, Some(now), started_at, None);
+        // What a reader would see differently, or the refresh that tells a live daemon.
+        let due = last.as_ref().is_none_or(|(was, at)| !same(was, &status) || at.elapsed() >= REFRESH);
+        if due {
+            match write(&state, &status) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot write {STATUS_FILE}; `macha status` shows an old state");
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
+            last = Some((status, std::time::Instant::now()));
         }
         tokio::select! {
             _ = service.changed().notified() => {}
             _ = watching.changed.notified() => {}
             _ = tokio::time::sleep(if busy { COUNTERS_EVERY } else { REFRESH }) => {}
         }
+        // Changes come in bursts (an incident put in line, taken, decided):
+        // one write for the burst.
+        tokio::time::sleep(COALESCE).await;
     }
+}
+
+/// Whether two statuses tell a reader the same (the time written aside).
+fn same(a: &DaemonStatus, b: &DaemonStatus) -> bool {
+    DaemonStatus { updated_at: b.updated_at, ..a.clone() } == *b
 }
