@@ -102,13 +102,13 @@ fn until_live(bed: &Bed) {
     });
 }
 
-/// Waits until the daemon's count of signals stays put (it is written at
-/// most once a second).
+/// Waits until the daemon's count of signals stays put for 3 s (it is
+/// written at most once a second).
 fn settle(bed: &Bed) {
     let signals = || status(bed)["watching"]["events"]["signals"].as_u64().unwrap();
-    wait_until(Duration::from_secs(20), "the daemon's count of signals to settle", || {
+    wait_until(Duration::from_secs(30), "the daemon's count of signals to settle", || {
         let a = signals();
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(3000));
         a == signals()
     });
 }
@@ -342,8 +342,18 @@ fn two_hundred_state_changes_a_second_are_followed_and_none_is_lost() {
         (before, seen, changes, rss_early)
     });
     assert!(changes >= 6000, "the load is what the test says: {changes} state changes");
+    // The daemon may still be working through what is queued for it (on a
+    // busy machine a pass takes a while): it catches up, to the signal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        let taken = signals(&bed) - before;
+        if taken >= seen || Instant::now() > deadline {
+            break taken;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     settle(&bed);
-    let taken = signals(&bed) - before;
+    let taken = taken.max(signals(&bed) - before);
     let rss_late = rss();
     eprintln!("the daemon took {taken} signals, the test's subscriber {seen}; RSS {rss_early} KiB a third in, {rss_late} KiB after");
     assert_eq!(taken, seen, "every signal taken, none lost");
