@@ -86,13 +86,7 @@ impl Events {
     /// Connects to `address` (the system bus when `None`), subscribes, and
     /// lists the units as they are now.
     pub async fn subscribe(address: Option<&str>) -> Result<(Self, Vec<Listed>), SystemdError> {
-        let shown = address.unwrap_or("the system bus").to_owned();
-        let connect_err = |source| SystemdError::Connect { address: shown.clone(), source: Box::new(source) };
-        let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a).map_err(connect_err)?.build().await,
-            None => Connection::system().await,
-        }
-        .map_err(connect_err)?;
+        let (conn, _) = super::systemd::connect(address).await?;
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(SYSTEMD)

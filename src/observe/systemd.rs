@@ -152,6 +152,19 @@ impl<'a> From<Result<&'a Systemd, SystemdError>> for SystemdLink<'a> {
     }
 }
 
+/// A connection of its own to `address` (the system bus when `None`), and
+/// how to name that address in a message.
+pub(crate) async fn connect(address: Option<&str>) -> Result<(Connection, String), SystemdError> {
+    let shown = address.unwrap_or("the system bus").to_owned();
+    let connect_err = |source| SystemdError::Connect { address: shown.clone(), source: Box::new(source) };
+    let conn = match address {
+        Some(a) => zbus::connection::Builder::address(a).map_err(connect_err)?.build().await,
+        None => Connection::system().await,
+    }
+    .map_err(connect_err)?;
+    Ok((conn, shown))
+}
+
 /// A read handle on one systemd manager's connection.
 #[derive(Clone)]
 pub struct Systemd {
@@ -162,14 +175,8 @@ pub struct Systemd {
 impl Systemd {
     /// Connects to `address`, or to the system bus when it is `None`.
     pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
-        let shown = address.unwrap_or("the system bus").to_owned();
-        let connect_err = |source| SystemdError::Connect { address: shown.clone(), source: Box::new(source) };
-        let conn = match address {
-            Some(a) => zbus::connection::Builder::address(a).map_err(connect_err)?.build().await,
-            None => Connection::system().await,
-        }
-        .map_err(connect_err)?;
-        Ok(Self { conn, address: shown })
+        let (conn, address) = connect(address).await?;
+        Ok(Self { conn, address })
     }
 
     pub fn address(&self) -> &str {
