@@ -81,8 +81,12 @@ impl Watch {
                 match self.subscribe().await {
                     Ok(back) => return Happened::Back(back),
                     Err(why) => {
+                        if self.backoff.is_zero() {
+                            // The first try at start-up: said once; the tries go on quietly.
+                            tracing::warn!("cannot follow systemd's signals yet ({why}); trying again with backoff");
+                        }
                         self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-                        self.shared.update(|w| w.events.last_error = Some(why));
+                        self.shared.tell(|w| w.events.last_error = Some(why));
                         continue;
                     }
                 }
