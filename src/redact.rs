@@ -37,7 +37,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use regex::{Captures, Regex, RegexSet};
 
@@ -115,9 +115,13 @@ fn mask(text: &str, found: &[Found]) -> String {
     out
 }
 
-/// A pattern and how to pick the secret out of one of its matches.
+/// A pattern and how to pick the secret out of one of its matches. The
+/// pattern is compiled the first time a line may match it (`RULE_SET` says
+/// so): most hosts' logs need few of the rules, and each compiled rule
+/// costs tens of KiB for as long as the daemon runs.
 struct Rule {
-    regex: Regex,
+    pattern: &'static str,
+    regex: OnceLock<Regex>,
     pick: Pick,
 }
 
@@ -135,13 +139,20 @@ enum Pick {
 }
 
 impl Rule {
-    fn new(pattern: &str, pick: Pick) -> Self {
-        let regex = Regex::new(pattern).unwrap_or_else(|e| panic!("built-in redaction pattern {pattern:?}: {e}"));
-        Self { regex, pick }
+    fn new(pattern: &'static str, pick: Pick) -> Self {
+        Self { pattern, regex: OnceLock::new(), pick }
+    }
+
+    /// The compiled pattern. Every pattern compiled once already, in
+    /// `RULE_SET`, before any rule is asked for.
+    fn regex(&self) -> &Regex {
+        self.regex.get_or_init(|| {
+            Regex::new(self.pattern).unwrap_or_else(|e| panic!("built-in redaction pattern {:?}: {e}", self.pattern))
+        })
     }
 
     fn find(&self, text: &str, found: &mut Vec<Found>) {
-        for caps in self.regex.captures_iter(text) {
+        for caps in self.regex().captures_iter(text) {
             let secret = match self.pick {
                 Pick::Whole(kind) => caps.get(0).map(|m| Found { span: m.range(), kind }),
                 Pick::WholeIf(kind, check) => {
@@ -251,7 +262,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 
 /// All rule patterns at once, to skip the rules that cannot match.
 static RULE_SET: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new(RULES.iter().map(|rule| rule.regex.as_str())).expect("the rule patterns compile one by one")
+    RegexSet::new(RULES.iter().map(|rule| rule.pattern)).expect("the built-in redaction patterns compile")
 });
 
 /// Upper case, lower case and a digit: what generated tokens have and words
