@@ -196,9 +196,10 @@ impl Engine {
         problems
     }
 
-    /// The journal cursor the last cycle saved; none when there is none or
-    /// it cannot be read (then the look-back window applies).
-    fn cursor(&self) -> Option<String> {
+    /// The journal cursor the last cycle saved (where a pass, or the
+    /// daemon's journal follower, starts); none when there is none or it
+    /// cannot be read (then the look-back window applies).
+    pub fn cursor(&self) -> Option<String> {
         match self.state.read(CURSOR_FILE, MAX_CURSOR_BYTES) {
             Ok(c) => c.map(|c| String::from_utf8_lossy(&c).trim().to_owned()).filter(|c| !c.is_empty()),
             Err(e) => {
@@ -354,12 +355,6 @@ impl Engine {
     /// the daemon's journal follower keeps current.
     pub fn follow_journal(&mut self, window: std::sync::Arc<std::sync::Mutex<crate::observe::window::ErrorWindow>>) {
         self.observer.follow_journal(window);
-    }
-
-    /// The journal cursor the last full pass saved, for a journal follower
-    /// to start from.
-    pub fn journal_cursor(&self) -> Option<String> {
-        self.cursor()
     }
 
     /// Observes the host from the saved journal cursor, watching the units

@@ -269,7 +269,7 @@ impl Watcher {
     fn scope_for(&self, happened: Happened) -> Option<Scope> {
         let changed = match happened {
             Happened::Changed(changed) => changed,
-            Happened::Back(_) => return Some(Scope::Units),
+            Happened::Back => return Some(Scope::Units),
             Happened::Lost(_) => return None,
         };
         let matters = |(unit, t): &(String, Transition)| match t {
@@ -304,7 +304,7 @@ fn follow_journal(
     let waker = wake.clone();
     journal::follow(
         config.journal_dir.clone(),
-        watcher.journal_cursor(),
+        watcher.cursor(),
         config.check_interval(),
         window.clone(),
         stop.clone(),

@@ -4,10 +4,11 @@
 //!
 //! When the bus goes away (dbus-daemon restarted, systemd re-executed) the
 //! stream ends; the watch says so once, tries again after 0.1 s, doubling
-//! up to `MAX_BACKOFF`, and once subscribed again it lists the units and
-//! reports what changed meanwhile (`Happened::Back`), so the daemon
-//! reconciles at once: nothing is lost, and since the table is compared
-//! against the listing, nothing is counted twice.
+//! up to `MAX_BACKOFF`, and once subscribed again it lists the units,
+//! counts what changed meanwhile as missed, and says it is back
+//! (`Happened::Back`), so the daemon reconciles at once: nothing is lost,
+//! and since the table is compared against the listing, nothing is counted
+//! twice.
 
 use std::time::Duration;
 
@@ -34,8 +35,9 @@ pub enum Happened {
     Changed(Vec<(String, Transition)>),
     /// The stream is lost; the reason.
     Lost(String),
-    /// The stream is back; what changed while it was down.
-    Back(Vec<(String, Transition)>),
+    /// The stream is (again) live; what changed meanwhile is counted as
+    /// missed, and a pass reads it.
+    Back,
 }
 
 pub struct Watch {
@@ -79,7 +81,7 @@ impl Watch {
             let Some(events) = &mut self.events else {
                 tokio::time::sleep(self.backoff).await;
                 match self.subscribe().await {
-                    Ok(back) => return Happened::Back(back),
+                    Ok(()) => return Happened::Back,
                     Err(why) => {
                         if self.backoff.is_zero() {
                             // The first try at start-up: said once; the tries go on quietly.
@@ -111,23 +113,20 @@ impl Watch {
         }
     }
 
-    /// Lists the units and compares them with the table: what the signals
-    /// missed (a reconciliation). Nothing when the stream is down.
-    pub async fn reconcile(&mut self) -> Vec<(String, Transition)> {
-        let Some(events) = &self.events else { return Vec::new() };
+    /// Lists the units and brings the table in line (a reconciliation, before
+    /// a full pass reads systemd itself): what the signals missed is logged
+    /// and counted. Nothing when the stream is down.
+    pub async fn reconcile(&mut self) {
+        let Some(events) = &self.events else { return };
         match events.list().await {
             Ok(listed) => {
-                let missed = self.units.reconcile(&listed, Utc::now());
-                if !missed.is_empty() {
-                    tracing::warn!(units = missed.len(), "the reconciliation found unit changes no signal told");
-                    self.shared.update(|w| w.events.missed += missed.len() as u64);
+                let missed = self.units.reconcile(&listed, Utc::now()).len();
+                if missed > 0 {
+                    tracing::warn!(units = missed, "the reconciliation found unit changes no signal told");
+                    self.shared.update(|w| w.events.missed += missed as u64);
                 }
-                missed
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the units to reconcile");
-                Vec::new()
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the units to reconcile"),
         }
     }
 
@@ -155,11 +154,11 @@ impl Watch {
         changed
     }
 
-    /// Subscribes (again); the transitions since the table was last right.
-    async fn subscribe(&mut self) -> Result<Vec<(String, Transition)>, String> {
+    /// Subscribes (again), and brings the table in line with the listing.
+    async fn subscribe(&mut self) -> Result<(), String> {
         let (events, listed): (Events, Vec<Listed>) =
             Events::subscribe(self.address.as_deref()).await.map_err(|e| e.to_string())?;
-        let back = self.units.reconcile(&listed, Utc::now());
+        let missed = self.units.reconcile(&listed, Utc::now()).len() as u64;
         self.events = Some(events);
         self.backoff = FIRST_BACKOFF;
         let reconnect = self.was_live;
@@ -169,12 +168,13 @@ impl Watch {
             w.events.live = true;
             w.events.since = Some(Utc::now());
             w.events.last_error = None;
+            w.events.missed += missed;
             if reconnect {
                 w.events.reconnects += 1;
                 w.events.last_reconnect = Some(Utc::now());
             }
         });
-        Ok(back)
+        Ok(())
     }
 
     fn lost(&mut self, why: String) -> Happened {

@@ -87,16 +87,11 @@ impl Units {
     /// Restart counts are kept.
     pub fn reconcile(&mut self, listed: &[Listed], now: DateTime<Utc>) -> Vec<(String, Transition)> {
         let mut changed = Vec::new();
-        let first = self.table.is_empty();
         for l in listed {
             let known = self.table.entry(l.unit.clone()).or_default();
-            let t = (!first).then(|| state_transition(&known.active, &l.active_state)).flatten();
-            if !first && (known.active != l.active_state || known.sub != l.sub_state) && t.is_none() {
-                changed.push((l.unit.clone(), Transition::State(known.active.clone(), l.active_state.clone())));
-            }
+            changed.extend(transition(&known.active, &l.active_state).map(|t| (l.unit.clone(), t)));
             known.active.clone_from(&l.active_state);
             known.sub.clone_from(&l.sub_state);
-            changed.extend(t.map(|t| (l.unit.clone(), t)));
         }
         let gone: Vec<String> = self.table.keys().filter(|u| !listed.iter().any(|l| &l.unit == *u)).cloned().collect();
         for unit in gone {
@@ -116,10 +111,7 @@ impl Units {
                 let known = self.table.entry(unit.clone()).or_default();
                 let mut t = None;
                 if let Some(active) = active {
-                    t = state_transition(&known.active, &active);
-                    if t.is_none() && known.active != active && !known.active.is_empty() {
-                        t = Some(Transition::State(known.active.clone(), active.clone()));
-                    }
+                    t = transition(&known.active, &active);
                     known.active = active;
                 }
                 if let Some(sub) = sub {
@@ -208,14 +200,17 @@ fn count(known: &mut Known, n: usize, now: DateTime<Utc>, window: TimeDelta) -> 
     known.restarts.len()
 }
 
-/// The transition from active state `from` to `to` that matters: into or
-/// out of `failed`.
-fn state_transition(from: &str, to: &str) -> Option<Transition> {
-    match (from == "failed", to == "failed") {
-        (false, true) => Some(Transition::Failed),
-        (true, false) => Some(Transition::LeftFailed(to.to_owned())),
-        _ => None,
+/// The transition from active state `from` to `to`; none when they are the
+/// same, or `from` is not known yet (a unit first seen).
+fn transition(from: &str, to: &str) -> Option<Transition> {
+    if from.is_empty() || from == to {
+        return None;
     }
+    Some(match (from == "failed", to == "failed") {
+        (false, true) => Transition::Failed,
+        (true, false) => Transition::LeftFailed(to.to_owned()),
+        _ => Transition::State(from.to_owned(), to.to_owned()),
+    })
 }
 
 #[cfg(test)]
