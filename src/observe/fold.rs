@@ -17,7 +17,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use regex::{Captures, Regex};
+use regex_automata::meta;
 use serde::Serialize;
 
 use crate::redact::redact;
@@ -247,27 +247,48 @@ impl Folded {
     }
 }
 
-/// The masks, tried at each position in this order; a group's name is the
-/// kind it masks. Matches without a digit are left as they are (`deadbeef`,
-/// `std::io`), and so are short digit runs inside a word (`ext4`, `sha256`).
-static VARIABLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(concat!(
-        r"(?P<uuid>(?-u:\b)[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?-u:\b))",
-        r"|(?P<url>(?-u:\b)[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'`<>]+)",
-        r"|(?P<mac>(?-u:\b)[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}(?-u:\b))",
-        r"|(?P<time>(?-u:\b)[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?(?-u:\b)",
-        r"|(?-u:\b)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]+)?(?-u:\b))",
-        r"|(?P<ip>(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?-u:\b)",
-        r"|(?-u:\b)(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?-u:\b)",
-        r"|(?-u:\b)(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*)?",
-        r"|::[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*(?-u:\b))",
-        r#"|(?P<before>^|[\s=:'"(\[<,])(?P<path>(?:~|\.\.?)?/[A-Za-z0-9_.@%+~-]+(?:/[A-Za-z0-9_.@%+~-]*)*)"#,
-        r"|(?P<hex>(?-u:\b)(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{6,})(?-u:\b))",
-        r"|(?P<id>(?-u:\b)[A-Za-z0-9_]{16,}(?-u:\b))",
-        r"|(?P<num>[0-9]+(?:[.,][0-9]+)*)",
-    ))
-    .expect("the masks compile")
-});
+/// The variable parts masked, by kind, tried at each position in this order
+/// (the first kind that matches where the leftmost match starts wins).
+/// Matches without a digit are left as they are (`deadbeef`, `std::io`),
+/// and so are short digit runs inside a word (`ext4`, `sha256`).
+const KINDS: [(Kind, &str); 9] = [
+    (Kind::Uuid, r"(?-u:\b)[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?-u:\b)"),
+    (Kind::Url, r"(?-u:\b)[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'`<>]+"),
+    (Kind::Mac, r"(?-u:\b)[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}(?-u:\b)"),
+    (
+        Kind::Time,
+        r"(?-u:\b)[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?(?-u:\b)|(?-u:\b)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]+)?(?-u:\b)",
+    ),
+    (
+        Kind::Ip,
+        r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?-u:\b)|(?-u:\b)(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}(?-u:\b)|(?-u:\b)(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*)?|::[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*(?-u:\b)",
+    ),
+    // A path starts the message or follows a separator, which the match
+    // includes and the mask keeps (it is never one of `~./`).
+    (Kind::Path, r#"(?:^|[\s=:'"(\[<,])(?:~|\.\.?)?/[A-Za-z0-9_.@%+~-]+(?:/[A-Za-z0-9_.@%+~-]*)*"#),
+    (Kind::Hex, r"(?-u:\b)(?:0[xX][0-9a-fA-F]+|[0-9a-fA-F]{6,})(?-u:\b)"),
+    (Kind::Id, r"(?-u:\b)[A-Za-z0-9_]{16,}(?-u:\b)"),
+    (Kind::Num, r"[0-9]+(?:[.,][0-9]+)*"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Uuid,
+    Url,
+    Mac,
+    Time,
+    Ip,
+    Path,
+    Hex,
+    Id,
+    Num,
+}
+
+/// All of [`KINDS`] in one matcher that says which kind matched, without
+/// resolving capture groups (which cost most of the masking when this was
+/// one pattern with a group per kind).
+static VARIABLE: LazyLock<meta::Regex> =
+    LazyLock::new(|| meta::Regex::new_many(&KINDS.map(|(_, pattern)| pattern)).expect("the masks compile"));
 
 /// Longest digit run inside a word that stays as it is (`ext4`, `sha256`,
 /// `x86`): a name, not a value.
@@ -281,39 +302,50 @@ pub fn mask(message: &str) -> Cow<'_, str> {
     if !message.bytes().any(|b| b.is_ascii_digit() || b == b'/') {
         return Cow::Borrowed(message);
     }
-    VARIABLE.replace_all(message, |c: &Captures<'_>| masked(message, c))
+    let mut out = String::new();
+    let mut last = 0;
+    for m in VARIABLE.find_iter(message) {
+        out.push_str(&message[last..m.start()]);
+        push_masked(&mut out, message, KINDS[m.pattern().as_usize()].0, m.range());
+        last = m.end();
+    }
+    if last == 0 && out.is_empty() {
+        return Cow::Borrowed(message);
+    }
+    out.push_str(&message[last..]);
+    Cow::Owned(out)
 }
 
-/// The replacement of one match of [`VARIABLE`].
-fn masked(message: &str, c: &Captures<'_>) -> String {
-    let whole = c.get(0).expect("a match has group 0");
-    let has_digit = whole.as_str().bytes().any(|b| b.is_ascii_digit());
-    if let Some(path) = c.name("path") {
-        return format!("{}<path>", &message[whole.start()..path.start()]);
-    }
-    for kind in ["uuid", "url", "mac", "time"] {
-        if c.name(kind).is_some() {
-            return format!("<{kind}>");
+/// Appends the mask of `message[span]`, a match of `kind`.
+fn push_masked(out: &mut String, message: &str, kind: Kind, span: std::ops::Range<usize>) {
+    let whole = &message[span.clone()];
+    let has_digit = whole.bytes().any(|b| b.is_ascii_digit());
+    let mask = match kind {
+        Kind::Path => {
+            let at = whole.find(['~', '.', '/']).unwrap_or(0);
+            out.push_str(&whole[..at]);
+            "<path>"
         }
-    }
-    if !has_digit {
-        return whole.as_str().to_owned();
-    }
-    for kind in ["ip", "id"] {
-        if c.name(kind).is_some() {
-            let mixed = kind == "ip" || whole.as_str().bytes().any(|b| b.is_ascii_alphabetic());
-            return if mixed { format!("<{kind}>") } else { "<num>".to_owned() };
+        Kind::Uuid => "<uuid>",
+        Kind::Url => "<url>",
+        Kind::Mac => "<mac>",
+        Kind::Time => "<time>",
+        _ if !has_digit => whole,
+        Kind::Ip => "<ip>",
+        Kind::Id if whole.bytes().any(|b| b.is_ascii_alphabetic()) => "<id>",
+        Kind::Hex if !whole.bytes().all(|b| b.is_ascii_digit()) => "<hex>",
+        Kind::Id | Kind::Hex => "<num>",
+        Kind::Num => {
+            let in_word =
+                message[..span.start].chars().next_back().is_some_and(|p| p.is_ascii_alphabetic() || p == '_');
+            if in_word && whole.len() <= NAME_DIGITS {
+                whole
+            } else {
+                "<num>"
+            }
         }
-    }
-    if c.name("hex").is_some() {
-        let digits_only = whole.as_str().bytes().all(|b| b.is_ascii_digit());
-        return if digits_only { "<num>".to_owned() } else { "<hex>".to_owned() };
-    }
-    let in_word = message[..whole.start()].chars().next_back().is_some_and(|p| p.is_ascii_alphabetic() || p == '_');
-    if in_word && whole.len() <= NAME_DIGITS {
-        return whole.as_str().to_owned();
-    }
-    "<num>".to_owned()
+    };
+    out.push_str(mask);
 }
 
 /// Syslog's names of the priorities.
