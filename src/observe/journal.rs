@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,57 +135,24 @@ impl Reader {
         self.run(what, f)?.map_err(|e| JournalError { what, dir: self.dir.clone(), source: e.into() })
     }
 
-    /// A field of the entry at the current position, copied out of the
-    /// mapping; `None` when the entry has no such field.
-    fn field(&mut self, name: &str) -> Result<Option<String>, JournalError> {
+    /// The fields macha reads of the entry at the current position, copied
+    /// out of the mapping in one walk over the entry's data (asking for
+    /// each field by name walks the entry once per field).
+    fn fields(&mut self) -> Result<Fields, JournalError> {
         self.run("read", |j| {
-            let data = j.get_data(name).ok()??;
-            Some(String::from_utf8_lossy(data.value()?).into_owned())
+            let mut f = Fields::default();
+            j.restart_data();
+            while let Ok(Some(data)) = j.enumerate_data() {
+                f.take(data.name(), data.value().unwrap_or_default());
+            }
+            f.time =
+                j.timestamp_usec().ok().and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default();
+            f
         })
-    }
-
-    fn message(&mut self) -> Result<String, JournalError> {
-        let mut message = self.field("MESSAGE")?.unwrap_or_default();
-        if message.chars().count() > MAX_MESSAGE_CHARS {
-            message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + " [...cut]";
-        }
-        Ok(message)
-    }
-
-    fn time(&mut self) -> Result<DateTime<Utc>, JournalError> {
-        let usec = self.run("read", |j| j.timestamp_usec().ok())?;
-        Ok(usec.and_then(|u| DateTime::from_timestamp_micros(u as i64)).unwrap_or_default())
-    }
-
-    fn priority(&mut self) -> Result<u8, JournalError> {
-        Ok(self.field("PRIORITY")?.and_then(|p| p.parse().ok()).unwrap_or(6))
-    }
-
-    fn uid(&mut self) -> Result<Option<u32>, JournalError> {
-        Ok(self.field("_UID")?.and_then(|u| u.parse().ok()))
     }
 
     fn read_entry(&mut self) -> Result<Entry, JournalError> {
-        Ok(Entry {
-            time: self.time()?,
-            priority: self.priority()?,
-            unit: self.field("_SYSTEMD_UNIT")?,
-            about_unit: self.field("UNIT")?,
-            identifier: self.field("SYSLOG_IDENTIFIER")?,
-            comm: self.field("_COMM")?,
-            uid: self.uid()?,
-            pid: self.field("_PID")?.and_then(|p| p.parse().ok()),
-            message: self.message()?,
-        })
-    }
-
-    /// Folds the entry at the journal's position, written by a process of
-    /// `unit`, reading only the fields a template keeps.
-    fn fold_entry(&mut self, unit: Option<String>, fold: &mut Folded) -> Result<(), JournalError> {
-        let writer = Writer { unit, comm: self.field("_COMM")?, uid: self.uid()? };
-        let (priority, time, message) = (self.priority()?, self.time()?, self.message()?);
-        fold.push(writer, priority, time, &message);
-        Ok(())
+        Ok(self.fields()?.into_entry())
     }
 
     fn next(&mut self) -> Result<bool, JournalError> {
@@ -193,6 +161,93 @@ impl Reader {
 
     fn previous(&mut self) -> Result<bool, JournalError> {
         Ok(self.call("read", |j| j.previous())? > 0)
+    }
+}
+
+/// An entry's fields as macha reads them; each is the first of its name
+/// in the entry, as `sd_journal_get_data` would give. Numbers are parsed
+/// as they are read (`Some(None)`: there, but not a number).
+#[derive(Default)]
+struct Fields {
+    time: DateTime<Utc>,
+    priority: Option<Option<u8>>,
+    uid: Option<Option<u32>>,
+    pid: Option<Option<u32>>,
+    unit: Option<String>,
+    about_unit: Option<String>,
+    identifier: Option<String>,
+    comm: Option<String>,
+    message: Option<String>,
+}
+
+impl Fields {
+    /// Keeps `value` when `name` is a field macha reads and not yet taken.
+    fn take(&mut self, name: &[u8], value: &[u8]) {
+        fn number<T: std::str::FromStr>(slot: &mut Option<Option<T>>, value: &[u8]) {
+            if slot.is_none() {
+                *slot = Some(std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()));
+            }
+        }
+        let slot = match name {
+            b"MESSAGE" => &mut self.message,
+            b"PRIORITY" => return number(&mut self.priority, value),
+            b"_UID" => return number(&mut self.uid, value),
+            b"_PID" => return number(&mut self.pid, value),
+            b"_SYSTEMD_UNIT" => &mut self.unit,
+            b"UNIT" => &mut self.about_unit,
+            b"SYSLOG_IDENTIFIER" => &mut self.identifier,
+            b"_COMM" => &mut self.comm,
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = Some(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+
+    fn priority(&self) -> u8 {
+        self.priority.flatten().unwrap_or(6)
+    }
+
+    fn uid(&self) -> Option<u32> {
+        self.uid.flatten()
+    }
+
+    /// The message, cut at `MAX_MESSAGE_CHARS` with a marker.
+    fn message(&mut self) -> String {
+        let mut message = self.message.take().unwrap_or_default();
+        // No longer in characters than in bytes: most are not counted.
+        if message.len() <= MAX_MESSAGE_CHARS {
+            return message;
+        }
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push_str(" [...cut]");
+        }
+        message
+    }
+
+    /// Folds the entry into `fold`.
+    fn fold_into(mut self, fold: &mut Folded) {
+        let (priority, time, message) = (self.priority(), self.time, self.message());
+        fold.push(self.writer(), priority, time, &message);
+    }
+
+    fn writer(&mut self) -> Writer {
+        Writer { unit: self.unit.take(), comm: self.comm.take(), uid: self.uid() }
+    }
+
+    fn into_entry(mut self) -> Entry {
+        Entry {
+            time: self.time,
+            priority: self.priority(),
+            uid: self.uid(),
+            pid: self.pid.flatten(),
+            message: self.message(),
+            unit: self.unit,
+            about_unit: self.about_unit,
+            identifier: self.identifier,
+            comm: self.comm,
+        }
     }
 }
 
@@ -218,12 +273,12 @@ pub fn scan_errors(
             }
         }
         scan.total += 1;
-        if let Some(unit) = j.field("_SYSTEMD_UNIT")? {
+        let fields = j.fields()?;
+        if let Some(unit) = fields.unit.clone() {
             *scan.per_unit.entry(unit.clone()).or_default() += 1;
             // Bounded: at most MAX_UNITS units, one bounded fold each.
             if scan.evidence.len() < MAX_UNITS || scan.evidence.contains_key(&unit) {
-                let fold = scan.evidence.entry(unit.clone()).or_insert_with(|| Folded::new(limits));
-                j.fold_entry(Some(unit), fold)?;
+                fields.fold_into(scan.evidence.entry(unit).or_insert_with(|| Folded::new(limits)));
             }
         }
         scan.cursor = j.run("read", |j| j.cursor().ok())?;
@@ -274,19 +329,26 @@ fn seek_errors(
     Ok((refused_cursor, cursor.map(str::to_owned)))
 }
 
-/// Entries taken from the journal before the window is locked once for them.
+/// Most entries, and most bytes of their messages, the reading thread hands
+/// over at once; with at most `QUEUED` batches waiting, what is read and not
+/// yet folded stays under about a megabyte.
 const BATCH: usize = 1024;
+const BATCH_BYTES: usize = 256 * 1024;
+const QUEUED: usize = 2;
 
 /// The longest wait between two tries to open the journal again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Follows the journal's err-or-worse entries as journald writes them (its
 /// own wait, not a timer), from `cursor` (or the last `lookback`), into
-/// `window`, on a thread of its own (a libsystemd handle never leaves the
-/// thread that opened it), until `stop` is set. `wake` is called when a
-/// unit's burst begins or ends, and when the journal cannot be read (the
-/// reason is in the window; the follower opens it again after a backoff,
-/// from where it was).
+/// `window`, until `stop` is set. `wake` is called when a unit's burst
+/// begins or ends, and when the journal cannot be read (the reason is in the
+/// window; the follower opens it again after a backoff, from where it was).
+///
+/// Two threads: one reads the journal (a libsystemd handle never leaves the
+/// thread that opened it), the other folds what it read into the window, so
+/// a burst is read and folded at once on two cores. The returned thread is
+/// the reader; it ends after the folder.
 pub fn follow(
     dir: Option<std::path::PathBuf>,
     cursor: Option<String>,
@@ -295,95 +357,136 @@ pub fn follow(
     stop: Arc<AtomicBool>,
     wake: impl Fn() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED);
+    let folder = std::thread::Builder::new().name("macha-fold".into()).spawn(move || fold(&rx, &window, &wake))?;
     std::thread::Builder::new().name("macha-journal".into()).spawn(move || {
-        let mut at = cursor;
-        let mut first = true;
-        let mut backoff = Duration::from_millis(100);
-        while !stop.load(Ordering::Relaxed) {
-            let following = Following { window: &window, stop: &stop, wake: &wake };
-            match following.run(dir.as_deref(), &mut at, lookback, first) {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the journal cannot be followed; trying again");
-                    lock(&window).error = Some(e.to_string());
-                    wake();
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+        read(dir.as_deref(), cursor, lookback, &stop, &tx);
+        drop(tx);
+        let _ = folder.join();
+    })
+}
+
+/// What the reading thread hands the folding thread.
+enum Read {
+    /// The journal was opened (again); the first time, why the stored
+    /// cursor was refused.
+    Opened { first: bool, refused: Option<String> },
+    /// Entries in journal order, and the position of the last.
+    Batch(Vec<(Writer, u8, DateTime<Utc>, String)>, Option<String>),
+    /// A second passed with nothing new.
+    Idle,
+    /// The journal cannot be read now.
+    Failed(String),
+}
+
+/// The reading thread: follows the journal from `at`, opening it again
+/// after a backoff when it fails, until `stop` is set or the folder is gone.
+fn read(dir: Option<&Path>, mut at: Option<String>, lookback: Duration, stop: &AtomicBool, tx: &SyncSender<Read>) {
+    let mut first = true;
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        match take(dir, &mut at, lookback, first, stop, tx) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "the journal cannot be followed; trying again");
+                if tx.send(Read::Failed(e.to_string())).is_err() {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        first = false;
+    }
+}
+
+/// Opens the journal, seeks past `at`, and hands entries over until stopped
+/// (`Ok`) or the journal fails; `at` follows the last entry handed over.
+fn take(
+    dir: Option<&Path>,
+    at: &mut Option<String>,
+    lookback: Duration,
+    first: bool,
+    stop: &AtomicBool,
+    tx: &SyncSender<Read>,
+) -> Result<(), JournalError> {
+    let mut j = Reader::open(dir)?;
+    let (refused, mut skip) = seek_errors(&mut j, at.as_deref(), lookback)?;
+    // A send fails only when the folder is gone: then there is nothing to do.
+    if tx.send(Read::Opened { first, refused }).is_err() {
+        return Ok(());
+    }
+    loop {
+        let (mut batch, mut bytes) = (Vec::with_capacity(64), 0);
+        while batch.len() < BATCH && bytes < BATCH_BYTES && j.next()? {
+            if let Some(c) = skip.take() {
+                if j.run("read", |j| j.test_cursor(&c).unwrap_or(false))? {
+                    continue;
                 }
             }
-            first = false;
+            let mut f = j.fields()?;
+            let message = f.message();
+            bytes += message.len();
+            batch.push((f.writer(), f.priority(), f.time, message));
         }
-    })
+        let read = if batch.is_empty() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            j.call("wait", |j| j.wait(Some(Duration::from_secs(1))).map(drop))?;
+            // A second passed, or entries came: a burst may have slid out.
+            Read::Idle
+        } else {
+            *at = j.run("read", |j| j.cursor().ok())?.or(at.take());
+            Read::Batch(batch, at.clone())
+        };
+        if tx.send(read).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The folding thread: takes what the reader hands over into the window,
+/// and wakes the daemon when a burst begins or ends or the journal fails.
+fn fold(rx: &Receiver<Read>, window: &Mutex<ErrorWindow>, wake: &impl Fn()) {
+    for read in rx {
+        let now = Utc::now();
+        let mut w = lock(window);
+        match read {
+            Read::Opened { first, refused } => {
+                if first {
+                    w.refused_cursor = refused;
+                }
+                if w.error.take().is_some() {
+                    tracing::info!("following the journal again");
+                }
+                continue;
+            }
+            Read::Batch(entries, cursor) => {
+                for (writer, priority, time, message) in entries {
+                    w.push(writer, priority, time, &message, now);
+                }
+                w.cursor = cursor;
+            }
+            Read::Idle => {}
+            Read::Failed(error) => {
+                w.error = Some(error);
+                drop(w);
+                wake();
+                continue;
+            }
+        }
+        let turned = w.take_turns(now);
+        drop(w);
+        if turned {
+            wake();
+        }
+    }
 }
 
 fn lock(window: &Mutex<ErrorWindow>) -> std::sync::MutexGuard<'_, ErrorWindow> {
     // A panic while it was held left a count, not a broken invariant.
     window.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-struct Following<'a, F> {
-    window: &'a Mutex<ErrorWindow>,
-    stop: &'a AtomicBool,
-    wake: &'a F,
-}
-
-impl<F: Fn()> Following<'_, F> {
-    /// Opens the journal, seeks past `at`, and takes entries until stopped
-    /// (`Ok`) or the journal fails; `at` follows the last entry taken.
-    fn run(
-        &self,
-        dir: Option<&Path>,
-        at: &mut Option<String>,
-        lookback: Duration,
-        first: bool,
-    ) -> Result<(), JournalError> {
-        let mut j = Reader::open(dir)?;
-        let (refused, mut skip) = seek_errors(&mut j, at.as_deref(), lookback)?;
-        {
-            let mut w = lock(self.window);
-            if first {
-                w.refused_cursor.clone_from(&refused);
-            }
-            if w.error.take().is_some() {
-                tracing::info!("following the journal again");
-            }
-        }
-        let mut batch = Vec::with_capacity(64);
-        loop {
-            while batch.len() < BATCH && j.next()? {
-                if let Some(c) = skip.take() {
-                    if j.run("read", |j| j.test_cursor(&c).unwrap_or(false))? {
-                        continue;
-                    }
-                }
-                let writer = Writer { unit: j.field("_SYSTEMD_UNIT")?, comm: j.field("_COMM")?, uid: j.uid()? };
-                batch.push((writer, j.priority()?, j.time()?, j.message()?));
-            }
-            if !batch.is_empty() {
-                *at = j.run("read", |j| j.cursor().ok())?.or(at.take());
-                let now = Utc::now();
-                let mut w = lock(self.window);
-                for (writer, priority, time, message) in batch.drain(..) {
-                    w.push(writer, priority, time, &message, now);
-                }
-                w.cursor.clone_from(at);
-                let turned = w.take_turns(now);
-                drop(w);
-                if turned {
-                    (self.wake)();
-                }
-                continue;
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            j.call("wait", |j| j.wait(Some(Duration::from_secs(1))).map(drop))?;
-            // A second passed, or entries came: a burst may have slid out.
-            if lock(self.window).take_turns(Utc::now()) {
-                (self.wake)();
-            }
-        }
-    }
 }
 
 /// Longest cursor taken from the state file; libsystemd's are about 150
@@ -463,8 +566,7 @@ pub fn unit_evidence(dir: Option<&Path>, unit: &str, n: usize) -> Result<Folded,
         if read > 0 && !j.next()? {
             break;
         }
-        let writer_unit = j.field("_SYSTEMD_UNIT")?;
-        j.fold_entry(writer_unit, &mut fold)?;
+        j.fields()?.fold_into(&mut fold);
     }
     Ok(fold)
 }
