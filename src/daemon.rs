@@ -176,6 +176,8 @@ struct Watcher {
     units: HashSet<String>,
     /// Restarts within the window that make a restart loop.
     loop_at: usize,
+    /// Start-up is done: a pass ran with systemd's signals followed.
+    started: bool,
 }
 
 impl Watcher {
@@ -202,6 +204,7 @@ impl Watcher {
             settle_at: None,
             units: HashSet::new(),
             loop_at: config.detect.restart_loop_restarts as usize,
+            started: false,
         })
     }
 
@@ -249,6 +252,13 @@ impl Watcher {
                 }
                 for job in pass.jobs() {
                     self.line.push(job);
+                }
+                if !self.started && self.watch.live() {
+                    self.started = true;
+                    // With decisions in line, the decider gives back once they are made.
+                    if self.line.is_empty() {
+                        give_back("start-up is done");
+                    }
                 }
             }
             Ok(None) => return false,
@@ -391,6 +401,11 @@ impl Line {
         }
     }
 
+    /// Whether nothing waits for a decision.
+    fn is_empty(&self) -> bool {
+        self.jobs.borrow().is_empty()
+    }
+
     /// No more jobs come; the decider ends once it took them all.
     fn close(&self) {
         self.closed.set(true);
@@ -438,8 +453,19 @@ async fn decide(mut engine: Engine, line: Line) -> ModelService {
             );
         }
         line.tell_deciding(None);
+        if line.is_empty() {
+            give_back("the decisions in line are made");
+        }
     }
     engine.model().clone()
+}
+
+/// Gives back the memory the work just done left resident (see
+/// `memory`): after start-up and when the decisions in line are made, the
+/// daemon idles until something happens.
+fn give_back(after: &str) {
+    let given = crate::memory::give_back();
+    tracing::debug!(before_kib = given.before_kib, after_kib = given.after_kib, "{after}: memory given back");
 }
 
 /// The unit's status line between two cycles, for `systemctl status`.

@@ -35,6 +35,7 @@ pub mod ids;
 pub mod investigate;
 pub mod ledger;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod note;
 pub mod notify;

@@ -27,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "rotation",
         "service_manager",
         "logging",
+        "memory",
     ],
     &["catalog"],
     &["config"],
