@@ -406,9 +406,9 @@ fn main() {
     let tick = clock_tick();
     println!("load average at the start: {}", load_average());
 
-    // Two idle windows and about five minutes besides; the harness's
+    // Three idle windows and about five minutes besides; the harness's
     // default lifetime (ten minutes) is a test's.
-    let lifetime = 2 * idle + Duration::from_secs(1800);
+    let lifetime = 3 * idle + Duration::from_secs(1800);
     let c =
         Container::boot_with(BootOptions::new("latency").lifetime(lifetime)).expect("boot the container (run as root)");
     c.install_unit("fail@.service", FAIL_UNIT).unwrap();
@@ -493,7 +493,7 @@ fn main() {
 
     // 4. Monit, at its usual interval and at its shortest.
     let mut monit_rows = Vec::new();
-    let mut monit_idle = None;
+    let mut monit_idle = Vec::new();
     match monit_bin() {
         None => println!("Monit: no binary (`monit` on the PATH or MACHA_BENCH_MONIT); not measured"),
         Some(bin) => {
@@ -502,14 +502,12 @@ fn main() {
                 let names: Vec<String> = (1..=n).map(|i| format!("fail@{prefix}-{i}.service")).collect();
                 let mut monit = Monit::start(&bin, &c, interval, &names, &dir.path().join(&prefix));
                 let mpid = monit.child.id();
-                if interval == 5 {
-                    let (own0, kids0) = cpu(mpid, tick);
-                    let wall = Instant::now();
-                    std::thread::sleep(idle);
-                    let (own1, kids1) = cpu(mpid, tick);
-                    let secs = wall.elapsed().as_secs_f64();
-                    monit_idle = Some(((own1 - own0) / secs, (kids1 - kids0) / secs, rss(mpid)));
-                }
+                let (own0, kids0) = cpu(mpid, tick);
+                let wall = Instant::now();
+                std::thread::sleep(idle);
+                let (own1, kids1) = cpu(mpid, tick);
+                let secs = wall.elapsed().as_secs_f64();
+                monit_idle.push(((own1 - own0) / secs, (kids1 - kids0) / secs, rss(mpid)));
                 let units = fail_units(&c, &prefix, n);
                 wait_until(Duration::from_secs(3 * interval + 30), "Monit's detection of every failure", || {
                     let d = monit.detected();
@@ -536,20 +534,31 @@ fn main() {
         println!("\nMonit at 5 s / macha, medians: {:.0} times", m5.median / macha.median);
     }
     println!();
-    println!("| measure | macha | Monit (`set daemon 5`) |");
-    println!("|---|---|---|");
-    let (m_own, m_kids, m_rss) = match monit_idle {
-        Some((own, kids, r)) => (format!("{:.4} %", own * 100.0), format!("{:.4} %", kids * 100.0), r.shown()),
-        None => ("-".into(), "-".into(), "-".into()),
-    };
-    println!("| idle CPU over {} s, own | {:.4} % | {m_own} |", idle.as_secs(), idle_cpu * 100.0);
-    println!("| idle CPU, its child processes (checks) | none | {m_kids} |");
-    println!("| RSS idle | {} | {m_rss} |", idle_rss.shown());
-    let m_after = monit_rows.iter().find(|(i, ..)| *i == 5).map(|(_, _, r)| r.shown()).unwrap_or("-".into());
-    println!("| RSS after {n} failures (macha: and their decisions) | {} | {m_after} |", decided_rss.shown());
-    println!("| RSS after the load | {} | |", after_load_rss.shown());
+    println!("| measure | macha | Monit (`set daemon 5`) | Monit (`set daemon 1`) |");
+    println!("|---|---|---|---|");
+    let monit = |i: usize, f: &dyn Fn(&(f64, f64, Rss)) -> String| monit_idle.get(i).map(f).unwrap_or("-".into());
+    let own = |m: &(f64, f64, Rss)| format!("{:.4} %", m.0 * 100.0);
+    let kids = |m: &(f64, f64, Rss)| format!("{:.4} %", m.1 * 100.0);
+    let resident = |m: &(f64, f64, Rss)| m.2.shown();
     println!(
-        "| CPU per 1000 unit state changes | {:.1} ms ({changes} changes, {load_cpu:.2} s) | |",
+        "| idle CPU over {} s, own | {:.4} % | {} | {} |",
+        idle.as_secs(),
+        idle_cpu * 100.0,
+        monit(0, &own),
+        monit(1, &own)
+    );
+    println!("| idle CPU, its child processes (checks) | none | {} | {} |", monit(0, &kids), monit(1, &kids));
+    println!("| RSS idle | {} | {} | {} |", idle_rss.shown(), monit(0, &resident), monit(1, &resident));
+    let after = |i: u64| monit_rows.iter().find(|(n, ..)| *n == i).map(|(_, _, r)| r.shown()).unwrap_or("-".into());
+    println!(
+        "| RSS after {n} failures (macha: and their decisions) | {} | {} | {} |",
+        decided_rss.shown(),
+        after(5),
+        after(1)
+    );
+    println!("| RSS after the load | {} | | |", after_load_rss.shown());
+    println!(
+        "| CPU per 1000 unit state changes | {:.1} ms ({changes} changes, {load_cpu:.2} s) | | |",
         load_cpu / changes as f64 * 1000.0 * 1000.0
     );
     println!("\nload average at the end: {}", load_average());
