@@ -39,10 +39,10 @@ pub enum ActionKind {
     /// Go back to the previous NixOS system generation.
     RollbackGeneration,
     /// Propose a change to a file of the NixOS configuration as a unified
-    /// diff (`file` and `diff` required, `unit` null). Written for a human
+    /// diff (`file` and `diff` required, no `unit`). Written for a human
     /// to review; never applied by macha.
     ProposeConfigChange,
-    /// Nothing to carry out: a human should look (`unit` must be null).
+    /// Nothing to carry out: a human should look (no `unit`).
     NotifyOnly,
 }
 
@@ -82,6 +82,56 @@ impl ActionKind {
     pub fn needs_unit(self) -> bool {
         matches!(self, Self::RestartUnit | Self::ResetFailed)
     }
+
+    /// The arguments a proposal of this kind carries besides its reason:
+    /// every one of them, and no other. For `investigate` they depend on
+    /// the probe (`None`: no probe named, so only `probe` itself).
+    pub fn args(self, probe: Option<Probe>) -> &'static [Arg] {
+        match self {
+            Self::RestartUnit | Self::ResetFailed => &[Arg::Unit],
+            Self::CollectGarbage => &[Arg::OlderThanDays],
+            Self::VacuumJournal => &[Arg::MaxSizeMb],
+            Self::NixosRebuild => &[Arg::Mode],
+            Self::Investigate => match probe {
+                Some(p) if p.needs_unit() => &[Arg::Probe, Arg::Unit],
+                Some(Probe::DiskUsage) => &[Arg::Probe, Arg::Path],
+                _ => &[Arg::Probe],
+            },
+            Self::ProposeConfigChange => &[Arg::File, Arg::Diff],
+            Self::RollbackGeneration | Self::NotifyOnly => &[],
+        }
+    }
+}
+
+/// An argument of a proposed action, by the name the model writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arg {
+    Unit,
+    OlderThanDays,
+    MaxSizeMb,
+    Mode,
+    Probe,
+    Path,
+    File,
+    Diff,
+}
+
+impl Arg {
+    pub const ALL: [Arg; 8] =
+        [Arg::Unit, Arg::OlderThanDays, Arg::MaxSizeMb, Arg::Mode, Arg::Probe, Arg::Path, Arg::File, Arg::Diff];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unit => "unit",
+            Self::OlderThanDays => "older_than_days",
+            Self::MaxSizeMb => "max_size_mb",
+            Self::Mode => "mode",
+            Self::Probe => "probe",
+            Self::Path => "path",
+            Self::File => "file",
+            Self::Diff => "diff",
+        }
+    }
 }
 
 /// What `nixos_rebuild` does, as `nixos-rebuild` names it.
@@ -99,6 +149,8 @@ pub enum RebuildMode {
 }
 
 impl RebuildMode {
+    pub const ALL: [RebuildMode; 4] = [Self::DryBuild, Self::Test, Self::Switch, Self::Boot];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DryBuild => "dry-build",

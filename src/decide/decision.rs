@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{ActionKind, Probe, RebuildMode};
+use crate::catalog::{ActionKind, Arg, Probe, RebuildMode, ALL_KINDS};
 
 /// How serious the model judges the incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -70,51 +70,41 @@ impl ProposedAction {
         }
     }
 
-    /// The optional fields that are set, by name.
-    fn fields_set(&self) -> Vec<&'static str> {
+    /// The arguments that are set (an empty string counts as not set).
+    fn args_set(&self) -> Vec<Arg> {
         let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.is_empty());
-        let mut set = Vec::new();
-        if non_empty(&self.unit) {
-            set.push("unit");
-        }
-        if self.older_than_days.is_some() {
-            set.push("older_than_days");
-        }
-        if self.max_size_mb.is_some() {
-            set.push("max_size_mb");
-        }
-        if self.mode.is_some() {
-            set.push("mode");
-        }
-        if self.probe.is_some() {
-            set.push("probe");
-        }
-        if non_empty(&self.path) {
-            set.push("path");
-        }
-        if non_empty(&self.file) {
-            set.push("file");
-        }
-        if non_empty(&self.diff) {
-            set.push("diff");
-        }
-        set
+        Arg::ALL
+            .into_iter()
+            .filter(|arg| match arg {
+                Arg::Unit => non_empty(&self.unit),
+                Arg::OlderThanDays => self.older_than_days.is_some(),
+                Arg::MaxSizeMb => self.max_size_mb.is_some(),
+                Arg::Mode => self.mode.is_some(),
+                Arg::Probe => self.probe.is_some(),
+                Arg::Path => non_empty(&self.path),
+                Arg::File => non_empty(&self.file),
+                Arg::Diff => non_empty(&self.diff),
+            })
+            .collect()
     }
 
-    /// The fields this action must carry, given its kind (and probe).
-    fn fields_required(&self) -> Vec<&'static str> {
-        match self.kind {
-            ActionKind::RestartUnit | ActionKind::ResetFailed => vec!["unit"],
-            ActionKind::CollectGarbage => vec!["older_than_days"],
-            ActionKind::VacuumJournal => vec!["max_size_mb"],
-            ActionKind::NixosRebuild => vec!["mode"],
-            ActionKind::Investigate => match self.probe {
-                Some(p) if p.needs_unit() => vec!["probe", "unit"],
-                Some(Probe::DiskUsage) => vec!["probe", "path"],
-                _ => vec!["probe"],
-            },
-            ActionKind::ProposeConfigChange => vec!["file", "diff"],
-            ActionKind::RollbackGeneration | ActionKind::NotifyOnly => vec![],
+    /// The text of a string argument, if it is one and set.
+    fn text(&self, arg: Arg) -> Option<&str> {
+        match arg {
+            Arg::Unit => self.unit.as_deref(),
+            Arg::Path => self.path.as_deref(),
+            Arg::File => self.file.as_deref(),
+            Arg::Diff => self.diff.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A number argument, if it is one and set.
+    fn number(&self, arg: Arg) -> Option<u64> {
+        match arg {
+            Arg::OlderThanDays => self.older_than_days.map(u64::from),
+            Arg::MaxSizeMb => self.max_size_mb,
+            _ => None,
         }
     }
 }
@@ -133,6 +123,34 @@ pub struct Decision {
 /// Most actions a single decision may propose.
 pub const MAX_ACTIONS: usize = 5;
 
+/// Longest diagnosis, in characters.
+pub const MAX_DIAGNOSIS_CHARS: usize = 1000;
+/// Longest reason of an action, in characters.
+pub const MAX_REASON_CHARS: usize = 300;
+
+/// The longest text of a string argument, in characters: a unit name as
+/// systemd bounds it (256), a path and a configuration file as macha
+/// bounds them, a diff as a proposal may be reviewed.
+pub fn max_chars(arg: Arg) -> usize {
+    match arg {
+        Arg::Unit => 256,
+        Arg::Path => 1024,
+        Arg::File => 256,
+        Arg::Diff => 4000,
+        _ => 0,
+    }
+}
+
+/// The range of a number argument (`older_than_days`: up to ten years;
+/// `max_size_mb`: up to a TiB of journal).
+pub fn number_range(arg: Arg) -> std::ops::RangeInclusive<u64> {
+    match arg {
+        Arg::OlderThanDays => 0..=3650,
+        Arg::MaxSizeMb => 0..=1_048_576,
+        _ => 0..=0,
+    }
+}
+
 /// Why an answer of the model was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InvalidAnswer {
@@ -148,12 +166,37 @@ pub enum InvalidAnswer {
     UnexpectedField { index: usize, kind: &'static str, field: &'static str },
     #[error("action {index} ({kind}) gives no reason")]
     MissingReason { index: usize, kind: &'static str },
+    #[error("{what} is {chars} characters long; at most {max} are allowed")]
+    TooLong { what: String, chars: usize, max: usize },
+    #[error("action {index} ({kind}): {field} {value} is out of range {min}..={max}")]
+    OutOfRange { index: usize, kind: &'static str, field: &'static str, value: u64, min: u64, max: u64 },
 }
 
 impl Decision {
-    /// The JSON Schema sent as Ollama's `format`.
+    /// The JSON Schema sent as Ollama's `format`: every rule `parse`
+    /// checks, stated so that a constrained decoder keeps a model inside
+    /// them (one shape per catalog entry with exactly its arguments, closed
+    /// sets as enums, every string and list bounded). It keeps to what
+    /// llama.cpp's converter of schemas to grammars supports (Ollama's
+    /// `format` goes through it): no `$ref`, `anyOf` of objects, `const`,
+    /// `enum`, `minLength`/`maxLength`, `minimum`/`maximum`, `maxItems`,
+    /// and patterns anchored at both ends.
     pub fn json_schema() -> serde_json::Value {
-        serde_json::to_value(schemars::schema_for!(Decision)).expect("a schema serialises")
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "diagnosis": prose("What is wrong and why, in one to three sentences.", MAX_DIAGNOSIS_CHARS),
+                "severity": { "enum": ["info", "warning", "critical"] },
+                "actions": {
+                    "type": "array",
+                    "description": "Proposed actions in order; empty when nothing should be done.",
+                    "maxItems": MAX_ACTIONS,
+                    "items": { "anyOf": action_variants() },
+                },
+            },
+            "required": ["diagnosis", "severity", "actions"],
+            "additionalProperties": false,
+        })
     }
 
     /// Parses and validates the text the model returned.
@@ -171,27 +214,120 @@ impl Decision {
     }
 
     fn validate(&self) -> Result<(), InvalidAnswer> {
-        if self.diagnosis.trim().is_empty() {
+        if is_blank(&self.diagnosis) {
             return Err(InvalidAnswer::EmptyDiagnosis);
         }
+        within("the diagnosis", &self.diagnosis, MAX_DIAGNOSIS_CHARS)?;
         if self.actions.len() > MAX_ACTIONS {
             return Err(InvalidAnswer::TooManyActions(self.actions.len()));
         }
         for (index, a) in self.actions.iter().enumerate() {
             let kind = a.kind.as_str();
-            let (set, required) = (a.fields_set(), a.fields_required());
-            if let Some(field) = required.iter().find(|f| !set.contains(f)) {
-                return Err(InvalidAnswer::MissingField { index, kind, field });
+            let (set, required) = (a.args_set(), a.kind.args(a.probe));
+            if let Some(arg) = required.iter().find(|arg| !set.contains(arg)) {
+                return Err(InvalidAnswer::MissingField { index, kind, field: arg.as_str() });
             }
-            if let Some(field) = set.iter().find(|f| !required.contains(f)) {
-                return Err(InvalidAnswer::UnexpectedField { index, kind, field });
+            if let Some(arg) = set.iter().find(|arg| !required.contains(arg)) {
+                return Err(InvalidAnswer::UnexpectedField { index, kind, field: arg.as_str() });
             }
-            if a.reason.trim().is_empty() {
+            if is_blank(&a.reason) {
                 return Err(InvalidAnswer::MissingReason { index, kind });
+            }
+            within(&format!("action {index}'s reason"), &a.reason, MAX_REASON_CHARS)?;
+            for &arg in required {
+                if let Some(text) = a.text(arg) {
+                    within(&format!("action {index}'s {}", arg.as_str()), text, max_chars(arg))?;
+                }
+                if let Some(value) = a.number(arg) {
+                    let range = number_range(arg);
+                    if !range.contains(&value) {
+                        let (min, max) = (*range.start(), *range.end());
+                        return Err(InvalidAnswer::OutOfRange { index, kind, field: arg.as_str(), value, min, max });
+                    }
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Blank: nothing but ASCII white space, the only white space the schema's
+/// patterns keep out of a text's first character.
+fn is_blank(text: &str) -> bool {
+    text.trim_matches([' ', '\t', '\r', '\n']).is_empty()
+}
+
+fn within(what: &str, text: &str, max: usize) -> Result<(), InvalidAnswer> {
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(InvalidAnswer::TooLong { what: what.to_owned(), chars, max });
+    }
+    Ok(())
+}
+
+/// A string of 1 to `max` characters on one line, starting with a
+/// character that is not white space: the pattern says it (with the
+/// escapes llama.cpp's converter of schemas to grammars knows), because a
+/// pattern takes the place of `minLength` and `maxLength` there.
+fn prose(description: &str, max: usize) -> serde_json::Value {
+    serde_json::json!({
+        "type": "string",
+        "description": description,
+        "pattern": format!("^[^ \\t\\r\\n][^\\r\\n]{{0,{}}}$", max - 1),
+    })
+}
+
+/// The schema of one argument.
+fn arg_schema(arg: Arg, probe: Option<Probe>) -> serde_json::Value {
+    use serde_json::json;
+    let text = |description: &str| json!({ "type": "string", "description": description, "minLength": 1, "maxLength": max_chars(arg) });
+    let number = |description: &str| {
+        let range = number_range(arg);
+        json!({ "type": "integer", "description": description, "minimum": range.start(), "maximum": range.end() })
+    };
+    match arg {
+        Arg::Unit => text("The systemd unit, for example `nginx.service`."),
+        Arg::Path => text("An absolute path."),
+        Arg::File => text("The file, relative to the configuration directory, for example `hosts/web.nix`."),
+        Arg::Diff => text("The change as a unified diff of `file`."),
+        Arg::OlderThanDays => number("Delete generations older than this many days."),
+        Arg::MaxSizeMb => number("The size, in MiB, to shrink archived journal files to."),
+        Arg::Mode => json!({ "enum": RebuildMode::ALL.map(RebuildMode::as_str) }),
+        Arg::Probe => json!({ "const": probe.map(Probe::as_str) }),
+    }
+}
+
+/// The schema of an action of `kind` (with `probe`, for `investigate`):
+/// exactly its arguments, each required.
+fn action_schema(kind: ActionKind, probe: Option<Probe>) -> serde_json::Value {
+    let mut properties = serde_json::Map::new();
+    properties.insert("kind".into(), serde_json::json!({ "const": kind.as_str() }));
+    let args = kind.args(probe);
+    for &arg in args {
+        properties.insert(arg.as_str().into(), arg_schema(arg, probe));
+    }
+    properties.insert("reason".into(), prose("Why this action helps, in one sentence.", MAX_REASON_CHARS));
+    let required: Vec<&str> = ["kind"].into_iter().chain(args.iter().map(|a| a.as_str())).chain(["reason"]).collect();
+    serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// Every shape an action may take: one per catalog entry, and one per
+/// probe for `investigate`.
+fn action_variants() -> Vec<serde_json::Value> {
+    let mut variants = Vec::new();
+    for kind in ALL_KINDS {
+        if kind == ActionKind::Investigate {
+            variants.extend(Probe::ALL.map(|p| action_schema(kind, Some(p))));
+        } else {
+            variants.push(action_schema(kind, None));
+        }
+    }
+    variants
 }
 
 #[cfg(test)]
@@ -295,5 +431,184 @@ mod tests {
         ] {
             assert!(matches!(one(a), Err(InvalidAnswer::Parse(_))), "{a}");
         }
+    }
+
+    /// A small deterministic generator of the instances a schema allows,
+    /// for the keywords `json_schema` uses.
+    struct Gen(u64);
+
+    /// Characters strings are made of: letters, white space, quotes,
+    /// backslashes, line breaks, and characters outside ASCII.
+    const POOL: &[char] =
+        &['a', 'Z', '0', ' ', '\t', '\n', '\r', '"', '\\', '/', '.', 'é', '\u{a0}', '\u{2028}', '🦀', '\u{0}'];
+
+    impl Gen {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+
+        /// A length in `min..=max`, often one of the bounds.
+        fn len(&mut self, min: u64, max: u64) -> u64 {
+            match self.below(4) {
+                0 => min,
+                1 => max,
+                _ => min + self.below(max - min + 1),
+            }
+        }
+
+        fn chars(&mut self, n: u64, allowed: impl Fn(char) -> bool) -> String {
+            let pool: Vec<char> = POOL.iter().copied().filter(|&c| allowed(c)).collect();
+            (0..n).map(|_| pool[self.below(pool.len() as u64) as usize]).collect()
+        }
+
+        fn instance(&mut self, schema: &Value) -> Value {
+            if let Some(c) = schema.get("const") {
+                return c.clone();
+            }
+            if let Some(e) = schema["enum"].as_array() {
+                return e[self.below(e.len() as u64) as usize].clone();
+            }
+            if let Some(variants) = schema["anyOf"].as_array() {
+                let v = &variants[self.below(variants.len() as u64) as usize];
+                return self.instance(v);
+            }
+            let bound = |key: &str| schema[key].as_u64();
+            match schema["type"].as_str() {
+                Some("object") => {
+                    let props = schema["properties"].as_object().unwrap();
+                    Value::Object(props.iter().map(|(k, v)| (k.clone(), self.instance(v))).collect())
+                }
+                Some("array") => {
+                    let n = self.len(bound("minItems").unwrap_or(0), bound("maxItems").unwrap());
+                    Value::Array((0..n).map(|_| self.instance(&schema["items"])).collect())
+                }
+                Some("integer") => Value::from(self.len(bound("minimum").unwrap(), bound("maximum").unwrap())),
+                Some("string") => match schema["pattern"].as_str() {
+                    // `^[^ \t\r\n][^\r\n]{0,N}$`
+                    Some(p) => {
+                        let max: u64 = p.rsplit_once(',').unwrap().1.trim_end_matches("}$").parse().unwrap();
+                        let first = self.chars(1, |c| !matches!(c, ' ' | '\t' | '\r' | '\n'));
+                        let n = self.len(0, max);
+                        Value::from(first + &self.chars(n, |c| !matches!(c, '\r' | '\n')))
+                    }
+                    None => {
+                        let n = self.len(bound("minLength").unwrap(), bound("maxLength").unwrap());
+                        Value::from(self.chars(n, |_| true))
+                    }
+                },
+                other => panic!("the generator does not know {other:?}: {schema}"),
+            }
+        }
+    }
+
+    use serde_json::{json, Value};
+
+    fn validator() -> jsonschema::Validator {
+        jsonschema::validator_for(&Decision::json_schema()).expect("the schema compiles")
+    }
+
+    #[test]
+    fn the_parser_accepts_everything_the_schema_allows() {
+        let (schema, validator) = (Decision::json_schema(), validator());
+        let mut gen = Gen(0x6d61_6368_6120);
+        let mut shapes = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
+            let answer = gen.instance(&schema);
+            assert!(validator.is_valid(&answer), "the generator left the schema: {answer}");
+            for a in answer["actions"].as_array().unwrap() {
+                shapes.insert((a["kind"].to_string(), a.get("probe").map(Value::to_string)));
+            }
+            if let Err(e) = Decision::parse(&answer.to_string()) {
+                panic!("the schema allows what the parser refuses ({e}): {answer}");
+            }
+        }
+        assert_eq!(shapes.len(), ALL_KINDS.len() - 1 + Probe::ALL.len(), "every shape was tried: {shapes:?}");
+    }
+
+    #[test]
+    fn the_schema_refuses_what_the_parser_refuses() {
+        let validator = validator();
+        let decision = |actions: Value| json!({"diagnosis": "web died", "severity": "warning", "actions": actions});
+        let one = |action: Value| decision(json!([action]));
+        let restart = json!({"kind": "restart_unit", "unit": "web.service", "reason": "it failed"});
+        let long = |n: usize| "x".repeat(n);
+        let cases = [
+            json!({"diagnosis": " ", "severity": "info", "actions": []}),
+            json!({"diagnosis": "", "severity": "info", "actions": []}),
+            json!({"diagnosis": long(MAX_DIAGNOSIS_CHARS + 1), "severity": "info", "actions": []}),
+            json!({"diagnosis": "x", "severity": "fine", "actions": []}),
+            json!({"diagnosis": "x", "severity": "info", "actions": [], "autonomy": "auto-full"}),
+            json!({"diagnosis": "x", "severity": "info"}),
+            decision(json!(vec![restart.clone(); MAX_ACTIONS + 1])),
+            one(json!({"kind": "run_shell", "unit": "a.service", "reason": "r"})),
+            one(json!({"kind": "restart_unit", "reason": "r"})),
+            one(json!({"kind": "restart_unit", "unit": "", "reason": "r"})),
+            one(json!({"kind": "restart_unit", "unit": long(257), "reason": "r"})),
+            one(json!({"kind": "restart_unit", "unit": "a.service", "reason": " \t"})),
+            one(json!({"kind": "restart_unit", "unit": "a.service", "reason": long(MAX_REASON_CHARS + 1)})),
+            one(json!({"kind": "restart_unit", "unit": "a.service", "reason": "r", "mode": "switch"})),
+            one(json!({"kind": "notify_only", "unit": "a.service", "reason": "r"})),
+            one(json!({"kind": "collect_garbage", "reason": "r"})),
+            one(json!({"kind": "collect_garbage", "older_than_days": 3651, "reason": "r"})),
+            one(json!({"kind": "collect_garbage", "older_than_days": -1, "reason": "r"})),
+            one(json!({"kind": "collect_garbage", "older_than_days": "14d; rm -rf /", "reason": "r"})),
+            one(json!({"kind": "vacuum_journal", "max_size_mb": 1_048_577, "reason": "r"})),
+            one(json!({"kind": "nixos_rebuild", "mode": "switch --flake /tmp/evil#x", "reason": "r"})),
+            one(json!({"kind": "investigate", "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "shell", "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "unit_logs", "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "disk_usage", "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "generations", "path": "/", "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "disk_usage", "path": long(1025), "reason": "r"})),
+            one(json!({"kind": "propose_config_change", "file": "a.nix", "reason": "r"})),
+            one(json!({"kind": "propose_config_change", "file": "a.nix", "diff": long(4001), "reason": "r"})),
+        ];
+        for answer in cases {
+            assert!(Decision::parse(&answer.to_string()).is_err(), "the parser accepts {answer}");
+            assert!(!validator.is_valid(&answer), "the schema allows what the parser refuses: {answer}");
+        }
+    }
+
+    #[test]
+    fn the_schema_keeps_to_what_grammar_converters_support() {
+        fn walk(v: &Value, path: &str) {
+            const KNOWN: [&str; 15] = [
+                "type",
+                "properties",
+                "required",
+                "additionalProperties",
+                "items",
+                "anyOf",
+                "const",
+                "enum",
+                "description",
+                "minLength",
+                "maxLength",
+                "minimum",
+                "maximum",
+                "maxItems",
+                "pattern",
+            ];
+            match v {
+                Value::Object(m) => {
+                    for (k, child) in m {
+                        if path.ends_with("/properties") {
+                            walk(child, &format!("{path}/{k}"));
+                            continue;
+                        }
+                        assert!(KNOWN.contains(&k.as_str()), "{path}: keyword {k}");
+                        if k == "pattern" {
+                            let p = child.as_str().unwrap();
+                            assert!(p.starts_with('^') && p.ends_with('$'), "{path}: {p}");
+                        }
+                        walk(child, &format!("{path}/{k}"));
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|i| walk(i, path)),
+                _ => {}
+            }
+        }
+        walk(&Decision::json_schema(), "");
     }
 }
