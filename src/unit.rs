@@ -38,6 +38,8 @@ pub enum UnitNameError {
     BadStart(String),
     #[error("unit name {name:?} has no unit type suffix (expected one of .{suffixes})", name = .0, suffixes = UNIT_SUFFIXES.join(", ."))]
     NoSuffix(String),
+    #[error("unit name {0:?}: unit names are case-sensitive and its type suffix is written in lower case (.{1})")]
+    SuffixCase(String, &'static str),
 }
 
 impl UnitName {
@@ -60,7 +62,13 @@ impl UnitName {
         let suffix_ok =
             raw.rsplit_once('.').is_some_and(|(stem, suffix)| !stem.is_empty() && UNIT_SUFFIXES.contains(&suffix));
         if !suffix_ok {
-            return Err(UnitNameError::NoSuffix(raw.to_owned()));
+            let upper = raw.rsplit_once('.').and_then(|(stem, suffix)| {
+                UNIT_SUFFIXES.iter().find(|known| !stem.is_empty() && known.eq_ignore_ascii_case(suffix))
+            });
+            return Err(match upper {
+                Some(known) => UnitNameError::SuffixCase(raw.to_owned(), known),
+                None => UnitNameError::NoSuffix(raw.to_owned()),
+            });
         }
         Ok(Self(raw.to_owned()))
     }
@@ -120,5 +128,14 @@ mod tests {
         assert_eq!(UnitName::parse("ssh"), Err(UnitNameError::NoSuffix("ssh".into())));
         assert!(UnitName::parse("ssh.exe").is_err());
         assert!(UnitName::parse(".service").is_err());
+    }
+
+    #[test]
+    fn a_suffix_in_capitals_is_refused_for_its_case() {
+        let e = UnitName::parse("PAYMENTS-API.SERVICE").unwrap_err();
+        assert_eq!(e, UnitNameError::SuffixCase("PAYMENTS-API.SERVICE".into(), "service"));
+        assert!(e.to_string().contains("case-sensitive") && e.to_string().contains(".service"), "{e}");
+        assert_eq!(UnitName::parse("PAYMENTS-API.service").unwrap().as_str(), "PAYMENTS-API.service");
+        assert_eq!(UnitName::parse(".SERVICE"), Err(UnitNameError::BadStart(".SERVICE".into())));
     }
 }

@@ -154,6 +154,12 @@ fn service_shows_the_daemons_own_journal_lines() {
             "[Service]\nExecStart=/opt/macha/macha daemon\nEnvironment=MACHA_LOG=info\n",
         )
         .unwrap();
+    // Before the unit ever ran, its journal is empty, and that is said.
+    let out = bed.run("macha-logs", &["service"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout(&out).is_empty(), "{said}");
+    assert!(said.contains("the journal has no entries of macha-autonomous.service"), "{said}");
+
     bed.c.exec_ok(&["systemctl", "start", "macha-autonomous.service"]).unwrap();
     bed.c.wait_unit_state("macha-autonomous.service", "active", Duration::from_secs(10)).unwrap();
     bed.c

@@ -67,24 +67,29 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Which::Actions => (audit::ACTIONS, human_action),
         Which::Orchestrator => (ORCHESTRATOR_LOG, human_log),
         Which::Service => {
-            let shown = macha::observe::journal::show_unit(
-                config.journal_dir.as_deref(),
-                config.service_unit.as_str(),
-                args.lines,
-                args.follow,
-                |e| {
-                    if args.json {
-                        outln!("{}", serde_json::to_string(e)?)?;
-                    } else {
-                        outln!("{}", human_entry(e))?;
-                    }
-                    // Following ends when the reader has gone.
-                    if output::closed() {
-                        return Err(std::io::ErrorKind::BrokenPipe.into());
-                    }
-                    Ok(())
-                },
-            );
+            let (dir, unit) = (config.journal_dir.as_deref(), config.service_unit.as_str());
+            if macha::observe::journal::unit_tail(dir, unit, 1)?.is_empty() {
+                // On stderr, so that `--json` output stays what it is.
+                eprintln!(
+                    "macha-logs: the journal has no entries of {unit} yet{} (`service_unit` in the configuration names the daemon's unit)",
+                    if args.follow { "; waiting for new ones" } else { "" }
+                );
+                if !args.follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            let shown = macha::observe::journal::show_unit(dir, unit, args.lines, args.follow, |e| {
+                if args.json {
+                    outln!("{}", serde_json::to_string(e)?)?;
+                } else {
+                    outln!("{}", human_entry(e))?;
+                }
+                // Following ends when the reader has gone.
+                if output::closed() {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                Ok(())
+            });
             match shown {
                 Err(_) if output::closed() => {}
                 shown => shown?,

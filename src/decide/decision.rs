@@ -129,11 +129,11 @@ pub const MAX_DIAGNOSIS_CHARS: usize = 1000;
 pub const MAX_REASON_CHARS: usize = 300;
 
 /// The longest text of a string argument, in characters: a unit name as
-/// systemd bounds it (256), a path and a configuration file as macha
+/// systemd bounds it (255: `UNIT_NAME_MAX` less its NUL), a path and a configuration file as macha
 /// bounds them, a diff as a proposal may be reviewed.
 pub fn max_chars(arg: Arg) -> usize {
     match arg {
-        Arg::Unit => 256,
+        Arg::Unit => 255,
         Arg::Path => 1024,
         Arg::File => 256,
         Arg::Diff => 4000,
@@ -544,7 +544,7 @@ mod tests {
             one(json!({"kind": "run_shell", "unit": "a.service", "reason": "r"})),
             one(json!({"kind": "restart_unit", "reason": "r"})),
             one(json!({"kind": "restart_unit", "unit": "", "reason": "r"})),
-            one(json!({"kind": "restart_unit", "unit": long(257), "reason": "r"})),
+            one(json!({"kind": "restart_unit", "unit": long(256), "reason": "r"})),
             one(json!({"kind": "restart_unit", "unit": "a.service", "reason": " \t"})),
             one(json!({"kind": "restart_unit", "unit": "a.service", "reason": long(MAX_REASON_CHARS + 1)})),
             one(json!({"kind": "restart_unit", "unit": "a.service", "reason": "r", "mode": "switch"})),
