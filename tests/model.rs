@@ -433,6 +433,39 @@ fn status_json(bed: &Bed) -> (Option<i32>, Value) {
 }
 
 #[test]
+fn macha_status_without_a_daemon_says_so_and_checks_the_model_now() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let status = |primary: &str, json: bool| {
+        std::fs::write(&config, config_text(&dir.path().join("state"), primary, MODEL, 30, "")).unwrap();
+        let mut cmd = Command::new(macha_bin());
+        cmd.arg("--config").arg(&config).arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    let (code, text) = status(&double.url(), false);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("daemon: not running here"), "{text}");
+    assert!(text.contains("model (checked now, as no daemon runs):") && text.contains(": ready"), "{text}");
+    let (_, json) = status(&double.url(), true);
+    let s: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (s["daemon"].as_str(), s["model_checked_now"]["primary"]["check"]["state"].as_str()),
+        (Some("never_ran"), Some("ready")),
+        "{s:#}"
+    );
+
+    let (code, text) = status(&refused_url(), false);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot be checked") && text.contains("unreachable"), "{text}");
+}
+
+#[test]
 fn macha_status_shows_the_daemons_busy_slot_and_then_that_it_stopped() {
     let bed = Bed::new("status", "suggest");
     bed.failing_web();

@@ -2,7 +2,8 @@
 //! (whether it runs, whether the model endpoints have the model, the queue
 //! in front of the model), its last cycle from `metrics.jsonl`, and the
 //! incidents whose decisions keep failing, with when the daemon asks again
-//! (`state.db`).
+//! (`state.db`). When the daemon does not run, the model endpoints are
+//! checked now instead (what the daemon last said of them may be old).
 //! Exit status: 0 when the daemon runs, 1 when it does not, 2 on an error.
 
 use std::fmt::Write as _;
@@ -18,7 +19,7 @@ use macha::config::{seconds, Config};
 use macha::ids::Fingerprint;
 use macha::model::metrics::{self, CycleMetrics};
 use macha::model::status::{self, DaemonStatus, Watching};
-use macha::model::{Check, EndpointCheck, QueueStatus};
+use macha::model::{Check, EndpointCheck, ModelService, QueueStatus, Readiness};
 use macha::state_dir::StateDir;
 use macha::store::Store;
 
@@ -46,19 +47,44 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         None => (None, None, Vec::new()),
     };
     let state = status.as_ref().map(liveness);
+    // Without a running daemon nobody checks the model: check it now.
+    let checked_now = match state {
+        Some(Liveness::Running) => None,
+        _ => Some(check_model(&config)?),
+    };
     if args.json {
         let value = json!({
             "daemon": state.map(Liveness::as_str).unwrap_or("never_ran"),
             "status": status,
+            "model_checked_now": checked_now,
             "last_cycle": last_cycle,
             "failing": failing,
         });
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        out!("{}", human(&config, status.as_ref(), last_cycle.as_ref()))?;
+        out!("{}", human(&config, status.as_ref(), checked_now.as_ref(), last_cycle.as_ref()))?;
         out!("{}", failing_lines(&failing))?;
     }
     Ok(if state == Some(Liveness::Running) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The longest `macha status` waits for the model endpoints.
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The model endpoints, asked now; one that does not answer within
+/// `CHECK_WITHIN` is said to be so.
+fn check_model(config: &Config) -> anyhow::Result<Readiness> {
+    let model = ModelService::new(config)?;
+    let checked = super::runtime()?.block_on(async { tokio::time::timeout(CHECK_WITHIN, model.check()).await });
+    Ok(checked.unwrap_or_else(|_| {
+        let mut r = model.readiness();
+        for e in std::iter::once(&mut r.primary).chain(r.fallback.as_mut()) {
+            if e.check == Check::Unchecked {
+                e.check = Check::Failed { error: format!("no answer within {} s", CHECK_WITHIN.as_secs()) };
+            }
+        }
+        r
+    }))
 }
 
 /// An open incident whose decisions keep failing, and when the daemon asks again.
@@ -158,27 +184,43 @@ fn liveness(s: &DaemonStatus) -> Liveness {
     }
 }
 
-fn human(config: &Config, status: Option<&DaemonStatus>, last_cycle: Option<&CycleMetrics>) -> String {
+fn human(
+    config: &Config,
+    status: Option<&DaemonStatus>,
+    checked_now: Option<&Readiness>,
+    last_cycle: Option<&CycleMetrics>,
+) -> String {
     let mut out = String::new();
-    let Some(s) = status else {
-        let path = config.state_dir.join(status::STATUS_FILE);
-        let _ = writeln!(out, "daemon: not running here ({} does not exist)", path.display());
-        if let Some(m) = last_cycle {
-            let _ = writeln!(out, "{}", cycle_line(m));
+    match status {
+        None => {
+            let path = config.state_dir.join(status::STATUS_FILE);
+            let _ = writeln!(out, "daemon: not running here ({} does not exist)", path.display());
         }
-        return out;
-    };
-    let _ = writeln!(out, "daemon: {}", daemon_line(s));
-    if let Some(w) = &s.watching {
-        out.push_str(&watching_lines(w));
+        Some(s) => {
+            let _ = writeln!(out, "daemon: {}", daemon_line(s));
+            if let Some(w) = &s.watching {
+                out.push_str(&watching_lines(w));
+            }
+        }
     }
-    let _ = writeln!(out, "model:");
-    for e in std::iter::once(&s.model.primary).chain(s.model.fallback.as_ref()) {
-        let _ = writeln!(out, "  {}", endpoint_line(e));
+    match (checked_now, status) {
+        (Some(r), _) => {
+            let _ = writeln!(out, "model (checked now, as no daemon runs):");
+            for e in std::iter::once(&r.primary).chain(r.fallback.as_ref()) {
+                let _ = writeln!(out, "  {}", endpoint_line(e));
+            }
+        }
+        (None, Some(s)) => {
+            let _ = writeln!(out, "model:");
+            for e in std::iter::once(&s.model.primary).chain(s.model.fallback.as_ref()) {
+                let _ = writeln!(out, "  {}", endpoint_line(e));
+            }
+            let tools = if s.supports_tools { "on" } else { "off (single-shot decisions)" };
+            let _ = writeln!(out, "  tool calling: {tools}");
+            out.push_str(&queue_lines(&s.queue, since_written(s)));
+        }
+        (None, None) => {}
     }
-    let tools = if s.supports_tools { "on" } else { "off (single-shot decisions)" };
-    let _ = writeln!(out, "  tool calling: {tools}");
-    out.push_str(&queue_lines(&s.queue, since_written(s)));
     if let Some(m) = last_cycle {
         let _ = writeln!(out, "{}", cycle_line(m));
     }
