@@ -334,10 +334,13 @@ fn queue_lines(q: &QueueStatus, later_ms: u64) -> String {
     out
 }
 
+/// The last cycle, its age counted from its end (a cycle that waited
+/// minutes on the model ended long after it began).
 fn cycle_line(m: &CycleMetrics) -> String {
+    let ended = m.time + chrono::TimeDelta::milliseconds(i64::try_from(m.wall_ms).unwrap_or(i64::MAX));
     format!(
-        "last cycle: {} ago, {} incident{}, {} model call{}, {} ms",
-        super::age(m.time),
+        "last cycle: ended {} ago, {} incident{}, {} model call{}, {} ms",
+        super::age(ended),
         m.incidents,
         if m.incidents == 1 { "" } else { "s" },
         m.calls.calls,
@@ -349,4 +352,28 @@ fn cycle_line(m: &CycleMetrics) -> String {
 /// Milliseconds as seconds with one decimal: "12.3s".
 fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_cycle_is_aged_from_its_end() {
+        let line = CycleMetrics {
+            time: Utc::now() - chrono::TimeDelta::seconds(300),
+            wall_ms: 290_000,
+            incidents: 1,
+            decisions: 1,
+            failed_decisions: 0,
+            parse_failures: 0,
+            tool_rounds: 0,
+            calls: Default::default(),
+        };
+        let shown = cycle_line(&line);
+        assert!(
+            shown.starts_with("last cycle: ended 10s ago") || shown.starts_with("last cycle: ended 9s ago"),
+            "{shown}"
+        );
+    }
 }
