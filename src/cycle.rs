@@ -66,6 +66,9 @@ pub struct Engine {
     stop: Option<watch::Receiver<bool>>,
     /// Whether a failed decision waits before it is asked again (the daemon).
     pace: bool,
+    /// Whether the model's problems are logged (the daemon) or left to the
+    /// caller's report (`macha-check`), so a person reads each once.
+    log_model_problems: bool,
     /// Whether the model's check failed at the last cycle.
     model_was_down: bool,
     /// The model passed its check again since the last decision.
@@ -111,6 +114,7 @@ impl Engine {
             config,
             stop: None,
             pace: false,
+            log_model_problems: true,
             model_was_down: false,
             model_back: false,
             said: None,
@@ -128,6 +132,12 @@ impl Engine {
     /// once. `macha status` shows when the next try is.
     pub fn pace_retries(&mut self) {
         self.pace = true;
+    }
+
+    /// The model's problems are not logged: the caller shows the cycle's
+    /// report, which names them (`CycleReport::model_problems`).
+    pub fn leave_model_problems_to_the_report(&mut self) {
+        self.log_model_problems = false;
     }
 
     /// From now on, a cycle stops observing and deciding once `stop` turns
@@ -163,6 +173,9 @@ impl Engine {
         }
         let readiness = self.model.check().await;
         let problems = readiness.problems();
+        if !self.log_model_problems {
+            return problems;
+        }
         let now = Utc::now();
         match &mut self.said {
             _ if problems.is_empty() => {

@@ -133,3 +133,25 @@ fn a_note_from_someone_outside_the_approver_group_is_refused_as_a_note() {
     assert!(text.contains("only root and members of the group \"wheel\""), "{text}");
     assert!(!here.state("notes").exists(), "no note was left");
 }
+
+#[test]
+fn macha_check_says_the_models_problem_once() {
+    let here = Here::new();
+    let dir = here.dir.path();
+    std::fs::create_dir(dir.join("journal")).unwrap();
+    // No bus and an empty journal here, and nothing listens for the model.
+    std::fs::write(
+        &here.config,
+        format!(
+            "state_dir = \"{}/state\"\ndbus_address = \"unix:path={}/no-bus\"\njournal_dir = \"{}/journal\"\n[ollama]\nurl = \"http://127.0.0.1:9\"\ntimeout = 1\n",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(macha_bin()).arg("--config").arg(&here.config).arg("check").output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(all.matches("127.0.0.1:9 is unreachable").count(), 1, "{all}");
+    assert!(!all.contains("next cycle"), "a one-shot check has no next cycle: {all}");
+}

@@ -27,7 +27,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_orchestrator(&state, "error", config.retention.log())?;
     let (notifier, gotify) = super::notifications(&config, &state, gotify)?;
     let report = super::runtime()?.block_on(async {
-        let report = Engine::new(config.clone(), state.clone(), model, notifier)?.run_cycle().await?;
+        let mut engine = Engine::new(config.clone(), state.clone(), model, notifier)?;
+        // The report below names the model's problems: said once.
+        engine.leave_model_problems_to_the_report();
+        let report = engine.run_cycle().await?;
         if let Some(g) = gotify {
             super::deliver_now(&config, &state, &g).await;
         }
