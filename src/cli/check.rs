@@ -50,6 +50,25 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Lines of an action's detail shown after its first (a probe's result):
+/// the rest is in `macha-logs actions` and in `--json`.
+const DETAIL_LINES: usize = 8;
+
+/// `rest` (the lines of a detail after its first), indented under it, at
+/// most `max` of them, each through `shown`.
+fn more_lines(rest: &str, max: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let lines: Vec<&str> = rest.lines().collect();
+    for line in lines.iter().take(max) {
+        let _ = writeln!(out, "      {}", shown(line));
+    }
+    if lines.len() > max {
+        let _ = writeln!(out, "      ... {} more lines (`macha-logs actions`, or `--json`)", lines.len() - max);
+    }
+    out
+}
+
 /// The report for a person: what macha did not write itself (names from
 /// the host, the model's words, other programs' errors) through `shown`.
 fn human(r: &CycleReport) -> String {
@@ -93,11 +112,29 @@ fn human(r: &CycleReport) -> String {
         }
         for a in &d.actions {
             let target = a.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
-            let _ = writeln!(out, "    {}{target} -> {}: {}", shown(&a.action), a.result, shown(&a.detail));
+            let (first, rest) = a.detail.split_once('\n').unwrap_or((&a.detail, ""));
+            let _ = writeln!(out, "    {}{target} -> {}: {}", shown(&a.action), a.result, shown(first));
+            out.push_str(&more_lines(rest, DETAIL_LINES));
         }
     }
     for fp in &r.resolved {
         let _ = writeln!(out, "  resolved: {}", shown(fp.as_str()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_detail_is_shown_as_a_few_lines() {
+        let rest: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let shown = more_lines(&rest, DETAIL_LINES);
+        assert_eq!(shown.lines().count(), DETAIL_LINES + 1, "{shown}");
+        assert!(shown.starts_with("      line 1\n") && shown.contains("      line 8\n"), "{shown}");
+        assert!(shown.ends_with("... 22 more lines (`macha-logs actions`, or `--json`)\n"), "{shown}");
+        assert_eq!(more_lines("", DETAIL_LINES), "");
+        assert_eq!(more_lines("a\x1b[31m\n", DETAIL_LINES), "      a\\x1b[31m\n", "through `shown`");
+    }
 }
