@@ -30,6 +30,16 @@ pub struct StoreError {
     source: rusqlite::Error,
 }
 
+impl StoreError {
+    /// Another connection holds the database locked.
+    fn is_busy(&self) -> bool {
+        matches!(
+            self.source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 pub struct Store {
     conn: Connection,
     path: String,
@@ -413,8 +423,28 @@ pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
 /// The size `state.db-wal` is cut back to after a checkpoint.
 pub const WAL_LIMIT: i64 = 4 * 1024 * 1024;
 
+/// How long opening the store keeps trying while another process holds
+/// the database locked in a way SQLite does not wait for by itself (its
+/// first opener creating it and switching it to WAL).
+const OPEN_BUSY_FOR: Duration = Duration::from_secs(10);
+
 impl Store {
+    /// Opens `state.db`, creating or migrating its tables. A database busy
+    /// at that moment (a daemon starting on it) is tried again for up to
+    /// `OPEN_BUSY_FOR`: a command run then waits instead of failing.
     pub fn open(state: &StateDir) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + OPEN_BUSY_FOR;
+        loop {
+            match Self::open_once(state) {
+                Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn open_once(state: &StateDir) -> Result<Self, StoreError> {
         let shown = state.path_of(DB_FILE).display().to_string();
         let wrap = |source| StoreError { path: shown.clone(), source };
         let conn = connect(state).map_err(wrap)?;
@@ -1282,6 +1312,25 @@ mod tests {
             assert!(used.is_err(), "{name}: SQLite used the link");
             assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "{name}");
             assert!(std::fs::symlink_metadata(dir.path().join(name)).unwrap().file_type().is_symlink(), "{name}");
+        }
+    }
+
+    #[test]
+    fn commands_opening_a_new_database_at_once_all_open_it() {
+        // A daemon starting and `macha status` run at that moment both
+        // create the database and switch it to WAL.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let state = state(&dir);
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    let state = state.clone();
+                    std::thread::spawn(move || Store::open(&state).map(drop).map_err(|e| e.to_string()))
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
         }
     }
 }
