@@ -30,16 +30,6 @@ pub struct StoreError {
     source: rusqlite::Error,
 }
 
-impl StoreError {
-    /// Another connection holds the database locked.
-    fn is_busy(&self) -> bool {
-        matches!(
-            self.source.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        )
-    }
-}
-
 pub struct Store {
     conn: Connection,
     path: String,
@@ -423,46 +413,56 @@ pub(crate) fn connect(state: &StateDir) -> Result<Connection, rusqlite::Error> {
 /// The size `state.db-wal` is cut back to after a checkpoint.
 pub const WAL_LIMIT: i64 = 4 * 1024 * 1024;
 
-/// How long opening the store keeps trying while another process holds
-/// the database locked in a way SQLite does not wait for by itself (its
-/// first opener creating it and switching it to WAL).
+/// How long opening the database keeps trying while another process holds
+/// it locked in a way SQLite does not wait for by itself (its first opener
+/// creating it and switching it to WAL).
 const OPEN_BUSY_FOR: Duration = Duration::from_secs(10);
 
-impl Store {
-    /// Opens `state.db`, creating or migrating its tables. A database busy
-    /// at that moment (a daemon starting on it) is tried again for up to
-    /// `OPEN_BUSY_FOR`: a command run then waits instead of failing.
-    pub fn open(state: &StateDir) -> Result<Self, StoreError> {
-        let deadline = std::time::Instant::now() + OPEN_BUSY_FOR;
-        loop {
-            match Self::open_once(state) {
-                Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                opened => return opened,
+/// Runs `open` (a connection and its tables) again while the database is
+/// busy, for up to `OPEN_BUSY_FOR`: a command run while a daemon starts
+/// waits instead of failing. Used by the store and the outbox.
+pub(crate) fn open_retrying<T>(mut open: impl FnMut() -> Result<T, rusqlite::Error>) -> Result<T, rusqlite::Error> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_FOR;
+    loop {
+        match open() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
             }
+            opened => return opened,
         }
     }
+}
 
-    fn open_once(state: &StateDir) -> Result<Self, StoreError> {
+/// Another connection holds the database locked.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+impl Store {
+    /// Opens `state.db`, creating or migrating its tables (see
+    /// [`open_retrying`] for a database busy at that moment).
+    pub fn open(state: &StateDir) -> Result<Self, StoreError> {
         let shown = state.path_of(DB_FILE).display().to_string();
-        let wrap = |source| StoreError { path: shown.clone(), source };
-        let conn = connect(state).map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        let conn = open_retrying(|| Self::connect_and_migrate(state))
+            .map_err(|source| StoreError { path: shown.clone(), source })?;
+        Ok(Self { conn, path: shown })
+    }
+
+    fn connect_and_migrate(state: &StateDir) -> Result<Connection, rusqlite::Error> {
+        let conn = connect(state)?;
+        conn.execute_batch(SCHEMA)?;
         for (table, column) in MIGRATIONS {
             let name = column.split_whitespace().next().unwrap_or_default();
-            let has: bool = conn
-                .query_row(
-                    &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-                    [name],
-                    |r| r.get(0),
-                )
-                .map_err(wrap)?;
+            let has: bool = conn.query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [name],
+                |r| r.get(0),
+            )?;
             if !has {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")).map_err(wrap)?;
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
             }
         }
-        Ok(Self { conn, path: shown })
+        Ok(conn)
     }
 
     fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {

@@ -79,8 +79,12 @@ impl Outbox {
     pub fn open(state: &StateDir) -> Result<Self, OutboxError> {
         let shown = state.path_of(crate::store::DB_FILE).display().to_string();
         let wrap = |source| OutboxError { path: shown.clone(), source };
-        let conn = crate::store::connect(state).map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        let conn = crate::store::open_retrying(|| {
+            let conn = crate::store::connect(state)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .map_err(wrap)?;
         Ok(Self { conn, path: shown })
     }
 
