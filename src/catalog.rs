@@ -13,13 +13,12 @@
 
 use std::fmt;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::unit::{UnitName, UnitNameError};
 
 /// The catalog entries a decision may propose. Anything else fails to parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     /// Restart a failed unit (`unit` required).
@@ -135,7 +134,7 @@ impl Arg {
 }
 
 /// What `nixos_rebuild` does, as `nixos-rebuild` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RebuildMode {
     /// Evaluate and build nothing: shows what would be built.
@@ -162,7 +161,7 @@ impl RebuildMode {
 }
 
 /// The read-only probes `investigate` may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Probe {
     /// A unit's state, result, restarts and timestamps (`unit` required).

@@ -2,13 +2,12 @@
 //! model. Its JSON Schema, generated from these types, is sent as Ollama's
 //! `format`, and every answer is parsed and validated back into them.
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{ActionKind, Arg, Probe, RebuildMode, ALL_KINDS};
 
 /// How serious the model judges the incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -21,7 +20,7 @@ pub enum Severity {
 /// question, and a refusal is recorded with the reason. Which of the other
 /// fields an action takes depends on its kind; a field it does not take is
 /// an invalid answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProposedAction {
     pub kind: ActionKind,
@@ -110,7 +109,7 @@ impl ProposedAction {
 }
 
 /// The model's diagnosis of one incident and what it proposes to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     /// What is wrong and why, in one to three sentences.
@@ -186,7 +185,7 @@ impl Decision {
             "type": "object",
             "properties": {
                 "diagnosis": prose("What is wrong and why, in one to three sentences.", MAX_DIAGNOSIS_CHARS),
-                "severity": { "enum": ["info", "warning", "critical"] },
+                "severity": { "enum": [Severity::Info, Severity::Warning, Severity::Critical] },
                 "actions": {
                     "type": "array",
                     "description": "Proposed actions in order; empty when nothing should be done.",
