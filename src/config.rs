@@ -398,7 +398,7 @@ impl Default for OllamaConfig {
             model: "llama3.1:70b".into(),
             timeout: 120,
             num_ctx: 8192,
-            num_predict: 1024,
+            num_predict: MIN_NUM_PREDICT,
             temperature: 0.1,
             prompts_dir: None,
         }
@@ -488,6 +488,7 @@ pub enum Invalid {
     Rule { key: &'static str, rule: &'static str },
     #[error("key `model.prompt_margin`: {margin} leaves less than 1024 tokens of `ollama.num_ctx` ({num_ctx}) for the prompt once `ollama.num_predict` ({num_predict}) is kept free")]
     PromptMargin { margin: u32, num_ctx: u32, num_predict: u32 },
+
     #[error("key `model.calls.max_total_mb`: {total_mb} MiB cannot hold two files of `model.calls.max_file_kb` ({file_kb} KiB); raise it or lower the file size")]
     CallsTotal { total_mb: u64, file_kb: u64 },
 }
@@ -546,6 +547,11 @@ impl ActConfig {
         seconds(self.job_timeout.saturating_add(self.settle_time).saturating_add(30))
     }
 }
+
+/// The least `ollama.num_predict` accepted: the longest decision the
+/// decision schema allows fits in it (a test in `decide::decision` counts
+/// it), so a model held to the schema is never cut off mid-answer.
+pub const MIN_NUM_PREDICT: u32 = 2048;
 
 /// Default location of the file written by the NixOS module.
 pub const DEFAULT_PATH: &str = "/etc/macha-autonomous/config.toml";
@@ -649,7 +655,8 @@ impl Config {
             (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
             (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
             (Bound::new("ollama.num_ctx", 512, 1_048_576, "tokens"), u64::from(o.num_ctx)),
-            (Bound::new("ollama.num_predict", 16, 131_072, "tokens"), u64::from(o.num_predict)),
+            // The longest decision the schema allows fits in the least.
+            (Bound::new("ollama.num_predict", MIN_NUM_PREDICT as u64, 131_072, "tokens"), u64::from(o.num_predict)),
             (Bound::new("model.concurrency", 1, 64, "requests"), u64::from(m.concurrency)),
             (Bound::new("model.tool_rounds", 0, 10, "rounds"), u64::from(m.tool_rounds)),
             (Bound::new("model.prompt_margin", 0, 1_048_576, "tokens"), u64::from(m.prompt_margin)),

@@ -153,13 +153,13 @@ const WORDS: [&str; 12] = [
 #[test]
 fn evidence_over_the_budget_is_summarised_as_batch_work_before_the_decision() {
     let bed = Bed::new("agent-reduce", "suggest");
-    // A small context: 4096 less 512 for the answer and 512 of margin
+    // A small context: 5632 less 2048 for the answer and 512 of margin
     // leaves 3072 tokens, of which the system prompt takes a third.
     bed.append_config("[model]\nprompt_margin = 512\n");
     let model_line = format!("model = \"{MODEL}\"\n");
     let config = std::fs::read_to_string(&bed.config).unwrap().replacen(
         &model_line,
-        &format!("{model_line}num_ctx = 4096\nnum_predict = 512\n"),
+        &format!("{model_line}num_ctx = 5632\nnum_predict = 2048\n"),
         1,
     );
     std::fs::write(&bed.config, config).unwrap();

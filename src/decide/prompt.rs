@@ -32,9 +32,9 @@ const DISCUSS: &str = include_str!("../../prompts/discuss.md");
 
 /// Input tokens a decision's prompt may take when the caller names no
 /// budget: the default `ollama.num_ctx` (8192) less the default
-/// `ollama.num_predict` (1024) less 1024 for the chat template, the tools
+/// `ollama.num_predict` (2048) less 1024 for the chat template, the tools
 /// and the retry message.
-pub const DEFAULT_INPUT_BUDGET: usize = 6144;
+pub const DEFAULT_INPUT_BUDGET: usize = 5120;
 
 /// The templates prompts are made of.
 #[derive(Debug, Clone)]
