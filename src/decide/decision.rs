@@ -220,6 +220,15 @@ impl Decision {
     pub fn parse(text: &str) -> Result<Decision, InvalidAnswer> {
         let mut d: Decision = serde_json::from_str(text.trim()).map_err(|e| InvalidAnswer::Parse(e.to_string()))?;
         d.validate()?;
+        // The same action proposed twice (small models repeat themselves)
+        // is one proposal: the first, with its reason.
+        let mut kept: Vec<ProposedAction> = Vec::new();
+        d.actions.retain(|a| {
+            let same = ProposedAction { reason: String::new(), ..a.clone() };
+            let repeated = kept.contains(&same);
+            kept.push(same);
+            !repeated
+        });
         // The model may repeat a secret it read in its prose; its prose goes
         // to the audit, approvals and notifications, so it loses them here.
         // Targets, arguments and diffs stay as written: the gate judges them.
@@ -375,6 +384,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.actions[0].kind, ActionKind::RestartUnit);
+    }
+
+    #[test]
+    fn the_same_action_proposed_twice_is_one_proposal() {
+        let d = Decision::parse(
+            r#"{"diagnosis":"web died","severity":"warning","actions":[
+                {"kind":"restart_unit","unit":"web.service","reason":"it failed"},
+                {"kind":"restart_unit","unit":"web.service","reason":"it failed, really"},
+                {"kind":"restart_unit","unit":"api.service","reason":"it failed too"},
+                {"kind":"restart_unit","unit":"web.service","reason":"again"}]}"#,
+        )
+        .unwrap();
+        let units: Vec<_> = d.actions.iter().map(|a| (a.unit.as_deref(), a.reason.as_str())).collect();
+        assert_eq!(units, [(Some("web.service"), "it failed"), (Some("api.service"), "it failed too")]);
     }
 
     #[test]
