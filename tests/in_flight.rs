@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{decision, signal, wait_exit, wait_until, Bed, WEB};
 use macha_testbed::ollama::Reply;
 use nix::sys::signal::Signal;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SLOW: &str = "slowstart.service";
 
@@ -150,8 +150,13 @@ fn after_sigterm_the_action_in_flight_ends_and_no_further_one_starts() {
     let bed = Bed::new("inflight-rest", "auto-safe");
     bed.append_config("cooldown = 0\nmax_auto_per_hour = 100\nmax_auto_restarts = 10\n");
     slow_unit(&bed, SLOW_THEN_CRASH);
-    // One decision, two restarts of the unit: the second would run right after the first.
-    bed.double.push(Reply::Json(decision("restart_unit", &[SLOW, SLOW])));
+    // One decision, two actions: the second would run right after the first.
+    let mut both = decision("restart_unit", &[SLOW]);
+    both["actions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kind": "reset_failed", "unit": SLOW, "reason": "then clear it"}));
+    bed.double.push(Reply::Json(both));
 
     let mut daemon = spawn_daemon(&bed);
     wait_until(Duration::from_secs(30), "the first restart", || starts(&bed) == 2);
@@ -164,6 +169,7 @@ fn after_sigterm_the_action_in_flight_ends_and_no_further_one_starts() {
     assert_eq!(outcomes_of_restarts(&bed), ["succeeded"]);
     let deferred = automatic(&bed).into_iter().find(|a| a["outcome"] == "deferred").expect("the second, deferred");
     assert!(deferred["detail"].as_str().unwrap().contains("stopping"), "{deferred:#}");
+    assert_eq!(deferred["action"], "reset_failed", "{deferred:#}");
 }
 
 #[test]
