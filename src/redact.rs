@@ -576,6 +576,8 @@ fn high_entropy(text: &str, found: &mut Vec<Found>) {
             continue;
         }
         let start = candidate.start();
+        // Right after `/` or `/.`, the run goes on with a path (`/tmp/.tmpX/nix/...`).
+        let in_path = before.ends_with('/') || before.ends_with("/.");
         let bytes = candidate.as_str().as_bytes();
         // An `=` followed by something other than padding separates a key
         // from its value (`INVOCATION_ID=...`); base64 has `=` only at the end.
@@ -584,7 +586,7 @@ fn high_entropy(text: &str, found: &mut Vec<Found>) {
             let ends_field = i == bytes.len() || (bytes[i] == b'=' && bytes.get(i + 1).is_some_and(|b| *b != b'='));
             if ends_field {
                 if i > field_start {
-                    field(text, start + field_start..start + i, found);
+                    field(text, start + field_start..start + i, in_path && field_start == 0, found);
                 }
                 field_start = i + 1;
             }
@@ -594,13 +596,15 @@ fn high_entropy(text: &str, found: &mut Vec<Found>) {
 
 /// One `=`-free field of a candidate. A field with `/` is a path or base64
 /// (which uses `/` too). Base64 is judged whole, so that no part of it
-/// survives between two slashes; an absolute path, or one with a Nix store
-/// hash in it, is judged segment by segment, so that `/var/lib/<random>`
-/// keeps its directories.
-fn field(text: &str, range: Range<usize>, found: &mut Vec<Found>) {
+/// survives between two slashes; an absolute path, the rest of one
+/// (`in_path`: the field goes on from a `/` or `/.` before it), or one with
+/// a Nix store hash in it, is judged segment by segment, so that
+/// `/var/lib/<random>` keeps its directories and a random directory name
+/// does not take the whole path with it.
+fn field(text: &str, range: Range<usize>, in_path: bool, found: &mut Vec<Found>) {
     let field = &text[range.clone()];
     let in_nix = field.contains('/') && field.split('/').any(|segment| segment == "nix" || segment == "store");
-    let by_segment = field.starts_with('/') || (in_nix && field.split('/').any(is_nix_hash));
+    let by_segment = field.starts_with('/') || in_path || (in_nix && field.split('/').any(is_nix_hash));
     if !by_segment {
         piece(text, range, found);
         return;
@@ -1113,6 +1117,13 @@ mod tests {
         assert_kept("open /var/lib/postgresql/16/data/base/PG_VERSION: Permission denied");
         assert_kept("File \"/usr/lib/python3.11/site-packages/requests/adapters.py\", line 519, in send");
         assert_kept("/home/alice/Documents/QuarterlyReportDrafts2023/final");
+        assert_kept("read /tmp/.tmp8nS0m4/nix/var/nix/profiles/per-user/root/channels-1-link: not found");
+        assert_kept("open /tmp/.tmpXk3/build-output-directory/result-of-a-long-build: no such file");
+        assert_eq!(
+            r("open /tmp/.cache/Zk9vQ2mXp4Lr8Ts1Wb6Yc0Nd3He7Jf5/db failed"),
+            "open /tmp/.cache/[redacted:high-entropy]/db failed",
+            "a random segment goes, the directories around it stay"
+        );
         assert_kept("NetworkManager-wait-online.service TransactionRollbackException1 ERR_CONNECTION_REFUSED_BY_PEER");
     }
 
