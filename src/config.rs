@@ -178,6 +178,9 @@ pub struct OllamaConfig {
     /// Cap on the answer's length in tokens (`options.num_predict`).
     pub num_predict: u32,
     pub temperature: f32,
+    /// The sampler's seed (`options.seed`): the same prompt gets the same
+    /// answer from the same model and server. None: the server picks one.
+    pub seed: Option<u64>,
     /// Directory whose `*.md` files replace the built-in prompt templates.
     pub prompts_dir: Option<PathBuf>,
 }
@@ -400,6 +403,7 @@ impl Default for OllamaConfig {
             num_ctx: 8192,
             num_predict: MIN_NUM_PREDICT,
             temperature: 0.1,
+            seed: None,
             prompts_dir: None,
         }
     }

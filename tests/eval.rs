@@ -111,13 +111,24 @@ fn a_failed_run_says_why() {
         run.stdout
     );
 
-    // An answer that never parses is a failed decision, and says so.
+    // An answer that never parses is a failed decision, and says so; both
+    // answers count against the valid-answer rate, and its floor fails the run.
     double.set_default(Reply::InvalidJson);
-    let run = eval(&double.url(), MODEL, &["--fixtures", dir.path().to_str().unwrap(), "--json"]);
-    let result = &run.json()["fixtures"][0]["results"][0];
+    let args = ["--fixtures", dir.path().to_str().unwrap(), "--json", "--seed", "7", "--min-valid-rate", "50"];
+    let run = eval(&double.url(), MODEL, &args);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("the valid-answer rate 0.0% is below --min-valid-rate 50%"), "{}", run.stderr);
+    let report = run.json();
+    let result = &report["fixtures"][0]["results"][0];
     assert_eq!(result["passed"], false);
     assert_eq!(result["outcome"], "failed");
     assert!(result["reasons"][0].as_str().unwrap().starts_with("no decision: invalid answer"), "{result:#}");
+    assert_eq!(result["last_invalid_answer"], macha_testbed::ollama::INVALID_JSON_CONTENT);
+    let overall = &report["overall"];
+    assert_eq!((overall["answers"].as_u64(), overall["valid_answers"].as_u64()), (Some(2), Some(0)), "{overall:#}");
+    assert_eq!(report["seed"], 7);
+    let sent = double.requests().into_iter().rfind(|r| r.path == "/api/chat").unwrap();
+    assert_eq!(sent.body["options"]["seed"], 7, "the seed goes with every request");
 }
 
 #[test]

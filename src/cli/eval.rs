@@ -46,6 +46,14 @@ pub struct Args {
     /// Exit 1 when the overall pass rate, in percent, is below this (for CI).
     #[arg(long, value_name = "PERCENT", value_parser = percent)]
     min_pass_rate: Option<f64>,
+    /// Exit 1 when the answers that parse into a decision, in percent of all
+    /// answers, are below this.
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    min_valid_rate: Option<f64>,
+    /// The sampler's seed sent with every request (ollama.seed), so that a
+    /// run can be repeated answer for answer on the same server.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
 }
 
 fn percent(raw: &str) -> Result<f64, String> {
@@ -84,16 +92,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             out!("{}", human(&report))?;
         }
-        Ok(match args.min_pass_rate {
-            Some(min) if report.overall.pass_rate_percent < min => {
-                eprintln!(
-                    "macha eval: the pass rate {:.1}% is below --min-pass-rate {min}%",
-                    report.overall.pass_rate_percent
-                );
-                ExitCode::from(1)
-            }
-            _ => ExitCode::SUCCESS,
-        })
+        let mut code = ExitCode::SUCCESS;
+        if let Some(min) = args.min_pass_rate.filter(|&min| report.overall.pass_rate_percent < min) {
+            eprintln!(
+                "macha eval: the pass rate {:.1}% is below --min-pass-rate {min}%",
+                report.overall.pass_rate_percent
+            );
+            code = ExitCode::from(1);
+        }
+        if let Some(min) = args.min_valid_rate.filter(|&min| report.overall.valid_answer_rate_percent < min) {
+            let rate = report.overall.valid_answer_rate_percent;
+            eprintln!("macha eval: the valid-answer rate {rate:.1}% is below --min-valid-rate {min}%");
+            code = ExitCode::from(1);
+        }
+        Ok(code)
     })
 }
 
@@ -104,6 +116,11 @@ fn settings(args: &Args, state_dir: &Path) -> anyhow::Result<Config> {
     ollama.insert("url".into(), args.url.clone().into());
     ollama.insert("model".into(), args.model.clone().into());
     ollama.insert("timeout".into(), i64::try_from(args.timeout).unwrap_or(i64::MAX).into());
+    if let Some(seed) = args.seed {
+        // TOML integers are signed: a seed past i64::MAX is refused by the parser, named.
+        let seed = i64::try_from(seed).map_err(|_| anyhow::anyhow!("--seed {seed}: at most {}", i64::MAX))?;
+        ollama.insert("seed".into(), seed.into());
+    }
     let mut table = toml::Table::new();
     table.insert("state_dir".into(), state_dir.display().to_string().into());
     table.insert("ollama".into(), ollama.into());
@@ -151,7 +168,7 @@ impl Drop for PrivateDir {
     }
 }
 
-const HEADER: [&str; 5] = ["passed", "rate", "median ms", "max ms", "tool calls"];
+const HEADER: [&str; 8] = ["passed", "rate", "valid", "median ms", "p95 ms", "max ms", "answer tok", "tool calls"];
 
 /// The report as a table: a row per fixture, each failed run's reasons
 /// under its fixture, then the overall row. Fixture names come from file
@@ -162,11 +179,12 @@ fn human(r: &Report) -> String {
     let tools = if r.tool_calling { "on" } else { "off" };
     let _ = writeln!(
         out,
-        "macha eval: {} at {}, {} fixture(s), {} run(s) each, tool calling {tools}",
+        "macha eval: {} at {}, {} fixture(s), {} run(s) each, tool calling {tools}{}",
         shown(&r.model),
         shown(&r.url),
         r.fixtures.len(),
-        r.runs_per_fixture
+        r.runs_per_fixture,
+        r.seed.map(|s| format!(", seed {s}")).unwrap_or_default()
     );
     let _ = write!(out, "{:<width$}", "fixture");
     for h in HEADER {
@@ -185,8 +203,11 @@ fn row(label: &str, t: &Totals, width: usize) -> String {
     let cells = [
         format!("{}/{}", t.passes, t.runs),
         format!("{:.0}%", t.pass_rate_percent),
+        format!("{}/{}", t.valid_answers, t.answers),
         t.latency_median_ms.to_string(),
+        t.latency_p95_ms.to_string(),
         t.latency_max_ms.to_string(),
+        t.answer_tokens_median.to_string(),
         t.tool_calls.to_string(),
     ];
     let mut line = format!("{label:<width$}");

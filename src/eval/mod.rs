@@ -31,6 +31,8 @@ pub struct Report {
     /// Whether the model was offered tools (it takes them).
     pub tool_calling: bool,
     pub runs_per_fixture: u32,
+    /// The sampler's seed sent with every request, if one was.
+    pub seed: Option<u64>,
     pub fixtures: Vec<FixtureReport>,
     pub overall: Totals,
 }
@@ -45,16 +47,29 @@ pub struct FixtureReport {
     pub results: Vec<RunReport>,
 }
 
-/// Passes and latency over a set of runs.
+/// Passes, valid answers, latency and tokens over a set of runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Totals {
     pub runs: u32,
     pub passes: u32,
     /// `passes` in percent of `runs`.
     pub pass_rate_percent: f64,
+    /// Answers the model gave for a decision (the first, and the retry
+    /// after an invalid one; not an HTTP error or a timeout).
+    pub answers: u32,
+    /// Of `answers`, those that parsed and validated into a decision.
+    pub valid_answers: u32,
+    /// `valid_answers` in percent of `answers`.
+    pub valid_answer_rate_percent: f64,
     /// Median wall time of a decision, in milliseconds.
     pub latency_median_ms: u64,
+    /// The 95th percentile (nearest rank) of the same.
+    pub latency_p95_ms: u64,
     pub latency_max_ms: u64,
+    /// Median tokens of a decision's prompts and of its answers, over the
+    /// decided runs (a failed decision does not count its tokens).
+    pub prompt_tokens_median: u64,
+    pub answer_tokens_median: u64,
     /// Tool calls the model made, over all runs.
     pub tool_calls: u32,
 }
@@ -73,6 +88,11 @@ pub struct RunReport {
     pub actions: Vec<String>,
     /// Answers asked for (1, or 2 after an invalid one).
     pub attempts: u32,
+    /// Answers that did not parse or validate.
+    pub invalid_answers: u32,
+    /// The model's last invalid answer (secrets masked), and why it was
+    /// refused, when the decision failed on one.
+    pub last_invalid_answer: Option<String>,
     pub wall_ms: u64,
     /// Tokens of every answer, tool rounds and summaries included; `None`
     /// for a failed decision, whose outcome does not count them.
@@ -120,6 +140,7 @@ pub async fn run(
         model: primary.model.clone(),
         tool_calling: model.tool_rounds() > 0,
         runs_per_fixture: runs,
+        seed: model.seed(),
         overall: Totals::of(&all),
         fixtures: reports,
     }
@@ -134,18 +155,22 @@ fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {
             diagnosis: Some(decision.diagnosis.clone()),
             actions: decision.actions.iter().map(describe).collect(),
             attempts: *attempts,
+            invalid_answers: outcome.invalid_answers(),
+            last_invalid_answer: None,
             wall_ms: *wall_ms,
             prompt_tokens: Some(*prompt_tokens),
             answer_tokens: Some(*answer_tokens),
             trail: trail.clone(),
         },
-        Outcome::Failed { attempts, wall_ms, trail, .. } => RunReport {
+        Outcome::Failed { attempts, wall_ms, trail, last_answer, .. } => RunReport {
             run,
             verdict,
             outcome: "failed",
             diagnosis: None,
             actions: Vec::new(),
             attempts: *attempts,
+            invalid_answers: outcome.invalid_answers(),
+            last_invalid_answer: last_answer.clone(),
             wall_ms: *wall_ms,
             prompt_tokens: None,
             answer_tokens: None,
@@ -171,16 +196,46 @@ impl Totals {
     fn of(results: &[RunReport]) -> Self {
         let runs = results.len() as u32;
         let passes = results.iter().filter(|r| r.verdict.passed).count() as u32;
-        let mut ms: Vec<u64> = results.iter().map(|r| r.wall_ms).collect();
-        ms.sort_unstable();
+        let valid_answers = results.iter().filter(|r| r.outcome == "decided").count() as u32;
+        let answers = valid_answers + results.iter().map(|r| r.invalid_answers).sum::<u32>();
+        let sorted = |f: &dyn Fn(&RunReport) -> Option<u64>| {
+            let mut v: Vec<u64> = results.iter().filter_map(f).collect();
+            v.sort_unstable();
+            v
+        };
+        let ms = sorted(&|r| Some(r.wall_ms));
         Totals {
             runs,
             passes,
-            pass_rate_percent: if runs == 0 { 0.0 } else { f64::from(passes) * 100.0 / f64::from(runs) },
+            pass_rate_percent: percent(passes, runs),
+            answers,
+            valid_answers,
+            valid_answer_rate_percent: percent(valid_answers, answers),
             latency_median_ms: median(&ms),
+            latency_p95_ms: nearest_rank(&ms, 95),
             latency_max_ms: ms.last().copied().unwrap_or(0),
+            prompt_tokens_median: median(&sorted(&|r| r.prompt_tokens)),
+            answer_tokens_median: median(&sorted(&|r| r.answer_tokens)),
             tool_calls: results.iter().map(|r| r.trail.tools.len() as u32).sum(),
         }
+    }
+}
+
+/// `part` in percent of `whole`; 0 for none.
+fn percent(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) * 100.0 / f64::from(whole)
+    }
+}
+
+/// The `p`th percentile of sorted values by nearest rank: the smallest
+/// value with at least `p` percent of them at or below it; 0 for none.
+fn nearest_rank(sorted: &[u64], p: usize) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n => sorted[(p * n).div_ceil(100).clamp(1, n) - 1],
     }
 }
 
@@ -207,6 +262,8 @@ mod tests {
             diagnosis: None,
             actions: vec![],
             attempts: 1,
+            invalid_answers: 0,
+            last_invalid_answer: None,
             wall_ms,
             prompt_tokens: None,
             answer_tokens: None,
@@ -221,6 +278,24 @@ mod tests {
         assert_eq!(t.pass_rate_percent, 75.0);
         assert_eq!(Totals::of(&[]).pass_rate_percent, 0.0);
         assert_eq!(median(&[1, 2, 9]), 2);
+        assert_eq!((t.answers, t.valid_answers, t.valid_answer_rate_percent), (4, 4, 100.0));
+        assert_eq!((nearest_rank(&[], 95), nearest_rank(&[7], 95)), (0, 7));
+        let hundred: Vec<u64> = (1..=100).collect();
+        assert_eq!((nearest_rank(&hundred, 95), nearest_rank(&hundred[..20], 95)), (95, 19));
+    }
+
+    #[test]
+    fn invalid_answers_count_against_the_valid_answer_rate() {
+        let mut retried = result(true, 10);
+        retried.attempts = 2;
+        retried.invalid_answers = 1;
+        let mut failed = result(false, 10);
+        (failed.outcome, failed.attempts, failed.invalid_answers) = ("failed", 2, 2);
+        let mut timed_out = result(false, 10);
+        (timed_out.outcome, timed_out.attempts) = ("failed", 1);
+        let t = Totals::of(&[result(true, 10), retried, failed, timed_out]);
+        assert_eq!((t.answers, t.valid_answers), (5, 2), "a timeout is no answer");
+        assert_eq!(t.valid_answer_rate_percent, 40.0);
     }
 
     #[test]

@@ -173,7 +173,12 @@ impl ModelService {
         let readiness = Readiness { primary: unchecked(&primary), fallback: fallback.as_ref().map(unchecked) };
         Ok(Self {
             inner: Arc::new(Inner {
-                options: Options { num_ctx: o.num_ctx, num_predict: o.num_predict, temperature: o.temperature },
+                options: Options {
+                    num_ctx: o.num_ctx,
+                    num_predict: o.num_predict,
+                    temperature: o.temperature,
+                    seed: o.seed,
+                },
                 prompt_margin: config.model.prompt_margin,
                 tool_rounds: config.model.tool_rounds,
                 queue: queue::Queue::new(config.model.concurrency as usize),
@@ -191,6 +196,11 @@ impl ModelService {
     pub fn input_budget(&self) -> usize {
         let o = &self.inner.options;
         (o.num_ctx.saturating_sub(o.num_predict).saturating_sub(self.inner.prompt_margin)) as usize
+    }
+
+    /// The sampler's seed sent with every request (`ollama.seed`).
+    pub fn seed(&self) -> Option<u64> {
+        self.inner.options.seed
     }
 
     /// Rounds of tool calls a decision may take (`model.tool_rounds`); 0

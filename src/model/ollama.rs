@@ -21,6 +21,9 @@ pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options) -
             "temperature": options.temperature,
         },
     });
+    if let Some(seed) = options.seed {
+        body["options"]["seed"] = seed.into();
+    }
     if let Some(format) = &request.format {
         body["format"] = format.clone();
     }
@@ -143,7 +146,7 @@ mod tests {
     use super::*;
     use crate::model::chat::Tool;
 
-    const OPTIONS: Options = Options { num_ctx: 8192, num_predict: 512, temperature: 0.1 };
+    const OPTIONS: Options = Options { num_ctx: 8192, num_predict: 512, temperature: 0.1, seed: None };
 
     #[test]
     fn the_body_keeps_sampling_in_options_and_tool_arguments_as_objects() {
@@ -161,6 +164,8 @@ mod tests {
         request.tools = Some(vec![Tool { name: "unit_status".into(), description: "d".into(), parameters: json!({}) }]);
         let body = chat_body("m", &request, &OPTIONS);
         assert_eq!(body["options"], json!({"num_ctx": 8192, "num_predict": 512, "temperature": 0.1f32}));
+        let seeded = chat_body("m", &request, &Options { seed: Some(42), ..OPTIONS });
+        assert_eq!(seeded["options"]["seed"], 42, "a seed goes with the sampling options");
         assert_eq!(body["stream"], false);
         assert_eq!(body["format"]["type"], "object");
         assert_eq!(body["messages"][1]["tool_calls"][0]["function"]["arguments"]["unit"], "a.service");

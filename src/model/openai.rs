@@ -24,6 +24,9 @@ pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options) -
         "temperature": options.temperature,
         "max_tokens": request.num_predict.unwrap_or(options.num_predict),
     });
+    if let Some(seed) = options.seed {
+        body["seed"] = seed.into();
+    }
     if let Some(schema) = &request.format {
         body["response_format"] = json!({
             "type": "json_schema",
@@ -166,7 +169,7 @@ pub(crate) fn error_text(body: &str) -> String {
 mod tests {
     use super::*;
 
-    const OPTIONS: Options = Options { num_ctx: 8192, num_predict: 512, temperature: 0.1 };
+    const OPTIONS: Options = Options { num_ctx: 8192, num_predict: 512, temperature: 0.1, seed: None };
 
     #[test]
     fn the_body_asks_for_a_json_schema_and_sends_arguments_as_a_string() {

@@ -62,6 +62,7 @@ pub(crate) struct Options {
     pub num_ctx: u32,
     pub num_predict: u32,
     pub temperature: f32,
+    pub seed: Option<u64>,
 }
 
 /// Why one endpoint gave no answer.
