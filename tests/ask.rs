@@ -1,7 +1,9 @@
 //! `macha ask` and `macha-approve discuss`: a person's questions answered
-//! by the model with read-only tools (the probes and macha's records); the
-//! answer streamed as it comes, a progress line on a terminal, and Ctrl-C,
-//! which drops the request. Through the Ollama double. Tests that need a real systemd boot the container; the others
+//! by the model with read-only tools (the probes and macha's records), or,
+//! for a model without tools, with a summary of the host read for the
+//! question; the answer streamed as it comes, a progress line on a
+//! terminal, and Ctrl-C, which drops the request. Through the Ollama
+//! double. Tests that need a real systemd boot the container; the others
 //! run on this machine, with systemd unreachable.
 
 mod common;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{chats, decision, macha_bin, signal, stderr, wait_exit, wait_until, Bed, MODEL, WEB};
 use macha::catalog::{Action, ActionKind};
+use macha::decide::tokens::estimate_tokens;
 use macha::detect::{Incident, IncidentKind};
 use macha::state_dir::StateDir;
 use macha::store::Store;
@@ -250,6 +253,12 @@ fn a_model_without_tools_answers_in_one_request() {
     assert_eq!(m[0]["role"], "system");
     assert!(m[0]["content"].as_str().unwrap().contains("No tools can be called with this model"));
     assert_eq!(m.last().unwrap()["content"], "is anything broken?");
+    // What the tools would have read comes with the question, or why it could not be.
+    let summary = m[m.len() - 2]["content"].as_str().unwrap();
+    assert!(summary.starts_with("<host-summary>") && summary.ends_with("</host-summary>"), "{summary}");
+    assert!(summary.contains("failed units:\ncould not be read: systemd cannot be reached"), "{summary}");
+    assert!(summary.contains("open incidents (macha's records):\nmacha has no state database"), "{summary}");
+    assert!(summary.contains("host resources:\nmemory: "), "{summary}");
     // Sent at the interactive priority, as the record of calls shows.
     let calls: Vec<Value> = std::fs::read_dir(host.state_dir().join("model-calls"))
         .unwrap()
@@ -583,6 +592,48 @@ fn ask_looks_at_the_unit_and_at_its_decisions_before_answering() {
         said.contains("looked at:\n  unit_status unit=demo-web.service\n  recent_decisions incident=unit-failed:demo-web.service limit=2\n"),
         "{said}"
     );
+}
+
+#[test]
+fn without_tools_the_question_carries_the_named_units_state_and_journal_redacted() {
+    let bed = Bed::new("ask-summary", "suggest");
+    let plain = plain_double();
+    let config = std::fs::read_to_string(&bed.config).unwrap().replace(&bed.double.url(), &plain.url());
+    std::fs::write(&bed.config, config).unwrap();
+    bed.c
+        .install_unit(
+            "payments-api.service",
+            "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'echo \"payments-api: cannot reach the database, password=hunter2hunter2\" >&2; echo \"payments-api: giving up after 3 tries\" >&2; exit 4'\n",
+        )
+        .unwrap();
+    bed.c.start_unit("payments-api.service").unwrap();
+    bed.c.wait_unit_state("payments-api.service", "failed", std::time::Duration::from_secs(20)).unwrap();
+    bed.c.sync_journal().unwrap();
+    plain.push(Reply::Content("payments-api.service exited with status 4: it could not reach its database.".into()));
+
+    let out = bed.run("macha", &["ask", "why did payments-api fail?"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("> payments-api.service exited with status 4"), "{}", stdout(&out));
+    let asked = chats(&plain);
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].get("tools").is_none());
+    let m = messages(&asked[0]);
+    assert_eq!(m.last().unwrap()["content"], "why did payments-api fail?");
+    let summary = m[m.len() - 2]["content"].as_str().unwrap();
+    for part in [
+        "state of payments-api.service:\nId=payments-api.service\n",
+        "ActiveState=failed\nSubState=failed\nResult=exit-code\n",
+        "ExecMainStatus=4\n",
+        "failed units:\npayments-api.service Result=exit-code ExecMainStatus=4",
+        "macha's records about payments-api.service:\nmacha recorded no decision and no action about payments-api.service",
+        "last journal lines of payments-api.service:\n",
+        "payments-api: cannot reach the database, password=[redacted:",
+        "payments-api: giving up after 3 tries",
+    ] {
+        assert!(summary.contains(part), "{part:?} is not in:\n{summary}");
+    }
+    assert!(!summary.contains("hunter2hunter2"), "{summary}");
+    assert!(estimate_tokens(summary) <= macha::ask::summary::MAX_TOKENS);
 }
 
 #[test]

@@ -13,10 +13,11 @@
 //! Each question gets at most `model.tool_rounds` rounds of tool calls
 //! (`decide::tools::run_rounds_watched`); when they run out, the model is
 //! asked once more, without tools, to answer with what it has. A model
-//! without tools answers in one request. Before a request, earlier tool
-//! results (oldest first), then earlier answers, give way to a note when
-//! the conversation would not fit the input budget, so the server never
-//! cuts the system message off the front instead.
+//! without tools answers in one request, and gets with each question a
+//! summary of what the tools would have read ([`summary`]). Before a
+//! request, earlier tool results (oldest first), then earlier answers, give
+//! way to a note when the conversation would not fit the input budget, so
+//! the server never cuts the system message off the front instead.
 //!
 //! A person waits for the answer: the request is watched (the caller is
 //! told of the queue, the tool calls and the text as it comes; an answer
@@ -26,6 +27,7 @@
 //! the question.
 
 pub mod records;
+pub mod summary;
 
 use std::fmt::Write as _;
 
@@ -49,6 +51,10 @@ pub const MAX_QUESTION_CHARS: usize = 2000;
 
 /// What replaces a message left out to fit the input budget.
 const LEFT_OUT: &str = "[left out to fit the model's context]";
+
+/// What replaces the summary of an earlier question: the host has moved on.
+const OLD_SUMMARY: &str =
+    "[a summary of the host read for an earlier question; the latest is with the latest question]";
 
 /// Sent when the tool rounds ran out and the model still wanted tools.
 const ANSWER_NOW: &str =
@@ -133,22 +139,23 @@ pub struct Answer {
 }
 
 /// A conversation: the system message, any context, then questions and
-/// answers, each question with its own tool rounds.
+/// answers, each question with its own tool rounds (or, without tools, its
+/// summary of the host).
 pub struct Conversation<'a> {
     model: &'a ModelService,
-    tools: &'a dyn Toolbox,
+    tools: &'a AskTools<'a>,
     purpose: String,
     messages: Vec<Message>,
 }
 
 impl<'a> Conversation<'a> {
     /// `system` is the prompt template with the facts appended. A model
-    /// that takes no tools is told so.
-    pub fn new(model: &'a ModelService, tools: &'a dyn Toolbox, purpose: impl Into<String>, system: &str) -> Self {
+    /// that takes no tools is told so, and what it gets instead.
+    pub fn new(model: &'a ModelService, tools: &'a AskTools<'a>, purpose: impl Into<String>, system: &str) -> Self {
         let mut system = system.trim_end().to_owned();
         if model.tool_rounds() == 0 {
             system.push_str(
-                "\n\nNo tools can be called with this model: answer from the facts in this conversation, and say what you could not look up.",
+                "\n\nNo tools can be called with this model. Instead, each question comes after a summary that macha read from the host and from its records just before (a <host-summary> block): answer from it and from this conversation, and say what it does not show.",
             );
         }
         Self { model, tools, purpose: purpose.into(), messages: vec![Message::system(system)] }
@@ -181,6 +188,9 @@ impl<'a> Conversation<'a> {
     ) -> Result<Answer, ModelError> {
         let budget = self.model.input_budget();
         let rounds = self.model.tool_rounds();
+        if rounds == 0 {
+            self.add_summary(messages, question, budget).await;
+        }
         messages.push(Message::user(question));
         let mut uses = Vec::new();
         if rounds > 0 {
@@ -208,6 +218,26 @@ impl<'a> Conversation<'a> {
         let request = ChatRequest::new(format!("{} (answer)", self.purpose), messages.clone());
         let reply = self.model.chat_watched(Priority::Interactive, &request, watch).await?;
         Ok(finish(messages, reply, uses))
+    }
+
+    /// Adds, for a model without tools, the summary of the host read for
+    /// `question`, in the room the input budget leaves it (the question
+    /// counted); earlier summaries give way to a note, and earlier tool
+    /// results and answers too when the room is short.
+    async fn add_summary(&self, messages: &mut Vec<Message>, question: &str, budget: usize) {
+        for m in messages.iter_mut().filter(|m| m.role == Role::User && m.content.starts_with(summary::OPEN)) {
+            m.content = OLD_SUMMARY.to_owned();
+        }
+        let question_tokens = conversation_tokens(&[Message::user(question)]);
+        make_room(messages, budget.saturating_sub(question_tokens + summary::MAX_TOKENS));
+        // The summary's own message costs the same few tokens of template as any.
+        let used = conversation_tokens(messages) + question_tokens + conversation_tokens(&[Message::user("")]);
+        let room = budget.saturating_sub(used).min(summary::MAX_TOKENS);
+        let parts = summary::read(self.tools, question).await;
+        let text = summary::render(&parts, room, Utc::now());
+        if !text.is_empty() {
+            messages.push(Message::user(text));
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `macha ask "QUESTION"`: the model answers a person's question about this
 //! host and about macha's own past decisions, looking things up with
-//! read-only tools (the probes, and macha's records), then the command
-//! prints the answer and what it looked at. While the model works, a terminal shows
+//! read-only tools (the probes, and macha's records; a model without tools
+//! gets a summary of what they would read), then the command prints the
+//! answer and what it looked at. While the model works, a terminal shows
 //! how long and what it is doing (`progress.rs`), and an answer without
 //! tool calls is printed as it is written.
 //!
@@ -174,7 +175,7 @@ pub fn answer_shown(answer: &Answer, model: &ModelService, streamed: bool) -> St
     }
     if answer.uses.is_empty() {
         let why = if model.tool_rounds() == 0 {
-            " (this model takes no tools; it answered from what it was told)"
+            " (this model takes no tools; it answered from a summary macha read of this host and its records)"
         } else {
             ""
         };
