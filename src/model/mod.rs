@@ -288,9 +288,11 @@ impl ModelService {
                 watch.progress(event);
             }
         };
-        let queue = self.inner.queue.status();
-        if queue.running.len() >= queue.slots {
-            tell(Progress::Queued);
+        if watch.is_some() {
+            let queue = self.inner.queue.status();
+            if queue.running.len() >= queue.slots {
+                tell(Progress::Queued);
+            }
         }
         let permit = self.inner.queue.acquire(priority).await;
         let queue_ms = permit.waited.as_millis() as u64;
