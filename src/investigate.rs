@@ -574,7 +574,7 @@ fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 /// A byte count in binary units, one decimal.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;

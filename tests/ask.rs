@@ -1,22 +1,30 @@
 //! `macha ask` and `macha-approve discuss`: a person's questions answered
-//! by the model with read-only tools (the probes and macha's records),
-//! through the Ollama double. Tests that need a real systemd boot the
-//! container; the others run on this machine, with systemd unreachable.
+//! by the model with read-only tools (the probes and macha's records), or,
+//! for a model without tools, with a summary of the host read for the
+//! question; the answer streamed as it comes, a progress line on a
+//! terminal, and Ctrl-C, which drops the request. Through the Ollama
+//! double. Tests that need a real systemd boot the container; the others
+//! run on this machine, with systemd unreachable.
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use common::{chats, decision, macha_bin, stderr, Bed, MODEL, WEB};
+use common::{chats, decision, macha_bin, signal, stderr, wait_exit, wait_until, Bed, MODEL, WEB};
 use macha::catalog::{Action, ActionKind};
+use macha::decide::tokens::estimate_tokens;
 use macha::detect::{Incident, IncidentKind};
 use macha::state_dir::StateDir;
 use macha::store::Store;
 use macha::unit::UnitName;
 use macha_testbed::ollama::{ModelCaps, OllamaDouble, Reply};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// The uid and gid of `nobody`: neither root nor in the approver group.
@@ -170,6 +178,60 @@ fn tools_double() -> OllamaDouble {
     OllamaDouble::start(&[MODEL]).unwrap()
 }
 
+fn plain_double() -> OllamaDouble {
+    OllamaDouble::builder().model(MODEL, ModelCaps { tools: false, ..ModelCaps::default() }).start().unwrap()
+}
+
+/// Everything read so far from a child's output, as it comes.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<u8>>>);
+
+impl Seen {
+    /// Reads `from` on a thread of its own until it ends (or, for a
+    /// terminal, fails once the child is gone).
+    fn reading(mut from: impl Read + Send + 'static) -> Seen {
+        let seen = Seen::default();
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = from.read(&mut buf) {
+                into.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        seen
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&self, what: &str) {
+        wait_until(Duration::from_secs(15), &format!("{what:?} in {:?}", self.text()), || self.text().contains(what));
+    }
+}
+
+/// A terminal for a child's standard error: the slave end to give it, and
+/// what the terminal shows (with the terminal's `\r\n` for a line feed).
+fn terminal() -> (OwnedFd, Seen) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    (pty.slave, Seen::reading(std::fs::File::from(pty.master)))
+}
+
+impl Host {
+    /// `macha ARGS` started, its input, output and error piped.
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(macha_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
 // On this machine, systemd unreachable.
 
 #[test]
@@ -186,10 +248,17 @@ fn a_model_without_tools_answers_in_one_request() {
     let chats = host.chats();
     assert_eq!(chats.len(), 1, "single-shot");
     assert!(chats[0].get("tools").is_none() && chats[0].get("format").is_none(), "{}", chats[0]);
+    assert_eq!(chats[0]["stream"], true, "the answer is streamed");
     let m = messages(&chats[0]);
     assert_eq!(m[0]["role"], "system");
     assert!(m[0]["content"].as_str().unwrap().contains("No tools can be called with this model"));
     assert_eq!(m.last().unwrap()["content"], "is anything broken?");
+    // What the tools would have read comes with the question, or why it could not be.
+    let summary = m[m.len() - 2]["content"].as_str().unwrap();
+    assert!(summary.starts_with("<host-summary>") && summary.ends_with("</host-summary>"), "{summary}");
+    assert!(summary.contains("failed units:\ncould not be read: systemd cannot be reached"), "{summary}");
+    assert!(summary.contains("open incidents (macha's records):\nmacha has no state database"), "{summary}");
+    assert!(summary.contains("host resources:\nmemory: "), "{summary}");
     // Sent at the interactive priority, as the record of calls shows.
     let calls: Vec<Value> = std::fs::read_dir(host.state_dir().join("model-calls"))
         .unwrap()
@@ -197,6 +266,112 @@ fn a_model_without_tools_answers_in_one_request() {
         .collect();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["priority"], "interactive");
+}
+
+#[test]
+fn a_streamed_answer_is_printed_quoted_as_a_whole_one() {
+    let host = Host::new(plain_double(), "");
+    host.double.push(Reply::Content("\n  The disk is full.\n\nRun `nix-collect-garbage -d`.\x1b[2J\n\n".into()));
+    let out = host.run(&["ask", "why is the disk full?"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .starts_with("> The disk is full.\n>\n> Run `nix-collect-garbage -d`.\\x1b[2J\n\nlooked at: nothing"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stderr(&out).contains('\r'), "no progress line off a terminal: {}", stderr(&out));
+}
+
+#[test]
+fn on_a_terminal_a_progress_line_counts_the_seconds_and_shows_each_tool_round() {
+    let host = Host::new(tools_double(), "");
+    host.double.push(Reply::ToolCalls(vec![("unit_status".into(), json!({"unit": WEB}))]));
+    host.double.push(Reply::Content("I could not reach systemd.".into()));
+    host.double.hold_answers();
+    let (tty, shown) = terminal();
+    let child = Command::new(macha_bin())
+        .arg("--config")
+        .arg(&host.config)
+        .args(["ask", "is demo-web up?"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(tty)
+        .spawn()
+        .unwrap();
+    shown.wait_for("\r[1s] waiting for the model\x1b[K");
+    host.double.release_answers();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    shown.wait_for("(after tool round 1)\x1b[K\r\x1b[K");
+    let line = shown.text();
+    assert!(line.contains("\r[0s] waiting for the model\x1b[K"), "{line:?}");
+    assert!(line.contains("round 1: checking unit_status demo-web.service\x1b[K"), "{line:?}");
+    assert!(line.ends_with("\r\x1b[K"), "the line is cleared at the end: {line:?}");
+    assert!(!line.contains("waiting in the model's queue"), "the slot was free: {line:?}");
+    // Standard output has the answer only.
+    let said = stdout(&out);
+    assert!(
+        said.starts_with("> I could not reach systemd.\n\nlooked at:\n  unit_status unit=demo-web.service -> failed"),
+        "{said}"
+    );
+    assert!(!said.contains('\r') && !said.contains("[0s]"), "{said:?}");
+}
+
+#[test]
+fn ctrl_c_drops_the_request_frees_the_model_and_exits_130() {
+    let host = Host::new(tools_double(), "");
+    host.double.hold_answers();
+    let mut child = host.spawn(&["ask", "what is wrong?"]);
+    wait_until(Duration::from_secs(10), "the question at the model", || host.double.chat_requests() == 1);
+    signal(&child, Signal::SIGINT);
+    let (code, _) = wait_exit(&mut child, Duration::from_secs(5));
+    let mut said = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+    assert_eq!(code, Some(130), "{said}");
+    assert!(said.ends_with("macha: cancelled\n"), "{said}");
+    // The connection was closed: the model stopped answering, its slot is free.
+    wait_until(Duration::from_secs(5), "the answer abandoned", || host.double.abandoned_answers() == 1);
+    host.double.release_answers();
+    host.double.push(Reply::Content("Nothing is.".into()));
+    let started = Instant::now();
+    let out = host.run(&["ask", "and now?"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("> Nothing is."));
+    assert!(started.elapsed() < Duration::from_secs(5), "served at once: {:?}", started.elapsed());
+}
+
+#[test]
+fn in_discuss_ctrl_c_drops_only_the_answer_and_at_the_prompt_ends_the_discussion() {
+    let host = Host::new(tools_double(), "");
+    let id = host.queue_restart();
+    host.double.hold_answers();
+    let mut child = host.spawn(&["approve", "discuss", &id.to_string()]);
+    let mut input = child.stdin.take().unwrap();
+    let (out, err) = (Seen::reading(child.stdout.take().unwrap()), Seen::reading(child.stderr.take().unwrap()));
+    input.write_all(b"what would it do?\n").unwrap();
+    wait_until(Duration::from_secs(10), "the question at the model", || host.double.chat_requests() == 1);
+    signal(&child, Signal::SIGINT);
+    err.wait_for("macha-approve: cancelled; the answer was dropped\n");
+    wait_until(Duration::from_secs(5), "the answer abandoned", || host.double.abandoned_answers() == 1);
+
+    // Back at the prompt: the next question is answered at once, without the dropped one.
+    host.double.release_answers();
+    host.double.push(Reply::Content("It restarts demo-web.service.".into()));
+    input.write_all(b"and then?\n").unwrap();
+    out.wait_for("> It restarts demo-web.service.\n");
+    let asked = host.chats();
+    assert_eq!(asked.len(), 2);
+    let second = messages(&asked[1]);
+    assert_eq!(second.last().unwrap()["content"], "and then?");
+    assert!(!second.iter().any(|m| m["content"] == "what would it do?"), "the dropped question is gone: {second:?}");
+
+    // Ctrl-C at the prompt ends the discussion; the item stays queued.
+    signal(&child, Signal::SIGINT);
+    let (code, _) = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(code, Some(130), "{}", err.text());
+    out.wait_for(&format!("approval {id} stays queued"));
+    assert_eq!(host.status(id), "pending");
 }
 
 #[test]
@@ -417,6 +592,48 @@ fn ask_looks_at_the_unit_and_at_its_decisions_before_answering() {
         said.contains("looked at:\n  unit_status unit=demo-web.service\n  recent_decisions incident=unit-failed:demo-web.service limit=2\n"),
         "{said}"
     );
+}
+
+#[test]
+fn without_tools_the_question_carries_the_named_units_state_and_journal_redacted() {
+    let bed = Bed::new("ask-summary", "suggest");
+    let plain = plain_double();
+    let config = std::fs::read_to_string(&bed.config).unwrap().replace(&bed.double.url(), &plain.url());
+    std::fs::write(&bed.config, config).unwrap();
+    bed.c
+        .install_unit(
+            "payments-api.service",
+            "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh -c 'echo \"payments-api: cannot reach the database, password=hunter2hunter2\" >&2; echo \"payments-api: giving up after 3 tries\" >&2; exit 4'\n",
+        )
+        .unwrap();
+    bed.c.start_unit("payments-api.service").unwrap();
+    bed.c.wait_unit_state("payments-api.service", "failed", std::time::Duration::from_secs(20)).unwrap();
+    bed.c.sync_journal().unwrap();
+    plain.push(Reply::Content("payments-api.service exited with status 4: it could not reach its database.".into()));
+
+    let out = bed.run("macha", &["ask", "why did payments-api fail?"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("> payments-api.service exited with status 4"), "{}", stdout(&out));
+    let asked = chats(&plain);
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].get("tools").is_none());
+    let m = messages(&asked[0]);
+    assert_eq!(m.last().unwrap()["content"], "why did payments-api fail?");
+    let summary = m[m.len() - 2]["content"].as_str().unwrap();
+    for part in [
+        "state of payments-api.service:\nId=payments-api.service\n",
+        "ActiveState=failed\nSubState=failed\nResult=exit-code\n",
+        "ExecMainStatus=4\n",
+        "failed units:\npayments-api.service Result=exit-code ExecMainStatus=4",
+        "macha's records about payments-api.service:\nmacha recorded no decision and no action about payments-api.service",
+        "last journal lines of payments-api.service:\n",
+        "payments-api: cannot reach the database, password=[redacted:",
+        "payments-api: giving up after 3 tries",
+    ] {
+        assert!(summary.contains(part), "{part:?} is not in:\n{summary}");
+    }
+    assert!(!summary.contains("hunter2hunter2"), "{summary}");
+    assert!(estimate_tokens(summary) <= macha::ask::summary::MAX_TOKENS);
 }
 
 #[test]

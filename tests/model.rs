@@ -2,12 +2,15 @@
 //! container): failover to a second Ollama and to an OpenAI-compatible
 //! endpoint, recorded in the decision; the priority queue (an interactive
 //! request goes next, failed, timed-out and dropped requests free their
-//! slot); the record of calls (no secret, within its size limit); the
-//! per-cycle metrics behind `macha stats`; `macha status`; and the start-up
-//! check that names `ollama pull MODEL`.
+//! slot, and a dropped one its connection); answers streamed to a watcher
+//! from both APIs, and streams that fail, never end or are not streams;
+//! the record of calls (no secret, within its size limit); the per-cycle
+//! metrics behind `macha stats`; `macha status`; and the start-up check
+//! that names `ollama pull MODEL`.
 
 mod common;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +19,9 @@ use std::time::{Duration, Instant};
 use common::{decision, macha_bin, read_jsonl, stop_daemon, wait_until, Bed, MODEL, WEB};
 use macha::config::{Api, Config};
 use macha::model::status::{self, DaemonStatus};
-use macha::model::{ChatRequest, Check, Message, ModelError, ModelService, Priority, ProviderError, Tool, ToolCall};
+use macha::model::{
+    ChatRequest, Check, Message, ModelError, ModelService, Priority, Progress, ProviderError, Tool, ToolCall, Watch,
+};
 use macha_testbed::ollama::{ModelCaps, OllamaDouble, Reply};
 use serde_json::{json, Value};
 
@@ -79,6 +84,40 @@ fn asked(double: &OllamaDouble, path: &str) -> Vec<String> {
         .filter(|r| r.path == path)
         .map(|r| r.body["messages"][0]["content"].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+/// What a watched request told, in order: `queued`, `sent primary`,
+/// `text PIECE`, `broke off: ERROR`.
+#[derive(Default)]
+struct Told(RefCell<Vec<String>>);
+
+impl Watch for Told {
+    fn progress(&self, event: Progress<'_>) {
+        let said = match event {
+            Progress::Queued => "queued".to_owned(),
+            Progress::Sent(p) => format!("sent {}", if p.api == Api::Openai { "openai" } else { "ollama" }),
+            Progress::Text(text) => format!("text {text}"),
+            Progress::BrokeOff(e) => format!("broke off: {e}"),
+            Progress::Calling { round, call } => format!("round {round}: {}", call.name),
+        };
+        self.0.borrow_mut().push(said);
+    }
+}
+
+impl Told {
+    fn texts(&self) -> Vec<String> {
+        self.0.borrow().iter().filter_map(|t| t.strip_prefix("text ")).map(str::to_owned).collect()
+    }
+}
+
+/// A service whose primary is refused and whose fallback is `double`'s
+/// OpenAI-compatible endpoint.
+fn openai_service(state: &Path, double: &OllamaDouble, timeout: u64) -> ModelService {
+    let fallback = format!(
+        "[model.fallback]\napi = \"openai\"\nurl = \"{}/v1\"\nmodel = \"{MODEL}\"\ntimeout = {timeout}\n",
+        double.url()
+    );
+    service(state, &refused_url(), MODEL, timeout, &fallback)
 }
 
 fn call_files(state_dir: &Path) -> Vec<PathBuf> {
@@ -230,6 +269,150 @@ fn tool_calls_come_back_with_object_arguments_from_both_apis() {
 }
 
 #[test]
+fn a_watched_answer_streams_in_pieces_from_both_apis_and_comes_back_whole() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let native = service(state.path(), &double.url(), MODEL, 10, "");
+    let via_openai = openai_service(state.path(), &double, 10);
+    let answer = "The disk /var is full.\nRun `nix-collect-garbage -d` to free it.";
+    local(async {
+        for svc in [&native, &via_openai] {
+            double.push(Reply::Content(answer.into()));
+            let told = Told::default();
+            let reply = svc.chat_watched(Priority::Interactive, &ask("why?"), &told).await.unwrap();
+            assert_eq!(reply.message.content, answer);
+            assert_eq!(reply.done_reason.as_deref(), Some("stop"));
+            assert!(reply.usage.prompt_tokens > 0 && reply.usage.answer_tokens > 0, "{:?}", reply.usage);
+            let texts = told.texts();
+            assert!(texts.len() > 10, "the text came in pieces: {texts:?}");
+            assert_eq!(texts.concat(), answer);
+            let said = told.0.borrow();
+            assert_eq!(said[0], "sent ollama", "no other request held the slot");
+            assert!(!said.iter().any(|s| s.starts_with("broke off")), "nothing was told before the failover: {said:?}");
+        }
+    });
+    let native_sent = double.requests().into_iter().find(|r| r.path == "/api/chat").unwrap();
+    assert_eq!(native_sent.body["stream"], true);
+    let openai_sent = double.requests().into_iter().find(|r| r.path == "/v1/chat/completions").unwrap();
+    assert_eq!(
+        (&openai_sent.body["stream"], &openai_sent.body["stream_options"]["include_usage"]),
+        (&json!(true), &json!(true))
+    );
+    // The record keeps the stream as it came.
+    let calls = call_records(state.path());
+    let answered: Vec<&Value> = calls.iter().filter(|c| c["outcome"] == "answered").collect();
+    assert_eq!(answered.len(), 2);
+    assert!(answered[0]["response"].as_str().unwrap().contains("\"done\":true"), "{:#}", answered[0]);
+    assert!(answered[1]["response"].as_str().unwrap().ends_with("data: [DONE]\n\n"), "{:#}", answered[1]);
+    assert!(answered.iter().all(|c| c["answer_tokens"].as_u64() > Some(0)));
+}
+
+#[test]
+fn requests_with_tools_or_a_format_are_not_streamed_even_when_watched() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let svc = service(state.path(), &double.url(), MODEL, 10, "");
+    double.push(Reply::Json(json!({"ok": true})));
+    let told = Told::default();
+    let request = ask("why?").with_format(json!({"type": "object"}));
+    let reply = local(svc.chat_watched(Priority::Interactive, &request, &told)).unwrap();
+    assert_eq!(reply.message.content, r#"{"ok":true}"#);
+    assert_eq!(*told.0.borrow(), ["sent ollama"]);
+    assert_eq!(double.requests().into_iter().find(|r| r.path == "/api/chat").unwrap().body["stream"], false);
+}
+
+#[test]
+fn a_watched_request_behind_a_busy_slot_is_told_it_waits_in_the_queue() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let svc = service(state.path(), &double.url(), MODEL, 10, "");
+    double.hold_answers();
+    local(async {
+        let busy = spawn_chat(&svc, Priority::Autonomous, "first");
+        until("the first at the model", || double.chat_requests() == 1).await;
+        let told = Told::default();
+        let second = ask("second");
+        let mut watched = std::pin::pin!(svc.chat_watched(Priority::Interactive, &second, &told));
+        tokio::select! {
+            _ = &mut watched => panic!("answered while the slot was taken"),
+            _ = until("the second waiting", || svc.queue().waiting() == 1) => {}
+        }
+        assert_eq!(*told.0.borrow(), ["queued"]);
+        double.release_answers();
+        busy.await.unwrap().unwrap();
+        watched.await.unwrap();
+        assert_eq!(told.0.borrow()[1], "sent ollama");
+    });
+}
+
+#[test]
+fn an_error_mid_stream_is_named_and_the_fallback_answers_from_the_start() {
+    let state = tempfile::tempdir().unwrap();
+    let primary = OllamaDouble::start(&[MODEL]).unwrap();
+    let alone = service(state.path(), &primary.url(), MODEL, 10, "");
+    primary.push(Reply::StreamError("an error was encountered while running the model: CUDA error".into()));
+    let err = local(alone.chat_watched(Priority::Interactive, &ask("why?"), &Told::default())).unwrap_err();
+    assert!(matches!(err, ModelError::Primary(ProviderError::MidAnswer { .. })), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("Ollama at {} stopped mid-answer with an error: an error was encountered while running the model: CUDA error", primary.url())
+    );
+
+    let fallback = OllamaDouble::start(&[MODEL]).unwrap();
+    let extra = format!(
+        "[model.fallback]\napi = \"openai\"\nurl = \"{}/v1\"\nmodel = \"{MODEL}\"\ntimeout = 10\n",
+        fallback.url()
+    );
+    let svc = service(state.path(), &primary.url(), MODEL, 10, &extra);
+    primary.push(Reply::StreamError("CUDA error".into()));
+    fallback.push(Reply::Content("The unit failed.".into()));
+    let told = Told::default();
+    let reply = local(svc.chat_watched(Priority::Interactive, &ask("why?"), &told)).unwrap();
+    assert_eq!(reply.message.content, "The unit failed.");
+    let said = told.0.take();
+    let broke = said.iter().position(|s| s.starts_with("broke off: ")).unwrap_or_else(|| panic!("{said:?}"));
+    assert_eq!(said[..broke], ["sent ollama", "text The"], "{said:?}");
+    assert!(said[broke].ends_with("stopped mid-answer with an error: CUDA error"), "{said:?}");
+    assert_eq!(said[broke + 1], "sent openai");
+    let after: String = said[broke + 2..].iter().map(|s| s.strip_prefix("text ").unwrap()).collect();
+    assert_eq!(after, "The unit failed.", "from the start");
+}
+
+#[test]
+fn a_stream_that_never_ends_trickles_or_is_not_a_stream_is_cut_with_the_reason() {
+    let state = tempfile::tempdir().unwrap();
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let svc = service(state.path(), &double.url(), MODEL, 30, "");
+    let via_openai = openai_service(state.path(), &double, 30);
+    let watched = |svc: &ModelService, reply: Reply| {
+        double.push(reply);
+        let started = Instant::now();
+        let err = local(svc.chat_watched(Priority::Interactive, &ask("why?"), &Told::default())).unwrap_err();
+        (err.to_string(), started.elapsed())
+    };
+    for svc in [&svc, &via_openai] {
+        let (err, took) = watched(svc, Reply::Endless(Duration::ZERO));
+        assert!(
+            err.contains("larger than 1536 KiB") && err.contains("streamed answer of at most 1024 tokens"),
+            "{err}"
+        );
+        assert!(took < Duration::from_secs(10), "cut by the limit, not the 30 s timeout");
+    }
+    // One chunk that never ends its line: cut at what a whole answer may hold.
+    let (err, _) = watched(&svc, Reply::Oversized(8 << 20));
+    assert!(err.contains("a line of the stream runs past 1088 KiB without ending"), "{err}");
+    let (err, _) = watched(&svc, Reply::Garbage);
+    assert!(err.contains("a line of the stream is not a chat chunk"), "{err}");
+    let (err, _) = watched(&via_openai, Reply::Garbage);
+    assert!(err.contains("not a completion chunk"), "{err}");
+
+    let slow = service(state.path(), &double.url(), MODEL, 2, "");
+    let (err, took) = watched(&slow, Reply::Endless(Duration::from_millis(100)));
+    assert!(err.contains("did not answer within 2 s"), "{err}");
+    assert!(took < Duration::from_secs(5));
+}
+
+#[test]
 fn api_show_says_whether_the_model_takes_tools_and_names_a_missing_one() {
     let double = OllamaDouble::builder()
         .model(MODEL, ModelCaps::default())
@@ -307,9 +490,13 @@ fn a_request_that_fails_times_out_or_is_dropped_frees_its_slot() {
         until("one waiting", || svc.queue().waiting() == 1).await;
         let behind = spawn_chat(&svc, Priority::Batch, "sixth");
         until("two waiting", || svc.queue().waiting() == 2).await;
+        // The second's connection closed at its timeout, before its answer.
+        until("the second's answer abandoned", || double.abandoned_answers() == 1).await;
         in_flight.abort();
         dropped_waiting.abort();
         until("the sixth at the model", || double.chat_requests() == 5).await;
+        // The dropped call's connection closed too: the model stopped that answer.
+        until("the fourth's answer abandoned", || double.abandoned_answers() == 2).await;
         double.release_answers();
         behind.await.unwrap().unwrap();
     });

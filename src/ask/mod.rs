@@ -11,14 +11,23 @@
 //! command line before anything reaches the model.
 //!
 //! Each question gets at most `model.tool_rounds` rounds of tool calls
-//! (`decide::tools::run_rounds`); when they run out, the model is asked once
-//! more, without tools, to answer with what it has. A model without tools
-//! answers in one request. Before a request, earlier tool results (oldest
-//! first), then earlier answers, give way to a note when the conversation
-//! would not fit the input budget, so the server never cuts the system
-//! message off the front instead.
+//! (`decide::tools::run_rounds_watched`); when they run out, the model is
+//! asked once more, without tools, to answer with what it has. A model
+//! without tools answers in one request, and gets with each question a
+//! summary of what the tools would have read ([`summary`]). Before a
+//! request, earlier tool results (oldest first), then earlier answers, give
+//! way to a note when the conversation would not fit the input budget, so
+//! the server never cuts the system message off the front instead.
+//!
+//! A person waits for the answer: the request is watched (the caller is
+//! told of the queue, the tool calls and the text as it comes; an answer
+//! without tools is streamed), and the caller may drop it at any moment
+//! (Ctrl-C): that frees its slot in the queue, closes the connection (which
+//! makes the server stop), and leaves the conversation as it was before
+//! the question.
 
 pub mod records;
+pub mod summary;
 
 use std::fmt::Write as _;
 
@@ -29,8 +38,10 @@ use self::records::{Query, RecordTool, Records};
 use crate::catalog::Probe;
 use crate::config::Config;
 use crate::decide::tokens::estimate_tokens;
-use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
-use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool};
+use crate::decide::tools::{
+    conversation_tokens, run_rounds_watched, HostTools, ToolError, ToolFuture, ToolUse, Toolbox,
+};
+use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool, Watch};
 use crate::redact::redact;
 use crate::store::Approval;
 use crate::text::one_line;
@@ -40,6 +51,10 @@ pub const MAX_QUESTION_CHARS: usize = 2000;
 
 /// What replaces a message left out to fit the input budget.
 const LEFT_OUT: &str = "[left out to fit the model's context]";
+
+/// What replaces the summary of an earlier question: the host has moved on.
+const OLD_SUMMARY: &str =
+    "[a summary of the host read for an earlier question; the latest is with the latest question]";
 
 /// Sent when the tool rounds ran out and the model still wanted tools.
 const ANSWER_NOW: &str =
@@ -124,22 +139,23 @@ pub struct Answer {
 }
 
 /// A conversation: the system message, any context, then questions and
-/// answers, each question with its own tool rounds.
+/// answers, each question with its own tool rounds (or, without tools, its
+/// summary of the host).
 pub struct Conversation<'a> {
     model: &'a ModelService,
-    tools: &'a dyn Toolbox,
+    tools: &'a AskTools<'a>,
     purpose: String,
     messages: Vec<Message>,
 }
 
 impl<'a> Conversation<'a> {
     /// `system` is the prompt template with the facts appended. A model
-    /// that takes no tools is told so.
-    pub fn new(model: &'a ModelService, tools: &'a dyn Toolbox, purpose: impl Into<String>, system: &str) -> Self {
+    /// that takes no tools is told so, and what it gets instead.
+    pub fn new(model: &'a ModelService, tools: &'a AskTools<'a>, purpose: impl Into<String>, system: &str) -> Self {
         let mut system = system.trim_end().to_owned();
         if model.tool_rounds() == 0 {
             system.push_str(
-                "\n\nNo tools can be called with this model: answer from the facts in this conversation, and say what you could not look up.",
+                "\n\nNo tools can be called with this model. Instead, each question comes after a summary that macha read from the host and from its records just before (a <host-summary> block): answer from it and from this conversation, and say what it does not show.",
             );
         }
         Self { model, tools, purpose: purpose.into(), messages: vec![Message::system(system)] }
@@ -154,53 +170,81 @@ impl<'a> Conversation<'a> {
         &self.messages
     }
 
-    /// Asks one question (from [`check_question`]). On an error the
-    /// conversation is as it was before the question.
-    pub async fn ask(&mut self, question: &str) -> Result<Answer, ModelError> {
-        let before = self.messages.len();
-        let result = self.answer(question).await;
-        if result.is_err() {
-            self.messages.truncate(before);
-        }
-        result
+    /// Asks one question (from [`check_question`]), telling `watch` how it
+    /// goes. The conversation changes only when an answer came: after an
+    /// error, or when the caller dropped this future, it is as it was.
+    pub async fn ask(&mut self, question: &str, watch: &dyn Watch) -> Result<Answer, ModelError> {
+        let mut messages = self.messages.clone();
+        let answer = self.answer(&mut messages, question, watch).await?;
+        self.messages = messages;
+        Ok(answer)
     }
 
-    async fn answer(&mut self, question: &str) -> Result<Answer, ModelError> {
-        self.messages.push(Message::user(question));
+    async fn answer(
+        &self,
+        messages: &mut Vec<Message>,
+        question: &str,
+        watch: &dyn Watch,
+    ) -> Result<Answer, ModelError> {
         let budget = self.model.input_budget();
         let rounds = self.model.tool_rounds();
+        if rounds == 0 {
+            self.add_summary(messages, question, budget).await;
+        }
+        messages.push(Message::user(question));
         let mut uses = Vec::new();
         if rounds > 0 {
             let tool_tokens: usize = self.tools.tools().iter().map(|t| estimate_tokens(&t.wire().to_string())).sum();
-            make_room(&mut self.messages, budget.saturating_sub(tool_tokens));
-            let done = run_rounds(
+            make_room(messages, budget.saturating_sub(tool_tokens));
+            let done = run_rounds_watched(
                 self.model,
                 Priority::Interactive,
                 &self.purpose,
-                &mut self.messages,
+                messages,
                 self.tools,
                 rounds,
                 budget,
+                watch,
             )
             .await
             .map_err(|f| f.error)?;
             uses = done.uses;
             if let Some(reply) = done.answer {
-                return Ok(self.finish(reply, uses));
+                return Ok(finish(messages, reply, uses));
             }
-            self.messages.push(Message::user(ANSWER_NOW));
+            messages.push(Message::user(ANSWER_NOW));
         }
-        make_room(&mut self.messages, budget);
-        let request = ChatRequest::new(format!("{} (answer)", self.purpose), self.messages.clone());
-        let reply = self.model.chat(Priority::Interactive, &request).await?;
-        Ok(self.finish(reply, uses))
+        make_room(messages, budget);
+        let request = ChatRequest::new(format!("{} (answer)", self.purpose), messages.clone());
+        let reply = self.model.chat_watched(Priority::Interactive, &request, watch).await?;
+        Ok(finish(messages, reply, uses))
     }
 
-    fn finish(&mut self, reply: ChatReply, uses: Vec<ToolUse>) -> Answer {
-        let text = reply.message.content.trim().to_owned();
-        self.messages.push(Message::assistant(text.clone()));
-        Answer { text, uses, cut_off: reply.done_reason.as_deref() == Some("length") }
+    /// Adds, for a model without tools, the summary of the host read for
+    /// `question`, in the room the input budget leaves it (the question
+    /// counted); earlier summaries give way to a note, and earlier tool
+    /// results and answers too when the room is short.
+    async fn add_summary(&self, messages: &mut Vec<Message>, question: &str, budget: usize) {
+        for m in messages.iter_mut().filter(|m| m.role == Role::User && m.content.starts_with(summary::OPEN)) {
+            m.content = OLD_SUMMARY.to_owned();
+        }
+        let question_tokens = conversation_tokens(&[Message::user(question)]);
+        make_room(messages, budget.saturating_sub(question_tokens + summary::MAX_TOKENS));
+        // The summary's own message costs the same few tokens of template as any.
+        let used = conversation_tokens(messages) + question_tokens + conversation_tokens(&[Message::user("")]);
+        let room = budget.saturating_sub(used).min(summary::MAX_TOKENS);
+        let parts = summary::read(self.tools, question).await;
+        let text = summary::render(&parts, room, Utc::now());
+        if !text.is_empty() {
+            messages.push(Message::user(text));
+        }
     }
+}
+
+fn finish(messages: &mut Vec<Message>, reply: ChatReply, uses: Vec<ToolUse>) -> Answer {
+    let text = reply.message.content.trim().to_owned();
+    messages.push(Message::assistant(text.clone()));
+    Answer { text, uses, cut_off: reply.done_reason.as_deref() == Some("length") }
 }
 
 /// Replaces earlier tool results, oldest first, then earlier answers, with

@@ -237,6 +237,13 @@ pub fn check_incident(raw: &str) -> Result<Fingerprint, Refused> {
     }
 }
 
+/// What macha's open records are about (`Records::in_view`).
+#[derive(Debug, Default)]
+pub struct InView {
+    pub incidents: Vec<Fingerprint>,
+    pub units: Vec<UnitName>,
+}
+
 /// The records of one state directory.
 pub struct Records<'a> {
     pub state: &'a StateDir,
@@ -283,6 +290,25 @@ impl Records<'_> {
             Err(source) => return Err(ReadError::StateDir { source }),
         }
         Store::open(self.state).map(Some).map_err(|e| ReadError::State { source: Box::new(e) })
+    }
+
+    /// What macha's open records are about: the open incidents, and the
+    /// units of those and of the actions waiting for approval, each once.
+    /// Records that cannot be read give none (the tools that read them say why).
+    pub fn in_view(&self) -> InView {
+        let Ok(Some(store)) = self.store() else { return InView::default() };
+        let incidents: Vec<Fingerprint> =
+            store.open_incidents().unwrap_or_default().into_iter().map(|(fp, _)| fp).collect();
+        let approvals = store.pending().unwrap_or_default();
+        let mut units: Vec<UnitName> = incidents
+            .iter()
+            .filter_map(|fp| fp.as_str().split_once(':').map(|(_, unit)| unit))
+            .chain(approvals.iter().map(|a| a.target.as_str()))
+            .filter_map(|name| UnitName::parse(name).ok())
+            .collect();
+        units.sort();
+        units.dedup();
+        InView { incidents, units }
     }
 
     fn decisions(&self, incident: Option<&Fingerprint>, limit: usize) -> Result<String, ReadError> {

@@ -1,19 +1,24 @@
 //! `macha ask "QUESTION"`: the model answers a person's question about this
 //! host and about macha's own past decisions, looking things up with
-//! read-only tools (the probes, and macha's records), then the command
-//! prints the answer and what it looked at.
+//! read-only tools (the probes, and macha's records; a model without tools
+//! gets a summary of what they would read), then the command prints the
+//! answer and what it looked at. While the model works, a terminal shows
+//! how long and what it is doing (`progress.rs`), and an answer without
+//! tool calls is printed as it is written.
 //!
 //! Who may ask: root, members of the approver group, and the user that owns
 //! the state directory (the daemon's). The answers draw on macha's
 //! decisions and on the journal, which are theirs to read, so others are
 //! refused by name before anything is opened, as `macha note` does.
-//! Exit status: 0 answered, 2 on an error (the message says which).
+//! Exit status: 0 answered, 2 on an error (the message says which), 130
+//! after Ctrl-C, which drops the request (the model's slot is freed).
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::output::{out, shown, shown_lines};
+use super::progress::{watching, Display, Interrupted, INTERRUPTED_STATUS};
 use macha::ask::records::Records;
 use macha::ask::{self, Answer, AskTools, Conversation};
 use macha::config::Config;
@@ -45,14 +50,38 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     state_readable(&state)?;
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
     super::runtime()?.block_on(async {
-        let session = Session::open(&config, model).await?;
+        let mut sigint = interrupts()?;
+        let session = tokio::select! {
+            session = Session::open(&config, model) => session?,
+            _ = sigint.recv() => {
+                eprintln!("macha: cancelled");
+                return Ok(ExitCode::from(INTERRUPTED_STATUS));
+            }
+        };
         let tools = session.tools(&config, &state);
         let system = format!("{}\n\n{}", prompts.ask.trim_end(), ask::facts(&config, &macha::observe::hostname()));
         let mut conversation = Conversation::new(&session.model, &tools, "ask", &system);
-        let answer = conversation.ask(&question).await.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
-        out!("{}", answer_shown(&answer, &session.model))?;
-        Ok(ExitCode::SUCCESS)
+        let display = Display::new();
+        match watching(&display, &mut sigint, conversation.ask(&question, &display)).await {
+            Ok(answer) => {
+                let streamed = display.finish()?;
+                let answer = answer.map_err(|e| anyhow::anyhow!(model_failed(&e)))?;
+                out!("{}", answer_shown(&answer, &session.model, streamed))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(Interrupted) => {
+                display.cancelled();
+                eprintln!("macha: cancelled");
+                Ok(ExitCode::from(INTERRUPTED_STATUS))
+            }
+        }
     })
+}
+
+/// SIGINT (Ctrl-C) as a stream, from now on instead of ending the process.
+pub fn interrupts() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| anyhow::anyhow!("cannot catch Ctrl-C (SIGINT): {e}"))
 }
 
 /// Root, the approver group, or the owner of the state directory (the
@@ -130,13 +159,15 @@ pub fn model_failed(e: &ModelError) -> String {
 /// line. The answer keeps its lines, each quoted with `> ` and every other
 /// control character made visible (the text may quote log lines): no line
 /// the model writes can pass for one of macha's, which never start so.
-pub fn answer_shown(answer: &Answer, model: &ModelService) -> String {
+/// `streamed`: the answer was already written as it came (`progress::Quoter`,
+/// which quotes the same way), and is not written again.
+pub fn answer_shown(answer: &Answer, model: &ModelService, streamed: bool) -> String {
     let text = shown_lines(answer.text.trim_end());
     let mut out = String::new();
     if text.is_empty() {
         out.push_str("(the model gave an empty answer)\n");
     }
-    for line in text.lines() {
+    for line in text.lines().filter(|_| !streamed) {
         let _ = writeln!(out, ">{}{line}", if line.is_empty() { "" } else { " " });
     }
     if answer.cut_off {
@@ -144,7 +175,7 @@ pub fn answer_shown(answer: &Answer, model: &ModelService) -> String {
     }
     if answer.uses.is_empty() {
         let why = if model.tool_rounds() == 0 {
-            " (this model takes no tools; it answered from what it was told)"
+            " (this model takes no tools; it answered from a summary macha read of this host and its records)"
         } else {
             ""
         };

@@ -8,10 +8,15 @@
 //! run: the same permission check, re-check and audit. An approval is bound
 //! to the item as it was shown when the discussion began (`--expect` with
 //! its binding), so an item the daemon changed meanwhile is refused rather
-//! than carried out unseen. `quit`, `exit` or the end of input leave the
-//! item queued. Anything else is a question; the model gets the item, its
-//! incident and the decision that proposed it as data, plus the read-only
-//! tools of `macha ask`, and has no tool that decides.
+//! than carried out unseen. `quit`, `exit` or the end of input (Ctrl-D)
+//! leave the item queued. Anything else is a question; the model gets the
+//! item, its incident and the decision that proposed it as data, plus the
+//! read-only tools of `macha ask`, and has no tool that decides.
+//!
+//! As in a shell, Ctrl-C while the model answers drops that answer (its
+//! request is dropped, the model's slot freed) and returns to the prompt;
+//! Ctrl-C at the prompt ends the discussion, the item queued, with status
+//! 130. An approval, once typed, is carried out to its recorded end.
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -28,8 +33,9 @@ use macha::store::ApprovalStatus;
 
 use super::approval::print_item;
 use super::approver::may_decide;
-use super::ask::{answer_shown, model_failed, Session};
+use super::ask::{answer_shown, interrupts, model_failed, Session};
 use super::output::{self, out, outln, shown};
+use super::progress::{watching, Display, Interrupted, INTERRUPTED_STATUS};
 
 /// What one line of input asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,7 +83,18 @@ pub fn run(
     }
     let prompts = Prompts::load(config.ollama.prompts_dir.as_deref())?;
     let rt = super::runtime()?;
-    let session = rt.block_on(Session::open(config, model))?;
+    let mut sigint = rt.block_on(async { interrupts() })?;
+    let opened = rt.block_on(async {
+        tokio::select! {
+            session = Session::open(config, model) => Ok(session),
+            _ = sigint.recv() => Err(Interrupted),
+        }
+    });
+    let Ok(session) = opened else {
+        eprintln!("macha-approve: cancelled");
+        return Ok(ExitCode::from(INTERRUPTED_STATUS));
+    };
+    let session = session?;
     let tools = session.tools(config, state);
     let system = format!("{}\n\n{}", prompts.discuss.trim_end(), ask::facts(config, &macha::observe::hostname()));
     let mut conversation = Conversation::new(&session.model, &tools, format!("discuss approval {id}"), &system);
@@ -85,9 +102,10 @@ pub fn run(
 
     let tty = std::io::stdin().is_terminal();
     outln!("\n{HELP}")?;
-    let mut lines = std::io::stdin().lock().lines();
+    let mut lines = input_lines();
     // A refused approve or reject leaves the item queued; the exit status says so.
     let mut refused = false;
+    let mut interrupted = false;
     loop {
         if tty {
             out!("discuss {id}> ")?;
@@ -96,11 +114,25 @@ pub fn run(
             // Nobody sees the answers any more: the item stays queued.
             break;
         }
-        let Some(line) = lines.next().transpose()? else {
-            if tty {
-                outln!()?;
+        let next = rt.block_on(async {
+            tokio::select! {
+                line = lines.recv() => Ok(line),
+                _ = sigint.recv() => Err(Interrupted),
             }
-            break;
+        });
+        let line = match next {
+            Ok(Some(line)) => line?,
+            Ok(None) => {
+                if tty {
+                    outln!()?;
+                }
+                break;
+            }
+            Err(Interrupted) => {
+                interrupted = true;
+                outln!()?;
+                break;
+            }
         };
         match parse_line(&line) {
             Line::Empty => {}
@@ -122,15 +154,50 @@ pub fn run(
             },
             Line::Question(text) => match ask::check_question(&text) {
                 Err(e) => eprintln!("macha-approve: not asked: {}", shown(&e.to_string())),
-                Ok(question) => match rt.block_on(conversation.ask(&question)) {
-                    Ok(answer) => out!("{}", answer_shown(&answer, &session.model))?,
-                    Err(e) => eprintln!("macha-approve: {}", shown(&model_failed(&e))),
-                },
+                Ok(question) => {
+                    let display = Display::new();
+                    let asked = rt.block_on(watching(&display, &mut sigint, conversation.ask(&question, &display)));
+                    match asked {
+                        Ok(answer) => {
+                            let streamed = display.finish()?;
+                            match answer {
+                                Ok(answer) => out!("{}", answer_shown(&answer, &session.model, streamed))?,
+                                Err(e) => eprintln!("macha-approve: {}", shown(&model_failed(&e))),
+                            }
+                        }
+                        Err(Interrupted) => {
+                            display.cancelled();
+                            eprintln!("macha-approve: cancelled; the answer was dropped");
+                        }
+                    }
+                }
             },
         }
     }
     outln!("approval {id} stays queued (`macha-approve approve {id}` or `macha-approve reject {id}` later)")?;
-    Ok(if refused { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if interrupted {
+        ExitCode::from(INTERRUPTED_STATUS)
+    } else if refused {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Standard input's lines, read by a thread of their own so that waiting
+/// for the next line can be given up for Ctrl-C. The channel ends with the
+/// input.
+fn input_lines() -> tokio::sync::mpsc::UnboundedReceiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let failed = line.is_err();
+            if tx.send(line).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

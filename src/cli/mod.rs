@@ -13,6 +13,7 @@ pub mod eval;
 pub mod logs;
 pub mod notify;
 pub mod output;
+pub mod progress;
 pub mod stats;
 pub mod status;
 

@@ -43,6 +43,11 @@ pub fn closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
 }
 
+/// Whether standard output is a terminal (a person reads it as it comes).
+pub fn is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+}
+
 /// `println!` through [`write`].
 macro_rules! outln {
     () => {

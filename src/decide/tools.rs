@@ -25,7 +25,9 @@ use super::tokens::estimate_tokens;
 use crate::catalog::{self, Action, Probe};
 use crate::config::Config;
 use crate::investigate;
-use crate::model::{ChatReply, ChatRequest, Message, ModelError, ModelService, Priority, Tool, ToolCall, Usage};
+use crate::model::{
+    ChatReply, ChatRequest, Message, ModelError, ModelService, Priority, Progress, Tool, ToolCall, Usage, Watch,
+};
 use crate::observe::systemd::SystemdLink;
 
 /// Calls carried out per round; more in one answer are refused with a reason.
@@ -259,6 +261,36 @@ pub async fn run_rounds(
     max_rounds: u32,
     budget_tokens: usize,
 ) -> Result<Rounds, RoundsFailure> {
+    rounds(model, priority, purpose, messages, toolbox, max_rounds, budget_tokens, None).await
+}
+
+/// [`run_rounds`] for a person waiting: `watch` is told of each request as
+/// it goes and of each call before it is carried out.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_rounds_watched(
+    model: &ModelService,
+    priority: Priority,
+    purpose: &str,
+    messages: &mut Vec<Message>,
+    toolbox: &dyn Toolbox,
+    max_rounds: u32,
+    budget_tokens: usize,
+    watch: &dyn Watch,
+) -> Result<Rounds, RoundsFailure> {
+    rounds(model, priority, purpose, messages, toolbox, max_rounds, budget_tokens, Some(watch)).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rounds(
+    model: &ModelService,
+    priority: Priority,
+    purpose: &str,
+    messages: &mut Vec<Message>,
+    toolbox: &dyn Toolbox,
+    max_rounds: u32,
+    budget_tokens: usize,
+    watch: Option<&dyn Watch>,
+) -> Result<Rounds, RoundsFailure> {
     let tools = toolbox.tools();
     let tool_tokens: usize = tools.iter().map(|t| estimate_tokens(&t.wire().to_string())).sum();
     let mut done = Rounds { answer: None, rounds: 0, uses: Vec::new(), usage: Usage::default(), last: None };
@@ -269,7 +301,11 @@ pub async fn run_rounds(
         }
         let mut request = ChatRequest::new(format!("{purpose} (tool round {round})"), messages.clone());
         request.tools = Some(tools.clone());
-        let reply = match model.chat(priority, &request).await {
+        let reply = match watch {
+            Some(watch) => model.chat_watched(priority, &request, watch).await,
+            None => model.chat(priority, &request).await,
+        };
+        let reply = match reply {
             Ok(reply) => reply,
             Err(error) => return Err(RoundsFailure { error, rounds: done }),
         };
@@ -288,6 +324,9 @@ pub async fn run_rounds(
                 let reason = format!("not run: at most {MAX_CALLS_PER_ROUND} tool calls are carried out per answer");
                 Err(ToolError::Refused(reason))
             } else {
+                if let Some(watch) = watch {
+                    watch.progress(Progress::Calling { round, call });
+                }
                 toolbox.call(&call.name, &call.arguments).await
             };
             done.uses.push(use_of(round, call, &result));

@@ -5,7 +5,9 @@
 //! written, redacted, to the record of calls (`record.rs`), and the service
 //! counts what each cycle cost (`metrics.rs`). At start-up, and each cycle
 //! until it succeeds, `check` asks each endpoint whether it has the model
-//! and whether the model takes tools.
+//! and whether the model takes tools. A person's request can be watched as
+//! it goes (`watch.rs`), its answer streamed to them as it is written
+//! (`stream.rs`).
 //!
 //! # Across processes
 //!
@@ -36,6 +38,8 @@ pub mod provider;
 pub mod queue;
 pub mod record;
 pub mod status;
+mod stream;
+mod watch;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -50,6 +54,7 @@ use self::provider::{ApiKey, Attempt, Options, Provider};
 pub use self::provider::{Check, Endpoint, ErrorKind, ProviderError, ProviderInfo};
 pub use self::queue::{Priority, QueueStatus};
 use self::record::{CallRecord, Recorder, Written};
+pub use self::watch::{Progress, Watch};
 use crate::config::{Api, Config};
 
 /// Why a request got no answer.
@@ -254,12 +259,54 @@ impl ModelService {
     /// Sends one request when the queue lets it through: to the primary,
     /// and to the fallback if the primary is down, answers 5xx or garbage,
     /// times out, or lacks the model. The slot is held for both tries and
-    /// freed however the call ends, dropped callers included.
+    /// freed however the call ends, dropped callers included: dropping the
+    /// future also drops the connection, which makes Ollama stop the answer.
     pub async fn chat(&self, priority: Priority, request: &ChatRequest) -> Result<ChatReply, ModelError> {
+        self.request(priority, request, None).await
+    }
+
+    /// [`ModelService::chat`], telling `watch` how it goes. A request that
+    /// offers no tools and asks for no `format` is answered as a stream,
+    /// its text told to `watch` as it comes; the others are read whole.
+    pub async fn chat_watched(
+        &self,
+        priority: Priority,
+        request: &ChatRequest,
+        watch: &dyn Watch,
+    ) -> Result<ChatReply, ModelError> {
+        self.request(priority, request, Some(watch)).await
+    }
+
+    async fn request(
+        &self,
+        priority: Priority,
+        request: &ChatRequest,
+        watch: Option<&dyn Watch>,
+    ) -> Result<ChatReply, ModelError> {
+        let tell = |event: Progress<'_>| {
+            if let Some(watch) = watch {
+                watch.progress(event);
+            }
+        };
+        if watch.is_some() {
+            let queue = self.inner.queue.status();
+            if queue.running.len() >= queue.slots {
+                tell(Progress::Queued);
+            }
+        }
         let permit = self.inner.queue.acquire(priority).await;
         let queue_ms = permit.waited.as_millis() as u64;
         let started = Instant::now();
-        let (first, written) = self.attempt(&self.inner.primary, priority, request, queue_ms).await;
+        let stream = watch.is_some() && request.tools.is_none() && request.format.is_none();
+        // Whether any of the answer's text was told, for the fallback to say it starts again.
+        let mut told = false;
+        let mut on_text = |text: &str| {
+            told = true;
+            tell(Progress::Text(text));
+        };
+        let on_text = stream.then_some(&mut on_text as &mut dyn FnMut(&str));
+        tell(Progress::Sent(&self.inner.primary.info));
+        let (first, written) = self.attempt(&self.inner.primary, priority, request, queue_ms, on_text).await;
         let result = match (first.result, &self.inner.fallback) {
             (Ok(answer), _) => Ok((answer, first.provider)),
             (Err(primary), Some(fallback)) if primary.fails_over() => {
@@ -267,7 +314,13 @@ impl ModelService {
                 if written == Written::Recorded {
                     tracing::warn!(error = %primary, fallback = %fallback.info, "the primary model endpoint failed; asking the fallback");
                 }
-                let (second, _) = self.attempt(fallback, priority, request, queue_ms).await;
+                if told {
+                    tell(Progress::BrokeOff(&primary));
+                }
+                tell(Progress::Sent(&fallback.info));
+                let mut on_text = |text: &str| tell(Progress::Text(text));
+                let on_text = stream.then_some(&mut on_text as &mut dyn FnMut(&str));
+                let (second, _) = self.attempt(fallback, priority, request, queue_ms, on_text).await;
                 match second.result {
                     Ok(answer) => Ok((answer, second.provider)),
                     Err(fallback) => Err(ModelError::Both { primary, fallback }),
@@ -288,15 +341,17 @@ impl ModelService {
     }
 
     /// One try at one endpoint, written to the record of calls (or, when it
-    /// failed as the one before, counted there).
+    /// failed as the one before, counted there); streamed when `on_text`
+    /// takes the text as it comes.
     async fn attempt(
         &self,
         provider: &Provider,
         priority: Priority,
         request: &ChatRequest,
         queue_ms: u64,
+        on_text: Option<&mut (dyn FnMut(&str) + '_)>,
     ) -> (Attempt, Written) {
-        let attempt = provider.chat(request, &self.inner.options).await;
+        let attempt = provider.chat(request, &self.inner.options, on_text).await;
         let answer = attempt.result.as_ref().ok();
         let record = CallRecord {
             time: Utc::now(),

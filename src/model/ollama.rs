@@ -1,20 +1,22 @@
 //! Ollama's native API on the wire: the body of `POST /api/chat`
-//! (non-streaming, `format` for structured output, sampling in `options`),
-//! its answer, its error body, and `POST /api/show`. Pure functions;
-//! `provider.rs` does the HTTP.
+//! (`format` for structured output, sampling in `options`), its answer
+//! whole or streamed (one JSON object per line, the last `done: true`; an
+//! error after the stream began is a line `{"error": "..."}`), its error
+//! body, and `POST /api/show`. Pure functions; `provider.rs` does the HTTP.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::chat::{Answer, ChatRequest, Message, Role, ToolCall, Usage};
 use super::provider::{excerpt, Check, Options};
+use super::stream::{Chunk, StreamError};
 
-/// The request body for `POST /api/chat`.
-pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options) -> Value {
+/// The request body for `POST /api/chat`; `stream` asks for the answer in pieces.
+pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options, stream: bool) -> Value {
     let mut body = json!({
         "model": model,
         "messages": request.messages.iter().map(wire_message).collect::<Vec<_>>(),
-        "stream": false,
+        "stream": stream,
         "options": {
             "num_ctx": options.num_ctx,
             "num_predict": request.num_predict.unwrap_or(options.num_predict),
@@ -106,6 +108,42 @@ pub(crate) fn read_chat(body: &str) -> Result<Answer, String> {
     })
 }
 
+/// One line of a streamed chat: `{"message": {"content": ...}, "done": false}`,
+/// the last one with `done: true`, the stop reason and the counts, or
+/// `{"error": "..."}` when the answer failed after the stream began. A
+/// blank line is `None`.
+pub(crate) fn read_chunk(line: &str) -> Result<Option<Chunk>, StreamError> {
+    #[derive(Deserialize)]
+    struct WireChunk {
+        message: Option<WireMessage>,
+        #[serde(default)]
+        done: bool,
+        done_reason: Option<String>,
+        prompt_eval_count: Option<u64>,
+        eval_count: Option<u64>,
+        total_duration: Option<u64>,
+        error: Option<Value>,
+    }
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let c: WireChunk = serde_json::from_str(line).map_err(|e| {
+        StreamError::Bad(format!("a line of the stream is not a chat chunk: {e} (it starts {:?})", excerpt(line, 120)))
+    })?;
+    if let Some(error) = c.error {
+        return Err(StreamError::Server(error.as_str().map_or_else(|| error.to_string(), str::to_owned)));
+    }
+    let usage = (c.done && (c.prompt_eval_count.is_some() || c.eval_count.is_some()))
+        .then(|| Usage { prompt_tokens: c.prompt_eval_count.unwrap_or(0), answer_tokens: c.eval_count.unwrap_or(0) });
+    Ok(Some(Chunk {
+        text: c.message.and_then(|m| m.content).unwrap_or_default(),
+        done_reason: c.done_reason,
+        usage,
+        server_ms: c.total_duration.map(|ns| ns / 1_000_000),
+        end: c.done,
+    }))
+}
+
 /// The text of an error body `{"error": "..."}`, or the start of the body.
 pub(crate) fn error_text(body: &str) -> String {
     serde_json::from_str::<Value>(body)
@@ -162,9 +200,9 @@ mod tests {
         )
         .with_format(json!({"type": "object"}));
         request.tools = Some(vec![Tool { name: "unit_status".into(), description: "d".into(), parameters: json!({}) }]);
-        let body = chat_body("m", &request, &OPTIONS);
+        let body = chat_body("m", &request, &OPTIONS, false);
         assert_eq!(body["options"], json!({"num_ctx": 8192, "num_predict": 512, "temperature": 0.1f32}));
-        let seeded = chat_body("m", &request, &Options { seed: Some(42), ..OPTIONS });
+        let seeded = chat_body("m", &request, &Options { seed: Some(42), ..OPTIONS }, false);
         assert_eq!(seeded["options"]["seed"], 42, "a seed goes with the sampling options");
         assert_eq!(body["stream"], false);
         assert_eq!(body["format"]["type"], "object");
@@ -184,6 +222,27 @@ mod tests {
         assert_eq!(a.message.tool_calls[0].arguments["path"], "/var");
         assert_eq!(a.usage, Usage { prompt_tokens: 10, answer_tokens: 3 });
         assert_eq!(a.server_ms, Some(2500));
+    }
+
+    #[test]
+    fn streamed_lines_give_text_then_the_end_with_counts_or_the_servers_error() {
+        let first = read_chunk(r#"{"model":"m","created_at":"2025-01-01T00:00:00Z","message":{"role":"assistant","content":"The"},"done":false}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.text.as_str(), first.end, first.usage), ("The", false, None));
+        let last = read_chunk(r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":2500000000,"prompt_eval_count":10,"eval_count":3}"#)
+            .unwrap()
+            .unwrap();
+        assert!(last.end);
+        assert_eq!(last.usage, Some(Usage { prompt_tokens: 10, answer_tokens: 3 }));
+        assert_eq!((last.done_reason.as_deref(), last.server_ms), (Some("stop"), Some(2500)));
+        assert_eq!(read_chunk("").unwrap(), None);
+        assert_eq!(
+            read_chunk(r#"{"error":"an error was encountered while running the model: CUDA error"}"#).unwrap_err(),
+            StreamError::Server("an error was encountered while running the model: CUDA error".into())
+        );
+        let StreamError::Bad(why) = read_chunk("data: {not ndjson}").unwrap_err() else { panic!("not Bad") };
+        assert!(why.starts_with("a line of the stream is not a chat chunk: ") && why.contains("data: {not"), "{why}");
     }
 
     #[test]

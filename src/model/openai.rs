@@ -1,10 +1,12 @@
 //! The OpenAI-compatible API on the wire (`POST /v1/chat/completions`, as
 //! served by vLLM, llama.cpp's server, LiteLLM, and Ollama itself): the
 //! request (structured output through `response_format`, the output cap as
-//! `max_tokens`), the answer (`choices[0].message`, `usage`), tool-call
-//! arguments as a JSON *string*, and the error body
-//! `{"error": {"message", "type"}}`. Pure functions; `provider.rs` does the
-//! HTTP.
+//! `max_tokens`), the answer (`choices[0].message`, `usage`) whole or
+//! streamed as server-sent events (`data: {"choices": [{"delta": ...}]}`
+//! lines, the usage in a last chunk when asked for, then `data: [DONE]`),
+//! tool-call arguments as a JSON *string*, and the error body
+//! `{"error": {"message", "type"}}`, also as an event after a stream began.
+//! Pure functions; `provider.rs` does the HTTP.
 //!
 //! The API has no context-window option: `ollama.num_ctx` is not sent, the
 //! server's own setting applies.
@@ -14,18 +16,23 @@ use serde_json::{json, Value};
 
 use super::chat::{Answer, ChatRequest, Message, Role, ToolCall, Usage};
 use super::provider::{excerpt, Options};
+use super::stream::{Chunk, StreamError};
 
-/// The request body for `POST {url}/chat/completions`.
-pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options) -> Value {
+/// The request body for `POST {url}/chat/completions`; `stream` asks for
+/// the answer as events, with the token counts in the last one.
+pub(crate) fn chat_body(model: &str, request: &ChatRequest, options: &Options, stream: bool) -> Value {
     let mut body = json!({
         "model": model,
         "messages": request.messages.iter().map(wire_message).collect::<Vec<_>>(),
-        "stream": false,
+        "stream": stream,
         "temperature": options.temperature,
         "max_tokens": request.num_predict.unwrap_or(options.num_predict),
     });
     if let Some(seed) = options.seed {
         body["seed"] = seed.into();
+    }
+    if stream {
+        body["stream_options"] = json!({ "include_usage": true });
     }
     if let Some(schema) = &request.format {
         body["response_format"] = json!({
@@ -140,6 +147,75 @@ pub(crate) fn read_chat(body: &str) -> Result<Answer, String> {
     })
 }
 
+/// One line of a streamed completion: a `data:` event with a delta of the
+/// text, the stop reason or the usage, `data: [DONE]` (the end), or an
+/// error, as an event or as a bare JSON line (some servers write the error
+/// body into the stream as it is). Blank lines, comments (`:`) and the other
+/// fields of an event (`event:`, `id:`, `retry:`) are `None`.
+pub(crate) fn read_event(line: &str) -> Result<Option<Chunk>, StreamError> {
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(default)]
+        choices: Vec<Delta>,
+        usage: Option<WireUsage>,
+        error: Option<Value>,
+    }
+    #[derive(Deserialize)]
+    struct Delta {
+        delta: Option<DeltaMessage>,
+        finish_reason: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct DeltaMessage {
+        content: Option<String>,
+    }
+    let line = line.trim_end();
+    if line.is_empty() || line.starts_with(':') || ["event:", "id:", "retry:"].iter().any(|f| line.starts_with(f)) {
+        return Ok(None);
+    }
+    let data = match line.strip_prefix("data:") {
+        Some(data) => data.trim_start(),
+        None if line.starts_with('{') => line,
+        None => {
+            return Err(StreamError::Bad(format!(
+                "a line of the stream is not a server-sent event (it starts {:?})",
+                excerpt(line, 120)
+            )))
+        }
+    };
+    if data == "[DONE]" {
+        return Ok(Some(Chunk { end: true, ..Chunk::default() }));
+    }
+    let event: Event = serde_json::from_str(data).map_err(|e| {
+        StreamError::Bad(format!(
+            "an event of the stream is not a completion chunk: {e} (it starts {:?})",
+            excerpt(data, 120)
+        ))
+    })?;
+    if let Some(error) = event.error {
+        let message = error.get("message").and_then(Value::as_str).or_else(|| error.as_str());
+        return Err(StreamError::Server(message.map_or_else(|| error.to_string(), str::to_owned)));
+    }
+    if !line.starts_with("data:") {
+        return Err(StreamError::Bad(format!(
+            "a line of the stream is not a server-sent event (it starts {:?})",
+            excerpt(line, 120)
+        )));
+    }
+    let choice = event.choices.into_iter().next();
+    let (text, done_reason) = match choice {
+        Some(c) => (c.delta.and_then(|d| d.content).unwrap_or_default(), c.finish_reason),
+        None => (String::new(), None),
+    };
+    Ok(Some(Chunk {
+        text,
+        done_reason,
+        usage: event.usage.map(|u| Usage { prompt_tokens: u.prompt_tokens, answer_tokens: u.completion_tokens }),
+        server_ms: None,
+        end: false,
+    }))
+}
+
 /// The arguments object of a call: parsed from its JSON string, taken as is
 /// when the server sent an object, and kept as the raw string when that
 /// string is not a JSON object.
@@ -183,7 +259,7 @@ mod tests {
             ],
         )
         .with_format(json!({"type": "object"}));
-        let body = chat_body("m", &request, &OPTIONS);
+        let body = chat_body("m", &request, &OPTIONS, false);
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert_eq!(body["response_format"]["json_schema"]["schema"]["type"], "object");
         assert_eq!(body["max_tokens"], 512);
@@ -191,6 +267,36 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(args).unwrap()["unit"], "a.service");
         assert_eq!(body["messages"][2]["tool_call_id"], "call_7");
         assert!(body.get("options").is_none());
+        assert!(body.get("stream_options").is_none());
+        assert_eq!(chat_body("m", &request, &OPTIONS, true)["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn events_give_text_the_stop_reason_the_usage_and_the_end() {
+        let text = read_event(r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"The"},"finish_reason":null}]}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!((text.text.as_str(), text.done_reason, text.end), ("The", None, false));
+        let stop = read_event(r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap().unwrap();
+        assert_eq!(stop.done_reason.as_deref(), Some("stop"));
+        let usage =
+            read_event(r#"data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":4}}"#).unwrap().unwrap();
+        assert_eq!(usage.usage, Some(Usage { prompt_tokens: 12, answer_tokens: 4 }));
+        assert!(read_event("data: [DONE]").unwrap().unwrap().end);
+        for quiet in ["", ": keep-alive", "event: message", "id: 7", "retry: 1000"] {
+            assert_eq!(read_event(quiet).unwrap(), None, "{quiet}");
+        }
+    }
+
+    #[test]
+    fn an_error_in_the_stream_is_the_servers_and_other_lines_are_refused() {
+        let event = r#"data: {"error":{"message":"the model crashed","type":"api_error"}}"#;
+        assert_eq!(read_event(event).unwrap_err(), StreamError::Server("the model crashed".into()));
+        let bare = r#"{"error":{"message":"out of memory","type":"api_error","param":null,"code":null}}"#;
+        assert_eq!(read_event(bare).unwrap_err(), StreamError::Server("out of memory".into()));
+        for bad in ["data: {cut", "<html>502 Bad Gateway</html>", r#"{"choices":[]}"#] {
+            assert!(matches!(read_event(bad), Err(StreamError::Bad(_))), "{bad}");
+        }
     }
 
     #[test]

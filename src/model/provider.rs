@@ -1,7 +1,9 @@
 //! One endpoint that serves the model: who it is (`ProviderInfo`), how it
 //! fails (`ProviderError`, and which failures send a request on to the
-//! fallback), and the HTTP exchange itself. What goes over the wire is
-//! `ollama.rs`'s or `openai.rs`'s business; this file only sends and reads.
+//! fallback), and the HTTP exchange itself, the answer read whole or as a
+//! stream. What goes over the wire is `ollama.rs`'s or `openai.rs`'s
+//! business, and putting a stream together `stream.rs`'s; this file only
+//! sends and reads, within limits.
 
 use std::fmt;
 use std::path::Path;
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chat::{Answer, ChatRequest};
+use super::stream::{Assembly, Lines, StreamError};
 use super::{ollama, openai};
 use crate::bounded::{self, BodyError, FileKind, Size};
 use crate::config::Api;
@@ -80,6 +83,8 @@ pub enum ProviderError {
     BadResponse { server: String, detail: String },
     #[error("{server} sent an answer larger than {limit}, the most macha reads {of}; the server, or a proxy in front of it, does not answer as it should")]
     TooLarge { server: String, limit: Size, of: String },
+    #[error("{server} stopped mid-answer with an error: {message}")]
+    MidAnswer { server: String, message: String },
 }
 
 /// What kind of failure a `ProviderError` is, without its detail: the same
@@ -94,6 +99,7 @@ pub enum ErrorKind {
     Http(u16),
     BadResponse,
     TooLarge,
+    MidAnswer,
 }
 
 impl fmt::Display for ErrorKind {
@@ -105,6 +111,7 @@ impl fmt::Display for ErrorKind {
             Self::Http(status) => write!(f, "HTTP {status}"),
             Self::BadResponse => f.write_str("not a chat response"),
             Self::TooLarge => f.write_str("answer too large"),
+            Self::MidAnswer => f.write_str("error mid-answer"),
         }
     }
 }
@@ -118,11 +125,13 @@ impl ProviderError {
             Self::Http { status, .. } => ErrorKind::Http(*status),
             Self::BadResponse { .. } => ErrorKind::BadResponse,
             Self::TooLarge { .. } => ErrorKind::TooLarge,
+            Self::MidAnswer { .. } => ErrorKind::MidAnswer,
         }
     }
 
     /// Whether the next endpoint should be asked: the server is down, broken
-    /// (5xx, a cut-off or garbled body), too slow, or lacks the model. A 4xx
+    /// (5xx, a cut-off or garbled body, an error mid-answer), too slow, or
+    /// lacks the model. A 4xx
     /// means the request itself is wrong, and another server would refuse it
     /// too.
     pub fn fails_over(&self) -> bool {
@@ -132,7 +141,8 @@ impl ProviderError {
             | Self::Timeout { .. }
             | Self::ModelNotFound { .. }
             | Self::BadResponse { .. }
-            | Self::TooLarge { .. } => true,
+            | Self::TooLarge { .. }
+            | Self::MidAnswer { .. } => true,
         }
     }
 }
@@ -172,11 +182,27 @@ const ANSWER_CEILING: Size = Size::mib(64);
 /// facts (template, parameters, license) are tens of KiB.
 const FACTS_LIMIT: Size = Size::mib(8);
 
+/// Bytes allowed for each token of a streamed answer: each chunk carries a
+/// token or a few, wrapped in its own envelope (model, time, role, flags:
+/// 120 to 250 bytes from Ollama, vLLM and OpenAI), with room for long model
+/// names and escaped text.
+const STREAM_BYTES_PER_TOKEN: u64 = 512;
+
 /// The most read of a chat answer of at most `num_predict` tokens:
 /// [`ANSWER_ENVELOPE`] + [`ANSWER_BYTES_PER_TOKEN`] × `num_predict`, at most
-/// [`ANSWER_CEILING`] (1088 KiB for the default 1024 tokens).
+/// [`ANSWER_CEILING`] (1088 KiB for the default 1024 tokens). One line of a
+/// streamed answer may be as long, no longer.
 pub(crate) fn answer_limit(num_predict: u32) -> Size {
     let bytes = ANSWER_ENVELOPE.get().saturating_add(u64::from(num_predict) * ANSWER_BYTES_PER_TOKEN);
+    Size::bytes(bytes.min(ANSWER_CEILING.get()))
+}
+
+/// The most read of a streamed answer of at most `num_predict` tokens, all
+/// its chunks together: [`ANSWER_ENVELOPE`] + [`STREAM_BYTES_PER_TOKEN`] ×
+/// `num_predict`, at most [`ANSWER_CEILING`] (1.5 MiB for the default 1024
+/// tokens). A stream that never ends is cut by this, or by the timeout.
+pub(crate) fn stream_limit(num_predict: u32) -> Size {
+    let bytes = ANSWER_ENVELOPE.get().saturating_add(u64::from(num_predict) * STREAM_BYTES_PER_TOKEN);
     Size::bytes(bytes.min(ANSWER_CEILING.get()))
 }
 
@@ -240,18 +266,32 @@ impl Provider {
         Self { info, http, timeout_secs, key }
     }
 
-    /// Sends one chat request and reads the answer.
-    pub async fn chat(&self, request: &ChatRequest, options: &Options) -> Attempt {
+    /// Sends one chat request and reads the answer. With `on_text`, the
+    /// answer is asked for as a stream and each piece of its text goes to
+    /// `on_text` as it comes; the answer returned is the whole of it.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        options: &Options,
+        on_text: Option<&mut (dyn FnMut(&str) + '_)>,
+    ) -> Attempt {
         let started = Instant::now();
+        let stream = on_text.is_some();
         let (path, body) = match self.info.api {
-            Api::Ollama => ("/api/chat", ollama::chat_body(&self.info.model, request, options)),
-            Api::Openai => ("/chat/completions", openai::chat_body(&self.info.model, request, options)),
+            Api::Ollama => ("/api/chat", ollama::chat_body(&self.info.model, request, options, stream)),
+            Api::Openai => ("/chat/completions", openai::chat_body(&self.info.model, request, options, stream)),
         };
         let num_predict = request.num_predict.unwrap_or(options.num_predict);
-        let of = format!("for an answer of at most {num_predict} tokens (`ollama.num_predict`)");
-        let sent = self.send(self.http.post(self.url(path)).json(&body), answer_limit(num_predict), &of).await;
-        let response = sent.as_ref().ok().map(|e| e.body.clone());
-        let result = sent.and_then(|e| self.read_answer(e));
+        let post = self.http.post(self.url(path)).json(&body);
+        let (response, result) = match on_text {
+            None => {
+                let of = format!("for an answer of at most {num_predict} tokens (`ollama.num_predict`)");
+                let sent = self.send(post, answer_limit(num_predict), &of).await;
+                let response = sent.as_ref().ok().map(|e| e.body.clone());
+                (response, sent.and_then(|e| self.read_answer(e)))
+            }
+            Some(on_text) => self.stream(post, num_predict, on_text).await,
+        };
         Attempt {
             provider: self.info.clone(),
             request: body,
@@ -296,17 +336,99 @@ impl Provider {
     /// Sends `request` and reads the answer's body, at most `limit` bytes
     /// of it (`of` says what that limit is for, in the error).
     async fn send(&self, request: reqwest::RequestBuilder, limit: Size, of: &str) -> Result<Exchange, ProviderError> {
-        let request = match &self.key {
+        let response = self.authorized(request).send().await.map_err(|e| self.transport_error(&e, false))?;
+        self.read_whole(response, limit, of).await
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
             Some(ApiKey(key)) => request.bearer_auth(key),
             None => request,
-        };
-        let response = request.send().await.map_err(|e| self.transport_error(&e, false))?;
+        }
+    }
+
+    async fn read_whole(&self, response: reqwest::Response, limit: Size, of: &str) -> Result<Exchange, ProviderError> {
         let status = response.status().as_u16();
         let body = bounded::read_body(response, limit).await.map_err(|e| match e {
             BodyError::TooLarge(limit) => ProviderError::TooLarge { server: self.info.server(), limit, of: of.into() },
             BodyError::Transport(e) => self.transport_error(&e, true),
         })?;
         Ok(Exchange { status, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+
+    /// Sends a streamed chat request and reads the stream as it comes, each
+    /// piece of text to `on_text`: at most [`stream_limit`] bytes in all and
+    /// [`answer_limit`] in one line, and only up to the chunk that ends it.
+    /// An error status comes before any stream and is read as a whole body.
+    /// Returns the body as read (for the record of calls) and the answer.
+    async fn stream(
+        &self,
+        request: reqwest::RequestBuilder,
+        num_predict: u32,
+        on_text: &mut (dyn FnMut(&str) + '_),
+    ) -> (Option<String>, Result<Answer, ProviderError>) {
+        let mut response = match self.authorized(request).send().await {
+            Ok(response) => response,
+            Err(e) => return (None, Err(self.transport_error(&e, false))),
+        };
+        if !response.status().is_success() {
+            let of = "of an error answer";
+            return match self.read_whole(response, answer_limit(num_predict), of).await {
+                Ok(exchange) => (Some(exchange.body.clone()), Err(self.http_error(&exchange))),
+                Err(e) => (None, Err(e)),
+            };
+        }
+        let limit = stream_limit(num_predict);
+        let mut body = Vec::new();
+        let mut lines = Lines::new(answer_limit(num_predict));
+        let mut assembly = Assembly::default();
+        let mut feed = |line: &str, assembly: &mut Assembly| -> Result<(), ProviderError> {
+            let chunk = match self.info.api {
+                Api::Ollama => ollama::read_chunk(line),
+                Api::Openai => openai::read_event(line),
+            };
+            if let Some(chunk) = chunk.map_err(|e| self.stream_error(e))? {
+                if !chunk.text.is_empty() && !assembly.ended() {
+                    on_text(&chunk.text);
+                }
+                assembly.add(chunk);
+            }
+            Ok(())
+        };
+        let read = loop {
+            let bytes = match response.chunk().await {
+                Ok(Some(bytes)) => bytes,
+                // The last line may lack its line end.
+                Ok(None) => break lines.finish().map_or(Ok(()), |last| feed(&last, &mut assembly)),
+                Err(e) => break Err(self.transport_error(&e, true)),
+            };
+            if (body.len() + bytes.len()) as u64 > limit.get() {
+                let of = format!("for a streamed answer of at most {num_predict} tokens (`ollama.num_predict`)");
+                break Err(ProviderError::TooLarge { server: self.info.server(), limit, of });
+            }
+            body.extend_from_slice(&bytes);
+            let fed = match lines.push(&bytes) {
+                Ok(complete) => complete.iter().try_for_each(|line| feed(line, &mut assembly)),
+                Err(e) => Err(self.stream_error(e)),
+            };
+            if fed.is_err() || assembly.ended() {
+                break fed;
+            }
+        };
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let result = read.and_then(|()| {
+            let finish_is_end = self.info.api == Api::Openai;
+            assembly.answer(finish_is_end).map_err(|e| self.stream_error(e))
+        });
+        (Some(body), result)
+    }
+
+    fn stream_error(&self, e: StreamError) -> ProviderError {
+        let server = self.info.server();
+        match e {
+            StreamError::Bad(detail) => ProviderError::BadResponse { server, detail },
+            StreamError::Server(message) => ProviderError::MidAnswer { server, message },
+        }
     }
 
     fn transport_error(&self, e: &reqwest::Error, reading: bool) -> ProviderError {

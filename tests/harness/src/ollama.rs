@@ -8,7 +8,9 @@
 //! structured answer as a *string* in `message.content`, tool-call arguments
 //! as a JSON object, and unknown request fields ignored. What the model says
 //! is scripted by the test with [`Reply`]; when nothing is scripted the double
-//! answers with a small built-in responder ([`Reply::Demo`]).
+//! answers with a small built-in responder ([`Reply::Demo`]). Like Ollama,
+//! it stops an answer whose client went away (closed the connection before
+//! the answer was whole), and counts it ([`OllamaDouble::abandoned_answers`]).
 //!
 //! It also serves the OpenAI-compatible routes as Ollama does
 //! (`/v1/chat/completions`, `/v1/models`, `/v1/models/MODEL`; see "The
@@ -96,7 +98,10 @@ pub enum Reply {
     Oversized(u64),
     /// 200 with the start of an answer, then 4 KiB more of its content every
     /// interval (zero: as fast as the connection takes it), forever: only the
-    /// client's size limit or its timeout ends it.
+    /// client's size limit or its timeout ends it. Not streaming: one JSON
+    /// object that never closes. Streaming: well-formed chunks of 4 KiB of
+    /// content each (events on the OpenAI-compatible API), none of them the
+    /// last, as a model that never stops.
     Endless(Duration),
     /// The built-in responder: proposes restarting the unit named by an
     /// incident fingerprint `unit-failed:NAME` in the last user message, and
@@ -311,7 +316,12 @@ impl Builder {
             models: self.models,
             log: self.log,
             held: watch::Sender::new(false),
-            inner: Mutex::new(Inner { script: self.script.into(), default: self.default, requests: Vec::new() }),
+            inner: Mutex::new(Inner {
+                script: self.script.into(),
+                default: self.default,
+                requests: Vec::new(),
+                abandoned: 0,
+            }),
         });
         let server = Server::start("ollama-double", listener, router(state.clone()))?;
         Ok(OllamaDouble { state, server })
@@ -366,6 +376,14 @@ impl OllamaDouble {
         self.state.lock().requests.clone()
     }
 
+    /// How many chat answers (either API) were stopped because their client
+    /// went away first: it closed the connection while the answer was held,
+    /// being made, or being sent. Ollama stops generating then, and its
+    /// slot serves the next request.
+    pub fn abandoned_answers(&self) -> usize {
+        self.state.lock().abandoned
+    }
+
     /// How many `POST /api/chat` requests arrived, rejected ones included.
     pub fn chat_requests(&self) -> usize {
         self.state.lock().requests.iter().filter(|r| r.path == "/api/chat").count()
@@ -412,6 +430,8 @@ struct Inner {
     script: VecDeque<Reply>,
     default: Reply,
     requests: Vec<RecordedRequest>,
+    /// Answers whose client went away before they were whole.
+    abandoned: usize,
 }
 
 impl Shared {
@@ -788,8 +808,54 @@ async fn chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
             }),
         ),
         Plan::Answer { model, stream, prompt_chars, last_user, reply } => {
+            let watch = Answering::new(&s);
             s.released().await;
-            answer(Answer { model, stream, prompt_chars, last_user }, reply).await
+            watch.until_sent(answer(Answer { model, stream, prompt_chars, last_user }, reply).await)
+        }
+    }
+}
+
+/// An answer on its way to its client. Dropped before it was sent whole
+/// (hyper drops the handler, or the body, when the client closes the
+/// connection), it counts as abandoned.
+struct Answering {
+    shared: Arc<Shared>,
+    sent: bool,
+}
+
+impl Answering {
+    fn new(shared: &Arc<Shared>) -> Self {
+        Self { shared: shared.clone(), sent: false }
+    }
+
+    /// `response`, its body carrying this watch until the last byte is out.
+    fn until_sent(self, response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        let stream =
+            futures_util::stream::unfold((body.into_data_stream(), self), |(mut body, mut watch)| async move {
+                use futures_util::StreamExt as _;
+                match body.next().await {
+                    Some(piece) => Some((piece, (body, watch))),
+                    None => {
+                        watch.done();
+                        None
+                    }
+                }
+            });
+        Response::from_parts(parts, Body::from_stream(stream))
+    }
+}
+
+impl Answering {
+    fn done(&mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.shared.lock().abandoned += 1;
         }
     }
 }
@@ -865,6 +931,11 @@ async fn answer(a: Answer, reply: Reply) -> Response {
             }
             let lines = vec![chunk(&a.model, "The", None), json!({ "error": text })];
             return ndjson(lines);
+        }
+        Produced::Flood { total: None, piece, every } if a.stream => {
+            let content = "x".repeat(piece);
+            let model = a.model.clone();
+            return endless("application/x-ndjson", every, move || format!("{}\n", chunk(&model, &content, None)));
         }
         Produced::Flood { total, piece, every } => {
             let prefix = format!(
@@ -1012,6 +1083,19 @@ fn flood(prefix: String, suffix: &'static str, total: Option<u64>, piece: usize,
         Some((Ok(next), f))
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, JSON_TYPE)], Body::from_stream(stream)).into_response()
+}
+
+/// A stream of `next()`'s texts, one every `every` (zero: as fast as the
+/// connection takes them), without end.
+fn endless(content_type: &'static str, every: Duration, next: impl Fn() -> String + Send + 'static) -> Response {
+    let stream = futures_util::stream::unfold(next, move |next| async move {
+        if !every.is_zero() {
+            tokio::time::sleep(every).await;
+        }
+        let piece = Bytes::from(next());
+        Some((Ok::<_, std::convert::Infallible>(piece), next))
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
 }
 
 /// The decision [`Reply::Demo`] answers for a chat whose last user message is
@@ -1313,8 +1397,10 @@ async fn openai_chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) 
         // The middleware refuses empty `messages` first, so this is never reached.
         Plan::Load { model } => openai_error(StatusCode::BAD_REQUEST, &format!("nothing to answer for {model}")),
         Plan::Answer { model, stream, prompt_chars, last_user, reply } => {
+            let watch = Answering::new(&s);
             s.released().await;
-            openai_answer(Answer { model, stream, prompt_chars, last_user }, reply, translated.include_usage).await
+            let a = Answer { model, stream, prompt_chars, last_user };
+            watch.until_sent(openai_answer(a, reply, translated.include_usage).await)
         }
     }
 }
@@ -1338,6 +1424,20 @@ async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response
             );
             let kind = if a.stream { "text/event-stream" } else { JSON_TYPE };
             return (StatusCode::OK, [(header::CONTENT_TYPE, kind)], cut).into_response();
+        }
+        Produced::Flood { total: None, piece, every } if a.stream => {
+            let content = "x".repeat(piece);
+            let model = a.model.clone();
+            return endless("text/event-stream", every, move || {
+                let event = json!({
+                    "id": completion_id(),
+                    "object": "chat.completion.chunk",
+                    "created": chrono::Utc::now().timestamp(),
+                    "model": model,
+                    "choices": [{ "index": 0, "delta": { "role": "assistant", "content": content }, "finish_reason": null }],
+                });
+                format!("data: {event}\n\n")
+            });
         }
         Produced::Flood { total, piece, every } => {
             let prefix = format!(

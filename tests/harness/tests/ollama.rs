@@ -192,6 +192,46 @@ async fn an_endless_reply_keeps_sending_until_the_client_gives_up() {
 }
 
 #[tokio::test]
+async fn a_streamed_endless_reply_is_well_formed_chunks_none_of_them_the_last() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.push(Reply::Endless(Duration::ZERO));
+    let mut response =
+        reqwest::Client::new().post(format!("{}/api/chat", double.url())).json(&chat_body(true)).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut body = Vec::new();
+    while body.len() < 256 * 1024 {
+        body.extend_from_slice(&response.chunk().await.unwrap().expect("the stream has no end"));
+    }
+    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+    // Every complete line is a chunk with 4 KiB of content, never `done`.
+    for line in &lines[..lines.len() - 1] {
+        let chunk: Value = serde_json::from_slice(line).unwrap();
+        assert_eq!((chunk["done"].as_bool(), content(&chunk).len()), (Some(false), 4096));
+    }
+}
+
+#[tokio::test]
+async fn an_answer_whose_client_went_away_is_counted_as_abandoned() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.hold_answers();
+    let url = format!("{}/api/chat", double.url());
+    let held = tokio::spawn(async move { post(&url, &chat_body(false)).await });
+    while double.chat_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    held.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while double.abandoned_answers() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the closed connection was not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    double.release_answers();
+    let (status, answer) = chat(&double, &chat_body(false)).await;
+    assert_eq!((status, content(&answer).is_empty()), (200, false));
+    assert_eq!(double.abandoned_answers(), 1, "an answer sent whole is not abandoned");
+}
+
+#[tokio::test]
 async fn hang_outlasts_a_short_client_timeout() {
     let double = OllamaDouble::start(&[MODEL]).unwrap();
     double.push(Reply::Hang(Duration::from_secs(5)));
