@@ -393,14 +393,14 @@ fn a_stream_that_never_ends_trickles_or_is_not_a_stream_is_cut_with_the_reason()
     for svc in [&svc, &via_openai] {
         let (err, took) = watched(svc, Reply::Endless(Duration::ZERO));
         assert!(
-            err.contains("larger than 1536 KiB") && err.contains("streamed answer of at most 1024 tokens"),
+            err.contains("larger than 2 MiB") && err.contains("streamed answer of at most 2048 tokens"),
             "{err}"
         );
         assert!(took < Duration::from_secs(10), "cut by the limit, not the 30 s timeout");
     }
     // One chunk that never ends its line: cut at what a whole answer may hold.
     let (err, _) = watched(&svc, Reply::Oversized(8 << 20));
-    assert!(err.contains("a line of the stream runs past 1088 KiB without ending"), "{err}");
+    assert!(err.contains("a line of the stream runs past 1152 KiB without ending"), "{err}");
     let (err, _) = watched(&svc, Reply::Garbage);
     assert!(err.contains("a line of the stream is not a chat chunk"), "{err}");
     let (err, _) = watched(&via_openai, Reply::Garbage);
@@ -808,7 +808,7 @@ fn an_oversized_answer_fails_the_decision_naming_the_limit_and_memory_stays_smal
     let decision = &report["incidents"][0]["decision"];
     assert_eq!(decision["outcome"], "failed", "{report:#}");
     let error = decision["error"].as_str().unwrap();
-    assert!(error.contains("larger than 1088 KiB") && error.contains("1024 tokens"), "names the limit: {error}");
+    assert!(error.contains("larger than 1152 KiB") && error.contains("2048 tokens"), "names the limit: {error}");
     assert!(peak_kib < 100 * 1024, "a 150 MiB answer is not held: peak {peak_kib} KiB");
 }
 
@@ -820,7 +820,7 @@ fn an_answer_that_never_ends_is_cut_at_the_limit_before_the_timeout() {
     let svc = service(state.path(), &double.url(), MODEL, 30, "");
     let started = Instant::now();
     let err = local(svc.chat(Priority::Autonomous, &ask("why?"))).unwrap_err().to_string();
-    assert!(err.contains("larger than 1088 KiB"), "{err}");
+    assert!(err.contains("larger than 1152 KiB"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "cut by the limit, not the 30 s timeout");
 }
 

@@ -190,7 +190,7 @@ const STREAM_BYTES_PER_TOKEN: u64 = 512;
 
 /// The most read of a chat answer of at most `num_predict` tokens:
 /// [`ANSWER_ENVELOPE`] + [`ANSWER_BYTES_PER_TOKEN`] × `num_predict`, at most
-/// [`ANSWER_CEILING`] (1088 KiB for the default 1024 tokens). One line of a
+/// [`ANSWER_CEILING`] (1152 KiB for the default 2048 tokens). One line of a
 /// streamed answer may be as long, no longer.
 pub(crate) fn answer_limit(num_predict: u32) -> Size {
     let bytes = ANSWER_ENVELOPE.get().saturating_add(u64::from(num_predict) * ANSWER_BYTES_PER_TOKEN);
