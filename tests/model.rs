@@ -392,10 +392,7 @@ fn a_stream_that_never_ends_trickles_or_is_not_a_stream_is_cut_with_the_reason()
     };
     for svc in [&svc, &via_openai] {
         let (err, took) = watched(svc, Reply::Endless(Duration::ZERO));
-        assert!(
-            err.contains("larger than 2 MiB") && err.contains("streamed answer of at most 2048 tokens"),
-            "{err}"
-        );
+        assert!(err.contains("larger than 2 MiB") && err.contains("streamed answer of at most 2048 tokens"), "{err}");
         assert!(took < Duration::from_secs(10), "cut by the limit, not the 30 s timeout");
     }
     // One chunk that never ends its line: cut at what a whole answer may hold.
