@@ -50,9 +50,11 @@ from typing import Any, Callable, Iterator, Optional
 # llama.cpp's threads meet at an OpenMP barrier after every operation, and by
 # default wait for each other spinning. On a machine whose cores are busy with
 # something else (a test suite on 2 cores), a spinning thread keeps the one it
-# waits for off the core: measured here, a token took 615 ms instead of 37.
-# Passive waiting costs little when the cores are free. Set before llama.cpp
-# (and its libgomp) is loaded; a value given in the environment wins.
+# waits for off the core: measured here with other builds running, a token
+# took 200 to 615 ms spinning and 25 to 37 ms waiting passively. (On idle
+# cores spinning may be a little faster; no idle machine was at hand to
+# measure it.) Set before llama.cpp (and its libgomp) is loaded; a value
+# given in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import numpy as np
@@ -389,6 +391,8 @@ class Generation:
     """One chat's outcome, filled in while it runs."""
 
     prompt_tokens: int = 0
+    # Of those, how many the cache held from the last prompt.
+    cached_tokens: int = 0
     prompt_eval_ns: int = 0
     eval_count: int = 0
     eval_ns: int = 0
@@ -603,7 +607,7 @@ class Runner:
             if not truncate or len(tokens) <= num_ctx:
                 break
         if start:
-            log(f"truncating input messages which exceed context length: kept {len(messages) - start} of {len(messages)}")
+            log(f"truncating input messages which exceed context length: dropped {start} of {len(messages)}")
         if len(tokens) > num_ctx - 1 and truncate:
             if not shift:
                 raise RequestError(400, PROMPT_TOO_LONG)
@@ -613,9 +617,10 @@ class Runner:
             tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep):]
         return tokens
 
-    def evaluate_prompt(self, tokens: list[int]) -> None:
+    def evaluate_prompt(self, tokens: list[int]) -> int:
         """Evaluates the prompt, reusing the cached part it shares with the
-        last one (at least its last token is evaluated, for the logits)."""
+        last one (at least its last token is evaluated, for the logits);
+        returns how many tokens were reused."""
         llm = self.llm
         assert llm is not None
         reuse = 0
@@ -630,6 +635,7 @@ class Runner:
         else:
             llm.reset()
         llm.eval(tokens[reuse:])
+        return reuse
 
     def generate(self, tokens: list[int], options: dict[str, Any], grammar: Optional[str],
                  outcome: Generation, alive: Callable[[], bool]) -> Iterator[str]:
@@ -657,7 +663,7 @@ class Runner:
         last_piece, repeats = None, 0
         outcome.done_reason = "length"
         try:
-            self.evaluate_prompt(tokens)
+            outcome.cached_tokens = self.evaluate_prompt(tokens)
             first_at = time.monotonic_ns()
             outcome.prompt_eval_ns = first_at - started
             while len(produced) < num_predict:
@@ -918,8 +924,10 @@ class Api:
             return Reply(body=self.empty_answer(model, "load"))
 
         def note() -> str:
-            return (f"prompt={generation.prompt_tokens} answer={generation.eval_count} "
-                    f"done_reason={generation.done_reason}")
+            ms = lambda ns: ns // 1_000_000
+            return (f"prompt={generation.prompt_tokens} (cached {generation.cached_tokens}, "
+                    f"{ms(generation.prompt_eval_ns)} ms) answer={generation.eval_count} "
+                    f"({ms(generation.eval_ns)} ms) done_reason={generation.done_reason}")
 
         if stream:
             return Reply(content_type="application/x-ndjson", stream=run(), note=note)
@@ -1093,7 +1101,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status = self.send_stream(reply)
         else:
             status = self.send_whole(reply, method == "HEAD")
-        self.log_line(method, path, started, f"{status} {reply.note()}".strip())
+        if status == 499:
+            self.log_line(method, path, started, "client closed the connection; generation cancelled")
+        else:
+            self.log_line(method, path, started, f"{status} {reply.note()}".strip())
 
     def send_whole(self, reply: Reply, head: bool) -> int:
         payload = reply.text.encode() if reply.text is not None else go_json(reply.body)
