@@ -11,7 +11,7 @@
 //! command line before anything reaches the model.
 //!
 //! Each question gets at most `model.tool_rounds` rounds of tool calls
-//! (`decide::tools::run_rounds_watched`); when they run out, the model is
+//! (`decide::tools::run_rounds`); when they run out, the model is
 //! asked once more, without tools, to answer with what it has. A model
 //! without tools answers in one request, and gets with each question a
 //! summary of what the tools would have read ([`summary`]). Before a
@@ -38,9 +38,7 @@ use self::records::{Query, RecordTool, Records};
 use crate::catalog::Probe;
 use crate::config::Config;
 use crate::decide::tokens::estimate_tokens;
-use crate::decide::tools::{
-    conversation_tokens, run_rounds_watched, HostTools, ToolError, ToolFuture, ToolUse, Toolbox,
-};
+use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
 use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool, Watch};
 use crate::redact::redact;
 use crate::store::Approval;
@@ -196,7 +194,7 @@ impl<'a> Conversation<'a> {
         if rounds > 0 {
             let tool_tokens: usize = self.tools.tools().iter().map(|t| estimate_tokens(&t.wire().to_string())).sum();
             make_room(messages, budget.saturating_sub(tool_tokens));
-            let done = run_rounds_watched(
+            let done = run_rounds(
                 self.model,
                 Priority::Interactive,
                 &self.purpose,
@@ -204,7 +202,7 @@ impl<'a> Conversation<'a> {
                 self.tools,
                 rounds,
                 budget,
-                watch,
+                Some(watch),
             )
             .await
             .map_err(|f| f.error)?;

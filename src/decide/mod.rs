@@ -222,7 +222,8 @@ pub async fn decide(
     if let (Some(toolbox), true) = (tools, rounds > 0) {
         let purpose = format!("decide {}", incident.fingerprint);
         let outcome =
-            tools::run_rounds(model, Priority::Autonomous, &purpose, &mut messages, toolbox, rounds, budget).await;
+            tools::run_rounds(model, Priority::Autonomous, &purpose, &mut messages, toolbox, rounds, budget, None)
+                .await;
         let done = match outcome {
             Ok(done) => done,
             Err(failure) => {

@@ -251,37 +251,10 @@ pub struct RoundsFailure {
 /// request goes through the queue at `priority`, without `format`. Stops
 /// when an answer asks for no tool (returned in [`Rounds::answer`]), when
 /// the rounds run out, or when another round would take the conversation
-/// over `budget_tokens`.
+/// over `budget_tokens`. With a person waiting, `watch` is told of each
+/// request as it goes and of each call before it is carried out.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_rounds(
-    model: &ModelService,
-    priority: Priority,
-    purpose: &str,
-    messages: &mut Vec<Message>,
-    toolbox: &dyn Toolbox,
-    max_rounds: u32,
-    budget_tokens: usize,
-) -> Result<Rounds, RoundsFailure> {
-    rounds(model, priority, purpose, messages, toolbox, max_rounds, budget_tokens, None).await
-}
-
-/// [`run_rounds`] for a person waiting: `watch` is told of each request as
-/// it goes and of each call before it is carried out.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_rounds_watched(
-    model: &ModelService,
-    priority: Priority,
-    purpose: &str,
-    messages: &mut Vec<Message>,
-    toolbox: &dyn Toolbox,
-    max_rounds: u32,
-    budget_tokens: usize,
-    watch: &dyn Watch,
-) -> Result<Rounds, RoundsFailure> {
-    rounds(model, priority, purpose, messages, toolbox, max_rounds, budget_tokens, Some(watch)).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn rounds(
     model: &ModelService,
     priority: Priority,
     purpose: &str,
