@@ -153,7 +153,9 @@ def llama_server_repetition(item_rule: str, min_items: int, max_items: Optional[
     llama-cpp-python 0.3.36 still nests 199 optional groups instead, which
     llama.cpp's grammar parser refuses ("number of rules that are going to be
     repeated ... exceeds sane defaults") for macha's decision schema (its
-    `reason` pattern `^[^ \\t\\r\\n][^\\r\\n]{0,199}$`), where Ollama accepts it."""
+    `reason` pattern `^[^ \\t\\r\\n][^\\r\\n]{0,199}$`); the C++ form parses.
+    `item_rule_is_literal` is taken because the port passes it; the C++
+    converter has no such case."""
     has_max = max_items is not None
     if max_items == 0:
         return ""
@@ -310,15 +312,15 @@ def full_name(name: str) -> str:
         host, namespace = parts[-3], parts[-2]
     if ":" not in model:
         model += ":latest"
-    return f"{host}/{namespace}/{model}".lower()
+    return f"{host}/{namespace}/{model}"
 
 
 def shortest_name(name: str) -> str:
     """Name.DisplayShortest: the tag always, the default host and namespace never."""
     host, namespace, model = full_name(name).split("/", 2)
-    if host != "registry.ollama.ai":
+    if host.lower() != "registry.ollama.ai":
         return f"{host}/{namespace}/{model}"
-    if namespace != "library":
+    if namespace.lower() != "library":
         return f"{namespace}/{model}"
     return model
 
@@ -768,7 +770,8 @@ class Api:
         self.default_ctx = default_ctx
 
     def is_ours(self, name: str) -> bool:
-        return bool(name) and full_name(name) == full_name(self.name)
+        # Ollama's names compare without regard to case.
+        return bool(name) and full_name(name).lower() == full_name(self.name).lower()
 
     def details(self) -> dict[str, Any]:
         f = self.runner.facts
@@ -874,8 +877,15 @@ class Api:
 
         options = parse_options(request.get("options"), {**OLLAMA_DEFAULTS, **GEMMA3_PARAMETERS})
         num_ctx = self.runner.context_for(options.get("num_ctx"), self.default_ctx)
-        generation = Generation()
+        if not messages:
+            # Only loads the model, and says so in one JSON object whatever
+            # `stream` asked.
+            with self.runner.lock:
+                self.runner.load(num_ctx)
+            return Reply(body=self.empty_answer(model, "load"))
 
+        # Ollama checks `format` only when it starts the completion.
+        generation = Generation()
         grammar = None
         if fmt not in (None, ""):
             if fmt == "json":
@@ -915,13 +925,6 @@ class Api:
             # Go leaves zero metrics out (omitempty).
             final.update({k: v for k, v in metrics.items() if v})
             yield final
-
-        if not messages:
-            # Only loads the model, and says so in one JSON object whatever
-            # `stream` asked.
-            with self.runner.lock:
-                self.runner.load(num_ctx)
-            return Reply(body=self.empty_answer(model, "load"))
 
         def note() -> str:
             ms = lambda ns: ns // 1_000_000
