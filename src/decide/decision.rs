@@ -296,14 +296,20 @@ fn within(what: &str, text: &str, max: usize) -> Result<(), InvalidAnswer> {
 }
 
 /// A string of 1 to `max` characters on one line, starting with a
-/// character that is not white space: the pattern says it (with the
-/// escapes llama.cpp's converter of schemas to grammars knows), because a
-/// pattern takes the place of `minLength` and `maxLength` there.
+/// character that is not white space, without `"` or `\\`: the pattern says
+/// it (with the escapes llama.cpp's converter of schemas to grammars
+/// knows), because a pattern takes the place of `minLength` and
+/// `maxLength` there. llama.cpp matches a pattern against the string's raw
+/// JSON text, not its value: a `"` it allowed would end the string there
+/// and let the model write fields of its own after it (`"reason": "x",
+/// "state": "..."`), and a `\\` would begin an escape the pattern does not
+/// know. Without both, the raw text and the value are the same. The
+/// parser still takes quotes from a model that is not held to the schema.
 fn prose(description: &str, max: usize) -> serde_json::Value {
     serde_json::json!({
         "type": "string",
         "description": description,
-        "pattern": format!("^[^ \\t\\r\\n][^\\r\\n]{{0,{}}}$", max - 1),
+        "pattern": format!("^[^ \\t\\r\\n\"\\\\][^\\r\\n\"\\\\]{{0,{}}}$", max - 1),
     })
 }
 
@@ -530,11 +536,11 @@ mod tests {
                 }
                 Some("integer") => Value::from(self.len(bound("minimum").unwrap(), bound("maximum").unwrap())),
                 Some("string") => match schema["pattern"].as_str() {
-                    // `^[^ \t\r\n][^\r\n]{0,N}$`
+                    // `^[^ \t\r\n"\\][^\r\n"\\]{0,N}$`
                     Some(_) => {
-                        let first = self.chars(1, |c| !matches!(c, ' ' | '\t' | '\r' | '\n'));
+                        let first = self.chars(1, |c| !matches!(c, ' ' | '\t' | '\r' | '\n' | '"' | '\\'));
                         let n = self.len(0, longest_string(schema) - 1);
-                        Value::from(first + &self.chars(n, |c| !matches!(c, '\r' | '\n')))
+                        Value::from(first + &self.chars(n, |c| !matches!(c, '\r' | '\n' | '"' | '\\')))
                     }
                     None => {
                         let n = self.len(bound("minLength").unwrap(), longest_string(schema));
@@ -549,7 +555,7 @@ mod tests {
     use serde_json::{json, Value};
 
     /// The most characters a string schema allows: its `maxLength`, or the
-    /// bound of its pattern `^[^ \t\r\n][^\r\n]{0,N}$` plus the first.
+    /// bound of its pattern `^[^ \t\r\n"\\][^\r\n"\\]{0,N}$` plus the first.
     fn longest_string(schema: &Value) -> u64 {
         match schema["pattern"].as_str() {
             Some(p) => 1 + p.rsplit_once(',').unwrap().1.trim_end_matches("}$").parse::<u64>().unwrap(),
@@ -592,6 +598,20 @@ mod tests {
     /// JSON escapes, numbers, short words).
     const FILL: &str =
         "+  services.nginx.virtualHosts.\"example.org\".listen = [ { addr = \"0.0.0.0\"; port = 8080; } ]; ";
+
+    #[test]
+    fn prose_in_the_schema_has_no_quote_that_could_end_its_string() {
+        // llama.cpp matches a pattern against the raw JSON text: a `"` there
+        // would end the string, and the model could write fields after it.
+        let smuggled = json!({"diagnosis": "web died", "severity": "info",
+            "actions": [{"kind": "notify_only", "reason": "x\", \"state\": \"failed"}]});
+        assert!(!validator().is_valid(&smuggled), "the schema keeps quotes out of prose");
+        let backslash = json!({"diagnosis": "C:\\dir", "severity": "info", "actions": []});
+        assert!(!validator().is_valid(&backslash), "and backslashes");
+        // A model that is not held to the schema may quote: that is no reason to refuse it.
+        let quoted = r#"{"diagnosis": "the unit \"web\" died", "severity": "info", "actions": []}"#;
+        assert!(Decision::parse(quoted).is_ok());
+    }
 
     #[test]
     fn the_longest_answer_fits_the_smallest_num_predict() {
