@@ -178,8 +178,12 @@ fn a_pipe_closed_before_the_first_line_ends_each_command_quietly() {
         &["check"],
         &["check", "--json"],
     ] {
-        let mut child = here.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        drop(child.stdout.take());
+        // The reading end is closed before the command starts: closed after
+        // the spawn, a child that another test forks at that moment holds it
+        // open for an instant, and a short output fits in the pipe unseen.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = here.command(args).stdout(writer).stderr(Stdio::piped()).spawn().unwrap();
         let status = wait(&mut child, Duration::from_secs(30));
         ended_quietly_by_sigpipe(args, status, &stderr_of(&mut child));
     }
