@@ -175,6 +175,56 @@ def llama_server_repetition(item_rule: str, min_items: int, max_items: Optional[
 
 llama_cpp.llama_grammar._build_repetition = llama_server_repetition
 
+
+def digits_between(low: str, high: str) -> str:
+    """A grammar expression for the decimal numbers from `low` to `high`,
+    two digit strings of the same length (leading zeros included)."""
+    if not low:
+        return '""'
+    if low == high:
+        return f'"{low}"'
+    rest = len(low) - 1
+    any_rest = f" [0-9]{{{rest}}}" if rest else ""
+    if low[0] == high[0]:
+        return f'"{low[0]}" ({digits_between(low[1:], high[1:])})'
+    if low[1:] == "0" * rest and high[1:] == "9" * rest:
+        return f"[{low[0]}-{high[0]}]{any_rest}"
+    alternatives = [f'"{low[0]}" ({digits_between(low[1:], "9" * rest)})']
+    if int(high[0]) - int(low[0]) > 1:
+        alternatives.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}]{any_rest}")
+    alternatives.append(f'"{high[0]}" ({digits_between("0" * rest, high[1:])})')
+    return " | ".join(f"({a})" for a in alternatives)
+
+
+def integer_range(minimum: int, maximum: int) -> str:
+    """A grammar expression for the integers from `minimum` to `maximum`
+    (both at least 0), written as JSON writes them: no sign, no leading
+    zero. llama.cpp's C++ converter, the one Ollama and llama-server run,
+    keeps `minimum` and `maximum` of an integer this way; llama-cpp-python's
+    Python port drops them, and the model could write any integer."""
+    parts = []
+    for length in range(len(str(minimum)), len(str(maximum)) + 1):
+        low = max(minimum, 10 ** (length - 1) if length > 1 else 0)
+        high = min(maximum, 10 ** length - 1)
+        if low <= high:
+            parts.append(f"({digits_between(str(low), str(high))})")
+    return " | ".join(parts)
+
+
+_visit = llama_cpp.llama_grammar.SchemaConverter.visit
+
+
+def visit_with_integer_ranges(self: Any, schema: dict, name: str) -> str:
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if (schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int)
+            and 0 <= low <= high and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "const", "enum"))):
+        rule_name = name + "-" if name in llama_cpp.llama_grammar.RESERVED_NAMES else name or "root"
+        return self._add_rule(rule_name, f"({integer_range(low, high)}) space")
+    return _visit(self, schema, name)
+
+
+llama_cpp.llama_grammar.SchemaConverter.visit = visit_with_integer_ranges
+
 MAX_BODY = 64 << 20
 
 PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; shorten the "
