@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use macha_testbed::ollama::{OllamaDouble, Reply};
+use macha_testbed::ollama::{CutBy, OllamaDouble, Reply};
 use serde_json::{json, Value};
 
 const MODEL: &str = "llama3.1:70b";
@@ -129,6 +129,44 @@ fn a_failed_run_says_why() {
     assert_eq!(report["seed"], 7);
     let sent = double.requests().into_iter().rfind(|r| r.path == "/api/chat").unwrap();
     assert_eq!(sent.body["options"]["seed"], 7, "the seed goes with every request");
+}
+
+#[test]
+fn an_answer_cut_off_is_retried_once_without_showing_it_back_and_says_why() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    let dir = fixtures(&["restart-loop"]);
+    let args = ["--fixtures", dir.path().to_str().unwrap(), "--json"];
+    // What a small model wrote before Ollama's repeat guard stopped it.
+    let looped = format!("{{\"diagnosis\": \"> 1{}", "0".repeat(40));
+    for (by, why) in [
+        (CutBy::Length, "cut off at its length limit (ollama.num_predict)"),
+        (CutBy::Repeat, "stopped by the server because it repeated itself"),
+    ] {
+        double.push(Reply::CutOff { content: looped.clone(), by });
+        double.push(Reply::Json(decision("notify_only", None)));
+        let report = eval(&double.url(), MODEL, &args).json();
+        let result = &report["fixtures"][0]["results"][0];
+        assert_eq!((result["outcome"].as_str(), result["attempts"].as_u64()), (Some("decided"), Some(2)), "{result:#}");
+        assert_eq!(result["invalid_answers"], 1, "{result:#}");
+        let retry = chats(&double).pop().unwrap();
+        assert!(retry.iter().all(|m| !m["content"].as_str().unwrap_or("").contains("1000000000")), "{retry:#?}");
+        let last = retry.last().unwrap();
+        assert_eq!(last["role"], "user");
+        assert!(last["content"].as_str().unwrap().starts_with(&format!("Your answer was {why}, before")), "{last}");
+    }
+    // Cut off twice: the decision fails, and says how.
+    double.push(Reply::CutOff { content: looped.clone(), by: CutBy::Repeat });
+    double.push(Reply::CutOff { content: looped.clone(), by: CutBy::Repeat });
+    let report = eval(&double.url(), MODEL, &args).json();
+    let result = &report["fixtures"][0]["results"][0];
+    let reason = result["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "no decision: invalid answer from the model (stopped by the server because it repeated itself): "
+        ),
+        "{reason}"
+    );
+    assert_eq!(result["last_invalid_answer"], looped.as_str());
 }
 
 #[test]

@@ -39,7 +39,9 @@ use crate::catalog::Probe;
 use crate::config::Config;
 use crate::decide::tokens::estimate_tokens;
 use crate::decide::tools::{conversation_tokens, run_rounds, HostTools, ToolError, ToolFuture, ToolUse, Toolbox};
-use crate::model::{ChatReply, ChatRequest, Check, Message, ModelError, ModelService, Priority, Role, Tool, Watch};
+use crate::model::{
+    ChatReply, ChatRequest, Check, CutOff, Message, ModelError, ModelService, Priority, Role, Tool, Watch,
+};
 use crate::redact::redact;
 use crate::store::Approval;
 use crate::text::one_line;
@@ -132,8 +134,8 @@ pub struct Answer {
     pub text: String,
     /// The tools it called, in order, with how each call ended.
     pub uses: Vec<ToolUse>,
-    /// The answer stopped at the output cap (`ollama.num_predict`).
-    pub cut_off: bool,
+    /// Why the answer stopped before it was complete, if it did.
+    pub cut_off: Option<CutOff>,
 }
 
 /// A conversation: the system message, any context, then questions and
@@ -242,7 +244,8 @@ impl<'a> Conversation<'a> {
 fn finish(messages: &mut Vec<Message>, reply: ChatReply, uses: Vec<ToolUse>) -> Answer {
     let text = reply.message.content.trim().to_owned();
     messages.push(Message::assistant(text.clone()));
-    Answer { text, uses, cut_off: reply.done_reason.as_deref() == Some("length") }
+    let cut_off = reply.cut_off();
+    Answer { text, uses, cut_off }
 }
 
 /// Replaces earlier tool results, oldest first, then earlier answers, with

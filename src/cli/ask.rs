@@ -170,8 +170,8 @@ pub fn answer_shown(answer: &Answer, model: &ModelService, streamed: bool) -> St
     for line in text.lines().filter(|_| !streamed) {
         let _ = writeln!(out, ">{}{line}", if line.is_empty() { "" } else { " " });
     }
-    if answer.cut_off {
-        out.push_str("[the answer was cut off at its length limit, ollama.num_predict]\n");
+    if let Some(why) = answer.cut_off {
+        let _ = writeln!(out, "[the answer was {why}]");
     }
     if answer.uses.is_empty() {
         let why = if model.tool_rounds() == 0 {

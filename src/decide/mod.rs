@@ -267,25 +267,39 @@ pub async fn decide(
             }
         };
         run.add(reply.usage);
+        let cut_off = reply.cut_off();
         let content = reply.message.content;
-        let cut_off = reply.done_reason.as_deref() == Some("length");
         match Decision::parse(&content) {
             Ok(decision) => return run.decided(decision, attempt, reply.provider),
             Err(invalid) => {
                 // A model held to the schema always fits `num_predict`; one
-                // that is not may run on until the cap ends it mid-answer.
-                let cap = if cut_off { " (cut off at its length limit, `ollama.num_predict`)" } else { "" };
-                error = format!("invalid answer from the model{cap}: {invalid}");
+                // that is not may run on until the cap ends it mid-answer,
+                // and any model may loop until the server's repeat guard
+                // stops it.
+                error = match cut_off {
+                    Some(why) => format!("invalid answer from the model ({why}): {invalid}"),
+                    None => format!("invalid answer from the model: {invalid}"),
+                };
                 provider = Some(reply.provider);
-                messages.push(Message::assistant(content.clone()));
-                // The reason quotes the model's own text: keep it short and on
-                // one line, so a manipulated answer cannot write instructions
-                // into the conversation.
-                let reason = retry_reason(&invalid.to_string());
-                let shorter = if cut_off { " It was cut off at its length limit: keep the texts short." } else { "" };
-                messages.push(Message::user(format!(
-                    "That answer was rejected ({reason}).{shorter} Answer again with one JSON object that matches the schema."
-                )));
+                match cut_off {
+                    // An unfinished answer is not shown back: a model shown
+                    // its own loop goes on with it.
+                    Some(why) => messages.push(Message::user(format!(
+                        "Your answer was {why}, before it was complete, so it was not accepted. Answer again \
+                         with one JSON object that matches the schema; keep every text short and never repeat \
+                         a word or a number over and over."
+                    ))),
+                    None => {
+                        messages.push(Message::assistant(content.clone()));
+                        // The reason quotes the model's own text: keep it short and on
+                        // one line, so a manipulated answer cannot write instructions
+                        // into the conversation.
+                        let reason = retry_reason(&invalid.to_string());
+                        messages.push(Message::user(format!(
+                            "That answer was rejected ({reason}). Answer again with one JSON object that matches the schema."
+                        )));
+                    }
+                }
                 // For the audit: the model's text, with any secret it repeated masked.
                 last_answer = Some(crate::redact::redact(&content).into_owned());
             }

@@ -165,10 +165,46 @@ pub struct ChatReply {
     /// Why the model stopped: `stop`, `length` (the output cap was hit),
     /// `tool_calls`; as the server says it.
     pub done_reason: Option<String>,
+    /// The server said the answer is complete. Ollama's repeat guard ends an
+    /// answer that repeats one piece more than 30 times without saying so:
+    /// its last object has `done: false` and no reason.
+    pub ended: bool,
     pub usage: Usage,
     /// The endpoint that answered.
     pub provider: ProviderInfo,
     pub timing: Timing,
+}
+
+impl ChatReply {
+    /// Why the answer stopped before it was complete, if it did.
+    pub fn cut_off(&self) -> Option<CutOff> {
+        if self.done_reason.as_deref() == Some("length") {
+            Some(CutOff::Length)
+        } else if !self.ended {
+            Some(CutOff::Repetition)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why an answer stopped before it was complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutOff {
+    /// At the output cap (`ollama.num_predict`).
+    Length,
+    /// By the server, because the answer repeated one piece over and over
+    /// (Ollama's repeat guard).
+    Repetition,
+}
+
+impl std::fmt::Display for CutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Length => "cut off at its length limit (ollama.num_predict)",
+            Self::Repetition => "stopped by the server because it repeated itself",
+        })
+    }
 }
 
 /// What one endpoint answered, before the service adds who and how long.
@@ -176,6 +212,7 @@ pub struct ChatReply {
 pub(crate) struct Answer {
     pub message: Message,
     pub done_reason: Option<String>,
+    pub ended: bool,
     pub usage: Usage,
     pub server_ms: Option<u64>,
 }

@@ -48,7 +48,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-pub use self::chat::{ChatReply, ChatRequest, Message, Role, Tool, ToolCall, Usage};
+pub use self::chat::{ChatReply, ChatRequest, CutOff, Message, Role, Tool, ToolCall, Usage};
 use self::metrics::CallTally;
 use self::provider::{ApiKey, Attempt, Options, Provider};
 pub use self::provider::{Check, Endpoint, ErrorKind, ProviderError, ProviderInfo};
@@ -334,6 +334,7 @@ impl ModelService {
         result.map(|(answer, provider)| ChatReply {
             message: answer.message,
             done_reason: answer.done_reason,
+            ended: answer.ended,
             usage: answer.usage,
             provider,
             timing: chat::Timing { queue_ms, call_ms, server_ms: answer.server_ms },

@@ -56,6 +56,7 @@ fn wire_message(m: &Message) -> Value {
 #[derive(Deserialize)]
 struct ChatResponse {
     message: WireMessage,
+    done: Option<bool>,
     done_reason: Option<String>,
     #[serde(default)]
     prompt_eval_count: u64,
@@ -103,6 +104,7 @@ pub(crate) fn read_chat(body: &str) -> Result<Answer, String> {
     Ok(Answer {
         message: Message { tool_calls, ..Message::assistant(r.message.content.unwrap_or_default()) },
         done_reason: r.done_reason,
+        ended: r.done != Some(false),
         usage: Usage { prompt_tokens: r.prompt_eval_count, answer_tokens: r.eval_count },
         server_ms: r.total_duration.map(|ns| ns / 1_000_000),
     })

@@ -141,6 +141,9 @@ pub(crate) fn read_chat(body: &str) -> Result<Answer, String> {
         .map_or_else(Usage::default, |u| Usage { prompt_tokens: u.prompt_tokens, answer_tokens: u.completion_tokens });
     Ok(Answer {
         message: Message { tool_calls, ..Message::assistant(choice.message.content.unwrap_or_default()) },
+        // OpenAI names why every completion ended; Ollama's compatible API
+        // leaves it null when its repeat guard stopped the answer.
+        ended: choice.finish_reason.is_some(),
         done_reason: choice.finish_reason,
         usage,
         server_ms: None,

@@ -135,6 +135,7 @@ impl Assembly {
         Ok(Answer {
             message: Message::assistant(self.text),
             done_reason: self.done_reason,
+            ended: true,
             usage: self.usage.unwrap_or_default(),
             server_ms: self.server_ms,
         })

@@ -103,10 +103,25 @@ pub enum Reply {
     /// content each (events on the OpenAI-compatible API), none of them the
     /// last, as a model that never stops.
     Endless(Duration),
+    /// 200 with this content, ended before it was complete: at `num_predict`
+    /// (`done_reason: length`; OpenAI's `finish_reason: length`), or by
+    /// Ollama's repeat guard, which sends no final object: not streaming,
+    /// the last chunk (`done: false`, no reason, no counts); streaming, the
+    /// chunks and no `done: true` line (OpenAI-compatible: `finish_reason`
+    /// null, no `[DONE]`).
+    CutOff { content: String, by: CutBy },
     /// The built-in responder: proposes restarting the unit named by an
     /// incident fingerprint `unit-failed:NAME` in the last user message, and
     /// otherwise only notifies. Lets the README demo run without a model.
     Demo,
+}
+
+/// What ended a [`Reply::CutOff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutBy {
+    Length,
+    Repeat,
 }
 
 /// The content [`Reply::InvalidJson`] answers.
@@ -139,6 +154,7 @@ impl Reply {
             Reply::StreamError(_) => "stream_error".into(),
             Reply::Oversized(n) => format!("oversized ({n} bytes)"),
             Reply::Endless(every) => format!("endless (4 KiB every {}ms)", every.as_millis()),
+            Reply::CutOff { content, by } => format!("cut off by {by:?} ({} chars)", content.chars().count()),
             Reply::Demo => "demo".into(),
         }
     }
@@ -159,6 +175,7 @@ enum ScriptLine {
     StreamError(StreamErrorLine),
     Oversized(OversizedLine),
     Endless(EndlessLine),
+    CutOff(CutOffLine),
     Demo(DemoLine),
 }
 
@@ -221,6 +238,12 @@ struct EndlessLine {
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct CutOffLine {
+    cut_off: CutBy,
+    content: String,
+}
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DemoLine {
     demo: bool,
 }
@@ -249,6 +272,7 @@ impl TryFrom<ScriptLine> for Reply {
             ScriptLine::StreamError(l) => Ok(Reply::StreamError(l.stream_error)),
             ScriptLine::Oversized(l) => Ok(Reply::Oversized(l.oversized_bytes)),
             ScriptLine::Endless(l) => Ok(Reply::Endless(Duration::from_millis(l.endless_every_ms))),
+            ScriptLine::CutOff(l) => Ok(Reply::CutOff { content: l.content, by: l.cut_off }),
             ScriptLine::Demo(l) => flag(l.demo, Reply::Demo),
         }
     }
@@ -873,11 +897,13 @@ fn now() -> String {
 
 /// What a scripted reply comes to, before either API shapes it.
 enum Produced {
-    /// The model's message and the timing stats of the final object.
+    /// The model's message and the timing stats of the final object;
+    /// `cut`: ended before it was complete.
     Message {
         content: String,
         tool_calls: Option<Value>,
         stats: Map<String, Value>,
+        cut: Option<CutBy>,
     },
     Status(StatusCode, String),
     Garbage,
@@ -893,8 +919,13 @@ enum Produced {
 
 /// Plays a reply: waits out a hang, builds the demo answer, counts tokens.
 async fn produce(a: &Answer, reply: Reply) -> Produced {
+    let mut cut = None;
     let (content, tool_calls) = match reply {
         Reply::Content(c) => (c, None),
+        Reply::CutOff { content, by } => {
+            cut = Some(by);
+            (content, None)
+        }
         Reply::Json(v) => (v.to_string(), None),
         Reply::InvalidJson => (INVALID_JSON_CONTENT.to_owned(), None),
         Reply::Demo => (demo_decision(&a.last_user).to_string(), None),
@@ -912,12 +943,12 @@ async fn produce(a: &Answer, reply: Reply) -> Produced {
         Reply::Endless(every) => return Produced::Flood { total: None, piece: 4096, every },
     };
     let stats = stats(a.prompt_chars, content.chars().count() + tool_calls.as_ref().map_or(0, |t| t.to_string().len()));
-    Produced::Message { content, tool_calls, stats }
+    Produced::Message { content, tool_calls, stats, cut }
 }
 
 async fn answer(a: Answer, reply: Reply) -> Response {
-    let (content, tool_calls, stats) = match produce(&a, reply).await {
-        Produced::Message { content, tool_calls, stats } => (content, tool_calls, stats),
+    let (content, tool_calls, stats, cut) = match produce(&a, reply).await {
+        Produced::Message { content, tool_calls, stats, cut } => (content, tool_calls, stats, cut),
         Produced::Status(status, text) => return error_response(status, &text),
         Produced::Garbage => {
             let cut =
@@ -951,18 +982,23 @@ async fn answer(a: Answer, reply: Reply) -> Response {
         let mut done = chunk(&a.model, content, tool_calls);
         let map = done.as_object_mut().expect("chunk is an object");
         map.insert("done".into(), Value::Bool(true));
-        map.insert("done_reason".into(), "stop".into());
+        map.insert("done_reason".into(), if cut == Some(CutBy::Length) { "length" } else { "stop" }.into());
         map.extend(stats.clone());
         done
     };
     if !a.stream {
+        if cut == Some(CutBy::Repeat) {
+            return json_response(StatusCode::OK, &chunk(&a.model, &content, None));
+        }
         return json_response(StatusCode::OK, &final_object(&content, tool_calls));
     }
     let mut lines: Vec<Value> = fragments(&content).map(|f| chunk(&a.model, f, None)).collect();
     if let Some(calls) = tool_calls {
         lines.push(chunk(&a.model, "", Some(calls)));
     }
-    lines.push(final_object("", None));
+    if cut != Some(CutBy::Repeat) {
+        lines.push(final_object("", None));
+    }
     ndjson(lines)
 }
 
@@ -1411,8 +1447,8 @@ fn completion_id() -> String {
 }
 
 async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response {
-    let (content, tool_calls, stats) = match produce(&a, reply).await {
-        Produced::Message { content, tool_calls, stats } => (content, tool_calls, stats),
+    let (content, tool_calls, stats, cut) = match produce(&a, reply).await {
+        Produced::Message { content, tool_calls, stats, cut } => (content, tool_calls, stats, cut),
         Produced::Status(status, text) => return openai_error(status, &text),
         Produced::StreamError(text) => return openai_error(StatusCode::INTERNAL_SERVER_ERROR, &text),
         Produced::Garbage => {
@@ -1454,7 +1490,12 @@ async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response
     let usage =
         json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
     let calls = tool_calls.map(openai_tool_calls);
-    let finish = if calls.is_some() { "tool_calls" } else { "stop" };
+    let finish = match cut {
+        Some(CutBy::Repeat) => None,
+        Some(CutBy::Length) => Some("length"),
+        None if calls.is_some() => Some("tool_calls"),
+        None => Some("stop"),
+    };
     let envelope = |object: &str, choices: Value| {
         json!({
             "id": completion_id(),
@@ -1486,7 +1527,11 @@ async fn openai_answer(a: Answer, reply: Reply, include_usage: bool) -> Response
     if let Some(calls) = &calls {
         events.push(delta("", Some(calls), None));
     }
-    events.push(delta("", None, Some(finish)));
+    if finish.is_none() {
+        let texts = events.into_iter().map(|e| format!("data: {e}\n\n")).collect();
+        return split_stream("text/event-stream", texts);
+    }
+    events.push(delta("", None, finish));
     if include_usage {
         let mut last = envelope("chat.completion.chunk", json!([]));
         last["usage"] = usage;
