@@ -148,6 +148,10 @@ fn an_answer_cut_off_is_retried_once_without_showing_it_back_and_says_why() {
         let result = &report["fixtures"][0]["results"][0];
         assert_eq!((result["outcome"].as_str(), result["attempts"].as_u64()), (Some("decided"), Some(2)), "{result:#}");
         assert_eq!(result["invalid_answers"], 1, "{result:#}");
+        // The refused answer stays in the trail, with why.
+        let refused = &result["trail"]["refused"][0];
+        assert_eq!(refused["answer"], looped.as_str(), "{result:#}");
+        assert!(refused["reason"].as_str().unwrap().contains(why), "{refused}");
         let retry = chats(&double).pop().unwrap();
         assert!(retry.iter().all(|m| !m["content"].as_str().unwrap_or("").contains("1000000000")), "{retry:#?}");
         let last = retry.last().unwrap();

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/setup.sh
+# A real small model behind Ollama's API for tests/real_model.rs: llama.cpp
+# compiled once into a cache (minutes, the first time only) and Gemma 3 270M.
+MACHA_LLM_DIR="$(bash tests/llm/setup.sh | tail -n 1)"
+export MACHA_LLM_DIR
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all --check
 fi

@@ -109,6 +109,18 @@ pub struct Trail {
     pub tool_rounds: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolUse>,
+    /// Answers refused and asked again (the last refused answer of a
+    /// decision that failed is its `last_answer` instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedAnswer>,
+}
+
+/// An answer of the model that was not accepted, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedAnswer {
+    pub reason: String,
+    /// The model's text, with any secret it repeated masked.
+    pub answer: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -301,7 +313,11 @@ pub async fn decide(
                     }
                 }
                 // For the audit: the model's text, with any secret it repeated masked.
-                last_answer = Some(crate::redact::redact(&content).into_owned());
+                let answer = crate::redact::redact(&content).into_owned();
+                if attempt < ATTEMPTS {
+                    run.trail.refused.push(RefusedAnswer { reason: error.clone(), answer: answer.clone() });
+                }
+                last_answer = Some(answer);
             }
         }
     }

@@ -4,5 +4,6 @@
 pub mod container;
 pub mod gotify;
 pub mod journal;
+pub mod llm;
 pub mod ollama;
 mod serve;
