@@ -1,6 +1,7 @@
 //! A real model in the loop: Gemma 3 270M, served by llama.cpp behind
 //! Ollama's API (`tests/llm/`), with macha's decision schema as the grammar
-//! that constrains its decoding, as Ollama runs a `format`. A 270M
+//! that constrains its decoding, converted by llama.cpp's C++ converter as
+//! Ollama's llama-server converts a `format`. A 270M
 //! pretrained model is not expected to diagnose; these tests hold what the
 //! schema is for: its answers parse (at least 95 % of them), none is
 //! refused for something the schema allows, and what it proposes for a real
@@ -76,6 +77,9 @@ fn the_eval_fixtures_decided_by_gemma_3_270m_are_valid_answers_none_refused_that
     let wrongly = refused_though_the_schema_allows(&refused);
     assert!(wrongly.is_empty(), "refused by the parser, allowed by the schema: {wrongly:#?}");
     assert_eq!(out.status.code(), Some(0), "at least 95 % valid answers: {overall:#}\n{stderr}");
+    // llama.cpp's converter, the one Ollama's llama-server runs, took all of
+    // the schema: nothing in it is left unenforced.
+    assert_eq!(model.incomplete_conversions(), Vec::<String>::new());
     assert!(overall["valid_answer_rate_percent"].as_f64().unwrap() >= 95.0, "{overall:#}");
 }
 

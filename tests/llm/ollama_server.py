@@ -141,89 +141,42 @@ FILE_TYPES = {
 }
 
 # A general JSON grammar for `format: "json"` (llama.cpp's own, shipped with
-# llama-cpp-python); a schema is compiled by llama-cpp-python's port of
-# llama.cpp's json-schema-to-grammar, as llama-server compiles it for Ollama.
+# llama-cpp-python); a schema is compiled by llama.cpp's C++ converter (see
+# `Converter`).
 JSON_GRAMMAR = llama_cpp.llama_grammar.JSON_GBNF
 
 
-def llama_server_repetition(item_rule: str, min_items: int, max_items: Optional[int],
-                            separator_rule: Optional[str] = None, item_rule_is_literal: bool = False) -> str:
-    """How llama.cpp's C++ json-schema-to-grammar (the one llama-server runs)
-    writes a bounded repetition: `x{0,199}`. The Python port in
-    llama-cpp-python 0.3.36 still nests 199 optional groups instead, which
-    llama.cpp's grammar parser refuses ("number of rules that are going to be
-    repeated ... exceeds sane defaults") for macha's decision schema (its
-    `reason` pattern `^[^ \\t\\r\\n][^\\r\\n]{0,199}$`); the C++ form parses.
-    `item_rule_is_literal` is taken because the port passes it; the C++
-    converter has no such case."""
-    has_max = max_items is not None
-    if max_items == 0:
-        return ""
-    if min_items == 0 and max_items == 1:
-        return f"{item_rule}?"
-    if not separator_rule:
-        if min_items == 1 and not has_max:
-            return f"{item_rule}+"
-        if min_items == 0 and not has_max:
-            return f"{item_rule}*"
-        return f"{item_rule}{{{min_items},{max_items if has_max else ''}}}"
-    rest = llama_server_repetition(f"({separator_rule} {item_rule})", max(min_items - 1, 0),
-                                   max_items - 1 if has_max else None)
-    result = f"{item_rule} {rest}"
-    return f"({result})?" if min_items == 0 else result
+class Converter:
+    """llama.cpp's C++ JSON-schema-to-grammar converter, the one llama-server
+    runs for a json_schema and so for an Ollama `format`, compiled by
+    tests/llm/setup.sh (converter.cpp) from the same llama.cpp sources as the
+    package. llama-cpp-python's own Python port differs: it drops integer
+    ranges and nests bounded repetitions until llama.cpp's grammar parser
+    refuses macha's schema."""
 
+    def __init__(self, path: str):
+        # Loaded after llama_cpp, whose libraries it links against.
+        self.lib = ctypes.CDLL(path)
+        self.lib.macha_schema_to_grammar.restype = ctypes.c_void_p
+        self.lib.macha_schema_to_grammar.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        self.lib.macha_free.argtypes = [ctypes.c_void_p]
 
-llama_cpp.llama_grammar._build_repetition = llama_server_repetition
+    def _take(self, pointer: int) -> str:
+        try:
+            return ctypes.string_at(pointer).decode("utf-8", "replace")
+        finally:
+            self.lib.macha_free(pointer)
 
+    def grammar(self, schema: Any) -> str:
+        """The grammar for `schema`; ValueError with the converter's words
+        when it refuses the schema."""
+        error = ctypes.c_void_p()
+        text = json.dumps(schema).encode()
+        grammar = self.lib.macha_schema_to_grammar(text, ctypes.byref(error))
+        if not grammar:
+            raise ValueError(self._take(error.value) if error.value else "the converter failed")
+        return self._take(grammar)
 
-def digits_between(low: str, high: str) -> str:
-    """A grammar expression for the decimal numbers from `low` to `high`,
-    two digit strings of the same length (leading zeros included)."""
-    if not low:
-        return '""'
-    if low == high:
-        return f'"{low}"'
-    rest = len(low) - 1
-    any_rest = f" [0-9]{{{rest}}}" if rest else ""
-    if low[0] == high[0]:
-        return f'"{low[0]}" ({digits_between(low[1:], high[1:])})'
-    if low[1:] == "0" * rest and high[1:] == "9" * rest:
-        return f"[{low[0]}-{high[0]}]{any_rest}"
-    alternatives = [f'"{low[0]}" ({digits_between(low[1:], "9" * rest)})']
-    if int(high[0]) - int(low[0]) > 1:
-        alternatives.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}]{any_rest}")
-    alternatives.append(f'"{high[0]}" ({digits_between("0" * rest, high[1:])})')
-    return " | ".join(f"({a})" for a in alternatives)
-
-
-def integer_range(minimum: int, maximum: int) -> str:
-    """A grammar expression for the integers from `minimum` to `maximum`
-    (both at least 0), written as JSON writes them: no sign, no leading
-    zero. llama.cpp's C++ converter, the one Ollama and llama-server run,
-    keeps `minimum` and `maximum` of an integer this way; llama-cpp-python's
-    Python port drops them, and the model could write any integer."""
-    parts = []
-    for length in range(len(str(minimum)), len(str(maximum)) + 1):
-        low = max(minimum, 10 ** (length - 1) if length > 1 else 0)
-        high = min(maximum, 10 ** length - 1)
-        if low <= high:
-            parts.append(f"({digits_between(str(low), str(high))})")
-    return " | ".join(parts)
-
-
-_visit = llama_cpp.llama_grammar.SchemaConverter.visit
-
-
-def visit_with_integer_ranges(self: Any, schema: dict, name: str) -> str:
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if (schema.get("type") == "integer" and isinstance(low, int) and isinstance(high, int)
-            and 0 <= low <= high and not any(k in schema for k in ("$ref", "oneOf", "anyOf", "const", "enum"))):
-        rule_name = name + "-" if name in llama_cpp.llama_grammar.RESERVED_NAMES else name or "root"
-        return self._add_rule(rule_name, f"({integer_range(low, high)}) space")
-    return _visit(self, schema, name)
-
-
-llama_cpp.llama_grammar.SchemaConverter.visit = visit_with_integer_ranges
 
 MAX_BODY = 64 << 20
 
@@ -814,8 +767,9 @@ class Api:
     """The routes: each takes the decoded request and returns a `Reply` or
     raises `RequestError`, in the order and wording of Ollama's handlers."""
 
-    def __init__(self, runner: Runner, name: str, default_ctx: int):
+    def __init__(self, runner: Runner, converter: Converter, name: str, default_ctx: int):
         self.runner = runner
+        self.converter = converter
         self.name = name
         self.default_ctx = default_ctx
 
@@ -942,8 +896,8 @@ class Api:
                 grammar = JSON_GRAMMAR
             elif isinstance(fmt, dict):
                 try:
-                    grammar = llama_cpp.llama_grammar.json_schema_to_gbnf(json.dumps(fmt))
-                except Exception as e:  # the converter raises several kinds
+                    grammar = self.converter.grammar(fmt)
+                except ValueError as e:
                     raise RequestError(400, f"failed to convert the JSON schema to a grammar: {e}")
             else:
                 raise RequestError(500, f"invalid format: {go_quote(go_json(fmt).decode())}; "
@@ -1239,6 +1193,8 @@ class Server(http.server.ThreadingHTTPServer):
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a GGUF model through llama.cpp behind Ollama's HTTP API.")
     parser.add_argument("--model-file", required=True, help="the GGUF file (tests/llm/setup.sh assembles one)")
+    parser.add_argument("--converter", help="llama.cpp's schema converter built by tests/llm/setup.sh "
+                        "(default: converter/libschema-to-grammar.so beside the model's folder)")
     parser.add_argument("--name", default="gemma3:270m", help="the model's name on the API (default gemma3:270m)")
     parser.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=11434, help="0 picks a free port (default 11434)")
@@ -1260,9 +1216,15 @@ def main() -> None:
     if not os.path.isfile(args.model_file):
         parser.error(f"--model-file {args.model_file}: no such file")
 
+    converter_path = args.converter or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(args.model_file))), "converter", "libschema-to-grammar.so")
+    if not os.path.isfile(converter_path):
+        parser.error(f"--converter {converter_path}: no such file (tests/llm/setup.sh builds it)")
+
+    converter = Converter(converter_path)
     runner = Runner(args.model_file, args.threads, args.ctx, args.batch, args.flash_attn == "on")
     family = socket.getaddrinfo(args.host, None)[0][0]
-    handler = type("BoundHandler", (Handler,), {"api": Api(runner, args.name, args.ctx)})
+    handler = type("BoundHandler", (Handler,), {"api": Api(runner, converter, args.name, args.ctx)})
     server = Server((args.host, args.port), handler, family)
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -20,11 +20,16 @@ const MODEL_FILE: &str = "model/gemma-3-270m-q4_k_m.gguf";
 /// Loading the model takes about two seconds; a busy machine gets more.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What llama.cpp's schema converter writes when it could not carry a part
+/// of a schema into the grammar (and let anything through there instead).
+const INCOMPLETE: &str = "WARNING: JSON schema conversion was incomplete";
+
 /// The server, stopped when dropped. Its log (one line per request) goes to
 /// the test's standard error.
 pub struct RealModel {
     child: Child,
     url: String,
+    incomplete: Arc<Mutex<Vec<String>>>,
 }
 
 impl RealModel {
@@ -46,9 +51,21 @@ impl RealModel {
             .args(["--name", NAME, "--port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("start {} {}", python.display(), server.display()))?;
+        let incomplete = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let seen = Arc::clone(&incomplete);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if line.contains(INCOMPLETE) {
+                    seen.lock().unwrap().push(line);
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -60,7 +77,7 @@ impl RealModel {
             }
         });
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(url) => Ok(RealModel { child, url }),
+            Ok(url) => Ok(RealModel { child, url, incomplete }),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
@@ -72,6 +89,12 @@ impl RealModel {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The converter's warnings so far: each names a part of a `format`
+    /// schema that the grammar does not hold the model to.
+    pub fn incomplete_conversions(&self) -> Vec<String> {
+        self.incomplete.lock().unwrap().clone()
     }
 }
 
