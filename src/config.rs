@@ -65,6 +65,47 @@ pub struct Config {
     pub gotify: GotifyConfig,
     pub nixos: NixosConfig,
     pub retention: RetentionConfig,
+    pub knowledge_base: KnowledgeBaseConfig,
+}
+
+/// Incident memory (`kb`): past incidents, what was tried for them and what
+/// came of it, kept in `knowledge.db` in the state directory and shown to
+/// decisions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeBaseConfig {
+    /// Keep memory and use it in decisions.
+    pub enable: bool,
+    /// Past incidents shown to one decision, at most.
+    pub recall: u32,
+    /// The share of a decision's input budget they may take, in percent.
+    pub prompt_share_percent: u64,
+    /// A fix (one action on one target) verified this many times in a row
+    /// for an incident, and neither failed nor rejected since, is proposed
+    /// again without asking the model; 0 never does.
+    pub known_fix_after: u32,
+    /// Days during which an action whose verification failed for an
+    /// incident is not carried out automatically for it again (it is
+    /// queued for a human instead); 0 turns this off.
+    pub failed_fix_days: u64,
+    /// Memories kept; the least recently seen go first.
+    pub max_memories: u64,
+    /// Days a memory is kept after it was last seen.
+    pub max_age_days: u64,
+}
+
+impl Default for KnowledgeBaseConfig {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            recall: 3,
+            prompt_share_percent: 20,
+            known_fix_after: 3,
+            failed_fix_days: 7,
+            max_memories: 10_000,
+            max_age_days: 365,
+        }
+    }
 }
 
 /// How much of what macha writes in its state directory is kept. The
@@ -341,6 +382,7 @@ impl Default for Config {
             gotify: GotifyConfig::default(),
             nixos: NixosConfig::default(),
             retention: RetentionConfig::default(),
+            knowledge_base: KnowledgeBaseConfig::default(),
         }
     }
 }
@@ -655,7 +697,14 @@ impl Config {
         const DAY: u64 = 86_400;
         let (o, m, d, a, g) = (&self.ollama, &self.model, &self.detect, &self.act, &self.gotify);
         let r = &self.retention;
+        let k = &self.knowledge_base;
         let mut out = vec![
+            (Bound::new("knowledge_base.recall", 0, 20, "incidents"), u64::from(k.recall)),
+            (Bound::new("knowledge_base.prompt_share_percent", 1, 50, "percent"), k.prompt_share_percent),
+            (Bound::new("knowledge_base.known_fix_after", 0, 100, "verifications"), u64::from(k.known_fix_after)),
+            (Bound::new("knowledge_base.failed_fix_days", 0, 365, "days"), k.failed_fix_days),
+            (Bound::new("knowledge_base.max_memories", 100, 10_000_000, "memories"), k.max_memories),
+            (Bound::new("knowledge_base.max_age_days", 1, 36_500, "days"), k.max_age_days),
             (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
             (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
             (Bound::new("ollama.num_ctx", 512, 1_048_576, "tokens"), u64::from(o.num_ctx)),

@@ -31,6 +31,8 @@ use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident, OpenIncident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::{ApprovalId, Fingerprint};
+use crate::kb::embedded::Embedded;
+use crate::kb::{self, Backend as _};
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
 use crate::model::ModelService;
@@ -39,6 +41,7 @@ use crate::observe::systemd::{ReadUnits, UnitState};
 use crate::observe::units::Restarting;
 use crate::observe::{Observer, Scope, Snapshot};
 use crate::propose;
+use crate::remember;
 use crate::repeat::{Repeating, Repeats, Write};
 use crate::report::{ActionReport, ActionResult, CycleReport, DecisionReport, FailedSource, IncidentReport};
 use crate::retention;
@@ -77,10 +80,28 @@ pub struct Engine {
     said: Option<Said>,
     /// The journal cursor this engine last saved.
     saved_cursor: Option<String>,
+    /// Incident memory (`knowledge_base`); `None` when it is off or its
+    /// store could not be opened (decisions go on without it).
+    kb: Option<Embedded>,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
     fake: Option<crate::act::fake::FakeHost>,
+}
+
+/// The memory store, when memory is on; a store that cannot be opened is
+/// logged and left out, and the daemon runs without memory.
+fn open_memory(config: &Config, state: &StateDir) -> Option<Embedded> {
+    if !config.knowledge_base.enable {
+        return None;
+    }
+    match Embedded::open(state) {
+        Ok(kb) => Some(kb),
+        Err(e) => {
+            tracing::warn!(error = %e, "incident memory is off: its store cannot be opened");
+            None
+        }
+    }
 }
 
 /// Problems logged, and when they are due to be logged again.
@@ -103,6 +124,7 @@ impl Engine {
         model: ModelService,
         notifier: Option<Notifier>,
     ) -> anyhow::Result<Self> {
+        let kb = open_memory(&config, &state);
         Ok(Self {
             observer: Observer::new(&config),
             store: Store::open(&state)?,
@@ -119,6 +141,7 @@ impl Engine {
             model_back: false,
             said: None,
             saved_cursor: None,
+            kb,
             #[cfg(test)]
             fake: None,
         })
@@ -584,6 +607,15 @@ impl Engine {
             Err(e) => tracing::warn!("{e}"),
         }
         self.model.prune_records();
+        if let Some(kb) = &self.kb {
+            let k = &self.config.knowledge_base;
+            let before = now - chrono::TimeDelta::days(k.max_age_days as i64);
+            match kb.prune(k.max_memories, before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(memories = n, "forgot incident memories past knowledge_base's limits"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune incident memory"),
+            }
+        }
     }
 
     /// Appends the cycle's line to `metrics.jsonl`; a failure is logged, the
@@ -774,7 +806,7 @@ impl Engine {
             host: host.into(),
             incident: incident.fingerprint.clone(),
             action: p.kind.as_str().into(),
-            target: proposed_target(p),
+            target: p.target(),
             origin: Origin::Automatic,
             approval_id: None,
             by: None,
@@ -806,7 +838,7 @@ impl Engine {
         }
         Ok(ActionReport {
             action: p.kind.as_str().into(),
-            target: proposed_target(p),
+            target: p.target(),
             result,
             detail,
             reason: p.reason.clone(),
@@ -856,6 +888,9 @@ impl Engine {
         rec: &ActionRecord,
     ) -> anyhow::Result<Handled> {
         let now = Utc::now();
+        if let Some(reason) = self.failed_before(incident, p, now).await {
+            return self.escalate(incident, p, diagnosis, action, &reason);
+        }
         let history = self.store.auto_history(&incident.fingerprint, now)?;
         let unit_now = self.unit_now(action).await;
         let signals = unit_now
@@ -877,6 +912,29 @@ impl Engine {
             }
             Admission::Escalate(reason) => self.escalate(incident, p, diagnosis, action, &reason)?,
         })
+    }
+
+    /// Why memory says this automatic action must go to a human
+    /// (`gate::failed_before`); `None` when it may run, or memory is off or
+    /// cannot be read (storm control still applies).
+    async fn failed_before(&self, incident: &Incident, p: &ProposedAction, now: DateTime<Utc>) -> Option<String> {
+        let kb = self.kb.as_ref()?;
+        let days = self.config.knowledge_base.failed_fix_days;
+        if days == 0 {
+            return None;
+        }
+        if let Err(e) = remember::catch_up(&self.state, kb).await {
+            tracing::warn!(error = %e, "incident memory could not take in the latest records");
+        }
+        let own = kb::id_of(&crate::observe::hostname(), &incident.fingerprint);
+        let memory = match kb.load(std::slice::from_ref(&own)).await {
+            Ok(mut found) => found.pop(),
+            Err(e) => {
+                tracing::warn!(error = %e, "incident memory unavailable; the action is judged without it");
+                return None;
+            }
+        };
+        crate::gate::failed_before(memory.as_ref(), p.kind, p.target().as_deref(), now, days)
     }
 
     /// An admitted automatic action: the ledger records it as started, then
@@ -940,11 +998,54 @@ impl Engine {
     /// tools, except at `observe`, where nothing is run, probes included (the
     /// decision is single-shot).
     async fn decide(&mut self, incident: &Incident, snap: &Snapshot, notes: Option<&str>) -> Outcome {
+        let history = self.recall(incident, snap).await;
+        let history = history.as_ref();
         if self.config.autonomy_level == AutonomyLevel::Observe {
-            return decide::decide(&self.model, &self.prompts, incident, snap, notes, None).await;
+            return decide::decide(&self.model, &self.prompts, incident, snap, notes, history, None).await;
         }
         let host = HostTools { systemd: self.observer.link().await, config: &self.config };
-        decide::decide(&self.model, &self.prompts, incident, snap, notes, Some(&host)).await
+        decide::decide(&self.model, &self.prompts, incident, snap, notes, history, Some(&host)).await
+    }
+
+    /// The past incidents nearest to this one, within the share of the
+    /// input budget memory may take: its own history first. Memory first
+    /// takes in what the audit trail recorded since it last looked. A store
+    /// that fails is said in the log, and the decision goes on without it.
+    async fn recall(&mut self, incident: &Incident, snap: &Snapshot) -> Option<kb::Recalled> {
+        let kb = self.kb.as_ref()?;
+        let limit = self.config.knowledge_base.recall as usize;
+        if limit == 0 {
+            return None;
+        }
+        let found = async {
+            remember::catch_up(&self.state, kb).await?;
+            let own = kb::id_of(&snap.hostname, &incident.fingerprint);
+            let mut hits = kb
+                .load(std::slice::from_ref(&own))
+                .await?
+                .into_iter()
+                .filter(kb::Memory::has_history)
+                .map(|memory| kb::Hit { memory, score: f64::INFINITY })
+                .collect::<Vec<_>>();
+            let query = format!("{} {}", incident.fingerprint, incident.summary);
+            for hit in kb.search(&query, None, limit).await? {
+                if hits.len() < limit && hit.memory.id() != own {
+                    hits.push(hit);
+                }
+            }
+            Ok::<_, remember::RememberError>(hits)
+        }
+        .await;
+        match found {
+            Ok(hits) => {
+                let share = self.model.input_budget() * self.config.knowledge_base.prompt_share_percent as usize / 100;
+                kb::recall(&hits, share, decide::tokens::estimate_tokens)
+            }
+            Err(e) => {
+                tracing::warn!(incident = %incident.fingerprint, error = %e, "incident memory unavailable; deciding without it");
+                None
+            }
+        }
     }
 
     fn approval_ttl(&self) -> chrono::Duration {
@@ -1093,34 +1194,6 @@ impl Asked {
         self.invalid_answers += outcome.invalid_answers();
         self.tool_rounds += outcome.trail().tool_rounds;
     }
-}
-
-/// The target of a proposal as the model wrote it, for records and reports:
-/// its unit, or its arguments.
-pub fn proposed_target(p: &ProposedAction) -> Option<String> {
-    if let Some(unit) = p.unit.as_deref().filter(|u| !u.is_empty()) {
-        return Some(unit.to_owned());
-    }
-    let mut parts = Vec::new();
-    if let Some(d) = p.older_than_days {
-        parts.push(format!("older_than_days={d}"));
-    }
-    if let Some(m) = p.max_size_mb {
-        parts.push(format!("max_size_mb={m}"));
-    }
-    if let Some(m) = p.mode {
-        parts.push(format!("mode={}", m.as_str()));
-    }
-    if let Some(pr) = p.probe {
-        parts.push(format!("probe={}", pr.as_str()));
-    }
-    if let Some(path) = &p.path {
-        parts.push(format!("path={path}"));
-    }
-    if let Some(file) = &p.file {
-        parts.push(format!("file={file}"));
-    }
-    (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 /// Asks systemd what the gate needs to know about `name`.

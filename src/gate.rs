@@ -8,11 +8,14 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, TimeDelta, Utc};
+
 use serde::Serialize;
 
 use crate::catalog::{investigation, Action, ActionKind, Risk, HELPER_PREFIX};
 use crate::config::AutonomyLevel;
 use crate::decide::ProposedAction;
+use crate::kb::Memory;
 use crate::unit::UnitName;
 
 /// Units macha never touches, whatever the configuration says: remote
@@ -369,6 +372,31 @@ pub fn gate(
     verdict_for(level, action)
 }
 
+/// Why an action the autonomy level would carry out automatically must go
+/// to a human instead: incident memory says its verification failed for
+/// this incident (`memory`) within `days` before `now`. `None` lets it run.
+/// A failed fix is not tried again unattended; a person may still approve
+/// it.
+pub fn failed_before(
+    memory: Option<&Memory>,
+    kind: ActionKind,
+    target: Option<&str>,
+    now: DateTime<Utc>,
+    days: u64,
+) -> Option<String> {
+    if days == 0 {
+        return None;
+    }
+    let since = now - TimeDelta::days(days as i64);
+    let failed = memory?.failed_since(since).find(|a| a.action == kind.as_str() && a.target.as_deref() == target)?;
+    let last = failed.last_failure.as_ref()?;
+    Some(format!(
+        "its verification failed for this incident on {} ({}), less than {days} days ago (knowledge_base.failed_fix_days)",
+        last.at.format("%Y-%m-%d %H:%M UTC"),
+        last.text
+    ))
+}
+
 /// The autonomy matrix for an action whose target was checked.
 pub fn verdict_for(level: AutonomyLevel, action: Action) -> Verdict {
     match (level, action.risk()) {
@@ -389,6 +417,40 @@ mod tests {
     use super::*;
     use crate::catalog::{Probe, RebuildMode};
     use AutonomyLevel::*;
+
+    #[test]
+    fn a_fix_whose_verification_failed_lately_goes_to_a_human_and_nothing_else_does() {
+        use crate::kb::{Event, What};
+        let day = |d: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, d, 12, 0, 0).unwrap();
+        let fp = crate::ids::Fingerprint::from("unit-failed:web.service");
+        let mut memory = Memory::new("web1", &fp, day(1));
+        let carried = |target: &str, verified: bool| What::CarriedOut {
+            action: "restart_unit".into(),
+            target: Some(target.into()),
+            verified,
+            detail: "web.service failed again after the restart".into(),
+        };
+        memory.apply(&Event {
+            at: day(1),
+            host: "web1".into(),
+            fingerprint: fp.clone(),
+            what: carried("web.service", false),
+        });
+        let restart = ActionKind::RestartUnit;
+        let why = failed_before(Some(&memory), restart, Some("web.service"), day(5), 7).expect("failed 4 days ago");
+        assert!(why.contains("2026-11-01 12:00 UTC (web.service failed again after the restart)"), "{why}");
+        // Not within the window, not this action, not this target, the rule
+        // off, or no memory: nothing stops it here.
+        assert_eq!(failed_before(Some(&memory), restart, Some("web.service"), day(9), 7), None);
+        assert_eq!(failed_before(Some(&memory), ActionKind::ResetFailed, Some("web.service"), day(5), 7), None);
+        assert_eq!(failed_before(Some(&memory), restart, Some("other.service"), day(5), 7), None);
+        assert_eq!(failed_before(Some(&memory), restart, Some("web.service"), day(5), 0), None);
+        assert_eq!(failed_before(None, restart, Some("web.service"), day(5), 7), None);
+        // A verification since does not erase the failure within the window:
+        // a fix that failed lately is not trusted unattended.
+        memory.apply(&Event { at: day(3), host: "web1".into(), fingerprint: fp, what: carried("web.service", true) });
+        assert!(failed_before(Some(&memory), restart, Some("web.service"), day(5), 7).is_some());
+    }
 
     fn policy() -> Policy {
         Policy {

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "redact",
         "repeat",
         "state_dir",
+        "sqlite",
         "rotation",
         "service_manager",
         "logging",
@@ -35,10 +36,11 @@ const LAYERS: &[&[&str]] = &[
     &["detect", "storm"],
     &["model"],
     &["investigate"],
+    &["kb"],
     &["decide"],
     &["gate"],
     &["act"],
-    &["audit", "store", "ledger", "note", "propose", "report"],
+    &["audit", "store", "ledger", "note", "propose", "report", "remember"],
     // The one step that carries out an action, queues its undo and records
     // it: above the records it writes, below the cycle and the approval
     // workflow that call it.

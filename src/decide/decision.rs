@@ -53,6 +53,34 @@ pub struct ProposedAction {
 }
 
 impl ProposedAction {
+    /// The target of a proposal as the model wrote it, for records and reports:
+    /// its unit, or its arguments.
+    pub fn target(&self) -> Option<String> {
+        if let Some(unit) = self.unit.as_deref().filter(|u| !u.is_empty()) {
+            return Some(unit.to_owned());
+        }
+        let mut parts = Vec::new();
+        if let Some(d) = self.older_than_days {
+            parts.push(format!("older_than_days={d}"));
+        }
+        if let Some(m) = self.max_size_mb {
+            parts.push(format!("max_size_mb={m}"));
+        }
+        if let Some(m) = self.mode {
+            parts.push(format!("mode={}", m.as_str()));
+        }
+        if let Some(pr) = self.probe {
+            parts.push(format!("probe={}", pr.as_str()));
+        }
+        if let Some(path) = &self.path {
+            parts.push(format!("path={path}"));
+        }
+        if let Some(file) = &self.file {
+            parts.push(format!("file={file}"));
+        }
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+
     /// An action with only a kind, a unit and a reason.
     pub fn new(kind: ActionKind, unit: Option<&str>, reason: &str) -> Self {
         Self {

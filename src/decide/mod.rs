@@ -24,6 +24,7 @@ pub use self::decision::{Decision, ProposedAction, Severity};
 use self::prompt::Prompts;
 use self::tools::{ToolUse, Toolbox};
 use crate::detect::Incident;
+use crate::kb;
 use crate::model::{ChatRequest, ErrorKind, Message, ModelError, ModelService, Priority, ProviderInfo, Usage};
 use crate::observe::Snapshot;
 
@@ -109,6 +110,13 @@ pub struct Trail {
     pub tool_rounds: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolUse>,
+    /// The evidence the decision was shown (redacted), at most
+    /// [`kb::MAX_EVIDENCE_CHARS`]: what incident memory keeps of it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub evidence: String,
+    /// The ids of the past incidents the decision was shown (incident memory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memories: Vec<String>,
     /// Answers refused and asked again (the last refused answer of a
     /// decision that failed is its `last_answer` instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -185,20 +193,23 @@ pub async fn decide(
     incident: &Incident,
     snap: &Snapshot,
     notes: Option<&str>,
+    history: Option<&kb::Recalled>,
     tools: Option<&dyn Toolbox>,
 ) -> Outcome {
     let started = Instant::now();
     let mut run = Run { started, trail: Trail::default(), prompt_tokens: 0, answer_tokens: 0 };
     let budget = model.input_budget();
     let note_tokens = notes.map_or(0, |n| tokens::estimate_tokens(n) + 4);
-    let mut rendered = prompts.render_within(incident, snap, budget.saturating_sub(note_tokens));
+    let history_tokens = history.map_or(0, |h| tokens::estimate_tokens(&h.text) + 4);
+    let room = budget.saturating_sub(note_tokens + history_tokens);
+    let mut rendered = prompts.render_within(incident, snap, room);
     run.trail.budget_tokens = budget;
     if let Some(to_reduce) = rendered.reduce.take() {
         match summarise_evidence(model, prompts, incident, to_reduce).await {
             Ok((reduced, usage)) => {
                 run.add(usage);
                 run.trail.summaries = reduced.steps;
-                rendered = prompts.render_reduced(incident, snap, &reduced.text, budget.saturating_sub(note_tokens));
+                rendered = prompts.render_reduced(incident, snap, &reduced.text, room);
             }
             Err((failure, usage)) => {
                 run.add(usage);
@@ -209,7 +220,9 @@ pub async fn decide(
             }
         }
     }
-    run.trail.prompt_tokens = rendered.tokens + note_tokens;
+    run.trail.prompt_tokens = rendered.tokens + note_tokens + history_tokens;
+    run.trail.evidence = crate::text::cut(&rendered.evidence, kb::MAX_EVIDENCE_CHARS, "…");
+    run.trail.memories = history.map(|h| h.ids.clone()).unwrap_or_default();
     run.trail.compaction = rendered.compaction.as_ref().map(|c| CompactionFacts {
         entries: c.entries,
         templates: c.templates,
@@ -224,6 +237,7 @@ pub async fn decide(
     }
     let mut messages = vec![Message::system(system)];
     messages.extend(notes.map(Message::user));
+    messages.extend(history.map(|h| Message::user(h.text.clone())));
     messages.push(Message::user(rendered.user));
 
     // With tools, the rounds come first; the answer that ends them (one

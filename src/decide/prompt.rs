@@ -64,6 +64,9 @@ const TEMPLATE_FILE: FileKind = FileKind { name: "prompt template", limit: Size:
 pub struct Rendered {
     pub system: String,
     pub user: String,
+    /// The evidence the user message shows (facts and journal block).
+    #[serde(skip)]
+    pub evidence: String,
     /// Estimated tokens of both messages.
     pub tokens: usize,
     /// The input budget they were fitted into.
@@ -211,7 +214,8 @@ impl Frame<'_> {
     ) -> Rendered {
         let (system, user) = self.messages(block);
         let tokens = estimate_tokens(&system) + estimate_tokens(&user);
-        Rendered { system, user, tokens, budget, compaction, reduce }
+        let evidence = format!("{}{block}", self.facts);
+        Rendered { system, user, evidence, tokens, budget, compaction, reduce }
     }
 }
 

@@ -121,7 +121,7 @@ pub async fn run(
         let tools = FixtureTools::new(fixture);
         let mut results = Vec::with_capacity(runs as usize);
         for run in 1..=runs {
-            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None, Some(&tools)).await;
+            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None, None, Some(&tools)).await;
             results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));
         }
         let report = FixtureReport {

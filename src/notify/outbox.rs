@@ -79,7 +79,7 @@ impl Outbox {
     pub fn open(state: &StateDir) -> Result<Self, OutboxError> {
         let shown = state.path_of(crate::store::DB_FILE).display().to_string();
         let wrap = |source| OutboxError { path: shown.clone(), source };
-        let conn = crate::store::open_retrying(|| {
+        let conn = crate::sqlite::open_retrying(|| {
             let conn = crate::store::connect(state)?;
             conn.execute_batch(SCHEMA)?;
             Ok(conn)

@@ -1,0 +1,90 @@
+//! Incident memory against a real systemd: what was tried for an incident
+//! and what came of it is remembered from the audit trail, shown to the
+//! next decision about it, and a fix whose verification failed is not
+//! carried out automatically again.
+
+mod common;
+
+use common::{Bed, WEB};
+use macha_testbed::ollama::Reply;
+use serde_json::Value;
+
+/// The user messages of the decision requests the double received.
+fn decision_prompts(bed: &Bed) -> Vec<String> {
+    common::chats(&bed.double)
+        .iter()
+        .map(|c| {
+            c["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|users| users.iter().any(|u| u.starts_with("Incident: ")))
+        .map(|users| users.join("\n"))
+        .collect()
+}
+
+#[test]
+fn a_fix_that_failed_is_shown_to_the_next_decision_and_not_carried_out_automatically_again() {
+    let bed = Bed::new("memory-failed-fix", "auto-safe");
+    bed.failing_web();
+    bed.double.set_default(Reply::Json(common::decision("restart_unit", &[WEB])));
+
+    // The restart is carried out, and its verification fails: the unit
+    // cannot start until its configuration exists.
+    let (_, first) = bed.check();
+    let result = &first["incidents"][0]["decision"]["actions"][0];
+    assert_eq!(result["result"], "failed", "{first:#}");
+    assert_eq!(decision_prompts(&bed).len(), 1);
+    assert!(!decision_prompts(&bed)[0].contains("<past-incidents>"), "nothing to remember the first time");
+
+    // The unit failed again: the incident is decided again, with what came
+    // of the restart in front of the model.
+    let (_, second) = bed.check();
+    let prompts = decision_prompts(&bed);
+    assert_eq!(prompts.len(), 2, "{second:#}");
+    let shown = &prompts[1];
+    assert!(shown.contains("<past-incidents>"), "{shown}");
+    assert!(shown.contains(&format!("unit-failed:{WEB} on ")), "{shown}");
+    assert!(
+        shown.contains(&format!("restart_unit {WEB}: proposed 1, carried out 1 (verified 0, failed 1)")),
+        "{shown}"
+    );
+    assert!(shown.contains("verify failed: demo-web.service failed again after the restart"), "{shown}");
+
+    // The model proposes the same restart; it goes to a human instead.
+    let result = &second["incidents"][0]["decision"]["actions"][0];
+    assert_eq!(result["result"], "escalated", "{second:#}");
+    let detail = result["detail"].as_str().unwrap();
+    assert!(detail.contains("its verification failed for this incident"), "{detail}");
+    assert!(detail.contains("knowledge_base.failed_fix_days"), "{detail}");
+    assert_eq!(bed.pending().len(), 1, "queued for a human");
+    let restarts = bed.prop(WEB, "NRestarts");
+    let record = bed.audit("decisions.jsonl").pop().unwrap();
+    let memories: Vec<&str> =
+        record["trail"]["memories"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(memories[0].ends_with(&format!("/unit-failed:{WEB}")), "the decision's trail names it: {record:#}");
+    assert!(record["trail"]["evidence"].as_str().unwrap().contains("cannot open /etc/demo-web.conf"), "{record:#}");
+
+    // Memory is kept in its own file, and says nothing the trail did not.
+    assert!(bed.state_dir().join("knowledge.db").is_file());
+    assert_eq!(bed.prop(WEB, "NRestarts"), restarts, "nothing restarted it since");
+}
+
+#[test]
+fn with_memory_off_nothing_is_remembered_or_shown() {
+    let bed = Bed::new("memory-off", "auto-safe");
+    bed.append_config("[knowledge_base]\nenable = false\n");
+    bed.failing_web();
+    bed.double.set_default(Reply::Json(common::decision("restart_unit", &[WEB])));
+    bed.check();
+    let (_, second) = bed.check();
+    let prompts = decision_prompts(&bed);
+    assert!(prompts.iter().all(|p| !p.contains("<past-incidents>")), "{prompts:?}");
+    let result: &Value = &second["incidents"][0]["decision"]["actions"][0];
+    assert!(!result["detail"].as_str().unwrap_or_default().contains("failed_fix_days"), "{second:#}");
+    assert!(!bed.state_dir().join("knowledge.db").exists());
+}
