@@ -212,6 +212,9 @@ pub struct OllamaConfig {
     /// Base URL of the Ollama server.
     pub url: String,
     pub model: String,
+    /// The model that turns texts into vectors (`POST /api/embed`) for the
+    /// incident memory; on the same server, never on the fallback.
+    pub embedding_model: String,
     /// Seconds before one request to the model is abandoned.
     pub timeout: u64,
     /// Context window requested from Ollama (`options.num_ctx`).
@@ -441,6 +444,7 @@ impl Default for OllamaConfig {
         Self {
             url: "http://127.0.0.1:11434".into(),
             model: "llama3.1:70b".into(),
+            embedding_model: "nomic-embed-text".into(),
             timeout: 120,
             num_ctx: 8192,
             num_predict: MIN_NUM_PREDICT,
@@ -644,6 +648,12 @@ impl Config {
         if self.ollama.model.trim().is_empty() {
             return Err(Invalid::rule("ollama.model", "must name a model, for example \"llama3.1:70b\""));
         }
+        if self.ollama.embedding_model.trim().is_empty() {
+            return Err(Invalid::rule(
+                "ollama.embedding_model",
+                "must name an embedding model, for example \"nomic-embed-text\"",
+            ));
+        }
         if !(0.0..=2.0).contains(&self.ollama.temperature) {
             return Err(Invalid::rule("ollama.temperature", "accepted values are 0.0 to 2.0"));
         }
@@ -814,8 +824,15 @@ mod tests {
         assert_eq!(c.autonomy_level, AutonomyLevel::Suggest);
         assert_eq!(c.check_interval, 300);
         assert_eq!(c.ollama.model, "llama3.1:70b");
+        assert_eq!(c.ollama.embedding_model, "nomic-embed-text");
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/macha-autonomous"));
         assert!(c.dbus_address.is_none() && c.journal_dir.is_none());
+    }
+
+    #[test]
+    fn a_blank_embedding_model_is_refused_naming_the_key() {
+        let err = Config::parse("[ollama]\nembedding_model = \" \"\n").unwrap_err().to_string();
+        assert!(err.contains("ollama.embedding_model") && err.contains("nomic-embed-text"), "{err}");
     }
 
     #[test]

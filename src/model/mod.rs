@@ -7,7 +7,8 @@
 //! until it succeeds, `check` asks each endpoint whether it has the model
 //! and whether the model takes tools. A person's request can be watched as
 //! it goes (`watch.rs`), its answer streamed to them as it is written
-//! (`stream.rs`).
+//! (`stream.rs`). Texts are turned into vectors by the embedding model of
+//! the primary endpoint (`embed.rs`), as batch work of the same queue.
 //!
 //! # Across processes
 //!
@@ -31,6 +32,7 @@
 //! built.
 
 pub mod chat;
+pub mod embed;
 pub mod metrics;
 mod ollama;
 mod openai;
@@ -49,6 +51,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 pub use self::chat::{ChatReply, ChatRequest, CutOff, Message, Role, Tool, ToolCall, Usage};
+use self::embed::Embedder;
+pub use self::embed::{EmbedError, Embeddings};
 use self::metrics::CallTally;
 use self::provider::{ApiKey, Attempt, Options, Provider};
 pub use self::provider::{Check, Endpoint, ErrorKind, ProviderError, ProviderInfo};
@@ -139,6 +143,8 @@ pub struct ModelService {
 struct Inner {
     primary: Provider,
     fallback: Option<Provider>,
+    /// `ollama.embedding_model` on the primary endpoint.
+    embedder: Embedder,
     options: Options,
     /// Tokens of `num_ctx` kept free besides `num_predict` (`model.prompt_margin`).
     prompt_margin: u32,
@@ -190,6 +196,7 @@ impl ModelService {
                 recorder: Recorder::new(&config.state_dir, &config.model.calls, config.repeat_every()),
                 readiness: Mutex::new(readiness),
                 tally: Mutex::new(CallTally::default()),
+                embedder: Embedder::new(&o.url, &o.embedding_model, o.timeout),
                 primary,
                 fallback,
             }),
@@ -382,6 +389,52 @@ impl ModelService {
             }
         };
         (attempt, written)
+    }
+
+    /// The vectors of `texts`, in their order, from the embedding model
+    /// (`ollama.embedding_model`) of the primary endpoint only (see
+    /// `embed.rs` for why never the fallback). Sent in bounded batches, each
+    /// waiting in the queue as batch work, so a decision or a person's
+    /// question goes before the next batch; each batch is written to the
+    /// record of calls. No texts: no request, no vectors (dimension 0).
+    pub async fn embed(&self, texts: &[String]) -> Result<Embeddings, EmbedError> {
+        let embedder = &self.inner.embedder;
+        let info = ProviderInfo {
+            endpoint: Endpoint::Primary,
+            api: Api::Ollama,
+            url: embedder.url.clone(),
+            model: embedder.model.clone(),
+        };
+        let mut vectors = Vec::new();
+        for batch in embed::batches(texts) {
+            let permit = self.inner.queue.acquire(Priority::Batch).await;
+            let queue_ms = permit.waited.as_millis() as u64;
+            let started = Instant::now();
+            let exchange = embedder.embed(&batch).await;
+            drop(permit);
+            let ok = exchange.result.as_ref().ok();
+            let record = CallRecord {
+                time: Utc::now(),
+                purpose: "embed",
+                priority: Priority::Batch,
+                provider: &info,
+                outcome: if ok.is_some() { "answered" } else { "failed" },
+                error: exchange.result.as_ref().err().map(ToString::to_string),
+                queue_ms,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                server_ms: ok.and_then(|b| b.server_ms),
+                prompt_tokens: ok.and_then(|b| b.prompt_tokens),
+                answer_tokens: None,
+                request: &exchange.request,
+                response: exchange.response.clone(),
+            };
+            let failure = exchange.result.as_ref().err().map(EmbedError::kind);
+            if let Err(e) = self.inner.recorder.write(&record, failure) {
+                tracing::warn!(error = %e, "cannot write the record of a model call");
+            }
+            vectors.push(exchange.result?.vectors);
+        }
+        embed::join(&embedder.model, &embedder.url, vectors)
     }
 
     /// Deletes the records of calls past their age (`model.calls.max_age_days`)

@@ -17,9 +17,12 @@
 //! OpenAI-compatible endpoint" below): the request is translated to a native
 //! chat and answered from the same script, in OpenAI's shape.
 //!
-//! `/api/embed`, `/api/generate`, `/api/ps`, `/v1/completions`,
-//! `/v1/embeddings` and the model-management routes are absent (404, as
-//! Ollama answers any unknown route): macha does not use them.
+//! `POST /api/embed` answers for the embedding models it has (see
+//! "Embeddings" below), with Ollama 0.12.6's checks, statuses and error
+//! texts. `/api/embeddings` (the older route), `/api/generate`, `/api/ps`,
+//! `/v1/completions`, `/v1/embeddings` and the model-management routes are
+//! absent (404, as Ollama answers any unknown route): macha does not use
+//! them.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -52,6 +55,48 @@ impl Default for ModelCaps {
     fn default() -> Self {
         ModelCaps { tools: true, context_length: 131_072 }
     }
+}
+
+/// What the double knows about one embedding model it pretends to have
+/// pulled: `/api/show` gives it the capability `embedding` (and not
+/// `completion`), `/api/embed` answers with vectors of `dimension` numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedCaps {
+    /// The length of every vector (`<arch>.embedding_length`).
+    pub dimension: usize,
+    /// Tokens of input the model reads (`<arch>.context_length`); longer
+    /// input is cut to it, or refused when the request says `truncate: false`.
+    pub context_length: u64,
+}
+
+impl EmbedCaps {
+    /// The facts of the embedding models [`OllamaDouble::start`] recognises
+    /// by name (any tag): `nomic-embed-text` (768 numbers, 2048 tokens),
+    /// `mxbai-embed-large` (1024, 512) and `all-minilm` (384, 512), as the
+    /// real models have them.
+    pub fn known(name: &str) -> Option<EmbedCaps> {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let base = base.split(':').next().unwrap_or(base);
+        let (dimension, context_length) = match base {
+            "nomic-embed-text" => (768, 2048),
+            "mxbai-embed-large" => (1024, 512),
+            "all-minilm" => (384, 512),
+            _ => return None,
+        };
+        Some(EmbedCaps { dimension, context_length })
+    }
+}
+
+/// A scripted failure of `POST /api/embed`, taken by the next embed request
+/// that passes Ollama's checks ([`OllamaDouble::push_embed`]); without one,
+/// the double answers with vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EmbedFault {
+    /// That HTTP status with the body `{"error": text}`.
+    Status(u16, String),
+    /// Send nothing until the duration has passed, then the vectors, as a
+    /// model that is slow to load.
+    Hang(Duration),
 }
 
 /// One scripted answer to `POST /api/chat`.
@@ -294,6 +339,7 @@ pub struct RecordedRequest {
 /// Configures an [`OllamaDouble`] before it starts.
 pub struct Builder {
     models: Vec<(String, ModelCaps)>,
+    embedders: Vec<(String, EmbedCaps)>,
     listen: SocketAddr,
     script: Vec<Reply>,
     default: Reply,
@@ -304,6 +350,12 @@ impl Builder {
     /// Adds a model the double claims to have pulled.
     pub fn model(mut self, name: &str, caps: ModelCaps) -> Self {
         self.models.push((name.to_owned(), caps));
+        self
+    }
+
+    /// Adds an embedding model the double claims to have pulled.
+    pub fn embedding_model(mut self, name: &str, caps: EmbedCaps) -> Self {
+        self.embedders.push((name.to_owned(), caps));
         self
     }
 
@@ -338,6 +390,7 @@ impl Builder {
             .with_context(|| format!("binding the Ollama double to {}", self.listen))?;
         let state = Arc::new(Shared {
             models: self.models,
+            embedders: self.embedders,
             log: self.log,
             held: watch::Sender::new(false),
             inner: Mutex::new(Inner {
@@ -345,6 +398,7 @@ impl Builder {
                 default: self.default,
                 requests: Vec::new(),
                 abandoned: 0,
+                embed_faults: VecDeque::new(),
             }),
         });
         let server = Server::start("ollama-double", listener, router(state.clone()))?;
@@ -364,6 +418,7 @@ impl OllamaDouble {
     pub fn builder() -> Builder {
         Builder {
             models: Vec::new(),
+            embedders: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             script: Vec::new(),
             default: Reply::Demo,
@@ -371,9 +426,17 @@ impl OllamaDouble {
         }
     }
 
-    /// Starts a double with these models, all supporting tools.
+    /// Starts a double with these models: the embedding models
+    /// [`EmbedCaps::known`] names as such, every other one a chat model
+    /// supporting tools.
     pub fn start(models: &[&str]) -> anyhow::Result<OllamaDouble> {
-        models.iter().fold(Self::builder(), |b, name| b.model(name, ModelCaps::default())).start()
+        models
+            .iter()
+            .fold(Self::builder(), |b, name| match EmbedCaps::known(name) {
+                Some(caps) => b.embedding_model(name, caps),
+                None => b.model(name, ModelCaps::default()),
+            })
+            .start()
     }
 
     /// The base URL to configure as macha's Ollama endpoint.
@@ -413,6 +476,17 @@ impl OllamaDouble {
         self.state.lock().requests.iter().filter(|r| r.path == "/api/chat").count()
     }
 
+    /// How many `POST /api/embed` requests arrived, rejected ones included.
+    pub fn embed_requests(&self) -> usize {
+        self.state.lock().requests.iter().filter(|r| r.path == "/api/embed").count()
+    }
+
+    /// Queues a failure for a later embed request (first in, first out);
+    /// the requests after it are answered again.
+    pub fn push_embed(&self, fault: EmbedFault) {
+        self.state.lock().embed_faults.push_back(fault);
+    }
+
     /// From now on, chat requests (either API) are received and recorded
     /// but not answered until [`OllamaDouble::release_answers`]: a model busy
     /// for as long as a test needs, with no clock involved.
@@ -444,6 +518,7 @@ impl OllamaDouble {
 /// State shared between the handle and the server.
 struct Shared {
     models: Vec<(String, ModelCaps)>,
+    embedders: Vec<(String, EmbedCaps)>,
     log: bool,
     /// True while answers are held (see [`OllamaDouble::hold_answers`]).
     held: watch::Sender<bool>,
@@ -456,6 +531,7 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     /// Answers whose client went away before they were whole.
     abandoned: usize,
+    embed_faults: VecDeque<EmbedFault>,
 }
 
 impl Shared {
@@ -468,6 +544,17 @@ impl Shared {
     fn model(&self, name: &str) -> Option<(&str, ModelCaps)> {
         let wanted = canonical(name);
         self.models.iter().find(|(n, _)| canonical(n) == wanted).map(|(n, c)| (n.as_str(), *c))
+    }
+
+    /// Looks an embedding model up, as [`Shared::model`] does.
+    fn embedder(&self, name: &str) -> Option<EmbedCaps> {
+        let wanted = canonical(name);
+        self.embedders.iter().find(|(n, _)| canonical(n) == wanted).map(|(_, c)| *c)
+    }
+
+    /// Every model's name, chat models first.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.iter().map(|(n, _)| n.as_str()).chain(self.embedders.iter().map(|(n, _)| n.as_str()))
     }
 
     fn record(&self, method: &Method, path: &str, body: Value, format_schema_valid: Option<bool>, outcome: &str) {
@@ -525,6 +612,7 @@ fn router(state: Arc<Shared>) -> Router {
         .route("/api/tags", get(tags))
         .route("/api/show", post(show))
         .route("/api/chat", post(chat))
+        .route("/api/embed", post(embed))
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/models", get(openai_models))
         .route("/v1/models/{*model}", get(openai_model))
@@ -598,18 +686,22 @@ fn details(facts: &Facts) -> Value {
 async fn tags(State(s): State<Arc<Shared>>, method: Method) -> Response {
     s.record(&method, "/api/tags", Value::Null, None, "200");
     let models: Vec<Value> = s
-        .models
-        .iter()
-        .map(|(name, _)| {
+        .names()
+        .map(|name| {
             let f = facts(name);
+            let (size, details) = match s.embedder(name) {
+                // F16, two bytes a parameter.
+                Some(_) => ((EMBED_PARAMETERS * 2.0) as u64, embed_details(name)),
+                // Q4_K_M stores about 4.85 bits per parameter.
+                None => ((f.parameters * 0.606) as u64, details(&f)),
+            };
             json!({
                 "name": name,
                 "model": name,
                 "modified_at": MODIFIED_AT,
-                // Q4_K_M stores about 4.85 bits per parameter.
-                "size": (f.parameters * 0.606) as u64,
+                "size": size,
                 "digest": f.digest,
-                "details": details(&f),
+                "details": details,
             })
         })
         .collect();
@@ -631,6 +723,10 @@ async fn show(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
         s.record(&method, "/api/show", request, None, "400");
         return error_response(StatusCode::BAD_REQUEST, "model is required");
     };
+    if let Some(caps) = s.embedder(&name) {
+        s.record(&method, "/api/show", request, None, "200");
+        return json_response(StatusCode::OK, &show_embedder(&name, caps));
+    }
     let Some((_, caps)) = s.model(&name) else {
         s.record(&method, "/api/show", request, None, "404");
         return error_response(StatusCode::NOT_FOUND, &format!("model '{name}' not found"));
@@ -664,6 +760,59 @@ async fn show(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
             "modified_at": MODIFIED_AT,
         }),
     )
+}
+
+/// Parameters of the embedding models the double knows (nomic-embed-text
+/// has 137M).
+const EMBED_PARAMETERS: f64 = 137e6;
+
+/// The architecture Ollama names for an embedding model.
+fn embed_architecture(name: &str) -> &'static str {
+    if name.rsplit('/').next().unwrap_or(name).starts_with("nomic") {
+        "nomic-bert"
+    } else {
+        "bert"
+    }
+}
+
+fn embed_details(name: &str) -> Value {
+    let arch = embed_architecture(name);
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": arch,
+        "families": [arch],
+        "parameter_size": "137M",
+        "quantization_level": "F16",
+    })
+}
+
+/// `/api/show` of an embedding model: no template, the capability
+/// `embedding` alone, and its length, context and pooling in `model_info`.
+fn show_embedder(name: &str, caps: EmbedCaps) -> Value {
+    let f = facts(name);
+    let arch = embed_architecture(name);
+    let modelfile = format!(
+        "# Modelfile generated by \"ollama show\"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM {name}\n\nFROM /usr/share/ollama/.ollama/models/blobs/sha256-{}\nTEMPLATE {{{{ .Prompt }}}}\nPARAMETER num_ctx {}\n",
+        f.digest, caps.context_length
+    );
+    let mut info = Map::new();
+    info.insert("general.architecture".into(), json!(arch));
+    info.insert("general.file_type".into(), json!(1));
+    info.insert("general.parameter_count".into(), json!(EMBED_PARAMETERS as u64));
+    info.insert(format!("{arch}.context_length"), json!(caps.context_length));
+    info.insert(format!("{arch}.embedding_length"), json!(caps.dimension));
+    info.insert(format!("{arch}.pooling_type"), json!(1));
+    info.insert(format!("{arch}.block_count"), json!(12));
+    json!({
+        "modelfile": modelfile,
+        "parameters": format!("{:<31}{}", "num_ctx", caps.context_length),
+        "template": "{{ .Prompt }}",
+        "details": embed_details(name),
+        "model_info": info,
+        "capabilities": ["embedding"],
+        "modified_at": MODIFIED_AT,
+    })
 }
 
 /// What a chat request turned into once validated.
@@ -746,6 +895,11 @@ fn plan_chat(s: &Shared, request: &Value) -> (Plan, Option<bool>) {
     let Some(model) = model.filter(|m| !m.is_empty()) else {
         return reject(StatusCode::BAD_REQUEST, "model is required".into());
     };
+    if s.embedder(model).is_some() {
+        // Ollama joins the capabilities it misses with a newline.
+        let missing = if tools.is_empty() { "completion" } else { "completion\ntools" };
+        return reject(StatusCode::BAD_REQUEST, format!("{} does not support {missing}", qualified(model)));
+    }
     let Some((_, caps)) = s.model(model) else {
         return reject(StatusCode::NOT_FOUND, format!("model \"{model}\" not found, try pulling it first"));
     };
@@ -837,6 +991,221 @@ async fn chat(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Resp
             watch.until_sent(answer(Answer { model, stream, prompt_chars, last_user }, reply).await)
         }
     }
+}
+
+// Embeddings, as Ollama 0.12.6's `EmbedHandler` makes them. The request
+// `{model, input: string | [string], truncate (default true), dimensions,
+// keep_alive, options}` is checked in the server's order: decoding (Go's
+// errors for a field of the wrong type), `input` (a string, or a list of
+// strings; anything else is `invalid input type`), the model (404 `model
+// 'x' not found`, quoted as the embed route quotes it), then an empty
+// input answers `{"model", "embeddings": []}` at once. Each text is counted
+// at about four characters a token (as the chat stats count) against the
+// context, `options.num_ctx` (default 4096) or the model's own if smaller:
+// longer input is cut to it, or with `truncate: false` refused (400 `input
+// exceeds maximum context length`). Only then does the runner embed: a chat
+// model's runner cannot (0.12.6 answers 500 `this model does not support
+// embeddings`; later releases send the same text with 501). `dimensions`
+// below the model's length keeps the first numbers, normalised again.
+//
+// The vectors are deterministic and made from the text so that texts that
+// share words are near: every word of the lowercased text (a run of letters
+// and digits) counts 1.0 and each of its character trigrams (of the word
+// with `^` and `$` around it, so short words and word edges count too)
+// 0.5, hashed (FNV-1a, 64 bits) to one of `dimension` positions with a
+// sign taken from another bit of the hash (the "hashing trick", so that
+// collisions cancel rather than pile up); a text without letters or digits
+// counts as one feature of its whole text. The sum is L2-normalised, as
+// Ollama returns it. Cosine similarity is then the overlap of words and
+// spellings, which is what tests of retrieval need; it knows no synonyms.
+
+/// Ollama's default `num_ctx` (`OLLAMA_CONTEXT_LENGTH`) in 0.12.6.
+const DEFAULT_NUM_CTX: u64 = 4096;
+
+/// A deterministic embedding of `text` with `dimension` numbers (see the
+/// comment above): the double's stand-in for a model's vector.
+pub fn embedding(text: &str, dimension: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dimension.max(1)];
+    let mut add = |feature: &str, weight: f32| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in feature.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let i = (h % v.len() as u64) as usize;
+        v[i] += if h >> 63 == 0 { weight } else { -weight };
+    };
+    let lower = text.to_lowercase();
+    let mut words = 0;
+    for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        words += 1;
+        add(&format!("w:{word}"), 1.0);
+        let padded: Vec<char> = std::iter::once('^').chain(word.chars()).chain(std::iter::once('$')).collect();
+        for gram in padded.windows(3) {
+            add(&format!("t:{}", gram.iter().collect::<String>()), 0.5);
+        }
+    }
+    if words == 0 {
+        add(&format!("x:{lower}"), 1.0);
+    }
+    normalised(v)
+}
+
+fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// What an embed request turned into once checked.
+enum EmbedPlan {
+    Reject(StatusCode, String),
+    Answer { model: String, texts: Vec<String>, caps: Option<EmbedCaps>, truncate: bool, num_ctx: u64, dimensions: u64 },
+}
+
+/// Checks an embed request as Ollama does (see the comment above), up to
+/// the point where the model is loaded.
+fn plan_embed(s: &Shared, request: &Value) -> EmbedPlan {
+    let reject = |status, text: String| EmbedPlan::Reject(status, text);
+    let Value::Object(req) = request else {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            format!("json: cannot unmarshal {} into Go value of type api.EmbedRequest", go_kind(request)),
+        );
+    };
+    let field = |k: &str| req.get(k).filter(|v| !v.is_null());
+    let unmarshal = |v: &Value, key: &str, ty: &str| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            format!("json: cannot unmarshal {} into Go struct field EmbedRequest.{key} of type {ty}", go_kind(v)),
+        )
+    };
+    let model = match field("model") {
+        None => "",
+        Some(Value::String(m)) => m.as_str(),
+        Some(v) => return unmarshal(v, "model", "string"),
+    };
+    let truncate = match field("truncate") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return unmarshal(v, "truncate", "bool"),
+    };
+    let dimensions = match field("dimensions") {
+        None => 0,
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.as_u64().unwrap_or(0),
+        Some(v) => return unmarshal(v, "dimensions", "int"),
+    };
+    let options = match field("options") {
+        None => None,
+        Some(Value::Object(o)) => Some(o),
+        Some(v) => return unmarshal(v, "options", "map[string]interface {}"),
+    };
+    let texts: Vec<String> = match field("input") {
+        None => Vec::new(),
+        Some(Value::String(t)) if t.is_empty() => Vec::new(),
+        Some(Value::String(t)) => vec![t.clone()],
+        Some(Value::Array(items)) => {
+            let strings: Option<Vec<String>> = items.iter().map(|i| i.as_str().map(str::to_owned)).collect();
+            match strings {
+                Some(strings) => strings,
+                None => return reject(StatusCode::BAD_REQUEST, "invalid input type".into()),
+            }
+        }
+        Some(_) => return reject(StatusCode::BAD_REQUEST, "invalid input type".into()),
+    };
+    let caps = s.embedder(model);
+    let chat_model = !model.is_empty() && s.model(model).is_some();
+    if caps.is_none() && !chat_model {
+        return reject(StatusCode::NOT_FOUND, format!("model '{model}' not found"));
+    }
+    let num_ctx = options.and_then(|o| o.get("num_ctx")).and_then(Value::as_u64).unwrap_or(DEFAULT_NUM_CTX);
+    EmbedPlan::Answer { model: model.to_owned(), texts, caps, truncate, num_ctx, dimensions }
+}
+
+async fn embed(State(s): State<Arc<Shared>>, method: Method, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let text = if body.iter().all(u8::is_ascii_whitespace) {
+                "missing request body".to_owned()
+            } else {
+                e.to_string()
+            };
+            s.record(&method, "/api/embed", Value::Null, None, "400");
+            return error_response(StatusCode::BAD_REQUEST, &text);
+        }
+    };
+    let started = Instant::now();
+    let (model, texts, caps, truncate, num_ctx, dimensions) = match plan_embed(&s, &request) {
+        EmbedPlan::Reject(status, text) => {
+            s.record(&method, "/api/embed", request, None, status.as_str());
+            return error_response(status, &text);
+        }
+        EmbedPlan::Answer { model, texts, caps, truncate, num_ctx, dimensions } => {
+            (model, texts, caps, truncate, num_ctx, dimensions)
+        }
+    };
+    let fault = if texts.is_empty() { None } else { s.lock().embed_faults.pop_front() };
+    let outcome = match &fault {
+        None => format!("{} vectors", texts.len()),
+        Some(EmbedFault::Status(code, _)) => format!("status {code}"),
+        Some(EmbedFault::Hang(d)) => format!("hang {}ms", d.as_millis()),
+    };
+    s.record(&method, "/api/embed", request, None, &outcome);
+    match fault {
+        Some(EmbedFault::Status(code, text)) => {
+            return error_response(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &text)
+        }
+        Some(EmbedFault::Hang(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    if texts.is_empty() {
+        return json_response(StatusCode::OK, &json!({ "model": model, "embeddings": [] }));
+    }
+    // A chat model has a context too; its runner refuses afterwards.
+    let context = caps.map_or(ModelCaps::default().context_length, |c| c.context_length);
+    let limit = num_ctx.min(context);
+    let mut tokens = 0u64;
+    let mut cut = Vec::with_capacity(texts.len());
+    for text in texts {
+        let count = (text.chars().count() as u64).div_ceil(4);
+        if count > limit {
+            if !truncate {
+                return error_response(StatusCode::BAD_REQUEST, "input exceeds maximum context length");
+            }
+            // Room for the begin and end tokens the tokenizer adds.
+            let keep = limit.saturating_sub(2);
+            tokens += keep;
+            cut.push(text.chars().take((keep * 4) as usize).collect::<String>());
+        } else {
+            tokens += count;
+            cut.push(text);
+        }
+    }
+    let Some(caps) = caps else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "this model does not support embeddings");
+    };
+    let embeddings: Vec<Vec<f32>> = cut
+        .iter()
+        .map(|text| {
+            let v = embedding(text, caps.dimension);
+            match usize::try_from(dimensions) {
+                Ok(d) if d > 0 && d < v.len() => normalised(v[..d].to_vec()),
+                _ => v,
+            }
+        })
+        .collect();
+    let load = 1_234_567u64;
+    let total = load + started.elapsed().as_nanos() as u64 + tokens * 100_000;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "model": model,
+            "embeddings": embeddings,
+            "total_duration": total,
+            "load_duration": load,
+            "prompt_eval_count": tokens,
+        }),
+    )
 }
 
 /// An answer on its way to its client. Dropped before it was sent whole
@@ -1573,13 +1942,13 @@ fn openai_model_entry(name: &str) -> Value {
 
 async fn openai_models(State(s): State<Arc<Shared>>, method: Method) -> Response {
     s.record(&method, "/v1/models", Value::Null, None, "200");
-    let data: Vec<Value> = s.models.iter().map(|(name, _)| openai_model_entry(name)).collect();
+    let data: Vec<Value> = s.names().map(openai_model_entry).collect();
     json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
 }
 
 async fn openai_model(State(s): State<Arc<Shared>>, method: Method, Path(model): Path<String>) -> Response {
     let path = format!("/v1/models/{model}");
-    if s.model(&model).is_none() {
+    if s.model(&model).is_none() && s.embedder(&model).is_none() {
         s.record(&method, &path, Value::Null, None, "404");
         return openai_error(StatusCode::NOT_FOUND, &format!("model '{model}' not found"));
     }
