@@ -33,6 +33,7 @@ pub mod eval;
 pub mod gate;
 pub mod ids;
 pub mod investigate;
+pub mod kb;
 pub mod ledger;
 pub mod logging;
 pub mod memory;
