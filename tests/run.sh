@@ -8,6 +8,10 @@ source tests/setup.sh
 # compiled once into a cache (minutes, the first time only) and Gemma 3 270M.
 MACHA_LLM_DIR="$(bash tests/llm/setup.sh | tail -n 1)"
 export MACHA_LLM_DIR
+# A real Chroma server for tests/chroma.rs: chromadb from PyPI installed once
+# into a cache (about 45 s, the first time only).
+MACHA_CHROMA_DIR="$(bash tests/chroma/setup.sh | tail -n 1)"
+export MACHA_CHROMA_DIR
 if cargo fmt --version >/dev/null 2>&1; then
     cargo fmt --all --check
 fi

@@ -11,10 +11,13 @@
 //! (`remember` makes them from the audit trail).
 //!
 //! Stored behind [`Backend`]: the embedded SQLite store (`embedded`, full
-//! text and vectors compared exactly) by default. What is stored was
+//! text and vectors compared exactly) by default. `chroma` is a typed
+//! client of ChromaDB's v2 REST API, for a memory shared by a fleet (not
+//! yet a [`Backend`]). What is stored was
 //! redacted when it was recorded (the audit trail holds nothing else) and
 //! is redacted again here, and bounded.
 
+pub mod chroma;
 pub mod embedded;
 
 use std::fmt::Write as _;

@@ -1,6 +1,8 @@
 //! Test harness for macha's integration tests: a real systemd booted in a
 //! container (`container`), and a faithful Ollama double (`ollama`);
-//! journal files of a chosen content (`journal`).
+//! journal files of a chosen content (`journal`); a real Chroma server
+//! (`chroma`).
+pub mod chroma;
 pub mod container;
 pub mod gotify;
 pub mod journal;
