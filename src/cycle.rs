@@ -31,7 +31,6 @@ use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident, OpenIncident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::{ApprovalId, Fingerprint};
-use crate::kb::embedded::Embedded;
 use crate::kb::{self, Backend as _};
 use crate::ledger::Ledger;
 use crate::model::metrics::{self, CycleMetrics};
@@ -82,7 +81,7 @@ pub struct Engine {
     saved_cursor: Option<String>,
     /// Incident memory (`knowledge_base`); `None` when it is off or its
     /// store could not be opened (decisions go on without it).
-    kb: Option<Embedded>,
+    kb: Option<kb::Store>,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -91,11 +90,11 @@ pub struct Engine {
 
 /// The memory store, when memory is on; a store that cannot be opened is
 /// logged and left out, and the daemon runs without memory.
-fn open_memory(config: &Config, state: &StateDir) -> Option<Embedded> {
+fn open_memory(config: &Config, state: &StateDir) -> Option<kb::Store> {
     if !config.knowledge_base.enable {
         return None;
     }
-    match Embedded::open(state) {
+    match kb::Store::open(state) {
         Ok(kb) => Some(kb),
         Err(e) => {
             tracing::warn!(error = %e, "incident memory is off: its store cannot be opened");

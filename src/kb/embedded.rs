@@ -85,17 +85,6 @@ impl Embedded {
         Ok(gone)
     }
 
-    /// Every memory, oldest seen first (`macha kb export`).
-    pub fn all(&self) -> Result<Vec<Memory>, KbError> {
-        let mut stmt = self.conn.prepare("SELECT id, record FROM memories ORDER BY last_seen").map_err(self.wrap())?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.wrap())?;
-        rows.iter().map(|(id, record)| self.decode(id, record)).collect()
-    }
-
     fn by_text(&self, text: &str, limit: usize) -> Result<Vec<String>, KbError> {
         let Some(query) = fts_query(text) else { return Ok(Vec::new()) };
         let mut stmt = self
@@ -242,6 +231,16 @@ impl Backend for Embedded {
             .map_err(self.wrap())?;
         Ok(Stats { memories: memories as u64, with_vectors: with_vectors as u64, bytes: bytes as u64 })
     }
+
+    async fn all(&self) -> Result<Vec<Memory>, KbError> {
+        let mut stmt = self.conn.prepare("SELECT id, record FROM memories ORDER BY last_seen").map_err(self.wrap())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.wrap())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.wrap())?;
+        rows.iter().map(|(id, record)| self.decode(id, record)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -332,7 +331,7 @@ mod tests {
             (1..=5).map(|d| (memory("web1", &format!("unit-failed:u{d}.service"), "failed", d), None)).collect();
         block(kb.store(&ms)).unwrap();
         assert_eq!(kb.prune(3, at(2)).unwrap(), 2, "day 1 is too old, then one more beyond 3");
-        let left: Vec<String> = kb.all().unwrap().iter().map(|m| m.fingerprint.to_string()).collect();
+        let left: Vec<String> = block(kb.all()).unwrap().iter().map(|m| m.fingerprint.to_string()).collect();
         assert_eq!(left, ["unit-failed:u3.service", "unit-failed:u4.service", "unit-failed:u5.service"]);
         assert!(block(kb.search("u1", None, 5)).unwrap().is_empty());
     }

@@ -465,6 +465,66 @@ pub trait Backend {
     /// Removes a memory; whether it existed.
     async fn forget(&self, id: &str) -> Result<bool, KbError>;
     async fn stats(&self) -> Result<Stats, KbError>;
+    /// Every memory, least recently seen first (`macha kb export`).
+    async fn all(&self) -> Result<Vec<Memory>, KbError>;
+}
+
+/// The memory store the configuration chose.
+pub enum Store {
+    Embedded(embedded::Embedded),
+}
+
+impl Store {
+    /// Opens the configured store (`knowledge_base`), in `state`.
+    pub fn open(state: &crate::state_dir::StateDir) -> Result<Self, KbError> {
+        Ok(Self::Embedded(embedded::Embedded::open(state)?))
+    }
+
+    /// Forgets memories not seen since `before`, then the least recently
+    /// seen beyond `max`; how many were forgotten.
+    pub fn prune(&self, max: u64, before: DateTime<Utc>) -> Result<u64, KbError> {
+        match self {
+            Self::Embedded(s) => s.prune(max, before),
+        }
+    }
+}
+
+impl Backend for Store {
+    async fn load(&self, ids: &[String]) -> Result<Vec<Memory>, KbError> {
+        match self {
+            Self::Embedded(s) => s.load(ids).await,
+        }
+    }
+
+    async fn store(&self, memories: &[(Memory, Option<Vec<f32>>)]) -> Result<(), KbError> {
+        match self {
+            Self::Embedded(s) => s.store(memories).await,
+        }
+    }
+
+    async fn search(&self, text: &str, vector: Option<&[f32]>, limit: usize) -> Result<Vec<Hit>, KbError> {
+        match self {
+            Self::Embedded(s) => s.search(text, vector, limit).await,
+        }
+    }
+
+    async fn forget(&self, id: &str) -> Result<bool, KbError> {
+        match self {
+            Self::Embedded(s) => s.forget(id).await,
+        }
+    }
+
+    async fn stats(&self) -> Result<Stats, KbError> {
+        match self {
+            Self::Embedded(s) => s.stats().await,
+        }
+    }
+
+    async fn all(&self) -> Result<Vec<Memory>, KbError> {
+        match self {
+            Self::Embedded(s) => s.all().await,
+        }
+    }
 }
 
 #[cfg(test)]
