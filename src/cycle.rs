@@ -740,6 +740,7 @@ impl Engine {
             Outcome::Decided { decision, .. } => &decision.actions,
             Outcome::Failed { .. } => &[],
         };
+        let from_memory = outcome.trail().from_memory.is_some();
         let verdicts = self.gate_all(incident, proposed).await;
         self.record_gated(incident, host, outcome, proposed, &verdicts)?;
 
@@ -755,7 +756,8 @@ impl Engine {
             Outcome::Decided { .. } => (DecisionOutcome::Decided, None),
             Outcome::Failed { error, .. } => (DecisionOutcome::Failed, Some(error.clone())),
         };
-        Ok(DecisionReport { outcome, diagnosis, error, actions })
+        let source = from_memory.then_some("memory");
+        Ok(DecisionReport { outcome, source, diagnosis, error, actions })
     }
 
     /// The gate's verdict on each proposed action, with what systemd says of
@@ -783,7 +785,12 @@ impl Engine {
         verdicts: &[Verdict],
     ) -> anyhow::Result<()> {
         let gated = proposed.iter().zip(verdicts).map(|(p, v)| GatedAction::new(p, v)).collect();
-        let model = outcome.provider().map_or(&self.model.primary().model, |p| &p.model);
+        // A fix replayed from memory asked no model: its record says so.
+        let model = match (outcome.provider(), &outcome.trail().from_memory) {
+            (Some(p), _) => p.model.as_str(),
+            (None, Some(_)) => "memory",
+            (None, None) => self.model.primary().model.as_str(),
+        };
         let record = DecisionRecord::new(host, incident, model, outcome, gated);
         self.record_decision(incident, &record, outcome)?;
         self.store.mark_decided(incident, matches!(outcome, Outcome::Decided { .. }))?;
@@ -997,7 +1004,12 @@ impl Engine {
     /// tools, except at `observe`, where nothing is run, probes included (the
     /// decision is single-shot).
     async fn decide(&mut self, incident: &Incident, snap: &Snapshot, notes: Option<&str>) -> Outcome {
-        let history = self.recall(incident, snap).await;
+        let (history, own) = self.recall(incident, snap).await;
+        let known_fix_after = self.config.knowledge_base.known_fix_after;
+        if let Some(outcome) = own.as_ref().and_then(|m| decide::from_memory(m, known_fix_after)) {
+            tracing::info!(incident = %incident.fingerprint, "a known fix from incident memory; the model is not asked");
+            return outcome;
+        }
         let history = history.as_ref();
         if self.config.autonomy_level == AutonomyLevel::Observe {
             return decide::decide(&self.model, &self.prompts, incident, snap, notes, history, None).await;
@@ -1010,12 +1022,10 @@ impl Engine {
     /// input budget memory may take: its own history first. Memory first
     /// takes in what the audit trail recorded since it last looked. A store
     /// that fails is said in the log, and the decision goes on without it.
-    async fn recall(&mut self, incident: &Incident, snap: &Snapshot) -> Option<kb::Recalled> {
-        let kb = self.kb.as_ref()?;
+    /// Also returns the incident's own memory, for a known fix.
+    async fn recall(&mut self, incident: &Incident, snap: &Snapshot) -> (Option<kb::Recalled>, Option<kb::Memory>) {
+        let Some(kb) = self.kb.as_ref() else { return (None, None) };
         let limit = self.config.knowledge_base.recall as usize;
-        if limit == 0 {
-            return None;
-        }
         let found = async {
             remember::catch_up(&self.state, kb).await?;
             let own = kb::id_of(&snap.hostname, &incident.fingerprint);
@@ -1027,8 +1037,8 @@ impl Engine {
                 .map(|memory| kb::Hit { memory, score: f64::INFINITY })
                 .collect::<Vec<_>>();
             let query = format!("{} {}", incident.fingerprint, incident.summary);
-            for hit in kb.search(&query, None, limit).await? {
-                if hits.len() < limit && hit.memory.id() != own {
+            for hit in kb.search(&query, None, limit.max(1)).await? {
+                if hits.len() < limit.max(1) && hit.memory.id() != own {
                     hits.push(hit);
                 }
             }
@@ -1036,13 +1046,15 @@ impl Engine {
         }
         .await;
         match found {
-            Ok(hits) => {
+            Ok(mut hits) => {
+                let own = hits.first().filter(|h| h.score.is_infinite()).map(|h| h.memory.clone());
+                hits.truncate(limit);
                 let share = self.model.input_budget() * self.config.knowledge_base.prompt_share_percent as usize / 100;
-                kb::recall(&hits, share, decide::tokens::estimate_tokens)
+                (kb::recall(&hits, share, decide::tokens::estimate_tokens), own)
             }
             Err(e) => {
                 tracing::warn!(incident = %incident.fingerprint, error = %e, "incident memory unavailable; deciding without it");
-                None
+                (None, None)
             }
         }
     }
@@ -1262,12 +1274,12 @@ mod tests {
                 prompt_tokens: 0,
                 answer_tokens: 0,
                 wall_ms: 0,
-                provider: ProviderInfo {
+                provider: Some(ProviderInfo {
                     endpoint: Endpoint::Primary,
                     api: Api::Ollama,
                     url: "http://127.0.0.1:9".into(),
                     model: "test".into(),
-                },
+                }),
                 trail: Trail::default(),
             };
             let incident = self.incident.clone();

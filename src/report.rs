@@ -47,6 +47,9 @@ pub struct IncidentReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionReport {
     pub outcome: DecisionOutcome,
+    /// `memory` for a fix replayed from incident memory (no model asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
     pub diagnosis: Option<String>,
     pub error: Option<String>,
     pub actions: Vec<ActionReport>,

@@ -928,7 +928,10 @@ fn check_prompts(case: &Case, chats: &[Value]) -> Vec<String> {
             let close_substrings = text.matches("</journal>").count();
             let headers = lines.iter().filter(|l| l.ends_with(" lines):")).count();
             let wher = format!("request {n} message {m}");
-            if m == 1 && opens != 1 {
+            // The incident's own message (past incidents from memory may
+            // come before it, in a message of their own).
+            let incident_message = text.starts_with("Incident: ");
+            if incident_message && opens != 1 {
                 problems.push(format!("{wher}: {opens} journal blocks, expected 1"));
             }
             if opens != closes || close_substrings != opens || headers != opens {
@@ -987,7 +990,7 @@ fn check_prompts(case: &Case, chats: &[Value]) -> Vec<String> {
                 }
             }
             // The case's own incident (others may come first).
-            let own = m == 1 && !seen_own && text.starts_with(&fingerprint);
+            let own = incident_message && !seen_own && text.starts_with(&fingerprint);
             seen_own |= own;
             if own && from_unit != planted {
                 problems.push(format!(

@@ -125,6 +125,7 @@ fn the_cycle_report_prints_as_before() {
                 novelty: Novelty::New,
                 decision: Some(DecisionReport {
                     outcome: DecisionOutcome::Decided,
+                    source: None,
                     diagnosis: Some("d".into()),
                     error: None,
                     actions,
@@ -136,6 +137,7 @@ fn the_cycle_report_prints_as_before() {
                 novelty: Novelty::Retry,
                 decision: Some(DecisionReport {
                     outcome: DecisionOutcome::Failed,
+                    source: None,
                     diagnosis: None,
                     error: Some("e".into()),
                     actions: vec![],

@@ -140,6 +140,7 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
             novelty: Novelty::New,
             decision: Some(DecisionReport {
                 outcome: DecisionOutcome::Failed,
+                source: None,
                 diagnosis: None,
                 error: Some("the model is unreachable".into()),
                 actions: Vec::new(),

@@ -88,3 +88,43 @@ fn with_memory_off_nothing_is_remembered_or_shown() {
     assert!(!result["detail"].as_str().unwrap_or_default().contains("failed_fix_days"), "{second:#}");
     assert!(!bed.state_dir().join("knowledge.db").exists());
 }
+
+#[test]
+fn a_fix_verified_three_times_in_a_row_is_proposed_from_memory_without_the_model_and_queued_at_suggest() {
+    use macha::audit::{self, ActionOutcome, ActionRecord, Origin};
+    let bed = Bed::new("memory-known-fix", "suggest");
+    // Three earlier restarts of the unit for this incident, each verified.
+    let state = macha::state_dir::StateDir::create(&bed.state_dir()).unwrap();
+    for hours in [72, 48, 24] {
+        let rec = ActionRecord {
+            time: chrono::Utc::now() - chrono::TimeDelta::hours(hours),
+            host: macha::observe::hostname(),
+            incident: format!("unit-failed:{WEB}").into(),
+            action: "restart_unit".into(),
+            target: Some(WEB.into()),
+            origin: Origin::Approval,
+            approval_id: None,
+            by: Some("alice".into()),
+            auto_id: None,
+            outcome: ActionOutcome::Succeeded,
+            detail: format!("{WEB} restarted and active for 2 s"),
+            before: None,
+            after: None,
+        };
+        audit::append(&state, audit::ACTIONS, &rec, macha::config::RetentionConfig::default().audit()).unwrap();
+    }
+    bed.failing_web();
+
+    let (code, report) = bed.check();
+    assert_eq!(code, 1, "{report:#}");
+    assert!(decision_prompts(&bed).is_empty(), "the model was not asked");
+    assert!(common::chats(&bed.double).is_empty(), "no model call at all");
+    let decision = &report["incidents"][0]["decision"];
+    assert_eq!(decision["source"], "memory", "{report:#}");
+    assert_eq!(decision["actions"][0]["action"], "restart_unit");
+    assert_eq!(decision["actions"][0]["result"], "queued", "it still goes through the gate: {report:#}");
+    assert_eq!(bed.pending().len(), 1);
+    let record = bed.audit("decisions.jsonl").pop().unwrap();
+    assert_eq!(record["model"], "memory", "{record:#}");
+    assert!(record["trail"]["from_memory"].as_str().unwrap().ends_with(&format!("/unit-failed:{WEB}")));
+}

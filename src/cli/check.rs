@@ -98,7 +98,8 @@ fn human(r: &CycleReport) -> String {
             continue;
         };
         if let Some(diag) = &d.diagnosis {
-            let _ = writeln!(out, "    diagnosis: {}", shown(diag));
+            let from = if d.source == Some("memory") { " (a known fix from memory; no model asked)" } else { "" };
+            let _ = writeln!(out, "    diagnosis{from}: {}", shown(diag));
         }
         if let Some(err) = &d.error {
             let _ = writeln!(

@@ -81,6 +81,25 @@ impl ProposedAction {
         (!parts.is_empty()).then(|| parts.join(" "))
     }
 
+    /// The proposal that [`target`](Self::target) describes, for the kinds
+    /// incident memory replays (a unit restarted or reset, garbage
+    /// collected, the journal vacuumed); `None` for any other kind or a
+    /// target that does not read back.
+    pub fn from_target(kind: ActionKind, target: Option<&str>, reason: &str) -> Option<Self> {
+        let target = target?;
+        let number = |key: &str| target.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok();
+        let mut p = Self::new(kind, None, reason);
+        match kind {
+            ActionKind::RestartUnit | ActionKind::ResetFailed if !target.contains(char::is_whitespace) => {
+                p.unit = Some(target.to_owned());
+            }
+            ActionKind::CollectGarbage => p.older_than_days = Some(u32::try_from(number("older_than_days")?).ok()?),
+            ActionKind::VacuumJournal => p.max_size_mb = Some(number("max_size_mb")?),
+            _ => return None,
+        }
+        (p.target().as_deref() == Some(target)).then_some(p)
+    }
+
     /// An action with only a kind, a unit and a reason.
     pub fn new(kind: ActionKind, unit: Option<&str>, reason: &str) -> Self {
         Self {

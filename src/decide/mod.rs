@@ -38,8 +38,9 @@ pub enum Outcome {
         prompt_tokens: u64,
         answer_tokens: u64,
         wall_ms: u64,
-        /// The endpoint that gave the accepted answer.
-        provider: ProviderInfo,
+        /// The endpoint that gave the accepted answer; `None` for a fix
+        /// replayed from memory (`trail.from_memory`), which asked no model.
+        provider: Option<ProviderInfo>,
         trail: Trail,
     },
     Failed {
@@ -114,6 +115,10 @@ pub struct Trail {
     /// [`kb::MAX_EVIDENCE_CHARS`]: what incident memory keeps of it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub evidence: String,
+    /// Set when the decision is a fix replayed from incident memory, with no
+    /// model asked: the id of the memory it comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_memory: Option<String>,
     /// The ids of the past incidents the decision was shown (incident memory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<String>,
@@ -147,15 +152,14 @@ impl Outcome {
     /// The endpoint that gave the last answer, if any did.
     pub fn provider(&self) -> Option<&ProviderInfo> {
         match self {
-            Outcome::Decided { provider, .. } => Some(provider),
-            Outcome::Failed { provider, .. } => provider.as_ref(),
+            Outcome::Decided { provider, .. } | Outcome::Failed { provider, .. } => provider.as_ref(),
         }
     }
 
     /// Answers that did not parse or validate (each was retried or ended the decision).
     pub fn invalid_answers(&self) -> u32 {
         match self {
-            Outcome::Decided { attempts, .. } => attempts - 1,
+            Outcome::Decided { attempts, .. } => attempts.saturating_sub(1),
             Outcome::Failed { invalid_answers, .. } => *invalid_answers,
         }
     }
@@ -338,6 +342,37 @@ pub async fn decide(
     run.failed(error, FailureKind::InvalidAnswer, ATTEMPTS, last_answer, provider, ATTEMPTS)
 }
 
+/// The decision incident memory makes without the model: `memory`'s fix,
+/// verified at least `times` times in a row for this incident and neither
+/// failed nor rejected since (`Memory::known_fix`), proposed again. It goes
+/// through the gate like any proposal. `None` when there is no such fix, or
+/// it is of a kind memory does not replay.
+pub fn from_memory(memory: &kb::Memory, times: u32) -> Option<Outcome> {
+    let fix = memory.known_fix(times)?;
+    let kind = crate::catalog::ActionKind::parse(&fix.action)?;
+    let when = fix.last_verified.map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default();
+    let target = fix.target.as_deref().unwrap_or_default();
+    let reason = format!(
+        "verified {} times in a row for this incident, last on {when}; proposed from memory, no model asked",
+        fix.verified_since_failure
+    );
+    let action = ProposedAction::from_target(kind, fix.target.as_deref(), &crate::text::cut(&reason, 200, "…"))?;
+    let diagnosis = format!(
+        "{} again; the known fix is {} {target}, verified {} times in a row (last on {when}).",
+        memory.fingerprint, fix.action, fix.verified_since_failure
+    );
+    let trail = Trail { from_memory: Some(memory.id()), memories: vec![memory.id()], ..Trail::default() };
+    Some(Outcome::Decided {
+        decision: Decision { diagnosis, severity: Severity::Warning, actions: vec![action] },
+        attempts: 0,
+        prompt_tokens: 0,
+        answer_tokens: 0,
+        wall_ms: 0,
+        provider: None,
+        trail,
+    })
+}
+
 /// One decision under way: its clock, its token counts and its trail.
 struct Run {
     started: Instant,
@@ -359,7 +394,7 @@ impl Run {
             prompt_tokens: self.prompt_tokens,
             answer_tokens: self.answer_tokens,
             wall_ms: ms(self.started),
-            provider,
+            provider: Some(provider),
             trail: self.trail,
         }
     }

@@ -82,12 +82,12 @@ mod tests {
             prompt_tokens: 0,
             answer_tokens: 0,
             wall_ms: 0,
-            provider: ProviderInfo {
+            provider: Some(ProviderInfo {
                 endpoint: Endpoint::Primary,
                 api: crate::config::Api::Ollama,
                 url: "http://x".into(),
                 model: "m".into(),
-            },
+            }),
             trail: Trail::default(),
         }
     }
