@@ -318,3 +318,32 @@ fn every_shipped_fixture_runs_from_the_source_tree() {
         assert_eq!(f["results"][0]["outcome"], "decided", "{f:#}");
     }
 }
+
+#[test]
+fn a_fixtures_history_is_shown_to_the_model_and_a_known_fix_is_replayed_without_it_unless_memory_is_off() {
+    let double = OllamaDouble::start(&[MODEL]).unwrap();
+    double.set_default(Reply::Json(decision("notify_only", None)));
+    let dir = fixtures(&["mem-known-fix-restart", "mem-restart-never-helped"]);
+    let args = ["--fixtures", dir.path().to_str().unwrap(), "--json"];
+    let report = eval(&double.url(), MODEL, &args).json();
+    assert_eq!(report["memory"], true);
+    let asked = chats(&double);
+    assert_eq!(asked.len(), 1, "the known fix asked no model: {asked:#?}");
+    let shown: String = asked[0].iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(shown.contains("<past-incidents>"), "{shown}");
+    assert!(shown.contains("restart_unit backup.service: proposed 3, carried out 3 (verified 0, failed 3)"), "{shown}");
+    let known = report["fixtures"].as_array().unwrap().iter().find(|f| f["id"] == "mem-known-fix-restart").unwrap();
+    let result = &known["results"][0];
+    assert_eq!(
+        (result["passed"].as_bool(), result["trail"]["from_memory"].as_str()),
+        (Some(true), Some("eval-host/unit-failed:worker.service")),
+        "{result:#}"
+    );
+
+    // Without memory, both are the model's.
+    let report = eval(&double.url(), MODEL, &[&args[..], &["--no-memory"]].concat()).json();
+    assert_eq!(report["memory"], false);
+    let asked = chats(&double);
+    assert_eq!(asked.len(), 3, "two more decisions asked");
+    assert!(asked[1..].iter().flatten().all(|m| !m["content"].as_str().unwrap_or("").contains("<past-incidents>")));
+}

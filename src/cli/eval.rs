@@ -54,6 +54,10 @@ pub struct Args {
     /// run can be repeated answer for answer on the same server.
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Decide without the fixtures' history (incident memory off), to
+    /// compare the pass rate with and without it.
+    #[arg(long)]
+    no_memory: bool,
 }
 
 fn percent(raw: &str) -> Result<f64, String> {
@@ -80,7 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let watching = std::io::stderr().is_terminal();
         let total = fixtures.len();
         let mut done = 0;
-        let report = eval::run(&model, &prompts, &fixtures, args.runs, |f| {
+        let memory = (!args.no_memory).then_some(&config.knowledge_base);
+        let report = eval::run(&model, &prompts, &fixtures, args.runs, memory, |f| {
             done += 1;
             if watching {
                 eprintln!("[{done}/{total}] {}: {}/{} passed", shown(&f.id), f.totals.passes, f.totals.runs);

@@ -58,6 +58,10 @@ pub struct Fixture {
     pub host: Option<HostStats>,
     /// The evidence lines, oldest first, with their writers' fields.
     pub journal: Vec<Entry>,
+    /// What happened before, as incident memory recorded it (oldest first):
+    /// folded into the memories a decision is shown, and replayed as a
+    /// known fix when one qualifies.
+    pub history: Vec<crate::kb::Event>,
     pub expect: Expect,
 }
 
@@ -191,8 +195,17 @@ struct RawFixture {
     #[serde(default)]
     host: Option<RawHost>,
     journal: Vec<RawLine>,
+    #[serde(default)]
+    history: Vec<RawEvent>,
     expect: RawExpect,
 }
+
+/// A past event of incident memory: `days_ago` (before the snapshot),
+/// `fingerprint` (the fixture's own incident when absent), and what
+/// happened: the fields of `kb::What`, `event` naming it.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct RawEvent(serde_json::Map<String, serde_json::Value>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +279,32 @@ struct RawExpect {
     target: Option<String>,
 }
 
+/// The history's events, oldest first, at their times before the snapshot.
+fn history(raw: Vec<RawEvent>, own: &str) -> Result<Vec<crate::kb::Event>, Problem> {
+    let mut events = Vec::with_capacity(raw.len());
+    for (i, RawEvent(mut fields)) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("history[{i}].{name}");
+        let days_ago = match fields.remove("days_ago") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().filter(|d| *d <= 3650),
+            _ => None,
+        }
+        .ok_or_else(|| problem(&field("days_ago"), "is missing or not a whole number of days from 0 to 3650"))?;
+        let fingerprint = match fields.remove("fingerprint") {
+            None => own.to_owned(),
+            Some(serde_json::Value::String(f)) => f,
+            Some(_) => return Err(problem(&field("fingerprint"), "is not a string")),
+        };
+        incident_kind(&fingerprint).map_err(|(_, message)| problem(&field("fingerprint"), message))?;
+        let what: crate::kb::What = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| problem(&format!("history[{i}]"), e.to_string()))?;
+        let at = DateTime::from_timestamp(SNAPSHOT_TIME, 0).expect("a valid time")
+            - chrono::TimeDelta::days(days_ago as i64);
+        events.push(crate::kb::Event { at, host: HOSTNAME.to_owned(), fingerprint: fingerprint.into(), what });
+    }
+    events.sort_by_key(|e| e.at);
+    Ok(events)
+}
+
 /// A field path and what is wrong with it.
 type Problem = (String, String);
 
@@ -290,6 +329,7 @@ impl RawFixture {
         let host = self.host.map(RawHost::check).transpose()?;
         check_host_covers(&kind, host.as_ref())?;
         let journal = journal(self.journal)?;
+        let history = history(self.history, &self.incident.fingerprint)?;
         let expect = self.expect.check()?;
         let incident = Incident {
             fingerprint: self.incident.fingerprint.into(),
@@ -305,6 +345,7 @@ impl RawFixture {
             unit,
             host,
             journal,
+            history,
             expect,
         })
     }

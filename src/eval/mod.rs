@@ -19,8 +19,10 @@ use serde::Serialize;
 use self::fixture::Fixture;
 use self::judge::{judge, Verdict};
 use self::tools::FixtureTools;
+use crate::config::KnowledgeBaseConfig;
 use crate::decide::prompt::Prompts;
 use crate::decide::{self, Outcome, ProposedAction, Trail};
+use crate::kb;
 use crate::model::ModelService;
 
 /// What an evaluation found.
@@ -33,6 +35,8 @@ pub struct Report {
     pub runs_per_fixture: u32,
     /// The sampler's seed sent with every request, if one was.
     pub seed: Option<u64>,
+    /// Whether the fixtures' history was used (incident memory on).
+    pub memory: bool,
     pub fixtures: Vec<FixtureReport>,
     pub overall: Totals,
 }
@@ -113,6 +117,7 @@ pub async fn run(
     prompts: &Prompts,
     fixtures: &[Fixture],
     runs: u32,
+    memory: Option<&KnowledgeBaseConfig>,
     mut progress: impl FnMut(&FixtureReport),
 ) -> Report {
     let mut reports = Vec::with_capacity(fixtures.len());
@@ -120,8 +125,15 @@ pub async fn run(
         let snapshot = fixture.snapshot();
         let tools = FixtureTools::new(fixture);
         let mut results = Vec::with_capacity(runs as usize);
+        let (history, known) = remembered(fixture, model, memory);
         for run in 1..=runs {
-            let outcome = decide::decide(model, prompts, &fixture.incident, &snapshot, None, None, Some(&tools)).await;
+            let outcome = match &known {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let history = history.as_ref();
+                    decide::decide(model, prompts, &fixture.incident, &snapshot, None, history, Some(&tools)).await
+                }
+            };
             results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));
         }
         let report = FixtureReport {
@@ -141,9 +153,50 @@ pub async fn run(
         tool_calling: model.tool_rounds() > 0,
         runs_per_fixture: runs,
         seed: model.seed(),
+        memory: memory.is_some_and(|c| c.enable),
         overall: Totals::of(&all),
         fixtures: reports,
     }
+}
+
+/// What incident memory gives a fixture's decision, as the daemon's cycle
+/// does: the fixture's own history first and the other incidents of its
+/// history, within `knowledge_base.prompt_share_percent` of the input
+/// budget; or, when its own history has a known fix, that fix, with no
+/// model asked. Nothing with memory off (`--no-memory`).
+fn remembered(
+    fixture: &Fixture,
+    model: &ModelService,
+    memory: Option<&KnowledgeBaseConfig>,
+) -> (Option<kb::Recalled>, Option<Outcome>) {
+    let Some(config) = memory.filter(|c| c.enable) else { return (None, None) };
+    let mut memories: Vec<kb::Memory> = Vec::new();
+    for event in &fixture.history {
+        let id = kb::id_of(&event.host, &event.fingerprint);
+        match memories.iter_mut().find(|m| m.id() == id) {
+            Some(m) => m.apply(event),
+            None => {
+                let mut m = kb::Memory::new(&event.host, &event.fingerprint, event.at);
+                m.apply(event);
+                memories.push(m);
+            }
+        }
+    }
+    let own = kb::id_of(fixture::HOSTNAME, &fixture.incident.fingerprint);
+    memories.sort_by_key(|m| (m.id() != own, std::cmp::Reverse(m.last_seen)));
+    if let Some(m) = memories.first().filter(|m| m.id() == own) {
+        if let Some(outcome) = decide::from_memory(m, config.known_fix_after) {
+            return (None, Some(outcome));
+        }
+    }
+    let hits: Vec<kb::Hit> = memories
+        .into_iter()
+        .filter(kb::Memory::has_history)
+        .take(config.recall as usize)
+        .map(|memory| kb::Hit { memory, score: 1.0 })
+        .collect();
+    let share = model.input_budget() * config.prompt_share_percent as usize / 100;
+    (kb::recall(&hits, share, decide::tokens::estimate_tokens), None)
 }
 
 fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {

@@ -119,7 +119,7 @@ pub struct Event {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
 pub enum What {
     Opened {
         summary: String,
@@ -152,6 +152,7 @@ pub enum What {
 
 /// An action a decision proposed, and the gate's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Proposed {
     pub action: String,
     pub target: Option<String>,
