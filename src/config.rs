@@ -92,6 +92,49 @@ pub struct KnowledgeBaseConfig {
     pub max_memories: u64,
     /// Days a memory is kept after it was last seen.
     pub max_age_days: u64,
+    /// Where memories are kept: `embedded` (`knowledge.db`) or `chroma`.
+    pub backend: KbBackend,
+    /// The Chroma server, for `backend = "chroma"`.
+    pub chroma: ChromaConfig,
+}
+
+/// Where incident memory is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KbBackend {
+    /// SQLite in the state directory, no service to run.
+    Embedded,
+    /// A ChromaDB server (v2 API), for a memory shared by a fleet.
+    Chroma,
+}
+
+/// A Chroma server and the collection macha keeps memories in there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChromaConfig {
+    /// The server's base URL, without `/api/v2`.
+    pub url: Option<String>,
+    pub tenant: String,
+    pub database: String,
+    pub collection: String,
+    /// A file holding the token Chroma (or a proxy in front of it) checks;
+    /// the token itself is never in this file.
+    pub token_file: Option<PathBuf>,
+    /// Seconds one request to Chroma may take.
+    pub timeout: u64,
+}
+
+impl Default for ChromaConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            tenant: "default_tenant".into(),
+            database: "default_database".into(),
+            collection: "macha-incidents".into(),
+            token_file: None,
+            timeout: 10,
+        }
+    }
 }
 
 impl Default for KnowledgeBaseConfig {
@@ -104,6 +147,8 @@ impl Default for KnowledgeBaseConfig {
             failed_fix_days: 7,
             max_memories: 10_000,
             max_age_days: 365,
+            backend: KbBackend::Embedded,
+            chroma: ChromaConfig::default(),
         }
     }
 }
@@ -572,6 +617,18 @@ impl Bound {
     }
 }
 
+/// Chroma's rule for the names of tenants, databases and collections: 3 to
+/// 512 of `[a-zA-Z0-9._-]`, beginning and ending with a letter or digit.
+/// The Chroma client (`kb::chroma`) checks its names by this rule too,
+/// since they go into URL paths.
+pub fn chroma_name(name: &str) -> bool {
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (3..=512).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && ends_ok(name.chars().next())
+        && ends_ok(name.chars().last())
+}
+
 /// A number of seconds from this file as a span of time. The ranges keep
 /// every accepted value far inside what a span holds; anything larger
 /// saturates rather than wrapping negative or panicking.
@@ -690,6 +747,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_knowledge_base()?;
         if !self.state_dir.is_absolute() {
             return Err(Invalid::NotAbsolute { key: "state_dir", path: self.state_dir.clone() });
         }
@@ -715,6 +773,7 @@ impl Config {
             (Bound::new("knowledge_base.failed_fix_days", 0, 365, "days"), k.failed_fix_days),
             (Bound::new("knowledge_base.max_memories", 100, 10_000_000, "memories"), k.max_memories),
             (Bound::new("knowledge_base.max_age_days", 1, 36_500, "days"), k.max_age_days),
+            (Bound::new("knowledge_base.chroma.timeout", 1, 600, "seconds"), k.chroma.timeout),
             (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
             (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
             (Bound::new("ollama.num_ctx", 512, 1_048_576, "tokens"), u64::from(o.num_ctx)),
@@ -772,6 +831,46 @@ impl Config {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
         }
         out
+    }
+
+    fn validate_knowledge_base(&self) -> Result<(), Invalid> {
+        let c = &self.knowledge_base.chroma;
+        if let Some(url) = &c.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Invalid::NotHttp { key: "knowledge_base.chroma.url", url: url.clone() });
+            }
+            if url.contains('?') || url.contains('@') {
+                return Err(Invalid::rule(
+                    "knowledge_base.chroma.url",
+                    "must not carry a token or credentials; put the token in the file named by \
+                     `knowledge_base.chroma.token_file`",
+                ));
+            }
+        }
+        if self.knowledge_base.backend == KbBackend::Chroma && c.url.is_none() {
+            return Err(Invalid::rule(
+                "knowledge_base.chroma.url",
+                "required when `knowledge_base.backend` is \"chroma\" (the server's base URL, for example \
+                 \"http://127.0.0.1:8000\")",
+            ));
+        }
+        if let Some(path) = c.token_file.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(Invalid::NotAbsolute { key: "knowledge_base.chroma.token_file", path: path.clone() });
+        }
+        for (key, name) in [
+            ("knowledge_base.chroma.tenant", &c.tenant),
+            ("knowledge_base.chroma.database", &c.database),
+            ("knowledge_base.chroma.collection", &c.collection),
+        ] {
+            if !chroma_name(name) {
+                return Err(Invalid::rule(
+                    key,
+                    "must be a name Chroma accepts: 3 to 512 letters, digits, '.', '_' or '-', beginning and \
+                     ending with a letter or digit",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_model(&self) -> Result<(), Invalid> {
@@ -833,6 +932,19 @@ mod tests {
     fn a_blank_embedding_model_is_refused_naming_the_key() {
         let err = Config::parse("[ollama]\nembedding_model = \" \"\n").unwrap_err().to_string();
         assert!(err.contains("ollama.embedding_model") && err.contains("nomic-embed-text"), "{err}");
+    }
+
+    #[test]
+    fn the_chroma_backend_needs_a_url_and_the_embedded_one_is_the_default() {
+        assert_eq!(Config::parse("").unwrap().knowledge_base.backend, KbBackend::Embedded);
+        let err = Config::parse("[knowledge_base]\nbackend = \"chroma\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("key `knowledge_base.chroma.url`: required when"), "{err}");
+        let c = Config::parse(
+            "[knowledge_base]\nbackend = \"chroma\"\n[knowledge_base.chroma]\nurl = \"http://10.0.0.5:8000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.knowledge_base.backend, KbBackend::Chroma);
+        assert_eq!(c.knowledge_base.chroma.collection, "macha-incidents");
     }
 
     #[test]
@@ -1018,6 +1130,12 @@ mod tests {
             ("[model.fallback]\nurl = \"http://x:11434\"", "missing field `model`"),
             ("[model.fallback]\nurl = \"ftp://x\"\nmodel = \"m\"", "model.fallback.url"),
             ("[model.fallback]\napi = \"anthropic\"\nurl = \"http://x\"\nmodel = \"m\"", "model.fallback.api"),
+            ("[knowledge_base]\nbackend = \"pinecone\"", "knowledge_base.backend"),
+            ("[knowledge_base.chroma]\nurl = \"127.0.0.1:8000\"", "knowledge_base.chroma.url"),
+            ("[knowledge_base.chroma]\nurl = \"http://admin:pw@chroma:8000\"", "knowledge_base.chroma.url"),
+            ("[knowledge_base.chroma]\ncollection = \"a/b\"", "knowledge_base.chroma.collection"),
+            ("[knowledge_base.chroma]\ntoken_file = \"token\"", "knowledge_base.chroma.token_file"),
+            ("[knowledge_base.chroma]\ntimeout = 0", "knowledge_base.chroma.timeout"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

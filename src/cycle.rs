@@ -82,6 +82,8 @@ pub struct Engine {
     /// Incident memory (`knowledge_base`); `None` when it is off or its
     /// store could not be opened (decisions go on without it).
     kb: Option<kb::Store>,
+    /// How memory fared when last used, logged when it changes.
+    memory_health: remember::Health,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -94,7 +96,7 @@ fn open_memory(config: &Config, state: &StateDir) -> Option<kb::Store> {
     if !config.knowledge_base.enable {
         return None;
     }
-    match kb::Store::open(state) {
+    match kb::Store::open(config, state) {
         Ok(kb) => Some(kb),
         Err(e) => {
             tracing::warn!(error = %e, "incident memory is off: its store cannot be opened");
@@ -141,6 +143,7 @@ impl Engine {
             said: None,
             saved_cursor: None,
             kb,
+            memory_health: remember::Health::default(),
             #[cfg(test)]
             fake: None,
         })
@@ -267,7 +270,7 @@ impl Engine {
             resolved,
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, asked);
+        self.after_cycle(&report, asked).await;
         Ok(report)
     }
 
@@ -318,7 +321,7 @@ impl Engine {
 
     /// After a pass of the daemon: what it opened and resolved is notified
     /// and counted in the metrics, as a cycle without decisions.
-    pub fn after_pass(&self, pass: &Pass) -> CycleReport {
+    pub async fn after_pass(&self, pass: &Pass) -> CycleReport {
         let report = CycleReport {
             started_at: pass.started_at,
             host: pass.snap.hostname.clone(),
@@ -339,7 +342,7 @@ impl Engine {
             resolved: pass.resolved.clone(),
             wall_ms: pass.started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, Asked::default());
+        self.after_cycle(&report, Asked::default()).await;
         report
     }
 
@@ -382,7 +385,7 @@ impl Engine {
             resolved: Vec::new(),
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, asked);
+        self.after_cycle(&report, asked).await;
         Ok(Some(report))
     }
 
@@ -571,7 +574,7 @@ impl Engine {
     /// Logs the cycle's end, then writes what follows from its report: the
     /// model's counts, the metrics line, the notifications, and the
     /// housekeeping when due.
-    fn after_cycle(&self, report: &CycleReport, asked: Asked) {
+    async fn after_cycle(&self, report: &CycleReport, asked: Asked) {
         tracing::info!(
             incidents = report.incidents.len(),
             resolved = report.resolved.len(),
@@ -581,14 +584,14 @@ impl Engine {
         self.model.write_due_counts();
         self.write_metrics(report, asked);
         self.notify(report);
-        self.housekeeping();
+        self.housekeeping().await;
     }
 
     /// Once an hour (of all macha processes on this state directory, one):
     /// deletes the state database's rows, kept documents and records of
     /// model calls past their age or count (`retention`). A failure is
     /// logged; the cycle's work stands.
-    fn housekeeping(&self) {
+    async fn housekeeping(&self) {
         let now = Utc::now();
         match self.store.take_housekeeping(now, retention::HOUSEKEEPING_EVERY) {
             Ok(true) => {}
@@ -609,7 +612,7 @@ impl Engine {
         if let Some(kb) = &self.kb {
             let k = &self.config.knowledge_base;
             let before = now - chrono::TimeDelta::days(k.max_age_days as i64);
-            match kb.prune(k.max_memories, before) {
+            match kb.prune(k.max_memories, before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(memories = n, "forgot incident memories past knowledge_base's limits"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune incident memory"),
@@ -923,17 +926,20 @@ impl Engine {
     /// Why memory says this automatic action must go to a human
     /// (`gate::failed_before`); `None` when it may run, or memory is off or
     /// cannot be read (storm control still applies).
-    async fn failed_before(&self, incident: &Incident, p: &ProposedAction, now: DateTime<Utc>) -> Option<String> {
+    async fn failed_before(&mut self, incident: &Incident, p: &ProposedAction, now: DateTime<Utc>) -> Option<String> {
         let kb = self.kb.as_ref()?;
         let days = self.config.knowledge_base.failed_fix_days;
         if days == 0 {
             return None;
         }
-        if let Err(e) = remember::catch_up(&self.state, kb).await {
-            tracing::warn!(error = %e, "incident memory could not take in the latest records");
-        }
+        let caught = remember::catch_up(&self.state, kb, Some(&self.model)).await;
         let own = kb::id_of(&crate::observe::hostname(), &incident.fingerprint);
-        let memory = match kb.load(std::slice::from_ref(&own)).await {
+        let loaded = kb.load(std::slice::from_ref(&own)).await;
+        self.note_memory(match &caught {
+            Ok(c) => c.unembedded.as_ref().map(|e| remember::Health::TextAlone(e.to_string())).unwrap_or_default(),
+            Err(e) => remember::Health::Unavailable(e.to_string()),
+        });
+        let memory = match loaded {
             Ok(mut found) => found.pop(),
             Err(e) => {
                 tracing::warn!(error = %e, "incident memory unavailable; the action is judged without it");
@@ -941,6 +947,23 @@ impl Engine {
             }
         };
         crate::gate::failed_before(memory.as_ref(), p.kind, p.target().as_deref(), now, days)
+    }
+
+    /// Logs how memory fares when that changed since it was last said.
+    fn note_memory(&mut self, now: remember::Health) {
+        if now == self.memory_health {
+            return;
+        }
+        match &now {
+            remember::Health::Working => tracing::info!("incident memory works again, with embeddings"),
+            remember::Health::TextAlone(why) => {
+                tracing::warn!(error = %why, "incident memory goes on with full text alone, without embeddings");
+            }
+            remember::Health::Unavailable(why) => {
+                tracing::warn!(error = %why, "incident memory unavailable; decisions go on without it, the trail's records wait");
+            }
+        }
+        self.memory_health = now;
     }
 
     /// An admitted automatic action: the ledger records it as started, then
@@ -1027,7 +1050,7 @@ impl Engine {
         let Some(kb) = self.kb.as_ref() else { return (None, None) };
         let limit = self.config.knowledge_base.recall as usize;
         let found = async {
-            remember::catch_up(&self.state, kb).await?;
+            let caught = remember::catch_up(&self.state, kb, Some(&self.model)).await?;
             let own = kb::id_of(&snap.hostname, &incident.fingerprint);
             let mut hits = kb
                 .load(std::slice::from_ref(&own))
@@ -1037,23 +1060,44 @@ impl Engine {
                 .map(|memory| kb::Hit { memory, score: f64::INFINITY })
                 .collect::<Vec<_>>();
             let query = format!("{} {}", incident.fingerprint, incident.summary);
-            for hit in kb.search(&query, None, limit.max(1)).await? {
+            // The model that just failed to embed the memories is not asked again.
+            let mut unembedded = caught.unembedded;
+            let vector = match &unembedded {
+                Some(_) => None,
+                None => match self.model.embed(std::slice::from_ref(&query)).await {
+                    Ok(mut embeddings) => embeddings.vectors.pop(),
+                    Err(e) => {
+                        unembedded = Some(e);
+                        None
+                    }
+                },
+            };
+            let found = match (kb.search(&query, vector.as_deref(), limit.max(1)).await, unembedded) {
+                (Ok(found), unembedded) => (found, unembedded),
+                (Err(kb::KbError::NeedsEmbeddings { .. }), Some(source)) => {
+                    return Err(remember::RememberError::Unembedded { source })
+                }
+                (Err(e), _) => return Err(e.into()),
+            };
+            for hit in found.0 {
                 if hits.len() < limit.max(1) && hit.memory.id() != own {
                     hits.push(hit);
                 }
             }
-            Ok::<_, remember::RememberError>(hits)
+            Ok::<_, remember::RememberError>((hits, found.1))
         }
         .await;
         match found {
-            Ok(mut hits) => {
+            Ok((mut hits, unembedded)) => {
+                self.note_memory(unembedded.map(|e| remember::Health::TextAlone(e.to_string())).unwrap_or_default());
                 let own = hits.first().filter(|h| h.score.is_infinite()).map(|h| h.memory.clone());
                 hits.truncate(limit);
                 let share = self.model.input_budget() * self.config.knowledge_base.prompt_share_percent as usize / 100;
                 (kb::recall(&hits, share, decide::tokens::estimate_tokens), own)
             }
             Err(e) => {
-                tracing::warn!(incident = %incident.fingerprint, error = %e, "incident memory unavailable; deciding without it");
+                tracing::debug!(incident = %incident.fingerprint, error = %e, "deciding without incident memory");
+                self.note_memory(remember::Health::Unavailable(e.to_string()));
                 (None, None)
             }
         }

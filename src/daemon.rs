@@ -247,7 +247,7 @@ impl Watcher {
                 }
                 let noteworthy = !pass.resolved.is_empty() || pass.novelty.iter().any(|n| *n != Novelty::Known);
                 if scope == Scope::Full || noteworthy || settling {
-                    let report = self.engine.after_pass(&pass);
+                    let report = self.engine.after_pass(&pass).await;
                     self.manager.status(&idle_status(&report, self.interval));
                 }
                 for job in pass.jobs() {

@@ -9,6 +9,14 @@
 //! marked remembered only once the store took them, so a store that is
 //! down loses nothing: the same records are read again next time.
 //! [`reindex`] builds the whole memory again from the trail.
+//!
+//! Each memory that changed is stored with the embedding of its text
+//! (`ModelService::embed`). When the embedding model does not answer, the
+//! embedded store takes the memories with their full text alone, and the
+//! failure comes back as a warning ([`Remembered::unembedded`]) for the
+//! caller to log; Chroma, which finds memories only by their embeddings,
+//! refuses them, and the catch-up fails ([`RememberError::Unembedded`]):
+//! nothing is marked, and the records are taken in when the model answers.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,6 +27,7 @@ use serde_json::Value;
 use crate::audit::{self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, IncidentEvent, IncidentRecord};
 use crate::kb::embedded::KB_FILE;
 use crate::kb::{self, Backend, Event, KbError, Memory, Proposed, What};
+use crate::model::{EmbedError, ModelService};
 use crate::sqlite::{self, open_retrying};
 use crate::state_dir::StateDir;
 
@@ -46,6 +55,34 @@ pub enum RememberError {
     Cursor { path: String, source: rusqlite::Error },
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// The store needs embeddings (Chroma), and none could be made.
+    #[error("{source}; incident memory in Chroma is stored with embeddings only, so the records wait in the audit trail until the embedding model answers")]
+    Unembedded { source: EmbedError },
+}
+
+/// What was remembered.
+#[derive(Debug, Default)]
+pub struct Remembered {
+    /// Memories changed ([`apply`]), or trail records taken in
+    /// ([`catch_up`], [`reindex`]).
+    pub count: usize,
+    /// Why the memories were stored with their full text alone, when the
+    /// embedding model did not answer (the embedded store takes them so).
+    pub unembedded: Option<EmbedError>,
+}
+
+/// How incident memory fared the last time a decision used it. The daemon
+/// says it when it changes, not at every decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Health {
+    /// Memories stored and searched with their embeddings.
+    #[default]
+    Working,
+    /// The embedding model did not answer (why): full text alone.
+    TextAlone(String),
+    /// The store (or, for Chroma, the embedding model) failed (why):
+    /// decisions go on without memory, and the trail's records wait.
+    Unavailable(String),
 }
 
 /// The memory events of one record of trail `trail`; none for a record
@@ -119,8 +156,13 @@ fn time_of(record: &Value) -> Option<DateTime<Utc>> {
 }
 
 /// Folds `events` (in order) into the memories they belong to, and stores
-/// what changed. Returns how many memories changed.
-pub async fn apply(store: &impl Backend, events: &[Event]) -> Result<usize, KbError> {
+/// what changed, each with the embedding of its text when `embed` is given
+/// and answers. Returns how many memories changed.
+pub async fn apply(
+    store: &impl Backend,
+    events: &[Event],
+    embed: Option<&ModelService>,
+) -> Result<Remembered, RememberError> {
     let mut changed: BTreeMap<String, Memory> = BTreeMap::new();
     let ids: Vec<String> = {
         let mut seen = HashSet::new();
@@ -133,9 +175,22 @@ pub async fn apply(store: &impl Backend, events: &[Event]) -> Result<usize, KbEr
         let id = kb::id_of(&e.host, &e.fingerprint);
         changed.entry(id).or_insert_with(|| Memory::new(&e.host, &e.fingerprint, e.at)).apply(e);
     }
-    let memories: Vec<(Memory, Option<Vec<f32>>)> = changed.into_values().map(|m| (m, None)).collect();
-    store.store(&memories).await?;
-    Ok(memories.len())
+    let memories: Vec<Memory> = changed.into_values().collect();
+    let (mut vectors, unembedded) = match embed {
+        None => (Vec::new(), None),
+        Some(model) => match model.embed(&memories.iter().map(Memory::text).collect::<Vec<_>>()).await {
+            Ok(embeddings) => (embeddings.vectors, None),
+            Err(e) => (Vec::new(), Some(e)),
+        },
+    };
+    vectors.resize(memories.len(), Vec::new());
+    let rows: Vec<(Memory, Option<Vec<f32>>)> =
+        memories.into_iter().zip(vectors).map(|(m, v)| (m, (!v.is_empty()).then_some(v))).collect();
+    match (store.store(&rows).await, unembedded) {
+        (Ok(()), unembedded) => Ok(Remembered { count: rows.len(), unembedded }),
+        (Err(KbError::NeedsEmbeddings { .. }), Some(source)) => Err(RememberError::Unembedded { source }),
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
 /// Where memory is in the trail, in `knowledge.db`.
@@ -214,10 +269,15 @@ impl Cursor {
 }
 
 /// Folds into `store` the trail's records written since the last catch-up
-/// (all of them the first time, as far back as the trail reads). Returns
-/// how many records were remembered. When the store fails, nothing is
+/// (all of them the first time, as far back as the trail reads), with
+/// embeddings from `embed`. Returns how many records were remembered. When
+/// the store fails (or refuses memories without embeddings), nothing is
 /// marked, and the same records are read again next time.
-pub async fn catch_up(state: &StateDir, store: &impl Backend) -> Result<usize, RememberError> {
+pub async fn catch_up(
+    state: &StateDir,
+    store: &impl Backend,
+    embed: Option<&ModelService>,
+) -> Result<Remembered, RememberError> {
     let cursor = Cursor::open(state)?;
     let mut records: Vec<(DateTime<Utc>, usize, String, String, Value)> = Vec::new();
     for (order, trail) in TRAILS.iter().enumerate() {
@@ -233,18 +293,21 @@ pub async fn catch_up(state: &StateDir, store: &impl Backend) -> Result<usize, R
     // Oldest first; at the same moment, in the trails' order.
     records.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     let events: Vec<Event> = records.iter().flat_map(|(_, _, trail, _, r)| events_of(trail, r)).collect();
-    if !events.is_empty() {
-        apply(store, &events).await?;
-    }
+    let unembedded = if events.is_empty() { None } else { apply(store, &events, embed).await?.unembedded };
     let taken: Vec<(String, String, DateTime<Utc>)> =
         records.into_iter().map(|(time, _, trail, mark, _)| (trail, mark, time)).collect();
     cursor.advance(&taken)?;
-    Ok(taken.len())
+    Ok(Remembered { count: taken.len(), unembedded })
 }
 
 /// Builds memory again from the whole trail: every memory the trail
-/// speaks of is forgotten first, then folded anew.
-pub async fn reindex(state: &StateDir, store: &impl Backend) -> Result<usize, RememberError> {
+/// speaks of is forgotten first, then folded anew (with embeddings from
+/// `embed`).
+pub async fn reindex(
+    state: &StateDir,
+    store: &impl Backend,
+    embed: Option<&ModelService>,
+) -> Result<Remembered, RememberError> {
     let cursor = Cursor::open(state)?;
     let mut ids = HashSet::new();
     for trail in TRAILS {
@@ -258,7 +321,7 @@ pub async fn reindex(state: &StateDir, store: &impl Backend) -> Result<usize, Re
         store.forget(id).await?;
     }
     cursor.reset()?;
-    catch_up(state, store).await
+    catch_up(state, store, embed).await
 }
 
 #[cfg(test)]
@@ -320,8 +383,8 @@ mod tests {
         action(&state, t + TimeDelta::seconds(9), ActionOutcome::Rejected, Some("alice"), "the disk, not the unit");
         incident(&state, t + TimeDelta::seconds(60), IncidentEvent::Resolved);
 
-        assert_eq!(block(catch_up(&state, &kb)).unwrap(), 5);
-        assert_eq!(block(catch_up(&state, &kb)).unwrap(), 0, "nothing new");
+        assert_eq!(block(catch_up(&state, &kb, None)).unwrap().count, 5);
+        assert_eq!(block(catch_up(&state, &kb, None)).unwrap().count, 0, "nothing new");
         let id = kb::id_of("web1", &fp());
         let first = block(kb.load(std::slice::from_ref(&id))).unwrap().pop().unwrap();
         assert_eq!((first.occurrences, first.resolved, first.last_resolve_secs), (1, 1, Some(60)));
@@ -331,12 +394,12 @@ mod tests {
 
         // Written since: taken in once, on top.
         incident(&state, t + TimeDelta::seconds(120), IncidentEvent::Opened);
-        assert_eq!(block(catch_up(&state, &kb)).unwrap(), 1);
+        assert_eq!(block(catch_up(&state, &kb, None)).unwrap().count, 1);
         let now = block(kb.load(std::slice::from_ref(&id))).unwrap().pop().unwrap();
         assert_eq!(now.occurrences, 2);
 
         // Built again from the trail: the same memory.
-        assert_eq!(block(reindex(&state, &kb)).unwrap(), 6);
+        assert_eq!(block(reindex(&state, &kb, None)).unwrap().count, 6);
         assert_eq!(block(kb.load(std::slice::from_ref(&id))).unwrap().pop().unwrap(), now);
     }
 }

@@ -667,7 +667,8 @@ mod tests {
     #[test]
     fn every_shipped_fixture_is_valid() {
         let fixtures = load_dir(&shipped()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(fixtures.len(), 32);
+        assert_eq!(fixtures.len(), 40);
+        assert_eq!(fixtures.iter().filter(|f| !f.history.is_empty()).count(), 8, "the fixtures of incident memory");
     }
 
     #[test]

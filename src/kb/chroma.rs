@@ -209,6 +209,11 @@ impl Where {
         Self(json!({ key: { "$in": values } }))
     }
 
+    /// `key` is a number below `value`.
+    pub fn lt(key: &str, value: impl Into<MetadataValue>) -> Self {
+        Self(json!({ key: { "$lt": value.into() } }))
+    }
+
     /// Every one of `filters` holds (Chroma wants at least two under `$and`:
     /// one is itself).
     pub fn all(filters: Vec<Where>) -> Self {
@@ -375,6 +380,13 @@ pub enum ChromaError {
          name another collection, or delete this one and index again"
     )]
     WrongEmbeddingSpace { at: String, recorded: String, wanted: EmbeddingSpace },
+    /// The same, found when opening a collection without embeddings at
+    /// hand: only the model is known.
+    #[error(
+        "{at} holds embeddings of {recorded}, not of model {wanted:?}; macha keeps one model's embeddings per \
+         collection: name another collection, or delete this one and index again"
+    )]
+    WrongModel { at: String, recorded: String, wanted: String },
     #[error("{at} sent an answer to {operation} larger than {limit}, the most macha reads of it")]
     TooLarge { operation: Operation, at: String, limit: Size },
     #[error("{at} sent an answer to {operation} that is not Chroma's: {detail}")]
@@ -470,12 +482,6 @@ impl Client {
             return Err(ChromaError::Invalid(format!("an embedding space needs a model and a dimension, not {space}")));
         }
         self.ensure_database().await?;
-        #[derive(Deserialize)]
-        struct Described {
-            id: String,
-            #[serde(default)]
-            metadata: Option<serde_json::Map<String, Value>>,
-        }
         let at = self.server();
         let call = Call { client: self, operation: Operation::OpenCollection, at: &at, limit: self.limits.other };
         let body = json!({
@@ -484,23 +490,47 @@ impl Client {
             "get_or_create": true,
         });
         let described: Described = call.send(self.http.post(self.collections_url()).json(&body)).await?;
-        if described.id.is_empty() || !described.id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(call.bad(format!("the collection id {:?} is not a UUID", text::cut(&described.id, 80, "..."))));
-        }
+        check_collection_id(&call, &described.id)?;
         let at = self.collection_at(name);
         let metadata = described.metadata.unwrap_or_default();
-        let recorded_model = metadata.get(MODEL_KEY).and_then(Value::as_str);
-        let recorded_dimension = metadata.get(DIMENSION_KEY).and_then(Value::as_u64);
-        if recorded_model != Some(space.model.as_str()) || recorded_dimension != Some(space.dimension as u64) {
-            let recorded = match (recorded_model, recorded_dimension) {
-                (Some(model), Some(dimension)) => {
-                    EmbeddingSpace { model: model.to_owned(), dimension: dimension as usize }.to_string()
-                }
-                _ => format!("no recorded model ({MODEL_KEY} and {DIMENSION_KEY} are not both in its metadata)"),
-            };
+        let recorded = recorded_space(&metadata);
+        if recorded.as_ref() != Some(space) {
+            let recorded = describe_recorded(recorded.as_ref());
             return Err(ChromaError::WrongEmbeddingSpace { at, recorded, wanted: space.clone() });
         }
         Ok(Collection { client: self.clone(), id: described.id, name: name.to_owned(), space: space.clone(), at })
+    }
+
+    /// The collection `name` as it exists, with the embedding space it
+    /// records, when it was made for `model`; `None` when there is no such
+    /// collection (nor tenant or database). Nothing is created: this is how
+    /// a reader that has no embeddings yet, and so no dimension, opens it.
+    pub async fn existing(&self, name: &str, model: &str) -> Result<Option<Collection>, ChromaError> {
+        check_name("collection", name)?;
+        let at = self.server();
+        let call = Call { client: self, operation: Operation::OpenCollection, at: &at, limit: self.limits.other };
+        let (status, body) = call.exchange(self.http.get(format!("{}/{name}", self.collections_url()))).await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(call.refused(status, &body));
+        }
+        let described: Described = call.parse(&body)?;
+        check_collection_id(&call, &described.id)?;
+        let at = self.collection_at(name);
+        let metadata = described.metadata.unwrap_or_default();
+        let recorded = recorded_space(&metadata);
+        match recorded {
+            Some(space) if space.model == model => {
+                Ok(Some(Collection { client: self.clone(), id: described.id, name: name.to_owned(), space, at }))
+            }
+            _ => Err(ChromaError::WrongModel {
+                at,
+                recorded: describe_recorded(recorded.as_ref()),
+                wanted: model.to_owned(),
+            }),
+        }
     }
 
     /// Creates the tenant and the database when they are missing (Chroma
@@ -702,16 +732,41 @@ impl Collection {
     }
 }
 
-/// Chroma's name rule for tenants, databases and collections: 3 to 512 of
-/// `[a-zA-Z0-9._-]`, beginning and ending with a letter or digit. Checked
-/// here as well, since the names go into URL paths.
+/// Chroma's description of a collection: what macha reads of it.
+#[derive(Deserialize)]
+struct Described {
+    id: String,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// The embedding space a collection's metadata records, if it records one.
+fn recorded_space(metadata: &serde_json::Map<String, Value>) -> Option<EmbeddingSpace> {
+    let model = metadata.get(MODEL_KEY).and_then(Value::as_str)?;
+    let dimension = metadata.get(DIMENSION_KEY).and_then(Value::as_u64)?;
+    Some(EmbeddingSpace { model: model.to_owned(), dimension: dimension as usize })
+}
+
+fn describe_recorded(recorded: Option<&EmbeddingSpace>) -> String {
+    match recorded {
+        Some(space) => space.to_string(),
+        None => format!("no recorded model ({MODEL_KEY} and {DIMENSION_KEY} are not both in its metadata)"),
+    }
+}
+
+/// A collection id goes into URL paths: a UUID, nothing else.
+fn check_collection_id(call: &Call<'_>, id: &str) -> Result<(), ChromaError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(call.bad(format!("the collection id {:?} is not a UUID", text::cut(id, 80, "..."))));
+    }
+    Ok(())
+}
+
+/// Chroma's name rule for tenants, databases and collections
+/// (`config::chroma_name`), checked here as well, since the names go into
+/// URL paths.
 fn check_name(what: &str, name: &str) -> Result<(), ChromaError> {
-    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    let fits = (3..=512).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && ends_ok(name.chars().next())
-        && ends_ok(name.chars().last());
-    if fits {
+    if crate::config::chroma_name(name) {
         Ok(())
     } else {
         Err(ChromaError::Invalid(format!(

@@ -10,14 +10,16 @@
 //! a pure fold, so the same events give the same memory in any backend
 //! (`remember` makes them from the audit trail).
 //!
-//! Stored behind [`Backend`]: the embedded SQLite store (`embedded`, full
-//! text and vectors compared exactly) by default. `chroma` is a typed
-//! client of ChromaDB's v2 REST API, for a memory shared by a fleet (not
-//! yet a [`Backend`]). What is stored was
+//! Stored behind [`Backend`], in the store [`Store::open`] opens as
+//! configured (`knowledge_base.backend`): the embedded SQLite store
+//! (`embedded`, full text and vectors compared exactly) by default, or
+//! ChromaDB (`chroma_store`, through `chroma`, a typed client of its v2
+//! REST API) for a memory shared by a fleet. What is stored was
 //! redacted when it was recorded (the audit trail holds nothing else) and
 //! is redacted again here, and bounded.
 
 pub mod chroma;
+pub mod chroma_store;
 pub mod embedded;
 
 use std::fmt::Write as _;
@@ -25,6 +27,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::KbBackend;
 use crate::ids::Fingerprint;
 use crate::redact::redact;
 use crate::text::{cut, one_line};
@@ -451,6 +454,16 @@ pub enum KbError {
     Sqlite { path: String, source: rusqlite::Error },
     #[error("the memory store {path}: {why}")]
     Corrupt { path: String, why: String },
+    #[error("incident memory: {0}")]
+    Chroma(#[from] chroma::ChromaError),
+    /// Chroma keeps and finds memories by their embeddings only.
+    #[error(
+        "incident memory in Chroma needs embeddings, and {unembedded} text(s) came without one: is the embedding \
+         model (`ollama.embedding_model`) answering? Records wait in the audit trail until it does"
+    )]
+    NeedsEmbeddings { unembedded: usize },
+    #[error("the memory {id} takes {bytes} bytes as JSON, more than the {limit} a Chroma record holds")]
+    TooLarge { id: String, bytes: usize, limit: usize },
 }
 
 /// Where memories are kept.
@@ -473,19 +486,30 @@ pub trait Backend {
 /// The memory store the configuration chose.
 pub enum Store {
     Embedded(embedded::Embedded),
+    /// Boxed: a Chroma client is several times the size of the embedded store.
+    Chroma(Box<chroma_store::ChromaStore>),
 }
 
 impl Store {
-    /// Opens the configured store (`knowledge_base`), in `state`.
-    pub fn open(state: &crate::state_dir::StateDir) -> Result<Self, KbError> {
-        Ok(Self::Embedded(embedded::Embedded::open(state)?))
+    /// Opens the configured store (`knowledge_base.backend`): the embedded
+    /// one in `state`, or Chroma, for vectors of `ollama.embedding_model`
+    /// (nothing is sent to Chroma until it is used).
+    pub fn open(config: &crate::config::Config, state: &crate::state_dir::StateDir) -> Result<Self, KbError> {
+        Ok(match config.knowledge_base.backend {
+            KbBackend::Embedded => Self::Embedded(embedded::Embedded::open(state)?),
+            KbBackend::Chroma => Self::Chroma(Box::new(chroma_store::ChromaStore::new(
+                &config.knowledge_base.chroma,
+                &config.ollama.embedding_model,
+            )?)),
+        })
     }
 
     /// Forgets memories not seen since `before`, then the least recently
     /// seen beyond `max`; how many were forgotten.
-    pub fn prune(&self, max: u64, before: DateTime<Utc>) -> Result<u64, KbError> {
+    pub async fn prune(&self, max: u64, before: DateTime<Utc>) -> Result<u64, KbError> {
         match self {
             Self::Embedded(s) => s.prune(max, before),
+            Self::Chroma(s) => s.prune(max, before).await,
         }
     }
 }
@@ -494,36 +518,42 @@ impl Backend for Store {
     async fn load(&self, ids: &[String]) -> Result<Vec<Memory>, KbError> {
         match self {
             Self::Embedded(s) => s.load(ids).await,
+            Self::Chroma(s) => s.load(ids).await,
         }
     }
 
     async fn store(&self, memories: &[(Memory, Option<Vec<f32>>)]) -> Result<(), KbError> {
         match self {
             Self::Embedded(s) => s.store(memories).await,
+            Self::Chroma(s) => s.store(memories).await,
         }
     }
 
     async fn search(&self, text: &str, vector: Option<&[f32]>, limit: usize) -> Result<Vec<Hit>, KbError> {
         match self {
             Self::Embedded(s) => s.search(text, vector, limit).await,
+            Self::Chroma(s) => s.search(text, vector, limit).await,
         }
     }
 
     async fn forget(&self, id: &str) -> Result<bool, KbError> {
         match self {
             Self::Embedded(s) => s.forget(id).await,
+            Self::Chroma(s) => s.forget(id).await,
         }
     }
 
     async fn stats(&self) -> Result<Stats, KbError> {
         match self {
             Self::Embedded(s) => s.stats().await,
+            Self::Chroma(s) => s.stats().await,
         }
     }
 
     async fn all(&self) -> Result<Vec<Memory>, KbError> {
         match self {
             Self::Embedded(s) => s.all().await,
+            Self::Chroma(s) => s.all().await,
         }
     }
 }
