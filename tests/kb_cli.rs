@@ -161,7 +161,10 @@ fn show_prints_one_memory_whole_and_an_unknown_id_is_refused_by_name() {
     assert_eq!(m["resolved"], 1);
     assert_eq!(m["actions"][0]["failed"], 1);
     let out = here.run(&["kb", "show", BACKUP]);
-    assert!(stdout(&out).contains("the gate said"), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("memory web1/unit-failed:backup.service\n"), "{text}");
+    assert!(text.contains("rejected by alice: free /var first") && text.contains("first seen "), "{text}");
+    assert!(!text.contains("the gate said"), "never proposed, so no verdict: {text}");
 
     let out = here.run(&["kb", "show", "web1/unit-failed:\x1b[2Jnothing.service"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

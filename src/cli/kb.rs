@@ -247,18 +247,22 @@ async fn show(state: &StateDir, id: &str, json: bool) -> anyhow::Result<ExitCode
     }
     outln!("memory {}", shown(&memory.id()))?;
     print_shown(&memory)?;
+    outln!("  first seen {}, last seen {}", when(memory.first_seen), when(memory.last_seen))?;
     if let Some(since) = memory.open_since {
         outln!("  open since {}", when(since))?;
     }
     for a in &memory.actions {
         let target = a.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
-        let verified = a.last_verified.map(|t| format!(", last verified {}", when(t))).unwrap_or_default();
-        outln!(
-            "  {}{target}: last proposed {}, the gate said {}{verified}",
-            shown(&a.action),
-            when(a.last_proposed),
-            shown(&a.last_verdict)
-        )?;
+        let mut said = Vec::new();
+        if a.proposed > 0 {
+            said.push(format!("last proposed {}, the gate said {}", when(a.last_proposed), shown(&a.last_verdict)));
+        }
+        if let Some(t) = a.last_verified {
+            said.push(format!("last verified {}", when(t)));
+        }
+        if !said.is_empty() {
+            outln!("  {}{target}: {}", shown(&a.action), said.join("; "))?;
+        }
     }
     if !memory.evidence.is_empty() {
         outln!("  evidence the last decision was shown:")?;
