@@ -1,6 +1,6 @@
-//! Stage 7, record: the audit trail, `decisions.jsonl`, `actions.jsonl` and
-//! `incidents.jsonl` in the state directory, one JSON object per line, each
-//! chained to the one before by its hash.
+//! Stage 7, record: the audit trail, `decisions.jsonl`, `actions.jsonl`,
+//! `incidents.jsonl` and `memory.jsonl` in the state directory, one JSON
+//! object per line, each chained to the one before by its hash.
 //!
 //! Each record is appended with a single write under an exclusive lock and
 //! synced before the call returns. A crash can at worst leave a torn last
@@ -32,6 +32,11 @@ use crate::state_dir::{StateDir, StateError};
 pub const DECISIONS: &str = "decisions.jsonl";
 pub const ACTIONS: &str = "actions.jsonl";
 pub const INCIDENTS: &str = "incidents.jsonl";
+/// What people did to incident memory (`macha kb forget`, `macha kb import`).
+pub const MEMORY: &str = "memory.jsonl";
+
+/// Every trail, in the order `macha-logs verify` checks them.
+pub const TRAILS: [&str; 4] = [DECISIONS, ACTIONS, INCIDENTS, MEMORY];
 
 /// An incident opened or resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -318,6 +323,42 @@ pub struct ActionRecord {
     pub before: Option<Observed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<Observed>,
+}
+
+/// A person changed incident memory: forgot one memory, or imported
+/// memories from a file. Memory is otherwise folded from the other trails
+/// alone (`remember`), so these are the only changes to it they do not show.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryRecord {
+    pub time: DateTime<Utc>,
+    /// The host the command ran on.
+    pub host: String,
+    pub event: MemoryEvent,
+    /// The person, as `macha-approve` records an approver: "alice (uid 1000)".
+    pub by: String,
+    /// The memory forgotten (`host/fingerprint`); none for an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// What it was (a forgotten memory's summary and counts), or what was
+    /// imported from where.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryEvent {
+    Forgotten,
+    Imported,
+}
+
+impl MemoryEvent {
+    /// Its name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryEvent::Forgotten => "forgotten",
+            MemoryEvent::Imported => "imported",
+        }
+    }
 }
 
 /// A file that could not be appended to, verified or read: what was being

@@ -42,6 +42,8 @@ enum Command {
     Status(cli::status::Args),
     /// What the model cost and how it went, per day and overall.
     Stats(cli::stats::Args),
+    /// Incident memory: search it, show, forget, stats, reindex from the audit trail, export and import as JSONL.
+    Kb(cli::kb::Args),
     /// Decide the evaluation fixtures with a model and print the pass rates and latencies.
     Eval(cli::eval::Args),
     /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Notify(args) => cli::notify::run(cli.config.as_deref(), args),
         Command::Status(args) => cli::status::run(cli.config.as_deref(), args),
         Command::Stats(args) => cli::stats::run(cli.config.as_deref(), args),
+        Command::Kb(args) => cli::kb::run(cli.config.as_deref(), args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),

@@ -139,7 +139,7 @@ pub struct Usage {
 /// The kinds of files at the top of the state directory, other than the
 /// subdirectories: which kind a name belongs to.
 fn kind_of(name: &str) -> &'static str {
-    for trail in [audit::DECISIONS, audit::ACTIONS, audit::INCIDENTS] {
+    for trail in audit::TRAILS {
         let seal = format!("{trail}.head");
         if name == trail || name == seal || Naming::BeforeExtension.number(trail, name).is_some() {
             return trail;
@@ -173,7 +173,8 @@ pub fn usage(state: &StateDir, config: &Config) -> Usage {
     let mut kinds: Vec<KindUsage> = [
         (audit::DECISIONS.to_owned(), audit_limit.clone(), Some(audit_bytes)),
         (audit::ACTIONS.to_owned(), audit_limit.clone(), Some(audit_bytes)),
-        (audit::INCIDENTS.to_owned(), audit_limit, Some(audit_bytes)),
+        (audit::INCIDENTS.to_owned(), audit_limit.clone(), Some(audit_bytes)),
+        (audit::MEMORY.to_owned(), audit_limit, Some(audit_bytes)),
         (
             crate::logging::ORCHESTRATOR_LOG.to_owned(),
             format!("{} files of {}", r.log_files, mib(r.log_max_kb)),

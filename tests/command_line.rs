@@ -144,6 +144,9 @@ fn a_number_argument_out_of_its_range_is_refused_by_name() {
         (&["approve", "approve", "-5"], "<ID>", ""),
         (&["approve", "reject", "99999999999999999999"], "<ID>", ""),
         (&["approve", "discuss", "0"], "<ID>", "1.."),
+        (&["kb", "search", "disk", "--limit", "0"], "--limit", "1..=100"),
+        (&["kb", "search", "disk", "--limit", "101"], "--limit", "1..=100"),
+        (&["kb", "search", "disk", "--limit", "18446744073709551616"], "--limit", ""),
         (
             &["eval", "--url", "http://127.0.0.1:9", "--model", "m", "--timeout", "18446744073709551615"],
             "--timeout",
@@ -177,6 +180,11 @@ fn a_pipe_closed_before_the_first_line_ends_each_command_quietly() {
         &["resume"],
         &["check"],
         &["check", "--json"],
+        &["kb", "search", "failed"],
+        &["kb", "search", "failed", "--json"],
+        &["kb", "stats"],
+        &["kb", "stats", "--json"],
+        &["kb", "reindex"],
     ] {
         // The reading end is closed before the command starts: closed after
         // the spawn, a child that another test forks at that moment holds it

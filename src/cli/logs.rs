@@ -1,4 +1,4 @@
-//! `macha-logs`: the audit trail (`decisions`, `actions`), the daemon's own
+//! `macha-logs`: the audit trail (`decisions`, `actions`, `memory`), the daemon's own
 //! log file (`orchestrator`) and its journal lines (`service`), for people
 //! (`--json` for scripts), the last N (`-n`) and live (`--follow`).
 //! People see each audit line read as the library's record type; `--json`
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::output::{self, outln, shown};
-use macha::audit::{self, ActionRecord, DecisionRecord};
+use macha::audit::{self, ActionRecord, DecisionRecord, MemoryRecord};
 use macha::config::Config;
 use macha::decide::Severity;
 use macha::logging::ORCHESTRATOR_LOG;
@@ -50,6 +50,8 @@ enum Which {
     Decisions,
     /// What was carried out, queued, refused or rejected.
     Actions,
+    /// What people did to incident memory: memories forgotten, imports (`macha kb`).
+    Memory,
     /// The daemon's own log file.
     Orchestrator,
     /// The daemon's journal lines (its systemd unit).
@@ -65,6 +67,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Which::Verify => return verify(&config, args.json),
         Which::Decisions => (audit::DECISIONS, human_decision),
         Which::Actions => (audit::ACTIONS, human_action),
+        Which::Memory => (audit::MEMORY, human_memory),
         Which::Orchestrator => (ORCHESTRATOR_LOG, human_log),
         Which::Service => {
             let (dir, unit) = (config.journal_dir.as_deref(), config.service_unit.as_str());
@@ -142,7 +145,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 fn verify(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let mut intact = true;
     let state = super::existing_state_dir(config)?;
-    for name in [audit::DECISIONS, audit::ACTIONS, audit::INCIDENTS] {
+    for name in audit::TRAILS {
         let r = match &state {
             Some(state) => audit::verify(state, name)?,
             None => audit::ChainReport::default(),
@@ -256,6 +259,11 @@ fn human_action(v: &Value) -> String {
     ActionRecord::deserialize(v).map_or_else(|_| loose::action(v), |r| action_line(&r))
 }
 
+/// A line of `memory.jsonl` for people, as [`human_decision`].
+fn human_memory(v: &Value) -> String {
+    MemoryRecord::deserialize(v).map_or_else(|_| loose::memory(v), |r| memory_line(&r))
+}
+
 /// Every text of a record goes through `shown`: records quote the model,
 /// the journal, unit and mount names, people's reasons (and the files
 /// could have been edited).
@@ -304,6 +312,11 @@ fn action_line(r: &ActionRecord) -> String {
     format!("{}  {}{target}  {}  [{who}]  {}", when(&r.time), shown(&r.action), r.outcome, shown(&r.detail))
 }
 
+fn memory_line(r: &MemoryRecord) -> String {
+    let memory = r.memory.as_deref().map(|m| format!(" {}", shown(m))).unwrap_or_default();
+    format!("{}  {}{memory}  [by {}]  {}", when(&r.time), r.event.as_str(), shown(&r.by), shown(&r.detail))
+}
+
 /// A text field of a line read as JSON (the daemon's log, a line of the
 /// trail that is no record), as a terminal may show it.
 fn s<'a>(v: &'a Value, key: &str) -> Cow<'a, str> {
@@ -318,7 +331,8 @@ fn time(v: &Value, key: &str) -> String {
 /// A line of the trail that is JSON but not a record of its file, shown
 /// field by field: the fields it has, by the names records have, each as
 /// far as it is of the type a record gives it; a missing one is empty.
-/// For a record it gives what [`decision_line`] and [`action_line`] give.
+/// For a record it gives what [`decision_line`], [`action_line`] and
+/// [`memory_line`] give.
 mod loose {
     use serde_json::Value;
 
@@ -361,6 +375,12 @@ mod loose {
             _ => s(v, "origin").into_owned(),
         };
         format!("{}  {}{target}  {}  [{who}]  {}", time(v, "time"), s(v, "action"), s(v, "outcome"), s(v, "detail"))
+    }
+
+    pub(super) fn memory(v: &Value) -> String {
+        let memory =
+            if v.get("memory").is_some_and(Value::is_string) { format!(" {}", s(v, "memory")) } else { String::new() };
+        format!("{}  {}{memory}  [by {}]  {}", time(v, "time"), s(v, "event"), s(v, "by"), s(v, "detail"))
     }
 }
 

@@ -89,7 +89,7 @@ fn human(s: &Summary, unreadable: usize) -> String {
 }
 
 /// Bytes for a person: "812 B", "3.4 KiB", "12.0 MiB".
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     match bytes {
         b if b < 1024 => format!("{b} B"),
         b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
