@@ -55,6 +55,8 @@ pub enum RememberError {
     Cursor { path: String, source: rusqlite::Error },
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error("cannot take the memory's lock ({path}): {why}")]
+    Lock { path: String, why: String },
     /// The store needs embeddings (Chroma), and none could be made.
     #[error("{source}; incident memory in Chroma is stored with embeddings only, so the records wait in the audit trail until the embedding model answers")]
     Unembedded { source: EmbedError },
@@ -278,6 +280,44 @@ pub async fn catch_up(
     store: &impl Backend,
     embed: Option<&ModelService>,
 ) -> Result<Remembered, RememberError> {
+    let _held = lock(state).await?;
+    catch_up_locked(state, store, embed).await
+}
+
+/// The file whose lock one process holds while it folds the trail into
+/// memory: two at once (the daemon, and `macha kb search`) would both read
+/// the same unmarked records and count them twice.
+const LOCK_FILE: &str = "knowledge.lock";
+
+/// How long a catch-up waits for another one to finish.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes the memory's lock (see [`LOCK_FILE`]), waiting without blocking
+/// the runtime; it is let go when the file is dropped.
+async fn lock(state: &StateDir) -> Result<std::fs::File, RememberError> {
+    let path = state.path_of(LOCK_FILE).display().to_string();
+    let fail = |why: String| RememberError::Lock { path: path.clone(), why };
+    let file = state.append(LOCK_FILE).map_err(|e| fail(e.to_string()))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(fail(format!("another process has held it for {} s", LOCK_WAIT.as_secs())))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e.to_string())),
+        }
+    }
+}
+
+async fn catch_up_locked(
+    state: &StateDir,
+    store: &impl Backend,
+    embed: Option<&ModelService>,
+) -> Result<Remembered, RememberError> {
     let cursor = Cursor::open(state)?;
     let mut records: Vec<(DateTime<Utc>, usize, String, String, Value)> = Vec::new();
     for (order, trail) in TRAILS.iter().enumerate() {
@@ -308,6 +348,7 @@ pub async fn reindex(
     store: &impl Backend,
     embed: Option<&ModelService>,
 ) -> Result<Remembered, RememberError> {
+    let _held = lock(state).await?;
     let cursor = Cursor::open(state)?;
     let mut ids = HashSet::new();
     for trail in TRAILS {
@@ -321,7 +362,7 @@ pub async fn reindex(
         store.forget(id).await?;
     }
     cursor.reset()?;
-    catch_up(state, store, embed).await
+    catch_up_locked(state, store, embed).await
 }
 
 #[cfg(test)]
