@@ -434,6 +434,15 @@ fn take(
                 return Ok(());
             }
             j.call("wait", |j| j.wait(Some(Duration::from_secs(1))).map(drop))?;
+            // Seek to the last entry taken again (and skip it), so that the
+            // next read starts from what the files hold now: entries written
+            // into a file as it was being added (journald starting a new
+            // one) were seen here to stay unread until the next write,
+            // however long that took.
+            if let Some(c) = at.as_deref() {
+                j.call("seek to cursor", |j| j.seek_cursor(c))?;
+                skip = Some(c.to_owned());
+            }
             // A second passed, or entries came: a burst may have slid out.
             Read::Idle
         } else {
