@@ -128,9 +128,10 @@ fn call_files(state_dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every record of a model call, oldest first.
+/// Every record of a model call, oldest first (incident memory's
+/// embedding calls, to a model the double does not have, left out).
 fn call_records(state_dir: &Path) -> Vec<Value> {
-    call_files(state_dir).iter().flat_map(|f| read_jsonl(f)).collect()
+    call_files(state_dir).iter().flat_map(|f| read_jsonl(f)).filter(|c| c["purpose"] != "embed").collect()
 }
 
 fn set_primary(bed: &Bed, url: &str) {
