@@ -116,6 +116,7 @@ fn resolutions(bed: &Bed) -> usize {
 #[test]
 fn sigterm_mid_restart_lets_it_finish_records_it_once_and_storm_control_counts_it() {
     let bed = Bed::new("inflight-term", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.append_config("cooldown = 0\nmax_auto_per_hour = 100\nmax_auto_restarts = 2\n");
     slow_unit(&bed, SLOW_THEN_CRASH);
 
@@ -148,6 +149,7 @@ fn sigterm_mid_restart_lets_it_finish_records_it_once_and_storm_control_counts_i
 #[test]
 fn after_sigterm_the_action_in_flight_ends_and_no_further_one_starts() {
     let bed = Bed::new("inflight-rest", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.append_config("cooldown = 0\nmax_auto_per_hour = 100\nmax_auto_restarts = 10\n");
     slow_unit(&bed, SLOW_THEN_CRASH);
     // One decision, two actions: the second would run right after the first.
@@ -175,6 +177,7 @@ fn after_sigterm_the_action_in_flight_ends_and_no_further_one_starts() {
 #[test]
 fn sigkill_mid_restart_the_next_daemon_records_it_once_and_does_not_repeat_it() {
     let bed = Bed::new("inflight-kill", "auto-safe");
+    bed.without_failed_fix_rule();
     slow_unit(&bed, SLOW_THEN_FAIL);
 
     let mut first = spawn_daemon(&bed);
@@ -247,6 +250,7 @@ fn fill(dir: &Path) {
 #[test]
 fn a_full_state_disk_mid_restart_loses_no_record_and_repeats_nothing() {
     let bed = Bed::new("inflight-full", "auto-safe");
+    bed.without_failed_fix_rule();
     let _disk = Mount::tmpfs(&bed.state_dir(), "16m");
     // tmpfs gives out whole pages: a record that fits in the slack of the
     // trail's last page is written even on a full disk. A line before the
@@ -289,6 +293,7 @@ fn a_full_state_disk_mid_restart_loses_no_record_and_repeats_nothing() {
 #[test]
 fn an_action_whose_start_cannot_be_recorded_is_not_carried_out() {
     let bed = Bed::new("inflight-norecord", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.failing_web();
     bed.heal_web();
     // Every write to actions.jsonl fails as on a full disk.

@@ -51,6 +51,7 @@ fn run_daemon_for(bed: &Bed, secs: u64) {
 #[test]
 fn a_unit_failing_in_a_loop_is_restarted_no_more_than_the_budget_allows() {
     let bed = Bed::new("storm-budget", "auto-safe");
+    bed.without_failed_fix_rule();
     // The bed's config ends with its [act] table, so these keys land there.
     bed.append_config("cooldown = 0\nmax_auto_per_hour = 3\nmax_auto_restarts = 10\n");
     bed.c.install_unit(LOOP, LOOP_UNIT).unwrap();
@@ -72,6 +73,7 @@ fn a_unit_failing_in_a_loop_is_restarted_no_more_than_the_budget_allows() {
 #[test]
 fn after_the_configured_number_of_automatic_restarts_a_human_takes_over() {
     let bed = Bed::new("storm-count", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.append_config("cooldown = 0\nmax_auto_per_hour = 100\nmax_auto_restarts = 2\n");
     bed.c.install_unit(LOOP, LOOP_UNIT).unwrap();
     bed.c.start_unit(LOOP).unwrap();
@@ -89,6 +91,7 @@ fn after_the_configured_number_of_automatic_restarts_a_human_takes_over() {
 #[test]
 fn a_failed_check_is_not_repeated_automatically_and_the_cooldown_holds() {
     let bed = Bed::new("storm-check", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.append_config("cooldown = 3600\n");
     bed.failing_web();
     for _ in 0..3 {
@@ -105,6 +108,7 @@ fn a_failed_check_is_not_repeated_automatically_and_the_cooldown_holds() {
 #[test]
 fn pause_stops_every_automatic_action_until_resume() {
     let bed = Bed::new("storm-pause", "auto-safe");
+    bed.without_failed_fix_rule();
     bed.failing_web();
     bed.heal_web();
     let out = bed.run("macha", &["pause", "--reason", "database migration"]);

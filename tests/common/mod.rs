@@ -103,6 +103,17 @@ job_timeout = 20
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Turns off incident memory's rule that a fix whose verification
+    /// failed goes to a human (`knowledge_base.failed_fix_days = 0`), for
+    /// tests of storm control's own rules, which it would otherwise
+    /// pre-empt. The `[act]` table stays last, so `append_config` of act
+    /// keys still lands there.
+    pub fn without_failed_fix_rule(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("[act]\n", "[knowledge_base]\nfailed_fix_days = 0\n\n[act]\n", 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Appends TOML (tables such as `[gotify]`) to the config.
     pub fn append_config(&self, text: &str) {
         let mut config = std::fs::read_to_string(&self.config).unwrap();
