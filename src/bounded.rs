@@ -184,6 +184,19 @@ pub async fn read_body(mut response: reqwest::Response, limit: Size) -> Result<V
     Ok(body)
 }
 
+/// A secret kept in a file (a token, an API key): the file's first line,
+/// trimmed, read within 64 KiB; `name` says which file in the errors, an
+/// empty one included.
+pub fn read_secret(path: &Path, name: &'static str) -> Result<String, String> {
+    let kind = FileKind { name, limit: Size::kib(64) };
+    let text = read_to_string(path, kind).map_err(|e| e.to_string())?;
+    let secret = text.lines().next().unwrap_or("").trim().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{name} {} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::bounded::{self, BodyError, FileKind, Size};
+use crate::bounded::{self, BodyError, Size};
 use crate::errors::chain;
 use crate::text;
 
@@ -104,13 +104,8 @@ impl fmt::Debug for Token {
 impl Token {
     /// Reads the token from `path`: its first line, trimmed.
     pub fn read(path: &Path) -> Result<Self, ChromaError> {
-        const FILE: FileKind = FileKind { name: "the Chroma token file", limit: Size::kib(64) };
-        let text = bounded::read_to_string(path, FILE).map_err(|e| ChromaError::Token(e.to_string()))?;
-        let token = text.lines().next().unwrap_or("").trim();
-        if token.is_empty() {
-            return Err(ChromaError::Token(format!("the Chroma token file {} is empty", path.display())));
-        }
-        if HeaderValue::from_str(token).is_err() {
+        let token = bounded::read_secret(path, "the Chroma token file").map_err(ChromaError::Token)?;
+        if HeaderValue::from_str(&token).is_err() {
             let reason = "its first line holds characters an HTTP header cannot carry";
             return Err(ChromaError::Token(format!("the Chroma token file {}: {reason}", path.display())));
         }

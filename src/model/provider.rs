@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::chat::{Answer, ChatRequest};
 use super::stream::{Assembly, Lines, StreamError};
 use super::{ollama, openai};
-use crate::bounded::{self, BodyError, FileKind, Size};
+use crate::bounded::{self, BodyError, Size};
 use crate::config::Api;
 use crate::errors::chain;
 
@@ -220,13 +220,7 @@ impl fmt::Debug for ApiKey {
 impl ApiKey {
     /// Reads the key from `path` (the first line, trimmed).
     pub fn read(path: &Path) -> Result<Self, String> {
-        const FILE: FileKind = FileKind { name: "the API key file", limit: Size::kib(64) };
-        let text = bounded::read_to_string(path, FILE).map_err(|e| e.to_string())?;
-        let key = text.lines().next().unwrap_or("").trim().to_owned();
-        if key.is_empty() {
-            return Err(format!("the API key file {} is empty", path.display()));
-        }
-        Ok(Self(key))
+        bounded::read_secret(path, "the API key file").map(Self)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::Message;
-use crate::bounded::{self, BodyError, FileKind, Size};
+use crate::bounded::{self, BodyError, Size};
 use crate::errors::chain;
 
 /// The application token. Its `Debug` and `Display` never show it.
@@ -25,13 +25,7 @@ impl fmt::Debug for Token {
 impl Token {
     /// Reads the token from `path` (the first line, trimmed).
     pub fn read(path: &Path) -> Result<Self, String> {
-        const FILE: FileKind = FileKind { name: "the Gotify token file", limit: Size::kib(64) };
-        let text = bounded::read_to_string(path, FILE).map_err(|e| e.to_string())?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.is_empty() {
-            return Err(format!("the Gotify token file {} is empty", path.display()));
-        }
-        Ok(Self(token))
+        bounded::read_secret(path, "the Gotify token file").map(Self)
     }
 
     /// `text` with every occurrence of the token replaced.
