@@ -96,6 +96,11 @@ pub struct KnowledgeBaseConfig {
     pub backend: KbBackend,
     /// The Chroma server, for `backend = "chroma"`.
     pub chroma: ChromaConfig,
+    /// A directory of the operator's runbooks: markdown files (`*.md`),
+    /// each split into sections on its headings, indexed in `knowledge.db`
+    /// again when a file changes, and shown to decisions like past
+    /// incidents.
+    pub runbooks: Option<PathBuf>,
 }
 
 /// Where incident memory is kept.
@@ -149,6 +154,7 @@ impl Default for KnowledgeBaseConfig {
             max_age_days: 365,
             backend: KbBackend::Embedded,
             chroma: ChromaConfig::default(),
+            runbooks: None,
         }
     }
 }
@@ -857,6 +863,9 @@ impl Config {
         if let Some(path) = c.token_file.as_ref().filter(|p| !p.is_absolute()) {
             return Err(Invalid::NotAbsolute { key: "knowledge_base.chroma.token_file", path: path.clone() });
         }
+        if let Some(path) = self.knowledge_base.runbooks.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(Invalid::NotAbsolute { key: "knowledge_base.runbooks", path: path.clone() });
+        }
         for (key, name) in [
             ("knowledge_base.chroma.tenant", &c.tenant),
             ("knowledge_base.chroma.database", &c.database),
@@ -1136,6 +1145,7 @@ mod tests {
             ("[knowledge_base.chroma]\ncollection = \"a/b\"", "knowledge_base.chroma.collection"),
             ("[knowledge_base.chroma]\ntoken_file = \"token\"", "knowledge_base.chroma.token_file"),
             ("[knowledge_base.chroma]\ntimeout = 0", "knowledge_base.chroma.timeout"),
+            ("[knowledge_base]\nrunbooks = \"runbooks\"", "knowledge_base.runbooks"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
