@@ -24,6 +24,39 @@ let
   # service can read, gone when it stops.
   gotifyCredential = "gotify-token";
   gotifyTokenPath = "/run/credentials/${unit}/${gotifyCredential}";
+  chromaCredential = "chroma-token";
+  chromaTokenPath = "/run/credentials/${unit}/${chromaCredential}";
+
+  kb = cfg.knowledgeBase;
+  # A ChromaDB server on this host (nixpkgs' services.chromadb) is the one
+  # macha uses when the chroma backend names no other, and is started first.
+  localChroma = kb.backend == "chroma" && (config.services.chromadb.enable or false);
+  localChromaUrl =
+    let
+      inherit (config.services.chromadb) host port;
+      # A server listening on every address is reached on the loopback one.
+      reach = if host == "0.0.0.0" then "127.0.0.1" else if host == "::" then "::1" else host;
+    in
+    "http://${if lib.hasInfix ":" reach then "[${reach}]" else reach}:${toString port}";
+  chromaUrl = if kb.chroma.url == null && localChroma then localChromaUrl else kb.chroma.url;
+
+  # What the sandbox below hides from the daemon: home directories
+  # (ProtectHome=, unless an admin opens them read-only or not at all) and
+  # /tmp, /var/tmp (PrivateTmp=).
+  protectHome = config.systemd.services.macha-autonomous.serviceConfig.ProtectHome or false;
+  hiddenDirs =
+    [
+      "/tmp"
+      "/var/tmp"
+    ]
+    ++ lib.optionals (!(builtins.elem protectHome [ false "no" "read-only" ])) [
+      "/home"
+      "/root"
+      "/run/user"
+    ];
+  runbooksDir = if kb.runbooks == null then null else "${kb.runbooks}";
+  hiddenRunbooks =
+    runbooksDir != null && lib.any (dir: runbooksDir == dir || lib.hasPrefix "${dir}/" runbooksDir) hiddenDirs;
 
   # A unit name with its type, as macha and polkit compare them. A bare name
   # is taken for a service: "postgresql" protects postgresql.service.
@@ -189,6 +222,104 @@ in
       };
     };
 
+    knowledgeBase = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        example = false;
+        description = ''
+          Incident memory (`knowledge_base.enable`): every incident is
+          remembered from the audit trail with what came of each fix tried,
+          and the nearest past incidents are shown to the next decisions;
+          `macha kb` searches it. `false` turns it off (nothing is
+          remembered or recalled; `macha kb export`, `import` and `forget`
+          still work on what is kept).
+        '';
+      };
+      backend = lib.mkOption {
+        type = lib.types.enum [
+          "embedded"
+          "chroma"
+        ];
+        default = "embedded";
+        example = "chroma";
+        description = ''
+          Where memories are kept (`knowledge_base.backend`).
+
+          - `embedded`: `knowledge.db` in the state directory, full text and
+            embeddings; no service to run.
+          - `chroma`: the ChromaDB server of {option}`knowledgeBase.chroma.url`,
+            a memory shared by a fleet. Chroma finds memories by their
+            embeddings only: while the embedding model is down, new records
+            wait in the audit trail and decisions go on without memory.
+        '';
+      };
+      chroma = {
+        url = lib.mkOption {
+          type = lib.types.nullOr (lib.types.strMatching "https?://[^?@]+");
+          default = null;
+          example = "http://chroma.lan:8000";
+          description = ''
+            Base URL of the ChromaDB server, without `/api/v2`
+            (`knowledge_base.chroma.url`); required with
+            {option}`knowledgeBase.backend` `"chroma"`, unless
+            {option}`services.chromadb.enable` is set on this host: then
+            `null` means that server, `http://HOST:PORT` from
+            {option}`services.chromadb.host` and
+            {option}`services.chromadb.port` (`0.0.0.0` and `::` are reached
+            on the loopback address). With the chroma backend and a local
+            ChromaDB, the daemon wants `chromadb.service` and starts after
+            it. No credentials in the URL: see
+            {option}`knowledgeBase.chroma.tokenFile`. The tenant, database,
+            collection and timeout are in `settings.knowledge_base.chroma`.
+          '';
+        };
+        tokenFile = lib.mkOption {
+          type = lib.types.nullOr (lib.types.strMatching "/.+");
+          default = null;
+          example = "/run/secrets/macha-chroma-token";
+          description = ''
+            A file holding the token Chroma, or a proxy in front of it,
+            checks; given as a string so that it is never copied into the
+            world-readable Nix store. The service receives it through
+            `LoadCredential=`, so the file may stay readable by root only;
+            `knowledge_base.chroma.token_file` in the configuration points at
+            the credential. `null`: requests carry no token.
+          '';
+        };
+      };
+      embeddingModel = lib.mkOption {
+        type = lib.types.strMatching ".*[^[:space:]].*";
+        default = "nomic-embed-text";
+        example = "mxbai-embed-large";
+        description = ''
+          The Ollama model that turns texts into vectors for incident memory
+          (`ollama.embedding_model`), asked on {option}`ollamaUrl` only. It
+          must be pulled there (`ollama pull nomic-embed-text`); without
+          it, the embedded backend finds memories by their words alone. A
+          Chroma collection is made for one model: name another collection
+          (`settings.knowledge_base.chroma.collection`) when it changes.
+        '';
+      };
+      runbooks = lib.mkOption {
+        type = lib.types.nullOr lib.types.path;
+        default = null;
+        example = lib.literalExpression "./runbooks";
+        description = ''
+          A directory of your runbooks, markdown files (`*.md`), that
+          decisions are shown the sections of nearest to an incident
+          (`knowledge_base.runbooks`). A Nix path such as `./runbooks` is
+          copied into the Nix store, where everyone can read it; that is
+          fine for runbooks, and a change rebuilds the configuration. A
+          string such as `"/srv/runbooks"` names a directory outside the
+          store, read in place: the daemon reads it as the user `macha`,
+          so its files must be readable by that user or by everyone, and
+          it must not be under `/home`, `/root`, `/run/user`, `/tmp` or
+          `/var/tmp`, which the service's sandbox hides.
+        '';
+      };
+    };
+
     approverGroup = lib.mkOption {
       type = lib.types.strMatching "[a-z_][a-z0-9_-]*";
       default = "wheel";
@@ -251,6 +382,39 @@ in
           ${user} in a sandbox and gets the token through LoadCredential=.
         '';
       }
+      {
+        assertion = kb.backend != "chroma" || (cfg.settings.knowledge_base.chroma.url or null) != null;
+        message = ''
+          services.macha-autonomous.knowledgeBase.backend is "chroma" but no Chroma server is named:
+          set services.macha-autonomous.knowledgeBase.chroma.url (for example "http://chroma.lan:8000"),
+          or run ChromaDB on this host (services.chromadb.enable), or use the "embedded" backend.
+        '';
+      }
+      {
+        assertion = kb.chroma.tokenFile == null || !lib.hasPrefix builtins.storeDir kb.chroma.tokenFile;
+        message = ''
+          services.macha-autonomous.knowledgeBase.chroma.tokenFile is in the Nix store (${toString kb.chroma.tokenFile}),
+          where every user can read it. Keep the token in a file only root can read, outside the
+          store (for example one written by agenix or sops-nix), and give its path as a string.
+        '';
+      }
+      {
+        assertion = (cfg.settings.knowledge_base.chroma.token_file or chromaTokenPath) == chromaTokenPath;
+        message = ''
+          services.macha-autonomous.settings.knowledge_base.chroma.token_file is set; use
+          services.macha-autonomous.knowledgeBase.chroma.tokenFile instead: the daemon runs as the user
+          ${user} in a sandbox and gets the token through LoadCredential=.
+        '';
+      }
+      {
+        assertion = !hiddenRunbooks;
+        message = ''
+          services.macha-autonomous.knowledgeBase.runbooks is ${toString runbooksDir}, which the service's
+          sandbox hides (${lib.concatStringsSep ", " hiddenDirs}): the daemon could not read it. Keep the
+          runbooks elsewhere (for example /srv/runbooks, or a Nix path such as ./runbooks, copied into the store),
+          or, for a home directory, set systemd.services.macha-autonomous.serviceConfig.ProtectHome = "read-only".
+        '';
+      }
     ];
 
     services.macha-autonomous.settings = {
@@ -262,6 +426,15 @@ in
       ollama = {
         url = cfg.ollamaUrl;
         inherit (cfg) model;
+        embedding_model = kb.embeddingModel;
+      };
+      knowledge_base = {
+        inherit (kb) enable backend;
+        runbooks = lib.mkIf (runbooksDir != null) runbooksDir;
+        chroma = lib.mkIf (chromaUrl != null || kb.chroma.tokenFile != null) {
+          url = lib.mkIf (chromaUrl != null) chromaUrl;
+          token_file = lib.mkIf (kb.chroma.tokenFile != null) chromaTokenPath;
+        };
       };
       act.approver_group = cfg.approverGroup;
       gotify = lib.mkIf (cfg.gotify.url != null) {
@@ -296,8 +469,11 @@ in
       description = "macha: keeps this host healthy";
       documentation = [ "man:macha(1)" ];
       wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ] ++ lib.optional (config.services.ollama.enable or false) "ollama.service";
+      wants = [ "network-online.target" ] ++ lib.optional localChroma "chromadb.service";
+      after =
+        [ "network-online.target" ]
+        ++ lib.optional (config.services.ollama.enable or false) "ollama.service"
+        ++ lib.optional localChroma "chromadb.service";
 
       serviceConfig = {
         # READY=1 once started, WATCHDOG=1 pings from the daemon's own event
@@ -314,10 +490,12 @@ in
         Group = user;
         StateDirectory = "macha-autonomous";
         StateDirectoryMode = "0750";
-        LoadCredential = lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}";
+        LoadCredential =
+          lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}"
+          ++ lib.optional (kb.chroma.tokenFile != null) "${chromaCredential}:${kb.chroma.tokenFile}";
 
-        # Hardening. What stays open, and why: the network (Ollama and
-        # Gotify may be remote), D-Bus over AF_UNIX (systemd's manager and
+        # Hardening. What stays open, and why: the network (Ollama, Gotify
+        # and Chroma may be remote), D-Bus over AF_UNIX (systemd's manager and
         # polkit), reading the journal and /proc (the failed units' logs,
         # the host's load, the investigation probes; hence no ProtectProc=
         # or ProcSubset=, which would hide other users' processes and

@@ -5,7 +5,12 @@
 #             replaced by @package@ and @config@), the configuration file's
 #             contents, the polkit rule and the helper units; the
 #             expectations below are checked first, and ./eval.sh compares
-#             the rest with the files in ./rendered/.
+#             the rest with the files in ./rendered/. The Chroma backend and
+#             runbooks are not set there: tests/service_unit.rs starts that
+#             unit in a container without a Chroma server or its token file.
+#   chroma    a host with the Chroma backend next to a local ChromaDB, a
+#             token file and runbooks: its expectations (configuration,
+#             credential, ordering) are checked, `true`.
 #   effects   one check per option: setting it changes what the option says
 #             in the rendered file or unit. `true`, or an error naming the
 #             option.
@@ -73,6 +78,7 @@ let
       tokenFile = "/run/secrets/gotify-token";
     };
     approverGroup = "ops";
+    knowledgeBase.embeddingModel = "mxbai-embed-large";
     settings = {
       act.cooldown = 600;
       detect.disk_full_percent = 85;
@@ -96,6 +102,11 @@ let
         ollama = {
           url = "http://10.0.0.7:11434";
           model = "qwen2.5:32b";
+          embedding_model = "mxbai-embed-large";
+        };
+        knowledge_base = {
+          enable = true;
+          backend = "embedded";
         };
         act = {
           approver_group = "ops";
@@ -151,6 +162,58 @@ let
       (lib.sublist 24 4 (builtins.fromJSON (builtins.head (builtins.match ".*var PROTECTED_UNITS = (\\[[^]]*]);.*" good.polkitRule)))))
   ];
 
+  # The Chroma backend served by ChromaDB on this host (services.chromadb),
+  # with a token, runbooks outside the store and the tenant from settings.
+  chromaHost = evaluate [
+    {
+      services.chromadb = {
+        enable = true;
+        host = "0.0.0.0";
+        port = 8001;
+      };
+      services.macha-autonomous = {
+        enable = true;
+        knowledgeBase = {
+          backend = "chroma";
+          chroma.tokenFile = "/run/secrets/chroma-token";
+          runbooks = "/srv/runbooks";
+        };
+        settings.knowledge_base.chroma.tenant = "fleet";
+      };
+    }
+  ];
+  chromaService = chromaHost.systemd.services.macha-autonomous;
+  chromaChecks = [
+    (expect "the knowledge base with the local ChromaDB"
+      {
+        enable = true;
+        backend = "chroma";
+        runbooks = "/srv/runbooks";
+        chroma = {
+          url = "http://127.0.0.1:8001";
+          token_file = "/run/credentials/macha-autonomous.service/chroma-token";
+          tenant = "fleet";
+        };
+      }
+      (render chromaHost).settings.knowledge_base)
+    (expect "the Chroma token's credential" [ "chroma-token:/run/secrets/chroma-token" ] chromaService.serviceConfig.LoadCredential)
+    (expect "the ordering after the local ChromaDB"
+      [
+        [ "network-online.target" "chromadb.service" ]
+        [ "network-online.target" "chromadb.service" ]
+      ]
+      [ chromaService.wants chromaService.after ])
+    (expect "both credentials, Gotify's and Chroma's"
+      [ "gotify-token:/run/secrets/gotify-token" "chroma-token:/run/secrets/chroma-token" ]
+      (host {
+        gotify = {
+          url = "https://gotify.example.org";
+          tokenFile = "/run/secrets/gotify-token";
+        };
+        knowledgeBase.chroma.tokenFile = "/run/secrets/chroma-token";
+      }).systemd.services.macha-autonomous.serviceConfig.LoadCredential)
+  ];
+
   # One host per option: the option's effect against a host without it.
   base = render (host { });
   effect =
@@ -165,6 +228,8 @@ in
   good =
     assert lib.all (x: x) goodChecks;
     good;
+
+  chroma = lib.all (x: x) chromaChecks;
 
   effects = {
     documented =
@@ -193,6 +258,11 @@ in
         ollama = {
           url = "http://127.0.0.1:11434";
           model = "llama3.1:70b";
+          embedding_model = "nomic-embed-text";
+        };
+        knowledge_base = {
+          enable = true;
+          backend = "embedded";
         };
         act.approver_group = "wheel";
       }
@@ -222,6 +292,103 @@ in
     approverGroup = effect "approverGroup" { approverGroup = "ops"; } (r: setting [ "act" "approver_group" ] r == "ops");
     settings = effect "settings" { settings.gotify.digest_hour = 7; } (r: setting [ "gotify" "digest_hour" ] r == 7)
       && effect "settings.act.job_timeout" { settings.act.job_timeout = 600; } (r: lib.hasInfix "TimeoutStopSec=635\n" r.unit);
+    knowledgeBaseEnable = effect "knowledgeBase.enable" { knowledgeBase.enable = false; } (
+      r: setting [ "knowledge_base" "enable" ] r == false
+    );
+    knowledgeBaseBackend = effect "knowledgeBase.backend and knowledgeBase.chroma.url"
+      {
+        knowledgeBase = {
+          backend = "chroma";
+          chroma.url = "https://chroma.lan";
+        };
+      }
+      (r: setting [ "knowledge_base" "backend" ] r == "chroma" && setting [ "knowledge_base" "chroma" "url" ] r == "https://chroma.lan");
+    knowledgeBaseChromaTokenFile = effect "knowledgeBase.chroma.tokenFile" { knowledgeBase.chroma.tokenFile = "/etc/macha/chroma-token"; } (
+      r:
+      setting [ "knowledge_base" "chroma" "token_file" ] r == "/run/credentials/macha-autonomous.service/chroma-token"
+      && lib.hasInfix "LoadCredential=chroma-token:/etc/macha/chroma-token\n" r.unit
+    );
+    knowledgeBaseEmbeddingModel = effect "knowledgeBase.embeddingModel" { knowledgeBase.embeddingModel = "mxbai-embed-large"; } (
+      r: setting [ "ollama" "embedding_model" ] r == "mxbai-embed-large"
+    );
+    knowledgeBaseRunbooks = effect "knowledgeBase.runbooks" { knowledgeBase.runbooks = "/srv/runbooks"; } (
+      r: setting [ "knowledge_base" "runbooks" ] r == "/srv/runbooks"
+    );
+    # A Nix path is copied into the store, and the configuration names the copy.
+    knowledgeBaseRunbooksInStore =
+      let
+        runbooks = setting [ "knowledge_base" "runbooks" ] (render (host { knowledgeBase.runbooks = ./rendered; }));
+      in
+      expect "runbooks given as a Nix path: its copy in the store" true (
+        lib.hasPrefix "${builtins.storeDir}/" runbooks && lib.hasSuffix "-rendered" runbooks
+      );
+    # Home directories opened read-only to the service: runbooks there are allowed.
+    knowledgeBaseRunbooksInHome =
+      let
+        c = evaluate [
+          {
+            services.macha-autonomous = {
+              enable = true;
+              knowledgeBase.runbooks = "/home/ops/runbooks";
+            };
+            systemd.services.macha-autonomous.serviceConfig.ProtectHome = "read-only";
+          }
+        ];
+      in
+      expect "runbooks under /home with ProtectHome=read-only" "/home/ops/runbooks" (render c).settings.knowledge_base.runbooks;
+    # The local ChromaDB orders the daemon only when memory is kept there.
+    chromaOrdering =
+      let
+        embedded = evaluate [
+          {
+            services.chromadb.enable = true;
+            services.macha-autonomous.enable = true;
+          }
+        ];
+        chromaOn = address: (evaluate [
+          {
+            services.chromadb = {
+              enable = true;
+              host = address;
+            };
+            services.macha-autonomous = {
+              enable = true;
+              knowledgeBase.backend = "chroma";
+            };
+          }
+        ]);
+        explicitUrl = evaluate [
+          {
+            services.chromadb.enable = true;
+            services.macha-autonomous = {
+              enable = true;
+              knowledgeBase = {
+                backend = "chroma";
+                chroma.url = "http://chroma.lan:8000";
+              };
+            };
+          }
+        ];
+        url = c: (render c).settings.knowledge_base.chroma.url;
+      in
+      expect "a local ChromaDB with the embedded backend, then its URL from host and port"
+        [
+          [ "network-online.target" ]
+          {
+            enable = true;
+            backend = "embedded";
+          }
+          "http://10.1.2.3:8000"
+          "http://[::1]:8000"
+          "http://chroma.lan:8000"
+        ]
+        [
+          embedded.systemd.services.macha-autonomous.after
+          (render embedded).settings.knowledge_base
+          (url (chromaOn "10.1.2.3"))
+          (url (chromaOn "::"))
+          (url explicitUrl)
+        ];
     ollamaOrdering =
       let
         withOllama = evaluate [
@@ -258,5 +425,14 @@ in
     tokenFileInSettings = render (host { settings.gotify.token_file = "/etc/gotify-token"; });
     protectedServiceName = render (host { protectedServices = [ "ssh; reboot" ]; });
     checkInterval = render (host { checkInterval = 0; });
+    chromaWithoutUrl = render (host { knowledgeBase.backend = "chroma"; });
+    chromaTokenFileInStore = render (host {
+      knowledgeBase.chroma.tokenFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-chroma-token";
+    });
+    chromaTokenFileAsPath = render (host { knowledgeBase.chroma.tokenFile = ./stubs.nix; });
+    chromaTokenFileInSettings = render (host { settings.knowledge_base.chroma.token_file = "/etc/chroma-token"; });
+    chromaUrlWithCredentials = render (host { knowledgeBase.chroma.url = "http://admin:secret@chroma.lan:8000"; });
+    runbooksInHome = render (host { knowledgeBase.runbooks = "/home/ops/runbooks"; });
+    runbooksInTmp = render (host { knowledgeBase.runbooks = "/tmp/runbooks"; });
   };
 }

@@ -3,7 +3,8 @@
 # the stand-ins of tests/nix/stubs.nix, and checks what it renders:
 #
 #   1. a host with every option set evaluates, and the expectations in
-#      eval-module.nix hold (configuration file, serviceConfig, user, ...);
+#      eval-module.nix hold (configuration file, serviceConfig, user, ...),
+#      and so do those of a host with the Chroma backend;
 #   2. what it renders equals the files in tests/nix/rendered/, which
 #      tests/service_unit.rs installs in the test container (the unit under
 #      systemd, with `systemd-analyze security`);
@@ -65,6 +66,11 @@ else
     echo "ok: what it renders equals tests/nix/rendered/"
 fi
 
+# The Chroma backend next to a local ChromaDB (not in rendered/: see
+# eval-module.nix).
+nix-instantiate --eval --strict "$harness" --arg lib "import $lib_dir/lib" -A chroma >/dev/null
+echo "ok: the Chroma backend: its configuration, credential and order after a local ChromaDB"
+
 # 3: every option has an effect (each check is true or throws, naming it).
 nix-instantiate --eval --strict --json "$harness" --arg lib "import $lib_dir/lib" -A effects >"$out/effects.json"
 if grep -q false "$out/effects.json"; then
@@ -97,6 +103,13 @@ refused settingOwnedByAnOption "services.macha-autonomous.settings.state_dir' ha
 refused tokenFileInSettings "services.macha-autonomous.settings.gotify.token_file is set; use"
 refused protectedServiceName "is not of type \`string matching the pattern"
 refused checkInterval "services.macha-autonomous.checkInterval' is not of type \`integer between 1 and 86400 (both inclusive)'"
+refused chromaWithoutUrl "services.macha-autonomous.knowledgeBase.backend is \"chroma\" but no Chroma server is named"
+refused chromaTokenFileInStore "services.macha-autonomous.knowledgeBase.chroma.tokenFile is in the Nix store"
+refused chromaTokenFileAsPath "services.macha-autonomous.knowledgeBase.chroma.tokenFile' is not of type \`null or string matching the pattern /.+'"
+refused chromaTokenFileInSettings "services.macha-autonomous.settings.knowledge_base.chroma.token_file is set; use"
+refused chromaUrlWithCredentials "services.macha-autonomous.knowledgeBase.chroma.url' is not of type \`null or string matching the pattern https?://[^?@]+'"
+refused runbooksInHome "services.macha-autonomous.knowledgeBase.runbooks is /home/ops/runbooks, which the service's"
+refused runbooksInTmp "services.macha-autonomous.knowledgeBase.runbooks is /tmp/runbooks, which the service's"
 if [ "$failures" -gt 0 ]; then
     echo "FAIL: $failures bad configuration(s) not refused as they should be" >&2
     exit 1

@@ -235,6 +235,20 @@ in
         type = types.bool;
         default = false;
       };
+      services.chromadb = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        host = mkOption {
+          type = types.str;
+          default = "127.0.0.1";
+        };
+        port = mkOption {
+          type = types.port;
+          default = 8000;
+        };
+      };
     };
   };
 }
