@@ -313,8 +313,9 @@ in
           fine for runbooks, and a change rebuilds the configuration. A
           string such as `"/srv/runbooks"` names a directory outside the
           store, read in place: the daemon reads it as the user `macha`,
-          so its files must be readable by that user or by everyone, and
-          it must not be under `/home`, `/root`, `/run/user`, `/tmp` or
+          so its files must be readable by that user or by everyone, owned
+          by root or `macha` and writable by no one else (other files are
+          left out: the model reads what they say), and it must not be under `/home`, `/root`, `/run/user`, `/tmp` or
           `/var/tmp`, which the service's sandbox hides.
         '';
       };

@@ -82,6 +82,9 @@ pub struct Engine {
     /// Incident memory (`knowledge_base`); `None` when it is off or its
     /// store could not be opened (decisions go on without it).
     kb: Option<kb::Store>,
+    /// The operator's runbooks (`knowledge_base.runbooks`), indexed in
+    /// `knowledge.db`; `None` when none are configured or memory is off.
+    runbooks: Option<kb::runbook::Runbooks>,
     /// How memory fared when last used, logged when it changes.
     memory_health: remember::Health,
     /// The host a unit test puts where systemd is (`act::fake`): what the
@@ -100,6 +103,19 @@ fn open_memory(config: &Config, state: &StateDir) -> Option<kb::Store> {
         Ok(kb) => Some(kb),
         Err(e) => {
             tracing::warn!(error = %e, "incident memory is off: its store cannot be opened");
+            None
+        }
+    }
+}
+
+/// The runbook index, when memory is on and a runbooks directory is
+/// configured; one that cannot be opened is logged and left out.
+fn open_runbooks(config: &Config, state: &StateDir) -> Option<kb::runbook::Runbooks> {
+    let dir = config.knowledge_base.runbooks.as_ref().filter(|_| config.knowledge_base.enable)?;
+    match kb::runbook::Runbooks::open(state, dir) {
+        Ok(runbooks) => Some(runbooks),
+        Err(e) => {
+            tracing::warn!(error = %e, "runbooks are not used: their index cannot be opened");
             None
         }
     }
@@ -126,6 +142,7 @@ impl Engine {
         notifier: Option<Notifier>,
     ) -> anyhow::Result<Self> {
         let kb = open_memory(&config, &state);
+        let runbooks = open_runbooks(&config, &state);
         Ok(Self {
             observer: Observer::new(&config),
             store: Store::open(&state)?,
@@ -143,6 +160,7 @@ impl Engine {
             said: None,
             saved_cursor: None,
             kb,
+            runbooks,
             memory_health: remember::Health::default(),
             #[cfg(test)]
             fake: None,
@@ -1041,66 +1059,114 @@ impl Engine {
         decide::decide(&self.model, &self.prompts, incident, snap, notes, history, Some(&host)).await
     }
 
-    /// The past incidents nearest to this one, within the share of the
-    /// input budget memory may take: its own history first. Memory first
-    /// takes in what the audit trail recorded since it last looked. A store
-    /// that fails is said in the log, and the decision goes on without it.
+    /// The past incidents nearest to this one, and the runbook sections,
+    /// within the share of the input budget memory may take: its own
+    /// history first. Memory first takes in what the audit trail recorded
+    /// since it last looked, and the runbooks what changed. A store that
+    /// fails is said in the log, and the decision goes on without it.
     /// Also returns the incident's own memory, for a known fix.
     async fn recall(&mut self, incident: &Incident, snap: &Snapshot) -> (Option<kb::Recalled>, Option<kb::Memory>) {
-        let Some(kb) = self.kb.as_ref() else { return (None, None) };
-        let limit = self.config.knowledge_base.recall as usize;
-        let found = async {
-            let caught = remember::catch_up(&self.state, kb, Some(&self.model)).await?;
-            let own = kb::id_of(&snap.hostname, &incident.fingerprint);
-            let mut hits = kb
-                .load(std::slice::from_ref(&own))
-                .await?
-                .into_iter()
-                .filter(kb::Memory::has_history)
-                .map(|memory| kb::Hit { memory, score: f64::INFINITY })
-                .collect::<Vec<_>>();
-            let query = format!("{} {}", incident.fingerprint, incident.summary);
-            // The model that just failed to embed the memories is not asked again.
-            let mut unembedded = caught.unembedded;
-            let vector = match &unembedded {
-                Some(_) => None,
-                None => match self.model.embed(std::slice::from_ref(&query)).await {
-                    Ok(mut embeddings) => embeddings.vectors.pop(),
-                    Err(e) => {
-                        unembedded = Some(e);
-                        None
-                    }
-                },
-            };
-            let found = match (kb.search(&query, vector.as_deref(), limit.max(1)).await, unembedded) {
-                (Ok(found), unembedded) => (found, unembedded),
-                (Err(kb::KbError::NeedsEmbeddings { .. }), Some(source)) => {
-                    return Err(remember::RememberError::Unembedded { source })
-                }
-                (Err(e), _) => return Err(e.into()),
-            };
-            for hit in found.0 {
-                if hits.len() < limit.max(1) && hit.memory.id() != own {
-                    hits.push(hit);
-                }
-            }
-            Ok::<_, remember::RememberError>((hits, found.1))
+        if self.kb.is_none() && self.runbooks.is_none() {
+            return (None, None);
         }
-        .await;
+        let limit = self.config.knowledge_base.recall as usize;
+        let query = format!("{} {}", incident.fingerprint, incident.summary);
+        let caught = match self.kb.as_ref() {
+            Some(kb) => Some(remember::catch_up(&self.state, kb, Some(&self.model)).await),
+            None => None,
+        };
+        let runbooks_embedded = match self.runbooks.as_ref() {
+            Some(runbooks) => remember::sync_runbooks(runbooks, Some(&self.model)).await,
+            None => Ok(None),
+        };
+        // The model that just failed to embed the memories is not asked again.
+        let mut unembedded = match (&caught, &runbooks_embedded) {
+            (Some(Ok(c)), _) if c.unembedded.is_some() => c.unembedded.clone(),
+            (_, Ok(Some(e))) => Some(e.clone()),
+            _ => None,
+        };
+        let vector = match &unembedded {
+            Some(_) => None,
+            None => match self.model.embed(std::slice::from_ref(&query)).await {
+                Ok(mut embeddings) => embeddings.vectors.pop(),
+                Err(e) => {
+                    unembedded = Some(e);
+                    None
+                }
+            },
+        };
+        let sections = match (self.runbooks.as_ref(), runbooks_embedded) {
+            (Some(runbooks), Ok(_)) => match runbooks.search(&query, vector.as_deref(), limit) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "deciding without the runbooks: their index cannot be searched");
+                    Vec::new()
+                }
+            },
+            (Some(_), Err(e)) => {
+                tracing::warn!(error = %e, "deciding without the runbooks: they cannot be indexed");
+                Vec::new()
+            }
+            (None, _) => Vec::new(),
+        };
+        let found = match (self.kb.as_ref(), caught) {
+            (Some(kb), Some(Ok(_))) => {
+                self.memories(kb, incident, snap, &query, vector.as_deref(), unembedded.clone(), limit).await
+            }
+            (_, Some(Err(e))) => Err(e),
+            _ => Ok((Vec::new(), unembedded.clone())),
+        };
+        let share = self.model.input_budget() * self.config.knowledge_base.prompt_share_percent as usize / 100;
         match found {
             Ok((mut hits, unembedded)) => {
                 self.note_memory(unembedded.map(|e| remember::Health::TextAlone(e.to_string())).unwrap_or_default());
                 let own = hits.first().filter(|h| h.score.is_infinite()).map(|h| h.memory.clone());
                 hits.truncate(limit);
-                let share = self.model.input_budget() * self.config.knowledge_base.prompt_share_percent as usize / 100;
-                (kb::recall(&hits, share, decide::tokens::estimate_tokens), own)
+                (kb::recall(&hits, &sections, share, decide::tokens::estimate_tokens), own)
             }
             Err(e) => {
                 tracing::debug!(incident = %incident.fingerprint, error = %e, "deciding without incident memory");
                 self.note_memory(remember::Health::Unavailable(e.to_string()));
-                (None, None)
+                (kb::recall(&[], &sections, share, decide::tokens::estimate_tokens), None)
             }
         }
+    }
+
+    /// The incident's own memory (with its history) first, then the
+    /// memories nearest to `query`, at most `limit` in all; with why they
+    /// were searched without embeddings, if they were.
+    #[allow(clippy::too_many_arguments)]
+    async fn memories(
+        &self,
+        kb: &kb::Store,
+        incident: &Incident,
+        snap: &Snapshot,
+        query: &str,
+        vector: Option<&[f32]>,
+        unembedded: Option<crate::model::EmbedError>,
+        limit: usize,
+    ) -> Result<(Vec<kb::Hit>, Option<crate::model::EmbedError>), remember::RememberError> {
+        let own = kb::id_of(&snap.hostname, &incident.fingerprint);
+        let mut hits = kb
+            .load(std::slice::from_ref(&own))
+            .await?
+            .into_iter()
+            .filter(kb::Memory::has_history)
+            .map(|memory| kb::Hit { memory, score: f64::INFINITY })
+            .collect::<Vec<_>>();
+        let found = match (kb.search(query, vector, limit.max(1)).await, unembedded) {
+            (Ok(found), unembedded) => (found, unembedded),
+            (Err(kb::KbError::NeedsEmbeddings { .. }), Some(source)) => {
+                return Err(remember::RememberError::Unembedded { source })
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        for hit in found.0 {
+            if hits.len() < limit.max(1) && hit.memory.id() != own {
+                hits.push(hit);
+            }
+        }
+        Ok((hits, found.1))
     }
 
     fn approval_ttl(&self) -> chrono::Duration {

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::audit::{self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, IncidentEvent, IncidentRecord};
 use crate::kb::embedded::KB_FILE;
+use crate::kb::runbook::Runbooks;
 use crate::kb::{self, Backend, Event, KbError, Memory, Proposed, What};
 use crate::model::{EmbedError, ModelService};
 use crate::sqlite::{self, open_retrying};
@@ -338,6 +339,54 @@ async fn catch_up_locked(
         records.into_iter().map(|(time, _, trail, mark, _)| (trail, mark, time)).collect();
     cursor.advance(&taken)?;
     Ok(Remembered { count: taken.len(), unembedded })
+}
+
+/// Runbook sections embedded per look, at most: a large runbooks
+/// directory is embedded over several looks, never all in one decision's
+/// way.
+const RUNBOOK_EMBED_BATCH: usize = 32;
+
+/// Takes in what changed in the runbooks directory ([`Runbooks::sync`]),
+/// saying in the log what was indexed and which files were not (once each,
+/// until they change), then embeds sections that have no embedding yet
+/// with `embed`, when given. Returns why they stay without one when the
+/// embedding model did not answer: the sections are still found by their
+/// words.
+pub async fn sync_runbooks(runbooks: &Runbooks, embed: Option<&ModelService>) -> Result<Option<EmbedError>, KbError> {
+    let synced = runbooks.sync()?;
+    if synced.changed() {
+        tracing::info!(
+            files = synced.files,
+            indexed = synced.indexed,
+            removed = synced.removed,
+            "runbooks indexed again: files changed"
+        );
+        if synced.over_limit > 0 {
+            tracing::warn!(
+                left_out = synced.over_limit,
+                limit = kb::runbook::MAX_FILES,
+                "more runbook files than are indexed; the last in path order are left out"
+            );
+        }
+    }
+    for why in &synced.skipped {
+        tracing::warn!(runbook = %why, "a runbook is not indexed");
+    }
+    let Some(model) = embed else { return Ok(None) };
+    let missing = runbooks.unembedded(RUNBOOK_EMBED_BATCH)?;
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let texts: Vec<String> = missing.iter().map(|(_, text)| text.clone()).collect();
+    match model.embed(&texts).await {
+        Ok(embeddings) => {
+            let vectors: Vec<(String, Vec<f32>)> =
+                missing.into_iter().map(|(id, _)| id).zip(embeddings.vectors).collect();
+            runbooks.set_vectors(&vectors)?;
+            Ok(None)
+        }
+        Err(e) => Ok(Some(e)),
+    }
 }
 
 /// Builds memory again from the whole trail: every memory the trail

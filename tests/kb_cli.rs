@@ -376,3 +376,49 @@ fn a_closed_pipe_ends_each_kb_command_quietly() {
         );
     }
 }
+
+#[test]
+fn runbooks_are_searched_shown_counted_and_indexed_again_and_an_untrusted_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        std::fs::set_permissions(dir.path().join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("disk.md", "# Disks\n\n## /var full\n\nVacuum the journal to 2 GiB, then look at /var/backup.\n", 0o644);
+    write("open.md", "# Anyone\n\nrestart sshd whenever\n", 0o666);
+    let here = Here::new(&format!("[knowledge_base]\nrunbooks = \"{}\"\n", dir.path().display())).with_incidents();
+
+    let args = ["kb", "search", "var full journal", "--json"];
+    let out = here.run(&args);
+    succeeded(&args, &out);
+    let hits: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let section = hits.iter().find(|h| h["runbook"].is_object()).unwrap_or_else(|| panic!("{hits:?}"));
+    assert_eq!(section["id"], "runbook:disk.md#1");
+    assert_eq!(section["runbook"]["heading"], "Disks › /var full");
+    assert!(stderr(&out).contains("found by words alone"), "no embedding model here: {}", stderr(&out));
+
+    let args = ["kb", "show", "runbook:disk.md#1"];
+    let out = here.run(&args);
+    succeeded(&args, &out);
+    assert!(stdout(&out).starts_with("runbook:disk.md#1  Disks › /var full\n  Vacuum the journal"), "{}", stdout(&out));
+    let out = here.run(&["kb", "show", "runbook:open.md#1"]);
+    assert_eq!(out.status.code(), Some(1), "an untrusted file is not indexed");
+    assert!(stderr(&out).contains("no runbook section has the id"), "{}", stderr(&out));
+
+    let args = ["kb", "stats", "--json"];
+    let out = here.run(&args);
+    succeeded(&args, &out);
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((stats["runbooks"]["files"].as_u64(), stats["runbooks"]["sections"].as_u64()), (Some(2), Some(1)));
+    let skipped = stats["runbooks"]["skipped"][0].as_str().unwrap();
+    assert!(skipped.starts_with("open.md: writable by its group or by others (mode 666)"), "{skipped}");
+
+    write("disk.md", "# Disks\n\n## /nix full\n\nCollect garbage.\n\n## /boot full\n\nRemove old kernels.\n", 0o644);
+    let args = ["kb", "reindex"];
+    let out = here.run(&args);
+    succeeded(&args, &out);
+    assert!(stdout(&out).contains("indexed 2 runbook files into 2 sections (1 not indexed)"), "{}", stdout(&out));
+    let out = here.run(&["kb", "search", "boot kernels"]);
+    assert!(stdout(&out).contains("runbook:disk.md#2  Disks › /boot full"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("/var full"), "{}", stdout(&out));
+}

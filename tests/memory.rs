@@ -128,3 +128,45 @@ fn a_fix_verified_three_times_in_a_row_is_proposed_from_memory_without_the_model
     assert_eq!(record["model"], "memory", "{record:#}");
     assert!(record["trail"]["from_memory"].as_str().unwrap().ends_with(&format!("/unit-failed:{WEB}")));
 }
+
+#[test]
+fn the_runbook_section_nearest_to_the_incident_is_shown_and_a_changed_runbook_is_indexed_again() {
+    let bed = Bed::new("memory-runbooks", "suggest");
+    let dir = tempfile::tempdir().unwrap();
+    let runbook = dir.path().join("web.md");
+    let write = |text: &str| {
+        std::fs::write(&runbook, text).unwrap();
+        std::fs::set_permissions(&runbook, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    };
+    write(&format!(
+        "# Web\n\n## {WEB} cannot open /etc/demo-web.conf\n\nThe deploy job writes the config; restarting the unit \
+         cannot help. Tell the web team.\n\n## Certificates\n\nRenewed by acme every 60 days.\n"
+    ));
+    std::fs::write(dir.path().join("other.md"), "# Printers\n\nThe printer queue is cleared on Mondays.\n").unwrap();
+    bed.append_config(&format!("[knowledge_base]\nrunbooks = \"{}\"\n", dir.path().display()));
+    bed.failing_web();
+    bed.double.set_default(Reply::Json(common::decision("notify_only", &[])));
+
+    bed.check();
+    let prompts = decision_prompts(&bed);
+    assert_eq!(prompts.len(), 1);
+    assert!(prompts[0].contains("<runbooks>"), "shown at the first decision: {}", prompts[0]);
+    assert!(prompts[0].contains(&format!("Runbook Web › {WEB} cannot open /etc/demo-web.conf (runbook:web.md#1)")));
+    assert!(prompts[0].contains("restarting the unit cannot help"), "{}", prompts[0]);
+    let record = bed.audit("decisions.jsonl").pop().unwrap();
+    let memories = record["trail"]["memories"].as_array().unwrap();
+    assert_eq!(memories[0], "runbook:web.md#1", "the trail names the section: {record:#}");
+
+    // The runbook changes, and the unit fails again after the incident
+    // resolved: the next decision is shown what the runbook says now.
+    bed.c.sh_ok(&format!("systemctl reset-failed {WEB}")).unwrap();
+    bed.check();
+    bed.c.start_unit(WEB).unwrap();
+    bed.c.wait_unit_state(WEB, "failed", std::time::Duration::from_secs(20)).unwrap();
+    write(&format!("# Web\n\n## {WEB} cannot open /etc/demo-web.conf\n\nRun deploy-web.service again.\n"));
+    bed.check();
+    let prompts = decision_prompts(&bed);
+    assert_eq!(prompts.len(), 2);
+    assert!(prompts[1].contains("Run deploy-web.service again."), "{}", prompts[1]);
+    assert!(!prompts[1].contains("restarting the unit cannot help"), "{}", prompts[1]);
+}

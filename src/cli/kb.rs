@@ -27,6 +27,7 @@ use super::output::{outln, shown};
 use macha::audit::{self, MemoryEvent, MemoryRecord};
 use macha::bounded::{FileKind, Size};
 use macha::config::Config;
+use macha::kb::runbook::{Runbooks, Section};
 use macha::kb::{self, Backend, Hit, KbError, Memory, Stats};
 use macha::model::ModelService;
 use macha::redact::redact;
@@ -59,12 +60,14 @@ const MAX_LINE: Size = Size::mib(1);
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Memories nearest to TEXT, with what came of each action tried.
+    /// Memories and runbook sections nearest to TEXT, with what came of each action tried.
     ///
-    /// Each with its id, how often and when it was seen, its summary, and
-    /// what came of each action tried for it. Memory first takes in what the
-    /// audit trail recorded since it last looked. Found by their words (an
-    /// embedding model is not asked for the query's vector).
+    /// Each memory with its id, how often and when it was seen, its
+    /// summary, and what came of each action tried for it; then the nearest
+    /// sections of the runbooks (`knowledge_base.runbooks`), with their
+    /// headings. Memory first takes in what the audit trail recorded since
+    /// it last looked, and the runbooks what changed. Found by their words
+    /// and, when the embedding model answers, by the query's vector.
     Search {
         /// Words of an incident: a unit, an error, a diagnosis.
         text: String,
@@ -76,7 +79,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// One memory whole, by its id (HOST/FINGERPRINT, as `search` shows it).
+    /// One memory whole, or one runbook section, by its id (HOST/FINGERPRINT or runbook:FILE#N, as `search` shows them).
     Show {
         id: String,
         #[arg(long)]
@@ -89,16 +92,17 @@ enum Cmd {
     /// incident start a new memory, and `reindex` builds it again while the
     /// trail holds them.
     Forget { id: String },
-    /// How many memories the store holds, how many with a vector, and its size.
+    /// How many memories the store holds, how many with a vector, and its size; the runbooks indexed and those not.
     Stats {
         #[arg(long)]
         json: bool,
     },
-    /// Build memory again from the audit trail.
+    /// Build memory again from the audit trail, and the runbook index from the files.
     ///
     /// Every memory of an incident the trail speaks of is forgotten and
     /// folded anew from it; the others (imported, or older than what the
-    /// trail keeps) are left as they are.
+    /// trail keeps) are left as they are. Every runbook file is read and
+    /// split again, and every section embedded again.
     Reindex,
     /// Every memory as JSONL, one per line, least recently seen first.
     ///
@@ -214,13 +218,19 @@ async fn search(config: &Config, state: &StateDir, text: &str, limit: usize, jso
         (None, None) => None,
     };
     let hits = store.search(text, query_vector.as_deref(), limit).await?;
+    let sections = match runbooks(config, state, model.as_ref()).await? {
+        Some(runbooks) => runbooks.search(text, query_vector.as_deref(), limit)?,
+        None => Vec::new(),
+    };
     if json {
-        let hits: Vec<_> =
-            hits.iter().map(|h| json!({"id": h.memory.id(), "score": h.score, "memory": h.memory})).collect();
-        outln!("{}", serde_json::to_string_pretty(&hits)?)?;
+        let hits = hits
+            .iter()
+            .map(|h| json!({"id": h.memory.id(), "score": h.score, "memory": h.memory}))
+            .chain(sections.iter().map(|s| json!({"id": s.id, "runbook": s})));
+        outln!("{}", serde_json::to_string_pretty(&hits.collect::<Vec<_>>())?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if hits.is_empty() {
+    if hits.is_empty() && sections.is_empty() {
         outln!("no memory matches {:?}", shown(text).as_ref())?;
     }
     for (i, Hit { memory, .. }) in hits.iter().enumerate() {
@@ -230,7 +240,33 @@ async fn search(config: &Config, state: &StateDir, text: &str, limit: usize, jso
         outln!("{}", shown(&memory.id()))?;
         print_shown(memory)?;
     }
+    for (i, section) in sections.iter().enumerate() {
+        if i > 0 || !hits.is_empty() {
+            outln!()?;
+        }
+        print_section(section)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The runbook index, brought up to date with the directory (and its
+/// sections embedded, when `model` answers), when runbooks are configured.
+async fn runbooks(config: &Config, state: &StateDir, model: Option<&ModelService>) -> anyhow::Result<Option<Runbooks>> {
+    let Some(dir) = &config.knowledge_base.runbooks else { return Ok(None) };
+    let runbooks = Runbooks::open(state, dir)?;
+    if let Some(e) = remember::sync_runbooks(&runbooks, model).await? {
+        eprintln!("macha kb: runbook sections stay without vectors (found by words alone): {}", shown(&e.to_string()));
+    }
+    Ok(Some(runbooks))
+}
+
+/// A runbook section: its id, headings and text.
+fn print_section(section: &Section) -> std::io::Result<()> {
+    outln!("{}  {}", shown(&section.id), shown(&section.heading))?;
+    for line in section.body.lines() {
+        outln!("  {}", shown(line))?;
+    }
+    Ok(())
 }
 
 /// `Memory::shown`, the model's view of a memory, as a terminal may show it.
@@ -252,6 +288,25 @@ async fn find(store: &impl Backend, id: &str) -> Result<Result<Memory, String>, 
 }
 
 async fn show(config: &Config, state: &StateDir, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    if id.starts_with("runbook:") {
+        let section = match runbooks(config, state, None).await? {
+            Some(runbooks) => runbooks.get(id)?,
+            None => None,
+        };
+        let Some(section) = section else {
+            eprintln!(
+                "macha kb: no runbook section has the id {:?}; ids are runbook:FILE#N, as `macha kb search` shows them",
+                shown(id).as_ref()
+            );
+            return Ok(ExitCode::from(1));
+        };
+        if json {
+            outln!("{}", serde_json::to_string_pretty(&section)?)?;
+        } else {
+            print_section(&section)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = kb::Store::open(config, state)?;
     let memory = match find(&store, id).await? {
         Ok(m) => m,
@@ -340,14 +395,28 @@ async fn forget(config: &Config, state: &StateDir, id: &str) -> anyhow::Result<E
 async fn stats(config: &Config, state: &StateDir, json: bool) -> anyhow::Result<ExitCode> {
     let store = kb::Store::open(config, state)?;
     let Stats { memories, with_vectors, bytes } = store.stats().await?;
+    let runbooks = match runbooks(config, state, None).await? {
+        Some(runbooks) => Some(runbooks.stats()?),
+        None => None,
+    };
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"memories": memories, "with_vectors": with_vectors, "bytes": bytes}))?
-        )?;
+        let stats = json!({"memories": memories, "with_vectors": with_vectors, "bytes": bytes, "runbooks": runbooks});
+        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     outln!("{memories} memories, {with_vectors} with a vector; the store takes {}", super::stats::size(bytes))?;
+    if let Some(r) = runbooks {
+        outln!(
+            "runbooks: {} files, {} sections, {} with a vector; {} not indexed",
+            r.files,
+            r.sections,
+            r.with_vectors,
+            r.skipped.len()
+        )?;
+        for why in &r.skipped {
+            outln!("  not indexed: {}", shown(why))?;
+        }
+    }
     outln!("memory takes in the audit trail before each decision and each `macha kb search`")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -397,6 +466,24 @@ async fn reindex(config: &Config, state: &StateDir) -> anyhow::Result<ExitCode> 
     let records = done.count;
     let written = counting.written.borrow().len();
     outln!("read {records} records of the audit trail; wrote {written} memories")?;
+    if let Some(dir) = &config.knowledge_base.runbooks {
+        Runbooks::open(state, dir)?.clear()?;
+        if let Some(runbooks) = runbooks(config, state, None).await? {
+            // A batch a look: on until every section has its vector, or the model fails.
+            let most = kb::runbook::MAX_FILES * kb::runbook::MAX_SECTIONS;
+            for _ in 0..most {
+                if runbooks.unembedded(1)?.is_empty() || model.is_none() {
+                    break;
+                }
+                if let Some(e) = remember::sync_runbooks(&runbooks, model.as_ref()).await? {
+                    eprintln!("macha kb: runbook sections stay without vectors: {}", shown(&e.to_string()));
+                    break;
+                }
+            }
+            let r = runbooks.stats()?;
+            outln!("indexed {} runbook files into {} sections ({} not indexed)", r.files, r.sections, r.skipped.len())?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

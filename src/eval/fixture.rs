@@ -62,6 +62,9 @@ pub struct Fixture {
     /// folded into the memories a decision is shown, and replayed as a
     /// known fix when one qualifies.
     pub history: Vec<crate::kb::Event>,
+    /// The operator's runbooks the decision is shown, split into sections
+    /// as the daemon splits the files of `knowledge_base.runbooks`.
+    pub runbooks: Vec<crate::kb::runbook::Section>,
     pub expect: Expect,
 }
 
@@ -197,6 +200,9 @@ struct RawFixture {
     journal: Vec<RawLine>,
     #[serde(default)]
     history: Vec<RawEvent>,
+    /// Runbook files by name (`*.md`) and their markdown text.
+    #[serde(default)]
+    runbooks: std::collections::BTreeMap<String, String>,
     expect: RawExpect,
 }
 
@@ -279,6 +285,33 @@ struct RawExpect {
     target: Option<String>,
 }
 
+/// The runbooks' sections, file by file in name order.
+fn runbooks(files: &std::collections::BTreeMap<String, String>) -> Result<Vec<crate::kb::runbook::Section>, Problem> {
+    use crate::kb::runbook::{split, MAX_FILE, MAX_FILES};
+    if files.len() > MAX_FILES {
+        return Err(problem(
+            "runbooks",
+            format!("has {} files, more than the {MAX_FILES} the daemon indexes", files.len()),
+        ));
+    }
+    let mut sections = Vec::new();
+    for (name, text) in files {
+        let field = format!("runbooks.{name}");
+        if !name.ends_with(".md") || name.starts_with('/') || name.split('/').any(|p| p.is_empty() || p == "..") {
+            return Err(problem(&field, "a runbook's name is a relative path ending in `.md`"));
+        }
+        if text.len() as u64 > MAX_FILE.get() {
+            return Err(problem(&field, format!("is larger than the {MAX_FILE} the daemon reads of a runbook")));
+        }
+        let found = split(name, text);
+        if found.is_empty() {
+            return Err(problem(&field, "has no text"));
+        }
+        sections.extend(found);
+    }
+    Ok(sections)
+}
+
 /// The history's events, oldest first, at their times before the snapshot.
 fn history(raw: Vec<RawEvent>, own: &str) -> Result<Vec<crate::kb::Event>, Problem> {
     let mut events = Vec::with_capacity(raw.len());
@@ -330,6 +363,7 @@ impl RawFixture {
         check_host_covers(&kind, host.as_ref())?;
         let journal = journal(self.journal)?;
         let history = history(self.history, &self.incident.fingerprint)?;
+        let runbooks = runbooks(&self.runbooks)?;
         let expect = self.expect.check()?;
         let incident = Incident {
             fingerprint: self.incident.fingerprint.into(),
@@ -346,6 +380,7 @@ impl RawFixture {
             host,
             journal,
             history,
+            runbooks,
             expect,
         })
     }
@@ -667,8 +702,9 @@ mod tests {
     #[test]
     fn every_shipped_fixture_is_valid() {
         let fixtures = load_dir(&shipped()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(fixtures.len(), 40);
+        assert_eq!(fixtures.len(), 42);
         assert_eq!(fixtures.iter().filter(|f| !f.history.is_empty()).count(), 8, "the fixtures of incident memory");
+        assert_eq!(fixtures.iter().filter(|f| !f.runbooks.is_empty()).count(), 2, "the fixtures of runbooks");
     }
 
     #[test]

@@ -189,6 +189,7 @@ fn remembered(
             return (None, Some(outcome));
         }
     }
+    let sections: Vec<_> = fixture.runbooks.iter().take(config.recall as usize).cloned().collect();
     let hits: Vec<kb::Hit> = memories
         .into_iter()
         .filter(kb::Memory::has_history)
@@ -196,7 +197,7 @@ fn remembered(
         .map(|memory| kb::Hit { memory, score: 1.0 })
         .collect();
     let share = model.input_budget() * config.prompt_share_percent as usize / 100;
-    (kb::recall(&hits, share, decide::tokens::estimate_tokens), None)
+    (kb::recall(&hits, &sections, share, decide::tokens::estimate_tokens), None)
 }
 
 fn run_report(run: u32, verdict: Verdict, outcome: &Outcome) -> RunReport {

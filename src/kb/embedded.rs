@@ -84,38 +84,50 @@ impl Embedded {
         tx.commit().map_err(self.wrap())?;
         Ok(gone)
     }
+}
 
-    fn by_text(&self, text: &str, limit: usize) -> Result<Vec<String>, KbError> {
-        let Some(query) = fts_query(text) else { return Ok(Vec::new()) };
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM memories_text WHERE memories_text MATCH ?1 ORDER BY bm25(memories_text) LIMIT ?2")
-            .map_err(self.wrap())?;
-        let ids = stmt
-            .query_map(params![query, limit as i64], |r| r.get(0))
-            .map_err(self.wrap())?
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(self.wrap())?;
-        Ok(ids)
-    }
+/// The ids of the FTS5 table `table` (columns `id`, `text`) matching any
+/// word of `text`, best first by BM25.
+pub(super) fn by_text(conn: &Connection, table: &str, text: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let Some(query) = fts_query(text) else { return Ok(Vec::new()) };
+    let mut stmt =
+        conn.prepare(&format!("SELECT id FROM {table} WHERE {table} MATCH ?1 ORDER BY bm25({table}) LIMIT ?2"))?;
+    let ids = stmt.query_map(params![query, limit as i64], |r| r.get(0))?.collect();
+    ids
+}
 
-    fn by_vector(&self, vector: &[f32], limit: usize) -> Result<Vec<String>, KbError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, vector FROM memories WHERE vector IS NOT NULL").map_err(self.wrap())?;
-        let mut scored = Vec::new();
-        let mut rows = stmt.query([]).map_err(self.wrap())?;
-        while let Some(row) = rows.next().map_err(self.wrap())? {
-            let id: String = row.get(0).map_err(self.wrap())?;
-            let blob: Vec<u8> = row.get(1).map_err(self.wrap())?;
-            // A vector of another length (another embedding model) is not comparable.
-            if blob.len() != vector.len() * 4 {
-                continue;
-            }
-            scored.push((cosine(vector, &blob), id));
+/// The ids of the table `table` (columns `id`, `vector`) whose vectors are
+/// nearest to `vector` by cosine, nearest first.
+pub(super) fn by_vector(conn: &Connection, table: &str, vector: &[f32], limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("SELECT id, vector FROM {table} WHERE vector IS NOT NULL"))?;
+    let mut scored = Vec::new();
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let blob: Vec<u8> = row.get(1)?;
+        // A vector of another length (another embedding model) is not comparable.
+        if blob.len() != vector.len() * 4 {
+            continue;
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        Ok(scored.into_iter().take(limit).map(|(_, id)| id).collect())
+        scored.push((cosine(vector, &blob), id));
     }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(scored.into_iter().take(limit).map(|(_, id)| id).collect())
+}
+
+/// Merges rankings by reciprocal rank: each list gives its `n`th id
+/// `1 / (60 + n)`; the best `limit` ids, with their scores (ties by id).
+pub(super) fn fuse(lists: Vec<Vec<String>>, limit: usize) -> Vec<(String, f64)> {
+    let mut scores: HashMap<String, f64> = HashMap::new();
+    for ids in lists {
+        for (rank, id) in ids.into_iter().enumerate() {
+            *scores.entry(id).or_default() += 1.0 / (FUSION_K + rank as f64 + 1.0);
+        }
+    }
+    let mut ranked: Vec<(String, f64)> = scores.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(limit);
+    ranked
 }
 
 /// An FTS5 query matching any word of `text`: each word quoted (so that
@@ -134,7 +146,7 @@ fn fts_query(text: &str) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" OR "))
 }
 
-fn to_blob(vector: &[f32]) -> Vec<u8> {
+pub(super) fn to_blob(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -191,19 +203,11 @@ impl Backend for Embedded {
         // Each list is longer than the result, so that a memory ranked a
         // little lower in one list can still win with the other.
         let depth = limit.saturating_mul(4).max(20);
-        let mut scores: HashMap<String, f64> = HashMap::new();
-        let mut add = |ids: Vec<String>| {
-            for (rank, id) in ids.into_iter().enumerate() {
-                *scores.entry(id).or_default() += 1.0 / (FUSION_K + rank as f64 + 1.0);
-            }
-        };
-        add(self.by_text(text, depth)?);
+        let mut lists = vec![by_text(&self.conn, "memories_text", text, depth).map_err(self.wrap())?];
         if let Some(vector) = vector {
-            add(self.by_vector(vector, depth)?);
+            lists.push(by_vector(&self.conn, "memories", vector, depth).map_err(self.wrap())?);
         }
-        let mut ranked: Vec<(String, f64)> = scores.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(limit);
+        let ranked = fuse(lists, limit);
         let ids: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
         let found = self.load(&ids).await?;
         Ok(ranked
