@@ -26,6 +26,7 @@
 //! makes the server stop), and leaves the conversation as it was before
 //! the question.
 
+pub mod memory;
 pub mod records;
 pub mod summary;
 
@@ -60,21 +61,27 @@ const OLD_SUMMARY: &str =
 const ANSWER_NOW: &str =
     "No more tool calls are possible for this question. Answer it now with what you have, and say what you could not look up.";
 
-/// The tools of `ask` and `discuss`: the probes, and macha's records.
+/// The tools of `ask` and `discuss`: the probes, macha's records, and
+/// incident memory when it is on.
 pub struct AskTools<'a> {
     pub host: HostTools<'a>,
     pub records: Records<'a>,
+    pub memory: Option<memory::MemorySearch<'a>>,
 }
 
 impl Toolbox for AskTools<'_> {
     fn tools(&self) -> Vec<Tool> {
         let mut tools = self.host.tools();
         tools.extend(RecordTool::ALL.into_iter().map(RecordTool::tool));
+        tools.extend(self.memory.as_ref().map(|_| memory::tool()));
         tools
     }
 
     fn call<'a>(&'a self, name: &'a str, arguments: &'a Value) -> ToolFuture<'a> {
         Box::pin(async move {
+            if let Some(memory) = self.memory.as_ref().filter(|_| name == memory::SEARCH_MEMORY) {
+                return memory.call(arguments).await;
+            }
             if let Some(tool) = RecordTool::named(name) {
                 let query = records::parse(tool, arguments).map_err(|e| ToolError::Refused(e.to_string()))?;
                 return self.records.run(&query).map_err(|e| ToolError::Failed(e.to_string()));

@@ -276,6 +276,10 @@ pub async fn read(tools: &AskTools<'_>, question: &str) -> Vec<Part> {
     let records = |query| tools.records.run(&query).map_err(|e| e.to_string());
     parts.push(Part::start("open incidents (macha's records)", records(Query::OpenIncidents)));
     parts.push(Part::start("actions waiting for approval", records(Query::PendingApprovals)));
+    if let Some(memory) = &tools.memory {
+        let query = crate::text::cut(question, super::memory::MAX_QUERY_CHARS, "");
+        parts.push(Part::start("incident memory and runbooks nearest to the question", memory.search(&query, 3).await));
+    }
     let host = tokio::task::spawn_blocking(|| HostProbe::default().sample()).await;
     let host = match host {
         Ok(Ok(stats)) => Ok(host_text(&stats)),

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use super::output::{out, shown, shown_lines};
 use super::progress::{watching, Display, Interrupted, INTERRUPTED_STATUS};
+use macha::ask::memory::MemorySearch;
 use macha::ask::records::Records;
 use macha::ask::{self, Answer, AskTools, Conversation};
 use macha::config::Config;
@@ -145,8 +146,18 @@ impl Session {
         }
     }
 
+    /// The tools; incident memory's only when memory is on and opens (why
+    /// not is said).
     pub fn tools<'a>(&'a self, config: &'a Config, state: &'a StateDir) -> AskTools<'a> {
-        AskTools { host: HostTools { systemd: self.link(), config }, records: Records { state } }
+        let memory = match MemorySearch::open(config, state, &self.model) {
+            Some(Ok(memory)) => Some(memory),
+            Some(Err(why)) => {
+                eprintln!("macha: incident memory cannot be opened ({}); it is not searched", shown(&why));
+                None
+            }
+            None => None,
+        };
+        AskTools { host: HostTools { systemd: self.link(), config }, records: Records { state }, memory }
     }
 }
 
