@@ -85,8 +85,11 @@ pub struct Engine {
     /// The operator's runbooks (`knowledge_base.runbooks`), indexed in
     /// `knowledge.db`; `None` when none are configured or memory is off.
     runbooks: Option<kb::runbook::Runbooks>,
-    /// How memory fared when last used, logged when it changes.
+    /// How memory fared when last used, logged when it changes, and since when.
     memory_health: remember::Health,
+    memory_since: DateTime<Utc>,
+    /// Decisions that were a known fix from memory, since the engine was made.
+    from_memory: u64,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -162,6 +165,8 @@ impl Engine {
             kb,
             runbooks,
             memory_health: remember::Health::default(),
+            memory_since: Utc::now(),
+            from_memory: 0,
             #[cfg(test)]
             fake: None,
         })
@@ -646,6 +651,7 @@ impl Engine {
             wall_ms: report.wall_ms,
             incidents: report.incidents.len() as u32,
             decisions: asked.decisions,
+            from_memory: asked.from_memory,
             failed_decisions: asked.failed,
             parse_failures: asked.invalid_answers,
             tool_rounds: asked.tool_rounds,
@@ -762,6 +768,7 @@ impl Engine {
             Outcome::Failed { .. } => &[],
         };
         let from_memory = outcome.trail().from_memory.is_some();
+        self.from_memory += u64::from(from_memory);
         let verdicts = self.gate_all(incident, proposed).await;
         self.record_gated(incident, host, outcome, proposed, &verdicts)?;
 
@@ -982,6 +989,28 @@ impl Engine {
             }
         }
         self.memory_health = now;
+        self.memory_since = Utc::now();
+    }
+
+    /// How memory fares, for `macha status`; `None` when it is off.
+    pub fn memory_status(&self) -> Option<crate::model::status::MemoryStatus> {
+        self.kb.as_ref()?;
+        let (state, why) = match &self.memory_health {
+            remember::Health::Working => ("working", None),
+            remember::Health::TextAlone(why) => ("text-alone", Some(why.clone())),
+            remember::Health::Unavailable(why) => ("unavailable", Some(why.clone())),
+        };
+        let backend = match self.config.knowledge_base.backend {
+            crate::config::KbBackend::Embedded => "embedded",
+            crate::config::KbBackend::Chroma => "chroma",
+        };
+        Some(crate::model::status::MemoryStatus {
+            backend: backend.to_owned(),
+            state: state.to_owned(),
+            why,
+            since: self.memory_since,
+            from_memory: self.from_memory,
+        })
     }
 
     /// An admitted automatic action: the ledger records it as started, then
@@ -1052,11 +1081,19 @@ impl Engine {
             return outcome;
         }
         let history = history.as_ref();
-        if self.config.autonomy_level == AutonomyLevel::Observe {
-            return decide::decide(&self.model, &self.prompts, incident, snap, notes, history, None).await;
-        }
-        let host = HostTools { systemd: self.observer.link().await, config: &self.config };
-        decide::decide(&self.model, &self.prompts, incident, snap, notes, history, Some(&host)).await
+        let mut outcome = if self.config.autonomy_level == AutonomyLevel::Observe {
+            decide::decide(&self.model, &self.prompts, incident, snap, notes, history, None).await
+        } else {
+            let host = HostTools { systemd: self.observer.link().await, config: &self.config };
+            decide::decide(&self.model, &self.prompts, incident, snap, notes, history, Some(&host)).await
+        };
+        outcome.trail_mut().memory_note = match &self.memory_health {
+            _ if self.kb.is_none() => None,
+            remember::Health::Working => None,
+            remember::Health::TextAlone(why) => Some(format!("memory searched by words alone: {why}")),
+            remember::Health::Unavailable(why) => Some(format!("decided without incident memory: {why}")),
+        };
+        outcome
     }
 
     /// The past incidents nearest to this one, and the runbook sections,
@@ -1303,6 +1340,7 @@ pub struct Job {
 #[derive(Debug, Default, Clone, Copy)]
 struct Asked {
     decisions: u32,
+    from_memory: u32,
     failed: u32,
     invalid_answers: u32,
     tool_rounds: u32,
@@ -1311,6 +1349,7 @@ struct Asked {
 impl Asked {
     fn count(&mut self, outcome: &Outcome) {
         self.decisions += 1;
+        self.from_memory += u32::from(outcome.trail().from_memory.is_some());
         self.failed += u32::from(matches!(outcome, Outcome::Failed { .. }));
         self.invalid_answers += outcome.invalid_answers();
         self.tool_rounds += outcome.trail().tool_rounds;

@@ -88,6 +88,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     decider.pace_retries();
     let started_at = chrono::Utc::now();
     let shared = status::Shared::default();
+    shared.update(|w| w.memory = decider.memory_status());
     tokio::task::spawn_local(status::publish(decider.model().clone(), shared.clone(), state.clone(), started_at));
     let line = Line::new(shared.clone());
     let deciding = tokio::task::spawn_local(decide(decider, line.clone()));
@@ -452,6 +453,8 @@ async fn decide(mut engine: Engine, line: Line) -> ModelService {
                 "deciding failed; the incident stays open and is decided again"
             );
         }
+        let memory = engine.memory_status();
+        line.shared.update(|w| w.memory = memory);
         line.tell_deciding(None);
         if line.is_empty() {
             give_back("the decisions in line are made");

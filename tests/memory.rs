@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{Bed, WEB};
+use common::{signal, wait_exit, wait_until, Bed, WEB};
 use macha_testbed::ollama::Reply;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The user messages of the decision requests the double received.
 fn decision_prompts(bed: &Bed) -> Vec<String> {
@@ -127,6 +127,24 @@ fn a_fix_verified_three_times_in_a_row_is_proposed_from_memory_without_the_model
     let record = bed.audit("decisions.jsonl").pop().unwrap();
     assert_eq!(record["model"], "memory", "{record:#}");
     assert!(record["trail"]["from_memory"].as_str().unwrap().ends_with(&format!("/unit-failed:{WEB}")));
+
+    // It fails again after the incident resolved: macha-check says the
+    // decision came from memory, and macha stats counts both.
+    bed.c.sh_ok(&format!("systemctl reset-failed {WEB}")).unwrap();
+    bed.check();
+    bed.c.start_unit(WEB).unwrap();
+    bed.c.wait_unit_state(WEB, "failed", std::time::Duration::from_secs(20)).unwrap();
+    let out = bed.run("macha-check", &[]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 incident (1 decided from incident memory, no model asked):"), "{said}");
+    assert!(said.contains("diagnosis (a known fix from memory; no model asked)"), "{said}");
+    let out = bed.run("macha", &["stats", "--json"]);
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&stats["overall"]["decisions"], &stats["overall"]["from_memory"]), (&json!(2), &json!(2)), "{stats:#}");
+    assert!(common::chats(&bed.double).is_empty(), "still no model call");
+    let out = bed.run("macha", &["stats"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.lines().next().unwrap().contains("decisions     memory"), "{said}");
 }
 
 #[test]
@@ -169,4 +187,88 @@ fn the_runbook_section_nearest_to_the_incident_is_shown_and_a_changed_runbook_is
     assert_eq!(prompts.len(), 2);
     assert!(prompts[1].contains("Run deploy-web.service again."), "{}", prompts[1]);
     assert!(!prompts[1].contains("restarting the unit cannot help"), "{}", prompts[1]);
+}
+
+/// The daemon's status file, when it wrote one.
+fn status(bed: &Bed) -> Value {
+    std::fs::read(bed.state_dir().join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The decision records of `unit`'s failure.
+fn decided(bed: &Bed, unit: &str) -> Vec<Value> {
+    let fp = format!("unit-failed:{unit}");
+    bed.audit("decisions.jsonl").into_iter().filter(|r| r["incident"] == fp.as_str()).collect()
+}
+
+#[test]
+fn with_chroma_stopped_the_daemon_decides_without_memory_says_so_and_the_held_records_arrive_when_it_is_back() {
+    use macha::kb::chroma::{Client, ClientOptions, GetRequest};
+    use macha_testbed::chroma::Chroma;
+    use macha_testbed::ollama::OllamaDouble;
+    use std::time::Duration;
+
+    let mut chroma = Chroma::start().unwrap();
+    let mut bed = Bed::new("memory-chroma-down", "suggest");
+    bed.double = OllamaDouble::start(&[common::MODEL, "nomic-embed-text"]).unwrap();
+    bed.write_config("suggest", "");
+    bed.append_config(&format!(
+        "[knowledge_base]\nbackend = \"chroma\"\n[knowledge_base.chroma]\nurl = \"{}\"\ntimeout = 2\n",
+        chroma.url()
+    ));
+    bed.double.set_default(Reply::Json(common::decision("notify_only", &[])));
+    let log = std::fs::File::create(bed.state.path().join("daemon.log")).unwrap();
+    let mut daemon = bed.daemon(log);
+    let daemon_log = || std::fs::read_to_string(bed.state.path().join("daemon.log")).unwrap_or_default();
+    let chroma_ids = |url: String| -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let client = Client::new(ClientOptions::new(url)).unwrap();
+            let Some(collection) = client.existing("macha-incidents", "nomic-embed-text").await.unwrap() else {
+                return Vec::new();
+            };
+            collection.get(&GetRequest::default()).await.unwrap().into_iter().map(|e| e.id).collect()
+        })
+    };
+
+    // Chroma up: the first failure is decided, with memory working.
+    common::failing_app(&bed.c, "alpha.service");
+    wait_until(Duration::from_secs(60), "alpha decided", || !decided(&bed, "alpha.service").is_empty());
+    wait_until(Duration::from_secs(10), "memory in the status", || {
+        status(&bed)["watching"]["memory"]["state"] == "working"
+    });
+
+    // Chroma down: the next failure is still decided by the model, the
+    // trail and the status say memory was unavailable.
+    chroma.stop().unwrap();
+    common::failing_app(&bed.c, "beta.service");
+    wait_until(Duration::from_secs(60), "beta decided", || !decided(&bed, "beta.service").is_empty());
+    let beta = decided(&bed, "beta.service").pop().unwrap();
+    assert_eq!(beta["outcome"], "decided", "{beta:#}\n{}", daemon_log());
+    let note = beta["trail"]["memory_note"].as_str().unwrap_or_else(|| panic!("{beta:#}"));
+    assert!(note.starts_with("decided without incident memory: ") && note.contains("cannot reach"), "{note}");
+    wait_until(Duration::from_secs(10), "memory unavailable in the status", || {
+        status(&bed)["watching"]["memory"]["state"] == "unavailable"
+    });
+    let said = String::from_utf8_lossy(&bed.run("macha", &["status"]).stdout).into_owned();
+    assert!(said.contains("memory: chroma store, UNAVAILABLE for "), "{said}");
+
+    // Chroma back: the next decision takes in every held record first.
+    chroma.start_again().unwrap();
+    common::failing_app(&bed.c, "gamma.service");
+    wait_until(Duration::from_secs(60), "gamma decided", || !decided(&bed, "gamma.service").is_empty());
+    let gamma = decided(&bed, "gamma.service").pop().unwrap();
+    assert!(gamma["trail"]["memory_note"].is_null(), "{gamma:#}");
+    let ids = chroma_ids(chroma.url());
+    for unit in ["alpha.service", "beta.service"] {
+        assert!(ids.iter().any(|id| id.ends_with(&format!("/unit-failed:{unit}"))), "{unit} in {ids:?}");
+    }
+    wait_until(Duration::from_secs(10), "memory working again", || {
+        status(&bed)["watching"]["memory"]["state"] == "working"
+    });
+    assert!(daemon_log().contains("incident memory works again"), "{}", daemon_log());
+    signal(&daemon, nix::sys::signal::Signal::SIGTERM);
+    wait_exit(&mut daemon, Duration::from_secs(20));
 }

@@ -266,6 +266,13 @@ fn status_shows_an_endpoints_error_made_visible() {
             events: Stream { last_error: Some(HOSTILE.into()), ..Stream::default() },
             waiting: vec![Waiting { incident: format!("unit-failed:{HOSTILE}"), since: now }],
             deciding: Some(Waiting { incident: format!("error-burst:{HOSTILE}"), since: now }),
+            memory: Some(macha::model::status::MemoryStatus {
+                backend: HOSTILE.into(),
+                state: "unavailable".into(),
+                why: Some(HOSTILE.into()),
+                since: now,
+                from_memory: 0,
+            }),
         }),
     };
     macha::model::status::write(&StateDir::open(&host.state()).unwrap(), &status).unwrap();

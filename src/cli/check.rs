@@ -88,7 +88,12 @@ fn human(r: &CycleReport) -> String {
         let _ = writeln!(out, "healthy: no incident");
     } else {
         let n = r.incidents.len();
-        let _ = writeln!(out, "{n} incident{}:", if n == 1 { "" } else { "s" });
+        let remembered = r.incidents.iter().filter(|i| i.decision.as_ref().is_some_and(|d| d.source == Some("memory")));
+        let from_memory = match remembered.count() {
+            0 => String::new(),
+            m => format!(" ({m} decided from incident memory, no model asked)"),
+        };
+        let _ = writeln!(out, "{n} incident{}{from_memory}:", if n == 1 { "" } else { "s" });
     }
     for i in &r.incidents {
         let _ = writeln!(out, "  {} [{}]", shown(i.fingerprint.as_str()), i.novelty.as_str());

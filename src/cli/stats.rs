@@ -61,8 +61,19 @@ fn local_day(t: DateTime<Utc>) -> NaiveDate {
     t.with_timezone(&Local).date_naive()
 }
 
-const HEADER: [&str; 10] =
-    ["cycles", "decisions", "calls", "tokens in", "tokens out", "p50 ms", "p95 ms", "failed", "fallback", "invalid"];
+const HEADER: [&str; 11] = [
+    "cycles",
+    "decisions",
+    "memory",
+    "calls",
+    "tokens in",
+    "tokens out",
+    "p50 ms",
+    "p95 ms",
+    "failed",
+    "fallback",
+    "invalid",
+];
 
 fn human(s: &Summary, unreadable: usize) -> String {
     let mut out = String::new();
@@ -80,7 +91,8 @@ fn human(s: &Summary, unreadable: usize) -> String {
     }
     out.push_str(&row("overall", &s.overall));
     out.push_str(
-        "failed: calls no endpoint answered; fallback: calls the fallback answered; invalid: answers that did not parse\n",
+        "memory: decisions that were a known fix from incident memory (no model asked); failed: calls no endpoint \
+         answered; fallback: calls the fallback answered; invalid: answers that did not parse\n",
     );
     if unreadable > 0 {
         let _ = writeln!(out, "{unreadable} unreadable line(s) in the metrics files were skipped");
@@ -124,6 +136,7 @@ fn row(label: &str, t: &Totals) -> String {
     let cells = [
         t.cycles.to_string(),
         t.decisions.to_string(),
+        t.from_memory.to_string(),
         t.calls.to_string(),
         t.prompt_tokens.to_string(),
         t.answer_tokens.to_string(),

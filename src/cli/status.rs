@@ -18,7 +18,7 @@ use super::output::{out, outln, shown};
 use macha::config::{seconds, Config};
 use macha::ids::Fingerprint;
 use macha::model::metrics::{self, CycleMetrics};
-use macha::model::status::{self, DaemonStatus, Watching};
+use macha::model::status::{self, DaemonStatus, MemoryStatus, Watching};
 use macha::model::{Check, EndpointCheck, ModelService, QueueStatus, Readiness};
 use macha::state_dir::StateDir;
 use macha::store::Store;
@@ -272,7 +272,23 @@ fn watching_lines(w: &Watching) -> String {
             line.push_str(&format!("  {} (recorded {} ago)\n", shown(&item.incident), super::age(item.since)));
         }
     }
+    if let Some(m) = &w.memory {
+        line.push_str(&memory_line(m));
+    }
     line
+}
+
+/// How incident memory fares, and how many decisions it made.
+fn memory_line(m: &MemoryStatus) -> String {
+    let since = super::age(m.since);
+    let why = m.why.as_deref().map(|w| format!(": {}", shown(w))).unwrap_or_default();
+    let state = match m.state.as_str() {
+        "working" => format!("working for {since}"),
+        "text-alone" => format!("by words alone for {since}, without embeddings{why}"),
+        _ => format!("UNAVAILABLE for {since}{why}; decisions go on without it, the trail's records wait"),
+    };
+    let backend = shown(&m.backend);
+    format!("memory: {backend} store, {state}; {} decision(s) a known fix from memory\n", m.from_memory)
 }
 
 fn endpoint_line(e: &EndpointCheck) -> String {
@@ -365,6 +381,7 @@ mod tests {
             wall_ms: 290_000,
             incidents: 1,
             decisions: 1,
+            from_memory: 0,
             failed_decisions: 0,
             parse_failures: 0,
             tool_rounds: 0,

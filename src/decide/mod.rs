@@ -119,9 +119,14 @@ pub struct Trail {
     /// model asked: the id of the memory it comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_memory: Option<String>,
-    /// The ids of the past incidents the decision was shown (incident memory).
+    /// The ids of the past incidents (and runbook sections) the decision
+    /// was shown (incident memory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<String>,
+    /// Why the decision was made without incident memory, or with its
+    /// words alone (no embeddings), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_note: Option<String>,
     /// Answers refused and asked again (the last refused answer of a
     /// decision that failed is its `last_answer` instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -166,6 +171,12 @@ impl Outcome {
 
     /// How the decision was reached.
     pub fn trail(&self) -> &Trail {
+        match self {
+            Outcome::Decided { trail, .. } | Outcome::Failed { trail, .. } => trail,
+        }
+    }
+
+    pub fn trail_mut(&mut self) -> &mut Trail {
         match self {
             Outcome::Decided { trail, .. } | Outcome::Failed { trail, .. } => trail,
         }

@@ -47,8 +47,12 @@ pub struct CycleMetrics {
     pub time: DateTime<Utc>,
     pub wall_ms: u64,
     pub incidents: u32,
-    /// Incidents the model was asked about.
+    /// Incidents decided: the model asked, or a known fix from memory.
     pub decisions: u32,
+    /// Of them, known fixes proposed from incident memory, no model asked
+    /// (absent from lines written before memory).
+    #[serde(default)]
+    pub from_memory: u32,
     pub failed_decisions: u32,
     /// Answers that did not parse or validate as a decision.
     pub parse_failures: u32,
@@ -104,6 +108,7 @@ pub struct Totals {
     pub cycles: u64,
     pub incidents: u64,
     pub decisions: u64,
+    pub from_memory: u64,
     pub failed_decisions: u64,
     pub calls: u64,
     pub call_failures: u64,
@@ -148,6 +153,7 @@ fn totals(lines: &[&CycleMetrics]) -> Totals {
     for m in lines {
         t.incidents += u64::from(m.incidents);
         t.decisions += u64::from(m.decisions);
+        t.from_memory += u64::from(m.from_memory);
         t.failed_decisions += u64::from(m.failed_decisions);
         t.parse_failures += u64::from(m.parse_failures);
         t.tool_rounds += u64::from(m.tool_rounds);
@@ -183,6 +189,7 @@ mod tests {
             wall_ms: 10,
             incidents: 1,
             decisions: 1,
+            from_memory: 0,
             failed_decisions: 0,
             parse_failures: 1,
             tool_rounds: 0,

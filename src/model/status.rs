@@ -58,6 +58,29 @@ pub struct Watching {
     /// The incident being decided now.
     #[serde(default)]
     pub deciding: Option<Waiting>,
+    /// How incident memory fares; absent when it is off (or in the status
+    /// of an older version).
+    #[serde(default)]
+    pub memory: Option<MemoryStatus>,
+}
+
+/// How incident memory fared when a decision last used it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// `embedded` or `chroma`.
+    pub backend: String,
+    /// `working` (with embeddings), `text-alone` (the embedding model did
+    /// not answer: found by words alone) or `unavailable` (the store, or
+    /// for Chroma the embedding model, failed: decisions go on without
+    /// memory, and the trail's records wait).
+    pub state: String,
+    /// Why, when not `working`.
+    pub why: Option<String>,
+    /// Since when it is in this state.
+    pub since: DateTime<Utc>,
+    /// Decisions since the daemon started that were a known fix from
+    /// memory, with no model asked.
+    pub from_memory: u64,
 }
 
 /// The state of systemd's signal stream.
