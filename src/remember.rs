@@ -333,12 +333,34 @@ async fn catch_up_locked(
     }
     // Oldest first; at the same moment, in the trails' order.
     records.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let events: Vec<Event> = records.iter().flat_map(|(_, _, trail, _, r)| events_of(trail, r)).collect();
+    let forgotten = forgotten(state)?;
+    let events: Vec<Event> = records
+        .iter()
+        .flat_map(|(_, _, trail, _, r)| events_of(trail, r))
+        .filter(|e| forgotten.get(&kb::id_of(&e.host, &e.fingerprint)).is_none_or(|t| e.at > *t))
+        .collect();
     let unembedded = if events.is_empty() { None } else { apply(store, &events, embed).await?.unembedded };
     let taken: Vec<(String, String, DateTime<Utc>)> =
         records.into_iter().map(|(time, _, trail, mark, _)| (trail, mark, time)).collect();
     cursor.advance(&taken)?;
     Ok(Remembered { count: taken.len(), unembedded })
+}
+
+/// When each memory was last forgotten (`macha kb forget`, recorded in
+/// `memory.jsonl`): what the trail holds of it up to then is not folded
+/// into memory again, by a catch-up or a reindex; what happens after
+/// starts a new memory. A record that does not parse is skipped (the
+/// trail's reader says which lines are torn).
+fn forgotten(state: &StateDir) -> Result<std::collections::HashMap<String, DateTime<Utc>>, RememberError> {
+    let mut out = std::collections::HashMap::new();
+    for record in audit::read_since(state, audit::MEMORY, DateTime::<Utc>::MIN_UTC)? {
+        let Ok(r) = serde_json::from_value::<audit::MemoryRecord>(record) else { continue };
+        if let (audit::MemoryEvent::Forgotten, Some(id)) = (r.event, r.memory) {
+            let at = out.entry(id).or_insert(r.time);
+            *at = (*at).max(r.time);
+        }
+    }
+    Ok(out)
 }
 
 /// Runbook sections embedded per look, at most: a large runbooks
@@ -491,5 +513,24 @@ mod tests {
         // Built again from the trail: the same memory.
         assert_eq!(block(reindex(&state, &kb, None)).unwrap().count, 6);
         assert_eq!(block(kb.load(std::slice::from_ref(&id))).unwrap().pop().unwrap(), now);
+
+        // Forgotten (as `macha kb forget` records it): a reindex does not
+        // bring it back; what happens after starts a new memory.
+        let forgot = audit::MemoryRecord {
+            time: t + TimeDelta::seconds(200),
+            host: "web1".into(),
+            event: audit::MemoryEvent::Forgotten,
+            by: "root (uid 0)".into(),
+            memory: Some(id.clone()),
+            detail: "wrong lesson".into(),
+        };
+        audit::append(&state, audit::MEMORY, &forgot, RetentionConfig::default().audit()).unwrap();
+        assert!(block(kb.forget(&id)).unwrap());
+        block(reindex(&state, &kb, None)).unwrap();
+        assert!(block(kb.load(std::slice::from_ref(&id))).unwrap().is_empty(), "not brought back");
+        incident(&state, t + TimeDelta::seconds(300), IncidentEvent::Opened);
+        block(catch_up(&state, &kb, None)).unwrap();
+        let new = block(kb.load(std::slice::from_ref(&id))).unwrap().pop().unwrap();
+        assert_eq!((new.occurrences, new.actions.len()), (1, 0), "a new memory: {new:?}");
     }
 }

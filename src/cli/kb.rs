@@ -87,10 +87,10 @@ enum Cmd {
     },
     /// Remove one memory, recorded in the audit trail (root or the approver group).
     ///
-    /// Recorded in memory.jsonl with who did it (`macha-logs memory`). The
-    /// trail still holds what the memory was made of: new records of the
-    /// incident start a new memory, and `reindex` builds it again while the
-    /// trail holds them.
+    /// Recorded in memory.jsonl with who did it (`macha-logs memory`). New
+    /// records of the incident start a new memory; `reindex` reads
+    /// memory.jsonl and does not bring back what was forgotten, though the
+    /// other trails still hold what it was made of.
     Forget { id: String },
     /// How many memories the store holds, how many with a vector, and its size; the runbooks indexed and those not.
     Stats {
@@ -386,7 +386,7 @@ async fn forget(config: &Config, state: &StateDir, id: &str) -> anyhow::Result<E
     })?;
     outln!("forgot {}: {}", shown(&memory.id()), shown(&detail))?;
     outln!(
-        "recorded in {} (macha-logs memory); new records of this incident start a new memory, and `macha kb reindex` builds it again from the audit trail",
+        "recorded in {} (macha-logs memory); new records of this incident start a new memory, and `macha kb reindex` does not bring back what was forgotten",
         audit::MEMORY
     )?;
     Ok(ExitCode::SUCCESS)
