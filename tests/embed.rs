@@ -106,6 +106,20 @@ fn a_chat_model_configured_to_embed_is_refused_as_unable_to() {
 }
 
 #[test]
+fn a_missing_model_is_not_asked_again_within_the_backoff() {
+    let double = OllamaDouble::start(&["llama3.1:70b"]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let svc = service(state.path(), &double.url(), EMBEDDER, 30);
+    for _ in 0..3 {
+        let err = local(svc.embed(&texts(&["x"]))).unwrap_err();
+        assert!(matches!(err, EmbedError::MissingModel { .. }), "{err:?}");
+        assert!(err.to_string().contains("ollama pull nomic-embed-text"), "{err}");
+    }
+    assert_eq!(double.embed_requests(), 1, "asked once; the backoff is {:?}", macha::model::EMBED_BACKOFF);
+    assert!(local(svc.embed(&[])).unwrap().vectors.is_empty(), "no texts: no request, no error");
+}
+
+#[test]
 fn a_server_that_is_down_is_said_to_be_unreachable_at_once() {
     let state = tempfile::tempdir().unwrap();
     let url = refused_url();
@@ -130,6 +144,13 @@ fn a_server_that_hangs_is_given_up_at_the_timeout_and_one_that_fails_is_quoted()
     let hung = local(svc.embed(&texts(&["x"]))).unwrap_err();
     assert!(matches!(hung, EmbedError::Timeout { secs: 1, .. }), "{hung:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Not asked again for a while: the next texts do not wait on it.
+    let started = Instant::now();
+    let again = local(svc.embed(&texts(&["y"]))).unwrap_err();
+    assert!(matches!(again, EmbedError::Timeout { .. }) && started.elapsed() < Duration::from_millis(200), "{again:?}");
+    assert_eq!(double.embed_requests(), 1, "no second request within the backoff");
+    // A failure that mends by itself (busy) is not held against the model.
+    let svc = service(state.path(), &double.url(), EMBEDDER, 1);
     let busy = local(svc.embed(&texts(&["x"]))).unwrap_err();
     assert!(busy.to_string().contains("HTTP 503: server busy"), "{busy}");
     local(svc.embed(&texts(&["x"]))).expect("the next request is answered again");

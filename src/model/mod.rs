@@ -145,6 +145,11 @@ struct Inner {
     fallback: Option<Provider>,
     /// `ollama.embedding_model` on the primary endpoint.
     embedder: Embedder,
+    /// The last failure of the embedding model that does not mend by
+    /// itself within seconds (the model missing or not an embedding model,
+    /// or no answer within the timeout), and when: it is not asked again
+    /// for [`EMBED_BACKOFF`], so each decision does not wait on it.
+    embed_down: Mutex<Option<(Instant, EmbedError)>>,
     options: Options,
     /// Tokens of `num_ctx` kept free besides `num_predict` (`model.prompt_margin`).
     prompt_margin: u32,
@@ -155,6 +160,10 @@ struct Inner {
     readiness: Mutex<Readiness>,
     tally: Mutex<CallTally>,
 }
+
+/// How long the embedding model is not asked again after a failure that
+/// does not mend by itself (see [`ModelService::embed`]).
+pub const EMBED_BACKOFF: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -197,6 +206,7 @@ impl ModelService {
                 readiness: Mutex::new(readiness),
                 tally: Mutex::new(CallTally::default()),
                 embedder: Embedder::new(&o.url, &o.embedding_model, o.timeout),
+                embed_down: Mutex::new(None),
                 primary,
                 fallback,
             }),
@@ -397,7 +407,33 @@ impl ModelService {
     /// waiting in the queue as batch work, so a decision or a person's
     /// question goes before the next batch; each batch is written to the
     /// record of calls. No texts: no request, no vectors (dimension 0).
+    ///
+    /// After a failure that does not mend by itself (the model missing, not
+    /// an embedding model, or too slow), the model is not asked again for
+    /// [`EMBED_BACKOFF`]: the same error comes back at once.
     pub async fn embed(&self, texts: &[String]) -> Result<Embeddings, EmbedError> {
+        if !texts.is_empty() {
+            if let Some((at, e)) = lock(&self.inner.embed_down).as_ref() {
+                if at.elapsed() < EMBED_BACKOFF {
+                    return Err(e.clone());
+                }
+            }
+        }
+        let result = self.embed_now(texts).await;
+        let mut down = lock(&self.inner.embed_down);
+        match &result {
+            Ok(_) => *down = None,
+            Err(
+                e @ (EmbedError::MissingModel { .. }
+                | EmbedError::NotAnEmbeddingModel { .. }
+                | EmbedError::Timeout { .. }),
+            ) => *down = Some((Instant::now(), e.clone())),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn embed_now(&self, texts: &[String]) -> Result<Embeddings, EmbedError> {
         let embedder = &self.inner.embedder;
         let info = ProviderInfo {
             endpoint: Endpoint::Primary,
