@@ -394,3 +394,26 @@ fn no_secret_of_the_redaction_corpus_reaches_chroma_or_knowledge_db() {
         }
     }
 }
+
+#[test]
+fn pruning_in_chroma_forgets_the_ones_not_seen_for_long_then_the_oldest_beyond_the_limit() {
+    let double = OllamaDouble::start(&[MODEL, EMBEDDER]).unwrap();
+    let chroma = Chroma::start().unwrap();
+    let host = Host::new(&double, Some(&chroma));
+    let t = start();
+    local(async {
+        let (store, model) = (host.store(), host.model());
+        assert_eq!(store.prune(3, t).await.unwrap(), 0, "no collection yet: nothing to prune");
+        for day in 1..=5 {
+            host.opened(t + TimeDelta::days(day), &format!("unit-failed:u{day}.service"), "failed");
+        }
+        remember::catch_up(&host.state, &store, Some(&model)).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().memories, 5);
+        // Day 1 is before the age limit; then one more is beyond 3.
+        assert_eq!(store.prune(3, t + TimeDelta::days(2)).await.unwrap(), 2);
+        let left: Vec<String> = memories(&store).await.iter().map(|m| m.fingerprint.to_string()).collect();
+        assert_eq!(left, ["unit-failed:u3.service", "unit-failed:u4.service", "unit-failed:u5.service"]);
+        assert_eq!(chroma_records(&chroma).await.len(), 3);
+        assert_eq!(store.prune(3, t).await.unwrap(), 0, "within both limits: nothing more");
+    });
+}
