@@ -43,14 +43,12 @@ DIR=${MACHA_LLM_CACHE:-/var/cache/macha-testbed/llm-v$VERSION}
 DIR=${DIR%/}
 STAMP=$DIR/.macha-llm-stamp
 
-# Fast path: the stamp is written last, before the rename into place, so its
-# presence means the environment and the model are complete.
-if [ -f "$STAMP" ]; then
-    echo "$DIR"
-    exit 0
-fi
+NAME=llm/setup.sh
+CACHE_VAR=MACHA_LLM_CACHE
+# shellcheck source=tests/cache.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
+cache_fast_path
 
-say() { echo "llm/setup.sh: $*" >&2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 case "$(uname -m)" in
@@ -62,52 +60,8 @@ if ! grep -qw avx2 /proc/cpuinfo || ! grep -qw fma /proc/cpuinfo || ! grep -qw f
     exit 2
 fi
 
-# Tools (CI starts from a fresh machine). Debian's python3 makes virtual
-# environments only with python3-venv (ensurepip).
-need=()
-command -v python3 >/dev/null || need+=(python3)
-command -v g++ >/dev/null || need+=(g++)
-command -v flock >/dev/null || need+=(util-linux)
-if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    need+=(python3-venv)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        say "missing ${need[*]}; run as root to install them (sudo bash $0)"
-        exit 2
-    fi
-    say "installing: ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq "${need[@]}" >&2
-fi
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { say "python3 is older than 3.9"; exit 2; }
-
-mkdir -p "$(dirname "$DIR")"
-
-# Serialise concurrent callers: the second one waits, then sees the stamp.
-exec 9>"$DIR.lock"
-flock 9
-if [ -f "$STAMP" ]; then
-    echo "$DIR"
-    exit 0
-fi
-
-# Build into a temporary sibling, renamed into place only when complete, so an
-# interrupted build is never used; leftovers of killed builds go first.
-for old in "$DIR".tmp.*; do
-    [ -e "$old" ] && rm -rf --one-file-system "$old"
-done
-# This script makes $DIR only by that rename, stamp inside: a $DIR without a
-# stamp is someone else's (or was tampered with), and is not removed here.
-if [ -e "$DIR" ]; then
-    say "$DIR exists but holds no $(basename "$STAMP"); remove it or choose another MACHA_LLM_CACHE"
-    exit 2
-fi
-TMP=$(mktemp -d "$DIR.tmp.XXXXXX")
-trap 'rm -rf --one-file-system "$TMP"' EXIT
-trap 'exit 130' INT TERM HUP
-chmod 755 "$TMP"
+cache_python g++:g++
+cache_begin
 
 start=$(date +%s)
 say "building into $TMP (compiling llama.cpp takes minutes)"
@@ -195,7 +149,6 @@ end=$(date +%s)
     echo "compile_seconds=$((build_done - start))"
     echo "total_seconds=$((end - start))"
 } >"$TMP/.macha-llm-stamp"
-mv -T "$TMP" "$DIR"
-trap - EXIT
+cache_finish
 say "done in $((end - start)) s (compiling: $((build_done - start)) s)"
 echo "$DIR"
