@@ -47,6 +47,10 @@ pub struct IncidentRecord {
     pub event: IncidentEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The NixOS system generation running when it opened, when the
+    /// profile could be read (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
 }
 
 /// What happened to an incident.

@@ -456,13 +456,23 @@ impl Engine {
         snap: &Snapshot,
     ) -> anyhow::Result<(Vec<Novelty>, Vec<Fingerprint>)> {
         let (novelty, resolved) = self.store.sync_incidents(incidents, snap)?;
+        // The generation running, read once when something opened: memory
+        // keeps which generations an incident happened in.
+        let mut generation = None;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
+            let running = *generation.get_or_insert_with(|| {
+                let nixos = &self.config.nixos;
+                crate::observe::nixos::read(&nixos.profile, &nixos.current_system)
+                    .ok()
+                    .and_then(|g| g.running_generation())
+            });
             self.record_incident(
                 &snap.hostname,
                 &incident.fingerprint,
                 IncidentEvent::Opened,
                 Some(&incident.summary),
+                running,
             )?;
         }
         for fp in &resolved {
@@ -472,7 +482,7 @@ impl Engine {
                 self.record_repeats(&snap.hostname, fp, &failing, Repeating::ended(Some(failing.repeat.clone())))?;
                 self.store.set_failing(fp, None)?;
             }
-            self.record_incident(&snap.hostname, fp, IncidentEvent::Resolved, None)?;
+            self.record_incident(&snap.hostname, fp, IncidentEvent::Resolved, None, None)?;
         }
         Ok((novelty, resolved))
     }
@@ -686,6 +696,7 @@ impl Engine {
         fingerprint: &Fingerprint,
         event: IncidentEvent,
         summary: Option<&str>,
+        generation: Option<u32>,
     ) -> anyhow::Result<()> {
         let rec = IncidentRecord {
             time: Utc::now(),
@@ -693,6 +704,7 @@ impl Engine {
             incident: fingerprint.clone(),
             event,
             summary: summary.map(str::to_owned),
+            generation,
         };
         Ok(audit::append(&self.state, audit::INCIDENTS, &rec, self.config.retention.audit())?)
     }

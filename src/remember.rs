@@ -101,7 +101,9 @@ pub fn events_of(trail: &str, record: &Value) -> Vec<Event> {
         audit::INCIDENTS => {
             let Ok(r) = serde_json::from_value::<IncidentRecord>(record.clone()) else { return Vec::new() };
             let what = match r.event {
-                IncidentEvent::Opened => What::Opened { summary: r.summary.unwrap_or_default() },
+                IncidentEvent::Opened => {
+                    What::Opened { summary: r.summary.unwrap_or_default(), generation: r.generation }
+                }
                 IncidentEvent::Resolved => What::Resolved,
             };
             vec![event(r.time, &r.host, &r.incident, what)]
@@ -453,8 +455,14 @@ mod tests {
     }
 
     fn incident(state: &StateDir, at: DateTime<Utc>, event: IncidentEvent) {
-        let rec =
-            IncidentRecord { time: at, host: "web1".into(), incident: fp(), event, summary: Some("web failed".into()) };
+        let rec = IncidentRecord {
+            time: at,
+            host: "web1".into(),
+            incident: fp(),
+            event,
+            summary: Some("web failed".into()),
+            generation: None,
+        };
         audit::append(state, audit::INCIDENTS, &rec, RetentionConfig::default().audit()).unwrap();
     }
 

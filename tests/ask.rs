@@ -699,6 +699,7 @@ fn search_memory_finds_what_was_tried_before_and_the_runbook_and_refuses_what_is
         incident: fingerprint.clone(),
         event: IncidentEvent::Opened,
         summary: Some("backup.service failed: No space left on device".into()),
+        generation: None,
     };
     audit::append(&state, audit::INCIDENTS, &opened, rotation).unwrap();
     let failed = ActionRecord {

@@ -71,6 +71,7 @@ impl Here {
             incident: fingerprint.clone(),
             event,
             summary: Some(summary.into()),
+            generation: None,
         };
         let action = |at, outcome, by: Option<&str>, detail: &str| ActionRecord {
             time: at,

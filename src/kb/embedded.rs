@@ -264,7 +264,7 @@ mod tests {
             at: at(day),
             host: host.into(),
             fingerprint: fp,
-            what: What::Opened { summary: summary.into() },
+            what: What::Opened { summary: summary.into(), generation: None },
         });
         m
     }
