@@ -66,6 +66,17 @@ impl Chroma {
         format!("http://{}", self.addr)
     }
 
+    /// The server process's id while it runs (for reading its memory in
+    /// `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The folder the server keeps its data in (`--path`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after a grace period); its
     /// data stays. Connections to its port are refused until
     /// [`Chroma::start_again`].
