@@ -690,12 +690,14 @@ struct Incident {
 }
 
 impl Incident {
-    /// What the daemon searches memory with today (`Cycle::recall`).
+    /// What the daemon searched memory with until 2026-12-06: the
+    /// fingerprint and the summary.
     fn query(&self) -> String {
         format!("{} {}", self.fingerprint, self.summary)
     }
 
-    /// The same with the evidence a decision is shown.
+    /// The same with the evidence a decision is shown: what the daemon
+    /// searches with now (`decide::prompt::memory_query`).
     fn query_with_evidence(&self) -> String {
         format!("{} {}\n{}", self.fingerprint, self.summary, self.evidence)
     }
@@ -706,7 +708,7 @@ impl Incident {
         let fp = Fingerprint::from(self.fingerprint.as_str());
         let mut m = Memory::new(&self.host, &fp, at);
         let event = |what| Event { at, host: self.host.clone(), fingerprint: fp.clone(), what };
-        m.apply(&event(What::Opened { summary: self.summary.clone() }));
+        m.apply(&event(What::Opened { summary: self.summary.clone(), generation: None }));
         m.apply(&event(What::Decided {
             summary: self.summary.clone(),
             evidence: Some(self.evidence.clone()),
@@ -980,8 +982,8 @@ fn retrieval(double: &OllamaDouble, chroma_dir: Option<&str>) {
     let model = ModelService::new(&config(dir.path(), &double.url(), None)).unwrap();
     let texts: Vec<String> = stored.iter().map(Memory::text).collect();
     let forms: [QueryForm; 2] = [
-        ("fingerprint + summary (the daemon's query)", Incident::query),
-        ("+ evidence", Incident::query_with_evidence),
+        ("fingerprint + summary (the daemon's until 2026-12-06)", Incident::query),
+        ("+ evidence (the daemon's now)", Incident::query_with_evidence),
     ];
     let (vectors, query_vectors) = local(async {
         let vectors = model.embed(&texts).await.unwrap().vectors;
@@ -1106,7 +1108,7 @@ fn timed_queries() -> Vec<(String, Vec<f32>)> {
         .map(|i| {
             let mut q = record(usize::MAX - i);
             q.host = format!("query-{i}");
-            let text = q.query();
+            let text = q.query_with_evidence();
             let v = embedding(&text, DIMENSION);
             (text, v)
         })
@@ -1156,7 +1158,7 @@ fn fill_direct(db: &Path, from: usize, n: usize) {
         let mut memories = tx
             .prepare("INSERT INTO memories (id, host, fingerprint, last_seen, record, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
             .unwrap();
-        let mut texts = tx.prepare("INSERT INTO memories_text (id, text) VALUES (?1, ?2)").unwrap();
+        let mut texts = tx.prepare("INSERT INTO memories_text (rowid, id, text) VALUES (?1, ?2, ?3)").unwrap();
         for i in from..n {
             let (m, v) = embedded_record(i);
             let blob: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -1171,7 +1173,7 @@ fn fill_direct(db: &Path, from: usize, n: usize) {
                     blob
                 ])
                 .unwrap();
-            texts.execute(rusqlite::params![m.id(), m.text()]).unwrap();
+            texts.execute(rusqlite::params![tx.last_insert_rowid(), m.id(), m.text()]).unwrap();
         }
     }
     tx.commit().unwrap();

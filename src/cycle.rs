@@ -1119,7 +1119,7 @@ impl Engine {
             return (None, None);
         }
         let limit = self.config.knowledge_base.recall as usize;
-        let query = format!("{} {}", incident.fingerprint, incident.summary);
+        let query = decide::prompt::memory_query(incident, snap, kb::MAX_EVIDENCE_CHARS);
         let caught = match self.kb.as_ref() {
             Some(kb) => Some(remember::catch_up(&self.state, kb, Some(&self.model)).await),
             None => None,

@@ -269,6 +269,25 @@ fn fill(template: &str, vars: &BTreeMap<&str, String>) -> String {
     out
 }
 
+/// What incident memory is searched with for `incident`: its fingerprint
+/// and summary, then the evidence its prompt shows (the facts, and the
+/// journal's templates, most severe first), redacted and at most
+/// `max_chars`. The cause is in the evidence: a failed unit's fingerprint
+/// and summary say only which unit and how it ended, which every memory of
+/// that unit shares (BENCHMARKS.md, "Incident memory").
+pub fn memory_query(incident: &Incident, snap: &Snapshot, max_chars: usize) -> String {
+    let evidence = Evidence::of(incident, snap);
+    let mut query = format!("{} {}\n{}", incident.fingerprint, incident.summary, evidence.facts);
+    for record in evidence.journal.iter().flat_map(|(_, fold)| evidence::records(fold)) {
+        if query.chars().count() >= max_chars {
+            break;
+        }
+        query.push_str(&record);
+        query.push('\n');
+    }
+    crate::text::cut(&redact(&query), max_chars, "")
+}
+
 /// An incident's evidence: facts macha states itself, and the journal
 /// lines that go into the `<journal>` block, under their title.
 struct Evidence<'a> {
@@ -432,6 +451,20 @@ mod tests {
         let a = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jetty"];
         let b = ["lynx", "moth", "newt", "orca", "puma"];
         format!("{}{}", a[k % 10], b[k / 10])
+    }
+
+    #[test]
+    fn memory_is_searched_with_the_evidence_bounded_and_redacted() {
+        let mut fold = burst(3, 2, 0);
+        let writer = Writer { unit: Some("burst.service".into()), comm: Some("app".into()), uid: Some(0) };
+        fold.push(writer, 2, chrono::Utc::now(), "connect with password=hunter2hunter2 refused");
+        let snap = snapshot(fold, "burst.service");
+        let query = memory_query(&burst_incident("burst.service"), &snap, 2000);
+        assert!(query.starts_with("error-burst:burst.service burst.service logged errors\n"), "{query}");
+        assert!(query.contains("amberlynx failed") && query.contains("cedarlynx failed"), "{query}");
+        assert!(!query.contains("hunter2hunter2"), "{query}");
+        assert!(query.find("refused") < query.find("amberlynx"), "most severe first: {query}");
+        assert!(memory_query(&burst_incident("burst.service"), &snap, 60).chars().count() <= 60);
     }
 
     #[test]

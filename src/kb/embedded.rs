@@ -19,7 +19,7 @@ use crate::state_dir::StateDir;
 pub const KB_FILE: &str = "knowledge.db";
 
 /// Words of a query searched for; the rest of a long text adds little.
-const MAX_QUERY_WORDS: usize = 64;
+const MAX_QUERY_WORDS: usize = 128;
 
 /// The constant of reciprocal rank fusion (the usual 60).
 const FUSION_K: f64 = 60.0;
@@ -37,6 +37,11 @@ CREATE INDEX IF NOT EXISTS memories_last_seen ON memories (last_seen);
 CREATE VIRTUAL TABLE IF NOT EXISTS memories_text USING fts5(id UNINDEXED, text);
 ";
 
+/// `PRAGMA user_version` of `knowledge.db`: 1 since the text of a memory is
+/// kept under its row's rowid in `memories_text` (found by the rowid's
+/// index; before, by a scan of the whole table for its `id`).
+const VERSION: i64 = 1;
+
 pub struct Embedded {
     conn: Connection,
     path: String,
@@ -52,7 +57,36 @@ impl Embedded {
             Ok(conn)
         })
         .map_err(|source| KbError::Sqlite { path: path.clone(), source })?;
-        Ok(Self { conn, path })
+        let kb = Self { conn, path };
+        kb.upgrade()?;
+        Ok(kb)
+    }
+
+    /// Brings a `knowledge.db` of an older version to [`VERSION`]: the
+    /// text table is written again, each memory's text under its rowid.
+    fn upgrade(&self) -> Result<(), KbError> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(self.wrap())?;
+        if version >= VERSION {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction().map_err(self.wrap())?;
+        tx.execute("DELETE FROM memories_text", []).map_err(self.wrap())?;
+        let rows: Vec<(i64, String, String)> = {
+            let mut stmt = tx.prepare("SELECT rowid, id, record FROM memories").map_err(self.wrap())?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(self.wrap())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(self.wrap())?;
+            rows
+        };
+        for (rowid, id, record) in rows {
+            let text = self.decode(&id, &record)?.text();
+            tx.execute("INSERT INTO memories_text (rowid, id, text) VALUES (?1, ?2, ?3)", params![rowid, id, text])
+                .map_err(self.wrap())?;
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {VERSION}")).map_err(self.wrap())?;
+        tx.commit().map_err(self.wrap())
     }
 
     fn wrap(&self) -> impl Fn(rusqlite::Error) -> KbError + '_ {
@@ -71,16 +105,16 @@ impl Embedded {
         let mut gone = 0;
         gone += tx
             .execute(
-                "DELETE FROM memories_text WHERE id IN (SELECT id FROM memories WHERE last_seen < ?1)",
+                "DELETE FROM memories_text WHERE rowid IN (SELECT rowid FROM memories WHERE last_seen < ?1)",
                 [before.to_rfc3339()],
             )
             .map_err(self.wrap())? as u64;
         tx.execute("DELETE FROM memories WHERE last_seen < ?1", [before.to_rfc3339()]).map_err(self.wrap())?;
-        let over = "SELECT id FROM memories ORDER BY last_seen DESC LIMIT -1 OFFSET ?1";
+        let over = "SELECT rowid FROM memories ORDER BY last_seen DESC LIMIT -1 OFFSET ?1";
         gone += tx
-            .execute(&format!("DELETE FROM memories_text WHERE id IN ({over})"), [max as i64])
+            .execute(&format!("DELETE FROM memories_text WHERE rowid IN ({over})"), [max as i64])
             .map_err(self.wrap())? as u64;
-        tx.execute(&format!("DELETE FROM memories WHERE id IN ({over})"), [max as i64]).map_err(self.wrap())?;
+        tx.execute(&format!("DELETE FROM memories WHERE rowid IN ({over})"), [max as i64]).map_err(self.wrap())?;
         tx.commit().map_err(self.wrap())?;
         Ok(gone)
     }
@@ -192,8 +226,10 @@ impl Backend for Embedded {
                 params![id, m.host, m.fingerprint.as_str(), m.last_seen.to_rfc3339(), record, vector.as_deref().map(to_blob)],
             )
             .map_err(self.wrap())?;
-            tx.execute("DELETE FROM memories_text WHERE id = ?1", [&id]).map_err(self.wrap())?;
-            tx.execute("INSERT INTO memories_text (id, text) VALUES (?1, ?2)", params![id, m.text()])
+            let rowid: i64 =
+                tx.query_row("SELECT rowid FROM memories WHERE id = ?1", [&id], |r| r.get(0)).map_err(self.wrap())?;
+            tx.execute("DELETE FROM memories_text WHERE rowid = ?1", [rowid]).map_err(self.wrap())?;
+            tx.execute("INSERT INTO memories_text (rowid, id, text) VALUES (?1, ?2, ?3)", params![rowid, id, m.text()])
                 .map_err(self.wrap())?;
         }
         tx.commit().map_err(self.wrap())
@@ -218,7 +254,8 @@ impl Backend for Embedded {
 
     async fn forget(&self, id: &str) -> Result<bool, KbError> {
         let tx = self.conn.unchecked_transaction().map_err(self.wrap())?;
-        tx.execute("DELETE FROM memories_text WHERE id = ?1", [id]).map_err(self.wrap())?;
+        tx.execute("DELETE FROM memories_text WHERE rowid IN (SELECT rowid FROM memories WHERE id = ?1)", [id])
+            .map_err(self.wrap())?;
         let gone = tx.execute("DELETE FROM memories WHERE id = ?1", [id]).map_err(self.wrap())? > 0;
         tx.commit().map_err(self.wrap())?;
         Ok(gone)
@@ -338,5 +375,42 @@ mod tests {
         let left: Vec<String> = block(kb.all()).unwrap().iter().map(|m| m.fingerprint.to_string()).collect();
         assert_eq!(left, ["unit-failed:u3.service", "unit-failed:u4.service", "unit-failed:u5.service"]);
         assert!(block(kb.search("u1", None, 5)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_knowledge_db_of_the_first_version_gets_its_text_keyed_by_rowid_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::create(&dir.path().join("state")).unwrap();
+        let a = memory("web1", "unit-failed:a.service", "alpha exploded", 1);
+        let b = memory("web1", "unit-failed:b.service", "bravo melted", 2);
+        {
+            let kb = Embedded::open(&state).unwrap();
+            block(kb.store(&[(a.clone(), None), (b.clone(), None)])).unwrap();
+            // As the first version wrote it: text rows under rowids of their own.
+            kb.conn
+                .execute_batch(
+                    "DELETE FROM memories_text;
+                     INSERT INTO memories_text (rowid, id, text) VALUES (70, 'web1/unit-failed:b.service', 'bravo melted');
+                     INSERT INTO memories_text (rowid, id, text) VALUES (71, 'web1/unit-failed:a.service', 'alpha exploded');
+                     PRAGMA user_version = 0;",
+                )
+                .unwrap();
+        }
+        let kb = Embedded::open(&state).unwrap();
+        let version: i64 = kb.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, VERSION);
+        assert_eq!(block(kb.search("alpha", None, 5)).unwrap()[0].memory, a);
+        assert!(block(kb.forget(&a.id())).unwrap());
+        assert!(block(kb.search("alpha", None, 5)).unwrap().is_empty(), "its text went with it");
+        assert_eq!(block(kb.search("bravo", None, 5)).unwrap()[0].memory, b);
+        let texts: i64 = kb.conn.query_row("SELECT COUNT(*) FROM memories_text", [], |r| r.get(0)).unwrap();
+        assert_eq!(texts, 1);
+        // Removing a text is a rowid lookup (FTS5's plan `INDEX 0:=`), not a
+        // scan of every row for its `id` (`INDEX 0:`).
+        let plan = |sql: &str| -> String {
+            kb.conn.query_row(&format!("EXPLAIN QUERY PLAN {sql}"), [], |r| r.get(3)).unwrap()
+        };
+        assert!(plan("DELETE FROM memories_text WHERE rowid = 1").ends_with("INDEX 0:="));
+        assert!(plan("DELETE FROM memories_text WHERE id = 'x'").ends_with("INDEX 0:"), "the slow form, for contrast");
     }
 }

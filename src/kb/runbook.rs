@@ -424,7 +424,7 @@ impl Runbooks {
 }
 
 fn remove_sections(tx: &rusqlite::Transaction<'_>, name: &str) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM runbook_text WHERE id IN (SELECT id FROM runbook_sections WHERE name = ?1)", [name])?;
+    tx.execute("DELETE FROM runbook_text WHERE rowid IN (SELECT rowid FROM runbook_sections WHERE name = ?1)", [name])?;
     tx.execute("DELETE FROM runbook_sections WHERE name = ?1", [name])?;
     Ok(())
 }
