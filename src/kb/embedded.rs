@@ -122,7 +122,7 @@ impl Embedded {
 
 /// The ids of the FTS5 table `table` (columns `id`, `text`) matching any
 /// word of `text`, best first by BM25.
-pub(super) fn by_text(conn: &Connection, table: &str, text: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
+fn by_text(conn: &Connection, table: &str, text: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
     let Some(query) = fts_query(text) else { return Ok(Vec::new()) };
     let mut stmt =
         conn.prepare(&format!("SELECT id FROM {table} WHERE {table} MATCH ?1 ORDER BY bm25({table}) LIMIT ?2"))?;
@@ -132,7 +132,7 @@ pub(super) fn by_text(conn: &Connection, table: &str, text: &str, limit: usize) 
 
 /// The ids of the table `table` (columns `id`, `vector`) whose vectors are
 /// nearest to `vector` by cosine, nearest first.
-pub(super) fn by_vector(conn: &Connection, table: &str, vector: &[f32], limit: usize) -> rusqlite::Result<Vec<String>> {
+fn by_vector(conn: &Connection, table: &str, vector: &[f32], limit: usize) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(&format!("SELECT id, vector FROM {table} WHERE vector IS NOT NULL"))?;
     let mut scored = Vec::new();
     let mut rows = stmt.query([])?;
@@ -149,9 +149,29 @@ pub(super) fn by_vector(conn: &Connection, table: &str, vector: &[f32], limit: u
     Ok(scored.into_iter().take(limit).map(|(_, id)| id).collect())
 }
 
+/// The ids nearest to `text` in the FTS5 table `fts` and, when `vector` is
+/// given, to `vector` in `table`, the two rankings fused; best first.
+pub(super) fn search(
+    conn: &Connection,
+    fts: &str,
+    table: &str,
+    text: &str,
+    vector: Option<&[f32]>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, f64)>> {
+    // Each list is longer than the result, so that one ranked a little
+    // lower in one list can still win with the other.
+    let depth = limit.saturating_mul(4).max(20);
+    let mut lists = vec![by_text(conn, fts, text, depth)?];
+    if let Some(vector) = vector {
+        lists.push(by_vector(conn, table, vector, depth)?);
+    }
+    Ok(fuse(lists, limit))
+}
+
 /// Merges rankings by reciprocal rank: each list gives its `n`th id
 /// `1 / (60 + n)`; the best `limit` ids, with their scores (ties by id).
-pub(super) fn fuse(lists: Vec<Vec<String>>, limit: usize) -> Vec<(String, f64)> {
+fn fuse(lists: Vec<Vec<String>>, limit: usize) -> Vec<(String, f64)> {
     let mut scores: HashMap<String, f64> = HashMap::new();
     for ids in lists {
         for (rank, id) in ids.into_iter().enumerate() {
@@ -236,14 +256,7 @@ impl Backend for Embedded {
     }
 
     async fn search(&self, text: &str, vector: Option<&[f32]>, limit: usize) -> Result<Vec<Hit>, KbError> {
-        // Each list is longer than the result, so that a memory ranked a
-        // little lower in one list can still win with the other.
-        let depth = limit.saturating_mul(4).max(20);
-        let mut lists = vec![by_text(&self.conn, "memories_text", text, depth).map_err(self.wrap())?];
-        if let Some(vector) = vector {
-            lists.push(by_vector(&self.conn, "memories", vector, depth).map_err(self.wrap())?);
-        }
-        let ranked = fuse(lists, limit);
+        let ranked = search(&self.conn, "memories_text", "memories", text, vector, limit).map_err(self.wrap())?;
         let ids: Vec<String> = ranked.iter().map(|(id, _)| id.clone()).collect();
         let found = self.load(&ids).await?;
         Ok(ranked

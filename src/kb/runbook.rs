@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::embedded::{by_text, by_vector, fuse, to_blob, KB_FILE};
+use super::embedded::{search, to_blob, KB_FILE};
 use super::KbError;
 use crate::bounded::{self, FileKind, Size};
 use crate::redact::redact;
@@ -381,13 +381,10 @@ impl Runbooks {
     /// The sections nearest to `text` (and `vector`, when given), nearest
     /// first, as the embedded store ranks memories.
     pub fn search(&self, text: &str, vector: Option<&[f32]>, limit: usize) -> Result<Vec<Section>, KbError> {
-        let depth = limit.saturating_mul(4).max(20);
-        let mut lists = vec![by_text(&self.conn, "runbook_text", text, depth).map_err(self.wrap())?];
-        if let Some(vector) = vector {
-            lists.push(by_vector(&self.conn, "runbook_sections", vector, depth).map_err(self.wrap())?);
-        }
+        let ranked =
+            search(&self.conn, "runbook_text", "runbook_sections", text, vector, limit).map_err(self.wrap())?;
         let mut out = Vec::new();
-        for (id, _) in fuse(lists, limit) {
+        for (id, _) in ranked {
             out.extend(self.get(&id)?);
         }
         Ok(out)
