@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod fold;
+pub mod generations;
 pub mod host;
 pub mod journal;
 pub mod nixos;
