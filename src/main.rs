@@ -46,6 +46,8 @@ enum Command {
     Kb(cli::kb::Args),
     /// Decide the evaluation fixtures with a model and print the pass rates and latencies.
     Eval(cli::eval::Args),
+    /// The NixOS generations: when each was switched to, and what changed in each (units, packages).
+    Generations(cli::generations::Args),
     /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
     Pause {
         /// Why (shown in every queued item and notification).
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::stats::run(cli.config.as_deref(), args),
         Command::Kb(args) => cli::kb::run(cli.config.as_deref(), args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Generations(args) => cli::generations::run(cli.config.as_deref(), args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
         Command::Note { text } => cli::control::note(cli.config.as_deref(), &text),

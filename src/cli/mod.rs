@@ -10,6 +10,7 @@ pub mod control;
 pub mod discuss;
 pub mod docs;
 pub mod eval;
+pub mod generations;
 pub mod kb;
 pub mod logs;
 pub mod notify;

@@ -1,0 +1,116 @@
+//! `macha generations`: the NixOS system generations, when each was
+//! switched to, which runs, which the profile boots and which booted, and
+//! what changed in each against the one before it: units added, removed
+//! and changed, with their packages' versions, commands, environment and
+//! dependencies (`observe::generations`). Read from the profile's links and
+//! the store, as any user; nothing is run.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::output::{out, outln, shown};
+use macha::config::Config;
+use macha::observe::generations::{diff_units, UnitsDiff};
+use macha::observe::nixos;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print the generations as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The newest N generations (1 to 100).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    last: usize,
+}
+
+pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCode> {
+    macha::logging::init_cli();
+    let config = Config::load(config)?;
+    let (profile, current) = (&config.nixos.profile, &config.nixos.current_system);
+    let generations = nixos::read(profile, current)
+        .map_err(|e| anyhow::anyhow!("cannot read the system profile {}: {e}", profile.display()))?;
+    if generations.list.is_empty() {
+        eprintln!(
+            "macha generations: no generations of {} (`nixos.profile`): this is not a NixOS host, or its profile is elsewhere",
+            profile.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let running = generations.running_generation();
+    let booted = std::fs::read_link(current.with_file_name("booted-system"))
+        .ok()
+        .and_then(|b| generations.list.iter().rev().find(|g| std::path::Path::new(&g.target) == b))
+        .map(|g| g.number);
+    let list = &generations.list;
+    let shown_from = list.len().saturating_sub(args.last);
+    let mut rows = Vec::new();
+    for (i, g) in list.iter().enumerate().skip(shown_from).rev() {
+        let before = i.checked_sub(1).map(|j| &list[j]);
+        let diff = before.map(|b| diff_units(b.target.as_ref(), g.target.as_ref()));
+        rows.push((g, before.map(|b| b.number), diff));
+    }
+    if args.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(g, before, diff)| {
+                json!({
+                    "number": g.number,
+                    "system": g.target,
+                    "switched_at": g.created,
+                    "running": running == Some(g.number),
+                    "profile": generations.profile == Some(g.number),
+                    "booted": booted == Some(g.number),
+                    "changed_since": before,
+                    "units": diff,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (g, before, diff) in &rows {
+        let mut marks = Vec::new();
+        for (mark, n) in [("running", running), ("profile", generations.profile), ("booted", booted)] {
+            if n == Some(g.number) {
+                marks.push(mark);
+            }
+        }
+        let marks = if marks.is_empty() { String::new() } else { format!(" ({})", marks.join(", ")) };
+        outln!("generation {}{marks}: switched {}, {}", g.number, when(g.created), shown(&g.target))?;
+        match (before, diff) {
+            (Some(before), Some(diff)) => changes(*before, diff)?,
+            _ => outln!("  the first generation kept: nothing to compare it with")?,
+        }
+    }
+    if shown_from > 0 {
+        outln!("{shown_from} older generation(s) not shown (--last N)")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(|| "at an unknown time".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+fn changes(before: u32, diff: &UnitsDiff) -> std::io::Result<()> {
+    if diff.units.is_empty() {
+        outln!("  units: none changed since generation {before}")?;
+    } else {
+        outln!("  units changed since generation {before}:")?;
+    }
+    for unit in &diff.units {
+        for line in unit.text().lines() {
+            outln!("    {}", shown(line))?;
+        }
+    }
+    if diff.more > 0 {
+        outln!("    ... {} more units changed (--json shows the same first ones)", diff.more)?;
+    }
+    if diff.unread > 0 {
+        out!("    ({} entries of the unit directories were not read: past the limit)\n", diff.unread)?;
+    }
+    Ok(())
+}
