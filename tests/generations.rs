@@ -95,3 +95,45 @@ fn generations_lists_each_with_its_switch_time_and_what_changed_in_its_units() {
     let out = run(&config, &["generations", "--last", "0"]);
     assert_eq!(out.status.code(), Some(2), "--last is bounded");
 }
+
+/// In the test container with the NixOS stand-in: a switch to a generation
+/// whose unit file changed breaks the unit; `macha generations`, run there
+/// as on a NixOS host, names the change; the rollback brings the unit back.
+#[test]
+fn on_the_stand_in_a_switch_that_changed_a_unit_is_shown_and_rolled_back() {
+    use macha_testbed::container::{BootOptions, Container};
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    let c = Container::boot_with(BootOptions::new("generations").bind_ro(&bin, "/opt/macha")).unwrap();
+    c.install_nixos_standin().unwrap();
+    let switch = |args: &[&str]| {
+        let mut argv = vec!["nixos-rebuild"];
+        argv.extend_from_slice(args);
+        c.exec(&argv).unwrap()
+    };
+    c.exec_ok(&["mkdir", "-p", "/etc/nixos/units"]).unwrap();
+    c.write_file("/etc/nixos/units/web.service", "[Service]\nExecStart=/bin/sleep infinity\nEnvironment=MODE=old\n")
+        .unwrap();
+    assert!(switch(&["switch", "--flake", "/etc/nixos#testhost"]).status.success());
+    c.wait_unit_state("web.service", "active", std::time::Duration::from_secs(20)).unwrap();
+
+    c.write_file("/etc/nixos/units/web.service", "[Service]\nExecStart=/bin/false\nEnvironment=MODE=new\n").unwrap();
+    let out = switch(&["switch", "--flake", "/etc/nixos#testhost"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the following units failed: web.service"));
+    c.wait_unit_state("web.service", "failed", std::time::Duration::from_secs(20)).unwrap();
+
+    let out = c.exec(&["/opt/macha/macha", "generations", "--json", "--last", "2"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((rows[0]["number"].as_u64(), rows[0]["running"].as_bool()), (Some(3), Some(true)), "{rows:#?}");
+    assert_eq!(rows[0]["changed_since"], 2);
+    let units = rows[0]["units"]["units"].as_array().unwrap();
+    assert_eq!(units.len(), 1, "{units:#?}");
+    assert_eq!((units[0]["unit"].as_str(), units[0]["kind"].as_str()), (Some("web.service"), Some("changed")));
+    let said = units[0]["changes"].to_string();
+    assert!(said.contains("/bin/sleep infinity") && said.contains("/bin/false") && said.contains("MODE=new"), "{said}");
+    assert_eq!(rows[1]["units"]["units"][0]["kind"], "added", "generation 2 added the unit: {rows:#?}");
+
+    assert!(switch(&["switch", "--rollback"]).status.success());
+    c.wait_unit_state("web.service", "active", std::time::Duration::from_secs(20)).unwrap();
+}

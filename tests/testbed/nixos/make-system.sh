@@ -11,13 +11,18 @@
 #   /nix/store/HASH-nixos-system-LABEL/
 #       nixos-version                   LABEL (a real toplevel has this file)
 #       bin/switch-to-configuration     switch | boot | test | dry-activate
+#       etc/systemd/system/NAME         -> /nix/store/HASH-unit-NAME/NAME, for
+#                                       each unit file in /etc/nixos/units
+#                                       (as NixOS links its units)
 #
 # What is real: the store path is added with the real `nix-store --add`, so it
 # is a valid, read-only store path that `nix-env --set`, profiles, GC roots and
 # `nix-collect-garbage` treat exactly like any other. What is imitated:
-# switch-to-configuration only moves /run/current-system (and the
-# current-system GC root that NixOS's activation script maintains); it starts
-# no units, writes no /etc and installs no boot loader.
+# switch-to-configuration moves /run/current-system (and the current-system
+# GC root that NixOS's activation script maintains) and, like NixOS, puts the
+# system's own units in place (links in /etc/systemd/system), stops those it
+# no longer has and restarts those that changed; it writes nothing else in
+# /etc and installs no boot loader.
 #
 # Usage (as root, inside the container): make-system.sh LABEL
 #   LABEL: letters, digits and . _ + - (it becomes part of the store path name).
@@ -49,6 +54,22 @@ sys=$work/nixos-system-$label
 mkdir -p "$sys/bin"
 printf '%s\n' "$label" >"$sys/nixos-version"
 
+# The configuration's units: each in a store path of its own (the same file
+# is the same path in every generation), linked from etc/systemd/system.
+mkdir -p "$sys/etc/systemd/system"
+if [ -d /etc/nixos/units ]; then
+    for file in /etc/nixos/units/*; do
+        [ -f "$file" ] || continue
+        name=$(basename "$file")
+        unit=$work/unit-$name
+        mkdir -p "$unit"
+        cp "$file" "$unit/$name"
+        stored=$(nix-store --add "$unit")
+        rm -rf "$unit"
+        ln -s "$stored/$name" "$sys/etc/systemd/system/$name"
+    done
+fi
+
 # The activation script of this system. It cannot contain its own store path
 # (that path is a hash of this very content), so it finds itself through $0,
 # the way it is always invoked: PROFILE/bin/switch-to-configuration or
@@ -61,13 +82,16 @@ cat >"$sys/bin/switch-to-configuration" <<'SCRIPT'
 # macha can observe of NixOS's switch-to-configuration:
 #   switch, test   point /run/current-system at this system (and keep the
 #                  GC root /nix/var/nix/gcroots/current-system -> it), as
-#                  NixOS's activation does; log "activated LABEL" on stderr
+#                  NixOS's activation does; put this system's units in
+#                  place and restart those that changed; log "activated
+#                  LABEL" on stderr
 #   boot           only logs (NixOS would install the boot loader entry)
 #   dry-activate   only logs
 #   anything else  usage on stderr, exit 1
 # If /etc/nixos/activation-fails exists, switch and test fail (exit 1)
-# without changing anything, to test failed activations. (Real NixOS exits
-# 2 or 4 after a partly failed activation; this stand-in keeps it simple.)
+# without changing anything, to test failed activations. A unit of the
+# system that fails to start makes switch and test exit 4 after the rest
+# was done, as NixOS's does.
 set -eu
 
 # This system's store path: strip /bin/switch-to-configuration from the
@@ -85,16 +109,61 @@ usage() {
     exit 1
 }
 
-# Activation as far as the stand-in goes: the two symlinks NixOS maintains.
+# Activation as far as the stand-in goes: the two symlinks NixOS maintains,
+# and the system's units: those the running system had and this one has not
+# are stopped and their links removed, this one's are linked into
+# /etc/systemd/system, systemd reloads, and the units added or changed
+# (another store path) are restarted. Like NixOS, a unit that fails to
+# start makes the switch exit 4, after the rest was done.
 activate() {
     if [ -e /etc/nixos/activation-fails ]; then
         echo "switch-to-configuration: activation failed" >&2
         exit 1
     fi
     echo "activating the configuration..." >&2
+    old=$(readlink -f /run/current-system 2>/dev/null || true)
+    if [ -n "$old" ] && [ -d "$old/etc/systemd/system" ]; then
+        for link in "$old"/etc/systemd/system/*; do
+            [ -L "$link" ] || continue
+            name=$(basename "$link")
+            if [ ! -e "$self/etc/systemd/system/$name" ]; then
+                systemctl stop "$name" 2>/dev/null || true
+                rm -f "/etc/systemd/system/$name"
+            fi
+        done
+    fi
+    restart=
+    for link in "$self"/etc/systemd/system/*; do
+        [ -L "$link" ] || continue
+        name=$(basename "$link")
+        target=$(readlink "$link")
+        if [ "$(readlink "/etc/systemd/system/$name" 2>/dev/null)" != "$target" ]; then
+            ln -sfn "$target" "/etc/systemd/system/$name"
+            restart="$restart $name"
+        fi
+    done
+    systemctl daemon-reload
     ln -sfn "$self" /run/current-system
     mkdir -p /nix/var/nix/gcroots
     ln -sfn /run/current-system /nix/var/nix/gcroots/current-system
+    failed=
+    for name in $restart; do
+        systemctl restart "$name" 2>/dev/null || failed="$failed $name"
+    done
+    # A simple service "starts" when its process is forked: look again a
+    # moment later for those that failed right away.
+    if [ -n "$restart" ]; then
+        sleep 1
+        for name in $restart; do
+            case " $failed " in *" $name "*) continue ;; esac
+            if systemctl is-failed --quiet "$name"; then failed="$failed $name"; fi
+        done
+    fi
+    if [ -n "$failed" ]; then
+        echo "warning: the following units failed:$failed" >&2
+        echo "switch-to-configuration: activated $label, with failed units" >&2
+        exit 4
+    fi
     echo "switch-to-configuration: activated $label" >&2
 }
 
