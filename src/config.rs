@@ -205,6 +205,12 @@ pub struct NixosConfig {
     pub profile: PathBuf,
     /// The link to the running system.
     pub current_system: PathBuf,
+    /// Hours after a switch during which the failure of a unit that changed
+    /// in it is linked to it, and the rollback proposed.
+    pub suspect_window_hours: u64,
+    /// Minutes after a switch during which any incident is linked to it,
+    /// as a weaker suspect (shown to the decision, no rollback proposed).
+    pub suspect_nearby_minutes: u64,
 }
 
 impl Default for NixosConfig {
@@ -214,6 +220,8 @@ impl Default for NixosConfig {
             flake: None,
             profile: PathBuf::from("/nix/var/nix/profiles/system"),
             current_system: PathBuf::from("/run/current-system"),
+            suspect_window_hours: 24,
+            suspect_nearby_minutes: 10,
         }
     }
 }
@@ -780,6 +788,8 @@ impl Config {
             (Bound::new("knowledge_base.max_memories", 100, 10_000_000, "memories"), k.max_memories),
             (Bound::new("knowledge_base.max_age_days", 1, 36_500, "days"), k.max_age_days),
             (Bound::new("knowledge_base.chroma.timeout", 1, 600, "seconds"), k.chroma.timeout),
+            (Bound::new("nixos.suspect_window_hours", 1, 720, "hours"), self.nixos.suspect_window_hours),
+            (Bound::new("nixos.suspect_nearby_minutes", 0, 1440, "minutes"), self.nixos.suspect_nearby_minutes),
             (Bound::new("check_interval", 1, DAY, "seconds"), self.check_interval),
             (Bound::new("ollama.timeout", 1, 3_600, "seconds"), o.timeout),
             (Bound::new("ollama.num_ctx", 512, 1_048_576, "tokens"), u64::from(o.num_ctx)),

@@ -47,6 +47,7 @@ use crate::retention;
 use crate::state_dir::StateDir;
 use crate::store::{Due, Failing, Novelty, Store};
 use crate::storm::{self, Admission, UnitSignals};
+use crate::suspect::SuspectChange;
 use crate::unit::UnitName;
 
 const CURSOR_FILE: &str = "journal.cursor";
@@ -85,6 +86,9 @@ pub struct Engine {
     /// The operator's runbooks (`knowledge_base.runbooks`), indexed in
     /// `knowledge.db`; `None` when none are configured or memory is off.
     runbooks: Option<kb::runbook::Runbooks>,
+    /// The last switch as last read, and what it was read from (the running
+    /// system, the profile's generation and every generation's link).
+    last_switch: Option<(SwitchKey, Option<crate::observe::generations::GenerationDiff>)>,
     /// How memory fared when last used, logged when it changes, and since when.
     memory_health: remember::Health,
     memory_since: DateTime<Utc>,
@@ -123,6 +127,9 @@ fn open_runbooks(config: &Config, state: &StateDir) -> Option<kb::runbook::Runbo
         }
     }
 }
+
+/// What a last switch was read from.
+type SwitchKey = (Option<String>, Option<u32>, Vec<(u32, String)>);
 
 /// Problems logged, and when they are due to be logged again.
 struct Said {
@@ -166,6 +173,7 @@ impl Engine {
             runbooks,
             memory_health: remember::Health::default(),
             memory_since: Utc::now(),
+            last_switch: None,
             from_memory: 0,
             #[cfg(test)]
             fake: None,
@@ -780,6 +788,7 @@ impl Engine {
             Outcome::Failed { .. } => &[],
         };
         let from_memory = outcome.trail().from_memory.is_some();
+        let suspect_line = outcome.trail().suspect.as_ref().map(SuspectChange::line);
         self.from_memory += u64::from(from_memory);
         let verdicts = self.gate_all(incident, proposed).await;
         self.record_gated(incident, host, outcome, proposed, &verdicts)?;
@@ -797,7 +806,8 @@ impl Engine {
             Outcome::Failed { error, .. } => (DecisionOutcome::Failed, Some(error.clone())),
         };
         let source = from_memory.then_some("memory");
-        Ok(DecisionReport { outcome, source, diagnosis, error, actions })
+        let suspect = suspect_line;
+        Ok(DecisionReport { outcome, source, diagnosis, suspect, error, actions })
     }
 
     /// The gate's verdict on each proposed action, with what systemd says of
@@ -1086,18 +1096,19 @@ impl Engine {
     /// tools, except at `observe`, where nothing is run, probes included (the
     /// decision is single-shot).
     async fn decide(&mut self, incident: &Incident, snap: &Snapshot, notes: Option<&str>) -> Outcome {
+        let suspect = self.suspect(incident, snap);
         let (history, own) = self.recall(incident, snap).await;
         let known_fix_after = self.config.knowledge_base.known_fix_after;
         if let Some(outcome) = own.as_ref().and_then(|m| decide::from_memory(m, known_fix_after)) {
             tracing::info!(incident = %incident.fingerprint, "a known fix from incident memory; the model is not asked");
-            return outcome;
+            return decide::linked(outcome, incident, suspect.as_ref());
         }
-        let history = history.as_ref();
+        let context = decide::Context { notes, history: history.as_ref(), suspect: suspect.as_ref() };
         let mut outcome = if self.config.autonomy_level == AutonomyLevel::Observe {
-            decide::decide(&self.model, &self.prompts, incident, snap, notes, history, None).await
+            decide::decide(&self.model, &self.prompts, incident, snap, context, None).await
         } else {
             let host = HostTools { systemd: self.observer.link().await, config: &self.config };
-            decide::decide(&self.model, &self.prompts, incident, snap, notes, history, Some(&host)).await
+            decide::decide(&self.model, &self.prompts, incident, snap, context, Some(&host)).await
         };
         outcome.trail_mut().memory_note = match &self.memory_health {
             _ if self.kb.is_none() => None,
@@ -1106,6 +1117,25 @@ impl Engine {
             remember::Health::Unavailable(why) => Some(format!("decided without incident memory: {why}")),
         };
         outcome
+    }
+
+    /// The incident's link to the last NixOS switch, if the switch is a
+    /// suspect (`suspect::link`). The generations are read each time (the
+    /// profile's links), the units of the two compared only when they
+    /// changed. The incident began, at the latest, when this snapshot saw it.
+    fn suspect(&mut self, incident: &Incident, snap: &Snapshot) -> Option<SuspectChange> {
+        let nixos = &self.config.nixos;
+        let generations = crate::observe::nixos::read(&nixos.profile, &nixos.current_system).ok()?;
+        let key: Vec<(u32, String)> = generations.list.iter().map(|g| (g.number, g.target.clone())).collect();
+        let key = (generations.running.clone(), generations.profile, key);
+        if self.last_switch.as_ref().is_none_or(|(k, _)| *k != key) {
+            let diff = crate::observe::generations::last_switch_of(&generations, &nixos.current_system);
+            self.last_switch = Some((key, diff));
+        }
+        let diff = self.last_switch.as_ref()?.1.as_ref()?;
+        let window = chrono::TimeDelta::hours(nixos.suspect_window_hours as i64);
+        let nearby = chrono::TimeDelta::minutes(nixos.suspect_nearby_minutes as i64);
+        crate::suspect::link(incident, diff, snap.taken_at, window, nearby)
     }
 
     /// The past incidents nearest to this one, and the runbook sections,

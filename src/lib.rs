@@ -53,6 +53,7 @@ pub mod sqlite;
 pub mod state_dir;
 pub mod store;
 pub mod storm;
+pub mod suspect;
 pub mod text;
 pub mod unit;
 pub mod watch;

@@ -51,6 +51,9 @@ pub struct DecisionReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'static str>,
     pub diagnosis: Option<String>,
+    /// The incident's link to the last NixOS switch, in one line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
     pub error: Option<String>,
     pub actions: Vec<ActionReport>,
 }

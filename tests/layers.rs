@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["catalog"],
     &["config"],
     &["observe"],
-    &["detect", "storm"],
+    &["detect", "storm", "suspect"],
     &["model"],
     &["investigate"],
     &["kb"],

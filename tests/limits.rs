@@ -142,6 +142,7 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
                 outcome: DecisionOutcome::Failed,
                 source: None,
                 diagnosis: None,
+                suspect: None,
                 error: Some("the model is unreachable".into()),
                 actions: Vec::new(),
             }),

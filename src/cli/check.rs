@@ -106,6 +106,9 @@ fn human(r: &CycleReport) -> String {
             let from = if d.source == Some("memory") { " (a known fix from memory; no model asked)" } else { "" };
             let _ = writeln!(out, "    diagnosis{from}: {}", shown(diag));
         }
+        if let Some(suspect) = &d.suspect {
+            let _ = writeln!(out, "    {}", shown(suspect));
+        }
         if let Some(err) = &d.error {
             let _ = writeln!(
                 out,

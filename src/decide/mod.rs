@@ -23,10 +23,12 @@ use serde::{Deserialize, Serialize};
 pub use self::decision::{Decision, ProposedAction, Severity};
 use self::prompt::Prompts;
 use self::tools::{ToolUse, Toolbox};
+use crate::catalog::ActionKind;
 use crate::detect::Incident;
 use crate::kb;
 use crate::model::{ChatRequest, ErrorKind, Message, ModelError, ModelService, Priority, ProviderInfo, Usage};
 use crate::observe::Snapshot;
+use crate::suspect::SuspectChange;
 
 /// What came of asking the model about one incident.
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +129,9 @@ pub struct Trail {
     /// words alone (no embeddings), when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_note: Option<String>,
+    /// The link of the incident to the last NixOS switch it was shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<SuspectChange>,
     /// Answers refused and asked again (the last refused answer of a
     /// decision that failed is its `last_answer` instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -207,15 +212,68 @@ pub async fn decide(
     prompts: &Prompts,
     incident: &Incident,
     snap: &Snapshot,
-    notes: Option<&str>,
-    history: Option<&kb::Recalled>,
+    context: Context<'_>,
     tools: Option<&dyn Toolbox>,
 ) -> Outcome {
+    let outcome = ask(model, prompts, incident, snap, context, tools).await;
+    linked(outcome, incident, context.suspect)
+}
+
+/// The outcome with the incident's link to the last switch recorded in its
+/// trail and, when the link calls for it, the rollback proposed
+/// ([`with_rollback`]); for every decision, the model's or memory's.
+pub fn linked(mut outcome: Outcome, incident: &Incident, suspect: Option<&SuspectChange>) -> Outcome {
+    let Some(suspect) = suspect else { return outcome };
+    outcome.trail_mut().suspect = Some(suspect.clone());
+    if let Outcome::Decided { decision, .. } = &mut outcome {
+        with_rollback(decision, incident, suspect);
+    }
+    outcome
+}
+
+/// What a decision is given besides its incident and snapshot: the
+/// operator's notes (`note::render`), what memory recalls, and the link to
+/// the last switch; each a message of its own before the incident.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Context<'a> {
+    pub notes: Option<&'a str>,
+    pub history: Option<&'a kb::Recalled>,
+    pub suspect: Option<&'a SuspectChange>,
+}
+
+/// The rule of generation-aware diagnosis: a failed unit (or one in a
+/// restart loop) that changed in the last switch gets the rollback to the
+/// generation before proposed, next to what the model proposed, unless it
+/// proposed it itself. Like every rollback, the gate queues it for a human.
+fn with_rollback(decision: &mut Decision, incident: &Incident, suspect: &SuspectChange) {
+    if !suspect.wants_rollback(incident) || decision.actions.iter().any(|a| a.kind == ActionKind::RollbackGeneration) {
+        return;
+    }
+    let unit = suspect.unit.as_ref().map_or("its unit", |u| u.unit.as_str());
+    let reason = format!(
+        "macha's rule: {unit} changed in the switch to generation {} shortly before it failed; going back to \
+         generation {} undoes that change",
+        suspect.generation, suspect.from
+    );
+    decision.actions.push(ProposedAction::new(ActionKind::RollbackGeneration, None, &reason));
+}
+
+async fn ask(
+    model: &ModelService,
+    prompts: &Prompts,
+    incident: &Incident,
+    snap: &Snapshot,
+    context: Context<'_>,
+    tools: Option<&dyn Toolbox>,
+) -> Outcome {
+    let Context { notes, history, suspect } = context;
+    let suspect_text = suspect.map(SuspectChange::text);
     let started = Instant::now();
     let mut run = Run { started, trail: Trail::default(), prompt_tokens: 0, answer_tokens: 0 };
     let budget = model.input_budget();
     let note_tokens = notes.map_or(0, |n| tokens::estimate_tokens(n) + 4);
-    let history_tokens = history.map_or(0, |h| tokens::estimate_tokens(&h.text) + 4);
+    let history_tokens = history.map_or(0, |h| tokens::estimate_tokens(&h.text) + 4)
+        + suspect_text.as_deref().map_or(0, |t| tokens::estimate_tokens(t) + 4);
     let room = budget.saturating_sub(note_tokens + history_tokens);
     let mut rendered = prompts.render_within(incident, snap, room);
     run.trail.budget_tokens = budget;
@@ -253,6 +311,7 @@ pub async fn decide(
     let mut messages = vec![Message::system(system)];
     messages.extend(notes.map(Message::user));
     messages.extend(history.map(|h| Message::user(h.text.clone())));
+    messages.extend(suspect_text.map(Message::user));
     messages.push(Message::user(rendered.user));
 
     // With tools, the rounds come first; the answer that ends them (one
@@ -498,5 +557,56 @@ mod tests {
         assert!(!r.contains("SYSTEM") && !r.contains("</journal>") && !r.contains('\n'), "{r}");
         assert!(r.contains("`restart_unit`"), "the expected kinds are kept: {r}");
         assert!(retry_reason(&format!("invalid type: string \"{}\"", "A".repeat(500))).len() <= 200);
+    }
+
+    #[test]
+    fn a_linked_failure_gets_the_rollback_once_next_to_what_was_proposed_and_the_link_in_its_trail() {
+        use crate::detect::IncidentKind;
+        use crate::observe::generations::{ChangeKind, UnitChange};
+        use crate::suspect::Strength;
+        let kind = IncidentKind::UnitFailed { unit: "nginx.service".into() };
+        let incident =
+            Incident { fingerprint: kind.fingerprint(), kind, summary: "s".into(), evidence_key: String::new() };
+        let suspect = SuspectChange {
+            generation: 42,
+            from: 41,
+            switched_at: chrono::Utc::now(),
+            after_secs: 600,
+            strength: Strength::UnitChanged,
+            profile_runs_it: true,
+            unit: Some(UnitChange { unit: "nginx.service".into(), kind: ChangeKind::Changed, changes: vec![] }),
+        };
+        let decided = |actions: Vec<ProposedAction>| Outcome::Decided {
+            decision: Decision { diagnosis: "d".into(), severity: Severity::Warning, actions },
+            attempts: 1,
+            prompt_tokens: 0,
+            answer_tokens: 0,
+            wall_ms: 0,
+            provider: None,
+            trail: Trail::default(),
+        };
+        let restart = ProposedAction::new(ActionKind::RestartUnit, Some("nginx.service"), "r");
+        let out = linked(decided(vec![restart.clone()]), &incident, Some(&suspect));
+        let Outcome::Decided { decision, trail, .. } = &out else { panic!() };
+        let kinds: Vec<ActionKind> = decision.actions.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [ActionKind::RestartUnit, ActionKind::RollbackGeneration]);
+        assert!(decision.actions[1]
+            .reason
+            .starts_with("macha's rule: nginx.service changed in the switch to generation 42"));
+        assert_eq!(trail.suspect.as_ref(), Some(&suspect));
+
+        // Proposed by the model already: not twice.
+        let rollback = ProposedAction::new(ActionKind::RollbackGeneration, None, "the model's");
+        let out = linked(decided(vec![rollback]), &incident, Some(&suspect));
+        let Outcome::Decided { decision, .. } = &out else { panic!() };
+        assert_eq!(decision.actions.len(), 1);
+        // A weak link: shown, never a rollback by rule; no link: nothing.
+        let weak = SuspectChange { strength: Strength::SoonAfter, unit: None, ..suspect.clone() };
+        let out = linked(decided(vec![restart.clone()]), &incident, Some(&weak));
+        let Outcome::Decided { decision, .. } = &out else { panic!() };
+        assert_eq!(decision.actions.len(), 1);
+        let out = linked(decided(vec![restart]), &incident, None);
+        let Outcome::Decided { decision, trail, .. } = &out else { panic!() };
+        assert_eq!((decision.actions.len(), trail.suspect.is_none()), (1, true));
     }
 }

@@ -131,7 +131,15 @@ pub async fn run(
                 Some(outcome) => outcome.clone(),
                 None => {
                     let history = history.as_ref();
-                    decide::decide(model, prompts, &fixture.incident, &snapshot, None, history, Some(&tools)).await
+                    decide::decide(
+                        model,
+                        prompts,
+                        &fixture.incident,
+                        &snapshot,
+                        decide::Context { history, ..Default::default() },
+                        Some(&tools),
+                    )
+                    .await
                 }
             };
             results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));

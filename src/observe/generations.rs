@@ -65,6 +65,9 @@ const DIRECTIVES: [&str; 13] = [
 pub struct GenerationDiff {
     pub from: GenerationInfo,
     pub to: GenerationInfo,
+    /// The profile's generation (what boots next; the running one unless
+    /// a `boot` or a `test` switch left them apart).
+    pub profile: Option<u32>,
     /// The generation the host booted into (`/run/booted-system`, next to
     /// the current system's link), and when it booted.
     pub booted: Option<u32>,
@@ -85,10 +88,15 @@ pub struct GenerationInfo {
 /// `None` when this is no NixOS host (no profile), the running system is no
 /// generation of the profile, or it is the first.
 pub fn last_switch(profile: &Path, current_system: &Path) -> std::io::Result<Option<GenerationDiff>> {
-    let generations = nixos::read(profile, current_system)?;
+    Ok(last_switch_of(&nixos::read(profile, current_system)?, current_system))
+}
+
+/// [`last_switch`] of generations already read (`current_system` names
+/// the link `booted-system` sits beside).
+pub fn last_switch_of(generations: &Generations, current_system: &Path) -> Option<GenerationDiff> {
     let booted_link = current_system.with_file_name("booted-system");
     let booted_system = std::fs::read_link(&booted_link).ok().map(|p| p.display().to_string());
-    Ok(between(&generations, booted_system.as_deref(), boot_time()))
+    between(generations, booted_system.as_deref(), boot_time())
 }
 
 /// [`last_switch`] of generations already read.
@@ -106,6 +114,7 @@ pub fn between(
     Some(GenerationDiff {
         from: info(before),
         to: info(now),
+        profile: generations.profile,
         booted,
         boot_time,
         units: diff_units(Path::new(&before.target), Path::new(&now.target)),
