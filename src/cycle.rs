@@ -28,7 +28,7 @@ use crate::config::{AutonomyLevel, Config};
 use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
-use crate::detect::{detect, Incident, OpenIncident};
+use crate::detect::{detect, Incident, IncidentKind, OpenIncident};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::{ApprovalId, Fingerprint};
 use crate::kb::{self, Backend as _};
@@ -1122,7 +1122,9 @@ impl Engine {
     /// The incident's link to the last NixOS switch, if the switch is a
     /// suspect (`suspect::link`). The generations are read each time (the
     /// profile's links), the units of the two compared only when they
-    /// changed. The incident began, at the latest, when this snapshot saw it.
+    /// changed. A failed unit's incident began when the unit failed
+    /// (`InactiveEnterTimestamp`), a restart loop's when the restarts began;
+    /// any other, at the latest, when this snapshot saw it.
     fn suspect(&mut self, incident: &Incident, snap: &Snapshot) -> Option<SuspectChange> {
         let nixos = &self.config.nixos;
         let generations = crate::observe::nixos::read(&nixos.profile, &nixos.current_system).ok()?;
@@ -1135,7 +1137,17 @@ impl Engine {
         let diff = self.last_switch.as_ref()?.1.as_ref()?;
         let window = chrono::TimeDelta::hours(nixos.suspect_window_hours as i64);
         let nearby = chrono::TimeDelta::minutes(nixos.suspect_nearby_minutes as i64);
-        crate::suspect::link(incident, diff, snap.taken_at, window, nearby)
+        let began = match &incident.kind {
+            IncidentKind::UnitFailed { unit } => {
+                let mut units = snap.failed_units.ok().into_iter().flatten();
+                units.find(|u| u.id == *unit).and_then(|u| u.inactive_enter_timestamp)
+            }
+            IncidentKind::RestartLoop { unit } => {
+                snap.restarting.iter().flatten().find(|r| r.unit == *unit).map(|r| r.since)
+            }
+            _ => None,
+        };
+        crate::suspect::link(incident, diff, began.unwrap_or(snap.taken_at), window, nearby)
     }
 
     /// The past incidents nearest to this one, and the runbook sections,

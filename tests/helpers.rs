@@ -485,3 +485,61 @@ fn a_broken_flake_stops_at_dry_build_and_a_rollback_always_waits_for_a_human() {
     assert_eq!(rec["after"]["profile_generation"], 1);
     assert!(c.exec_ok(&["readlink", SYSTEM_PROFILE]).unwrap().contains("system-1-link"));
 }
+
+/// Generation-aware diagnosis end to end: a unit whose file changed in the
+/// last switch fails; the incident is linked to that switch, the decision
+/// is shown what changed, the rollback is proposed by rule next to the
+/// model's proposal and queued even at auto-full; approving it switches
+/// back, and the unit runs again. A unit that failed before the switch and
+/// did not change in it gets no link and no rollback.
+#[test]
+fn a_unit_changed_by_the_last_switch_that_fails_gets_the_link_and_the_rollback_that_brings_it_back() {
+    let c = host("helpers-suspect", "auto-full", "");
+    c.exec_ok(&["mkdir", "-p", "/etc/nixos/units"]).unwrap();
+    c.write_file("/etc/nixos/units/web.service", "[Service]\nExecStart=/bin/sleep infinity\n").unwrap();
+    c.exec_ok(&["nixos-rebuild", "switch", "--flake", "/etc/nixos#testhost"]).unwrap();
+    c.wait_unit_state("web.service", "active", Duration::from_secs(20)).unwrap();
+    c.write_file(
+        "/etc/nixos/units/web.service",
+        "[Service]\nExecStart=/bin/sh -c 'echo \"web: unknown option --turbo\" >&2; exit 2'\nEnvironment=MODE=turbo\n",
+    )
+    .unwrap();
+    let out = c.exec(&["nixos-rebuild", "switch", "--flake", "/etc/nixos#testhost"]).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.current_generation().unwrap(), 3);
+    c.wait_unit_state("web.service", "failed", Duration::from_secs(20)).unwrap();
+
+    let notify = answer(json!([{"kind": "notify_only", "unit": null, "reason": "tell a person"}]));
+    model(&c, &[notify.clone(), notify]);
+    let report = check_as_macha(&c);
+    let incidents = report["incidents"].as_array().unwrap();
+    let web = incidents.iter().find(|i| i["fingerprint"] == "unit-failed:web.service").expect("web's incident");
+    let decision = &web["decision"];
+    let suspect = decision["suspect"].as_str().unwrap_or_else(|| panic!("{report:#}"));
+    assert!(suspect.starts_with("suspect change: the switch to generation 3 (from 2)"), "{suspect}");
+    assert!(suspect.ends_with("web.service changed in it"), "{suspect}");
+    let acts = decision["actions"].as_array().unwrap();
+    assert_eq!(acts.len(), 2, "{decision:#}");
+    assert_eq!((&acts[1]["action"], &acts[1]["result"]), (&json!("rollback_generation"), &json!("queued")));
+    let store_user = incidents.iter().find(|i| i["fingerprint"] == format!("unit-failed:{APP}")).unwrap();
+    assert!(store_user["decision"]["suspect"].is_null(), "it failed before the switch: {store_user:#}");
+    assert_eq!(store_user["decision"]["actions"].as_array().unwrap().len(), 1, "no rollback: {store_user:#}");
+
+    // The model was shown the link, with what changed in the unit.
+    let records = c.exec_ok(&["cat", &format!("{STATE}/decisions.jsonl")]).unwrap();
+    let record: Value = records
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["incident"] == "unit-failed:web.service")
+        .unwrap();
+    assert_eq!(record["trail"]["suspect"]["generation"], 3, "{record:#}");
+    let changes = record["trail"]["suspect"]["unit"]["changes"].to_string();
+    assert!(changes.contains("MODE=turbo") && changes.contains("--turbo"), "{changes}");
+
+    // Approved: back to generation 2, whose web.service runs.
+    let id = acts[1]["approval_id"].as_i64().unwrap().to_string();
+    let (ok, out) = approve(&c, &["approve", &id]);
+    assert!(ok, "{out}\n{}", helper_log(&c, "macha-action-rollback.service"));
+    assert_eq!(c.current_generation().unwrap(), 2);
+    c.wait_unit_state("web.service", "active", Duration::from_secs(20)).unwrap();
+}
