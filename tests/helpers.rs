@@ -536,6 +536,12 @@ fn a_unit_changed_by_the_last_switch_that_fails_gets_the_link_and_the_rollback_t
     let changes = record["trail"]["suspect"]["unit"]["changes"].to_string();
     assert!(changes.contains("MODE=turbo") && changes.contains("--turbo"), "{changes}");
 
+    // `macha generations` shows the change and the incident linked to it.
+    let listed = c.exec_ok(&[MACHA, "--config", CONFIG, "generations"]).unwrap();
+    assert!(listed.starts_with("generation 3 (running, profile): switched "), "{listed}");
+    assert!(listed.contains("    web.service (changed)\n"), "{listed}");
+    assert!(listed.contains("  incident linked to this switch: unit-failed:web.service at "), "{listed}");
+
     // Approved: back to generation 2, whose web.service runs.
     let id = acts[1]["approval_id"].as_i64().unwrap().to_string();
     let (ok, out) = approve(&c, &["approve", &id]);

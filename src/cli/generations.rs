@@ -2,9 +2,11 @@
 //! switched to, which runs, which the profile boots and which booted, and
 //! what changed in each against the one before it: units added, removed
 //! and changed, with their packages' versions, commands, environment and
-//! dependencies (`observe::generations`). Read from the profile's links and
-//! the store, as any user; nothing is run.
+//! dependencies (`observe::generations`), and the incidents macha linked to
+//! the switch to each (from the decisions' trail). Read from the profile's
+//! links and the store, and the audit trail; nothing is run.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -44,6 +46,7 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
         .ok()
         .and_then(|b| generations.list.iter().rev().find(|g| std::path::Path::new(&g.target) == b))
         .map(|g| g.number);
+    let linked = linked_incidents(&config);
     let list = &generations.list;
     let shown_from = list.len().saturating_sub(args.last);
     let mut rows = Vec::new();
@@ -65,6 +68,7 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
                     "booted": booted == Some(g.number),
                     "changed_since": before,
                     "units": diff,
+                    "incidents": linked.as_ref().ok().map(|l| l.get(&g.number).cloned().unwrap_or_default()),
                 })
             })
             .collect();
@@ -84,11 +88,52 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
             (Some(before), Some(diff)) => changes(*before, diff)?,
             _ => outln!("  the first generation kept: nothing to compare it with")?,
         }
+        match &linked {
+            Ok(linked) => {
+                for l in linked.get(&g.number).into_iter().flatten() {
+                    let weak = if l.strength == "unit_changed" { "" } else { " (weaker: its unit did not change)" };
+                    outln!("  incident linked to this switch: {} at {}{weak}", shown(&l.incident), l.time)?;
+                }
+            }
+            Err(why) => outln!("  incidents linked: not known ({})", shown(why))?,
+        }
     }
     if shown_from > 0 {
         outln!("{shown_from} older generation(s) not shown (--last N)")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An incident a decision linked to the switch to a generation.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Linked {
+    incident: String,
+    /// When it was decided.
+    time: String,
+    /// `unit_changed` or `soon_after`.
+    strength: String,
+}
+
+/// The incidents the decisions linked to each generation's switch, each
+/// once (its last decision), from the decisions' trail; why not, when it
+/// cannot be read (the generations are shown without them).
+fn linked_incidents(config: &Config) -> Result<BTreeMap<u32, Vec<Linked>>, String> {
+    let Some(state) = super::existing_state_dir(config).map_err(|e| e.to_string())? else {
+        return Ok(BTreeMap::new());
+    };
+    let kept = macha::audit::read_kept(&state, macha::audit::DECISIONS, usize::MAX).map_err(|e| e.to_string())?;
+    let mut out: BTreeMap<u32, Vec<Linked>> = BTreeMap::new();
+    for r in kept.records {
+        let suspect = &r["trail"]["suspect"];
+        let Some(generation) = suspect["generation"].as_u64().and_then(|g| u32::try_from(g).ok()) else { continue };
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let linked =
+            Linked { incident: text(&r["incident"]), time: text(&r["time"]), strength: text(&suspect["strength"]) };
+        let list = out.entry(generation).or_default();
+        list.retain(|l| l.incident != linked.incident);
+        list.push(linked);
+    }
+    Ok(out)
 }
 
 fn when(t: Option<DateTime<Utc>>) -> String {
