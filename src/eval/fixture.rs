@@ -65,6 +65,9 @@ pub struct Fixture {
     /// The operator's runbooks the decision is shown, split into sections
     /// as the daemon splits the files of `knowledge_base.runbooks`.
     pub runbooks: Vec<crate::kb::runbook::Section>,
+    /// The last NixOS switch before the incident, as the daemon reads it
+    /// from the generations: linked to the incident as the daemon links it.
+    pub switch: Option<crate::observe::generations::GenerationDiff>,
     pub expect: Expect,
 }
 
@@ -203,7 +206,51 @@ struct RawFixture {
     /// Runbook files by name (`*.md`) and their markdown text.
     #[serde(default)]
     runbooks: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    switch: Option<RawSwitch>,
     expect: RawExpect,
+}
+
+/// The last switch: from generation `from` to `to`, `minutes_before` the
+/// snapshot, and the units it changed (as `macha generations --json` shows
+/// them).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    from: u32,
+    to: u32,
+    minutes_before: u32,
+    units: Vec<crate::observe::generations::UnitChange>,
+}
+
+impl RawSwitch {
+    fn check(self) -> Result<crate::observe::generations::GenerationDiff, Problem> {
+        use crate::observe::generations::{GenerationDiff, GenerationInfo, UnitsDiff, MAX_DETAILED};
+        if self.from >= self.to {
+            return Err(problem("switch.from", "must be a generation before `switch.to`"));
+        }
+        if self.units.len() > MAX_DETAILED {
+            return Err(problem(
+                "switch.units",
+                format!("holds more than the {MAX_DETAILED} units the daemon details"),
+            ));
+        }
+        let at = DateTime::from_timestamp(SNAPSHOT_TIME, 0).expect("a valid time")
+            - chrono::TimeDelta::minutes(i64::from(self.minutes_before));
+        let info = |number, switched_at| GenerationInfo {
+            number,
+            system: format!("/nix/store/{HOSTNAME}-{number}"),
+            switched_at,
+        };
+        Ok(GenerationDiff {
+            from: info(self.from, None),
+            to: info(self.to, Some(at)),
+            profile: Some(self.to),
+            booted: None,
+            boot_time: None,
+            units: UnitsDiff { units: self.units, more: 0, unread: 0 },
+        })
+    }
 }
 
 /// A past event of incident memory: `days_ago` (before the snapshot),
@@ -364,6 +411,7 @@ impl RawFixture {
         let journal = journal(self.journal)?;
         let history = history(self.history, &self.incident.fingerprint)?;
         let runbooks = runbooks(&self.runbooks)?;
+        let switch = self.switch.map(RawSwitch::check).transpose()?;
         let expect = self.expect.check()?;
         let incident = Incident {
             fingerprint: self.incident.fingerprint.into(),
@@ -381,6 +429,7 @@ impl RawFixture {
             journal,
             history,
             runbooks,
+            switch,
             expect,
         })
     }
@@ -702,9 +751,10 @@ mod tests {
     #[test]
     fn every_shipped_fixture_is_valid() {
         let fixtures = load_dir(&shipped()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(fixtures.len(), 42);
+        assert_eq!(fixtures.len(), 50);
         assert_eq!(fixtures.iter().filter(|f| !f.history.is_empty()).count(), 8, "the fixtures of incident memory");
         assert_eq!(fixtures.iter().filter(|f| !f.runbooks.is_empty()).count(), 2, "the fixtures of runbooks");
+        assert_eq!(fixtures.iter().filter(|f| f.switch.is_some()).count(), 8, "the fixtures of a last switch");
     }
 
     #[test]

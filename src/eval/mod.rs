@@ -126,20 +126,13 @@ pub async fn run(
         let tools = FixtureTools::new(fixture);
         let mut results = Vec::with_capacity(runs as usize);
         let (history, known) = remembered(fixture, model, memory);
+        let suspect = linked(fixture, &snapshot);
         for run in 1..=runs {
             let outcome = match &known {
-                Some(outcome) => outcome.clone(),
+                Some(outcome) => decide::linked(outcome.clone(), &fixture.incident, suspect.as_ref()),
                 None => {
-                    let history = history.as_ref();
-                    decide::decide(
-                        model,
-                        prompts,
-                        &fixture.incident,
-                        &snapshot,
-                        decide::Context { history, ..Default::default() },
-                        Some(&tools),
-                    )
-                    .await
+                    let context = decide::Context { history: history.as_ref(), suspect: suspect.as_ref(), notes: None };
+                    decide::decide(model, prompts, &fixture.incident, &snapshot, context, Some(&tools)).await
                 }
             };
             results.push(run_report(run, judge(&fixture.expect, &outcome), &outcome));
@@ -165,6 +158,22 @@ pub async fn run(
         overall: Totals::of(&all),
         fixtures: reports,
     }
+}
+
+/// The fixture's incident linked to its last switch, as the daemon links
+/// it (with the default windows of `[nixos]`): a failed unit's incident
+/// began when the unit failed.
+fn linked(fixture: &Fixture, snapshot: &crate::observe::Snapshot) -> Option<crate::suspect::SuspectChange> {
+    let switch = fixture.switch.as_ref()?;
+    let nixos = crate::config::NixosConfig::default();
+    let began = fixture.unit.as_ref().and_then(|u| u.inactive_enter_timestamp).unwrap_or(snapshot.taken_at);
+    crate::suspect::link(
+        &fixture.incident,
+        switch,
+        began,
+        chrono::TimeDelta::hours(nixos.suspect_window_hours as i64),
+        chrono::TimeDelta::minutes(nixos.suspect_nearby_minutes as i64),
+    )
 }
 
 /// What incident memory gives a fixture's decision, as the daemon's cycle
