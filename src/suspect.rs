@@ -168,6 +168,7 @@ mod tests {
                 more: 0,
                 unread: 0,
             },
+            packages: Vec::new(),
         }
     }
 

@@ -50,6 +50,11 @@ fn generations_lists_each_with_its_switch_time_and_what_changed_in_its_units() {
         "2",
         &[("nginx.service", &nginx("1.25.3")), ("cron.service", "[Service]\nExecStart=/bin/cron\n")],
     );
+    for (sys, version) in [(&one, "1.7"), (&two, "1.7.1")] {
+        std::fs::create_dir_all(sys.join("sw/bin")).unwrap();
+        let jq = format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-jq-{version}/bin/jq");
+        symlink(jq, sys.join("sw/bin/jq")).unwrap();
+    }
     let profiles = dir.path().join("profiles");
     std::fs::create_dir(&profiles).unwrap();
     symlink(&one, profiles.join("system-1-link")).unwrap();
@@ -76,6 +81,7 @@ fn generations_lists_each_with_its_switch_time_and_what_changed_in_its_units() {
     assert_eq!(lines[1], "  units changed since generation 1:");
     assert_eq!(lines[2], "    nginx.service (changed)");
     assert_eq!(lines[3], "      package nginx: 1.24.0 -> 1.25.3");
+    assert!(said.contains("\n  package jq: 1.7 -> 1.7.1\n"), "the system path's packages: {said}");
     assert!(said.contains("generation 1: switched "), "{said}");
     assert!(said.contains("  the first generation kept: nothing to compare it with"), "{said}");
     assert!(!said.contains("cron.service"), "an unchanged unit is not listed: {said}");
@@ -86,6 +92,7 @@ fn generations_lists_each_with_its_switch_time_and_what_changed_in_its_units() {
     assert_eq!((rows[0]["number"].as_u64(), rows[0]["running"].as_bool()), (Some(2), Some(true)));
     assert_eq!(rows[0]["changed_since"], 1);
     assert_eq!(rows[0]["units"]["units"][0]["changes"][0]["what"], "package");
+    assert_eq!(rows[0]["packages"][0]["name"], "jq");
 
     // Not a NixOS host: said, exit 1.
     std::fs::write(&config, "[nixos]\nprofile = \"/nonexistent/system\"\n").unwrap();

@@ -249,6 +249,7 @@ impl RawSwitch {
             booted: None,
             boot_time: None,
             units: UnitsDiff { units: self.units, more: 0, unread: 0 },
+            packages: Vec::new(),
         })
     }
 }

@@ -73,6 +73,10 @@ pub struct GenerationDiff {
     pub booted: Option<u32>,
     pub boot_time: Option<DateTime<Utc>>,
     pub units: UnitsDiff,
+    /// The packages of the system path (`sw`: what the system puts on
+    /// `PATH`) whose version changed, or that came or went.
+    #[serde(default)]
+    pub packages: Vec<Change>,
 }
 
 /// One generation: its number, its system's store path, and when the
@@ -118,6 +122,7 @@ pub fn between(
         booted,
         boot_time,
         units: diff_units(Path::new(&before.target), Path::new(&now.target)),
+        packages: diff_packages(Path::new(&before.target), Path::new(&now.target)),
     })
 }
 
@@ -127,6 +132,43 @@ fn boot_time() -> Option<DateTime<Utc>> {
     let text = String::from_utf8_lossy(&stat);
     let secs = text.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
     DateTime::from_timestamp(secs, 0)
+}
+
+/// Entries of a system path's `bin` read, at most.
+pub const MAX_PROGRAMS: usize = 5_000;
+
+/// The packages a system's `sw/bin` links into, by name, with their
+/// versions (a name can come in more than one version).
+fn packages_of(system: &Path) -> BTreeMap<String, BTreeSet<Option<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(system.join("sw/bin")) else { return out };
+    for entry in entries.flatten().take(MAX_PROGRAMS) {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if let Some(p) = target.to_str().and_then(package_of) {
+            out.entry(p.name).or_default().insert(p.version);
+        }
+    }
+    out
+}
+
+/// How the packages of system `to`'s path differ from `from`'s: one change
+/// per package name, its newest version on each side.
+pub fn diff_packages(from: &Path, to: &Path) -> Vec<Change> {
+    package_changes(&packages_of(from), &packages_of(to))
+}
+
+fn package_changes(
+    before: &BTreeMap<String, BTreeSet<Option<String>>>,
+    after: &BTreeMap<String, BTreeSet<Option<String>>>,
+) -> Vec<Change> {
+    let newest = |v: Option<&BTreeSet<Option<String>>>| v.and_then(|s| s.iter().flatten().next_back().cloned());
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    names
+        .into_iter()
+        .filter(|n| before.get(*n) != after.get(*n))
+        .take(MAX_DETAILED)
+        .map(|n| Change::Package { name: n.clone(), from: newest(before.get(n)), to: newest(after.get(n)) })
+        .collect()
 }
 
 /// How two generations' units differ.
@@ -421,15 +463,7 @@ fn changes(before: &Entry, after: &Entry) -> Vec<Change> {
         }
         out
     };
-    let (pb, pa) = (packages(&db), packages(&da));
-    for name in pb.keys().chain(pa.keys()).collect::<BTreeSet<_>>() {
-        let (vb, va) = (pb.get(name), pa.get(name));
-        if vb == va {
-            continue;
-        }
-        let one = |v: Option<&BTreeSet<Option<String>>>| v.and_then(|s| s.iter().flatten().next_back().cloned());
-        out.push(Change::Package { name: name.clone(), from: one(vb), to: one(va) });
-    }
+    out.extend(package_changes(&packages(&db), &packages(&da)));
     for key in DIRECTIVES {
         let none = Vec::new();
         let (vb, va) = (db.get(key).unwrap_or(&none), da.get(key).unwrap_or(&none));
@@ -627,6 +661,31 @@ mod tests {
         assert!(d.to.switched_at.is_some() && d.boot_time.is_some());
         assert_eq!(d.units.units.len(), 1);
         assert_eq!(d.units.units[0].unit, "a.service");
+
+        // The system path's packages: one bumped, one added, one gone, one the same.
+        for (sys, programs) in [
+            (&one, [("nginx", "nginx-1.24.0"), ("jq", "jq-1.7"), ("htop", "htop-3.2.2")]),
+            (&two, [("nginx", "nginx-1.25.3"), ("jq", "jq-1.7"), ("ripgrep", "ripgrep-14.1.0")]),
+        ] {
+            std::fs::create_dir_all(sys.join("sw/bin")).unwrap();
+            for (program, package) in programs {
+                symlink(format!("/nix/store/{H1}-{package}/bin/{program}"), sys.join("sw/bin").join(program)).unwrap();
+            }
+        }
+        let d = last_switch(&profiles.join("system"), &run.join("current-system")).unwrap().unwrap();
+        let package = |name: &str, from: Option<&str>, to: Option<&str>| Change::Package {
+            name: name.into(),
+            from: from.map(Into::into),
+            to: to.map(Into::into),
+        };
+        assert_eq!(
+            d.packages,
+            [
+                package("htop", Some("3.2.2"), None),
+                package("nginx", Some("1.24.0"), Some("1.25.3")),
+                package("ripgrep", None, Some("14.1.0")),
+            ]
+        );
 
         // The first generation has no switch before it; no profile, no NixOS.
         std::fs::remove_file(run.join("current-system")).unwrap();
