@@ -51,12 +51,7 @@ impl Embedded {
     /// Opens (creating) `knowledge.db` in the state directory.
     pub fn open(state: &StateDir) -> Result<Self, KbError> {
         let path = state.path_of(KB_FILE).display().to_string();
-        let conn = open_retrying(|| {
-            let conn = sqlite::connect(state, KB_FILE)?;
-            conn.execute_batch(SCHEMA)?;
-            Ok(conn)
-        })
-        .map_err(|source| KbError::Sqlite { path: path.clone(), source })?;
+        let conn = connect(state, SCHEMA, &path)?;
         let kb = Self { conn, path };
         kb.upgrade()?;
         Ok(kb)
@@ -118,6 +113,17 @@ impl Embedded {
         tx.commit().map_err(self.wrap())?;
         Ok(gone)
     }
+}
+
+/// Opens (creating) `knowledge.db` at `path` in the state directory, with
+/// the tables of `schema`.
+pub(super) fn connect(state: &StateDir, schema: &str, path: &str) -> Result<Connection, KbError> {
+    open_retrying(|| {
+        let conn = sqlite::connect(state, KB_FILE)?;
+        conn.execute_batch(schema)?;
+        Ok(conn)
+    })
+    .map_err(|source| KbError::Sqlite { path: path.to_owned(), source })
 }
 
 /// The ids of the FTS5 table `table` (columns `id`, `text`) matching any

@@ -22,11 +22,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::embedded::{search, to_blob, KB_FILE};
+use super::embedded::{connect, search, to_blob, KB_FILE};
 use super::KbError;
 use crate::bounded::{self, FileKind, Size};
 use crate::redact::redact;
-use crate::sqlite::{self, open_retrying};
 use crate::state_dir::StateDir;
 use crate::text::cut;
 
@@ -215,12 +214,7 @@ impl Runbooks {
     /// Opens (creating) the index in the state directory's `knowledge.db`.
     pub fn open(state: &StateDir, dir: &Path) -> Result<Self, KbError> {
         let path = state.path_of(KB_FILE).display().to_string();
-        let conn = open_retrying(|| {
-            let conn = sqlite::connect(state, KB_FILE)?;
-            conn.execute_batch(SCHEMA)?;
-            Ok(conn)
-        })
-        .map_err(|source| KbError::Sqlite { path: path.clone(), source })?;
+        let conn = connect(state, SCHEMA, &path)?;
         Ok(Self { conn, path, dir: dir.to_path_buf() })
     }
 
