@@ -253,7 +253,7 @@ impl Workflow<'_> {
         let notify_error = notifier.and_then(|n| {
             let what = format!("{action} (approval {} by {by})", item.id);
             let host = crate::observe::hostname();
-            n.action_result(&host, &item.incident, &what, report.succeeded, &report.detail, Utc::now()).err()
+            n.system_change(&host, &item.incident, &what, &report, Utc::now()).err()
         });
         Ok(Approved::Done(Box::new(Done { action, report, notify_error })))
     }
@@ -336,6 +336,7 @@ impl Workflow<'_> {
             detail: detail.into(),
             before: None,
             after: None,
+            health: None,
         }
     }
 }

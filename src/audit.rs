@@ -93,12 +93,15 @@ impl std::fmt::Display for DecisionOutcome {
     }
 }
 
-/// Who set an action going: the daemon on its own, or a person's approval.
+/// Who set an action going: the daemon on its own, a person's approval, or
+/// the revert of a system change whose health check failed (macha's own
+/// doing, whatever set the change going).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Automatic,
     Approval,
+    Revert,
 }
 
 impl Origin {
@@ -107,6 +110,7 @@ impl Origin {
         match self {
             Origin::Automatic => "automatic",
             Origin::Approval => "approval",
+            Origin::Revert => "revert",
         }
     }
 }
@@ -327,6 +331,9 @@ pub struct ActionRecord {
     pub before: Option<Observed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<Observed>,
+    /// The health check of the system a switch, test or rollback moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::act::health::HealthCheck>,
 }
 
 /// A person changed incident memory: forgot one memory, or imported

@@ -73,7 +73,10 @@ pub(crate) fn record_end(
     rec: &ActionRecord,
     keep: Bookkeeping,
 ) -> (act::Report, Result<(), RecordError>) {
-    if let (Some(undo), Some(from)) = (&report.undo, report.after.as_ref().and_then(profile_of)) {
+    // The boot default now: after a revert that failed, where it left it.
+    let now = report.revert.as_ref().and_then(|r| r.report.after.as_ref()).or(report.after.as_ref());
+    let mut undo_item = None;
+    if let (Some(undo), Some(from)) = (&report.undo, now.and_then(profile_of)) {
         let why = match keep {
             Bookkeeping::Automatic(_) => format!("undo {action}: go back to the system that ran before it"),
             Bookkeeping::Approval(id) => {
@@ -82,7 +85,10 @@ pub(crate) fn record_end(
         };
         let ttl = books.config.act.approval_ttl();
         report.detail = match books.store.enqueue_undo(&rec.incident, from, undo, &why, ttl) {
-            Ok((id, _)) => format!("{}; to undo it: `macha-approve approve {id}`", report.detail),
+            Ok((id, _)) => {
+                undo_item = Some(id);
+                format!("{}; to undo it: `macha-approve approve {id}`", report.detail)
+            }
             Err(e) => format!("{}; its undo could not be queued: {e}", report.detail),
         };
     }
@@ -92,9 +98,11 @@ pub(crate) fn record_end(
         detail: report.detail.clone(),
         before: report.before.clone(),
         after: report.after.clone(),
+        health: report.health.clone(),
         ..rec.clone()
     };
     let rotation = books.config.retention.audit();
+    let reverted = revert_records(&report, rec, undo_item);
     let kept = match keep {
         Bookkeeping::Automatic(id) => {
             let done = ActionRecord { auto_id: Some(id), ..done };
@@ -112,7 +120,54 @@ pub(crate) fn record_end(
                 .and_then(|()| Ok(audit::append(books.state, audit::ACTIONS, &done, rotation)?))
         }
     };
+    let kept = kept.and_then(|()| {
+        for r in &reverted {
+            if let Err(e) = audit::append(books.state, audit::ACTIONS, r, rotation) {
+                tracing::error!(%action, "the record of its revert could not be written: {e}");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    });
     (report, kept)
+}
+
+/// The records of a revert, after those of the change it took back: the
+/// rollback (origin `revert`) and, when it failed, its escalation to a
+/// human; once, since nothing tries a revert again.
+fn revert_records(report: &act::Report, rec: &ActionRecord, undo: Option<ApprovalId>) -> Vec<ActionRecord> {
+    let Some(revert) = &report.revert else { return Vec::new() };
+    let base = ActionRecord {
+        time: Utc::now(),
+        action: crate::catalog::ActionKind::RollbackGeneration.as_str().into(),
+        target: Some(revert.action.as_ref().map(Action::target).unwrap_or_else(|| "none".into())),
+        origin: audit::Origin::Revert,
+        by: None,
+        auto_id: None,
+        outcome: ActionOutcome::of_run(revert.report.succeeded),
+        detail: revert.report.detail.clone(),
+        before: revert.report.before.clone(),
+        after: revert.report.after.clone(),
+        health: None,
+        ..rec.clone()
+    };
+    if revert.report.succeeded {
+        return vec![base];
+    }
+    let again = match undo {
+        Some(id) => format!("; once the cause is fixed, `macha-approve approve {id}` goes back"),
+        None => String::new(),
+    };
+    let escalated = ActionRecord {
+        outcome: ActionOutcome::Escalated,
+        approval_id: undo.or(rec.approval_id),
+        detail: format!(
+            "a human is needed: {} broke the host and the revert failed ({}); it is not tried again{again}",
+            rec.action, revert.report.detail
+        ),
+        ..base.clone()
+    };
+    vec![base, escalated]
 }
 
 /// The boot-default generation recorded by a verify probe.
@@ -204,6 +259,7 @@ mod tests {
             detail: String::new(),
             before: None,
             after: None,
+            health: None,
         }
     }
 
@@ -323,6 +379,98 @@ mod tests {
             format!("undo nixos_rebuild switch (approval {id}): go back to the system that ran before it")
         );
         assert!(report.detail.contains(&format!("macha-approve approve {}", pending[0].id)), "{}", report.detail);
+    }
+
+    /// A host whose switch to generation 2 breaks web.service; the
+    /// rollback helper goes back to 1 (`revert_works`) or fails.
+    fn breaking(config: &Config, revert_works: bool) -> FakeHost {
+        generation(&config.nixos.profile, 1);
+        boot_and_run(config, 1);
+        let c = config.clone();
+        let running = unit(WEB, "active", "running", "success", "bb", 100);
+        let host = FakeHost::new()
+            .with_unit(WEB, Some(running.clone()))
+            .helper_does(move |helper| {
+                if helper.as_str() == "macha-action-rebuild.service" {
+                    generation(&c.nixos.profile, 2);
+                    boot_and_run(&c, 2);
+                } else if revert_works {
+                    boot_and_run(&c, 1);
+                }
+            })
+            .helper_leaves(
+                "macha-action-rebuild.service",
+                vec![vec![(WEB, Some(unit(WEB, "failed", "failed", "exit-code", "cc", 200)))]],
+            )
+            .helper_leaves("macha-action-rollback.service", vec![vec![(WEB, Some(running))]]);
+        if revert_works {
+            host
+        } else {
+            host.ending("macha-action-rollback.service", crate::act::fake::JobEnd::Result("failed"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switch_that_failed_its_health_check_is_recorded_then_its_revert_and_no_undo_waits() {
+        let s = Setup::new();
+        let action = Action::NixosRebuild { mode: RebuildMode::Switch };
+        let id = s.claimed(&action);
+        let rec = ActionRecord { approval_id: Some(id), by: Some("alice".into()), ..record(&action, Origin::Approval) };
+        let report = s.run(&breaking(&s.config, true), &action).await;
+        let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Approval(id));
+        assert!(kept.is_ok());
+        assert_eq!(s.store.approval(id).unwrap().unwrap().status, ApprovalStatus::Failed);
+        let trail = s.trail();
+        assert_eq!(trail.len(), 2, "{trail:#?}");
+        let (switch, revert) = (&trail[0], &trail[1]);
+        assert_eq!((&switch["action"], &switch["outcome"]), (&"nixos_rebuild".into(), &"failed".into()));
+        assert_eq!(switch["health"]["failed"][0]["unit"], WEB);
+        assert_eq!(switch["after"]["profile_generation"], 2);
+        assert_eq!(switch["detail"], report.detail.as_str());
+        assert_eq!((&revert["action"], &revert["origin"]), (&"rollback_generation".into(), &"revert".into()));
+        assert_eq!((&revert["target"], &revert["outcome"]), (&"generation 1".into(), &"succeeded".into()));
+        assert_eq!(revert["approval_id"], id.get(), "tied to the approval that set the switch going");
+        assert!(revert.get("by").is_none(), "macha reverted, not alice");
+        assert_eq!(revert["after"]["profile_generation"], 1);
+        // The revert went back already: no undo waits.
+        assert!(s.store.pending().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_revert_that_failed_is_escalated_once_with_the_undo_left_for_a_human() {
+        let s = Setup::new();
+        let action = Action::NixosRebuild { mode: RebuildMode::Switch };
+        let rec = record(&action, Origin::Automatic);
+        let id = s.begin(&action, &rec);
+        let report = s.run(&breaking(&s.config, false), &action).await;
+        let (report, kept) = record_end(&s.books(), report, &action, &rec, Bookkeeping::Automatic(id));
+        assert!(kept.is_ok());
+        assert!(report.revert_failed());
+        let pending = s.store.pending().unwrap();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert_eq!(pending[0].args, Action::RollbackGeneration { generation: Some(1) }.to_json());
+        let outcomes: Vec<(String, String)> = s
+            .trail()
+            .iter()
+            .map(|r| (r["origin"].as_str().unwrap().into(), r["outcome"].as_str().unwrap().into()))
+            .collect();
+        let expected =
+            [("automatic", "started"), ("automatic", "failed"), ("revert", "failed"), ("revert", "escalated")];
+        assert_eq!(outcomes, expected.map(|(a, b)| (a.to_owned(), b.to_owned())));
+        let escalated = &s.trail()[3];
+        assert_eq!(escalated["approval_id"], pending[0].id.get());
+        let detail = escalated["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("a human is needed: nixos_rebuild broke the host and the revert failed ("),
+            "{detail}"
+        );
+        assert!(
+            detail.ends_with(&format!(
+                "it is not tried again; once the cause is fixed, `macha-approve approve {}` goes back",
+                pending[0].id
+            )),
+            "{detail}"
+        );
     }
 
     #[tokio::test]

@@ -425,6 +425,12 @@ pub struct ActConfig {
     /// Seconds to wait for a root helper unit (garbage collection, journal
     /// vacuum, rebuild, rollback) to finish.
     pub helper_timeout: u64,
+    /// Seconds the units are watched after a switch, test or rollback that
+    /// macha carried out (those active before and those it changed).
+    pub switch_watch: u64,
+    /// Whether a switch, test or rollback whose health check fails is
+    /// reverted at once to the generation that ran before it.
+    pub revert_failed_switch: bool,
 }
 
 impl Default for Config {
@@ -561,6 +567,8 @@ impl Default for ActConfig {
             gc_min_days: 7,
             journal_floor_mb: 256,
             helper_timeout: 1800,
+            switch_watch: 60,
+            revert_failed_switch: true,
         }
     }
 }
@@ -662,10 +670,14 @@ impl ActConfig {
         hours(self.approval_ttl_hours)
     }
 
-    /// The longest an action can take once started: its job, its check and
-    /// a margin. An approval claimed longer ago than this was interrupted.
+    /// The longest an action can take once started, and a margin: a unit's
+    /// job and its check, or a helper, the health check of the system it
+    /// switched to and the helper of the revert. An approval claimed longer
+    /// ago than this was interrupted.
     pub fn execution_limit(&self) -> chrono::TimeDelta {
-        seconds(self.job_timeout.saturating_add(self.settle_time).saturating_add(30))
+        let unit = self.job_timeout.saturating_add(self.settle_time);
+        let helper = self.helper_timeout.saturating_mul(2).saturating_add(self.switch_watch);
+        seconds(unit.max(helper).saturating_add(30))
     }
 }
 
@@ -822,6 +834,7 @@ impl Config {
             (Bound::new("act.gc_min_days", 1, 3_650, "days"), u64::from(a.gc_min_days)),
             (Bound::new("act.journal_floor_mb", 16, 1_048_576, "MiB"), a.journal_floor_mb),
             (Bound::new("act.helper_timeout", 1, DAY, "seconds"), a.helper_timeout),
+            (Bound::new("act.switch_watch", 1, 3_600, "seconds"), a.switch_watch),
             (Bound::new("gotify.digest_hour", 0, 23, "(hour of the day)"), u64::from(g.digest_hour)),
             (Bound::new("gotify.max_per_hour", 0, 1_000, "messages"), u64::from(g.max_per_hour)),
             (Bound::new("gotify.resolve_after", 0, DAY, "seconds"), g.resolve_after),
@@ -1103,7 +1116,10 @@ mod tests {
         assert_eq!(hours(i64::MAX as u64), chrono::TimeDelta::MAX);
         let act = ActConfig { job_timeout: u64::MAX, settle_time: u64::MAX, ..ActConfig::default() };
         assert_eq!(act.execution_limit(), chrono::TimeDelta::MAX);
-        assert_eq!(ActConfig::default().execution_limit(), chrono::TimeDelta::seconds(95));
+        // A rebuild, its health check and a revert: 1800 + 60 + 1800 + 30.
+        assert_eq!(ActConfig::default().execution_limit(), chrono::TimeDelta::seconds(3690));
+        let restarts_only = ActConfig { helper_timeout: 1, switch_watch: 1, ..ActConfig::default() };
+        assert_eq!(restarts_only.execution_limit(), chrono::TimeDelta::seconds(95));
     }
 
     #[test]

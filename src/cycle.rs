@@ -872,6 +872,7 @@ impl Engine {
             detail: String::new(),
             before: None,
             after: None,
+            health: None,
         };
         let handled = match verdict {
             Verdict::Inform => Handled::new(ActionResult::Informed, p.reason.clone(), None),
@@ -1063,7 +1064,12 @@ impl Engine {
             }
             Ok(id) => {
                 let report = self.carry_out_recorded(action, rec, id).await;
-                let result = ActionResult::of_run(report.succeeded);
+                // A change whose revert failed waits for a human.
+                let result = if report.revert_failed() {
+                    ActionResult::Escalated
+                } else {
+                    ActionResult::of_run(report.succeeded)
+                };
                 tracing::info!(%action, %result, detail = %report.detail, "action carried out");
                 Handled::new(result, report.detail, None)
             }

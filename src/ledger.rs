@@ -275,6 +275,7 @@ fn started_from_row(row: &AutoAction) -> ActionRecord {
         detail: "its started record is no longer kept (the action records were rotated away since)".into(),
         before: None,
         after: None,
+        health: None,
     }
 }
 
@@ -343,6 +344,7 @@ mod tests {
             detail: "carrying out restart_unit web.service".into(),
             before: None,
             after: None,
+            health: None,
         }
     }
 

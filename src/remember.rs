@@ -24,7 +24,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
-use crate::audit::{self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, IncidentEvent, IncidentRecord};
+use crate::audit::{
+    self, ActionOutcome, ActionRecord, DecisionOutcome, DecisionRecord, IncidentEvent, IncidentRecord, Origin,
+};
 use crate::kb::embedded::KB_FILE;
 use crate::kb::runbook::Runbooks;
 use crate::kb::{self, Backend, Event, KbError, Memory, Proposed, What};
@@ -127,6 +129,11 @@ pub fn events_of(trail: &str, record: &Value) -> Vec<Event> {
         }
         audit::ACTIONS => {
             let Ok(r) = serde_json::from_value::<ActionRecord>(record.clone()) else { return Vec::new() };
+            // A revert takes back a change that broke the host; it is not a
+            // fix of the incident (the change's own record says it failed).
+            if r.origin == Origin::Revert {
+                return Vec::new();
+            }
             let what = match r.outcome {
                 ActionOutcome::Succeeded | ActionOutcome::Failed => What::CarriedOut {
                     action: r.action.clone(),
@@ -481,6 +488,7 @@ mod tests {
             detail: detail.into(),
             before: None,
             after: None,
+            health: None,
         };
         audit::append(state, audit::ACTIONS, &rec, RetentionConfig::default().audit()).unwrap();
     }

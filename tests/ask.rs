@@ -716,6 +716,7 @@ fn search_memory_finds_what_was_tried_before_and_the_runbook_and_refuses_what_is
         detail: "backup.service failed again after the restart".into(),
         before: None,
         after: None,
+        health: None,
     };
     audit::append(&state, audit::ACTIONS, &failed, rotation).unwrap();
 

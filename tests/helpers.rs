@@ -79,7 +79,7 @@ fn host(name: &str, level: &str, extra: &str) -> Container {
     c.write_file(
         CONFIG,
         format!(
-            "autonomy_level = \"{level}\"\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\n\n[act]\nsettle_time = 1\nhelper_timeout = 120\n{extra}"
+            "autonomy_level = \"{level}\"\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\n\n[act]\nsettle_time = 1\nhelper_timeout = 120\nswitch_watch = 8\n{extra}"
         ),
     )
     .unwrap();
@@ -548,4 +548,118 @@ fn a_unit_changed_by_the_last_switch_that_fails_gets_the_link_and_the_rollback_t
     assert!(ok, "{out}\n{}", helper_log(&c, "macha-action-rollback.service"));
     assert_eq!(c.current_generation().unwrap(), 2);
     c.wait_unit_state("web.service", "active", Duration::from_secs(20)).unwrap();
+}
+
+/// A host at generation 2 whose `web.service` (a unit of the system) runs;
+/// the configuration then changes it to `broken` and the model proposes
+/// the switch that applies it, queued for a human.
+fn about_to_break(name: &str, broken: &str) -> (Container, String) {
+    let c = host(name, "auto-full", "\n[nixos]\nflake = \"/etc/nixos#testhost\"\n");
+    c.exec_ok(&["mkdir", "-p", "/etc/nixos/units"]).unwrap();
+    c.write_file("/etc/nixos/units/web.service", "[Service]\nExecStart=/bin/sleep infinity\n").unwrap();
+    c.exec_ok(&["nixos-rebuild", "switch", "--flake", "/etc/nixos#testhost"]).unwrap();
+    assert_eq!(c.current_generation().unwrap(), 2);
+    c.wait_unit_state("web.service", "active", Duration::from_secs(20)).unwrap();
+    c.write_file("/etc/nixos/units/web.service", broken).unwrap();
+    model(
+        &c,
+        &[answer(
+            json!([{"kind": "nixos_rebuild", "unit": null, "reason": "apply the new configuration", "mode": "switch"}]),
+        )],
+    );
+    let report = check_as_macha(&c);
+    let act = &report["incidents"][0]["decision"]["actions"][0];
+    assert_eq!(act["result"], "queued", "{report:#}");
+    (c, act["approval_id"].as_i64().unwrap().to_string())
+}
+
+/// The records of `actions.jsonl` after the approval of `id` was recorded.
+fn records_since_approval(c: &Container, id: &str) -> Vec<Value> {
+    let all = actions(c);
+    let at = all
+        .iter()
+        .position(|r| r["outcome"] == "approved" && r["approval_id"] == id.parse::<i64>().unwrap())
+        .expect("the approval is recorded");
+    all[at..].to_vec()
+}
+
+/// A switch macha carried out is health-checked: `web.service`, running
+/// before, passes the activation (it starts) but dies three seconds later.
+/// Within the watch, macha sees it fail and reverts to generation 2 by
+/// itself, where web.service runs again; the audit trail holds the approved
+/// switch, its failed health check and the revert; no undo waits, the
+/// revert having done it.
+#[test]
+fn an_approved_switch_that_breaks_a_running_unit_is_reverted_by_macha_and_the_unit_runs_again() {
+    let broken = "[Service]\nExecStart=/bin/sh -c 'sleep 3; echo \"web: bad listen address\" >&2; exit 1'\n";
+    let (c, id) = about_to_break("helpers-revert", broken);
+    let (ok, out) = approve(&c, &["approve", &id]);
+    assert!(!ok, "the switch broke the host: the approval ends failed\n{out}");
+    assert!(out.contains("health check failed"), "{out}");
+    assert!(out.contains("web.service (failed/failed)"), "{out}");
+    assert!(out.contains("; reverted: generation 2 is the boot default and runs"), "{out}");
+    assert_eq!(c.current_generation().unwrap(), 2);
+    assert_eq!(c.current_system().unwrap(), c.generation_system(2).unwrap());
+    c.wait_unit_state("web.service", "active", Duration::from_secs(20)).unwrap();
+    assert!(c.generation_system(3).is_ok(), "generation 3 was made and is kept for later");
+
+    let records = records_since_approval(&c, &id);
+    let steps: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["origin"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("nixos_rebuild", "approval", "approved"),
+            ("nixos_rebuild", "approval", "failed"),
+            ("rollback_generation", "revert", "succeeded"),
+        ],
+        "{records:#?}"
+    );
+    let switch = &records[1];
+    assert_eq!(switch["after"]["profile_generation"], 3);
+    assert_eq!(switch["health"]["failed"][0]["unit"], "web.service");
+    assert_eq!(switch["health"]["failed"][0]["was_active"], true);
+    let revert = &records[2];
+    assert_eq!(revert["target"], "generation 2");
+    assert_eq!(revert["before"]["profile_generation"], 3);
+    assert_eq!(revert["after"]["running_generation"], 2);
+    assert!(!pending(&c).iter().any(|p| p["kind"] == "rollback_generation"), "{:#?}", pending(&c));
+    let log = helper_log(&c, "macha-action-rollback.service");
+    assert_eq!(log.matches("macha helper rollback: request").count(), 1, "{log}");
+}
+
+/// The new web.service breaks activation itself for whatever comes next:
+/// the revert's activation fails. macha records it, escalates once, leaves
+/// the rollback queued for a human, and tries nothing again.
+#[test]
+fn a_revert_that_fails_is_escalated_once_and_never_retried() {
+    let broken = "[Service]\nExecStart=/bin/sh -c 'touch /etc/nixos/activation-fails; sleep 3; exit 1'\n";
+    let (c, id) = about_to_break("helpers-revert-fails", broken);
+    let (ok, out) = approve(&c, &["approve", &id]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("; the revert failed: macha-action-rollback.service ended with"), "{out}");
+    assert_eq!(c.current_generation().unwrap(), 3, "the failed activation left generation 3 in place");
+
+    let records = records_since_approval(&c, &id);
+    let steps: Vec<(&str, &str)> =
+        records.iter().map(|r| (r["origin"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    assert_eq!(
+        steps,
+        [("approval", "approved"), ("approval", "failed"), ("revert", "failed"), ("revert", "escalated")],
+        "{records:#?}"
+    );
+    let undo = pending(&c).into_iter().find(|p| p["kind"] == "rollback_generation").expect("the undo waits");
+    assert_eq!(undo["target"], "generation 2");
+    assert_eq!(records[3]["approval_id"], undo["id"]);
+    assert!(records[3]["detail"].as_str().unwrap().contains("it is not tried again"), "{:#}", records[3]);
+
+    // Nothing tries again: another cycle proposes, it does not revert.
+    std::thread::sleep(Duration::from_secs(2));
+    check_as_macha(&c);
+    let log = helper_log(&c, "macha-action-rollback.service");
+    assert_eq!(log.matches("macha helper rollback: request").count(), 1, "{log}");
+    assert_eq!(actions(&c).iter().filter(|r| r["origin"] == "revert").count(), 2);
+    assert_eq!(c.current_generation().unwrap(), 3);
 }

@@ -87,6 +87,7 @@ impl Here {
             detail: detail.into(),
             before: None,
             after: None,
+            health: None,
         };
         audit::append(&state, audit::INCIDENTS, &incident(t, IncidentEvent::Opened), rotation).unwrap();
         let failed = action(t + TimeDelta::seconds(5), ActionOutcome::Failed, None, &format!("{unit} failed again"));

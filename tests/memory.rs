@@ -110,6 +110,7 @@ fn a_fix_verified_three_times_in_a_row_is_proposed_from_memory_without_the_model
             detail: format!("{WEB} restarted and active for 2 s"),
             before: None,
             after: None,
+            health: None,
         };
         audit::append(&state, audit::ACTIONS, &rec, macha::config::RetentionConfig::default().audit()).unwrap();
     }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::observe::systemd::{call_err, ReadUnits, Systemd, SystemdError, UnitState};
+use crate::observe::systemd::{call_err, Listed, ReadUnits, Systemd, SystemdError, UnitState};
 use crate::unit::UnitName;
 
 #[zbus::proxy(
@@ -121,6 +121,9 @@ impl ReadUnits for Control<'_> {
     }
     fn unit_state(&self, unit: &UnitName) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send {
         self.systemd.unit_state(unit)
+    }
+    fn list_units(&self) -> impl Future<Output = Result<Vec<Listed>, SystemdError>> + Send {
+        ReadUnits::list_units(self.systemd)
     }
 }
 

@@ -15,7 +15,7 @@ use super::{Executor, Host, JobResult, Report};
 use crate::catalog::Action;
 use crate::config::Config;
 use crate::ids::Fingerprint;
-use crate::observe::systemd::{ReadUnits, SystemdError, SystemdLink, UnitState};
+use crate::observe::systemd::{Listed, ReadUnits, SystemdError, SystemdLink, UnitState};
 use crate::unit::UnitName;
 
 /// How a job (or a reset) on a unit ends.
@@ -37,9 +37,13 @@ pub(crate) enum Call {
     Restart(String),
     StartHelper(String),
     ResetFailed(String),
+    ListUnits,
 }
 
 type HelperRun = Box<dyn Fn(&UnitName) + Send>;
+
+/// The states units are left in by one run of a helper.
+type Leaves = Vec<(String, Option<UnitState>)>;
 
 #[derive(Default)]
 struct Inner {
@@ -51,6 +55,8 @@ struct Inner {
     calls: Vec<Call>,
     /// What a helper's program does to the host when it runs.
     helper: Option<HelperRun>,
+    /// The states units are in once a helper ran, by helper, in turn.
+    on_helper: HashMap<String, VecDeque<Leaves>>,
 }
 
 #[derive(Default)]
@@ -88,6 +94,14 @@ impl FakeHost {
         self
     }
 
+    /// Each run of `helper` leaves these units in these states, one list per
+    /// run in turn (the last list for every run after).
+    pub(crate) fn helper_leaves(self, helper: &str, runs: Vec<Vec<(&str, Option<UnitState>)>>) -> Self {
+        let runs = runs.into_iter().map(|r| r.into_iter().map(|(u, s)| (u.to_owned(), s)).collect()).collect();
+        self.lock().on_helper.insert(helper.into(), runs);
+        self
+    }
+
     /// Every call made so far, in order.
     pub(crate) fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -95,7 +109,10 @@ impl FakeHost {
 
     /// Only the calls that could change the system.
     pub(crate) fn changes(&self) -> Vec<Call> {
-        self.calls().into_iter().filter(|c| !matches!(c, Call::FailedUnits | Call::UnitState(_))).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| !matches!(c, Call::FailedUnits | Call::UnitState(_) | Call::ListUnits))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -145,6 +162,19 @@ impl ReadUnits for FakeHost {
         let state = if states.len() > 1 { states.pop_front() } else { states.front().cloned() };
         Ok(state.flatten())
     }
+
+    async fn list_units(&self) -> Result<Vec<Listed>, SystemdError> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::ListUnits);
+        let mut listed: Vec<Listed> = inner
+            .states
+            .iter()
+            .filter_map(|(unit, s)| s.front().cloned().flatten().map(|s| (unit, s)))
+            .map(|(unit, s)| Listed { unit: unit.clone(), active_state: s.active_state, sub_state: s.sub_state })
+            .collect();
+        listed.sort_by(|a, b| a.unit.cmp(&b.unit));
+        Ok(listed)
+    }
 }
 
 impl Host for FakeHost {
@@ -157,6 +187,17 @@ impl Host for FakeHost {
         if !ends_in_error {
             if let Some(program) = &self.lock().helper {
                 program(unit);
+            }
+            let mut inner = self.lock();
+            let leaves = inner.on_helper.get_mut(unit.as_str()).and_then(|runs| {
+                if runs.len() > 1 {
+                    runs.pop_front()
+                } else {
+                    runs.front().cloned()
+                }
+            });
+            for (u, state) in leaves.unwrap_or_default() {
+                inner.states.insert(u, VecDeque::from([state]));
             }
         }
         self.job(Call::StartHelper(unit.to_string()), "start", unit, timeout)
@@ -226,6 +267,7 @@ pub(crate) fn config(dir: &Path, settle: u64) -> Config {
     config.nixos.current_system = dir.join("current-system");
     config.act.settle_time = settle;
     config.act.job_timeout = 7;
+    config.act.switch_watch = 1;
     config
 }
 

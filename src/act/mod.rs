@@ -9,13 +9,14 @@
 //! writes, and the root program that reads it.
 
 mod control;
+pub mod health;
 pub mod request;
 pub mod root;
 
 #[cfg(test)]
 pub(crate) mod fake;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -99,13 +100,42 @@ pub struct Report {
     pub before: Option<Observed>,
     pub after: Option<Observed>,
     /// The action that takes it back (after a rebuild or rollback that
-    /// changed the system): queued so that undoing is one approval.
+    /// changed the system): queued so that undoing is one approval. None
+    /// once a revert took the system back.
     pub undo: Option<Action>,
+    /// The health check of the system a switch, test or rollback moved to.
+    pub health: Option<health::HealthCheck>,
+    /// The revert of a change whose health check failed.
+    pub revert: Option<Box<Reverted>>,
+}
+
+/// The revert of a system change whose health check failed: the rollback
+/// to the generation that ran before, carried out at once and verified
+/// like any rollback, but never health-checked and reverted in turn.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reverted {
+    /// The rollback, or none when there was no generation to go back to.
+    pub action: Option<Action>,
+    pub report: Report,
 }
 
 impl Report {
     pub fn failed(detail: impl Into<String>) -> Self {
-        Self { succeeded: false, detail: detail.into(), before: None, after: None, undo: None }
+        Self {
+            succeeded: false,
+            detail: detail.into(),
+            before: None,
+            after: None,
+            undo: None,
+            health: None,
+            revert: None,
+        }
+    }
+
+    /// Whether a revert was needed and did not bring the system back: a
+    /// human must look, and nothing tries again by itself.
+    pub fn revert_failed(&self) -> bool {
+        self.revert.as_ref().is_some_and(|r| !r.report.succeeded)
     }
 }
 
@@ -326,7 +356,7 @@ async fn cleanup(
         detail: format!("{detail}{kept}"),
         before: b.clone(),
         after: a.clone(),
-        undo: None,
+        ..Report::failed("")
     };
     if let Err(e) = result {
         return report(false, e);
@@ -354,6 +384,10 @@ async fn cleanup(
 
 /// A rebuild or rollback, verified by the generation that is current after
 /// it, and recorded with the generation before so that it can be undone.
+/// One that changed the running system (a switch, a test, a rollback) is
+/// health-checked, and reverted at once when the check fails
+/// (`act.revert_failed_switch`); then its undo is not queued, the revert
+/// having done it.
 async fn change_system(host: &impl Host, action: &Action, config: &Config) -> Report {
     let before = match generations(config) {
         Ok(g) => g,
@@ -368,39 +402,150 @@ async fn change_system(host: &impl Host, action: &Action, config: &Config) -> Re
         },
         other => other.clone(),
     };
-    let result = run_helper(host, &action, config).await;
+    let activates = matches!(
+        action,
+        Action::NixosRebuild { mode: RebuildMode::Switch | RebuildMode::Test } | Action::RollbackGeneration { .. }
+    );
+    let baseline = if activates { Some(health::baseline(host).await) } else { None };
+    let (mut report, after) = run_change(host, &action, &before, config).await;
+    let Some(after) = after else { return report };
+    // Whatever the probe says, a system that changed can be taken back.
+    let changed = after.profile != before.profile || after.running != before.running;
+    let back_to = before.running_generation().or(before.profile);
+    if changed {
+        report.undo = back_to.map(|n| Action::RollbackGeneration { generation: Some(n) });
+    }
+    let (Some(baseline), true) = (baseline, after.running != before.running) else {
+        return report;
+    };
+    let check = check_health(host, &baseline, &before, &after, config).await;
+    report.detail = format!("{}; {}", report.detail, check.text());
+    if check.failed() {
+        report.succeeded = false;
+        if config.act.revert_failed_switch {
+            let reverted = revert(host, before.running_generation(), &check, &after, config).await;
+            report.detail = if reverted.report.succeeded {
+                report.undo = None;
+                format!("{}; reverted: {}", report.detail, reverted.report.detail)
+            } else {
+                format!("{}; the revert failed: {}", report.detail, reverted.report.detail)
+            };
+            report.revert = Some(Box::new(reverted));
+        } else {
+            report.detail = format!("{}; not reverted (act.revert_failed_switch is off)", report.detail);
+        }
+    }
+    report.health = Some(check);
+    report
+}
+
+/// Runs the helper of `action` (a rebuild or rollback) and judges it by
+/// the generations after it, compared with `before`: the report so far,
+/// and the generations after when they could be read and the helper
+/// succeeded or the running system changed nonetheless (an activation that
+/// reports failed units has still switched).
+async fn run_change(
+    host: &impl Host,
+    action: &Action,
+    before: &Generations,
+    config: &Config,
+) -> (Report, Option<Generations>) {
+    let result = run_helper(host, action, config).await;
     let after = generations(config);
     let mut report = Report {
-        succeeded: false,
-        detail: String::new(),
-        before: Some(Observed::Generations((&before).into())),
+        before: Some(Observed::Generations(before.into())),
         after: after.as_ref().ok().map(|g| Observed::Generations(g.into())),
-        undo: None,
+        ..Report::failed("")
     };
     let after = match (result, after) {
+        (Err(e), Ok(a)) if a.running != before.running => {
+            report.detail = format!("{e}; the running system changed nonetheless ({})", a.summary());
+            a
+        }
         (Err(e), _) => {
             report.detail = e;
-            return report;
+            return (report, None);
         }
         (Ok(()), Err(e)) => {
             report.detail = format!("{action} ran, but {e}");
-            return report;
+            return (report, None);
         }
-        (Ok(()), Ok(a)) => a,
+        (Ok(()), Ok(a)) => {
+            let verdict = verify_generation(action, before, &a);
+            report.succeeded = verdict.is_ok();
+            let (Ok(text) | Err(text)) = verdict;
+            report.detail = format!("{text} ({})", a.summary());
+            a
+        }
     };
-    let verdict = verify_generation(&action, &before, &after);
-    report.succeeded = verdict.is_ok();
-    report.detail = match verdict {
-        Ok(text) | Err(text) => format!("{text} ({})", after.summary()),
+    (report, Some(after))
+}
+
+/// Watches the units that were active before a change and those it added
+/// or changed (read from the two systems' unit trees) for
+/// `act.switch_watch` seconds.
+async fn check_health(
+    host: &impl Host,
+    baseline: &health::Baseline,
+    before: &Generations,
+    after: &Generations,
+    config: &Config,
+) -> health::HealthCheck {
+    let mut notes = Vec::new();
+    let changed: Vec<String> = match (&before.running, &after.running) {
+        (Some(from), Some(to)) => {
+            let diff = crate::observe::generations::diff_units(Path::new(from), Path::new(to));
+            if diff.more > 0 || diff.unread > 0 {
+                notes.push(format!("{} changed units beyond those read were watched only if active before", diff.more));
+            }
+            diff.units
+                .into_iter()
+                .filter(|u| u.kind != crate::observe::generations::ChangeKind::Removed)
+                .map(|u| u.unit)
+                .collect()
+        }
+        _ => Vec::new(),
     };
-    // Whatever the probe says, a system that changed can be taken back.
-    let changed = after.profile != before.profile || after.running != before.running;
-    if changed {
-        if let Some(n) = before.running_generation().or(before.profile) {
-            report.undo = Some(Action::RollbackGeneration { generation: Some(n) });
+    let window = Duration::from_secs(config.act.switch_watch);
+    health::watch(host, baseline, &changed, window, notes).await
+}
+
+/// Takes the system back to generation `to` (the one that ran before a
+/// change whose health check failed): the rollback helper, verified like
+/// any rollback, then the units that failed are looked at once more. A
+/// revert is never health-checked and reverted in turn: it is tried once.
+async fn revert(
+    host: &impl Host,
+    to: Option<u32>,
+    check: &health::HealthCheck,
+    changed_to: &Generations,
+    config: &Config,
+) -> Reverted {
+    let Some(n) = to else {
+        let why = "the system that ran before is not a generation of the profile: there is nothing to revert to";
+        return Reverted { action: None, report: Report::failed(why) };
+    };
+    let action = Action::RollbackGeneration { generation: Some(n) };
+    let (mut report, after) = run_change(host, &action, changed_to, config).await;
+    if after.is_none() {
+        return Reverted { action: Some(action), report };
+    }
+    // How the units that failed are now, after a settle.
+    tokio::time::sleep(Duration::from_secs(config.act.settle_time)).await;
+    if let Ok(listed) = host.list_units().await {
+        let now: Vec<String> = check
+            .failed
+            .iter()
+            .map(|f| match listed.iter().find(|l| l.unit == f.unit) {
+                Some(l) => format!("{} is {}/{}", f.unit, l.active_state, l.sub_state),
+                None => format!("{} is not loaded", f.unit),
+            })
+            .collect();
+        if !now.is_empty() {
+            report.detail = format!("{}; {}", report.detail, now.join(", "));
         }
     }
-    report
+    Reverted { action: Some(action), report }
 }
 
 /// Whether the expected generation is current after `action`.
@@ -454,10 +599,10 @@ async fn execute_on_unit(host: &impl Host, action: &Action, unit: &UnitName, cfg
         detail,
         before: before_brief.clone(),
         after,
-        undo: None,
+        ..Report::failed("")
     };
     let report = |verdict: Result<String, String>, after: Option<Observed>| match verdict {
-        Ok(detail) => Report { succeeded: true, detail, before: before_brief.clone(), after, undo: None },
+        Ok(detail) => Report { succeeded: true, detail, before: before_brief.clone(), after, ..Report::failed("") },
         Err(detail) => failed(detail, after),
     };
     match action {
@@ -533,7 +678,7 @@ fn judge_reset(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Unfinished {
     /// Judged as it would have been had macha seen it through.
-    Judged(Report),
+    Judged(Box<Report>),
     /// Its end could not be seen: the detail says what was.
     Unseen { detail: String, after: Option<Observed> },
 }
@@ -587,13 +732,13 @@ pub async fn judge_unfinished(
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
-        Unfinished::Judged(Report {
+        Unfinished::Judged(Box::new(Report {
             succeeded,
             detail: format!("{detail} (judged after macha stopped during it)"),
             before: before_brief.clone(),
             after: after.map(|a| Observed::Unit(a.into())),
-            undo: None,
-        })
+            ..Report::failed("")
+        }))
     };
     if let Action::ResetFailed { .. } = action {
         return match systemd.unit_state(unit).await {
@@ -836,7 +981,8 @@ mod tests {
         assert!(report.succeeded, "{report:?}");
         assert_eq!(
             report.detail,
-            "generation 2 is the boot default and runs (profile 2, running 2 (of 2 generations))"
+            "generation 2 is the boot default and runs (profile 2, running 2 (of 2 generations)); \
+             health check passed: 0 units watched for 1 s"
         );
         let state = |n: u32| {
             Some(Observed::Generations(GenerationState {
@@ -864,6 +1010,135 @@ mod tests {
         assert!(report.detail.starts_with("generation 1 is the boot default and runs"), "{}", report.detail);
         assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(2) }));
         assert_eq!(host.changes(), [Call::StartHelper("macha-action-rollback.service".into())]);
+    }
+
+    const REBUILD: &str = "macha-action-rebuild.service";
+    const ROLLBACK: &str = "macha-action-rollback.service";
+
+    /// At generation 1 with web.service running; the rebuild helper moves
+    /// the system to generation 2 and leaves web.service `after_switch`;
+    /// the rollback helper goes back to the generation asked for (it
+    /// reads the request: here, always 1) and leaves web.service running.
+    fn switch_host(config: &Config, after_switch: UnitState) -> FakeHost {
+        generation(&config.nixos.profile, 1);
+        boot_and_run(config, 1);
+        let c = config.clone();
+        FakeHost::new()
+            .with_unit(WEB, Some(running_web()))
+            .with_unit("old.service", Some(unit("old.service", "failed", "failed", "exit-code", "o", 50)))
+            .helper_does(move |helper| {
+                if helper.as_str() == REBUILD {
+                    generation(&c.nixos.profile, 2);
+                    boot_and_run(&c, 2);
+                } else {
+                    boot_and_run(&c, 1);
+                }
+            })
+            .helper_leaves(REBUILD, vec![vec![(WEB, Some(after_switch))]])
+            .helper_leaves(ROLLBACK, vec![vec![(WEB, Some(running_web()))]])
+    }
+
+    fn switch() -> Action {
+        Action::NixosRebuild { mode: RebuildMode::Switch }
+    }
+
+    #[tokio::test]
+    async fn a_switch_that_breaks_a_unit_active_before_is_reverted_at_once_and_not_left_to_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = switch_host(&config, failed_web());
+        let report = run(&host, &switch(), &config).await;
+        assert!(!report.succeeded, "{report:?}");
+        let health = report.health.as_ref().unwrap();
+        assert_eq!(health.failed.len(), 1, "{health:?}");
+        assert_eq!((health.failed[0].unit.as_str(), health.failed[0].was_active), (WEB, true));
+        assert_eq!(health.seconds, 0, "the first look saw it: not watched to the end");
+        let revert = report.revert.as_ref().unwrap();
+        assert!(revert.report.succeeded, "{revert:?}");
+        assert_eq!(revert.action, Some(Action::RollbackGeneration { generation: Some(1) }));
+        assert!(revert.report.detail.contains("web.service is active/running"), "{}", revert.report.detail);
+        assert_eq!(report.undo, None, "the revert already went back");
+        assert!(
+            report.detail.contains(
+                "health check failed 0 s after the change: 1 of 1 watched units failed: web.service (failed/failed)"
+            ),
+            "{}",
+            report.detail
+        );
+        assert!(report.detail.contains("; reverted: generation 1 is the boot default and runs"), "{}", report.detail);
+        assert_eq!(host.changes(), [Call::StartHelper(REBUILD.into()), Call::StartHelper(ROLLBACK.into())]);
+    }
+
+    #[tokio::test]
+    async fn a_revert_that_fails_is_tried_once_and_leaves_the_undo_for_a_human() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = switch_host(&config, failed_web()).ending(ROLLBACK, JobEnd::Result("failed"));
+        let report = run(&host, &switch(), &config).await;
+        assert!(!report.succeeded);
+        assert!(report.revert_failed(), "{report:?}");
+        assert!(
+            report.detail.contains("; the revert failed: macha-action-rollback.service ended with"),
+            "{}",
+            report.detail
+        );
+        assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(1) }));
+        assert_eq!(host.changes(), [Call::StartHelper(REBUILD.into()), Call::StartHelper(ROLLBACK.into())]);
+    }
+
+    #[tokio::test]
+    async fn a_healthy_switch_is_watched_to_the_end_and_keeps_its_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        // old.service had failed before the switch: not the switch's doing.
+        let host = switch_host(&config, running_web());
+        let report = run(&host, &switch(), &config).await;
+        assert!(report.succeeded, "{report:?}");
+        assert_eq!(report.health.as_ref().map(|h| (h.failed(), h.seconds, h.watched)), Some((false, 1, 1)));
+        assert!(report.detail.ends_with("; health check passed: 1 unit watched for 1 s"), "{}", report.detail);
+        assert_eq!(report.revert, None);
+        assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(1) }));
+        assert_eq!(host.changes(), [Call::StartHelper(REBUILD.into())]);
+    }
+
+    #[tokio::test]
+    async fn with_reverts_off_a_failed_check_is_reported_and_the_undo_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path(), 0);
+        config.act.revert_failed_switch = false;
+        let host = switch_host(&config, failed_web());
+        let report = run(&host, &switch(), &config).await;
+        assert!(!report.succeeded);
+        assert!(report.detail.ends_with("; not reverted (act.revert_failed_switch is off)"), "{}", report.detail);
+        assert_eq!(report.undo, Some(Action::RollbackGeneration { generation: Some(1) }));
+        assert_eq!(host.changes(), [Call::StartHelper(REBUILD.into())]);
+    }
+
+    #[tokio::test]
+    async fn an_activation_that_reports_failed_units_has_switched_and_is_checked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = switch_host(&config, failed_web()).ending(REBUILD, JobEnd::Result("failed"));
+        let report = run(&host, &switch(), &config).await;
+        assert!(!report.succeeded);
+        assert!(
+            report.detail.contains("; the running system changed nonetheless (profile 2, running 2"),
+            "{}",
+            report.detail
+        );
+        assert!(report.revert.as_ref().is_some_and(|r| r.report.succeeded), "{report:?}");
+        assert_eq!(report.undo, None);
+    }
+
+    #[tokio::test]
+    async fn a_boot_or_dry_build_changes_nothing_that_runs_and_is_not_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 0);
+        let host = switch_host(&config, failed_web());
+        let report = run(&host, &Action::NixosRebuild { mode: RebuildMode::DryBuild }, &config).await;
+        // The fake helper switched anyway: the probe says so, and no check runs for a dry-build.
+        assert_eq!(report.health, None);
+        assert_eq!(host.calls().iter().filter(|c| **c == Call::ListUnits).count(), 0);
     }
 
     #[tokio::test]

@@ -356,6 +356,33 @@ impl Notifier {
         self.emit(self.message(kind, host, &title, body), now)
     }
 
+    /// A system change (switch, test, rollback) carried out through an
+    /// approval: its result, or, when its health check failed, that it was
+    /// reverted, or that a human is needed because the revert failed.
+    pub fn system_change(
+        &self,
+        host: &str,
+        incident: &Fingerprint,
+        what: &str,
+        report: &crate::act::Report,
+        now: DateTime<Utc>,
+    ) -> Result<(), NotifyError> {
+        let Some(revert) = &report.revert else {
+            return self.action_result(host, incident, what, report.succeeded, &report.detail, now);
+        };
+        let (kind, title, head) = if revert.report.succeeded {
+            (Kind::Failed, format!("REVERTED: {what}"), "**Reverted** after its health check failed")
+        } else {
+            (
+                Kind::Escalation,
+                format!("needs a human: {what} broke the host, and its revert failed"),
+                "**A human is needed**: the health check failed and the revert failed; it is not tried again",
+            )
+        };
+        let body = format!("{head}: {} for incident {}\n\n{}", code(what), code(incident.as_str()), report.detail);
+        self.emit(self.message(kind, host, &title, body), now)
+    }
+
     fn resolve_settled(&self, host: &str, now: DateTime<Utc>) -> Result<(), NotifyError> {
         let cutoff =
             now.checked_sub_signed(crate::config::seconds(self.cfg.resolve_after)).unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -628,6 +655,45 @@ mod tests {
         assert!(!digest_due_at(&tz, at(20, 9), at(21, 7), 8), "not yet the hour");
         assert!(digest_due_at(&tz, at(20, 9), at(21, 8), 8));
         assert!(digest_due_at(&tz, at(18, 9), at(21, 15), 8), "late is still due");
+    }
+
+    #[test]
+    fn a_reverted_change_is_one_failure_and_a_failed_revert_one_escalation() {
+        use crate::act::{Report, Reverted};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let n = Notifier {
+            cfg: GotifyConfig::default(),
+            outbox: Outbox::open(&state).unwrap(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        let now = Utc::now();
+        let incident: Fingerprint = "unit-failed:web.service".into();
+        let change = |revert_ok: bool| Report {
+            detail: "health check failed".into(),
+            revert: Some(Box::new(Reverted {
+                action: None,
+                report: Report { succeeded: revert_ok, ..Report::failed("rollback") },
+            })),
+            ..Report::failed("")
+        };
+        n.system_change("h", &incident, "nixos_rebuild switch", &change(true), now).unwrap();
+        n.system_change("h", &incident, "nixos_rebuild switch", &change(false), now).unwrap();
+        // No revert: the action's result as for any action.
+        n.system_change("h", &incident, "nixos_rebuild switch", &Report::failed("x"), now).unwrap();
+        let sent: Vec<(Kind, String)> =
+            n.outbox.due(now).unwrap().into_iter().map(|p| (p.message.kind, p.message.title)).collect();
+        assert_eq!(
+            sent,
+            [
+                (Kind::Failed, "h: REVERTED: nixos_rebuild switch".to_owned()),
+                (
+                    Kind::Escalation,
+                    "h: needs a human: nixos_rebuild switch broke the host, and its revert failed".into()
+                ),
+                (Kind::Failed, "h: FAILED: nixos_rebuild switch".into()),
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use zbus::message::Type as MessageType;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{Connection, MatchRule, MessageStream};
 
+pub use super::systemd::Listed;
 use super::systemd::{call_err, Props, SystemdError};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
@@ -68,14 +69,6 @@ pub struct SignalError {
     why: String,
 }
 
-/// A unit as `ListUnits` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub unit: String,
-    pub active_state: String,
-    pub sub_state: String,
-}
-
 /// The signal stream of one connection to the bus.
 pub struct Events {
     conn: Connection,
@@ -106,17 +99,7 @@ impl Events {
 
     /// Every unit systemd has loaded, with its state (`ListUnits`).
     pub async fn list(&self) -> Result<Vec<Listed>, SystemdError> {
-        type Row = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
-        let reply = self
-            .conn
-            .call_method(Some(SYSTEMD), MANAGER_PATH, Some(MANAGER_IFACE), "ListUnits", &())
-            .await
-            .map_err(call_err("ListUnits"))?;
-        let rows: Vec<Row> = reply.body().deserialize().map_err(call_err("ListUnits"))?;
-        Ok(rows
-            .into_iter()
-            .map(|(unit, _, _, active_state, sub_state, ..)| Listed { unit, active_state, sub_state })
-            .collect())
+        super::systemd::list_units(&self.conn).await
     }
 
     /// The next signal; `None` once the connection is gone (the bus went

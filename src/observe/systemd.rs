@@ -49,6 +49,34 @@ trait Manager {
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 }
 
+/// A unit as `ListUnits` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+}
+
+/// Every unit systemd has loaded, with its state, in one call (`ListUnits`).
+pub(crate) async fn list_units(conn: &Connection) -> Result<Vec<Listed>, SystemdError> {
+    type Row = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "ListUnits",
+            &(),
+        )
+        .await
+        .map_err(call_err("ListUnits"))?;
+    let rows: Vec<Row> = reply.body().deserialize().map_err(call_err("ListUnits"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(unit, _, _, active_state, sub_state, ..)| Listed { unit, active_state, sub_state })
+        .collect())
+}
+
 /// The state of one unit as systemd reports it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UnitState {
@@ -116,6 +144,8 @@ pub trait ReadUnits {
     fn failed_units(&self) -> impl Future<Output = Result<Vec<UnitState>, SystemdError>> + Send;
     /// The state of `unit`, or `None` when systemd has no such unit.
     fn unit_state(&self, unit: &UnitName) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send;
+    /// Every unit systemd has loaded, with its active and sub state (one call).
+    fn list_units(&self) -> impl Future<Output = Result<Vec<Listed>, SystemdError>> + Send;
 }
 
 impl ReadUnits for Systemd {
@@ -124,6 +154,9 @@ impl ReadUnits for Systemd {
     }
     fn unit_state(&self, unit: &UnitName) -> impl Future<Output = Result<Option<UnitState>, SystemdError>> + Send {
         Systemd::unit_state(self, unit)
+    }
+    fn list_units(&self) -> impl Future<Output = Result<Vec<Listed>, SystemdError>> + Send {
+        list_units(&self.conn)
     }
 }
 
