@@ -14,8 +14,11 @@
 //! (one untimed run first): 100 runs of `diff_units`, wall and CPU
 //! (getrusage) per run; the heap's peak over one run (a counting global
 //! allocator); and 20 runs of `diff -r` (GNU diffutils) of the two
-//! `etc/systemd/system` directories, wall per run. Run: `cargo bench
-//! --bench generations`.
+//! `etc/systemd/system` directories, wall per run. Besides, each system
+//! has 300 `/etc` files (links into the store, in ten directories; 30
+//! differ) and its parts (`kernel`, which differs, and `systemd`): 100 runs
+//! of `diff_system`, wall, and its heap peak. Run: `cargo bench --bench
+//! generations`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::unix::fs::symlink;
@@ -24,7 +27,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use macha::observe::generations::diff_units;
+use macha::observe::generations::{diff_system, diff_units};
 
 /// Counts the bytes allocated now and the most at once since `reset`.
 struct Counting;
@@ -49,6 +52,8 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 const UNITS: usize = 500;
+/// Files of each system's `etc` besides its units; the first 30 differ.
+const ETC_FILES: usize = 300;
 const RUNS: usize = 100;
 const DIFF_RUNS: usize = 20;
 
@@ -106,6 +111,18 @@ fn system(root: &Path, g: u32) -> PathBuf {
             link(conf, "overrides.conf", &dir.join(format!("{name}.d/overrides.conf")));
         }
     }
+    // The system's parts (the kernel differs) and its /etc files, each a
+    // link into a store path of its own, in ten directories.
+    let kernel = if g == 2 { "6.6.31" } else { "6.6.30" };
+    for (name, path) in [("kernel", format!("linux-{kernel}/bzImage")), ("systemd", "systemd-255.4".into())] {
+        symlink(format!("/nix/store/{}-{path}", hash_of(&path)), sys.join(name)).unwrap();
+    }
+    for i in 0..ETC_FILES {
+        let content = if g == 2 && i < 30 { format!("etc {i} new") } else { format!("etc {i}") };
+        let at = sys.join(format!("etc/conf{}/file{i}.conf", i % 10));
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        symlink(format!("/nix/store/{}-file{i}.conf", hash_of(&content)), at).unwrap();
+    }
     sys
 }
 
@@ -146,6 +163,21 @@ fn main() {
     let peak = PEAK.load(Ordering::Relaxed) - before;
     drop(d);
 
+    let system_first = diff_system(&a, &b);
+    assert_eq!((system_first.parts.len(), system_first.etc.len()), (1, 30), "{system_first:?}");
+    let mut system_walls = Vec::new();
+    for _ in 0..RUNS {
+        let w = Instant::now();
+        let d = diff_system(&a, &b);
+        system_walls.push(w.elapsed());
+        assert_eq!(d, system_first);
+    }
+    let before = NOW.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let d = diff_system(&a, &b);
+    let system_peak = PEAK.load(Ordering::Relaxed) - before;
+    drop(d);
+
     let mut diffs = Vec::new();
     for _ in 0..DIFF_RUNS {
         let w = Instant::now();
@@ -167,4 +199,9 @@ fn main() {
         "| `diff -r` of the two unit directories, wall, median of {DIFF_RUNS} | {:.2} ms |",
         median(diffs).as_secs_f64() * 1e3
     );
+    println!(
+        "| diff_system ({ETC_FILES} /etc files, 30 differ, and the parts), wall, median of {RUNS} | {:.2} ms |",
+        median(system_walls).as_secs_f64() * 1e3
+    );
+    println!("| diff_system, heap peak of one run | {:.1} KiB |", system_peak as f64 / 1024.0);
 }

@@ -5,6 +5,8 @@
 //! about (a weak one). Pure: the switch (`observe::generations`) and the
 //! time are given.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +30,14 @@ pub struct SuspectChange {
     /// What changed for the incident's unit (a strong link only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<UnitChange>,
+    /// What else the switch changed in the system (its parts, `/etc`), one
+    /// line each, at most [`MAX_ELSEWHERE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<String>,
 }
+
+/// Lines of the rest of the switch a link carries, at most.
+pub const MAX_ELSEWHERE: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,7 +84,20 @@ pub fn link(
         strength,
         profile_runs_it: switch.profile == Some(switch.to.number),
         unit,
+        elsewhere: elsewhere(switch),
     })
+}
+
+/// The rest of the switch in a few lines: its first changes, then how
+/// many more.
+fn elsewhere(switch: &GenerationDiff) -> Vec<String> {
+    let mut lines = switch.system.lines();
+    if lines.len() > MAX_ELSEWHERE {
+        let more = lines.len() - (MAX_ELSEWHERE - 1);
+        lines.truncate(MAX_ELSEWHERE - 1);
+        lines.push(format!("and {more} more"));
+    }
+    lines
 }
 
 impl SuspectChange {
@@ -110,6 +132,12 @@ impl SuspectChange {
                  after it, so the switch may still be related.\n",
             ),
         }
+        if !self.elsewhere.is_empty() {
+            out.push_str("Elsewhere in the system, the same switch changed:\n");
+            for line in &self.elsewhere {
+                let _ = writeln!(out, "  {}", line.replace("</suspect-change>", "</ suspect-change>"));
+            }
+        }
         out.push_str("</suspect-change>\n");
         out
     }
@@ -141,7 +169,7 @@ fn duration(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::generations::{Change, GenerationInfo, UnitsDiff};
+    use crate::observe::generations::{Change, EtcChange, GenerationInfo, PartChange, SystemDiff, UnitsDiff};
 
     fn t(h: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_790_000_000 + h * 3600, 0).unwrap()
@@ -169,6 +197,18 @@ mod tests {
                 unread: 0,
             },
             packages: Vec::new(),
+            system: SystemDiff {
+                parts: vec![PartChange {
+                    name: "kernel".into(),
+                    from: Some("linux-6.6.30".into()),
+                    to: Some("linux-6.6.31".into()),
+                }],
+                etc: (0..12)
+                    .map(|i| EtcChange { path: format!("app/{i:02}.conf"), kind: ChangeKind::Changed })
+                    .collect(),
+                more: 0,
+                unread: 0,
+            },
         }
     }
 
@@ -185,6 +225,17 @@ mod tests {
         assert!(l.wants_rollback(&failed));
         assert!(l.text().contains("switched from generation 41 to generation 42"), "{}", l.text());
         assert!(l.text().contains("package nginx: 1.24.0 -> 1.25.3"), "{}", l.text());
+        // The rest of the switch, bounded: 13 changes, 9 shown and a count.
+        assert!(
+            l.text().contains(
+                "Elsewhere in the system, the same switch changed:\n  kernel: linux-6.6.30 -> linux-6.6.31\n  \
+                 /etc/app/00.conf (changed)\n"
+            ),
+            "{}",
+            l.text()
+        );
+        assert_eq!(l.elsewhere.len(), MAX_ELSEWHERE);
+        assert_eq!(l.elsewhere.last().unwrap(), "and 4 more");
         assert_eq!(
             l.line(),
             "suspect change: the switch to generation 42 (from 41), 2 h 0 min before; nginx.service changed in it"

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::macha_bin;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A system in `root/store` with `units` (name, text), each linked from its
 /// `etc/systemd/system` into a store path of its own.
@@ -124,6 +124,9 @@ fn on_the_stand_in_a_switch_that_changed_a_unit_is_shown_and_rolled_back() {
     c.wait_unit_state("web.service", "active", std::time::Duration::from_secs(20)).unwrap();
 
     c.write_file("/etc/nixos/units/web.service", "[Service]\nExecStart=/bin/false\nEnvironment=MODE=new\n").unwrap();
+    // And a file of /etc the configuration makes.
+    c.exec_ok(&["mkdir", "-p", "/etc/nixos/etc"]).unwrap();
+    c.write_file("/etc/nixos/etc/web.conf", "listen 8080\n").unwrap();
     let out = switch(&["switch", "--flake", "/etc/nixos#testhost"]);
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the following units failed: web.service"));
@@ -140,6 +143,10 @@ fn on_the_stand_in_a_switch_that_changed_a_unit_is_shown_and_rolled_back() {
     let said = units[0]["changes"].to_string();
     assert!(said.contains("/bin/sleep infinity") && said.contains("/bin/false") && said.contains("MODE=new"), "{said}");
     assert_eq!(rows[1]["units"]["units"][0]["kind"], "added", "generation 2 added the unit: {rows:#?}");
+    assert_eq!(rows[0]["system"]["etc"], json!([{"path": "web.conf", "kind": "added"}]), "{rows:#?}");
+    assert!(rows[1]["system"].get("etc").is_none(), "{rows:#?}");
+    let said = c.exec_ok(&["/opt/macha/macha", "generations", "--last", "1"]).unwrap();
+    assert!(said.contains("\n  /etc/web.conf (added)\n"), "{said}");
 
     assert!(switch(&["switch", "--rollback"]).status.success());
     c.wait_unit_state("web.service", "active", std::time::Duration::from_secs(20)).unwrap();

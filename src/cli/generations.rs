@@ -2,8 +2,10 @@
 //! switched to, which runs, which the profile boots and which booted, and
 //! what changed in each against the one before it: units added, removed
 //! and changed, with their packages' versions, commands, environment and
-//! dependencies, and the system path's packages (`observe::generations`), and the incidents macha linked to
-//! the switch to each (from the decisions' trail). Read from the profile's
+//! dependencies, the system path's packages, the system's own parts
+//! (kernel, systemd, ...) and its `/etc` files (`observe::generations`),
+//! and the incidents macha linked to the switch to each (from the
+//! decisions' trail). Read from the profile's
 //! links and the store, and the audit trail; nothing is run.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use serde_json::json;
 
 use super::output::{out, outln, shown};
 use macha::config::Config;
-use macha::observe::generations::{diff_packages, diff_units, Change, UnitsDiff};
+use macha::observe::generations::{diff_packages, diff_system, diff_units, Change, UnitsDiff};
 use macha::observe::nixos;
 
 #[derive(clap::Args)]
@@ -53,7 +55,8 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
     for (i, g) in list.iter().enumerate().skip(shown_from).rev() {
         let before = i.checked_sub(1).map(|j| &list[j]);
         let diff = before.map(|b| {
-            (diff_units(b.target.as_ref(), g.target.as_ref()), diff_packages(b.target.as_ref(), g.target.as_ref()))
+            let (from, to) = (b.target.as_ref(), g.target.as_ref());
+            (diff_units(from, to), diff_packages(from, to), diff_system(from, to))
         });
         rows.push((g, before.map(|b| b.number), diff));
     }
@@ -71,6 +74,7 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
                     "changed_since": before,
                     "units": diff.as_ref().map(|d| &d.0),
                     "packages": diff.as_ref().map(|d| &d.1),
+                    "system": diff.as_ref().map(|d| &d.2),
                     "incidents": linked.as_ref().ok().map(|l| l.get(&g.number).cloned().unwrap_or_default()),
                 })
             })
@@ -88,13 +92,16 @@ pub fn run(config: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitC
         let marks = if marks.is_empty() { String::new() } else { format!(" ({})", marks.join(", ")) };
         outln!("generation {}{marks}: switched {}, {}", g.number, when(g.created), shown(&g.target))?;
         match (before, diff) {
-            (Some(before), Some((units, packages))) => {
+            (Some(before), Some((units, packages, system))) => {
                 changes(*before, units)?;
                 for p in packages {
                     if let Change::Package { name, from, to } = p {
                         let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
                         outln!("  package {}: {} -> {}", shown(name), shown(&v(from)), shown(&v(to)))?;
                     }
+                }
+                for line in system.lines() {
+                    outln!("  {}", shown(&line))?;
                 }
             }
             _ => outln!("  the first generation kept: nothing to compare it with")?,

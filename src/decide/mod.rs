@@ -575,6 +575,7 @@ mod tests {
             strength: Strength::UnitChanged,
             profile_runs_it: true,
             unit: Some(UnitChange { unit: "nginx.service".into(), kind: ChangeKind::Changed, changes: vec![] }),
+            elsewhere: Vec::new(),
         };
         let decided = |actions: Vec<ProposedAction>| Outcome::Decided {
             decision: Decision { diagnosis: "d".into(), severity: Severity::Warning, actions },

@@ -250,6 +250,7 @@ impl RawSwitch {
             boot_time: None,
             units: UnitsDiff { units: self.units, more: 0, unread: 0 },
             packages: Vec::new(),
+            system: Default::default(),
         })
     }
 }

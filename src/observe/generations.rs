@@ -77,6 +77,10 @@ pub struct GenerationDiff {
     /// `PATH`) whose version changed, or that came or went.
     #[serde(default)]
     pub packages: Vec<Change>,
+    /// The rest of the system closure, as far as its links tell: its own
+    /// parts (kernel, initrd, systemd, ...) and the files of its `etc`.
+    #[serde(default)]
+    pub system: SystemDiff,
 }
 
 /// One generation: its number, its system's store path, and when the
@@ -123,6 +127,7 @@ pub fn between(
         boot_time,
         units: diff_units(Path::new(&before.target), Path::new(&now.target)),
         packages: diff_packages(Path::new(&before.target), Path::new(&now.target)),
+        system: diff_system(Path::new(&before.target), Path::new(&now.target)),
     })
 }
 
@@ -169,6 +174,172 @@ fn package_changes(
         .take(MAX_DETAILED)
         .map(|n| Change::Package { name: n.clone(), from: newest(before.get(n)), to: newest(after.get(n)) })
         .collect()
+}
+
+/// The parts of a system compared as a whole: the system path (`sw`) and
+/// `etc` are compared in detail instead (`diff_packages`, the units and
+/// [`SystemDiff::etc`]).
+const DETAILED_PARTS: [&str; 2] = ["sw", "etc"];
+/// Depth of `etc` read, at most.
+const MAX_ETC_DEPTH: usize = 12;
+
+/// How the rest of two systems' closures differ, as far as links tell
+/// without running anything: the Nix database (the closure's full list of
+/// store paths) is not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemDiff {
+    /// The system's own links (`kernel`, `initrd`, `systemd`, `firmware`,
+    /// `kernel-modules`, ...) that point at another store path, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartChange>,
+    /// Files of the system's `etc` (its unit files aside) added, removed or
+    /// linked to another store path, by their path under `/etc`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etc: Vec<EtcChange>,
+    /// Changes beyond those listed (at most [`MAX_DETAILED`] of each).
+    #[serde(default)]
+    pub more: usize,
+    /// Entries left unread past [`MAX_ENTRIES`] (then the diff is partial).
+    #[serde(default)]
+    pub unread: usize,
+}
+
+/// A part of the system that points at another store path: the store
+/// path names (`linux-6.6.30`), none where it is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartChange {
+    pub name: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// A file of `/etc` that differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcChange {
+    /// Its path under `/etc` (`nginx/nginx.conf`).
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+impl SystemDiff {
+    /// One line per change, for a person or a prompt.
+    pub fn lines(&self) -> Vec<String> {
+        let v = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let mut out: Vec<String> =
+            self.parts.iter().map(|p| format!("{}: {} -> {}", p.name, v(&p.from), v(&p.to))).collect();
+        out.extend(self.etc.iter().map(|e| format!("/etc/{} ({})", e.path, e.kind.as_str())));
+        if self.more > 0 {
+            out.push(format!("{} more changes not listed", self.more));
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.etc.is_empty() && self.more == 0
+    }
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+            ChangeKind::Changed => "changed",
+        }
+    }
+}
+
+/// The name of the store path `target` is in (`/nix/store/HASH-NAME/...`
+/// gives `NAME`); the target itself for anything else.
+fn store_name(target: &str) -> String {
+    target
+        .strip_prefix("/nix/store/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|c| c.split_once('-'))
+        .map(|(_, name)| name.to_owned())
+        .unwrap_or_else(|| target.to_owned())
+}
+
+/// The links at the top of `system`, by name (its parts), but for those
+/// compared in detail.
+fn parts_of(system: &Path, budget: &mut usize) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(system) else { return out };
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if DETAILED_PARTS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            out.insert(name, target.display().to_string());
+        }
+    }
+    out
+}
+
+/// The links under `dir` (a system's `etc`), by path relative to it,
+/// without descending into `systemd/system` (the units) or through a link;
+/// `unread` counts what the budget left out.
+fn etc_links(dir: &Path, rel: &str, depth: usize, budget: &mut usize, out: &mut BTreeMap<String, String>) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut unread = 0;
+    for entry in entries.flatten() {
+        if *budget == 0 {
+            unread += 1;
+            continue;
+        }
+        *budget -= 1;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_symlink() {
+            if let Ok(target) = std::fs::read_link(entry.path()) {
+                out.insert(path, target.display().to_string());
+            }
+        } else if kind.is_dir() && path != "systemd/system" && depth < MAX_ETC_DEPTH {
+            unread += etc_links(&entry.path(), &path, depth + 1, budget, out);
+        }
+    }
+    unread
+}
+
+/// How the rest of system `to`'s closure differs from `from`'s: its parts
+/// and the files of its `etc`, compared by their links' targets.
+pub fn diff_system(from: &Path, to: &Path) -> SystemDiff {
+    let mut diff = SystemDiff::default();
+    let (mut budget_from, mut budget_to) = (MAX_ENTRIES, MAX_ENTRIES);
+    let (before, after) = (parts_of(from, &mut budget_from), parts_of(to, &mut budget_to));
+    let names: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names.into_iter().filter(|n| before.get(*n) != after.get(*n)) {
+        if diff.parts.len() >= MAX_DETAILED {
+            diff.more += 1;
+            continue;
+        }
+        let (b, a) = (before.get(name).map(|t| store_name(t)), after.get(name).map(|t| store_name(t)));
+        diff.parts.push(PartChange { name: name.clone(), from: b, to: a });
+    }
+    let (mut etc_before, mut etc_after) = (BTreeMap::new(), BTreeMap::new());
+    diff.unread += etc_links(&from.join("etc"), "", 0, &mut budget_from, &mut etc_before);
+    diff.unread += etc_links(&to.join("etc"), "", 0, &mut budget_to, &mut etc_after);
+    let paths: BTreeSet<&String> = etc_before.keys().chain(etc_after.keys()).collect();
+    for path in paths {
+        let kind = match (etc_before.get(path), etc_after.get(path)) {
+            (Some(b), Some(a)) if b == a => continue,
+            (Some(_), Some(_)) => ChangeKind::Changed,
+            (None, _) => ChangeKind::Added,
+            (_, None) => ChangeKind::Removed,
+        };
+        if diff.etc.len() >= MAX_DETAILED {
+            diff.more += 1;
+            continue;
+        }
+        diff.etc.push(EtcChange { path: path.clone(), kind });
+    }
+    diff
 }
 
 /// How two generations' units differ.
@@ -218,12 +389,7 @@ pub enum Change {
 impl UnitChange {
     /// A few lines for a person or a prompt.
     pub fn text(&self) -> String {
-        let kind = match self.kind {
-            ChangeKind::Added => "added",
-            ChangeKind::Removed => "removed",
-            ChangeKind::Changed => "changed",
-        };
-        let mut out = format!("{} ({kind})\n", self.unit);
+        let mut out = format!("{} ({})\n", self.unit, self.kind.as_str());
         for c in &self.changes {
             let line = match c {
                 Change::Package { name, from, to } => {
@@ -538,6 +704,64 @@ mod tests {
             symlink(dir.join(unit), dir.join(format!("{target}.wants/{unit}"))).unwrap();
         }
         sys
+    }
+
+    /// Links `sys/rel` to `target`, making the directories on the way.
+    fn link(sys: &Path, rel: &str, target: &str) {
+        let at = sys.join(rel);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        symlink(target, at).unwrap();
+    }
+
+    #[test]
+    fn the_system_s_parts_and_etc_files_that_point_elsewhere_are_found_its_units_and_sw_left_to_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = system(dir.path(), "a", &[("web.service", "[Service]\nExecStart=/bin/true\n")], &[]);
+        let b = system(dir.path(), "b", &[("web.service", "[Service]\nExecStart=/bin/false\n")], &[]);
+        for (sys, kernel, conf, only) in [(&a, "6.6.30", "1", "old.conf"), (&b, "6.6.31", "2", "new.conf")] {
+            link(sys, "kernel", &format!("/nix/store/{H1}-linux-{kernel}/bzImage"));
+            link(sys, "systemd", &format!("/nix/store/{H2}-systemd-255.4"));
+            link(sys, "sw", &format!("/nix/store/{H1}-system-path-{conf}"));
+            link(sys, "etc/nginx/nginx.conf", &format!("/nix/store/{H2}-nginx-{conf}.conf"));
+            link(sys, "etc/hosts", &format!("/nix/store/{H2}-hosts"));
+            link(sys, &format!("etc/{only}"), &format!("/nix/store/{H2}-{only}"));
+        }
+        // A directory linked as a whole is one entry, not read through.
+        link(&a, "etc/ssl", &format!("/nix/store/{H1}-certs"));
+        let d = diff_system(&a, &b);
+        assert_eq!(
+            d.parts,
+            [PartChange { name: "kernel".into(), from: Some("linux-6.6.30".into()), to: Some("linux-6.6.31".into()) }]
+        );
+        let etc: Vec<(&str, ChangeKind)> = d.etc.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            etc,
+            [
+                ("new.conf", ChangeKind::Added),
+                ("nginx/nginx.conf", ChangeKind::Changed),
+                ("old.conf", ChangeKind::Removed),
+                ("ssl", ChangeKind::Removed),
+            ],
+            "the unit files and sw are compared elsewhere: {d:?}"
+        );
+        assert_eq!((d.more, d.unread), (0, 0));
+        assert_eq!(d.lines()[0], "kernel: linux-6.6.30 -> linux-6.6.31");
+        assert_eq!(d.lines()[2], "/etc/nginx/nginx.conf (changed)");
+        assert!(diff_system(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn past_the_bounds_the_system_diff_counts_what_it_did_not_list_or_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        for i in 0..MAX_DETAILED + 5 {
+            link(&a, &format!("etc/f{i}"), &format!("/nix/store/{H1}-f{i}"));
+            link(&b, &format!("etc/f{i}"), &format!("/nix/store/{H2}-f{i}"));
+        }
+        let d = diff_system(&a, &b);
+        assert_eq!((d.etc.len(), d.more, d.unread), (MAX_DETAILED, 5, 0));
+        assert_eq!(d.lines().last().unwrap(), "5 more changes not listed");
     }
 
     #[test]

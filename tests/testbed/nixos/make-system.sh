@@ -14,6 +14,10 @@
 #       etc/systemd/system/NAME         -> /nix/store/HASH-unit-NAME/NAME, for
 #                                       each unit file in /etc/nixos/units
 #                                       (as NixOS links its units)
+#       etc/NAME                        -> /nix/store/HASH-etc-NAME/NAME, for
+#                                       each file in /etc/nixos/etc (as
+#                                       NixOS's etc links environment.etc;
+#                                       the stand-in does not install them)
 #
 # What is real: the store path is added with the real `nix-store --add`, so it
 # is a valid, read-only store path that `nix-env --set`, profiles, GC roots and
@@ -67,6 +71,20 @@ if [ -d /etc/nixos/units ]; then
         stored=$(nix-store --add "$unit")
         rm -rf "$unit"
         ln -s "$stored/$name" "$sys/etc/systemd/system/$name"
+    done
+fi
+
+# The configuration's other /etc files, the same way.
+if [ -d /etc/nixos/etc ]; then
+    for file in /etc/nixos/etc/*; do
+        [ -f "$file" ] || continue
+        name=$(basename "$file")
+        entry=$work/etc-$name
+        mkdir -p "$entry"
+        cp "$file" "$entry/$name"
+        stored=$(nix-store --add "$entry")
+        rm -rf "$entry"
+        ln -s "$stored/$name" "$sys/etc/$name"
     done
 fi
 
