@@ -58,35 +58,28 @@ sys=$work/nixos-system-$label
 mkdir -p "$sys/bin"
 printf '%s\n' "$label" >"$sys/nixos-version"
 
-# The configuration's units: each in a store path of its own (the same file
-# is the same path in every generation), linked from etc/systemd/system.
-mkdir -p "$sys/etc/systemd/system"
-if [ -d /etc/nixos/units ]; then
-    for file in /etc/nixos/units/*; do
+# store_files SOURCE PREFIX DEST: each regular file of SOURCE in a store path
+# of its own named PREFIX-NAME (the same file is the same path in every
+# generation), linked from DEST/NAME in the system.
+store_files() {
+    mkdir -p "$sys/$3"
+    [ -d "$1" ] || return 0
+    for file in "$1"/*; do
         [ -f "$file" ] || continue
         name=$(basename "$file")
-        unit=$work/unit-$name
-        mkdir -p "$unit"
-        cp "$file" "$unit/$name"
-        stored=$(nix-store --add "$unit")
-        rm -rf "$unit"
-        ln -s "$stored/$name" "$sys/etc/systemd/system/$name"
-    done
-fi
-
-# The configuration's other /etc files, the same way.
-if [ -d /etc/nixos/etc ]; then
-    for file in /etc/nixos/etc/*; do
-        [ -f "$file" ] || continue
-        name=$(basename "$file")
-        entry=$work/etc-$name
+        entry=$work/$2-$name
         mkdir -p "$entry"
         cp "$file" "$entry/$name"
         stored=$(nix-store --add "$entry")
         rm -rf "$entry"
-        ln -s "$stored/$name" "$sys/etc/$name"
+        ln -s "$stored/$name" "$sys/$3/$name"
     done
-fi
+}
+
+# The configuration's units, linked from etc/systemd/system, and its other
+# /etc files, linked from etc.
+store_files /etc/nixos/units unit etc/systemd/system
+store_files /etc/nixos/etc etc etc
 
 # The activation script of this system. It cannot contain its own store path
 # (that path is a hash of this very content), so it finds itself through $0,
