@@ -34,9 +34,12 @@ pub const ACTIONS: &str = "actions.jsonl";
 pub const INCIDENTS: &str = "incidents.jsonl";
 /// What people did to incident memory (`macha kb forget`, `macha kb import`).
 pub const MEMORY: &str = "memory.jsonl";
+/// What controllers asked of this host over `macha remote serve`: the
+/// sessions, the actions asked for, and everything refused.
+pub const REMOTE: &str = "remote.jsonl";
 
 /// Every trail, in the order `macha-logs verify` checks them.
-pub const TRAILS: [&str; 4] = [DECISIONS, ACTIONS, INCIDENTS, MEMORY];
+pub const TRAILS: [&str; 5] = [DECISIONS, ACTIONS, INCIDENTS, MEMORY, REMOTE];
 
 /// An incident opened or resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,15 +96,17 @@ impl std::fmt::Display for DecisionOutcome {
     }
 }
 
-/// Who set an action going: the daemon on its own, a person's approval, or
+/// Who set an action going: the daemon on its own, a person's approval,
 /// the revert of a system change whose health check failed (macha's own
-/// doing, whatever set the change going).
+/// doing, whatever set the change going), or a controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Automatic,
     Approval,
     Revert,
+    /// Asked by a controller over `macha remote serve`.
+    Remote,
 }
 
 impl Origin {
@@ -111,6 +116,7 @@ impl Origin {
             Origin::Automatic => "automatic",
             Origin::Approval => "approval",
             Origin::Revert => "revert",
+            Origin::Remote => "remote",
         }
     }
 }

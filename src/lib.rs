@@ -44,6 +44,7 @@ pub mod observe;
 pub mod propose;
 pub mod redact;
 pub mod remember;
+pub mod remote;
 pub mod repeat;
 pub mod report;
 pub mod retention;

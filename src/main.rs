@@ -46,8 +46,10 @@ enum Command {
     Kb(cli::kb::Args),
     /// Decide the evaluation fixtures with a model and print the pass rates and latencies.
     Eval(cli::eval::Args),
-    /// The NixOS generations: when each was switched to, and what changed in each (units, packages).
+    /// The NixOS generations: when each was switched to, and what changed in each (units, packages, /etc, kernel).
     Generations(cli::generations::Args),
+    /// Other hosts: `remote serve` is this host's side of the protocol, run by sshd for a controller's key.
+    Remote(cli::remote::Args),
     /// Stop all automatic actions (they are queued for a human instead) until `macha resume`.
     Pause {
         /// Why (shown in every queued item and notification).
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Command::Kb(args) => cli::kb::run(cli.config.as_deref(), args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Generations(args) => cli::generations::run(cli.config.as_deref(), args),
+        Command::Remote(args) => cli::remote::run(cli.config.as_deref(), args),
         Command::Pause { reason } => cli::control::pause(cli.config.as_deref(), reason),
         Command::Resume => cli::control::resume(cli.config.as_deref()),
         Command::Note { text } => cli::control::note(cli.config.as_deref(), &text),

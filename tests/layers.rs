@@ -46,7 +46,7 @@ const LAYERS: &[&[&str]] = &[
     // workflow that call it.
     &["carry"],
     &["notify"],
-    &["cycle", "approval", "retention", "watch", "daemon"],
+    &["cycle", "approval", "retention", "watch", "daemon", "remote"],
     &["ask", "eval"],
 ];
 

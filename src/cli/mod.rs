@@ -16,6 +16,7 @@ pub mod logs;
 pub mod notify;
 pub mod output;
 pub mod progress;
+pub mod remote;
 pub mod stats;
 pub mod status;
 

@@ -38,6 +38,39 @@ pub fn write(args: std::fmt::Arguments) -> std::io::Result<()> {
     }
 }
 
+/// Standard output as an `io::Write`, for a command that writes a stream
+/// of its own (`macha remote serve`), with the same rule as [`write`]: a
+/// closed pipe drops what follows.
+pub struct Stream;
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if closed() {
+            return Ok(buf.len());
+        }
+        match std::io::stdout().lock().write_all(buf) {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                CLOSED.store(true, Ordering::Relaxed);
+                Ok(buf.len())
+            }
+            result => result.map(|()| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if closed() {
+            return Ok(());
+        }
+        match std::io::stdout().lock().flush() {
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                CLOSED.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            result => result,
+        }
+    }
+}
+
 /// Whether the reader of standard output has gone away.
 pub fn closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
