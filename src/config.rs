@@ -66,6 +66,73 @@ pub struct Config {
     pub nixos: NixosConfig,
     pub retention: RetentionConfig,
     pub knowledge_base: KnowledgeBaseConfig,
+    pub remote: RemoteConfig,
+}
+
+/// The most hosts one controller lists.
+pub const MAX_REMOTE_HOSTS: usize = 10_000;
+
+/// Other hosts this one reaches over SSH, as a controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// The hosts (`[[remote.hosts]]`).
+    pub hosts: Vec<RemoteHost>,
+    /// The controller's private key (OpenSSH format), read as root before
+    /// the daemon's user is taken; with the module, a systemd credential.
+    pub private_key_file: Option<PathBuf>,
+    /// Seconds to connect, exchange keys and log in.
+    pub connect_timeout: u64,
+    /// Seconds one request may take to be answered.
+    pub command_timeout: u64,
+    /// Hosts talked to at once.
+    pub max_parallel: u32,
+    /// Hosts acted on automatically within an hour, all together; beyond,
+    /// a person decides.
+    pub max_hosts_acting: u32,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            hosts: Vec::new(),
+            private_key_file: None,
+            connect_timeout: 10,
+            command_timeout: 120,
+            max_parallel: 8,
+            max_hosts_acting: 1,
+        }
+    }
+}
+
+/// One host reached over SSH. Its key is given (`host_key`, as in
+/// `known_hosts`: "ssh-ed25519 AAAA...") or looked up in a `known_hosts`
+/// file; a host whose key is unknown or another is not talked to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteHost {
+    /// The name incidents carry (`web1/unit-failed:nginx.service`).
+    pub name: String,
+    /// A host name or IP address.
+    pub address: String,
+    #[serde(default = "RemoteHost::default_port")]
+    pub port: u16,
+    #[serde(default = "RemoteHost::default_user")]
+    pub user: String,
+    #[serde(default)]
+    pub host_key: Option<String>,
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl RemoteHost {
+    fn default_port() -> u16 {
+        22
+    }
+
+    fn default_user() -> String {
+        "macha".into()
+    }
 }
 
 /// Incident memory (`kb`): past incidents, what was tried for them and what
@@ -451,6 +518,7 @@ impl Default for Config {
             nixos: NixosConfig::default(),
             retention: RetentionConfig::default(),
             knowledge_base: KnowledgeBaseConfig::default(),
+            remote: RemoteConfig::default(),
         }
     }
 }
@@ -606,6 +674,8 @@ pub enum Invalid {
     #[error("key `model.prompt_margin`: {margin} leaves less than 1024 tokens of `ollama.num_ctx` ({num_ctx}) for the prompt once `ollama.num_predict` ({num_predict}) is kept free")]
     PromptMargin { margin: u32, num_ctx: u32, num_predict: u32 },
 
+    #[error("key `remote.hosts` ({host}): {message}")]
+    RemoteHost { host: String, message: String },
     #[error("key `model.calls.max_total_mb`: {total_mb} MiB cannot hold two files of `model.calls.max_file_kb` ({file_kb} KiB); raise it or lower the file size")]
     CallsTotal { total_mb: u64, file_kb: u64 },
 }
@@ -753,6 +823,7 @@ impl Config {
         if let Some(flake) = &self.nixos.flake {
             crate::catalog::check_flake(flake).map_err(Invalid::Flake)?;
         }
+        self.validate_remote()?;
         for (key, p) in [("nixos.profile", &self.nixos.profile), ("nixos.current_system", &self.nixos.current_system)] {
             if !p.is_absolute() {
                 return Err(Invalid::NotAbsolute { key, path: p.clone() });
@@ -835,6 +906,10 @@ impl Config {
             (Bound::new("act.journal_floor_mb", 16, 1_048_576, "MiB"), a.journal_floor_mb),
             (Bound::new("act.helper_timeout", 1, DAY, "seconds"), a.helper_timeout),
             (Bound::new("act.switch_watch", 1, 3_600, "seconds"), a.switch_watch),
+            (Bound::new("remote.connect_timeout", 1, 300, "seconds"), self.remote.connect_timeout),
+            (Bound::new("remote.command_timeout", 1, 3_600, "seconds"), self.remote.command_timeout),
+            (Bound::new("remote.max_parallel", 1, 256, "hosts"), u64::from(self.remote.max_parallel)),
+            (Bound::new("remote.max_hosts_acting", 0, 10_000, "hosts"), u64::from(self.remote.max_hosts_acting)),
             (Bound::new("gotify.digest_hour", 0, 23, "(hour of the day)"), u64::from(g.digest_hour)),
             (Bound::new("gotify.max_per_hour", 0, 1_000, "messages"), u64::from(g.max_per_hour)),
             (Bound::new("gotify.resolve_after", 0, DAY, "seconds"), g.resolve_after),
@@ -860,6 +935,55 @@ impl Config {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
         }
         out
+    }
+
+    fn validate_remote(&self) -> Result<(), Invalid> {
+        let r = &self.remote;
+        if !r.hosts.is_empty() && r.private_key_file.is_none() {
+            return Err(Invalid::rule(
+                "remote.private_key_file",
+                "must name the controller's key when hosts are listed",
+            ));
+        }
+        if r.private_key_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+            let path = r.private_key_file.clone().unwrap_or_default();
+            return Err(Invalid::NotAbsolute { key: "remote.private_key_file", path });
+        }
+        if r.hosts.len() > MAX_REMOTE_HOSTS {
+            return Err(Invalid::rule("remote.hosts", "at most 10000 hosts"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for h in &r.hosts {
+            let bad = |message: String| Invalid::RemoteHost { host: h.name.chars().take(64).collect(), message };
+            let name_ok = !h.name.is_empty()
+                && h.name.len() <= 64
+                && h.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !name_ok {
+                return Err(bad("`name` must be 1 to 64 letters, digits, '.', '_' or '-'".into()));
+            }
+            if !names.insert(h.name.as_str()) {
+                return Err(bad("another host has this name".into()));
+            }
+            if h.address.is_empty() || h.address.len() > 253 || h.address.chars().any(|c| c.is_whitespace() || c == '/')
+            {
+                return Err(bad(format!("`address` {:?} is not a host name or IP address", h.address)));
+            }
+            if h.port == 0 {
+                return Err(bad("`port` must be 1 to 65535".into()));
+            }
+            if h.user.is_empty() || !h.user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+                return Err(bad(format!("`user` {:?} is not a user name", h.user)));
+            }
+            match (&h.host_key, &h.known_hosts) {
+                (Some(key), None) => {
+                    crate::sshkey::parse_public(key).map_err(|e| bad(format!("`host_key`: {e}")))?;
+                }
+                (None, Some(path)) if path.is_absolute() => {}
+                (None, Some(path)) => return Err(bad(format!("`known_hosts` {path:?} is not an absolute path"))),
+                _ => return Err(bad("exactly one of `host_key` and `known_hosts` is needed".into())),
+            }
+        }
+        Ok(())
     }
 
     fn validate_knowledge_base(&self) -> Result<(), Invalid> {
@@ -1120,6 +1244,43 @@ mod tests {
         assert_eq!(ActConfig::default().execution_limit(), chrono::TimeDelta::seconds(3690));
         let restarts_only = ActConfig { helper_timeout: 1, switch_watch: 1, ..ActConfig::default() };
         assert_eq!(restarts_only.execution_limit(), chrono::TimeDelta::seconds(95));
+    }
+
+    #[test]
+    fn a_remote_host_without_a_checked_key_or_with_a_bad_name_is_refused_by_name() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GZT5";
+        let with = |host: &str| {
+            Config::parse(&format!("[remote]\nprivate_key_file = \"/k\"\n\n[[remote.hosts]]\n{host}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(with(&format!("name = \"web1\"\naddress = \"10.0.0.1\"\nhost_key = \"{key}\"")), "");
+        assert_eq!(with("name = \"web1\"\naddress = \"10.0.0.1\"\nknown_hosts = \"/etc/ssh/ssh_known_hosts\""), "");
+        let cases = [
+            ("name = \"web1\"\naddress = \"10.0.0.1\"", "exactly one of `host_key` and `known_hosts`"),
+            (
+                &format!("name = \"web1\"\naddress = \"a\"\nhost_key = \"{key}\"\nknown_hosts = \"/k\""),
+                "exactly one of",
+            ),
+            ("name = \"web1\"\naddress = \"a\"\nhost_key = \"ssh-ed25519 AAAA\"", "(web1): `host_key`: the key's data"),
+            ("name = \"web1\"\naddress = \"a\"\nknown_hosts = \"rel/known\"", "is not an absolute path"),
+            (&format!("name = \"../x\"\naddress = \"a\"\nhost_key = \"{key}\""), "`name` must be"),
+            (&format!("name = \"w\"\naddress = \"a b\"\nhost_key = \"{key}\""), "is not a host name"),
+            (&format!("name = \"w\"\naddress = \"a\"\nuser = \"root;id\"\nhost_key = \"{key}\""), "is not a user name"),
+            (&format!("name = \"w\"\naddress = \"a\"\nport = 0\nhost_key = \"{key}\""), "`port` must be"),
+            (&format!("name = \"w\"\naddress = \"a\"\nhost_key = \"{key}\"\nshell = true"), "unknown field `shell`"),
+        ];
+        for (host, said) in cases {
+            let e = with(host);
+            assert!(e.contains(said), "{host}: {e}");
+        }
+        let twice = format!("name = \"w\"\naddress = \"a\"\nhost_key = \"{key}\"\n\n[[remote.hosts]]\nname = \"w\"\naddress = \"b\"\nhost_key = \"{key}\"");
+        assert!(with(&twice).contains("another host has this name"), "{}", with(&twice));
+        let e = Config::parse(&format!("[[remote.hosts]]\nname = \"w\"\naddress = \"a\"\nhost_key = \"{key}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("remote.private_key_file"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod retention;
 pub mod rotation;
 pub mod service_manager;
 pub mod sqlite;
+pub mod sshkey;
 pub mod state_dir;
 pub mod store;
 pub mod storm;

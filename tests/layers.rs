@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "repeat",
         "state_dir",
         "sqlite",
+        "sshkey",
         "rotation",
         "service_manager",
         "logging",

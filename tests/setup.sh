@@ -16,6 +16,10 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v nsenter >/dev/null || need+=(util-linux)
 pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
+# libssh2 (the ssh2 crate, built from its bundled source) uses OpenSSL.
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+# Network namespaces for the remote tests' hosts (ip netns).
+command -v ip >/dev/null || need+=(iproute2)
 # Writes journal files of past boots for the journal vacuum tests.
 [ -x /lib/systemd/systemd-journal-remote ] || need+=(systemd-journal-remote)
 # Parses the Nix files and reads flake.lock (tests/nix/lint.sh); Debian's Nix

@@ -4,5 +4,7 @@
 //! command of the controller's key and which judges every action with
 //! the host's own gate.
 
+pub mod client;
+pub mod fleet;
 pub mod protocol;
 pub mod serve;

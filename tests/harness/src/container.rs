@@ -55,12 +55,22 @@ pub struct BootOptions {
     /// ten minutes, enough for any test. A benchmark with long idle windows
     /// sets more.
     pub lifetime: Option<Duration>,
+    /// A network namespace the test made (`/run/netns/NAME`) to join
+    /// instead of a private network of its own: containers that join the
+    /// same one share its loopback, and reach each other on 127.0.0.N.
+    pub network_namespace: Option<PathBuf>,
 }
 
 impl BootOptions {
     /// Options with just a name hint.
     pub fn new(name_hint: &str) -> Self {
-        BootOptions { name_hint: name_hint.to_string(), bind_ro: Vec::new(), lifetime: None }
+        BootOptions { name_hint: name_hint.to_string(), bind_ro: Vec::new(), lifetime: None, network_namespace: None }
+    }
+
+    /// Joins the network namespace at `path` instead of a private network.
+    pub fn network_namespace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.network_namespace = Some(path.into());
+        self
     }
 
     /// Lets the container run for `lifetime` instead of ten minutes.
@@ -133,9 +143,12 @@ impl Container {
             "--boot",
             "--register=no",
             "--keep-unit",
-            "--private-network",
             "--volatile=overlay",
         ]);
+        match &opts.network_namespace {
+            Some(ns) => cmd.arg(format!("--network-namespace-path={}", ns.display())),
+            None => cmd.arg("--private-network"),
+        };
         cmd.args(&binds);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
 
