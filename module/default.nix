@@ -26,6 +26,14 @@ let
   gotifyTokenPath = "/run/credentials/${unit}/${gotifyCredential}";
   chromaCredential = "chroma-token";
   chromaTokenPath = "/run/credentials/${unit}/${chromaCredential}";
+  remoteCredential = "remote-key";
+  remoteKeyPath = "/run/credentials/${unit}/${remoteCredential}";
+  remote = cfg.remote;
+  # A controller's key in the macha user's authorized_keys: it can do
+  # nothing but run the protocol (no PTY, no forwarding, no agent, no X11,
+  # no user rc; whatever command the client asks for is refused by it).
+  controllerKey =
+    c: ''restrict,command="${lib.getExe cfg.package} --config ${configFile} remote serve" ${c.key}'';
 
   kb = cfg.knowledgeBase;
   # A ChromaDB server on this host (nixpkgs' services.chromadb) is the one
@@ -331,6 +339,99 @@ in
       '';
     };
 
+    remote = {
+      allowControllers = lib.mkOption {
+        type = lib.types.listOf (
+          lib.types.submodule {
+            options.key = lib.mkOption {
+              type = lib.types.strMatching
+                "(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa|sk-ssh-ed25519@openssh.com) [A-Za-z0-9+/]+=*( [^\n]*)?";
+              example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... macha@controller";
+              description = "The controller's public key, as `ssh-keygen` writes it.";
+            };
+          }
+        );
+        default = [ ];
+        example = [{ key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... macha@controller"; }];
+        description = ''
+          Controllers that may reach this host over SSH. Each key goes into
+          the `${user}` user's authorized keys as
+          `restrict,command="macha ... remote serve" KEY`: with it a
+          controller gets the typed protocol and nothing else (no command,
+          no shell or PTY, no forwarding), and this host judges every
+          action with its own settings (its autonomy level, its protected
+          services). The user gets a login shell to run that one command
+          with. Needs {option}`services.openssh.enable`.
+        '';
+      };
+      hosts = lib.mkOption {
+        type = lib.types.listOf (
+          lib.types.submodule {
+            options = {
+              name = lib.mkOption {
+                type = lib.types.strMatching "[A-Za-z0-9._-]{1,64}";
+                example = "web1";
+                description = "The name its incidents carry (`web1/unit-failed:nginx.service`).";
+              };
+              address = lib.mkOption {
+                type = lib.types.str;
+                example = "192.0.2.10";
+                description = "Its host name or IP address.";
+              };
+              port = lib.mkOption {
+                type = lib.types.port;
+                default = 22;
+                example = 2222;
+                description = "Its SSH port.";
+              };
+              hostKey = lib.mkOption {
+                type = lib.types.nullOr lib.types.str;
+                default = null;
+                example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...";
+                description = ''
+                  The key it must show, as `known_hosts` writes it; or
+                  `null` and {option}`knownHosts`.
+                '';
+              };
+              knownHosts = lib.mkOption {
+                type = lib.types.nullOr (lib.types.strMatching "/.+");
+                default = null;
+                example = "/etc/ssh/ssh_known_hosts";
+                description = "A `known_hosts` file that holds its key, instead of {option}`hostKey`.";
+              };
+            };
+          }
+        );
+        default = [ ];
+        example = lib.literalExpression ''
+          [
+            { name = "web1"; address = "192.0.2.10"; hostKey = "ssh-ed25519 AAAA..."; }
+            { name = "db1"; address = "192.0.2.11"; knownHosts = "/etc/ssh/ssh_known_hosts"; }
+          ]
+        '';
+        description = ''
+          The hosts this one reaches as a controller (`[[remote.hosts]]`),
+          each as the user `${user}`, whose key there must be this
+          controller's ({option}`remote.allowControllers` on that host). A
+          host whose key is not the one given gets nothing. For now
+          `macha remote hosts` looks at them; the daemon does not decide
+          or act for them yet. Requires {option}`remote.privateKeyFile`.
+        '';
+      };
+      privateKeyFile = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.+");
+        default = null;
+        example = "/run/secrets/macha-remote-key";
+        description = ''
+          The controller's private SSH key (OpenSSH format); given as a
+          string so that it is never copied into the Nix store. The service
+          receives it through `LoadCredential=`, and
+          `remote.private_key_file` in the configuration points at the
+          credential.
+        '';
+      };
+    };
+
     settings = lib.mkOption {
       type = lib.types.submodule { freeformType = toml.type; };
       default = { };
@@ -360,6 +461,35 @@ in
 
   config = lib.mkIf cfg.enable {
     assertions = [
+      {
+        assertion = remote.hosts == [ ] || remote.privateKeyFile != null;
+        message = ''
+          services.macha-autonomous.remote.hosts lists hosts, but remote.privateKeyFile is not set: the controller
+          needs its private key to reach them.
+        '';
+      }
+      {
+        assertion = lib.all (h: (h.hostKey == null) != (h.knownHosts == null)) remote.hosts;
+        message = ''
+          services.macha-autonomous.remote.hosts: give each host exactly one of hostKey and knownHosts
+          (${lib.concatMapStringsSep ", " (h: h.name) (lib.filter (h: (h.hostKey == null) == (h.knownHosts == null)) remote.hosts)}):
+          a host whose key is not checked is never talked to.
+        '';
+      }
+      {
+        assertion = remote.privateKeyFile == null || !lib.hasPrefix builtins.storeDir remote.privateKeyFile;
+        message = ''
+          services.macha-autonomous.remote.privateKeyFile is in the Nix store (${toString remote.privateKeyFile}),
+          which every user can read. Keep the key outside the store, for example with agenix or sops-nix.
+        '';
+      }
+      {
+        assertion = remote.allowControllers == [ ] || (config.services.openssh.enable or false);
+        message = ''
+          services.macha-autonomous.remote.allowControllers lets controllers in over SSH, but
+          services.openssh.enable is not set.
+        '';
+      }
       {
         assertion = cfg.gotify.tokenFile == null || !lib.hasPrefix builtins.storeDir cfg.gotify.tokenFile;
         message = ''
@@ -438,6 +568,19 @@ in
         };
       };
       act.approver_group = cfg.approverGroup;
+      remote = lib.mkIf (remote.hosts != [ ] || remote.privateKeyFile != null) {
+        private_key_file = lib.mkIf (remote.privateKeyFile != null) remoteKeyPath;
+        hosts = map
+          (
+            h:
+            {
+              inherit (h) name address port;
+            }
+            // lib.optionalAttrs (h.hostKey != null) { host_key = h.hostKey; }
+            // lib.optionalAttrs (h.knownHosts != null) { known_hosts = h.knownHosts; }
+          )
+          remote.hosts;
+      };
       gotify = lib.mkIf (cfg.gotify.url != null) {
         inherit (cfg.gotify) url;
         token_file = gotifyTokenPath;
@@ -450,6 +593,11 @@ in
       # Reading the system journal.
       extraGroups = [ "systemd-journal" ];
       description = "macha-autonomous daemon";
+    }
+    // lib.optionalAttrs (remote.allowControllers != [ ]) {
+      # sshd runs the forced command through the user's shell.
+      useDefaultShell = true;
+      openssh.authorizedKeys.keys = map controllerKey remote.allowControllers;
     };
     users.groups.${user} = { };
 
@@ -493,7 +641,8 @@ in
         StateDirectoryMode = "0750";
         LoadCredential =
           lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}"
-          ++ lib.optional (kb.chroma.tokenFile != null) "${chromaCredential}:${kb.chroma.tokenFile}";
+          ++ lib.optional (kb.chroma.tokenFile != null) "${chromaCredential}:${kb.chroma.tokenFile}"
+          ++ lib.optional (remote.privateKeyFile != null) "${remoteCredential}:${remote.privateKeyFile}";
 
         # Hardening. What stays open, and why: the network (Ollama, Gotify
         # and Chroma may be remote), D-Bus over AF_UNIX (systemd's manager and

@@ -14,118 +14,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{build_double_bin, failing_app, macha_bin, POLKIT_RULE};
-use macha_testbed::container::{BootOptions, Container};
+use macha_testbed::container::Container;
+use macha_testbed::fleet::{self, Netns, CONFIG, KEY, STATE};
 use serde_json::Value;
 
-const CONFIG: &str = "/etc/macha-autonomous/config.toml";
-const STATE: &str = "/var/lib/macha-autonomous";
-const KEY: &str = "/etc/macha-autonomous/controller_key";
-
-/// A network namespace of the test's own, with its loopback up; deleted
-/// when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("macha-fleet-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn boot(ns: &Netns, name: &str) -> Container {
-    let bin = macha_bin().parent().unwrap().to_path_buf();
-    Container::boot_with(BootOptions::new(name).bind_ro(&bin, "/opt/macha").network_namespace(ns.path())).unwrap()
-}
-
-/// Makes host `n` listen on 127.0.0.`n` with an ed25519 key of its own
-/// (replaced when called again); returns its public key.
-fn sshd(c: &Container, n: u8) -> String {
-    c.sh_ok(
-        "rm -f /etc/ssh/ssh_host_* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && \
-         cat /etc/ssh/ssh_host_ed25519_key.pub",
-    )
-    .unwrap();
-    c.write_file(
-        "/etc/ssh/sshd_config.d/macha-test.conf",
-        format!(
-            "ListenAddress 127.0.0.{n}\nHostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        ),
-    )
-    .unwrap();
-    c.exec_ok(&["systemctl", "reset-failed", "ssh.service"]).ok();
-    c.exec_ok(&["systemctl", "restart", "ssh.service"]).unwrap();
-    let key = c.exec_ok(&["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).unwrap();
-    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-}
-
-/// A host as the module sets one up for a controller: the user `macha`
-/// with the controller's key, restricted to `macha remote serve`, the
-/// polkit rule, the configuration and state directory.
-fn remote_host(ns: &Netns, n: u8, controller_key: &str) -> (Container, String) {
-    let c = boot(ns, &format!("fleet-h{}", n - 1));
-    c.exec_ok(&[
-        "useradd",
-        "--system",
-        "--groups",
-        "systemd-journal",
-        "--create-home",
-        "--home-dir",
-        "/var/lib/macha-ssh",
-        "--shell",
-        "/bin/sh",
-        "macha",
-    ])
-    .unwrap();
-    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
-    c.write_file("/etc/polkit-1/rules.d/50-macha-autonomous.rules", rule).unwrap();
-    c.exec_ok(&["systemctl", "restart", "polkit.service"]).unwrap();
-    c.exec_ok(&["install", "-d", "-o", "macha", "-g", "macha", "-m", "0750", STATE]).unwrap();
-    c.write_file(
-        CONFIG,
-        "autonomy_level = \"auto-safe\"\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\nerror_burst_lines = 100000\n",
-    )
-    .unwrap();
-    let authorized =
-        format!("restrict,command=\"/opt/macha/macha --config {CONFIG} remote serve\" {controller_key} controller\n");
-    c.exec_ok(&["install", "-d", "-o", "macha", "-g", "macha", "-m", "0700", "/var/lib/macha-ssh/.ssh"]).unwrap();
-    c.write_file("/var/lib/macha-ssh/.ssh/authorized_keys", authorized).unwrap();
-    c.exec_ok(&["chown", "macha:macha", "/var/lib/macha-ssh/.ssh/authorized_keys"]).unwrap();
-    c.exec_ok(&["chmod", "0600", "/var/lib/macha-ssh/.ssh/authorized_keys"]).unwrap();
-    let key = sshd(&c, n);
-    (c, key)
-}
-
-/// The controller's configuration for `hosts` (name, address, host key).
-fn controller_config(hosts: &[(String, String, String)]) -> String {
-    let mut text = format!("autonomy_level = \"suggest\"\n\n[remote]\nprivate_key_file = \"{KEY}\"\nconnect_timeout = 5\ncommand_timeout = 30\n");
-    for (name, address, key) in hosts {
-        text.push_str(&format!(
-            "\n[[remote.hosts]]\nname = \"{name}\"\naddress = \"{address}\"\nhost_key = \"{key}\"\n"
-        ));
-    }
-    text
-}
+const HOST_CONFIG: &str = "autonomy_level = \"auto-safe\"\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\nerror_burst_lines = 100000\n";
 
 fn hosts_json(controller: &Container) -> (Vec<Value>, Duration) {
     let started = Instant::now();
@@ -149,24 +46,21 @@ fn sessions(c: &Container) -> usize {
 #[test]
 fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_other() {
     build_double_bin();
-    let ns = Netns::new();
-    let controller = boot(&ns, "fleet-ctl");
-    // Its own sshd would hold port 22 on every address of the namespace.
-    controller.exec_ok(&["systemctl", "stop", "ssh.service"]).unwrap();
-    controller
-        .sh_ok(&format!("install -d -m 0700 /etc/macha-autonomous && ssh-keygen -q -t ed25519 -N '' -f {KEY}"))
-        .unwrap();
-    let controller_key = controller.exec_ok(&["cat", &format!("{KEY}.pub")]).unwrap();
-    let controller_key: String = controller_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
+    let ns = Netns::new("fleet").unwrap();
+    let controller = ns.boot("fleet-ctl", &bin).unwrap();
+    let controller_key = fleet::controller(&controller).unwrap();
     let mut hosts = Vec::new();
     let mut keys = Vec::new();
     for n in 2..=4u8 {
-        let (c, key) = remote_host(&ns, n, &controller_key);
+        let c = ns.boot(&format!("fleet-h{}", n - 1), &bin).unwrap();
+        let key = fleet::host(&c, n, &controller_key, &rule, HOST_CONFIG).unwrap();
         keys.push((format!("h{}", n - 1), format!("127.0.0.{n}"), key));
         hosts.push(c);
     }
     failing_app(&hosts[1], "web.service");
-    controller.write_file(CONFIG, controller_config(&keys)).unwrap();
+    controller.write_file(CONFIG, fleet::controller_config("autonomy_level = \"suggest\"\n", &keys)).unwrap();
 
     let (views, _) = hosts_json(&controller);
     let names: Vec<&str> = views.iter().map(|v| v["name"].as_str().unwrap()).collect();
@@ -179,7 +73,7 @@ fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_othe
 
     // Host 3's key replaced, host 1 down: both named with the reason, and
     // nothing reaches host 3; host 2 answers as before.
-    sshd(&hosts[2], 4);
+    fleet::sshd(&hosts[2], 4).unwrap();
     hosts[0].exec_ok(&["systemctl", "stop", "ssh.service"]).unwrap();
     let (views, took) = hosts_json(&controller);
     assert_eq!(incidents(&views[0]), ["host-unreachable:h1"], "{:#}", views[0]);

@@ -134,6 +134,9 @@ let
         group = "macha";
         extraGroups = [ "systemd-journal" ];
         description = "macha-autonomous daemon";
+        # No shell, no key: no controller may log in.
+        useDefaultShell = false;
+        openssh.authorizedKeys.keys = [ ];
       }
       goodHost.users.users.macha)
     (expect "the Gotify token's credential" [ "gotify-token:/run/secrets/gotify-token" ] service.serviceConfig.LoadCredential)
@@ -311,6 +314,47 @@ in
     knowledgeBaseEmbeddingModel = effect "knowledgeBase.embeddingModel" { knowledgeBase.embeddingModel = "mxbai-embed-large"; } (
       r: setting [ "ollama" "embedding_model" ] r == "mxbai-embed-large"
     );
+    remoteAllowControllers =
+      let
+        c = evaluate [
+          {
+            services.openssh.enable = true;
+            services.macha-autonomous = {
+              enable = true;
+              remote.allowControllers = [{ key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq ctl"; }];
+            };
+          }
+        ];
+        u = c.users.users.macha;
+      in
+      expect "a controller's key, restricted to the protocol, and a shell to run it with"
+        [
+          true
+          [ ''restrict,command="${stubs.pkgs.macha.outPath}/bin/macha --config ${configFile} remote serve" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq ctl'' ]
+        ]
+        [
+          u.useDefaultShell
+          u.openssh.authorizedKeys.keys
+        ];
+    remoteHosts = effect "remote.hosts and remote.privateKeyFile"
+      {
+        remote = {
+          privateKeyFile = "/etc/macha/remote-key";
+          hosts = [
+            { name = "web1"; address = "192.0.2.10"; hostKey = "ssh-ed25519 AAAA"; }
+            { name = "db1"; address = "192.0.2.11"; port = 2222; knownHosts = "/etc/ssh/ssh_known_hosts"; }
+          ];
+        };
+      }
+      (
+        r:
+        setting [ "remote" "private_key_file" ] r == "/run/credentials/macha-autonomous.service/remote-key"
+        && lib.hasInfix "LoadCredential=remote-key:/etc/macha/remote-key\n" r.unit
+        && setting [ "remote" "hosts" ] r == [
+          { name = "web1"; address = "192.0.2.10"; port = 22; host_key = "ssh-ed25519 AAAA"; }
+          { name = "db1"; address = "192.0.2.11"; port = 2222; known_hosts = "/etc/ssh/ssh_known_hosts"; }
+        ]
+      );
     knowledgeBaseRunbooks = effect "knowledgeBase.runbooks" { knowledgeBase.runbooks = "/srv/runbooks"; } (
       r: setting [ "knowledge_base" "runbooks" ] r == "/srv/runbooks"
     );
@@ -434,5 +478,25 @@ in
     chromaUrlWithCredentials = render (host { knowledgeBase.chroma.url = "http://admin:secret@chroma.lan:8000"; });
     runbooksInHome = render (host { knowledgeBase.runbooks = "/home/ops/runbooks"; });
     runbooksInTmp = render (host { knowledgeBase.runbooks = "/tmp/runbooks"; });
+    remoteHostsWithoutKey = render (host { remote.hosts = [{ name = "web1"; address = "a"; hostKey = "ssh-ed25519 AAAA"; }]; });
+    remoteHostUnchecked = render (host {
+      remote = {
+        privateKeyFile = "/etc/macha/remote-key";
+        hosts = [{ name = "web1"; address = "a"; }];
+      };
+    });
+    remoteKeyInStore = render (host { remote.privateKeyFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-key"; });
+    controllersWithoutSshd = render (host { remote.allowControllers = [{ key = "ssh-ed25519 AAAA ctl"; }]; });
+    # What it would write in authorized_keys.
+    controllerKeyWithACommand =
+      (evaluate [
+        {
+          services.openssh.enable = true;
+          services.macha-autonomous = {
+            enable = true;
+            remote.allowControllers = [{ key = "command=\"sh\" ssh-ed25519 AAAA"; }];
+          };
+        }
+      ]).users.users.macha.openssh.authorizedKeys.keys;
   };
 }

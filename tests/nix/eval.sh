@@ -110,6 +110,11 @@ refused chromaTokenFileInSettings "services.macha-autonomous.settings.knowledge_
 refused chromaUrlWithCredentials "services.macha-autonomous.knowledgeBase.chroma.url' is not of type \`null or string matching the pattern https?://[^?@]+'"
 refused runbooksInHome "services.macha-autonomous.knowledgeBase.runbooks is /home/ops/runbooks, which the service's"
 refused runbooksInTmp "services.macha-autonomous.knowledgeBase.runbooks is /tmp/runbooks, which the service's"
+refused remoteHostsWithoutKey "remote.hosts lists hosts, but remote.privateKeyFile is not set"
+refused remoteHostUnchecked "give each host exactly one of hostKey and knownHosts"
+refused remoteKeyInStore "services.macha-autonomous.remote.privateKeyFile is in the Nix store"
+refused controllersWithoutSshd "services.openssh.enable is not set"
+refused controllerKeyWithACommand "services.macha-autonomous.remote.allowControllers.\"[definition 1-entry 1]\".key' is not of type"
 if [ "$failures" -gt 0 ]; then
     echo "FAIL: $failures bad configuration(s) not refused as they should be" >&2
     exit 1

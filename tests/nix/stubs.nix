@@ -193,6 +193,14 @@ in
                 type = types.str;
                 default = "";
               };
+              useDefaultShell = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              openssh.authorizedKeys.keys = mkOption {
+                type = types.listOf types.singleLineStr;
+                default = [ ];
+              };
             };
           }
         );
@@ -230,6 +238,10 @@ in
       nix.package = mkOption {
         type = types.package;
         default = pkgs.nix;
+      };
+      services.openssh.enable = mkOption {
+        type = types.bool;
+        default = false;
       };
       services.ollama.enable = mkOption {
         type = types.bool;
