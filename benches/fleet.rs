@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use macha_testbed::container::Container;
-use macha_testbed::fleet::{self, Netns, CONFIG, KEY};
+use macha_testbed::fleet::{Fleet, CONFIG, KEY};
 
 const PASSES: usize = 20;
 const SESSIONS: usize = 10;
@@ -75,36 +75,24 @@ fn session(controller: &Container, host: &Container) -> (f64, u64) {
 fn main() {
     let bin = Path::new(env!("CARGO_BIN_EXE_macha")).parent().unwrap().to_path_buf();
     let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
-    let ns = Netns::new("bench-fleet").expect("a network namespace (run as root)");
-    let controller = ns.boot("bench-ctl", &bin).unwrap();
-    let controller_key = fleet::controller(&controller).unwrap();
-    let mut hosts = Vec::new();
-    let mut keys = Vec::new();
-    for n in 2..=4u8 {
-        let c = ns.boot(&format!("bench-h{}", n - 1), &bin).unwrap();
-        let key = fleet::host(&c, n, &controller_key, &rule, HOST_CONFIG).unwrap();
-        keys.push((format!("h{}", n - 1), format!("127.0.0.{n}"), key));
-        hosts.push(c);
-    }
-    hosts[1]
-        .install_unit("bench-fail.service", "[Service]\nExecStart=/bin/sh -c 'echo broken >&2; exit 1'\n")
-        .unwrap();
+    let fleet = Fleet::boot("bench-fleet", &bin, &rule, HOST_CONFIG, "", 3).expect("the fleet (run as root)");
+    let (controller, hosts) = (&fleet.controller, &fleet.hosts);
+    hosts[1].install_unit("bench-fail.service", "[Service]\nExecStart=/bin/sh -c 'echo broken >&2; exit 1'\n").unwrap();
     hosts[1].start_unit("bench-fail.service").unwrap();
     hosts[1].wait_unit_state("bench-fail.service", "failed", Duration::from_secs(10)).unwrap();
-    controller.write_file(CONFIG, fleet::controller_config("", &keys)).unwrap();
 
-    pass(&controller); // warm: page cache, host keys generated
+    pass(controller); // warm: page cache, host keys generated
     let views = controller.exec_ok(&["cat", "/tmp/views.json"]).unwrap();
     assert!(views.contains("h2/unit-failed:bench-fail.service"), "{views}");
     let (mut walls, mut cpus) = (Vec::new(), Vec::new());
     for _ in 0..PASSES {
-        let (wall, user, sys) = pass(&controller);
+        let (wall, user, sys) = pass(controller);
         walls.push(wall * 1e3);
         cpus.push((user + sys) * 1e3);
     }
     let (mut serve_cpu, mut serve_hwm) = (Vec::new(), Vec::new());
     for _ in 0..SESSIONS {
-        let (cpu, hwm) = session(&controller, &hosts[1]);
+        let (cpu, hwm) = session(controller, &hosts[1]);
         serve_cpu.push(cpu);
         serve_hwm.push(hwm as f64);
     }
@@ -116,6 +104,12 @@ fn main() {
         median(cpus.clone()),
         median(cpus) / 3.0
     );
-    println!("| host, `macha remote serve` CPU for hello + observe, median of {SESSIONS} | {:.1} ms |", median(serve_cpu));
-    println!("| host, `macha remote serve` peak resident memory, median of {SESSIONS} | {:.1} MiB |", median(serve_hwm) / 1024.0);
+    println!(
+        "| host, `macha remote serve` CPU for hello + observe, median of {SESSIONS} | {:.1} ms |",
+        median(serve_cpu)
+    );
+    println!(
+        "| host, `macha remote serve` peak resident memory, median of {SESSIONS} | {:.1} MiB |",
+        median(serve_hwm) / 1024.0
+    );
 }

@@ -342,6 +342,21 @@ pub struct ActionRecord {
     pub health: Option<crate::act::health::HealthCheck>,
 }
 
+impl ActionRecord {
+    /// The record of how the action this records ended, as `report` says.
+    pub fn ended(&self, report: &crate::act::Report) -> ActionRecord {
+        ActionRecord {
+            time: Utc::now(),
+            outcome: ActionOutcome::of_run(report.succeeded),
+            detail: report.detail.clone(),
+            before: report.before.clone(),
+            after: report.after.clone(),
+            health: report.health.clone(),
+            ..self.clone()
+        }
+    }
+}
+
 /// A person changed incident memory: forgot one memory, or imported
 /// memories from a file. Memory is otherwise folded from the other trails
 /// alone (`remember`), so these are the only changes to it they do not show.

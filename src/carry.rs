@@ -92,15 +92,7 @@ pub(crate) fn record_end(
             Err(e) => format!("{}; its undo could not be queued: {e}", report.detail),
         };
     }
-    let done = ActionRecord {
-        time: Utc::now(),
-        outcome: ActionOutcome::of_run(report.succeeded),
-        detail: report.detail.clone(),
-        before: report.before.clone(),
-        after: report.after.clone(),
-        health: report.health.clone(),
-        ..rec.clone()
-    };
+    let done = rec.ended(&report);
     let rotation = books.config.retention.audit();
     let reverted = revert_records(&report, rec, undo_item);
     let kept = match keep {

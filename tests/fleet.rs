@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::{build_double_bin, failing_app, macha_bin, POLKIT_RULE};
 use macha_testbed::container::Container;
-use macha_testbed::fleet::{self, Netns, CONFIG, KEY, STATE};
+use macha_testbed::fleet::{self, Fleet, CONFIG, KEY, STATE};
 use serde_json::Value;
 
 const HOST_CONFIG: &str = "autonomy_level = \"auto-safe\"\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\nerror_burst_lines = 100000\n";
@@ -48,21 +48,11 @@ fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_othe
     build_double_bin();
     let bin = macha_bin().parent().unwrap().to_path_buf();
     let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
-    let ns = Netns::new("fleet").unwrap();
-    let controller = ns.boot("fleet-ctl", &bin).unwrap();
-    let controller_key = fleet::controller(&controller).unwrap();
-    let mut hosts = Vec::new();
-    let mut keys = Vec::new();
-    for n in 2..=4u8 {
-        let c = ns.boot(&format!("fleet-h{}", n - 1), &bin).unwrap();
-        let key = fleet::host(&c, n, &controller_key, &rule, HOST_CONFIG).unwrap();
-        keys.push((format!("h{}", n - 1), format!("127.0.0.{n}"), key));
-        hosts.push(c);
-    }
+    let fleet = Fleet::boot("fleet", &bin, &rule, HOST_CONFIG, "autonomy_level = \"suggest\"\n", 3).unwrap();
+    let (controller, hosts) = (&fleet.controller, &fleet.hosts);
     failing_app(&hosts[1], "web.service");
-    controller.write_file(CONFIG, fleet::controller_config("autonomy_level = \"suggest\"\n", &keys)).unwrap();
 
-    let (views, _) = hosts_json(&controller);
+    let (views, _) = hosts_json(controller);
     let names: Vec<&str> = views.iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["h1", "h2", "h3"]);
     assert!(views.iter().all(|v| v["reachable"] == true), "{views:#?}");
@@ -75,7 +65,7 @@ fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_othe
     // nothing reaches host 3; host 2 answers as before.
     fleet::sshd(&hosts[2], 4).unwrap();
     hosts[0].exec_ok(&["systemctl", "stop", "ssh.service"]).unwrap();
-    let (views, took) = hosts_json(&controller);
+    let (views, took) = hosts_json(controller);
     assert_eq!(incidents(&views[0]), ["host-unreachable:h1"], "{:#}", views[0]);
     assert!(views[0]["incidents"][0]["summary"].as_str().unwrap().contains("cannot connect to 127.0.0.2:22"));
     assert_eq!(incidents(&views[1]), ["h2/unit-failed:web.service"]);

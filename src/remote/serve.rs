@@ -357,15 +357,7 @@ impl Session<'_> {
             return self.failed("act", format!("not acted: the request could not be recorded: {e}"));
         }
         let report = act::execute(&SystemdLink::Up(&systemd), &action, self.config, Ok(Vec::new())).await;
-        let done = ActionRecord {
-            time: Utc::now(),
-            outcome: ActionOutcome::of_run(report.succeeded),
-            detail: report.detail.clone(),
-            before: report.before.clone(),
-            after: report.after.clone(),
-            health: report.health.clone(),
-            ..rec
-        };
+        let done = rec.ended(&report);
         if let Err(e) = audit::append(self.state, audit::ACTIONS, &done, rotation) {
             tracing::error!("the end of {action}, {asked}, could not be recorded: {e}");
         }

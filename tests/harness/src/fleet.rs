@@ -129,3 +129,40 @@ pub fn controller_config(head: &str, hosts: &[(String, String, String)]) -> Stri
     }
     text
 }
+
+/// A controller and `hosts` hosts in a namespace of their own, set up by
+/// [`controller`] and [`host`] (host `i`, from 1, is named `h{i}` and
+/// listens on 127.0.0.`i + 1`), the controller's configuration written
+/// with `controller_head` and every host's key.
+pub struct Fleet {
+    pub controller: Container,
+    pub hosts: Vec<Container>,
+    /// (name, address, host key) of each host, as the controller lists them.
+    pub keys: Vec<(String, String, String)>,
+    // Dropped last: the containers leave the namespace first.
+    _ns: Netns,
+}
+
+impl Fleet {
+    pub fn boot(
+        hint: &str,
+        bin_dir: &Path,
+        polkit_rule: &str,
+        host_config: &str,
+        controller_head: &str,
+        hosts: u8,
+    ) -> Result<Fleet> {
+        let ns = Netns::new(hint)?;
+        let controller_box = ns.boot(&format!("{hint}-ctl"), bin_dir)?;
+        let controller_key = controller(&controller_box)?;
+        let (mut boxes, mut keys) = (Vec::new(), Vec::new());
+        for i in 1..=hosts {
+            let c = ns.boot(&format!("{hint}-h{i}"), bin_dir)?;
+            let key = host(&c, i + 1, &controller_key, polkit_rule, host_config)?;
+            keys.push((format!("h{i}"), format!("127.0.0.{}", i + 1), key));
+            boxes.push(c);
+        }
+        controller_box.write_file(CONFIG, controller_config(controller_head, &keys))?;
+        Ok(Fleet { controller: controller_box, hosts: boxes, keys, _ns: ns })
+    }
+}
