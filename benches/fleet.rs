@@ -34,11 +34,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One pass on the controller: (wall, user, system) seconds.
 fn pass(controller: &Container) -> (f64, f64, f64) {
-    let out = controller
-        .sh(&format!(
-            "TIMEFORMAT='%R %U %S'; {{ time /opt/macha/macha --config {CONFIG} remote hosts --json >/tmp/views.json; }} 2>&1"
-        ))
-        .unwrap();
+    let script = format!(
+        "TIMEFORMAT='%R %U %S'; {{ time /opt/macha/macha --config {CONFIG} remote hosts --json >/tmp/views.json; }} 2>&1"
+    );
+    let out = controller.exec(&["bash", "-c", &script]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let f: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert_eq!(f.len(), 3, "bash's time printed: {text}");
@@ -52,9 +51,9 @@ fn session(controller: &Container, host: &Container) -> (f64, u64) {
     let observe = r#"{"verb":"observe"}"#;
     controller
         .sh(&format!(
-            "rm -f /tmp/out; ( printf '%s\\n%s\\n' '{hello}' '{observe}'; sleep 4 ) | \
-             ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
-             macha@127.0.0.3 >/tmp/out 2>/dev/null &"
+            "rm -f /tmp/out; printf '%s\\n%s\\n' '{hello}' '{observe}' >/tmp/in; \
+             setsid sh -c '( cat /tmp/in; sleep 4 ) | ssh -i {KEY} -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null macha@127.0.0.3 >/tmp/out 2>/dev/null' </dev/null >/dev/null 2>&1 &"
         ))
         .unwrap();
     host.wait_for(Duration::from_secs(20), || {
@@ -62,13 +61,15 @@ fn session(controller: &Container, host: &Container) -> (f64, u64) {
     })
     .unwrap();
     let read = host
-        .sh_ok("pid=$(pgrep -u macha -x macha | head -n1); cut -d' ' -f1 /proc/$pid/schedstat; grep VmHWM /proc/$pid/status")
-        .unwrap();
+        .sh_ok("pid=$(pgrep -n -u macha -f '^/opt/macha/macha '); cut -d' ' -f1 /proc/$pid/schedstat; grep VmHWM /proc/$pid/status")
+        .unwrap_or_else(|e| panic!("{e}\n{}", host.sh_ok("ps -eo pid,user,comm,args").unwrap_or_default()));
     let mut lines = read.lines();
     let ns: f64 = lines.next().unwrap().trim().parse().unwrap();
     let hwm: u64 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    host.wait_for(Duration::from_secs(20), || host.sh("pgrep -u macha -x macha").is_ok_and(|o| !o.status.success()))
-        .unwrap();
+    host.wait_for(Duration::from_secs(20), || {
+        host.sh("pgrep -u macha -f '^/opt/macha/macha '").is_ok_and(|o| !o.status.success())
+    })
+    .unwrap();
     (ns / 1e6, hwm)
 }
 
