@@ -194,4 +194,10 @@ fn anything_outside_the_protocol_gets_a_typed_error_is_recorded_and_the_session_
     let last = trail(&c, "remote.jsonl").pop().unwrap();
     assert_eq!((&last["outcome"], &last["error"]), (&json!("refused"), &json!("command_refused")));
     assert!(trail(&c, "actions.jsonl").is_empty(), "nothing was carried out");
+
+    // And `macha-logs remote` shows it to a person.
+    let shown = c.exec_ok(&["/opt/macha/macha", "--config", CONFIG, "logs", "remote"]).unwrap();
+    assert!(shown.contains("  controller ctl  hello  session: protocol version 1\n"), "{shown}");
+    assert!(shown.contains("  controller -  -  refused (command_refused): this key runs nothing but"), "{shown}");
+    assert!(shown.contains("  unknown_verb") || shown.contains("(unknown_verb)"), "{shown}");
 }

@@ -52,6 +52,8 @@ enum Which {
     Actions,
     /// What people did to incident memory: memories forgotten, imports (`macha kb`).
     Memory,
+    /// What controllers asked of this host (`macha remote serve`): sessions, actions, refusals.
+    Remote,
     /// The daemon's own log file.
     Orchestrator,
     /// The daemon's journal lines (its systemd unit).
@@ -68,6 +70,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Which::Decisions => (audit::DECISIONS, human_decision),
         Which::Actions => (audit::ACTIONS, human_action),
         Which::Memory => (audit::MEMORY, human_memory),
+        Which::Remote => (audit::REMOTE, human_remote),
         Which::Orchestrator => (ORCHESTRATOR_LOG, human_log),
         Which::Service => {
             let (dir, unit) = (config.journal_dir.as_deref(), config.service_unit.as_str());
@@ -260,6 +263,23 @@ fn human_action(v: &Value) -> String {
 }
 
 /// A line of `memory.jsonl` for people, as [`human_decision`].
+/// "TIME  controller CTL  VERB  OUTCOME (ERROR): DETAIL", read loosely:
+/// each field as far as it is there.
+fn human_remote(v: &Value) -> String {
+    let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("-");
+    let time = text("time").get(..19).unwrap_or(text("time")).replace('T', " ");
+    let error = v.get("error").and_then(Value::as_str).map(|e| format!(" ({e})")).unwrap_or_default();
+    format!(
+        "{}  controller {}  {}  {}{}: {}",
+        shown(&time),
+        shown(text("controller")),
+        shown(text("verb")),
+        shown(text("outcome")),
+        shown(&error),
+        shown(text("detail"))
+    )
+}
+
 fn human_memory(v: &Value) -> String {
     MemoryRecord::deserialize(v).map_or_else(|_| loose::memory(v), |r| memory_line(&r))
 }
