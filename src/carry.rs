@@ -25,6 +25,10 @@ pub enum Bookkeeping {
     Automatic(i64),
     /// An approved item of the approval queue, claimed by this process.
     Approval(ApprovalId),
+    /// An action a controller asked for with a person's approval there
+    /// (`macha remote serve`): its request is in the trail already, its end
+    /// goes there too, and nothing else keeps it.
+    Remote,
 }
 
 /// Why the end of an approved item could not be kept. An automatic
@@ -82,6 +86,9 @@ pub(crate) fn record_end(
             Bookkeeping::Approval(id) => {
                 format!("undo {action} (approval {id}): go back to the system that ran before it")
             }
+            Bookkeeping::Remote => {
+                format!("undo {action} (asked by a controller): go back to the system that ran before it")
+            }
         };
         let ttl = books.config.act.approval_ttl();
         report.detail = match books.store.enqueue_undo(&rec.incident, from, undo, &why, ttl) {
@@ -103,6 +110,7 @@ pub(crate) fn record_end(
             }
             Ok(())
         }
+        Bookkeeping::Remote => audit::append(books.state, audit::ACTIONS, &done, rotation).map_err(RecordError::from),
         Bookkeeping::Approval(id) => {
             let status = if report.succeeded { ApprovalStatus::Executed } else { ApprovalStatus::Failed };
             books

@@ -201,3 +201,35 @@ fn anything_outside_the_protocol_gets_a_typed_error_is_recorded_and_the_session_
     assert!(shown.contains("  controller -  -  refused (command_refused): this key runs nothing but"), "{shown}");
     assert!(shown.contains("  unknown_verb") || shown.contains("(unknown_verb)"), "{shown}");
 }
+
+/// Asked again and again, this host's own storm control holds: a restart
+/// that did not bring the unit back is not repeated automatically, and a
+/// paused host acts on nothing by itself.
+#[test]
+fn this_host_s_storm_control_and_pause_hold_whatever_the_controller_asks() {
+    let c = host("remote-storm", "auto-safe");
+    // web.service fails again at every start from now on.
+    c.exec_ok(&["rm", "-f", "/run/app.ok"]).unwrap();
+    let (_, replies) = session(&c, &[hello(), act("web.service", None), act("web.service", None)], "");
+    assert_eq!(
+        (&replies[1]["outcome"], &replies[1]["succeeded"]),
+        (&json!("executed"), &json!(false)),
+        "{:#}",
+        replies[1]
+    );
+    assert_eq!(replies[2]["outcome"], "needs_approval", "{:#}", replies[2]);
+    assert!(replies[2]["detail"].as_str().unwrap().contains("failed its check"), "{:#}", replies[2]);
+
+    c.exec_ok(&["/opt/macha/macha", "--config", CONFIG, "pause", "--reason", "maintenance"]).unwrap();
+    c.exec_ok(&["touch", "/run/app.ok"]).unwrap();
+    let (_, replies) = session(&c, &[hello(), act("db.service", None)], "");
+    // db.service is protected: refused before the pause is even asked.
+    assert_eq!(replies[1]["outcome"], "refused");
+    c.write_file(CONFIG, format!("autonomy_level = \"auto-safe\"\n\n[act]\nsettle_time = 1\n")).unwrap();
+    let (_, replies) = session(&c, &[hello(), act("db.service", None)], "");
+    assert_eq!(replies[1]["outcome"], "needs_approval", "{:#}", replies[1]);
+    assert!(replies[1]["detail"].as_str().unwrap().contains("paused (maintenance)"), "{:#}", replies[1]);
+    let outcomes: Vec<String> =
+        trail(&c, "actions.jsonl").iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(outcomes, ["started", "failed"], "one automatic action, recorded by this host's ledger");
+}

@@ -4,10 +4,11 @@
 //! reply line until the controller closes its side.
 //!
 //! Every `act` is judged by this host's own gate: its autonomy level, its
-//! protected units, its bounds, its pause, whatever the controller says.
-//! An action the level would not carry out by itself is carried out only
-//! with the approval of a person on the controller, and even then never
-//! on a unit protected here. A command sshd was asked to run, a line that
+//! protected units, its bounds, whatever the controller says; an action
+//! it would carry out by itself passes its own storm control too (its
+//! pause, cooldowns, budgets). An action the level would not carry out by
+//! itself is carried out only with the approval of a person on the
+//! controller, and even then never on a unit protected here. A command sshd was asked to run, a line that
 //! is too long, malformed or an unknown verb gets a typed error and is
 //! recorded in this host's `remote.jsonl`; the session goes on, but for a
 //! command (there is no session then) or another protocol version.
@@ -20,6 +21,7 @@ use serde::Serialize;
 use super::protocol::{self, Approval, ErrorKind, ProtocolError, Request, MAX_MESSAGE, VERBS, VERSION};
 use crate::act;
 use crate::audit::{self, ActionOutcome, ActionRecord, Origin};
+use crate::carry::{self, Bookkeeping, Books};
 use crate::catalog;
 use crate::config::Config;
 use crate::cycle::unit_facts;
@@ -27,10 +29,12 @@ use crate::decide::ProposedAction;
 use crate::detect::{self, Incident};
 use crate::gate::{self, Policy, UnitFacts, Verdict};
 use crate::ids::Fingerprint;
+use crate::ledger::Ledger;
 use crate::observe::systemd::{Systemd, SystemdLink};
 use crate::observe::{Observer, Scope};
 use crate::state_dir::StateDir;
 use crate::store::Store;
+use crate::storm::{self, Admission, UnitSignals};
 use crate::unit::UnitName;
 
 /// One reply.
@@ -310,29 +314,27 @@ impl Session<'_> {
         let scope = detect::unit_of(&incident);
         let policy = Policy::from_config(self.config);
         let verdict = gate::gate(self.config.autonomy_level, &proposed, &facts, scope, &policy);
-        let paused = Store::open(self.state).and_then(|s| s.paused()).unwrap_or_else(|e| Some(e.to_string()));
         let asked = format!("asked by controller {controller}");
-        let action = match (verdict, &approval, &paused) {
-            (Verdict::Execute { action }, None, None) => action,
-            (Verdict::Execute { action } | Verdict::Queue { action }, Some(_), _) => action,
-            (Verdict::Execute { action }, None, Some(why)) => {
-                let detail = format!("not acted automatically: this host is paused ({why})");
-                return self.refused(&incident, &proposed, Some(action), "needs_approval", detail);
-            }
-            (Verdict::Queue { action }, None, _) => {
+        let action = match (verdict, &approval) {
+            (Verdict::Execute { action }, _) | (Verdict::Queue { action }, Some(_)) => action,
+            (Verdict::Queue { action }, None) => {
                 let detail = format!(
                     "this host's autonomy level ({}) does not carry out {action} by itself: it needs a person's approval",
                     self.config.autonomy_level.as_str()
                 );
                 return self.refused(&incident, &proposed, Some(action), "needs_approval", detail);
             }
-            (Verdict::Refuse { reason }, ..) => {
+            (Verdict::Refuse { reason }, _) => {
                 return self.refused(&incident, &proposed, None, "refused", format!("refused by this host: {reason}"));
             }
-            (Verdict::Inform | Verdict::Propose { .. }, ..) => {
+            (Verdict::Inform | Verdict::Propose { .. }, _) => {
                 let detail = format!("{} is not carried out on a host", proposed.kind.as_str());
                 return self.refused(&incident, &proposed, None, "refused", detail);
             }
+        };
+        let store = match Store::open(self.state) {
+            Ok(s) => s,
+            Err(e) => return self.failed("act", format!("not acted: {e}")),
         };
         let by = approval.as_ref().map(|a| format!("{} (approval {} on controller {controller})", a.by, a.id));
         let rec = ActionRecord {
@@ -343,7 +345,7 @@ impl Session<'_> {
             target: Some(action.target()),
             origin: Origin::Remote,
             approval_id: None,
-            by: by.clone(),
+            by,
             auto_id: None,
             outcome: if approval.is_some() { ActionOutcome::Approved } else { ActionOutcome::Started },
             detail: format!("carrying out {action}, {asked}"),
@@ -351,16 +353,47 @@ impl Session<'_> {
             after: None,
             health: None,
         };
-        let rotation = self.config.retention.audit();
-        if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec, rotation) {
-            // Never an action without its record first.
-            return self.failed("act", format!("not acted: the request could not be recorded: {e}"));
-        }
-        let report = act::execute(&SystemdLink::Up(&systemd), &action, self.config, Ok(Vec::new())).await;
-        let done = rec.ended(&report);
-        if let Err(e) = audit::append(self.state, audit::ACTIONS, &done, rotation) {
-            tracing::error!("the end of {action}, {asked}, could not be recorded: {e}");
-        }
+        let books = Books { config: self.config, state: self.state, store: &store };
+        let link = SystemdLink::Up(&systemd);
+        let report = if approval.is_some() {
+            // Recorded before it is done: never an action without its record first.
+            if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec, self.config.retention.audit()) {
+                return self.failed("act", format!("not acted: the request could not be recorded: {e}"));
+            }
+            let (report, kept) = carry::carry_out(&books, &link, &action, &rec, Bookkeeping::Remote).await;
+            if let Err(e) = kept {
+                tracing::error!("the end of {action}, {asked}, could not be recorded: {e}");
+            }
+            report
+        } else {
+            // Automatic here: this host's own storm control admits it, or
+            // hands it to a person; its ledger counts and records it.
+            let now = Utc::now();
+            let history = match store.auto_history(&incident, now) {
+                Ok(h) => h,
+                Err(e) => return self.failed("act", format!("not acted: {e}")),
+            };
+            let unit_now = match action.unit() {
+                Some(u) => systemd.unit_state(u).await.ok().flatten(),
+                None => None,
+            };
+            let signals = unit_now
+                .as_ref()
+                .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
+                .unwrap_or_default();
+            if let Admission::Wait(why) | Admission::Escalate(why) =
+                storm::admit(&history, &signals, &self.config.act, now)
+            {
+                let detail = format!("not acted automatically by this host because {why}");
+                return self.refused(&incident, &proposed, Some(action), "needs_approval", detail);
+            }
+            let ledger = Ledger::new(&store, self.state, self.config.retention.audit());
+            let id = match ledger.begin(&incident, now, &action, &rec) {
+                Ok(id) => id,
+                Err(why) => return self.failed("act", format!("not acted: {why}")),
+            };
+            carry::carry_out(&books, &link, &action, &rec, Bookkeeping::Automatic(id)).await.0
+        };
         self.record(Some("act"), "acted", None, &format!("{action} for {incident}: {}", report.detail));
         Reply::Acted(Box::new(Acted {
             outcome: "executed",
