@@ -225,7 +225,7 @@ fn this_host_s_storm_control_and_pause_hold_whatever_the_controller_asks() {
     let (_, replies) = session(&c, &[hello(), act("db.service", None)], "");
     // db.service is protected: refused before the pause is even asked.
     assert_eq!(replies[1]["outcome"], "refused");
-    c.write_file(CONFIG, format!("autonomy_level = \"auto-safe\"\n\n[act]\nsettle_time = 1\n")).unwrap();
+    c.write_file(CONFIG, "autonomy_level = \"auto-safe\"\n\n[act]\nsettle_time = 1\n").unwrap();
     let (_, replies) = session(&c, &[hello(), act("db.service", None)], "");
     assert_eq!(replies[1]["outcome"], "needs_approval", "{:#}", replies[1]);
     assert!(replies[1]["detail"].as_str().unwrap().contains("paused (maintenance)"), "{:#}", replies[1]);
