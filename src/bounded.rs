@@ -197,9 +197,49 @@ pub fn read_secret(path: &Path, name: &'static str) -> Result<String, String> {
     Ok(secret)
 }
 
+/// Reads `path`, bounded by `kind`, when it is trusted: owned by root or
+/// by the user macha runs as, and writable by no one else (its group and
+/// others may not write it); a `secret` also readable by no one else.
+/// Anyone else could have put a file there that macha would act on.
+pub fn read_trusted(path: &Path, kind: FileKind, secret: bool) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!("owned by uid {}, neither root nor the user macha runs as (uid {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("writable by its group or by others (mode {:o})", meta.mode() & 0o7777));
+    }
+    if secret && meta.mode() & 0o044 != 0 {
+        return Err(format!(
+            "readable by its group or by others (mode {:o}); it must be private",
+            meta.mode() & 0o7777
+        ));
+    }
+    read(path, kind).map_err(|e| e.reason())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_others_may_write_or_a_secret_others_may_read_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        let kind = FileKind { name: "a test file", limit: Size::kib(1) };
+        let mode = |m: u32| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o644);
+        assert_eq!(read_trusted(&path, kind, false).unwrap(), b"x");
+        assert!(read_trusted(&path, kind, true).unwrap_err().contains("readable by its group or by others"));
+        mode(0o600);
+        assert_eq!(read_trusted(&path, kind, true).unwrap(), b"x");
+        mode(0o664);
+        assert!(read_trusted(&path, kind, false).unwrap_err().contains("writable by its group or by others"));
+    }
 
     const SMALL: FileKind = FileKind { name: "test file", limit: Size::kib(4) };
 

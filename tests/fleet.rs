@@ -99,4 +99,11 @@ fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_othe
     assert!(said.contains("administratively prohibited") || said.contains("forwarding"), "{said}");
     let refused = hosts[1].exec_ok(&["cat", &format!("{STATE}/remote.jsonl")]).unwrap();
     assert!(refused.contains("\"error\":\"command_refused\""), "{refused}");
+
+    // A private key others may read is not used: no host is logged in to.
+    controller.exec_ok(&["chmod", "0644", KEY]).unwrap();
+    let (views, _) = hosts_json(controller);
+    let why = views[1]["incidents"][0]["summary"].as_str().unwrap();
+    assert!(why.contains("readable by its group or by others"), "{why}");
+    assert_eq!(sessions(&hosts[1]), 2, "no new session with a key that is not private");
 }

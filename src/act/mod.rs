@@ -410,9 +410,8 @@ async fn change_system(host: &impl Host, action: &Action, config: &Config) -> Re
     let (mut report, after) = run_change(host, &action, &before, config).await;
     let Some(after) = after else { return report };
     // Whatever the probe says, a system that changed can be taken back.
-    let changed = after.profile != before.profile || after.running != before.running;
-    let back_to = before.running_generation().or(before.profile);
-    if changed {
+    if after.profile != before.profile || after.running != before.running {
+        let back_to = before.running_generation().or(before.profile);
         report.undo = back_to.map(|n| Action::RollbackGeneration { generation: Some(n) });
     }
     let (Some(baseline), true) = (baseline, after.running != before.running) else {
@@ -496,7 +495,10 @@ async fn check_health(
         (Some(from), Some(to)) => {
             let diff = crate::observe::generations::diff_units(Path::new(from), Path::new(to));
             if diff.more > 0 || diff.unread > 0 {
-                notes.push(format!("{} changed units beyond those read were watched only if active before", diff.more));
+                notes.push(
+                    "the diff of the units was partial: changed units beyond it were watched only if active before"
+                        .into(),
+                );
             }
             diff.units
                 .into_iter()

@@ -297,10 +297,12 @@ impl Runbooks {
             if before.is_some_and(|k| k.1 == file.size as i64 && k.2 == file.mtime) {
                 continue;
             }
-            let read = read_trusted(&file.path).map(|bytes| {
-                let sha = hex(&Sha256::digest(&bytes));
-                (String::from_utf8_lossy(&bytes).into_owned(), sha)
-            });
+            let read = bounded::read_trusted(&file.path, FileKind { name: "the runbook", limit: MAX_FILE }, false).map(
+                |bytes| {
+                    let sha = hex(&Sha256::digest(&bytes));
+                    (String::from_utf8_lossy(&bytes).into_owned(), sha)
+                },
+            );
             let (sha, skipped) = match &read {
                 Ok((_, sha)) => (Some(sha.clone()), None),
                 Err(why) => (None, Some(why.clone())),
@@ -426,21 +428,6 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads a runbook file, bounded, when it is trusted: owned by root or by
-/// the user macha runs as, and writable by no one else (its group and
-/// others may not write it).
-fn read_trusted(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!("owned by uid {}, neither root nor the user macha runs as (uid {me})", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!("writable by its group or by others (mode {:o})", meta.mode() & 0o7777));
-    }
-    bounded::read(path, FileKind { name: "the runbook", limit: MAX_FILE }).map_err(|e| e.reason())
 }
 
 #[cfg(test)]

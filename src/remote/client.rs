@@ -1,8 +1,9 @@
 //! The controller's side of one session with a host: SSH (libssh2, through
 //! `ssh2`) with the host key checked before anything is sent, public-key
-//! login, and the protocol on a session channel with no command (the key's
-//! forced command on the host is `macha remote serve`). No agent, no PTY,
-//! no forwarding is ever asked for. Blocking: it runs on a thread of its
+//! login (the key and a `known_hosts` file read only when no one else could
+//! have written them), and the protocol on a session channel with no
+//! command (the key's forced command on the host is `macha remote serve`).
+//! No agent, no PTY, no forwarding is ever asked for. Blocking: it runs on a thread of its
 //! own (`fleet`), bounded by the connect and command timeouts.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,12 +14,19 @@ use std::time::Duration;
 use ssh2::{CheckResult, KnownHostFileKind, Session};
 
 use super::protocol::{ErrorKind, ProtocolError, Request, VERSION};
+use crate::bounded::{self, FileKind, Size};
 use crate::config::RemoteHost;
 use crate::sshkey;
 
 /// The longest reply line read, in bytes: an `observe` with many failed
 /// units and their logs fits.
 pub const MAX_REPLY: usize = 16 * 1024 * 1024;
+
+/// The controller's private key, read only when root or macha's user owns
+/// it and no one else may read or write it.
+const PRIVATE_KEY: FileKind = FileKind { name: "the controller's private key", limit: Size::kib(64) };
+/// A `known_hosts` file, read only when no one but its owner may write it.
+const KNOWN_HOSTS: FileKind = FileKind { name: "the known_hosts file", limit: Size::mib(4) };
 
 /// Why a host could not be talked to, or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +82,11 @@ fn check_host_key(session: &Session, host: &RemoteHost, key: &[u8]) -> Result<()
             }
         }
         (None, Some(file)) => {
+            let unread = |why: String| RemoteError::HostKey(format!("{} is not used: {why}", file.display()));
+            let text = bounded::read_trusted(file, KNOWN_HOSTS, false).map_err(unread)?;
+            let text = String::from_utf8(text).map_err(|_| unread("it is not UTF-8 text".into()))?;
             let mut known = session.known_hosts()?;
-            known
-                .read_file(file, KnownHostFileKind::OpenSSH)
-                .map_err(|e| RemoteError::HostKey(format!("cannot read {}: {e}", file.display())))?;
+            known.read_str(&text, KnownHostFileKind::OpenSSH).map_err(|e| unread(e.to_string()))?;
             match known.check_port(&host.address, host.port, key) {
                 CheckResult::Match => Ok(()),
                 CheckResult::Mismatch => Err(RemoteError::HostKey(format!(
@@ -127,9 +136,11 @@ impl Client {
         let (key, _) = session.host_key().ok_or_else(|| RemoteError::HostKey("the host showed no key".into()))?;
         let key = key.to_vec();
         check_host_key(&session, host, &key)?;
-        session
-            .userauth_pubkey_file(&host.user, None, private_key, None)
-            .map_err(|e| RemoteError::Login { user: host.user.clone(), why: e.to_string() })?;
+        let login = |why: String| RemoteError::Login { user: host.user.clone(), why };
+        let key = bounded::read_trusted(private_key, PRIVATE_KEY, true)
+            .map_err(|why| login(format!("the key {} is not used: {why}", private_key.display())))?;
+        let key = String::from_utf8(key).map_err(|_| login("the key is not an OpenSSH text key".into()))?;
+        session.userauth_pubkey_memory(&host.user, None, &key, None).map_err(|e| login(e.to_string()))?;
         if !session.authenticated() {
             return Err(RemoteError::Login { user: host.user.clone(), why: "not authenticated".into() });
         }

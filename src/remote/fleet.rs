@@ -15,6 +15,12 @@ use super::client::{Client, RemoteError};
 use super::protocol::Request;
 use crate::config::{Config, RemoteHost};
 
+/// What is kept of a host's answer: its incidents, and of each the
+/// fingerprint and summary, each cut to this many characters.
+const MAX_INCIDENTS: usize = 1000;
+const MAX_FINGERPRINT: usize = 300;
+const MAX_SUMMARY: usize = 1000;
+
 /// One host as the controller saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostView {
@@ -50,20 +56,23 @@ fn look(host: &RemoteHost, key: &std::path::Path, controller: &str, config: &Con
         Duration::from_secs(r.command_timeout),
     )?;
     let observed = client.request(&Request::Observe {})?;
+    let text =
+        |v: &serde_json::Value, max: usize| v.as_str().unwrap_or("unknown").chars().take(max).collect::<String>();
     let incidents = observed["incidents"]
         .as_array()
         .ok_or_else(|| RemoteError::Answer("an observation without incidents".into()))?
         .iter()
+        .take(MAX_INCIDENTS)
         .map(|i| RemoteIncident {
-            fingerprint: format!("{}/{}", host.name, i["fingerprint"].as_str().unwrap_or("unknown")),
-            summary: i["summary"].as_str().unwrap_or_default().chars().take(1000).collect(),
+            fingerprint: format!("{}/{}", host.name, text(&i["fingerprint"], MAX_FINGERPRINT)),
+            summary: text(&i["summary"], MAX_SUMMARY),
         })
         .collect();
     Ok(HostView {
         name: host.name.clone(),
         address: format!("{}:{}", host.address, host.port),
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        autonomy_level: client.hello["autonomy_level"].as_str().map(str::to_owned),
+        autonomy_level: client.hello["autonomy_level"].as_str().map(|l| l.chars().take(MAX_FINGERPRINT).collect()),
         incidents,
         reachable: true,
     })

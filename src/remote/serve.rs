@@ -158,8 +158,7 @@ pub async fn serve(
             ErrorKind::CommandRefused,
             format!("this key runs nothing but macha's protocol; the command {shown:?} is refused"),
         );
-        session.record(None, "refused", Some(e.kind), &e.message);
-        reply(&mut output, &Reply::Error(e))?;
+        reply(&mut output, &session.refuse(None, e))?;
         return Ok(());
     }
     while let Some(line) = read_line(&mut input, MAX_MESSAGE)? {
@@ -169,10 +168,7 @@ pub async fn serve(
             Line::Whole(bytes) => protocol::parse(&bytes),
         };
         let answer = match request {
-            Err(e) => {
-                session.record(None, "refused", Some(e.kind), &e.message);
-                Reply::Error(e)
-            }
+            Err(e) => session.refuse(None, e),
             Ok(r) => session.handle(r).await,
         };
         let close = matches!(&answer, Reply::Error(e) if e.kind == ErrorKind::Version);
@@ -214,18 +210,22 @@ impl Session<'_> {
         }
     }
 
-    fn failed(&self, verb: &str, e: impl std::fmt::Display) -> Reply {
-        let e = ProtocolError::new(ErrorKind::Failed, e.to_string());
-        self.record(Some(verb), "refused", Some(e.kind), &e.message);
+    /// The typed error `e` as the reply to a `verb` request (none: a line
+    /// that is no request), recorded as refused.
+    fn refuse(&self, verb: Option<&str>, e: ProtocolError) -> Reply {
+        self.record(verb, "refused", Some(e.kind), &e.message);
         Reply::Error(e)
+    }
+
+    fn failed(&self, verb: &str, e: impl std::fmt::Display) -> Reply {
+        self.refuse(Some(verb), ProtocolError::new(ErrorKind::Failed, e.to_string()))
     }
 
     async fn handle(&mut self, request: Request) -> Reply {
         let verb = request.verb();
         if self.controller.is_none() && !matches!(request, Request::Hello { .. }) {
             let e = ProtocolError::new(ErrorKind::HelloFirst, format!("{verb:?} before \"hello\": say hello first"));
-            self.record(Some(verb), "refused", Some(e.kind), &e.message);
-            return Reply::Error(e);
+            return self.refuse(Some(verb), e);
         }
         match request {
             Request::Hello { version, controller } => self.hello(version, controller),
@@ -235,8 +235,7 @@ impl Session<'_> {
                     Ok(a) => a,
                     Err(e) => {
                         let e = ProtocolError::new(ErrorKind::Malformed, format!("not a probe to run: {e}"));
-                        self.record(Some(verb), "refused", Some(e.kind), &e.message);
-                        return Reply::Error(e);
+                        return self.refuse(Some(verb), e);
                     }
                 };
                 let systemd = Systemd::connect(self.config.dbus_address.as_deref()).await;
