@@ -22,8 +22,9 @@ use crate::carry::{self, Bookkeeping, Books, RecordError};
 use crate::catalog::Action;
 use crate::config::Config;
 use crate::cycle::unit_facts;
+use crate::elsewhere::{ActedOutcome, Elsewhere};
 use crate::gate::{check_target, Policy};
-use crate::ids::ApprovalId;
+use crate::ids::{ApprovalId, Fingerprint};
 use crate::notify::{Notifier, NotifyError};
 use crate::observe::systemd::{ReadUnits, Systemd};
 use crate::state_dir::StateDir;
@@ -126,6 +127,10 @@ pub enum Rejected {
 pub enum ApprovalError {
     #[error("no approval item with id {0} (see `macha-approve list`)")]
     NotFound(ApprovalId),
+    /// An item of a remote host's incident is carried out there
+    /// (`approve_elsewhere`), never on this host.
+    #[error("approval {id} is for host {host}: it is carried out there, never here")]
+    Elsewhere { id: ApprovalId, host: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -179,6 +184,9 @@ impl Workflow<'_> {
         expect: Option<&str>,
         notifier: Option<&Notifier>,
     ) -> Result<Approved, ApprovalError> {
+        if let Some(host) = self.find(id)?.incident.host() {
+            return Err(ApprovalError::Elsewhere { id, host: host.to_owned() });
+        }
         let (item, action) = match self.claim(id, by, expect)? {
             ControlFlow::Continue(claimed) => claimed,
             ControlFlow::Break(ended) => return Ok(ended),
@@ -192,6 +200,66 @@ impl Workflow<'_> {
             }
         };
         self.carry_claimed(&systemd, &item, action, by, notifier).await
+    }
+
+    /// `by` approves item `id`, an incident of remote host `host`: claimed
+    /// and checked here as any item (binding, expiry, its incident as it
+    /// was), the approval recorded, then asked of the host with the
+    /// approver's name; the host judges it again with its own gate (its
+    /// protected units, its bounds, its preconditions) and records it with
+    /// the approver. Its answer ends the item here.
+    pub async fn approve_elsewhere(
+        &self,
+        host: &dyn Elsewhere,
+        id: ApprovalId,
+        by: &str,
+        expect: Option<&str>,
+        notifier: Option<&Notifier>,
+    ) -> Result<Approved, ApprovalError> {
+        let (item, action) = match self.claim(id, by, expect)? {
+            ControlFlow::Continue(claimed) => claimed,
+            ControlFlow::Break(ended) => return Ok(ended),
+        };
+        if let Err(refusal) = self.incident_as_queued(&item)? {
+            return self.refuse(&item, by, refusal);
+        }
+        let name = host.name();
+        let rec = ActionRecord {
+            host: name.to_owned(),
+            ..self.record(&item, by, ActionOutcome::Approved, &format!("asking {name} to carry out {action}"))
+        };
+        // Recorded before it is asked: the intent is in the trail whatever follows.
+        audit::append(self.state, audit::ACTIONS, &rec, self.config.retention.audit())?;
+        let on_host = Fingerprint::from(item.incident.on_host());
+        let approval = crate::elsewhere::Approval::new(item.id, by);
+        let (report, refused) = match host.act(&on_host, &action, &item.reason, Some(approval)).await {
+            Ok(acted) => (acted.report(name), acted.outcome != ActedOutcome::Executed),
+            Err(why) => (
+                act::Report::failed(format!(
+                    "{name} could not be asked: {why}; whether it did anything, its `macha-logs actions` says"
+                )),
+                false,
+            ),
+        };
+        if refused {
+            let done = ActionRecord {
+                time: Utc::now(),
+                outcome: ActionOutcome::Refused,
+                detail: report.detail.clone(),
+                ..rec
+            };
+            self.store.finish(item.id, ApprovalStatus::Refused, &report.detail)?;
+            audit::append(self.state, audit::ACTIONS, &done, self.config.retention.audit())?;
+            return Ok(Approved::Refused(Refusal::NotAllowed(report.detail)));
+        }
+        let status = if report.succeeded { ApprovalStatus::Executed } else { ApprovalStatus::Failed };
+        self.store.finish(item.id, status, &report.detail)?;
+        audit::append(self.state, audit::ACTIONS, &rec.ended(&report), self.config.retention.audit())?;
+        let notify_error = notifier.and_then(|n| {
+            let what = format!("{action} (approval {} by {by})", item.id);
+            n.system_change(name, &item.incident, &what, &report, Utc::now()).err()
+        });
+        Ok(Approved::Done(Box::new(Done { action, report, notify_error })))
     }
 
     /// The first half of `approve`, up to reaching the host: claims item
@@ -303,6 +371,12 @@ impl Workflow<'_> {
             }
             return Ok(Ok(()));
         }
+        self.incident_as_queued(item)
+    }
+
+    /// Whether the item's incident is still open with the evidence it was
+    /// queued for.
+    fn incident_as_queued(&self, item: &Approval) -> Result<Result<(), Refusal>, ApprovalError> {
         let incident = item.incident.clone();
         Ok(match self.store.incident_state(&item.incident)? {
             Some((IncidentStatus::Open, key)) if key == item.evidence_key => Ok(()),

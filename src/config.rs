@@ -87,9 +87,11 @@ pub struct RemoteConfig {
     pub command_timeout: u64,
     /// Hosts talked to at once.
     pub max_parallel: u32,
-    /// Hosts acted on automatically within an hour, all together; beyond,
-    /// a person decides.
+    /// Hosts acted on automatically within `acting_window`, all together;
+    /// beyond, a person decides.
     pub max_hosts_acting: u32,
+    /// Seconds over which `max_hosts_acting` counts.
+    pub acting_window: u64,
 }
 
 impl Default for RemoteConfig {
@@ -101,6 +103,7 @@ impl Default for RemoteConfig {
             command_timeout: 120,
             max_parallel: 8,
             max_hosts_acting: 1,
+            acting_window: 3600,
         }
     }
 }
@@ -910,6 +913,7 @@ impl Config {
             (Bound::new("remote.command_timeout", 1, 3_600, "seconds"), self.remote.command_timeout),
             (Bound::new("remote.max_parallel", 1, 256, "hosts"), u64::from(self.remote.max_parallel)),
             (Bound::new("remote.max_hosts_acting", 0, 10_000, "hosts"), u64::from(self.remote.max_hosts_acting)),
+            (Bound::new("remote.acting_window", 60, 7 * DAY, "seconds"), self.remote.acting_window),
             (Bound::new("gotify.digest_hour", 0, 23, "(hour of the day)"), u64::from(g.digest_hour)),
             (Bound::new("gotify.max_per_hour", 0, 1_000, "messages"), u64::from(g.max_per_hour)),
             (Bound::new("gotify.resolve_after", 0, DAY, "seconds"), g.resolve_after),

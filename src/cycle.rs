@@ -29,6 +29,7 @@ use crate::decide::prompt::Prompts;
 use crate::decide::tools::HostTools;
 use crate::decide::{self, FailureKind, Outcome, ProposedAction};
 use crate::detect::{detect, Incident, IncidentKind, OpenIncident};
+use crate::elsewhere::{ActedOutcome, Elsewhere};
 use crate::gate::{gate, Known, Policy, UnitFacts, Verdict};
 use crate::ids::{ApprovalId, Fingerprint};
 use crate::kb::{self, Backend as _};
@@ -94,6 +95,8 @@ pub struct Engine {
     memory_since: DateTime<Utc>,
     /// Decisions that were a known fix from memory, since the engine was made.
     from_memory: u64,
+    /// The remote host decided for now (`remote_pass`); `None`: this host.
+    at: Option<At>,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -127,6 +130,24 @@ fn open_runbooks(config: &Config, state: &StateDir) -> Option<kb::runbook::Runbo
         }
     }
 }
+
+/// A remote host being decided for, and the units it reported (what the
+/// controller's gate and storm control know of them).
+struct At {
+    host: Rc<dyn Elsewhere>,
+    units: Vec<UnitState>,
+}
+
+impl At {
+    fn unit(&self, name: &str) -> Option<&UnitState> {
+        self.units.iter().find(|u| u.id == name || u.names.iter().any(|n| n == name))
+    }
+}
+
+/// What the controller saw of a remote host: its snapshot and the
+/// incidents found in it (fingerprints carrying its name), or why it could
+/// not be seen.
+pub type Seen = Result<(Snapshot, Vec<Incident>), String>;
 
 /// What a last switch was read from.
 type SwitchKey = (Option<String>, Option<u32>, Vec<(u32, String)>);
@@ -175,6 +196,7 @@ impl Engine {
             memory_since: Utc::now(),
             last_switch: None,
             from_memory: 0,
+            at: None,
             #[cfg(test)]
             fake: None,
         })
@@ -342,7 +364,7 @@ impl Engine {
         snap.restarting = restarting;
         let failed_sources = failed_sources(&snap);
         let incidents = detect(&snap, &open, &self.config.detect);
-        let (novelty, resolved) = self.sync_incidents(&incidents, &snap)?;
+        let (novelty, resolved) = self.sync_incidents(&incidents, &snap, None)?;
         // Saved by the full passes only: one write (and sync) per check.
         if scope == Scope::Full {
             self.save_cursor(&snap)?;
@@ -375,6 +397,60 @@ impl Engine {
         };
         self.after_cycle(&report, Asked::default()).await;
         report
+    }
+
+    /// A remote host's pass, as the controller makes it (`remote`): its
+    /// incidents recorded (only its own resolved), each that needs it
+    /// decided with its evidence and its probes, its actions asked of it,
+    /// and what came of it notified; a host that could not be seen is the
+    /// incident `host-unreachable:NAME`, recorded and told, never decided.
+    pub async fn remote_pass(&mut self, host: Rc<dyn Elsewhere>, seen: Seen) -> anyhow::Result<CycleReport> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let name = host.name().to_owned();
+        let (snap, incidents, failed_sources) = match seen {
+            Ok((snap, incidents)) => {
+                let failed = failed_sources(&snap);
+                (snap, incidents, failed)
+            }
+            Err(why) => {
+                let kind = IncidentKind::HostUnreachable { host: name.clone() };
+                let fingerprint = kind.fingerprint();
+                let unreachable = Incident { fingerprint, kind, summary: why, evidence_key: String::new() };
+                // The incident says why; no source is told failed besides.
+                (Snapshot::unread(&name, "the host could not be reached"), vec![unreachable], Vec::new())
+            }
+        };
+        let (novelty, resolved) = self.sync_incidents(&incidents, &snap, Some(&name))?;
+        let mut stop = self.stop.clone();
+        let Some((model_problems, model_back)) = self.model_state(&mut stop).await else {
+            anyhow::bail!("stopped before {name} was decided for");
+        };
+        let units = snap.failed_units.ok().into_iter().chain(snap.watched_units.ok()).flatten().cloned().collect();
+        self.at = Some(At { host, units });
+        let decided = self.decide_all(&mut stop, &snap, &incidents, novelty, model_back).await;
+        self.at = None;
+        let (reports, asked) = decided?;
+        let report = CycleReport {
+            started_at,
+            host: name,
+            autonomy_level: self.config.autonomy_level,
+            model_problems,
+            failed_sources,
+            incidents: reports,
+            resolved,
+            wall_ms: started.elapsed().as_millis() as u64,
+        };
+        self.after_cycle(&report, asked).await;
+        Ok(report)
+    }
+
+    /// The name of the host decided for: a remote one's, or this one's.
+    fn host_name(&self) -> String {
+        match &self.at {
+            Some(at) => at.host.name().to_owned(),
+            None => crate::observe::hostname(),
+        }
     }
 
     /// Decides one incident a pass recorded, unless it cleared (or was
@@ -435,7 +511,9 @@ impl Engine {
     ) -> anyhow::Result<Option<(Vec<OpenIncident>, Snapshot)>> {
         let cursor = self.cursor();
         // The units of open incidents are watched until they are back where they should be.
-        let open = self.store.open_evidence()?;
+        let mut open = self.store.open_evidence()?;
+        // Remote hosts' incidents are theirs to watch.
+        open.retain(|o| o.fingerprint.host().is_none());
         let watch: Vec<UnitName> = open
             .iter()
             .filter_map(|o| crate::detect::unit_of(&o.fingerprint))
@@ -462,25 +540,29 @@ impl Engine {
         &mut self,
         incidents: &[Incident],
         snap: &Snapshot,
+        remote: Option<&str>,
     ) -> anyhow::Result<(Vec<Novelty>, Vec<Fingerprint>)> {
-        let (novelty, resolved) = self.store.sync_incidents(incidents, snap)?;
+        let (novelty, resolved) = self.store.sync_incidents(incidents, snap, remote)?;
         // The generation running, read once when something opened: memory
         // keeps which generations an incident happened in.
         let mut generation = None;
         for (incident, _) in incidents.iter().zip(&novelty).filter(|(_, n)| **n == Novelty::New) {
             tracing::info!(incident = %incident.fingerprint, summary = %incident.summary, "incident opened");
-            let running = *generation.get_or_insert_with(|| {
-                let nixos = &self.config.nixos;
-                crate::observe::nixos::read(&nixos.profile, &nixos.current_system)
-                    .ok()
-                    .and_then(|g| g.running_generation())
+            // A remote host's generations are its own to read.
+            let running = remote.is_none().then(|| {
+                *generation.get_or_insert_with(|| {
+                    let nixos = &self.config.nixos;
+                    crate::observe::nixos::read(&nixos.profile, &nixos.current_system)
+                        .ok()
+                        .and_then(|g| g.running_generation())
+                })
             });
             self.record_incident(
                 &snap.hostname,
                 &incident.fingerprint,
                 IncidentEvent::Opened,
                 Some(&incident.summary),
-                running,
+                running.flatten(),
             )?;
         }
         for fp in &resolved {
@@ -519,7 +601,9 @@ impl Engine {
                 _ => None,
             };
             let waits = self.waits(&snap.hostname, incident, failing.as_ref(), model_back)?;
-            let decision = if novelty == Novelty::Known || stopping || waits {
+            // Nothing in the catalog acts on a host that cannot be reached.
+            let undecidable = matches!(incident.kind, IncidentKind::HostUnreachable { .. });
+            let decision = if novelty == Novelty::Known || stopping || waits || undecidable {
                 None
             } else {
                 if failing.is_some() {
@@ -666,6 +750,7 @@ impl Engine {
     fn write_metrics(&self, report: &CycleReport, asked: Asked) {
         let line = CycleMetrics {
             time: report.started_at,
+            host: self.at.as_ref().map(|at| at.host.name().to_owned()),
             wall_ms: report.wall_ms,
             incidents: report.incidents.len() as u32,
             decisions: asked.decisions,
@@ -879,6 +964,9 @@ impl Engine {
             Verdict::Propose { file, diff } => self.propose(incident, p, &file, &diff),
             Verdict::Refuse { reason } => Handled::new(ActionResult::Refused, reason, None),
             Verdict::Queue { action } => self.queue(incident, p, diagnosis, &action)?,
+            Verdict::Execute { action } if self.at.is_some() => {
+                self.ask_elsewhere(incident, p, diagnosis, &action, &rec).await?
+            }
             Verdict::Execute { action } if action.kind() == ActionKind::Investigate => {
                 // Read-only: no budget, no cooldown.
                 let report = self.carry_out(&action).await;
@@ -971,6 +1059,96 @@ impl Engine {
         })
     }
 
+    /// `Verdict::Execute` for a remote host: a probe is run there; an
+    /// action that changes it passes this controller's pause and budget,
+    /// then the fleet's limit (`remote.max_hosts_acting`), is recorded as
+    /// asked, and is asked of the host, which judges it with its own gate
+    /// and storm control. What the host would not do by itself goes to a
+    /// person here.
+    async fn ask_elsewhere(
+        &mut self,
+        incident: &Incident,
+        p: &ProposedAction,
+        diagnosis: Option<&str>,
+        action: &Action,
+        rec: &ActionRecord,
+    ) -> anyhow::Result<Handled> {
+        let Some(at) = &self.at else { anyhow::bail!("no remote host is being decided for") };
+        let (host, name) = (at.host.clone(), at.host.name().to_owned());
+        let on_host = Fingerprint::from(incident.fingerprint.on_host());
+        if action.kind() == ActionKind::Investigate {
+            return Ok(match host.act(&on_host, action, &p.reason, None).await {
+                Ok(acted) => {
+                    let report = acted.report(&name);
+                    Handled::new(ActionResult::of_run(report.succeeded), report.detail, None)
+                }
+                Err(why) => Handled::new(ActionResult::Failed, format!("{name} could not be asked: {why}"), None),
+            });
+        }
+        let now = Utc::now();
+        let history = self.store.auto_history(&incident.fingerprint, now)?;
+        let signals = action
+            .unit()
+            .and_then(|u| at.unit(u.as_str()))
+            .map(|u| UnitSignals { n_restarts: u.n_restarts, result: u.result.clone() })
+            .unwrap_or_default();
+        match storm::admit(&history, &signals, &self.config.act, now) {
+            Admission::Go if self.stop.as_ref().is_some_and(|s| *s.borrow()) => {
+                self.store.mark_decided(incident, false)?;
+                let detail = "not asked now because macha is stopping; it decides again when it starts";
+                return Ok(Handled::new(ActionResult::Deferred, detail.to_string(), None));
+            }
+            Admission::Go => {}
+            Admission::Wait(reason) => {
+                return Ok(Handled::new(ActionResult::Deferred, format!("not asked now because {reason}"), None));
+            }
+            Admission::Escalate(reason) => return self.escalate(incident, p, diagnosis, action, &reason),
+        }
+        let r = &self.config.remote;
+        let since = now - crate::config::seconds(r.acting_window);
+        let kind = action.kind().as_str();
+        let place = match self.store.claim_fleet_act(
+            &name,
+            &incident.fingerprint,
+            kind,
+            now,
+            since,
+            r.max_hosts_acting,
+        )? {
+            Ok(place) => place,
+            Err(acted) => {
+                let reason = format!(
+                "at most {} host(s) are acted on automatically within {} s (remote.max_hosts_acting), and {} already were",
+                r.max_hosts_acting,
+                r.acting_window,
+                    if acted.is_empty() { "none may be".to_owned() } else { acted.join(", ") }
+                );
+                return self.escalate(incident, p, diagnosis, action, &reason);
+            }
+        };
+        // Recorded before it is asked: never an action without its record first.
+        let asked = ActionRecord { detail: format!("asking {name} to carry out {action}"), ..rec.clone() };
+        audit::append(&self.state, audit::ACTIONS, &asked, self.config.retention.audit())?;
+        let acted = match host.act(&on_host, action, &p.reason, None).await {
+            Ok(acted) => acted,
+            Err(why) => {
+                tracing::warn!(host = %name, %action, %why, "a remote host could not be asked");
+                return Ok(Handled::new(ActionResult::Failed, format!("{name} could not be asked: {why}"), None));
+            }
+        };
+        let report = acted.report(&name);
+        tracing::info!(host = %name, %action, outcome = ?acted.outcome, detail = %report.detail, "asked of a remote host");
+        if acted.outcome != ActedOutcome::Executed {
+            // Not acted on: the place in the fleet's limit is given back.
+            self.store.release_fleet_act(place)?;
+        }
+        Ok(match acted.outcome {
+            ActedOutcome::Executed => Handled::new(ActionResult::of_run(report.succeeded), report.detail, None),
+            ActedOutcome::Refused => Handled::new(ActionResult::Refused, report.detail, None),
+            ActedOutcome::NeedsApproval => self.escalate(incident, p, diagnosis, action, &report.detail)?,
+        })
+    }
+
     /// Why memory says this automatic action must go to a human
     /// (`gate::failed_before`); `None` when it may run, or memory is off or
     /// cannot be read (storm control still applies).
@@ -981,7 +1159,7 @@ impl Engine {
             return None;
         }
         let caught = remember::catch_up(&self.state, kb, Some(&self.model)).await;
-        let own = kb::id_of(&crate::observe::hostname(), &incident.fingerprint);
+        let own = kb::id_of(&self.host_name(), &incident.fingerprint);
         let loaded = kb.load(std::slice::from_ref(&own)).await;
         self.note_memory(match &caught {
             Ok(c) => c.unembedded.as_ref().map(|e| remember::Health::TextAlone(e.to_string())).unwrap_or_default(),
@@ -1102,7 +1280,8 @@ impl Engine {
     /// tools, except at `observe`, where nothing is run, probes included (the
     /// decision is single-shot).
     async fn decide(&mut self, incident: &Incident, snap: &Snapshot, notes: Option<&str>) -> Outcome {
-        let suspect = self.suspect(incident, snap);
+        // A remote host's generations are not read from here.
+        let suspect = if self.at.is_none() { self.suspect(incident, snap) } else { None };
         let (history, own) = self.recall(incident, snap).await;
         let known_fix_after = self.config.knowledge_base.known_fix_after;
         if let Some(outcome) = own.as_ref().and_then(|m| decide::from_memory(m, known_fix_after)) {
@@ -1112,6 +1291,10 @@ impl Engine {
         let context = decide::Context { notes, history: history.as_ref(), suspect: suspect.as_ref() };
         let mut outcome = if self.config.autonomy_level == AutonomyLevel::Observe {
             decide::decide(&self.model, &self.prompts, incident, snap, context, None).await
+        } else if let Some(at) = &self.at {
+            // Its probes run there.
+            let host = at.host.clone();
+            decide::decide(&self.model, &self.prompts, incident, snap, context, Some(host.toolbox())).await
         } else {
             let host = HostTools { systemd: self.observer.link().await, config: &self.config };
             decide::decide(&self.model, &self.prompts, incident, snap, context, Some(&host)).await
@@ -1306,6 +1489,13 @@ impl Engine {
             // The gate refuses it on the name alone.
             return UnitFacts::Missing;
         };
+        if let Some(at) = &self.at {
+            // What the host reported; the host's own gate judges it again.
+            return match at.unit(name.as_str()) {
+                Some(s) => known(s.clone()),
+                None => UnitFacts::Unknown(format!("{} reported nothing of {name}", at.host.name())),
+            };
+        }
         #[cfg(test)]
         if let Some(fake) = &self.fake {
             return unit_facts(fake, &name).await;
@@ -1419,16 +1609,20 @@ impl Asked {
 /// Asks systemd what the gate needs to know about `name`.
 pub async fn unit_facts(systemd: &impl ReadUnits, name: &UnitName) -> UnitFacts {
     match systemd.unit_state(name).await {
-        Ok(Some(s)) => UnitFacts::Exists(Known {
-            id: s.id,
-            names: s.names,
-            refuse_manual_stop: s.refuse_manual_stop,
-            success_action: s.success_action,
-            failure_action: s.failure_action,
-        }),
+        Ok(Some(s)) => known(s),
         Ok(None) => UnitFacts::Missing,
         Err(e) => UnitFacts::Unknown(e.to_string()),
     }
+}
+
+fn known(s: UnitState) -> UnitFacts {
+    UnitFacts::Exists(Known {
+        id: s.id,
+        names: s.names,
+        refuse_manual_stop: s.refuse_manual_stop,
+        success_action: s.success_action,
+        failure_action: s.failure_action,
+    })
 }
 
 #[cfg(test)]
@@ -1501,6 +1695,136 @@ mod tests {
         fn trail(&self) -> Vec<Value> {
             audit::read_all(&self.engine.state, audit::ACTIONS).unwrap().0
         }
+    }
+
+    /// A remote host that answers each action asked of it with the next
+    /// of `answers`, and records what it was asked.
+    struct FakeRemote {
+        answers: std::cell::RefCell<Vec<Result<crate::elsewhere::Acted, String>>>,
+        asked: std::cell::RefCell<Vec<(String, String, Option<crate::elsewhere::Approval>)>>,
+    }
+
+    impl crate::decide::tools::Toolbox for FakeRemote {
+        fn tools(&self) -> Vec<crate::model::Tool> {
+            Vec::new()
+        }
+        fn call<'a>(&'a self, _: &'a str, _: &'a Value) -> crate::decide::tools::ToolFuture<'a> {
+            Box::pin(async { Ok(String::new()) })
+        }
+    }
+
+    impl Elsewhere for FakeRemote {
+        fn name(&self) -> &str {
+            "h2"
+        }
+        fn toolbox(&self) -> &dyn crate::decide::tools::Toolbox {
+            self
+        }
+        fn act<'a>(
+            &'a self,
+            incident: &'a Fingerprint,
+            action: &'a Action,
+            _: &'a str,
+            approval: Option<crate::elsewhere::Approval>,
+        ) -> crate::elsewhere::Asking<'a> {
+            self.asked.borrow_mut().push((incident.to_string(), action.to_string(), approval));
+            let answer = self.answers.borrow_mut().remove(0);
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn acted(outcome: ActedOutcome, detail: &str) -> Result<crate::elsewhere::Acted, String> {
+        Ok(crate::elsewhere::Acted {
+            outcome,
+            action: Some("restart web.service".into()),
+            succeeded: outcome == ActedOutcome::Executed,
+            detail: detail.into(),
+            before: None,
+            after: None,
+        })
+    }
+
+    /// `Setup` deciding for remote host h2, whose web.service failed, at
+    /// auto-safe; `answers` are h2's.
+    fn on_h2(answers: Vec<Result<crate::elsewhere::Acted, String>>) -> (Setup, Rc<FakeRemote>) {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let kind = IncidentKind::UnitFailed { unit: "web.service".into() };
+        s.incident = Incident {
+            fingerprint: Fingerprint::of_host("h2", &kind.fingerprint()),
+            kind,
+            summary: "web.service failed".into(),
+            evidence_key: "1/0".into(),
+        };
+        let remote = Rc::new(FakeRemote { answers: answers.into(), asked: Default::default() });
+        let web = crate::act::fake::unit("web.service", "failed", "failed", "exit-code", "i", 1);
+        s.engine.at = Some(At { host: remote.clone(), units: vec![web] });
+        (s, remote)
+    }
+
+    fn restart_web() -> ProposedAction {
+        ProposedAction::new(ActionKind::RestartUnit, Some("web.service"), "restart it")
+    }
+
+    #[tokio::test]
+    async fn a_remote_hosts_action_is_asked_of_it_and_its_answer_kept() {
+        let (mut s, remote) = on_h2(vec![acted(ActedOutcome::Executed, "web.service restarted")]);
+        let report = s.handle(restart_web()).await;
+        assert_eq!((report.result, report.detail.as_str()), (ActionResult::Executed, "on h2: web.service restarted"));
+        let asked = remote.asked.borrow();
+        assert_eq!(asked[0], ("unit-failed:web.service".into(), "restart_unit web.service".into(), None));
+        let trail = s.trail();
+        let outcomes: Vec<_> =
+            trail.iter().map(|r| (r["outcome"].as_str().unwrap(), r["host"].as_str().unwrap())).collect();
+        assert_eq!(outcomes, [("started", "testhost"), ("succeeded", "testhost")]);
+        assert!(trail[0]["detail"].as_str().unwrap().starts_with("asking h2 to carry out restart_unit web.service"));
+    }
+
+    #[tokio::test]
+    async fn what_a_remote_host_will_not_do_by_itself_goes_to_a_person_here_and_takes_no_place() {
+        let (mut s, _) = on_h2(vec![
+            acted(ActedOutcome::NeedsApproval, "this host's autonomy level (suggest) does not carry it out by itself"),
+            acted(ActedOutcome::Refused, "not acted because web.service is protected"),
+            Err("cannot connect to 127.0.0.3:22".into()),
+        ]);
+        let report = s.handle(restart_web()).await;
+        assert_eq!(report.result, ActionResult::Escalated);
+        assert!(
+            report.detail.contains("not carried out by h2: this host's autonomy level (suggest)"),
+            "{}",
+            report.detail
+        );
+        assert!(report.approval_id.is_some());
+        // Neither the one left to a person nor a refusal counts as acted on.
+        let now = Utc::now();
+        let other = Fingerprint::from("h3/unit-failed:web.service");
+        let free =
+            s.engine.store.claim_fleet_act("h3", &other, "restart_unit", now, now - TimeDelta::hours(1), 1).unwrap();
+        s.engine.store.release_fleet_act(free.unwrap()).unwrap();
+        let report = s.handle(restart_web()).await;
+        assert_eq!(
+            (report.result, report.detail.as_str()),
+            (ActionResult::Refused, "refused by h2: not acted because web.service is protected")
+        );
+        let report = s.handle(restart_web()).await;
+        assert_eq!(report.result, ActionResult::Failed);
+        assert_eq!(report.detail, "h2 could not be asked: cannot connect to 127.0.0.3:22");
+    }
+
+    #[tokio::test]
+    async fn a_host_that_cannot_be_reached_is_recorded_and_never_decided() {
+        let mut s = Setup::new(AutonomyLevel::AutoSafe);
+        let remote = Rc::new(FakeRemote { answers: Vec::new().into(), asked: Default::default() });
+        let report = s.engine.remote_pass(remote.clone(), Err("cannot connect to 127.0.0.3:22".into())).await.unwrap();
+        assert_eq!(report.host, "h2");
+        assert_eq!(report.incidents.len(), 1);
+        assert_eq!(report.incidents[0].fingerprint, "host-unreachable:h2");
+        assert!(report.incidents[0].decision.is_none(), "nothing in the catalog acts on a host that cannot be reached");
+        assert_eq!(report.incidents[0].summary, "cannot connect to 127.0.0.3:22");
+        assert!(remote.asked.borrow().is_empty());
+        let open = s.engine.store.open_incidents().unwrap();
+        assert_eq!(open, [(Fingerprint::from("host-unreachable:h2"), "cannot connect to 127.0.0.3:22".to_owned())]);
+        let incidents = audit::read_all(&s.engine.state, audit::INCIDENTS).unwrap().0;
+        assert_eq!((incidents[0]["host"].as_str(), incidents[0]["event"].as_str()), (Some("h2"), Some("opened")));
     }
 
     fn gc() -> ProposedAction {

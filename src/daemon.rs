@@ -91,7 +91,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     shared.update(|w| w.memory = decider.memory_status());
     tokio::task::spawn_local(status::publish(decider.model().clone(), shared.clone(), state.clone(), started_at));
     let line = Line::new(shared.clone());
-    let deciding = tokio::task::spawn_local(decide(decider, line.clone()));
+    let deciding = tokio::task::spawn_local(decide(decider, line.clone(), config.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let manager = ServiceManager::from_env();
@@ -237,6 +237,7 @@ impl Watcher {
             self.next_full = tokio::time::Instant::now() + self.interval;
             self.manager.status(&format!("cycle running since {}", chrono::Local::now().format("%H:%M:%S")));
             self.line.check_model();
+            self.line.look_at_fleet();
             self.watch.reconcile().await;
         }
         let restarting = self.watch.live().then(|| self.watch.restarting());
@@ -342,6 +343,8 @@ struct Line {
     jobs: Rc<RefCell<VecDeque<Job>>>,
     /// The model is to be checked (a full pass asked).
     check: Rc<Cell<bool>>,
+    /// The remote hosts are to be looked at (a full pass asked).
+    fleet: Rc<Cell<bool>>,
     added: Rc<tokio::sync::Notify>,
     closed: Rc<Cell<bool>>,
     /// The incident being decided, and the evidence it is decided on.
@@ -354,6 +357,7 @@ impl Line {
         Self {
             jobs: Rc::default(),
             check: Rc::default(),
+            fleet: Rc::default(),
             added: Rc::default(),
             closed: Rc::default(),
             deciding: Rc::default(),
@@ -386,6 +390,13 @@ impl Line {
         self.added.notify_one();
     }
 
+    /// Asks the decider to look at the remote hosts and decide for them
+    /// (`remote::controller`), after this host's incidents in line.
+    fn look_at_fleet(&self) {
+        self.fleet.set(true);
+        self.added.notify_one();
+    }
+
     /// The next thing to do; `None` once the line is closed and empty.
     async fn next(&self) -> Option<Work> {
         loop {
@@ -394,6 +405,9 @@ impl Line {
             }
             if let Some(job) = self.jobs.borrow_mut().pop_front() {
                 return Some(Work::Decide(job));
+            }
+            if self.fleet.take() && !self.closed.get() {
+                return Some(Work::Fleet);
             }
             if self.closed.get() {
                 return None;
@@ -432,15 +446,22 @@ impl Line {
 enum Work {
     CheckModel,
     Decide(Job),
+    Fleet,
 }
 
 /// The decider: decides the incidents in line, one at a time, until the
 /// line is closed; returns the model service for the last status.
-async fn decide(mut engine: Engine, line: Line) -> ModelService {
+async fn decide(mut engine: Engine, line: Line, config: Config) -> ModelService {
     while let Some(work) = line.next().await {
         let job = match work {
             Work::CheckModel => {
                 engine.check_model_now().await;
+                continue;
+            }
+            Work::Fleet => {
+                // Each host on a thread of its own, bounded by the timeouts;
+                // this host's incidents seen meanwhile wait in line.
+                crate::remote::controller::pass(&mut engine, &config).await;
                 continue;
             }
             Work::Decide(job) => job,

@@ -13,7 +13,7 @@ use crate::observe::systemd::UnitState;
 use crate::observe::{Scope, Snapshot, Source};
 
 /// What kind of problem an incident is; each kind has its own fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum IncidentKind {
     UnitFailed {
@@ -30,6 +30,11 @@ pub enum IncidentKind {
     ErrorBurst {
         unit: String,
     },
+    /// A remote host the controller could not talk to (`remote`): nothing
+    /// is decided for it, it is recorded and told.
+    HostUnreachable {
+        host: String,
+    },
 }
 
 /// The source whose reading an incident depends on. An incident is only
@@ -43,7 +48,7 @@ pub enum Basis {
     Host,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Incident {
     /// Stable identity across cycles, for example `unit-failed:nginx.service`.
     pub fingerprint: Fingerprint,
@@ -64,6 +69,7 @@ impl IncidentKind {
             Self::DiskFull { mount } => format!("disk-full:{mount}").into(),
             Self::MemoryPressure => "memory-pressure".into(),
             Self::ErrorBurst { unit } => format!("error-burst:{unit}").into(),
+            Self::HostUnreachable { host } => format!("{}{host}", crate::ids::HOST_UNREACHABLE).into(),
         }
     }
 
@@ -71,7 +77,7 @@ impl IncidentKind {
     pub fn unit(&self) -> Option<&str> {
         match self {
             Self::UnitFailed { unit } | Self::RestartLoop { unit } | Self::ErrorBurst { unit } => Some(unit),
-            Self::DiskFull { .. } | Self::MemoryPressure => None,
+            Self::DiskFull { .. } | Self::MemoryPressure | Self::HostUnreachable { .. } => None,
         }
     }
 
@@ -80,7 +86,7 @@ impl IncidentKind {
             Self::UnitFailed { .. } => Basis::Systemd,
             Self::RestartLoop { .. } => Basis::Restarts,
             Self::ErrorBurst { .. } => Basis::Journal,
-            Self::DiskFull { .. } | Self::MemoryPressure => Basis::Host,
+            Self::DiskFull { .. } | Self::MemoryPressure | Self::HostUnreachable { .. } => Basis::Host,
         }
     }
 }
@@ -94,9 +100,10 @@ pub fn unit_of(fingerprint: &Fingerprint) -> Option<&str> {
     }
 }
 
-/// The basis of a stored fingerprint, without re-parsing its kind.
+/// The basis of a stored fingerprint, without re-parsing its kind; a
+/// remote host's incident has the basis it has on that host.
 pub fn basis_of(fingerprint: &Fingerprint) -> Basis {
-    let fingerprint = fingerprint.as_str();
+    let fingerprint = fingerprint.on_host();
     match fingerprint.split_once(':').map_or(fingerprint, |(k, _)| k) {
         "unit-failed" => Basis::Systemd,
         "restart-loop" => Basis::Restarts,

@@ -452,6 +452,30 @@ mod tests {
         assert!(failed_before(Some(&memory), restart, Some("web.service"), day(5), 7).is_some());
     }
 
+    #[test]
+    fn an_action_asked_of_another_host_is_the_action_its_gate_builds_again() {
+        let web = UnitName::parse("web.service").unwrap();
+        let actions = [
+            Action::RestartUnit { unit: web.clone() },
+            Action::ResetFailed { unit: web.clone() },
+            Action::CollectGarbage { older_than_days: 30 },
+            Action::VacuumJournal { max_size_mb: 512 },
+            Action::Investigate { probe: Probe::UnitLogs, unit: Some(web.clone()), path: None },
+            Action::Investigate { probe: Probe::DiskUsage, unit: None, path: Some("/var".into()) },
+            Action::NixosRebuild { mode: RebuildMode::Switch },
+            Action::RollbackGeneration { generation: None },
+        ];
+        for action in actions {
+            let proposed = ProposedAction::of(&action, "asked").unwrap();
+            match gate(AutoFull, &proposed, &exists("web.service"), Some("web.service"), &policy()) {
+                Verdict::Execute { action: built } | Verdict::Queue { action: built } => assert_eq!(built, action),
+                other => panic!("{action}: {other:?}"),
+            }
+        }
+        // An undo's numbered generation is macha's own: never asked of another host.
+        assert_eq!(ProposedAction::of(&Action::RollbackGeneration { generation: Some(7) }, "undo"), None);
+    }
+
     fn policy() -> Policy {
         Policy {
             protected: Protected::new(

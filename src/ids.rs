@@ -55,9 +55,39 @@ impl rusqlite::types::FromSql for ApprovalId {
 #[serde(transparent)]
 pub struct Fingerprint(String);
 
+/// The fingerprint of a host the controller cannot reach; it belongs to
+/// that host, like the incidents it reports (`remote`).
+pub const HOST_UNREACHABLE: &str = "host-unreachable:";
+
 impl Fingerprint {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The remote host an incident is on: `web1` for `web1/unit-failed:x`
+    /// and for `host-unreachable:web1`; `None` for this host's own (a
+    /// fingerprint's kind never holds a `/`, a unit name never does either,
+    /// a mount's path comes after the `:`).
+    pub fn host(&self) -> Option<&str> {
+        if let Some(name) = self.0.strip_prefix(HOST_UNREACHABLE) {
+            return Some(name);
+        }
+        let (host, _) = self.0.split_once('/')?;
+        (!host.contains(':')).then_some(host)
+    }
+
+    /// The fingerprint as its own host knows it: without the host's name.
+    pub fn on_host(&self) -> &str {
+        match self.host() {
+            Some(_) if self.0.starts_with(HOST_UNREACHABLE) => &self.0,
+            Some(host) => &self.0[host.len() + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// `incident` of host `host`, as the controller names it.
+    pub fn of_host(host: &str, incident: &Fingerprint) -> Fingerprint {
+        Fingerprint(format!("{host}/{incident}"))
     }
 }
 
@@ -112,5 +142,27 @@ impl rusqlite::ToSql for Fingerprint {
 impl rusqlite::types::FromSql for Fingerprint {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         String::column_result(value).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fingerprint;
+
+    #[test]
+    fn a_fingerprint_names_its_host_or_none() {
+        let cases = [
+            ("unit-failed:nginx.service", None, "unit-failed:nginx.service"),
+            ("disk-full:/var/lib", None, "disk-full:/var/lib"),
+            ("memory-pressure", None, "memory-pressure"),
+            ("web1/unit-failed:nginx.service", Some("web1"), "unit-failed:nginx.service"),
+            ("web1/disk-full:/var", Some("web1"), "disk-full:/var"),
+            ("host-unreachable:web1", Some("web1"), "host-unreachable:web1"),
+        ];
+        for (fp, host, own) in cases {
+            let fp = Fingerprint::from(fp);
+            assert_eq!((fp.host(), fp.on_host()), (host, own), "{fp}");
+        }
+        assert_eq!(Fingerprint::of_host("h2", &"unit-failed:a.service".into()), "h2/unit-failed:a.service");
     }
 }

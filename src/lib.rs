@@ -28,6 +28,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod decide;
 pub mod detect;
+pub mod elsewhere;
 pub mod errors;
 pub mod eval;
 pub mod gate;

@@ -29,6 +29,23 @@ pub struct CycleReport {
     pub wall_ms: u64,
 }
 
+impl CycleReport {
+    /// Takes in a remote host's pass (`remote`), made after this one,
+    /// whose incidents and resolutions carry its name: one view of the
+    /// fleet. The sources it could not read stay out: they are the host's,
+    /// not this one's (its `macha status` tells them).
+    pub fn absorb(&mut self, remote: CycleReport) {
+        self.incidents.extend(remote.incidents);
+        self.resolved.extend(remote.resolved);
+        self.wall_ms = self.wall_ms.saturating_add(remote.wall_ms);
+        for p in remote.model_problems {
+            if !self.model_problems.contains(&p) {
+                self.model_problems.push(p);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FailedSource {
     pub source: String,

@@ -308,6 +308,14 @@ CREATE TABLE IF NOT EXISTS auto_actions (
     logged INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The remote hosts a controller acted on automatically, and when: what
+-- `remote.max_hosts_acting` counts (see `claim_fleet_act`).
+CREATE TABLE IF NOT EXISTS fleet_acts (
+    time TEXT NOT NULL,
+    host TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    action TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS approvals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at TEXT NOT NULL,
@@ -386,11 +394,14 @@ impl Store {
     /// Records this cycle's incidents and resolves the open ones that are no
     /// longer seen (only when the source they depend on was read). Returns
     /// each current incident with whether it needs a decision, and the
-    /// fingerprints resolved now.
+    /// fingerprints resolved now. `host` is whose incidents these are: this
+    /// host's own (`None`) or a remote host's (`Fingerprint::host`); only
+    /// that host's open incidents are resolved.
     pub fn sync_incidents(
         &mut self,
         current: &[Incident],
         snap: &Snapshot,
+        host: Option<&str>,
     ) -> Result<(Vec<Novelty>, Vec<Fingerprint>), StoreError> {
         let now = snap.taken_at.to_rfc3339();
         let hour_ago = (snap.taken_at - TimeDelta::hours(1)).to_rfc3339();
@@ -445,7 +456,7 @@ impl Store {
         };
         let mut resolved = Vec::new();
         for fp in open {
-            if !current.iter().any(|i| i.fingerprint == fp) && snap.saw(basis_of(&fp)) {
+            if fp.host() == host && !current.iter().any(|i| i.fingerprint == fp) && snap.saw(basis_of(&fp)) {
                 tx.execute(
                     "UPDATE incidents SET status = 'resolved', resolved_at = ?2 WHERE fingerprint = ?1",
                     params![fp, now],
@@ -663,6 +674,7 @@ impl Store {
                AND COALESCE(decided_at, created_at) < ?1",
             "DELETE FROM approvals WHERE status = 'pending' AND expires_at < ?1",
             "DELETE FROM auto_actions WHERE logged = 1 AND state != 'started' AND time < ?1",
+            "DELETE FROM fleet_acts WHERE time < ?1",
         ] {
             deleted += self.conn.execute(sql, [&before]).map_err(self.wrap())?;
         }
@@ -682,6 +694,48 @@ impl Store {
             )
             .map_err(self.wrap())?;
         Ok(taken == 1)
+    }
+
+    /// Counts an automatic action on remote host `host` at `now`, unless
+    /// it would make more than `max` hosts acted on automatically since
+    /// `since` (a host already among them adds none). One statement: two
+    /// processes cannot both take the last place. Its row, to give the
+    /// place back when the host did nothing (`release_fleet_act`); `Err`
+    /// with the hosts acted on in the window when there is no place.
+    pub fn claim_fleet_act(
+        &self,
+        host: &str,
+        incident: &Fingerprint,
+        action: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+        max: u32,
+    ) -> Result<Result<i64, Vec<String>>, StoreError> {
+        let since = since.to_rfc3339();
+        let taken = self
+            .conn
+            .execute(
+                "INSERT INTO fleet_acts (time, host, fingerprint, action) SELECT ?1, ?2, ?3, ?4
+                 WHERE EXISTS (SELECT 1 FROM fleet_acts WHERE host = ?2 AND time >= ?5)
+                    OR (SELECT COUNT(DISTINCT host) FROM fleet_acts WHERE time >= ?5) < ?6",
+                params![now.to_rfc3339(), host, incident, action, since, max],
+            )
+            .map_err(self.wrap())?;
+        if taken == 1 {
+            return Ok(Ok(self.conn.last_insert_rowid()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT host FROM fleet_acts WHERE time >= ?1 ORDER BY host")
+            .map_err(self.wrap())?;
+        let hosts = stmt.query_map([&since], |r| r.get(0)).map_err(self.wrap())?;
+        Ok(Err(hosts.collect::<Result<_, _>>().map_err(self.wrap())?))
+    }
+
+    /// Gives back the place `claim_fleet_act` took as `row`: the host
+    /// refused the action or left it to a person, so it was not acted on.
+    pub fn release_fleet_act(&self, row: i64) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM fleet_acts WHERE rowid = ?1", [row]).map(drop).map_err(self.wrap())
     }
 
     /// Why automatic actions are paused, if they are.
@@ -747,15 +801,30 @@ impl Store {
         // expires at once rather than never.
         let expires_at = now.checked_add_signed(ttl).unwrap_or(now).to_rfc3339();
         let binding = binding(action, fingerprint, evidence_key);
-        let existing: Option<(ApprovalId, String)> = self
-            .conn
-            .query_row(
-                "SELECT id, binding FROM approvals WHERE status = 'pending' AND kind = ?1 AND unit = ?2 AND args = ?3",
-                params![action.kind().as_str(), action.target(), action.to_json()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.wrap())?;
+        // The same action on the same host: a remote host's is another's.
+        let existing: Option<(ApprovalId, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT id, binding, incident FROM approvals
+                     WHERE status = 'pending' AND kind = ?1 AND unit = ?2 AND args = ?3 ORDER BY id",
+                )
+                .map_err(self.wrap())?;
+            let rows = stmt
+                .query_map(params![action.kind().as_str(), action.target(), action.to_json()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, Fingerprint>(2)?))
+                })
+                .map_err(self.wrap())?;
+            let mut found = None;
+            for row in rows {
+                let (id, binding, incident) = row.map_err(self.wrap())?;
+                if incident.host() == fingerprint.host() {
+                    found = Some((id, binding));
+                    break;
+                }
+            }
+            found
+        };
         if let Some((id, old)) = existing {
             if old != binding {
                 self.conn
@@ -1094,25 +1163,145 @@ mod tests {
         };
         let long_ago = Utc::now() - TimeDelta::hours(1);
         let first = incident("1/0");
-        store.sync_incidents(std::slice::from_ref(&first), &snap(&[])).unwrap();
+        store.sync_incidents(std::slice::from_ref(&first), &snap(&[]), None).unwrap();
         assert_eq!(store.decision_due(&fp, "1/0", long_ago).unwrap(), Due::Yes, "never decided");
         assert_eq!(store.decision_due(&fp, "other", long_ago).unwrap(), Due::Gone, "seen since with other evidence");
         store.mark_decided(&first, true).unwrap();
         assert_eq!(store.decision_due(&fp, "1/0", long_ago).unwrap(), Due::Decided);
         // It fails again at once: decided again, but not before a later pass.
         let again = incident("2/0");
-        store.sync_incidents(std::slice::from_ref(&again), &snap(&[])).unwrap();
+        store.sync_incidents(std::slice::from_ref(&again), &snap(&[]), None).unwrap();
         assert!(matches!(store.decision_due(&fp, "2/0", long_ago).unwrap(), Due::Later(_)));
         assert_eq!(store.decision_due(&fp, "2/0", Utc::now() + TimeDelta::seconds(1)).unwrap(), Due::Yes);
         // Resolved, then open again (a flap): still waits.
-        store.sync_incidents(&[], &snap(&[])).unwrap();
+        store.sync_incidents(&[], &snap(&[]), None).unwrap();
         assert_eq!(store.decision_due(&fp, "2/0", long_ago).unwrap(), Due::Gone, "resolved");
         let third = incident("3/0");
-        store.sync_incidents(std::slice::from_ref(&third), &snap(&[])).unwrap();
+        store.sync_incidents(std::slice::from_ref(&third), &snap(&[]), None).unwrap();
         assert!(matches!(store.decision_due(&fp, "3/0", long_ago).unwrap(), Due::Later(_)));
         // A failed decision is asked again (its own pacing applies).
         store.mark_decided(&third, false).unwrap();
         assert_eq!(store.decision_due(&fp, "3/0", long_ago).unwrap(), Due::Yes);
+    }
+
+    #[test]
+    fn a_hosts_pass_resolves_only_that_hosts_incidents() {
+        use crate::detect::{Incident, IncidentKind};
+        use crate::observe::{Scope, Snapshot, Source};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&state(&dir)).unwrap();
+        let of = |host: Option<&str>, kind: IncidentKind| {
+            let own = kind.fingerprint();
+            let fingerprint = host.map(|h| Fingerprint::of_host(h, &own)).unwrap_or(own);
+            Incident { fingerprint, kind, summary: "s".into(), evidence_key: "k".into() }
+        };
+        let web = IncidentKind::UnitFailed { unit: "web.service".into() };
+        let saw_all = Snapshot {
+            taken_at: Utc::now(),
+            hostname: "h".into(),
+            failed_units: Source::Ok(Vec::new()),
+            watched_units: Source::Ok(Vec::new()),
+            journal: Source::Ok(Default::default()),
+            unit_logs: Default::default(),
+            host: Source::Failed("not read".into()),
+            restarting: None,
+            scope: Scope::Full,
+        };
+        let local = of(None, web.clone());
+        let h1 = of(Some("h1"), web.clone());
+        let h1_down = of(None, IncidentKind::HostUnreachable { host: "h1".into() });
+        let h2 = of(Some("h2"), web);
+        store.sync_incidents(std::slice::from_ref(&local), &saw_all, None).unwrap();
+        store.sync_incidents(std::slice::from_ref(&h1), &saw_all, Some("h1")).unwrap();
+        store.sync_incidents(std::slice::from_ref(&h2), &saw_all, Some("h2")).unwrap();
+        // Each pass sees only its own: none resolves another host's.
+        let open = |s: &Store| s.open_incidents().unwrap().into_iter().map(|(f, _)| f.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            open(&store),
+            ["unit-failed:web.service", "h1/unit-failed:web.service", "h2/unit-failed:web.service"]
+        );
+        // h1 cannot be reached: its incidents stay open (nothing of it was read).
+        let unread = Snapshot { failed_units: Source::Failed("unreachable".into()), ..saw_all.clone() };
+        store.sync_incidents(std::slice::from_ref(&h1_down), &unread, Some("h1")).unwrap();
+        assert_eq!(open(&store).len(), 4);
+        // h1 answers again, healthy: its failure is resolved; its being
+        // unreachable is resolved once its host statistics are read.
+        let (_, resolved) = store.sync_incidents(&[], &saw_all, Some("h1")).unwrap();
+        assert_eq!(resolved, ["h1/unit-failed:web.service"]);
+        let read_host = Snapshot {
+            host: Source::Ok(crate::observe::host::HostStats {
+                cpu_count: 1,
+                cpu_percent: None,
+                load: [0.0; 3],
+                memory_total: 1,
+                memory_used: 0,
+                swap_total: 0,
+                swap_used: 0,
+                filesystems: Vec::new(),
+                uptime_secs: 1,
+                boot_id: "b".into(),
+            }),
+            ..saw_all.clone()
+        };
+        let (_, resolved) = store.sync_incidents(&[], &read_host, Some("h1")).unwrap();
+        assert_eq!(resolved, ["host-unreachable:h1"]);
+        let (_, resolved) = store.sync_incidents(&[], &saw_all, None).unwrap();
+        assert_eq!(resolved, ["unit-failed:web.service"]);
+        assert_eq!(open(&store), ["h2/unit-failed:web.service"]);
+    }
+
+    #[test]
+    fn the_same_action_waits_once_per_host() {
+        use crate::detect::{Incident, IncidentKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&state(&dir)).unwrap();
+        let kind = IncidentKind::UnitFailed { unit: "web.service".into() };
+        let on = |host: &str| Incident {
+            fingerprint: Fingerprint::of_host(host, &kind.fingerprint()),
+            kind: kind.clone(),
+            summary: "s".into(),
+            evidence_key: "k".into(),
+        };
+        let restart = Action::RestartUnit { unit: crate::unit::UnitName::parse("web.service").unwrap() };
+        let ttl = TimeDelta::hours(1);
+        let (h2, new) = store.enqueue(&on("h2"), &restart, "r", "d", ttl).unwrap();
+        assert!(new);
+        let (h3, new) = store.enqueue(&on("h3"), &restart, "r", "d", ttl).unwrap();
+        assert!(new && h3 != h2, "another host's restart is another item");
+        assert_eq!(store.enqueue(&on("h2"), &restart, "r", "d", ttl).unwrap(), (h2, false));
+        assert_eq!(store.pending().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn at_most_so_many_hosts_are_acted_on_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&state(&dir)).unwrap();
+        let now = Utc::now();
+        let since = now - TimeDelta::hours(1);
+        let claim = |host: &str, at: DateTime<Utc>| {
+            let fp = Fingerprint::of_host(host, &"unit-failed:a.service".into());
+            store.claim_fleet_act(host, &fp, "restart_unit", at, since, 1).unwrap()
+        };
+        // h1 refused: its place is given back, and h2 takes it.
+        store.release_fleet_act(claim("h1", now).unwrap()).unwrap();
+        let h2 = claim("h2", now).unwrap();
+        store.release_fleet_act(h2).unwrap();
+        assert!(claim("h1", now).is_ok());
+        assert!(claim("h1", now).is_ok(), "a host already acted on takes no new place");
+        assert_eq!(claim("h2", now), Err(vec!["h1".to_owned()]));
+        assert_eq!(claim("h3", now), Err(vec!["h1".to_owned()]));
+        // Once h1's act is out of the window, another host may be acted on.
+        let later = now + TimeDelta::hours(2);
+        let claim_later = |host: &str| {
+            let fp = Fingerprint::of_host(host, &"unit-failed:a.service".into());
+            store.claim_fleet_act(host, &fp, "restart_unit", later, later - TimeDelta::hours(1), 1).unwrap()
+        };
+        assert!(claim_later("h2").is_ok());
+        assert_eq!(claim_later("h3"), Err(vec!["h2".to_owned()]));
+        // Zero: no new host is acted on automatically.
+        let fp = Fingerprint::of_host("h9", &"unit-failed:a.service".into());
+        let since = later + TimeDelta::seconds(1);
+        assert_eq!(store.claim_fleet_act("h9", &fp, "restart_unit", later, since, 0).unwrap(), Err(Vec::new()));
     }
 
     #[test]

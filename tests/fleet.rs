@@ -107,3 +107,131 @@ fn the_controller_sees_every_host_checks_each_key_and_a_host_down_delays_no_othe
     assert!(why.contains("readable by its group or by others"), "{why}");
     assert_eq!(sessions(&hosts[1]), 2, "no new session with a key that is not private");
 }
+
+/// The controller's configuration head: `auto-safe`, the Ollama double
+/// inside the controller (its demo answer restarts the failed unit), and
+/// nothing from the controller's own disk or memory.
+const CONTROLLER_HEAD: &str = "autonomy_level = \"auto-safe\"\nstate_dir = \"/var/lib/macha-autonomous\"\n\n[ollama]\nurl = \"http://127.0.0.1:11434\"\nmodel = \"llama3.1:70b\"\ntimeout = 30\n\n[detect]\ndisk_full_percent = 100\nmemory_pressure_percent = 100\nerror_burst_lines = 100000\n\n[act]\nsettle_time = 1\njob_timeout = 20\n";
+
+/// `macha check --json` on the controller: its report of every host.
+fn check(controller: &Container) -> Value {
+    let out = controller.exec(&["/opt/macha/macha", "--config", CONFIG, "check", "--json"]).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("no JSON ({e}): {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The first action of incident `fingerprint` in a check's report.
+fn first_action<'a>(report: &'a Value, fingerprint: &str) -> &'a Value {
+    let incident = report["incidents"].as_array().unwrap().iter().find(|i| i["fingerprint"] == fingerprint);
+    let incident = incident.unwrap_or_else(|| panic!("no incident {fingerprint}: {report:#}"));
+    &incident["decision"]["actions"][0]
+}
+
+fn trail(c: &Container, file: &str) -> Vec<Value> {
+    let text = c.exec_ok(&["cat", &format!("{STATE}/{file}")]).unwrap_or_default();
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn the_controller_decides_for_each_host_which_judges_for_itself_and_the_fleet_limit_holds() {
+    build_double_bin();
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
+    // Every host protects vault.service; the controller does not.
+    let host_config = format!("protected_units = [\"vault.service\"]\n{HOST_CONFIG}");
+    let fleet = Fleet::boot("fleetd", &bin, &rule, &host_config, CONTROLLER_HEAD, 3).unwrap();
+    let (controller, hosts) = (&fleet.controller, &fleet.hosts);
+    controller.exec_ok(&["install", "-d", "-m", "0750", STATE]).unwrap();
+    controller
+        .exec_ok(&["systemd-run", "--unit=ollama-double", "/opt/macha/ollama-double", "--listen", "127.0.0.1:11434"])
+        .unwrap();
+
+    // Host 1's protected unit fails: the controller, at auto-safe, asks
+    // host 1 to restart it, and host 1 refuses.
+    failing_app(&hosts[0], "vault.service");
+    let report = check(controller);
+    let vault = first_action(&report, "h1/unit-failed:vault.service");
+    assert_eq!(vault["result"], "refused", "{report:#}");
+    assert!(
+        vault["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused by h1: refused by this host: not acted because vault.service is protected"),
+        "{vault:#}"
+    );
+    assert_eq!(hosts[0].unit_property("vault.service", "ActiveState").unwrap(), "failed");
+    let refused = trail(&hosts[0], "remote.jsonl");
+    assert!(refused.iter().any(|r| r["verb"] == "act" && r["outcome"] == "refused"), "{refused:#?}");
+
+    // The same unit fails on all three hosts at once: one host is acted on,
+    // the two others are queued here for a person (a refusal took no place).
+    for h in hosts {
+        failing_app(h, "web.service");
+    }
+    for h in hosts {
+        // A restart would bring it back now.
+        h.exec_ok(&["touch", "/run/app.ok"]).unwrap();
+    }
+    let report = check(controller);
+    let results: Vec<(&str, &str)> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| {
+            let a = first_action(&report, &format!("{h}/unit-failed:web.service"));
+            (a["result"].as_str().unwrap(), a["detail"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(results[0].0, "executed", "{report:#}");
+    assert!(results[0].1.starts_with("on h1: "), "{results:?}");
+    for (result, detail) in &results[1..] {
+        assert_eq!(*result, "escalated", "{report:#}");
+        assert!(detail.contains("remote.max_hosts_acting") && detail.contains("and h1 already were"), "{detail}");
+    }
+    assert_eq!(hosts[0].unit_property("web.service", "ActiveState").unwrap(), "active");
+    assert_eq!(hosts[1].unit_property("web.service", "ActiveState").unwrap(), "failed");
+
+    // Host 2's item approved from the controller: carried out on host 2,
+    // re-checked there, the approver recorded on both sides.
+    let id = first_action(&report, "h2/unit-failed:web.service")["approval_id"].as_i64().unwrap().to_string();
+    let listed = controller.exec_ok(&["/opt/macha/macha", "--config", CONFIG, "approve", "list"]).unwrap();
+    assert!(listed.contains("h2/unit-failed:web.service") && listed.contains("h3/unit-failed:web.service"), "{listed}");
+    let out = controller.exec(&["/opt/macha/macha", "--config", CONFIG, "approve", "approve", &id]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("succeeded: on h2:"), "{said}");
+    assert_eq!(hosts[1].unit_property("web.service", "ActiveState").unwrap(), "active");
+    assert_eq!(hosts[2].unit_property("web.service", "ActiveState").unwrap(), "failed", "h3 waits for its person");
+    let theirs = trail(&hosts[1], "actions.jsonl");
+    let approved = theirs.iter().find(|r| r["outcome"] == "approved").unwrap_or_else(|| panic!("{theirs:#?}"));
+    assert_eq!(approved["origin"], "remote");
+    assert!(
+        approved["by"].as_str().unwrap().starts_with(&format!("root (uid 0) (approval {id} on controller ")),
+        "{approved:#}"
+    );
+    assert!(theirs.iter().any(|r| r["outcome"] == "succeeded"), "{theirs:#?}");
+    let ours = trail(controller, "actions.jsonl");
+    let ended = ours.iter().rev().find(|r| r["approval_id"].as_i64().map(|i| i.to_string()) == Some(id.clone()));
+    let ended = ended.unwrap();
+    assert_eq!(
+        (ended["outcome"].as_str(), ended["host"].as_str(), ended["by"].as_str()),
+        (Some("succeeded"), Some("h2"), Some("root (uid 0)"))
+    );
+
+    // Paused on the controller: nothing is asked of any host by itself,
+    // even of host 1, which the fleet limit would let through.
+    controller.exec_ok(&["/opt/macha/macha", "--config", CONFIG, "pause", "--reason", "maintenance"]).unwrap();
+    hosts[0].exec_ok(&["rm", "/run/app.ok"]).unwrap();
+    failing_app(&hosts[0], "worker.service");
+    let report = check(controller);
+    let worker = first_action(&report, "h1/unit-failed:worker.service");
+    assert_eq!(worker["result"], "escalated", "{report:#}");
+    assert!(worker["detail"].as_str().unwrap().contains("paused (maintenance)"), "{worker:#}");
+    assert_eq!(hosts[0].unit_property("worker.service", "ActiveState").unwrap(), "failed");
+
+    // Host 2 healthy again: its incident resolved, the others' stay open.
+    assert!(report["resolved"].as_array().unwrap().iter().any(|r| r == "h2/unit-failed:web.service"), "{report:#}");
+    let out = controller.exec(&["/opt/macha/macha", "--config", CONFIG, "status"]).unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("  h2: no open incident\n"), "{status}");
+    assert!(status.contains("  h3: 1 open incident\n    h3/unit-failed:web.service: web.service failed"), "{status}");
+}

@@ -45,7 +45,7 @@ const LAYERS: &[&[&str]] = &[
     // The one step that carries out an action, queues its undo and records
     // it: above the records it writes, below the cycle and the approval
     // workflow that call it.
-    &["carry"],
+    &["carry", "elsewhere"],
     &["notify"],
     &["cycle", "approval", "retention", "watch", "daemon", "remote"],
     &["ask", "eval"],

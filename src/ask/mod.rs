@@ -65,6 +65,9 @@ const ANSWER_NOW: &str =
 /// incident memory when it is on.
 pub struct AskTools<'a> {
     pub host: HostTools<'a>,
+    /// A remote host's probes, run there (`remote`), in the place of this
+    /// host's: when the question is about an item of that host.
+    pub remote: Option<&'a dyn Toolbox>,
     pub records: Records<'a>,
     pub memory: Option<memory::MemorySearch<'a>>,
 }
@@ -87,7 +90,10 @@ impl Toolbox for AskTools<'_> {
                 return self.records.run(&query).map_err(|e| ToolError::Failed(e.to_string()));
             }
             if Probe::ALL.into_iter().any(|p| p.as_str() == name) {
-                return self.host.call(name, arguments).await;
+                return match self.remote {
+                    Some(remote) => remote.call(name, arguments).await,
+                    None => self.host.call(name, arguments).await,
+                };
             }
             // Not the list of names: over the length a refusal keeps, it would be cut.
             Err(ToolError::Refused(
@@ -318,6 +324,38 @@ pub fn discussion_context(item: &Approval, records: &Records<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remote host's probes, as the controller reaches them: says where
+    /// each call went.
+    struct Remote;
+
+    impl Toolbox for Remote {
+        fn tools(&self) -> Vec<Tool> {
+            Vec::new()
+        }
+
+        fn call<'a>(&'a self, name: &'a str, _: &'a Value) -> ToolFuture<'a> {
+            Box::pin(async move { Ok(format!("{name} on h2")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_items_probes_run_on_that_host_and_never_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::act::fake::config(dir.path(), 0);
+        let state = crate::state_dir::StateDir::open(&config.state_dir).unwrap();
+        let remote = Remote;
+        let here =
+            HostTools { systemd: crate::observe::systemd::SystemdLink::Down("no bus here".into()), config: &config };
+        let mut tools = AskTools { host: here, remote: None, records: Records { state: &state }, memory: None };
+        let args = serde_json::json!({ "unit": "web.service" });
+        let local = tools.call("unit_status", &args).await.unwrap_err();
+        assert!(local.reason().contains("no bus here"), "{local:?}");
+        tools.remote = Some(&remote);
+        assert_eq!(tools.call("unit_status", &args).await.unwrap(), "unit_status on h2");
+        // Macha's own records are this controller's, whatever the item.
+        assert!(tools.call("no_such_tool", &args).await.is_err());
+    }
 
     #[test]
     fn a_question_is_checked_and_its_secrets_masked() {

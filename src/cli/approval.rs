@@ -44,7 +44,17 @@ pub async fn approve(
 ) -> anyhow::Result<ExitCode> {
     let by = super::approver::current_user();
     let (notifier, gotify) = notify;
-    match workflow.approve(id, &by, expect, notifier.as_ref()).await? {
+    let item = workflow.find(id)?;
+    let approved = match item.incident.host() {
+        // An item of a remote host's incident runs there, through its executor.
+        Some(name) => {
+            let host = macha::remote::controller::Reach::named(workflow.config, name)
+                .map_err(|why| anyhow::anyhow!("{why}; approval {id} is still pending"))?;
+            workflow.approve_elsewhere(&host, id, &by, expect, notifier.as_ref()).await?
+        }
+        None => workflow.approve(id, &by, expect, notifier.as_ref()).await?,
+    };
+    match approved {
         Approved::NotWaiting { status, decided_by } => outln!(
             "approval {id} is not waiting: it is {status}{}",
             decided_by.as_ref().map(|b| format!(" (by {})", shown(b))).unwrap_or_default()

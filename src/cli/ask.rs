@@ -157,7 +157,7 @@ impl Session {
             }
             None => None,
         };
-        AskTools { host: HostTools { systemd: self.link(), config }, records: Records { state }, memory }
+        AskTools { host: HostTools { systemd: self.link(), config }, remote: None, records: Records { state }, memory }
     }
 }
 

@@ -30,7 +30,11 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         let mut engine = Engine::new(config.clone(), state.clone(), model, notifier)?;
         // The report below names the model's problems: said once.
         engine.leave_model_problems_to_the_report();
-        let report = engine.run_cycle().await?;
+        let mut report = engine.run_cycle().await?;
+        // Then every remote host, in one report: their incidents carry their names.
+        for remote in macha::remote::controller::pass(&mut engine, &config).await {
+            report.absorb(remote);
+        }
         if let Some(g) = gotify {
             super::deliver_now(&config, &state, &g).await;
         }

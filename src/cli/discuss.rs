@@ -95,8 +95,15 @@ pub fn run(
         return Ok(ExitCode::from(INTERRUPTED_STATUS));
     };
     let session = session?;
-    let tools = session.tools(config, state);
-    let system = format!("{}\n\n{}", prompts.discuss.trim_end(), ask::facts(config, &macha::observe::hostname()));
+    // An item of a remote host is discussed with that host's probes, run there.
+    let remote = match item.incident.host() {
+        Some(name) => Some(macha::remote::controller::Reach::named(config, name).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut tools = session.tools(config, state);
+    tools.remote = remote.as_ref().map(|r| r as &dyn macha::decide::tools::Toolbox);
+    let host = item.incident.host().map(str::to_owned).unwrap_or_else(macha::observe::hostname);
+    let system = format!("{}\n\n{}", prompts.discuss.trim_end(), ask::facts(config, &host));
     let mut conversation = Conversation::new(&session.model, &tools, format!("discuss approval {id}"), &system);
     conversation.add_context(ask::discussion_context(&item, &Records { state }));
 

@@ -38,13 +38,15 @@ const STALE_SECS: i64 = 4 * status::REFRESH.as_secs() as i64;
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let (status, last_cycle, failing) = match super::existing_state_dir(&config)? {
+    let (status, last_cycle, failing, fleet) = match super::existing_state_dir(&config)? {
         Some(state) => (
             status::read(&state).map_err(anyhow::Error::msg)?,
-            metrics::read(&state)?.0.pop(),
+            // This host's own: a remote host's pass writes a line of its own.
+            metrics::read(&state)?.0.into_iter().rev().find(|m| m.host.is_none()),
             failing(&state, &config)?,
+            fleet(&state, &config)?,
         ),
-        None => (None, None, Vec::new()),
+        None => (None, None, Vec::new(), fleet_unseen(&config)),
     };
     let state = status.as_ref().map(liveness);
     // Without a running daemon nobody checks the model: check it now.
@@ -59,11 +61,13 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             "model_checked_now": checked_now,
             "last_cycle": last_cycle,
             "failing": failing,
+            "remote_hosts": fleet,
         });
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         out!("{}", human(&config, status.as_ref(), checked_now.as_ref(), last_cycle.as_ref()))?;
         out!("{}", failing_lines(&failing))?;
+        out!("{}", fleet_lines(&fleet))?;
     }
     Ok(if state == Some(Liveness::Running) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -122,6 +126,52 @@ fn failing(state: &StateDir, config: &Config) -> anyhow::Result<Vec<FailingDecis
             last: f.last,
         })
         .collect())
+}
+
+/// A configured remote host, and its incidents open on this controller.
+#[derive(Debug, Serialize)]
+struct RemoteHostState {
+    name: String,
+    open: Vec<(Fingerprint, String)>,
+}
+
+/// Every configured remote host with its open incidents (its fingerprint
+/// carries its name; `host-unreachable:NAME` when it could not be talked to).
+fn fleet(state: &StateDir, config: &Config) -> anyhow::Result<Vec<RemoteHostState>> {
+    let mut hosts = fleet_unseen(config);
+    if hosts.is_empty() || state.metadata(macha::store::DB_FILE)?.is_none() {
+        return Ok(hosts);
+    }
+    for (fp, summary) in Store::open(state)?.open_incidents()? {
+        if let Some(h) = hosts.iter_mut().find(|h| fp.host() == Some(h.name.as_str())) {
+            h.open.push((fp, summary));
+        }
+    }
+    Ok(hosts)
+}
+
+fn fleet_unseen(config: &Config) -> Vec<RemoteHostState> {
+    config.remote.hosts.iter().map(|h| RemoteHostState { name: h.name.clone(), open: Vec::new() }).collect()
+}
+
+fn fleet_lines(fleet: &[RemoteHostState]) -> String {
+    let mut out = String::new();
+    if fleet.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "remote hosts (as this controller last saw them):");
+    for h in fleet {
+        let open = match h.open.len() {
+            0 => "no open incident".to_owned(),
+            1 => "1 open incident".to_owned(),
+            n => format!("{n} open incidents"),
+        };
+        let _ = writeln!(out, "  {}: {open}", shown(&h.name));
+        for (fp, summary) in &h.open {
+            let _ = writeln!(out, "    {}: {}", shown(fp.as_str()), shown(summary));
+        }
+    }
+    out
 }
 
 fn failing_lines(failing: &[FailingDecision]) -> String {
@@ -377,6 +427,7 @@ mod tests {
     #[test]
     fn the_last_cycle_is_aged_from_its_end() {
         let line = CycleMetrics {
+            host: None,
             time: Utc::now() - chrono::TimeDelta::seconds(300),
             wall_ms: 290_000,
             incidents: 1,

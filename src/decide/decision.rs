@@ -53,6 +53,28 @@ pub struct ProposedAction {
 }
 
 impl ProposedAction {
+    /// `action` as a proposal, for a host that judges it again with its own
+    /// gate (`remote`). `None` for what no proposal can name: a rollback to
+    /// a numbered generation, which only macha's own undo holds.
+    pub fn of(action: &crate::catalog::Action, reason: &str) -> Option<Self> {
+        use crate::catalog::Action as A;
+        let mut p = ProposedAction::new(action.kind(), None, reason);
+        match action {
+            A::RestartUnit { unit } | A::ResetFailed { unit } => p.unit = Some(unit.to_string()),
+            A::CollectGarbage { older_than_days } => p.older_than_days = Some(*older_than_days),
+            A::VacuumJournal { max_size_mb } => p.max_size_mb = Some(*max_size_mb),
+            A::Investigate { probe, unit, path } => {
+                p.probe = Some(*probe);
+                p.unit = unit.as_ref().map(ToString::to_string);
+                p.path = path.clone();
+            }
+            A::NixosRebuild { mode } => p.mode = Some(*mode),
+            A::RollbackGeneration { generation: None } => {}
+            A::RollbackGeneration { generation: Some(_) } => return None,
+        }
+        Some(p)
+    }
+
     /// The target of a proposal as the model wrote it, for records and reports:
     /// its unit, or its arguments.
     pub fn target(&self) -> Option<String> {

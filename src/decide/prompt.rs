@@ -325,6 +325,7 @@ impl<'a> Evidence<'a> {
                 memory_facts(&mut facts, snap);
                 None
             }
+            IncidentKind::HostUnreachable { .. } => None,
         };
         Evidence { facts, journal }
     }

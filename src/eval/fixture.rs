@@ -689,7 +689,7 @@ impl Fixture {
                 scan.per_unit.insert(unit.clone(), fold.entries());
                 scan.evidence.insert(unit.clone(), fold);
             }
-            IncidentKind::DiskFull { .. } | IncidentKind::MemoryPressure => {}
+            IncidentKind::DiskFull { .. } | IncidentKind::MemoryPressure | IncidentKind::HostUnreachable { .. } => {}
         }
         Snapshot {
             // A fixture records no signals: a restart loop is told by the unit's state.

@@ -45,6 +45,9 @@ pub struct CallTally {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CycleMetrics {
     pub time: DateTime<Utc>,
+    /// The remote host the pass was for (`remote`); absent for this host's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub wall_ms: u64,
     pub incidents: u32,
     /// Incidents decided: the model asked, or a known fix from memory.
@@ -185,6 +188,7 @@ mod tests {
 
     fn line(time: &str, call_ms: Vec<u64>, fallbacks: u32) -> CycleMetrics {
         CycleMetrics {
+            host: None,
             time: time.parse().unwrap(),
             wall_ms: 10,
             incidents: 1,

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::redact::redact;
 
 /// Bounds of one fold: what it keeps however many entries it is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Entries kept exactly as written; past this many, a template keeps only
     /// its most recent `examples`.
@@ -52,7 +52,7 @@ impl Default for Limits {
 
 /// The fields journald records about the writer of an entry. A client cannot
 /// forge the unit or the uid; the command name is the process's own.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize, Default)]
 pub struct Writer {
     /// `_SYSTEMD_UNIT`.
     pub unit: Option<String>,
@@ -63,7 +63,7 @@ pub struct Writer {
 }
 
 /// One entry as written (redacted), kept as an example of its template.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Example {
     pub time: DateTime<Utc>,
     pub message: String,
@@ -71,7 +71,7 @@ pub struct Example {
 
 /// Entries of one writer and priority whose messages differ only in their
 /// masked parts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Template {
     pub writer: Writer,
     pub priority: u8,
@@ -97,7 +97,7 @@ impl Template {
 /// Every entry pushed is counted exactly once: in its template's `count`, or
 /// in [`unfolded`](Self::unfolded) when the table was full. So the counts add
 /// up to [`entries`](Self::entries).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Folded {
     templates: Vec<Template>,
     /// Template positions by the hash of writer, priority and text.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct HostStats {
     pub cpu_count: usize,
     /// Average use of all CPUs since the previous pass; `None` on the first.
@@ -26,7 +26,7 @@ impl HostStats {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Filesystem {
     pub mount: String,
     pub fs_type: String,

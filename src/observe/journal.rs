@@ -39,7 +39,7 @@ const MAX_MESSAGE_CHARS: usize = 2000;
 
 /// One journal entry, with the fields a client cannot forge (`_UID`,
 /// `_SYSTEMD_UNIT`, `_COMM`) kept apart from the text it wrote.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Entry {
     pub time: DateTime<Utc>,
     pub priority: u8,
@@ -56,7 +56,7 @@ pub struct Entry {
 }
 
 /// Err-or-worse entries read in one pass.
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
 pub struct ErrorScan {
     /// Entries read in this pass.
     pub total: u64,

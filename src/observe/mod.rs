@@ -37,7 +37,7 @@ use crate::unit::UnitName;
 pub const KEPT_ERROR_ENTRIES: usize = 50;
 
 /// A source's reading, or why it could not be read.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Source<T> {
     Ok(T),
@@ -58,7 +58,7 @@ impl<T> Source<T> {
 }
 
 /// Everything one pass saw.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
     pub hostname: String,
@@ -96,6 +96,22 @@ pub enum Scope {
 }
 
 impl Snapshot {
+    /// A snapshot of host `hostname` of which nothing could be read, and
+    /// why: nothing it depends on is resolved by it.
+    pub fn unread(hostname: &str, why: &str) -> Self {
+        Snapshot {
+            taken_at: Utc::now(),
+            hostname: hostname.to_owned(),
+            failed_units: Source::Failed(why.to_owned()),
+            watched_units: Source::Failed(why.to_owned()),
+            journal: Source::Failed(why.to_owned()),
+            unit_logs: BTreeMap::new(),
+            host: Source::Failed(why.to_owned()),
+            restarting: None,
+            scope: Scope::Full,
+        }
+    }
+
     /// Names of the sources that could not be read, with the reason.
     pub fn failed_sources(&self) -> Vec<(&'static str, &str)> {
         let mut out = Vec::new();

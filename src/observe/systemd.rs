@@ -78,7 +78,7 @@ pub(crate) async fn list_units(conn: &Connection) -> Result<Vec<Listed>, Systemd
 }
 
 /// The state of one unit as systemd reports it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct UnitState {
     /// The unit's primary name (`Id`); an alias given by the caller resolves to it.
     pub id: String,

@@ -37,7 +37,7 @@ pub enum Transition {
 }
 
 /// A unit systemd restarted by itself within the window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Restarting {
     pub unit: String,
     /// Restarts within the window.

@@ -61,15 +61,7 @@ impl Request {
     }
 }
 
-/// A person's approval on the controller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Approval {
-    /// The item's id in the controller's queue.
-    pub id: i64,
-    /// Who approved it there, as the controller recorded them.
-    pub by: String,
-}
+pub use crate::elsewhere::Approval;
 
 /// Why a request got no answer but an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::cycle::unit_facts;
 use crate::decide::ProposedAction;
 use crate::detect::{self, Incident};
+use crate::elsewhere::{Acted, ActedOutcome};
 use crate::gate::{self, Policy, UnitFacts, Verdict};
 use crate::ids::Fingerprint;
 use crate::ledger::Ledger;
@@ -61,22 +62,6 @@ pub enum Reply {
         items: Vec<serde_json::Value>,
     },
     Error(ProtocolError),
-}
-
-/// How an `act` ended on this host.
-#[derive(Debug, Serialize)]
-pub struct Acted {
-    /// `executed` (carried out, whether it worked or not), `refused` by
-    /// this host's gate, or `needs_approval` (this host's level does not
-    /// carry it out by itself, and no person approved it).
-    pub outcome: &'static str,
-    pub action: Option<String>,
-    pub succeeded: bool,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<act::Observed>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<act::Observed>,
 }
 
 /// What a controller asked, and how it ended, in `remote.jsonl`: the
@@ -321,16 +306,29 @@ impl Session<'_> {
                     "this host's autonomy level ({}) does not carry out {action} by itself: it needs a person's approval",
                     self.config.autonomy_level.as_str()
                 );
-                return self.refused(&incident, &proposed, Some(action), "needs_approval", detail);
+                return self.refused(&incident, &proposed, Some(action), ActedOutcome::NeedsApproval, detail);
             }
             (Verdict::Refuse { reason }, _) => {
-                return self.refused(&incident, &proposed, None, "refused", format!("refused by this host: {reason}"));
+                return self.refused(
+                    &incident,
+                    &proposed,
+                    None,
+                    ActedOutcome::Refused,
+                    format!("refused by this host: {reason}"),
+                );
             }
             (Verdict::Inform | Verdict::Propose { .. }, _) => {
                 let detail = format!("{} is not carried out on a host", proposed.kind.as_str());
-                return self.refused(&incident, &proposed, None, "refused", detail);
+                return self.refused(&incident, &proposed, None, ActedOutcome::Refused, detail);
             }
         };
+        let link = SystemdLink::Up(&systemd);
+        if action.kind() == catalog::ActionKind::Investigate {
+            // Read-only: no budget, no cooldown, nothing to record but the request.
+            let report = act::execute(&link, &action, self.config, Ok(Vec::new())).await;
+            self.record(Some("act"), "acted", None, &format!("{action} for {incident}: {}", report.detail));
+            return acted(&action, report);
+        }
         let store = match Store::open(self.state) {
             Ok(s) => s,
             Err(e) => return self.failed("act", format!("not acted: {e}")),
@@ -353,7 +351,6 @@ impl Session<'_> {
             health: None,
         };
         let books = Books { config: self.config, state: self.state, store: &store };
-        let link = SystemdLink::Up(&systemd);
         let report = if approval.is_some() {
             // Recorded before it is done: never an action without its record first.
             if let Err(e) = audit::append(self.state, audit::ACTIONS, &rec, self.config.retention.audit()) {
@@ -384,7 +381,7 @@ impl Session<'_> {
                 storm::admit(&history, &signals, &self.config.act, now)
             {
                 let detail = format!("not acted automatically by this host because {why}");
-                return self.refused(&incident, &proposed, Some(action), "needs_approval", detail);
+                return self.refused(&incident, &proposed, Some(action), ActedOutcome::NeedsApproval, detail);
             }
             let ledger = Ledger::new(&store, self.state, self.config.retention.audit());
             let id = match ledger.begin(&incident, now, &action, &rec) {
@@ -394,14 +391,7 @@ impl Session<'_> {
             carry::carry_out(&books, &link, &action, &rec, Bookkeeping::Automatic(id)).await.0
         };
         self.record(Some("act"), "acted", None, &format!("{action} for {incident}: {}", report.detail));
-        Reply::Acted(Box::new(Acted {
-            outcome: "executed",
-            action: Some(action.to_string()),
-            succeeded: report.succeeded,
-            detail: report.detail,
-            before: report.before,
-            after: report.after,
-        }))
+        acted(&action, report)
     }
 
     /// An `act` not carried out here, recorded with why.
@@ -410,7 +400,7 @@ impl Session<'_> {
         incident: &Fingerprint,
         proposed: &ProposedAction,
         action: Option<catalog::Action>,
-        outcome: &'static str,
+        outcome: ActedOutcome,
         detail: String,
     ) -> Reply {
         let what = action.as_ref().map(ToString::to_string).unwrap_or_else(|| proposed.kind.as_str().to_owned());
@@ -424,6 +414,18 @@ impl Session<'_> {
             after: None,
         }))
     }
+}
+
+/// The reply to an `act` carried out here.
+fn acted(action: &catalog::Action, report: act::Report) -> Reply {
+    Reply::Acted(Box::new(Acted {
+        outcome: ActedOutcome::Executed,
+        action: Some(action.to_string()),
+        succeeded: report.succeeded,
+        detail: report.detail,
+        before: report.before,
+        after: report.after,
+    }))
 }
 
 #[cfg(test)]
