@@ -235,3 +235,50 @@ fn the_controller_decides_for_each_host_which_judges_for_itself_and_the_fleet_li
     assert!(status.contains("  h2: no open incident\n"), "{status}");
     assert!(status.contains("  h3: 1 open incident\n    h3/unit-failed:web.service: web.service failed"), "{status}");
 }
+
+#[test]
+fn the_daemon_looks_at_the_fleet_at_each_full_pass_and_acts_through_the_host() {
+    build_double_bin();
+    let bin = macha_bin().parent().unwrap().to_path_buf();
+    let rule = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(POLKIT_RULE)).unwrap();
+    let head = format!("check_interval = 2\n{CONTROLLER_HEAD}");
+    let fleet = Fleet::boot("fleetdaemon", &bin, &rule, HOST_CONFIG, &head, 1).unwrap();
+    let (controller, host) = (&fleet.controller, &fleet.hosts[0]);
+    controller.exec_ok(&["install", "-d", "-m", "0750", STATE]).unwrap();
+    controller
+        .exec_ok(&["systemd-run", "--unit=ollama-double", "/opt/macha/ollama-double", "--listen", "127.0.0.1:11434"])
+        .unwrap();
+    controller
+        .exec_ok(&["systemd-run", "--unit=macha-controller", "/opt/macha/macha", "--config", CONFIG, "daemon"])
+        .unwrap();
+
+    failing_app(host, "web.service");
+    host.exec_ok(&["touch", "/run/app.ok"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let ours = trail(controller, "actions.jsonl");
+        if let Some(done) = ours.iter().find(|r| r["outcome"] == "succeeded") {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "nothing done for h1 within 60 s: {ours:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(done["incident"], "h1/unit-failed:web.service");
+    assert_eq!(done["host"], "h1");
+    assert!(done["detail"].as_str().unwrap().starts_with("on h1: web.service restarted"), "{done:#}");
+    assert_eq!(host.unit_property("web.service", "ActiveState").unwrap(), "active");
+    let opened = trail(controller, "incidents.jsonl");
+    assert!(opened.iter().any(|r| r["incident"] == "h1/unit-failed:web.service" && r["host"] == "h1"), "{opened:#?}");
+    // The host recorded it as automatic, asked by the controller, through its own ledger.
+    let theirs = trail(host, "actions.jsonl");
+    assert!(theirs.iter().any(|r| r["origin"] == "remote" && r["outcome"] == "succeeded"), "{theirs:#?}");
+
+    // The host goes down: the daemon says so as an incident, and goes on.
+    host.exec_ok(&["systemctl", "stop", "ssh.service"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !trail(controller, "incidents.jsonl").iter().any(|r| r["incident"] == "host-unreachable:h1") {
+        assert!(Instant::now() < deadline, "h1 down not told within 60 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(controller.exec_ok(&["systemctl", "is-active", "macha-controller.service"]).unwrap().trim(), "active");
+}
