@@ -323,7 +323,11 @@ fn severity(s: Severity) -> &'static str {
 }
 
 fn action_line(r: &ActionRecord) -> String {
-    let target = r.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
+    let mut target = r.target.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default();
+    // A remote host's incident: the action is that host's.
+    if let Some(host) = r.incident.host() {
+        target.push_str(&format!(" on {}", shown(host)));
+    }
     let who = match (r.approval_id, &r.by) {
         (Some(id), Some(by)) => format!("approval {id} by {}", shown(by)),
         (Some(id), None) => format!("approval {id}"),
@@ -387,8 +391,12 @@ mod loose {
     }
 
     pub(super) fn action(v: &Value) -> String {
-        let target =
+        let mut target =
             if v.get("target").is_some_and(Value::is_string) { format!(" {}", s(v, "target")) } else { String::new() };
+        let incident = macha::ids::Fingerprint::from(v["incident"].as_str().unwrap_or_default());
+        if let Some(host) = incident.host() {
+            target.push_str(&format!(" on {}", super::shown(host)));
+        }
         let who = match (v.get("approval_id").and_then(Value::as_i64), v.get("by").is_some_and(Value::is_string)) {
             (Some(id), true) => format!("approval {id} by {}", s(v, "by")),
             (Some(id), false) => format!("approval {id}"),
@@ -505,6 +513,15 @@ mod tests {
         let newer = with(decided.clone(), "/gated/0/proposed", "priority", 1.into());
         assert!(DecisionRecord::deserialize(&newer).is_err());
         assert_eq!(human_decision(&newer), human_decision(&decided));
+    }
+
+    #[test]
+    fn an_action_on_a_remote_host_names_the_host_typed_or_not() {
+        let action = fixture(audit::ACTIONS).swap_remove(1);
+        let remote = with(action, "", "incident", "h2/unit-failed:demo-web.service".into());
+        let line = "2026-05-28 20:27:35  restart_unit demo-web.service on h2  succeeded  [automatic]  demo-web.service is active (running)";
+        assert_eq!(human_action(&remote), line);
+        assert_eq!(loose::action(&remote), line);
     }
 
     #[test]
