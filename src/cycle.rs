@@ -1106,22 +1106,21 @@ impl Engine {
         }
         let r = &self.config.remote;
         let since = now - crate::config::seconds(r.acting_window);
-        let kind = action.kind().as_str();
+        let fp = &incident.fingerprint;
         let place = match self.store.claim_fleet_act(
             &name,
-            &incident.fingerprint,
-            kind,
+            fp,
+            action.kind().as_str(),
             now,
             since,
             r.max_hosts_acting,
         )? {
             Ok(place) => place,
             Err(acted) => {
+                let acted = if acted.is_empty() { "none may be".to_owned() } else { acted.join(", ") };
                 let reason = format!(
-                "at most {} host(s) are acted on automatically within {} s (remote.max_hosts_acting), and {} already were",
-                r.max_hosts_acting,
-                r.acting_window,
-                    if acted.is_empty() { "none may be".to_owned() } else { acted.join(", ") }
+                    "at most {} host(s) are acted on automatically within {} s (remote.max_hosts_acting), and {acted} already were",
+                    r.max_hosts_acting, r.acting_window
                 );
                 return self.escalate(incident, p, diagnosis, action, &reason);
             }
