@@ -413,9 +413,13 @@ in
           The hosts this one reaches as a controller (`[[remote.hosts]]`),
           each as the user `${user}`, whose key there must be this
           controller's ({option}`remote.allowControllers` on that host). A
-          host whose key is not the one given gets nothing. For now
-          `macha remote hosts` looks at them; the daemon does not decide
-          or act for them yet. Requires {option}`remote.privateKeyFile`.
+          host whose key is not the one given gets nothing. The daemon
+          looks at every host at each check, decides for its incidents
+          (`web1/unit-failed:nginx.service`) and asks the host to carry
+          out what both sides' gates allow; at most
+          `settings.remote.max_hosts_acting` hosts (1) are acted on
+          automatically within `settings.remote.acting_window` seconds.
+          Requires {option}`remote.privateKeyFile`.
         '';
       };
       privateKeyFile = lib.mkOption {
@@ -429,6 +433,39 @@ in
           `remote.private_key_file` in the configuration points at the
           credential.
         '';
+      };
+    };
+
+    metrics = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        example = true;
+        description = ''
+          The daemon's state for Prometheus (`metrics.listen`): `GET /metrics`
+          in the Prometheus text format, and no other route. Incidents open
+          and opened by kind, decisions, actions by kind and result,
+          approvals waiting and the oldest one's age, the model's requests,
+          failures, fallbacks, tokens and latency, the signal stream, cycles.
+        '';
+      };
+      listenAddress = lib.mkOption {
+        type = lib.types.str;
+        default = "127.0.0.1";
+        example = "0.0.0.0";
+        description = "The address the metrics are served on; loopback keeps them to this host.";
+      };
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 9469;
+        example = 9100;
+        description = "The port the metrics are served on.";
+      };
+      openFirewall = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        example = true;
+        description = "Open {option}`metrics.port` in the firewall, for a Prometheus on another host.";
       };
     };
 
@@ -585,7 +622,19 @@ in
         inherit (cfg.gotify) url;
         token_file = gotifyTokenPath;
       };
+      metrics = lib.mkIf cfg.metrics.enable {
+        # An IPv6 address goes in brackets before its port.
+        listen =
+          if lib.hasInfix ":" cfg.metrics.listenAddress then
+            "[${cfg.metrics.listenAddress}]:${toString cfg.metrics.port}"
+          else
+            "${cfg.metrics.listenAddress}:${toString cfg.metrics.port}";
+      };
     };
+
+    networking.firewall.allowedTCPPorts = lib.mkIf (cfg.metrics.enable && cfg.metrics.openFirewall) [
+      cfg.metrics.port
+    ];
 
     users.users.${user} = {
       isSystemUser = true;

@@ -67,6 +67,15 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub knowledge_base: KnowledgeBaseConfig,
     pub remote: RemoteConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus exposition (`exporter`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where the daemon serves `GET /metrics` (`127.0.0.1:9469`); none: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The most hosts one controller lists.
@@ -522,6 +531,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             knowledge_base: KnowledgeBaseConfig::default(),
             remote: RemoteConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct Engine {
     from_memory: u64,
     /// The remote host decided for now (`remote_pass`); `None`: this host.
     at: Option<At>,
+    /// What each cycle did, counted for Prometheus (`metrics.listen`).
+    counters: Option<std::sync::Arc<crate::counters::Counters>>,
     /// The host a unit test puts where systemd is (`act::fake`): what the
     /// gate's facts, storm control's signals and the carrying out reach.
     #[cfg(test)]
@@ -197,6 +199,7 @@ impl Engine {
             last_switch: None,
             from_memory: 0,
             at: None,
+            counters: None,
             #[cfg(test)]
             fake: None,
         })
@@ -216,6 +219,12 @@ impl Engine {
     /// report, which names them (`CycleReport::model_problems`).
     pub fn leave_model_problems_to_the_report(&mut self) {
         self.log_model_problems = false;
+    }
+
+    /// From now on, each cycle's report and the model's requests are
+    /// counted into `counters` (the daemon's Prometheus exposition).
+    pub fn count_into(&mut self, counters: std::sync::Arc<crate::counters::Counters>) {
+        self.counters = Some(counters);
     }
 
     /// From now on, a cycle stops observing and deciding once `stop` turns
@@ -323,7 +332,7 @@ impl Engine {
             resolved,
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, asked).await;
+        self.after_cycle(&report, asked, crate::counters::Counted::Both).await;
         Ok(report)
     }
 
@@ -395,7 +404,7 @@ impl Engine {
             resolved: pass.resolved.clone(),
             wall_ms: pass.started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, Asked::default()).await;
+        self.after_cycle(&report, Asked::default(), crate::counters::Counted::Pass).await;
         report
     }
 
@@ -441,7 +450,7 @@ impl Engine {
             resolved,
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, asked).await;
+        self.after_cycle(&report, asked, crate::counters::Counted::Both).await;
         Ok(report)
     }
 
@@ -492,7 +501,7 @@ impl Engine {
             resolved: Vec::new(),
             wall_ms: started.elapsed().as_millis() as u64,
         };
-        self.after_cycle(&report, asked).await;
+        self.after_cycle(&report, asked, crate::counters::Counted::Decisions).await;
         Ok(Some(report))
     }
 
@@ -697,9 +706,11 @@ impl Engine {
     }
 
     /// Logs the cycle's end, then writes what follows from its report: the
-    /// model's counts, the metrics line, the notifications, and the
-    /// housekeeping when due.
-    async fn after_cycle(&self, report: &CycleReport, asked: Asked) {
+    /// model's counts, the counters (`counted`: what of the report they
+    /// take, so that a pass's openings and a decision are each counted
+    /// once), the metrics line, the notifications, and the housekeeping
+    /// when due.
+    async fn after_cycle(&self, report: &CycleReport, asked: Asked, counted: crate::counters::Counted) {
         tracing::info!(
             incidents = report.incidents.len(),
             resolved = report.resolved.len(),
@@ -707,6 +718,9 @@ impl Engine {
             "cycle done"
         );
         self.model.write_due_counts();
+        if let Some(c) = &self.counters {
+            c.cycle(report, counted);
+        }
         self.write_metrics(report, asked);
         self.notify(report);
         self.housekeeping().await;
@@ -748,6 +762,10 @@ impl Engine {
     /// Appends the cycle's line to `metrics.jsonl`; a failure is logged, the
     /// cycle's work stands.
     fn write_metrics(&self, report: &CycleReport, asked: Asked) {
+        let calls = self.model.take_tally();
+        if let Some(c) = &self.counters {
+            c.model(&calls);
+        }
         let line = CycleMetrics {
             time: report.started_at,
             host: self.at.as_ref().map(|at| at.host.name().to_owned()),
@@ -758,7 +776,7 @@ impl Engine {
             failed_decisions: asked.failed,
             parse_failures: asked.invalid_answers,
             tool_rounds: asked.tool_rounds,
-            calls: self.model.take_tally(),
+            calls,
         };
         let max_bytes = self.config.model.metrics_max_kb.saturating_mul(1024);
         if let Err(e) = metrics::append(&self.state, &line, max_bytes) {

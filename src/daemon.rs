@@ -82,6 +82,11 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let watcher_notifier = notifier.as_ref().map(|n| n.another(&state)).transpose()?;
     let mut engine = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
     let mut decider = Engine::new(config.clone(), state.clone(), model, notifier)?;
+    // Bound before anything starts: an address taken is said at once.
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some((crate::exporter::listen(addr).await?, addr)),
+        None => None,
+    };
     let (stop, stopping) = tokio::sync::watch::channel(false);
     engine.stop_on(stopping.clone());
     decider.stop_on(stopping);
@@ -90,6 +95,14 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let shared = status::Shared::default();
     shared.update(|w| w.memory = decider.memory_status());
     tokio::task::spawn_local(status::publish(decider.model().clone(), shared.clone(), state.clone(), started_at));
+    if let Some((listener, addr)) = metrics {
+        let counters = Arc::new(crate::counters::Counters::new());
+        engine.count_into(counters.clone());
+        decider.count_into(counters.clone());
+        let exporter = crate::exporter::Exporter::new(counters, crate::store::Store::open(&state)?, shared.clone());
+        tracing::info!(%addr, "serving metrics for Prometheus at /metrics");
+        tokio::task::spawn_local(crate::exporter::serve(listener, Rc::new(exporter)));
+    }
     let line = Line::new(shared.clone());
     let deciding = tokio::task::spawn_local(decide(decider, line.clone(), config.clone()));
     let mut term = signal(SignalKind::terminate())?;

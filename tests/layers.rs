@@ -41,13 +41,13 @@ const LAYERS: &[&[&str]] = &[
     &["decide"],
     &["gate"],
     &["act"],
-    &["audit", "store", "ledger", "note", "propose", "report", "remember"],
+    &["audit", "store", "ledger", "note", "propose", "report", "remember", "counters"],
     // The one step that carries out an action, queues its undo and records
     // it: above the records it writes, below the cycle and the approval
     // workflow that call it.
     &["carry", "elsewhere"],
     &["notify"],
-    &["cycle", "approval", "retention", "watch", "daemon", "remote"],
+    &["cycle", "approval", "retention", "watch", "daemon", "remote", "exporter"],
     &["ask", "eval"],
 ];
 

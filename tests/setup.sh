@@ -32,6 +32,22 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The Prometheus tests: a real Prometheus scrapes the daemon and promtool
+# checks the exposition; each is started by the tests on loopback ports of
+# their own, so the services the packages bring are stopped.
+prom=()
+command -v prometheus >/dev/null || prom+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || prom+=(prometheus-alertmanager)
+if [ ${#prom[@]} -gt 0 ]; then
+    echo "installing: ${prom[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${prom[@]}" >/dev/null
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service prometheus-alertmanager.service >/dev/null 2>&1 || true
+    fi
+fi
+
 if ! command -v cargo >/dev/null; then
     for c in "$HOME/.cargo/bin/cargo" /usr/local/cargo/bin/cargo; do
         [ -x "$c" ] && export PATH="$(dirname "$c"):$PATH" && break

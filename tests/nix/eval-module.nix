@@ -355,6 +355,21 @@ in
           { name = "db1"; address = "192.0.2.11"; port = 2222; known_hosts = "/etc/ssh/ssh_known_hosts"; }
         ]
       );
+    metrics = effect "metrics.enable, listenAddress and port" { metrics = { enable = true; listenAddress = "::"; port = 9100; }; } (
+      r: setting [ "metrics" "listen" ] r == "[::]:9100"
+    );
+    metricsOnLoopback = expect "the metrics on loopback, port 9469, by default" "127.0.0.1:9469" (
+      setting [ "metrics" "listen" ] (render (host { metrics.enable = true; }))
+    );
+    metricsFirewall =
+      let
+        ports = options: (evaluate [{ services.macha-autonomous = { enable = true; } // options; }]).networking.firewall.allowedTCPPorts;
+      in
+      expect "the metrics port opened only with openFirewall" [ [ ] [ ] [ 9469 ] ] [
+        (ports { })
+        (ports { metrics.enable = true; })
+        (ports { metrics = { enable = true; openFirewall = true; }; })
+      ];
     knowledgeBaseRunbooks = effect "knowledgeBase.runbooks" { knowledgeBase.runbooks = "/srv/runbooks"; } (
       r: setting [ "knowledge_base" "runbooks" ] r == "/srv/runbooks"
     );

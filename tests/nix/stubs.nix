@@ -239,6 +239,10 @@ in
         type = types.package;
         default = pkgs.nix;
       };
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+      };
       services.openssh.enable = mkOption {
         type = types.bool;
         default = false;
