@@ -38,8 +38,12 @@ pub const MEMORY: &str = "memory.jsonl";
 /// sessions, the actions asked for, and everything refused.
 pub const REMOTE: &str = "remote.jsonl";
 
+/// What Alertmanager's webhook brought (`alerts`): each post taken or
+/// refused, and why.
+pub const ALERTS: &str = "alerts.jsonl";
+
 /// Every trail, in the order `macha-logs verify` checks them.
-pub const TRAILS: [&str; 5] = [DECISIONS, ACTIONS, INCIDENTS, MEMORY, REMOTE];
+pub const TRAILS: [&str; 6] = [DECISIONS, ACTIONS, INCIDENTS, MEMORY, REMOTE, ALERTS];
 
 /// An incident opened or resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -68,6 +68,35 @@ pub struct Config {
     pub knowledge_base: KnowledgeBaseConfig,
     pub remote: RemoteConfig,
     pub metrics: MetricsConfig,
+    pub alertmanager: AlertmanagerConfig,
+}
+
+/// Alertmanager's webhook as a source of incidents (`alerts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Where the daemon takes Alertmanager's webhook, `POST /alertmanager`
+    /// (may be `metrics.listen`: one listener then serves both); none: off.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token Alertmanager sends (`http_config.authorization`),
+    /// read from this file at start-up; required with `listen`.
+    pub token_file: Option<PathBuf>,
+    /// The labels that may name the host an alert is about; `instance` is
+    /// taken without its port.
+    pub host_labels: Vec<String>,
+    /// The names this host goes by in those labels, besides its hostname.
+    pub host_names: Vec<String>,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token_file: None,
+            host_labels: ["host", "hostname", "instance", "nodename"].map(String::from).to_vec(),
+            host_names: Vec::new(),
+        }
+    }
 }
 
 /// The Prometheus exposition (`exporter`).
@@ -532,6 +561,7 @@ impl Default for Config {
             knowledge_base: KnowledgeBaseConfig::default(),
             remote: RemoteConfig::default(),
             metrics: MetricsConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
         }
     }
 }
@@ -837,6 +867,7 @@ impl Config {
             crate::catalog::check_flake(flake).map_err(Invalid::Flake)?;
         }
         self.validate_remote()?;
+        self.validate_alertmanager()?;
         for (key, p) in [("nixos.profile", &self.nixos.profile), ("nixos.current_system", &self.nixos.current_system)] {
             if !p.is_absolute() {
                 return Err(Invalid::NotAbsolute { key, path: p.clone() });
@@ -949,6 +980,40 @@ impl Config {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
         }
         out
+    }
+
+    fn validate_alertmanager(&self) -> Result<(), Invalid> {
+        let a = &self.alertmanager;
+        match &a.token_file {
+            None if a.listen.is_some() => {
+                return Err(Invalid::rule(
+                    "alertmanager.token_file",
+                    "must name the file of the bearer token Alertmanager sends when `alertmanager.listen` is set",
+                ))
+            }
+            Some(path) if !path.is_absolute() => {
+                return Err(Invalid::NotAbsolute { key: "alertmanager.token_file", path: path.clone() });
+            }
+            _ => {}
+        }
+        let name_ok = |n: &String| {
+            !n.is_empty()
+                && n.len() <= 128
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if a.host_labels.is_empty() || a.host_labels.len() > 16 || !a.host_labels.iter().all(name_ok) {
+            return Err(Invalid::rule(
+                "alertmanager.host_labels",
+                "1 to 16 label names, each of letters, digits and '_'",
+            ));
+        }
+        if a.host_names.len() > 64 || !a.host_names.iter().all(name_ok) {
+            return Err(Invalid::rule(
+                "alertmanager.host_names",
+                "at most 64 host names, each of letters, digits, '.', '_' or '-'",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_remote(&self) -> Result<(), Invalid> {

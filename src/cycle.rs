@@ -529,9 +529,19 @@ impl Engine {
             .filter_map(|u| UnitName::parse(u).ok())
             .collect();
         let observing = self.observer.observe(cursor.as_deref(), &watch, scope);
-        let Some(snap) = unless_stopped(stop.as_mut(), observing).await else {
+        let Some(mut snap) = unless_stopped(stop.as_mut(), observing).await else {
             return Ok(None);
         };
+        // Alertmanager's alerts, as its webhook brought them.
+        if self.config.alertmanager.listen.is_some() {
+            snap.alerts = match self.store.firing_alerts() {
+                Ok(alerts) => Some(alerts),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the alerts cannot be read; they are neither opened nor resolved now");
+                    None
+                }
+            };
+        }
         if let Some(why) = snap.journal.ok().and_then(|j| j.refused_cursor.as_deref()) {
             tracing::warn!(
                 "{} {why}: this cycle read the journal of the last {} s instead, and replaces the file with a good cursor",

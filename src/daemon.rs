@@ -83,8 +83,18 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let mut engine = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
     let mut decider = Engine::new(config.clone(), state.clone(), model, notifier)?;
     // Bound before anything starts: an address taken is said at once.
-    let metrics = match config.metrics.listen {
-        Some(addr) => Some((crate::exporter::listen(addr).await?, addr)),
+    let (metrics, alerts) = (config.metrics.listen, config.alertmanager.listen);
+    let metrics_listener = match metrics {
+        Some(addr) => Some(crate::exporter::listen(addr, "metrics.listen").await?),
+        None => None,
+    };
+    let alerts_listener = match alerts {
+        Some(addr) if metrics != Some(addr) => Some(crate::exporter::listen(addr, "alertmanager.listen").await?),
+        _ => None,
+    };
+    let wake = Rc::new(tokio::sync::Notify::new());
+    let receiver = match alerts {
+        Some(_) => Some(Rc::new(crate::alerts::Receiver::new(&config, &state, wake.clone())?)),
         None => None,
     };
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -95,13 +105,29 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     let shared = status::Shared::default();
     shared.update(|w| w.memory = decider.memory_status());
     tokio::task::spawn_local(status::publish(decider.model().clone(), shared.clone(), state.clone(), started_at));
-    if let Some((listener, addr)) = metrics {
+    let mut routes = crate::exporter::Routes::default();
+    if let Some(addr) = metrics {
         let counters = Arc::new(crate::counters::Counters::new());
         engine.count_into(counters.clone());
         decider.count_into(counters.clone());
-        let exporter = crate::exporter::Exporter::new(counters, crate::store::Store::open(&state)?, shared.clone());
+        let store = crate::store::Store::open(&state)?;
+        routes.metrics = Some(crate::exporter::Exporter::new(counters, store, shared.clone()));
         tracing::info!(%addr, "serving metrics for Prometheus at /metrics");
-        tokio::task::spawn_local(crate::exporter::serve(listener, Rc::new(exporter)));
+    }
+    if let Some(addr) = alerts {
+        tracing::info!(%addr, "taking Alertmanager's webhook at /alertmanager");
+    }
+    match (metrics_listener, alerts_listener) {
+        (Some(m), Some(a)) => {
+            let alert_routes = crate::exporter::Routes { metrics: None, alerts: receiver };
+            tokio::task::spawn_local(crate::exporter::serve(m, Rc::new(routes)));
+            tokio::task::spawn_local(crate::exporter::serve(a, Rc::new(alert_routes)));
+        }
+        (Some(listener), None) | (None, Some(listener)) => {
+            routes.alerts = receiver;
+            tokio::task::spawn_local(crate::exporter::serve(listener, Rc::new(routes)));
+        }
+        (None, None) => {}
     }
     let line = Line::new(shared.clone());
     let deciding = tokio::task::spawn_local(decide(decider, line.clone(), config.clone()));
@@ -115,7 +141,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
     // Ready once the lock is held and the state, the model service and the
     // notifier are open: what can fail at start-up has failed by now.
     manager.ready("started; first pass now");
-    let mut watcher = Watcher::start(&config, engine, line, manager, shared.clone())?;
+    let mut watcher = Watcher::start(&config, engine, line, manager, shared.clone(), wake)?;
     tokio::select! {
         () = watcher.run() => {}
         _ = term.recv() => {}
@@ -175,6 +201,8 @@ struct Watcher {
     manager: ServiceManager,
     /// Woken by the journal follower when a burst begins or ends.
     bursts: Arc<tokio::sync::Notify>,
+    /// Woken by Alertmanager's webhook when alerts changed.
+    alerts: Rc<tokio::sync::Notify>,
     /// Stops the journal follower.
     journal: Arc<AtomicBool>,
     interval: std::time::Duration,
@@ -201,6 +229,7 @@ impl Watcher {
         line: Line,
         manager: ServiceManager,
         shared: status::Shared,
+        alerts: Rc<tokio::sync::Notify>,
     ) -> anyhow::Result<Self> {
         // The journal's errors, followed on a thread of their own: a burst
         // beginning or ending wakes a pass.
@@ -211,6 +240,7 @@ impl Watcher {
             line,
             manager,
             bursts,
+            alerts,
             journal,
             interval: config.check_interval(),
             settle: std::time::Duration::from_secs(config.gotify.resolve_after.saturating_add(1)),
@@ -230,6 +260,8 @@ impl Watcher {
                 happened = self.watch.next() => self.scope_for(happened),
                 _ = tokio::time::sleep_until(self.next_full) => Some(Scope::Full),
                 _ = self.bursts.notified() => Some(Scope::Units),
+                // Alertmanager's webhook brought alerts that changed.
+                _ = self.alerts.notified() => Some(Scope::Units),
                 _ = sleep_until(self.settle_at) => {
                     self.settle_at = None;
                     settling = true;

@@ -35,6 +35,11 @@ pub enum IncidentKind {
     HostUnreachable {
         host: String,
     },
+    /// Alertmanager's alerts of one name firing for this host
+    /// (`alertmanager.listen`): one incident however many there are.
+    Alert {
+        name: String,
+    },
 }
 
 /// The source whose reading an incident depends on. An incident is only
@@ -46,6 +51,8 @@ pub enum Basis {
     Restarts,
     Journal,
     Host,
+    /// Alertmanager's webhook (`alertmanager.listen`).
+    Alerts,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -70,6 +77,7 @@ impl IncidentKind {
             Self::MemoryPressure => "memory-pressure".into(),
             Self::ErrorBurst { unit } => format!("error-burst:{unit}").into(),
             Self::HostUnreachable { host } => format!("{}{host}", crate::ids::HOST_UNREACHABLE).into(),
+            Self::Alert { name } => format!("alert:{name}").into(),
         }
     }
 
@@ -77,7 +85,7 @@ impl IncidentKind {
     pub fn unit(&self) -> Option<&str> {
         match self {
             Self::UnitFailed { unit } | Self::RestartLoop { unit } | Self::ErrorBurst { unit } => Some(unit),
-            Self::DiskFull { .. } | Self::MemoryPressure | Self::HostUnreachable { .. } => None,
+            Self::DiskFull { .. } | Self::MemoryPressure | Self::HostUnreachable { .. } | Self::Alert { .. } => None,
         }
     }
 
@@ -87,6 +95,7 @@ impl IncidentKind {
             Self::RestartLoop { .. } => Basis::Restarts,
             Self::ErrorBurst { .. } => Basis::Journal,
             Self::DiskFull { .. } | Self::MemoryPressure | Self::HostUnreachable { .. } => Basis::Host,
+            Self::Alert { .. } => Basis::Alerts,
         }
     }
 }
@@ -108,6 +117,7 @@ pub fn basis_of(fingerprint: &Fingerprint) -> Basis {
         "unit-failed" => Basis::Systemd,
         "restart-loop" => Basis::Restarts,
         "error-burst" => Basis::Journal,
+        "alert" => Basis::Alerts,
         _ => Basis::Host,
     }
 }
@@ -120,6 +130,7 @@ impl Snapshot {
             Basis::Restarts => self.restarting.is_some() && self.saw(Basis::Systemd),
             Basis::Journal => matches!(self.journal, Source::Ok(_)) && self.scope == Scope::Full,
             Basis::Host => matches!(self.host, Source::Ok(_)),
+            Basis::Alerts => self.alerts.is_some(),
         }
     }
 }
@@ -262,6 +273,7 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
             out.push(incident(IncidentKind::MemoryPressure, summary, String::new()));
         }
     }
+    out.extend(alert_incidents(snap.alerts.iter().flatten()));
     if let Some(scan) = snap.journal.ok() {
         for (unit, &count) in &scan.per_unit {
             // A failed unit's errors are evidence of that failure, not a second incident.
@@ -277,6 +289,44 @@ pub fn detect(snap: &Snapshot, open: &[OpenIncident], cfg: &DetectConfig) -> Vec
     out
 }
 
+/// The most alert names that are incidents at once; the alerts of further
+/// names wait until one resolves (a flood of alerts of many names is never
+/// as many decisions).
+pub const MAX_ALERT_INCIDENTS: usize = 20;
+
+/// The alerts firing for this host, one incident per alert name (the
+/// earliest-started names first, at most [`MAX_ALERT_INCIDENTS`]). Its
+/// evidence key changes with the set of alerts of that name, so that a new
+/// one makes it decided again.
+fn alert_incidents<'a>(alerts: impl Iterator<Item = &'a crate::observe::alerts::Alert>) -> Vec<Incident> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&crate::observe::alerts::Alert>> = Default::default();
+    for a in alerts {
+        by_name.entry(a.name.as_str()).or_default().push(a);
+    }
+    let mut groups: Vec<_> = by_name.into_iter().collect();
+    groups.sort_by_key(|(name, alerts)| (alerts.iter().map(|a| a.starts_at).min(), *name));
+    groups
+        .into_iter()
+        .take(MAX_ALERT_INCIDENTS)
+        .map(|(name, alerts)| {
+            let said =
+                alerts.iter().find_map(|a| a.annotations.get("summary")).map(|s| crate::text::cut(s, 200, "..."));
+            let summary = match (alerts.len(), said) {
+                (1, Some(s)) => format!("alert {name} firing: {}", crate::text::one_line(&s)),
+                (1, None) => format!("alert {name} firing"),
+                (n, Some(s)) => format!("alert {name} firing for {n} targets: {}", crate::text::one_line(&s)),
+                (n, None) => format!("alert {name} firing for {n} targets"),
+            };
+            let mut key: Vec<String> =
+                alerts.iter().map(|a| format!("{}@{}", a.fingerprint, a.starts_at.timestamp())).collect();
+            key.sort();
+            let key =
+                format!("{:x}", sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(key.join(","))));
+            incident(IncidentKind::Alert { name: name.to_owned() }, summary, key[..16].to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -285,6 +335,41 @@ mod tests {
     use crate::observe::host::{Filesystem, HostStats};
     use crate::observe::journal::ErrorScan;
     use crate::observe::systemd::UnitState;
+
+    #[test]
+    fn alerts_are_one_incident_per_name_bounded_and_decided_again_when_a_new_one_fires() {
+        use crate::observe::alerts::Alert;
+        let alert = |name: &str, fp: &str, minute: u32| Alert {
+            name: name.into(),
+            fingerprint: fp.into(),
+            labels: BTreeMap::new(),
+            annotations: [("summary".to_owned(), format!("{name} is down"))].into(),
+            starts_at: chrono::DateTime::parse_from_rfc3339(&format!("2026-12-07T00:{minute:02}:00Z")).unwrap().into(),
+        };
+        let mut snap = healthy();
+        snap.alerts = Some((0..300).map(|i| alert("Down", &format!("d{i}"), 1)).collect());
+        let one = detect(&snap, &[], &DetectConfig::default());
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            (one[0].fingerprint.as_str(), one[0].summary.as_str()),
+            ("alert:Down", "alert Down firing for 300 targets: Down is down")
+        );
+        assert_eq!(basis_of(&one[0].fingerprint), Basis::Alerts);
+        // One more of the name: the same incident, with new evidence.
+        snap.alerts.as_mut().unwrap().push(alert("Down", "d300", 2));
+        let again = detect(&snap, &[], &DetectConfig::default());
+        assert_eq!(again[0].fingerprint, one[0].fingerprint);
+        assert_ne!(again[0].evidence_key, one[0].evidence_key);
+        // Many names: the earliest first, no more than the bound.
+        snap.alerts = Some((0..50).map(|i| alert(&format!("N{i:02}"), &format!("n{i}"), 59 - i)).collect());
+        let many = detect(&snap, &[], &DetectConfig::default());
+        assert_eq!(many.len(), MAX_ALERT_INCIDENTS);
+        assert_eq!(many[0].fingerprint, "alert:N49");
+        // No alerts read (no webhook): nothing opens, nothing resolves.
+        snap.alerts = None;
+        assert!(detect(&snap, &[], &DetectConfig::default()).is_empty());
+        assert!(!snap.saw(Basis::Alerts));
+    }
 
     fn healthy() -> Snapshot {
         Snapshot {
@@ -295,6 +380,7 @@ mod tests {
             journal: Source::Ok(ErrorScan::default()),
             unit_logs: BTreeMap::new(),
             restarting: None,
+            alerts: None,
             scope: Scope::Full,
             host: Source::Ok(HostStats {
                 cpu_count: 2,

@@ -1,8 +1,9 @@
-//! `metrics.listen`: the daemon's state for Prometheus, on one route,
-//! `GET /metrics`, in the Prometheus text format (0.0.4). Off by default;
-//! on, it listens where the configuration says (loopback unless told
-//! otherwise) and serves nothing else: another path is 404, another
-//! method 405, and no request body is read.
+//! The daemon's HTTP routes: `metrics.listen`, its state for Prometheus
+//! on `GET /metrics` in the Prometheus text format (0.0.4), and
+//! `alertmanager.listen`, Alertmanager's webhook (`alerts`). Each is off by
+//! default; on, it listens where the configuration says (one listener when
+//! both name one address) and serves nothing else: another path is 404,
+//! another method 405, and `/metrics` reads no request body.
 //!
 //! A scrape reads the counters (`counters`: what the daemon did since it
 //! started) and, at that moment, the state database (incidents open by
@@ -29,6 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use crate::alerts::Receiver;
 use crate::counters::{kind_of, Counters, KindLabel};
 use crate::model::status;
 use crate::store::Store;
@@ -99,14 +101,6 @@ impl Exporter {
     }
 
     fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let reply = |status: StatusCode, text: String| {
-            let mut r = Response::new(Full::new(Bytes::from(text)));
-            *r.status_mut() = status;
-            r
-        };
-        if request.uri().path() != "/metrics" {
-            return reply(StatusCode::NOT_FOUND, "not found: only /metrics is served here\n".into());
-        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
             r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
@@ -126,14 +120,42 @@ impl Exporter {
     }
 }
 
-/// Listens on `addr`; the error names the address.
-pub async fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen = \"{addr}\": cannot listen there: {e}"))
+fn reply(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r
 }
 
-/// Serves scrapes on `listener` until the task is dropped. Must run on a
-/// `LocalSet` (the exporter reads the daemon's own status).
-pub async fn serve(listener: TcpListener, exporter: Rc<Exporter>) {
+/// What one listener serves: `/metrics`, `/alertmanager`, or both (when
+/// `metrics.listen` and `alertmanager.listen` are one address).
+#[derive(Default)]
+pub struct Routes {
+    pub metrics: Option<Exporter>,
+    pub alerts: Option<Rc<Receiver>>,
+}
+
+impl Routes {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.uri().path(), &self.metrics, &self.alerts) {
+            ("/metrics", Some(exporter), _) => exporter.answer(&request),
+            ("/alertmanager", _, Some(alerts)) => alerts.answer(request).await,
+            _ => {
+                let served = [self.metrics.as_ref().map(|_| "/metrics"), self.alerts.as_ref().map(|_| "/alertmanager")];
+                let served: Vec<&str> = served.into_iter().flatten().collect();
+                reply(StatusCode::NOT_FOUND, format!("not found: only {} is served here\n", served.join(" and ")))
+            }
+        }
+    }
+}
+
+/// Listens on `addr`; the error names the address and the key (`key`).
+pub async fn listen(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{key} = \"{addr}\": cannot listen there: {e}"))
+}
+
+/// Serves `routes` on `listener` until the task is dropped. Must run on a
+/// `LocalSet` (the routes read the daemon's own status and state).
+pub async fn serve(listener: TcpListener, routes: Rc<Routes>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -141,26 +163,26 @@ pub async fn serve(listener: TcpListener, exporter: Rc<Exporter>) {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: wait, then accept again.
-                tracing::warn!(error = %e, "metrics: cannot accept a connection");
+                tracing::warn!(error = %e, "cannot accept a connection");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let exporter = exporter.clone();
+        let routes = routes.clone();
         tokio::task::spawn_local(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let answer = exporter.answer(&request);
-                async move { Ok::<_, Infallible>(answer) }
+                let routes = routes.clone();
+                async move { Ok::<_, Infallible>(routes.answer(request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
-            // A scraper that goes quiet is dropped after the head's timeout.
+            // A client that goes quiet is dropped after the head's timeout.
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "metrics: a connection ended with an error");
+                tracing::debug!(error = %e, "a connection ended with an error");
             }
         });
     }

@@ -17,6 +17,7 @@
 //! measures a model against fixtures.
 
 pub mod act;
+pub mod alerts;
 pub mod approval;
 pub mod ask;
 pub mod audit;

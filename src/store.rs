@@ -308,6 +308,15 @@ CREATE TABLE IF NOT EXISTS auto_actions (
     logged INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Alertmanager's alerts firing for this host, as its webhook brought them
+-- (`alerts`): one row per alert (Alertmanager's fingerprint), deleted when
+-- it resolves.
+CREATE TABLE IF NOT EXISTS alerts (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    alert TEXT NOT NULL, -- `observe::alerts::Alert` as JSON
+    received_at TEXT NOT NULL
+);
 -- The remote hosts a controller acted on automatically, and when: what
 -- `remote.max_hosts_acting` counts (see `claim_fleet_act`).
 CREATE TABLE IF NOT EXISTS fleet_acts (
@@ -349,6 +358,9 @@ impl Novelty {
         }
     }
 }
+
+/// The most alerts kept firing at once; more are left out (and said).
+pub const MAX_ALERTS: usize = 1000;
 
 /// The state database in the state directory.
 pub const DB_FILE: &str = "state.db";
@@ -736,6 +748,55 @@ impl Store {
     /// refused the action or left it to a person, so it was not acted on.
     pub fn release_fleet_act(&self, row: i64) -> Result<(), StoreError> {
         self.conn.execute("DELETE FROM fleet_acts WHERE rowid = ?1", [row]).map(drop).map_err(self.wrap())
+    }
+
+    /// Keeps `firing` (new, or as it is now), and forgets each of
+    /// `resolved` (Alertmanager's fingerprints), in one transaction. An
+    /// alert past the first [`MAX_ALERTS`] kept is not kept: returns how
+    /// many were left out so.
+    pub fn alerts_changed(
+        &mut self,
+        firing: &[crate::observe::alerts::Alert],
+        resolved: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let wrap = move |source| StoreError { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(&wrap)?;
+        for fp in resolved {
+            tx.execute("DELETE FROM alerts WHERE fingerprint = ?1", [fp]).map_err(&wrap)?;
+        }
+        let mut left_out = 0;
+        for a in firing {
+            let json = serde_json::to_string(a).map_err(|e| wrap(rusqlite::Error::ToSqlConversionFailure(e.into())))?;
+            let kept = tx
+                .execute(
+                    "INSERT INTO alerts (fingerprint, name, alert, received_at) SELECT ?1, ?2, ?3, ?4
+                     WHERE EXISTS (SELECT 1 FROM alerts WHERE fingerprint = ?1)
+                        OR (SELECT COUNT(*) FROM alerts) < ?5
+                     ON CONFLICT(fingerprint) DO UPDATE SET name = ?2, alert = ?3, received_at = ?4",
+                    params![a.fingerprint, a.name, json, now.to_rfc3339(), MAX_ALERTS as i64],
+                )
+                .map_err(&wrap)?;
+            left_out += usize::from(kept == 0);
+        }
+        tx.commit().map_err(&wrap)?;
+        Ok(left_out)
+    }
+
+    /// The alerts firing for this host, oldest first.
+    pub fn firing_alerts(&self) -> Result<Vec<crate::observe::alerts::Alert>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT alert FROM alerts ORDER BY received_at, fingerprint").map_err(self.wrap())?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(self.wrap())?;
+        let mut out = Vec::new();
+        for row in rows {
+            // A row this version cannot read is left out, not fatal.
+            if let Ok(a) = serde_json::from_str(&row.map_err(self.wrap())?) {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     /// Why automatic actions are paused, if they are.
@@ -1158,6 +1219,7 @@ mod tests {
                 unit_logs: Default::default(),
                 host: Source::Failed("not read".into()),
                 restarting: None,
+                alerts: None,
                 scope: Scope::Full,
             }
         };
@@ -1205,6 +1267,7 @@ mod tests {
             unit_logs: Default::default(),
             host: Source::Failed("not read".into()),
             restarting: None,
+            alerts: None,
             scope: Scope::Full,
         };
         let local = of(None, web.clone());

@@ -66,7 +66,10 @@ pub fn link(
         IncidentKind::UnitFailed { unit } | IncidentKind::RestartLoop { unit } | IncidentKind::ErrorBurst { unit } => {
             Some(unit.as_str())
         }
-        IncidentKind::DiskFull { .. } | IncidentKind::MemoryPressure | IncidentKind::HostUnreachable { .. } => None,
+        IncidentKind::DiskFull { .. }
+        | IncidentKind::MemoryPressure
+        | IncidentKind::HostUnreachable { .. }
+        | IncidentKind::Alert { .. } => None,
     };
     let changed = unit.and_then(|u| {
         switch.units.units.iter().find(|c| c.unit == u && matches!(c.kind, ChangeKind::Changed | ChangeKind::Added))

@@ -47,7 +47,7 @@ const LAYERS: &[&[&str]] = &[
     // workflow that call it.
     &["carry", "elsewhere"],
     &["notify"],
-    &["cycle", "approval", "retention", "watch", "daemon", "remote", "exporter"],
+    &["cycle", "approval", "retention", "watch", "daemon", "remote", "exporter", "alerts"],
     &["ask", "eval"],
 ];
 

@@ -9,6 +9,7 @@
 //! reduces them with `mapreduce::reduce` and renders again with
 //! [`Prompts::render_reduced`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -137,10 +138,10 @@ impl Prompts {
         let Some((title, fold)) = parts.journal else {
             return frame.rendered("", budget_tokens, None, None);
         };
-        let block = evidence::render(&title, fold, room);
+        let block = evidence::render(&title, &fold, room);
         let reduce = (!block.compaction.fits).then(|| ToReduce {
-            records: evidence::records(fold).iter().map(|r| redact(r).into_owned()).collect(),
-            budget_tokens: summary_room(room, &title, fold),
+            records: evidence::records(&fold).iter().map(|r| redact(r).into_owned()).collect(),
+            budget_tokens: summary_room(room, &title, &fold),
         });
         frame.rendered(&redact(&block.text), budget_tokens, Some(block.compaction), reduce)
     }
@@ -158,7 +159,7 @@ impl Prompts {
         let parts = Evidence::of(incident, snap);
         let frame = self.frame(incident, snap, &parts.facts);
         let block = match parts.journal {
-            Some((title, fold)) => summary_block(&title, fold, summary),
+            Some((title, fold)) => summary_block(&title, &fold, summary),
             None => String::new(),
         };
         frame.rendered(&redact(&block), budget_tokens, None, None)
@@ -292,7 +293,7 @@ pub fn memory_query(incident: &Incident, snap: &Snapshot, max_chars: usize) -> S
 /// lines that go into the `<journal>` block, under their title.
 struct Evidence<'a> {
     facts: String,
-    journal: Option<(String, &'a Folded)>,
+    journal: Option<(String, Cow<'a, Folded>)>,
 }
 
 impl<'a> Evidence<'a> {
@@ -304,7 +305,7 @@ impl<'a> Evidence<'a> {
                 restart_facts(&mut facts, unit, snap);
                 unit_facts(&mut facts, unit, snap);
                 match snap.unit_logs.get(unit) {
-                    Some(Source::Ok(fold)) => Some((format!("last journal lines of {unit}"), fold)),
+                    Some(Source::Ok(fold)) => Some((format!("last journal lines of {unit}"), Cow::Borrowed(fold))),
                     Some(Source::Failed(e)) => {
                         let _ = writeln!(facts, "journal lines of {unit}: could not be read ({e})");
                         None
@@ -316,7 +317,7 @@ impl<'a> Evidence<'a> {
                 .journal
                 .ok()
                 .and_then(|scan| scan.evidence.get(unit))
-                .map(|fold| (format!("recent error lines of {unit}"), fold)),
+                .map(|fold| (format!("recent error lines of {unit}"), Cow::Borrowed(fold))),
             IncidentKind::DiskFull { mount } => {
                 disk_facts(&mut facts, mount, snap);
                 None
@@ -326,10 +327,41 @@ impl<'a> Evidence<'a> {
                 None
             }
             IncidentKind::HostUnreachable { .. } => None,
+            IncidentKind::Alert { name } => alert_facts(&mut facts, name, snap)
+                .map(|fold| (format!("annotations of the alerts {name} (the alert rules' words)"), Cow::Owned(fold))),
         };
         Evidence { facts, journal }
     }
 }
+
+/// The alerts named `name` firing for this host: their labels (at most
+/// [`ALERTS_SHOWN`], each label cut), and their annotations folded as the
+/// journal's lines are: text from the alert rules, shown as untrusted.
+fn alert_facts(out: &mut String, name: &str, snap: &Snapshot) -> Option<Folded> {
+    let alerts: Vec<_> = snap.alerts.iter().flatten().filter(|a| a.name == name).collect();
+    let _ = writeln!(out, "{} alert(s) {name} firing for this host (from Alertmanager)", alerts.len());
+    let mut fold = Folded::new(crate::observe::fold::Limits::DEFAULT);
+    let writer = crate::observe::fold::Writer { unit: None, comm: Some("alertmanager".into()), uid: None };
+    for a in alerts.iter().take(ALERTS_SHOWN) {
+        let labels: Vec<String> = a
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "alertname")
+            .map(|(k, v)| format!("{k}={}", crate::text::cut(&one_line(v), 100, "...")))
+            .collect();
+        let _ = writeln!(out, "- since {}: {}", a.starts_at.to_rfc3339(), labels.join(", "));
+        for (key, text) in &a.annotations {
+            fold.push(writer.clone(), 3, a.starts_at, &format!("{key}: {}", one_line(text)));
+        }
+    }
+    if alerts.len() > ALERTS_SHOWN {
+        let _ = writeln!(out, "- and {} more", alerts.len() - ALERTS_SHOWN);
+    }
+    (fold.entries() > 0).then_some(fold)
+}
+
+/// The alerts of one name whose labels a prompt shows.
+const ALERTS_SHOWN: usize = 10;
 
 /// How often systemd restarted the unit by itself lately, as its signals told.
 fn restart_facts(out: &mut String, unit: &str, snap: &Snapshot) {
@@ -406,6 +438,7 @@ mod tests {
         scan.evidence.insert(unit.into(), fold);
         Snapshot {
             restarting: None,
+            alerts: None,
             scope: crate::observe::Scope::Full,
             taken_at: chrono::Utc::now(),
             hostname: "web1".into(),

@@ -689,11 +689,15 @@ impl Fixture {
                 scan.per_unit.insert(unit.clone(), fold.entries());
                 scan.evidence.insert(unit.clone(), fold);
             }
-            IncidentKind::DiskFull { .. } | IncidentKind::MemoryPressure | IncidentKind::HostUnreachable { .. } => {}
+            IncidentKind::DiskFull { .. }
+            | IncidentKind::MemoryPressure
+            | IncidentKind::HostUnreachable { .. }
+            | IncidentKind::Alert { .. } => {}
         }
         Snapshot {
             // A fixture records no signals: a restart loop is told by the unit's state.
             restarting: None,
+            alerts: None,
             scope: crate::observe::Scope::Full,
             taken_at: snapshot_time(),
             hostname: HOSTNAME.into(),

@@ -5,6 +5,7 @@
 //! the snapshot and the others still count, so a broken journal never hides
 //! a failed unit.
 
+pub mod alerts;
 pub mod events;
 pub mod fold;
 pub mod generations;
@@ -77,6 +78,12 @@ pub struct Snapshot {
     /// (`macha-check`): then restart loops are neither seen nor resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restarting: Option<Vec<units::Restarting>>,
+    /// Alertmanager's firing alerts that name this host, as its webhook
+    /// brought them (`alertmanager.listen`); `None` where no webhook is
+    /// taken or they could not be read: then alerts are neither opened nor
+    /// resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Vec<alerts::Alert>>,
     /// What this pass read.
     #[serde(skip)]
     pub scope: Scope,
@@ -108,6 +115,7 @@ impl Snapshot {
             unit_logs: BTreeMap::new(),
             host: Source::Failed(why.to_owned()),
             restarting: None,
+            alerts: None,
             scope: Scope::Full,
         }
     }
@@ -227,6 +235,7 @@ impl Observer {
             unit_logs,
             host: Source::from_result(self.host.sample()),
             restarting: None,
+            alerts: None,
             scope,
         }
     }

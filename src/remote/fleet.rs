@@ -109,6 +109,7 @@ fn incident(host: &str, sent: serde_json::Value) -> Option<Incident> {
             unit
         }
         IncidentKind::DiskFull { mount } => mount,
+        IncidentKind::Alert { name } => name,
         IncidentKind::MemoryPressure => "",
     };
     if named.len() > MAX_NAME {
