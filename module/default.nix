@@ -28,6 +28,10 @@ let
   chromaTokenPath = "/run/credentials/${unit}/${chromaCredential}";
   remoteCredential = "remote-key";
   remoteKeyPath = "/run/credentials/${unit}/${remoteCredential}";
+  alertsCredential = "alertmanager-token";
+  alertsTokenPath = "/run/credentials/${unit}/${alertsCredential}";
+  # host:port, an IPv6 address in brackets.
+  hostPort = address: port: if lib.hasInfix ":" address then "[${address}]:${toString port}" else "${address}:${toString port}";
   remote = cfg.remote;
   # A controller's key in the macha user's authorized_keys: it can do
   # nothing but run the protocol (no PTY, no forwarding, no agent, no X11,
@@ -469,6 +473,45 @@ in
       };
     };
 
+    alertmanager = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Take Alertmanager's webhook (`alertmanager.listen`, `POST /alertmanager`):
+          each firing alert whose labels name this host (`host`, `hostname`,
+          `instance` without its port, or `nodename`; more names in
+          `settings.alertmanager.host_names`) becomes the incident
+          `alert:ALERTNAME`, decided like any other, and resolves with the
+          alert. Requires {option}`alertmanager.tokenFile`.
+        '';
+      };
+      listenAddress = lib.mkOption {
+        type = lib.types.str;
+        default = "127.0.0.1";
+        example = "0.0.0.0";
+        description = "The address the webhook is taken on.";
+      };
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 9469;
+        example = 9470;
+        description = "The port the webhook is taken on; the same as {option}`metrics.port` shares one listener.";
+      };
+      tokenFile = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.+");
+        default = null;
+        example = "/run/secrets/macha-alertmanager-token";
+        description = ''
+          The bearer token Alertmanager sends (its receiver's
+          `http_config.authorization.credentials_file`); given as a string so
+          that it is never copied into the Nix store. The service receives it
+          through `LoadCredential=`.
+        '';
+      };
+    };
+
     settings = lib.mkOption {
       type = lib.types.submodule { freeformType = toml.type; };
       default = { };
@@ -511,6 +554,20 @@ in
           services.macha-autonomous.remote.hosts: give each host exactly one of hostKey and knownHosts
           (${lib.concatMapStringsSep ", " (h: h.name) (lib.filter (h: (h.hostKey == null) == (h.knownHosts == null)) remote.hosts)}):
           a host whose key is not checked is never talked to.
+        '';
+      }
+      {
+        assertion = !cfg.alertmanager.enable || cfg.alertmanager.tokenFile != null;
+        message = ''
+          services.macha-autonomous.alertmanager.enable is set but alertmanager.tokenFile is not: the webhook
+          takes only posts that carry Alertmanager's bearer token.
+        '';
+      }
+      {
+        assertion = cfg.alertmanager.tokenFile == null || !lib.hasPrefix builtins.storeDir cfg.alertmanager.tokenFile;
+        message = ''
+          services.macha-autonomous.alertmanager.tokenFile is in the Nix store, where every user can read it.
+          Keep the token in a file only root can read, outside the store, and give its path as a string.
         '';
       }
       {
@@ -623,12 +680,11 @@ in
         token_file = gotifyTokenPath;
       };
       metrics = lib.mkIf cfg.metrics.enable {
-        # An IPv6 address goes in brackets before its port.
-        listen =
-          if lib.hasInfix ":" cfg.metrics.listenAddress then
-            "[${cfg.metrics.listenAddress}]:${toString cfg.metrics.port}"
-          else
-            "${cfg.metrics.listenAddress}:${toString cfg.metrics.port}";
+        listen = hostPort cfg.metrics.listenAddress cfg.metrics.port;
+      };
+      alertmanager = lib.mkIf cfg.alertmanager.enable {
+        listen = hostPort cfg.alertmanager.listenAddress cfg.alertmanager.port;
+        token_file = alertsTokenPath;
       };
     };
 
@@ -691,7 +747,8 @@ in
         LoadCredential =
           lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}"
           ++ lib.optional (kb.chroma.tokenFile != null) "${chromaCredential}:${kb.chroma.tokenFile}"
-          ++ lib.optional (remote.privateKeyFile != null) "${remoteCredential}:${remote.privateKeyFile}";
+          ++ lib.optional (remote.privateKeyFile != null) "${remoteCredential}:${remote.privateKeyFile}"
+          ++ lib.optional (cfg.alertmanager.tokenFile != null) "${alertsCredential}:${cfg.alertmanager.tokenFile}";
 
         # Hardening. What stays open, and why: the network (Ollama, Gotify
         # and Chroma may be remote), D-Bus over AF_UNIX (systemd's manager and

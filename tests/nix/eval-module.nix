@@ -370,6 +370,14 @@ in
         (ports { metrics.enable = true; })
         (ports { metrics = { enable = true; openFirewall = true; }; })
       ];
+    alertmanager = effect "alertmanager.enable and alertmanager.tokenFile"
+      { alertmanager = { enable = true; port = 9470; tokenFile = "/etc/macha/am-token"; }; }
+      (
+        r:
+        setting [ "alertmanager" "listen" ] r == "127.0.0.1:9470"
+        && setting [ "alertmanager" "token_file" ] r == "/run/credentials/macha-autonomous.service/alertmanager-token"
+        && lib.hasInfix "LoadCredential=alertmanager-token:/etc/macha/am-token\n" r.unit
+      );
     knowledgeBaseRunbooks = effect "knowledgeBase.runbooks" { knowledgeBase.runbooks = "/srv/runbooks"; } (
       r: setting [ "knowledge_base" "runbooks" ] r == "/srv/runbooks"
     );
@@ -501,6 +509,13 @@ in
       };
     });
     remoteKeyInStore = render (host { remote.privateKeyFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-key"; });
+    alertmanagerWithoutToken = render (host { alertmanager.enable = true; });
+    alertmanagerTokenInStore = render (host {
+      alertmanager = {
+        enable = true;
+        tokenFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-token";
+      };
+    });
     controllersWithoutSshd = render (host { remote.allowControllers = [{ key = "ssh-ed25519 AAAA ctl"; }]; });
     # What it would write in authorized_keys.
     controllerKeyWithACommand =
