@@ -46,7 +46,7 @@ struct DecisionLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
-    kind: String,
+    kind: &'static str,
     result: &'static str,
 }
 
@@ -176,7 +176,7 @@ impl Counters {
             let source = d.source.unwrap_or("model");
             self.decisions.get_or_create(&DecisionLabels { outcome: d.outcome.as_str(), source }).inc();
             for a in &d.actions {
-                let kind = crate::catalog::ActionKind::parse(&a.action).map_or("other", |k| k.as_str()).to_owned();
+                let kind = crate::catalog::ActionKind::parse(&a.action).map_or("other", |k| k.as_str());
                 self.actions.get_or_create(&ActionLabels { kind, result: a.result.as_str() }).inc();
             }
         }
