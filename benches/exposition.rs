@@ -84,8 +84,7 @@ fn scrape(port: u16) -> usize {
 
 /// A state directory with 100 open incidents and 10 approvals waiting.
 fn state(dir: &std::path::Path) -> (Config, StateDir) {
-    let mut config = Config::default();
-    config.state_dir = dir.join("state");
+    let config = Config { state_dir: dir.join("state"), ..Config::default() };
     std::fs::create_dir_all(&config.state_dir).unwrap();
     let state = StateDir::open(&config.state_dir).unwrap();
     let mut store = Store::open(&state).unwrap();
@@ -124,9 +123,7 @@ fn counters() -> Arc<Counters> {
         resolved: Vec::new(),
         wall_ms: 12,
     };
-    let mut tally = macha::model::metrics::CallTally::default();
-    tally.calls = 1;
-    tally.call_ms = vec![4200];
+    let tally = macha::model::metrics::CallTally { calls: 1, call_ms: vec![4200], ..Default::default() };
     for _ in 0..1000 {
         c.cycle(&report, Counted::Both);
         c.model(&tally);

@@ -69,6 +69,33 @@ pub struct Config {
     pub remote: RemoteConfig,
     pub metrics: MetricsConfig,
     pub alertmanager: AlertmanagerConfig,
+    pub ntfy: NtfyConfig,
+    pub matrix: MatrixConfig,
+}
+
+/// Notifications through ntfy, besides or instead of Gotify: the same
+/// messages, with `gotify`'s limits, digest and priorities.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NtfyConfig {
+    /// Base URL of the ntfy server (`https://ntfy.sh` or your own); none: off.
+    pub url: Option<String>,
+    /// The topic messages are published to.
+    pub topic: Option<String>,
+    /// File holding an access token (`tk_...`), for a topic that needs one.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Notifications into a Matrix room, besides or instead of Gotify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    /// Base URL of the homeserver's client-server API; none: off.
+    pub homeserver: Option<String>,
+    /// The room's id (`!abc:example.org`), which macha's user has joined.
+    pub room_id: Option<String>,
+    /// File holding the access token of macha's Matrix user.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Alertmanager's webhook as a source of incidents (`alerts`).
@@ -562,6 +589,8 @@ impl Default for Config {
             remote: RemoteConfig::default(),
             metrics: MetricsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
+            ntfy: NtfyConfig::default(),
+            matrix: MatrixConfig::default(),
         }
     }
 }
@@ -888,6 +917,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_channels()?;
         self.validate_knowledge_base()?;
         if !self.state_dir.is_absolute() {
             return Err(Invalid::NotAbsolute { key: "state_dir", path: self.state_dir.clone() });
@@ -980,6 +1010,64 @@ impl Config {
             out.push((Bound::new("model.fallback.timeout", 1, 3_600, "seconds"), f.timeout));
         }
         out
+    }
+
+    /// ntfy's and Matrix's keys: a URL with no credentials in it, a
+    /// topic or room that is one, a token in a file.
+    fn validate_channels(&self) -> Result<(), Invalid> {
+        let url_ok = |key: &'static str, url: &String| {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Invalid::NotHttp { key, url: url.clone() });
+            }
+            if url.contains('?') || url.contains('@') {
+                return Err(Invalid::rule(
+                    key,
+                    "must not carry a token or credentials; put the token in its token_file",
+                ));
+            }
+            Ok(())
+        };
+        let n = &self.ntfy;
+        if let Some(url) = &n.url {
+            url_ok("ntfy.url", url)?;
+            let topic_ok = n.topic.as_ref().is_some_and(|t| {
+                !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            });
+            if !topic_ok {
+                return Err(Invalid::rule(
+                    "ntfy.topic",
+                    "required with `ntfy.url`: 1 to 64 letters, digits, '-' or '_'",
+                ));
+            }
+        }
+        let m = &self.matrix;
+        if let Some(url) = &m.homeserver {
+            url_ok("matrix.homeserver", url)?;
+            let room_ok = m.room_id.as_ref().is_some_and(|r| {
+                r.starts_with('!')
+                    && r.contains(':')
+                    && r.len() <= 255
+                    && !r.chars().any(|c| c.is_whitespace() || c == '/')
+            });
+            if !room_ok {
+                return Err(Invalid::rule(
+                    "matrix.room_id",
+                    "required with `matrix.homeserver`: a room id, `!abc:example.org`",
+                ));
+            }
+            if m.token_file.is_none() {
+                return Err(Invalid::rule(
+                    "matrix.token_file",
+                    "required with `matrix.homeserver`: a file holding the access token",
+                ));
+            }
+        }
+        for (key, path) in [("ntfy.token_file", &n.token_file), ("matrix.token_file", &m.token_file)] {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(Invalid::NotAbsolute { key, path: p.clone() });
+            }
+        }
+        Ok(())
     }
 
     fn validate_alertmanager(&self) -> Result<(), Invalid> {

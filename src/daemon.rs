@@ -22,7 +22,6 @@ use crate::cycle::{Engine, Job};
 use crate::ids::Fingerprint;
 use crate::model::status::{self, DaemonStatus};
 use crate::model::ModelService;
-use crate::notify::gotify::Gotify;
 use crate::notify::{self, outbox::Outbox, Notifier};
 use crate::observe::journal;
 use crate::observe::units::Transition;
@@ -62,14 +61,20 @@ pub fn lock_state_dir(state: &StateDir) -> anyhow::Result<StateLock> {
 }
 
 /// Runs until SIGTERM or SIGINT, on the open state directory `state`, with
-/// the model service and the Gotify client (its token read) made before.
+/// the model service and the notification channels (their tokens read)
+/// made before.
 /// Must be polled inside a `tokio::task::LocalSet`.
 ///
 /// Two tasks: this one watches (systemd's signals, the journal's errors,
 /// and a full pass every `check_interval`) and records each incident as
 /// soon as it is seen; the decider (`decide`) takes the incidents that need
 /// a decision one at a time, so a slow or dead model delays only decisions.
-pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: Option<Gotify>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    state: StateDir,
+    model: ModelService,
+    channels: Vec<notify::Channel>,
+) -> anyhow::Result<()> {
     let _lock = lock_state_dir(&state)?;
     tracing::info!(
         autonomy = config.autonomy_level.as_str(),
@@ -78,7 +83,7 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
         state_dir = %config.state_dir.display(),
         "macha daemon started"
     );
-    let notifier = start_notifications(&config, &state, gotify)?;
+    let notifier = start_notifications(&config, &state, channels)?;
     let watcher_notifier = notifier.as_ref().map(|n| n.another(&state)).transpose()?;
     let mut engine = Engine::new(config.clone(), state.clone(), model.clone(), watcher_notifier)?;
     let mut decider = Engine::new(config.clone(), state.clone(), model, notifier)?;
@@ -183,12 +188,19 @@ pub async fn run(config: Config, state: StateDir, model: ModelService, gotify: O
 
 /// The notifier, and its delivery task started; `None` when notifications
 /// are off.
-fn start_notifications(config: &Config, state: &StateDir, gotify: Option<Gotify>) -> anyhow::Result<Option<Notifier>> {
-    let Some((notifier, gotify)) = notify::setup(config, state, gotify)? else { return Ok(None) };
-    tracing::info!(url = %gotify.url(), "notifications to Gotify on");
-    // The sender shares the daemon's single thread; its SQLite handle is not `Sync`.
-    let outbox = Outbox::open(state)?;
-    tokio::task::spawn_local(notify::run_sender(outbox, gotify, config.gotify.retry_max, notifier.wake()));
+fn start_notifications(
+    config: &Config,
+    state: &StateDir,
+    channels: Vec<notify::Channel>,
+) -> anyhow::Result<Option<Notifier>> {
+    let Some((notifier, channels)) = notify::setup(config, state, channels)? else { return Ok(None) };
+    for channel in channels {
+        tracing::info!(channel = channel.name(), url = %channel.url(), "notifications on");
+        // Each sender shares the daemon's single thread; its SQLite handle is not `Sync`.
+        let outbox = Outbox::open(state)?;
+        let wake = notifier.wake(channel.name()).expect("a wake per channel");
+        tokio::task::spawn_local(notify::run_sender(outbox, channel, config.gotify.retry_max, wake));
+    }
     Ok(Some(notifier))
 }
 

@@ -107,12 +107,13 @@ fn gotify_down_with_the_longest_retry_wait_is_asked_again_later_not_in_a_storm()
     let mut config = here.notifying(&g.url());
     config.gotify.retry_max = u64::MAX;
     let state = StateDir::create(&config.state_dir).unwrap();
-    let gotify = macha::notify::gotify(&config).unwrap();
-    let (notifier, gotify) = macha::notify::setup(&config, &state, gotify).unwrap().unwrap();
+    let channels = macha::notify::channel::configured(&config).unwrap();
+    let (notifier, mut channels) = macha::notify::setup(&config, &state, channels).unwrap().unwrap();
     let m = Message { kind: Kind::Test, title: "t".into(), body: "b".into(), priority: 2 };
     notifier.emit(m, Utc::now()).unwrap();
     let outbox = Outbox::open(&state).unwrap();
-    let sender = macha::notify::run_sender(outbox, gotify, config.gotify.retry_max, notifier.wake());
+    let wake = notifier.wake("gotify").unwrap();
+    let sender = macha::notify::run_sender(outbox, channels.remove(0), config.gotify.retry_max, wake);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(3), sender).await;
@@ -120,8 +121,8 @@ fn gotify_down_with_the_longest_retry_wait_is_asked_again_later_not_in_a_storm()
     // The first attempt failed 3 s ago; the next one waits 5 s.
     assert_eq!(g.attempts().len(), 1, "attempts in 3 s: {}", g.attempts().len());
     let held = Outbox::open(&state).unwrap();
-    assert!(held.due(Utc::now() + chrono::Duration::seconds(1)).unwrap().is_empty());
-    assert_eq!(held.due(Utc::now() + chrono::Duration::seconds(3)).unwrap().len(), 1);
+    assert!(held.due(Utc::now() + chrono::Duration::seconds(1), "gotify").unwrap().is_empty());
+    assert_eq!(held.due(Utc::now() + chrono::Duration::seconds(3), "gotify").unwrap().len(), 1);
 }
 
 #[test]
@@ -132,8 +133,8 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
         config.gotify.resolve_after = wait;
         config.gotify.model_outage_after = wait;
         let state = StateDir::create(&config.state_dir).unwrap();
-        let gotify = macha::notify::gotify(&config).unwrap();
-        let (notifier, _) = macha::notify::setup(&config, &state, gotify).unwrap().unwrap();
+        let channels = macha::notify::channel::configured(&config).unwrap();
+        let (notifier, _) = macha::notify::setup(&config, &state, channels).unwrap().unwrap();
         let failed = IncidentReport {
             fingerprint: "unit-failed:demo-web.service".into(),
             summary: "demo-web.service failed".into(),
@@ -162,7 +163,7 @@ fn the_notifier_with_the_longest_waits_neither_panics_nor_pages_at_once() {
         let gone =
             CycleReport { incidents: Vec::new(), resolved: vec!["unit-failed:demo-web.service".into()], ..report };
         notifier.after_cycle(&gone, Utc::now()).unwrap();
-        let queued = Outbox::open(&state).unwrap().due(Utc::now()).unwrap();
+        let queued = Outbox::open(&state).unwrap().due(Utc::now(), "gotify").unwrap();
         let titles: Vec<&str> = queued.iter().map(|p| p.message.title.as_str()).collect();
         assert!(titles.iter().all(|t| !t.contains("not answering") && !t.contains("resolved")), "{titles:?}");
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use macha::approval::{Approved, Done, Rejected, Workflow};
 use macha::ids::ApprovalId;
-use macha::notify::gotify::Gotify;
+use macha::notify::Channel;
 use macha::notify::Notifier;
 use macha::store::Approval;
 
@@ -40,10 +40,10 @@ pub async fn approve(
     workflow: &Workflow<'_>,
     id: ApprovalId,
     expect: Option<&str>,
-    notify: (Option<Notifier>, Option<Gotify>),
+    notify: (Option<Notifier>, Vec<Channel>),
 ) -> anyhow::Result<ExitCode> {
     let by = super::approver::current_user();
-    let (notifier, gotify) = notify;
+    let (notifier, channels) = notify;
     let item = workflow.find(id)?;
     let approved = match item.incident.host() {
         // An item of a remote host's incident runs there, through its executor.
@@ -77,8 +77,8 @@ pub async fn approve(
             if let Some(e) = notify_error {
                 return Err(e.into());
             }
-            if let Some(gotify) = gotify.filter(|_| notifier.is_some()) {
-                super::deliver_now(workflow.config, workflow.state, &gotify).await;
+            if notifier.is_some() {
+                super::deliver_now(workflow.config, workflow.state, &channels).await;
             }
             return Ok(if report.succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }

@@ -80,17 +80,17 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         super::ask::may_ask(&config)?;
     }
     // What only root may read is read before `state_dir`.
-    let (model, gotify) = match args.command {
-        Cmd::Approve { .. } => (None, macha::notify::gotify(&config)?),
-        Cmd::Discuss { .. } => (Some(ModelService::new(&config)?), macha::notify::gotify(&config)?),
-        _ => (None, None),
+    let (model, channels) = match args.command {
+        Cmd::Approve { .. } => (None, macha::notify::channel::configured(&config)?),
+        Cmd::Discuss { .. } => (Some(ModelService::new(&config)?), macha::notify::channel::configured(&config)?),
+        _ => (None, Vec::new()),
     };
     let state = super::required_state_dir(&config)?;
     if matches!(args.command, Cmd::Discuss { .. }) {
         super::ask::state_readable(&state)?;
     }
     let store = Store::open(&state)?;
-    let notify = super::notifications(&config, &state, gotify)?;
+    let notify = super::notifications(&config, &state, channels)?;
     let workflow = Workflow { config: &config, state: &state, store: &store };
     match args.command {
         Cmd::List { json } => list(&workflow, json),

@@ -22,10 +22,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     // What only root may read (the key file, the token file) is read before
     // the state directory is entered.
     let model = ModelService::new(&config)?;
-    let gotify = macha::notify::gotify(&config)?;
+    let channels = macha::notify::channel::configured(&config)?;
     let state = super::state_dir(&config)?;
     macha::logging::init_orchestrator(&state, "error", config.retention.log())?;
-    let (notifier, gotify) = super::notifications(&config, &state, gotify)?;
+    let (notifier, channels) = super::notifications(&config, &state, channels)?;
     let report = super::runtime()?.block_on(async {
         let mut engine = Engine::new(config.clone(), state.clone(), model, notifier)?;
         // The report below names the model's problems: said once.
@@ -35,9 +35,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         for remote in macha::remote::controller::pass(&mut engine, &config).await {
             report.absorb(remote);
         }
-        if let Some(g) = gotify {
-            super::deliver_now(&config, &state, &g).await;
-        }
+        super::deliver_now(&config, &state, &channels).await;
         anyhow::Ok(report)
     })?;
     if args.json {

@@ -27,7 +27,7 @@ use macha::ask::{self, Conversation};
 use macha::decide::prompt::Prompts;
 use macha::ids::ApprovalId;
 use macha::model::ModelService;
-use macha::notify::gotify::Gotify;
+use macha::notify::Channel;
 use macha::notify::Notifier;
 use macha::store::ApprovalStatus;
 
@@ -72,7 +72,7 @@ pub fn run(
     workflow: &Workflow<'_>,
     id: ApprovalId,
     model: ModelService,
-    notify: (Option<Notifier>, Option<Gotify>),
+    notify: (Option<Notifier>, Vec<Channel>),
 ) -> anyhow::Result<ExitCode> {
     let (config, state) = (workflow.config, workflow.state);
     let item = workflow.find(id)?;

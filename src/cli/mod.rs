@@ -28,7 +28,7 @@ use nix::unistd::{Gid, Uid};
 
 use macha::config::Config;
 use macha::model::ModelService;
-use macha::notify::gotify::Gotify;
+use macha::notify::Channel;
 use macha::notify::Notifier;
 use macha::state_dir::StateDir;
 
@@ -43,10 +43,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn daemon(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let model = ModelService::new(&config)?;
-    let gotify = macha::notify::gotify(&config)?;
+    let channels = macha::notify::channel::configured(&config)?;
     let state = state_dir(&config)?;
     macha::logging::init_orchestrator(&state, "info", config.retention.log())?;
-    runtime()?.block_on(tokio::task::LocalSet::new().run_until(macha::daemon::run(config, state, model, gotify)))?;
+    runtime()?.block_on(tokio::task::LocalSet::new().run_until(macha::daemon::run(config, state, model, channels)))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,35 +69,42 @@ pub fn helper(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Notifications as configured, with `gotify` from `macha::notify::gotify`
-/// (which reads the token file: a bad one is an error at start-up).
+/// Notifications as configured, with `channels` from
+/// `macha::notify::channel::configured` (which reads the token files: a bad
+/// one is an error at start-up).
 pub fn notifications(
     config: &Config,
     state: &StateDir,
-    gotify: Option<Gotify>,
-) -> anyhow::Result<(Option<Notifier>, Option<Gotify>)> {
-    Ok(match macha::notify::setup(config, state, gotify)? {
-        Some((n, g)) => (Some(n), Some(g)),
-        None => (None, None),
+    channels: Vec<Channel>,
+) -> anyhow::Result<(Option<Notifier>, Vec<Channel>)> {
+    Ok(match macha::notify::setup(config, state, channels)? {
+        Some((n, c)) => (Some(n), c),
+        None => (None, Vec::new()),
     })
 }
 
-/// One delivery pass for commands that exit right after (the daemon has its
-/// own delivery task). What cannot be delivered stays in the outbox for the
-/// daemon; the user is told.
-pub async fn deliver_now(config: &Config, state: &StateDir, gotify: &Gotify) {
-    let result = async {
-        let outbox = macha::notify::outbox::Outbox::open(state)?;
-        macha::notify::deliver_due(&outbox, gotify, config.gotify.retry_max).await
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(20), result).await {
-        Ok(Ok(d)) if d.held > 0 => {
-            eprintln!("notifications: {} held for later delivery ({})", d.held, shown(&d.error.unwrap_or_default()))
+/// One delivery pass of each channel, all at once, for commands that exit
+/// right after (the daemon has its own delivery tasks). What cannot be
+/// delivered stays in the outbox for the daemon; the user is told.
+pub async fn deliver_now(config: &Config, state: &StateDir, channels: &[Channel]) {
+    let each = channels.iter().map(|channel| async move {
+        let result = async {
+            let outbox = macha::notify::outbox::Outbox::open(state)?;
+            macha::notify::deliver_due(&outbox, channel, config.gotify.retry_max).await
+        };
+        let name = channel.name();
+        match tokio::time::timeout(std::time::Duration::from_secs(20), result).await {
+            Ok(Ok(d)) if d.held > 0 => eprintln!(
+                "notifications ({name}): {} held for later delivery ({})",
+                d.held,
+                shown(&d.error.unwrap_or_default())
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("notifications ({name}): {}", shown(&e.to_string())),
+            Err(_) => eprintln!("notifications ({name}): no answer in time; messages held for later delivery"),
         }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("notifications: {}", shown(&e.to_string())),
-        Err(_) => eprintln!("notifications: Gotify did not answer in time; messages held for later delivery"),
-    }
+    });
+    futures_util::future::join_all(each).await;
 }
 
 /// Who ran this command, as they were before `state_dir` made this process

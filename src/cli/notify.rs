@@ -1,5 +1,5 @@
-//! `macha notify`: check the Gotify set-up by sending a test message, or
-//! send the daily digest now.
+//! `macha notify`: check every configured channel (Gotify, ntfy, Matrix)
+//! by sending each a test message, or send the daily digest now.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ pub struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Send a test message now and print what the server answered.
+    /// Send a test message through every configured channel now and say how each went.
     Test,
     /// Send the daily digest now (everything since the previous one) and print it.
     Digest,
@@ -29,10 +29,12 @@ enum Cmd {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     macha::logging::init_cli();
     let config = Config::load(config)?;
-    let gotify = macha::notify::gotify(&config)?;
+    let channels = macha::notify::channel::configured(&config)?;
     let state = super::state_dir(&config)?;
-    let (Some(notifier), Some(gotify)) = super::notifications(&config, &state, gotify)? else {
-        anyhow::bail!("notifications are off: set gotify.url and gotify.token_file in the configuration");
+    let (Some(notifier), channels) = super::notifications(&config, &state, channels)? else {
+        anyhow::bail!(
+            "notifications are off: set gotify.url and gotify.token_file, ntfy.url and ntfy.topic, or matrix.homeserver, matrix.room_id and matrix.token_file in the configuration"
+        );
     };
     let host = macha::observe::hostname();
     match args.command {
@@ -43,24 +45,29 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
                 body: format!("**Test.** If you read this, macha on `{host}` can reach you."),
                 priority: config.gotify.priorities.info,
             };
-            match super::runtime()?.block_on(gotify.send(&m)) {
-                Ok(stored) => {
-                    // The server's answer, as a terminal may show it.
-                    outln!("sent to {}: the server stored message {}", gotify.url(), shown(&stored["id"].to_string()))?;
-                    outln!("{}", shown_lines(&serde_json::to_string_pretty(&stored)?))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    outln!("not sent: {}", shown(&e.to_string()))?;
-                    Ok(ExitCode::from(2))
+            // Every channel at once: one that hangs holds up only its own line.
+            let m = &m;
+            let txn = Utc::now().timestamp_micros();
+            let sent = super::runtime()?.block_on(futures_util::future::join_all(
+                channels.iter().map(|c| async move { (c, c.send(m, txn).await) }),
+            ));
+            let mut all = true;
+            for (channel, result) in sent {
+                match result {
+                    Ok(said) => outln!("{}: sent to {}: {}", channel.name(), shown(channel.url()), shown(&said))?,
+                    Err(e) => {
+                        all = false;
+                        outln!("{}: not sent: {}", channel.name(), shown(&e))?;
+                    }
                 }
             }
+            Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Cmd::Digest => {
             let pending = Store::open(&state)?.pending()?.len();
             let m = notifier.send_digest(&state, &host, pending, Utc::now())?;
             outln!("{}\n\n{}", shown(&m.title), shown_lines(&m.body))?;
-            super::runtime()?.block_on(super::deliver_now(&config, &state, &gotify));
+            super::runtime()?.block_on(super::deliver_now(&config, &state, &channels));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -25,7 +25,17 @@ impl fmt::Debug for Token {
 impl Token {
     /// Reads the token from `path` (the first line, trimmed).
     pub fn read(path: &Path) -> Result<Self, String> {
-        bounded::read_secret(path, "the Gotify token file").map(Self)
+        Self::read_named(path, "the Gotify token file")
+    }
+
+    /// Reads a token from `path`; `name` says which file in the errors.
+    pub fn read_named(path: &Path, name: &'static str) -> Result<Self, String> {
+        bounded::read_secret(path, name).map(Self)
+    }
+
+    /// The token itself, for the header that carries it.
+    pub(super) fn secret(&self) -> &str {
+        &self.0
     }
 
     /// `text` with every occurrence of the token replaced.

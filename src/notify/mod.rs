@@ -9,6 +9,8 @@
 //! are delivered by a separate task, so a slow or absent Gotify never holds
 //! up monitoring and nothing is lost across a restart.
 
+pub mod channel;
+pub use channel::Channel;
 pub mod gotify;
 pub mod outbox;
 
@@ -125,7 +127,8 @@ const DROPPED: &str = "dropped";
 pub struct Notifier {
     cfg: GotifyConfig,
     outbox: Outbox,
-    wake: Arc<tokio::sync::Notify>,
+    /// Each channel's name, and the wake of its delivery task.
+    channels: Vec<(&'static str, Arc<tokio::sync::Notify>)>,
 }
 
 /// The Gotify client as configured: `None` when `gotify.url` is unset.
@@ -142,20 +145,22 @@ pub fn gotify(config: &Config) -> Result<Option<Gotify>, NotifyError> {
     Ok(Some(Gotify::new(url, token)))
 }
 
-/// Notifications through `gotify` (from `gotify`), with their outbox in
-/// the state directory: `None` when they are off.
+/// Notifications through `channels` (from `channel::configured`), with
+/// their outbox in the state directory: `None` when there is no channel.
 pub fn setup(
     config: &Config,
     state: &StateDir,
-    gotify: Option<Gotify>,
-) -> Result<Option<(Notifier, Gotify)>, NotifyError> {
-    let Some(gotify) = gotify else { return Ok(None) };
+    channels: Vec<Channel>,
+) -> Result<Option<(Notifier, Vec<Channel>)>, NotifyError> {
+    if channels.is_empty() {
+        return Ok(None);
+    }
     let notifier = Notifier {
         cfg: config.gotify.clone(),
         outbox: Outbox::open(state)?,
-        wake: Arc::new(tokio::sync::Notify::new()),
+        channels: channels.iter().map(|c| (c.name(), Arc::new(tokio::sync::Notify::new()))).collect(),
     };
-    Ok(Some((notifier, gotify)))
+    Ok(Some((notifier, channels)))
 }
 
 fn code(text: &str) -> String {
@@ -167,12 +172,12 @@ impl Notifier {
     /// `state.db`) that wakes the same delivery task: for the daemon's
     /// watcher, which records incidents while the decider decides.
     pub fn another(&self, state: &StateDir) -> Result<Self, NotifyError> {
-        Ok(Self { cfg: self.cfg.clone(), outbox: Outbox::open(state)?, wake: self.wake.clone() })
+        Ok(Self { cfg: self.cfg.clone(), outbox: Outbox::open(state)?, channels: self.channels.clone() })
     }
 
-    /// Wakes the delivery task when a message is queued.
-    pub fn wake(&self) -> Arc<tokio::sync::Notify> {
-        self.wake.clone()
+    /// What wakes `channel`'s delivery task when a message is queued.
+    pub fn wake(&self, channel: &str) -> Option<Arc<tokio::sync::Notify>> {
+        self.channels.iter().find(|(name, _)| *name == channel).map(|(_, wake)| wake.clone())
     }
 
     /// Every message passes through `redact`: diagnoses and summaries may
@@ -195,11 +200,14 @@ impl Notifier {
             self.outbox.roll(&m, now)?;
             return Ok(());
         }
-        let dropped = self.outbox.enqueue(&m, now, self.cfg.max_queued)?;
+        let names: Vec<&str> = self.channels.iter().map(|(name, _)| *name).collect();
+        let dropped = self.outbox.enqueue(&m, now, self.cfg.max_queued, &names)?;
         if dropped > 0 {
             tracing::warn!(dropped, "outbox full: oldest undelivered notifications dropped");
         }
-        self.wake.notify_one();
+        for (_, wake) in &self.channels {
+            wake.notify_one();
+        }
         Ok(())
     }
 
@@ -584,13 +592,14 @@ fn backoff(attempts: u32, max: u64) -> chrono::Duration {
     crate::config::seconds((5u64 << attempts.saturating_sub(1).min(16)).min(max))
 }
 
-/// Sends every due message, oldest first. On the first failure the rest
-/// wait: Gotify is down, and hammering it helps nobody.
-pub async fn deliver_due(outbox: &Outbox, gotify: &Gotify, retry_max: u64) -> Result<Delivery, NotifyError> {
+/// Sends every message due on `channel`, oldest first. On the first
+/// failure the rest wait: the server is down, and hammering it helps
+/// nobody. The other channels' messages are not its business.
+pub async fn deliver_due(outbox: &Outbox, channel: &Channel, retry_max: u64) -> Result<Delivery, NotifyError> {
     let mut d = Delivery::default();
-    let due = outbox.due(Utc::now())?;
+    let due = outbox.due(Utc::now(), channel.name())?;
     for (i, p) in due.iter().enumerate() {
-        match gotify.send(&p.message).await {
+        match channel.send(&p.message, p.id).await {
             Ok(_) => {
                 outbox.delivered(p.id)?;
                 d.sent += 1;
@@ -607,31 +616,33 @@ pub async fn deliver_due(outbox: &Outbox, gotify: &Gotify, retry_max: u64) -> Re
     Ok(d)
 }
 
-/// The daemon's delivery task: delivers due messages, waits for the next one
-/// to be due or for a new one, forever.
-pub async fn run_sender(outbox: Outbox, gotify: Gotify, retry_max: u64, wake: Arc<tokio::sync::Notify>) {
+/// The daemon's delivery task of one channel: delivers its due messages,
+/// waits for the next one to be due or for a new one, forever.
+pub async fn run_sender(outbox: Outbox, channel: Channel, retry_max: u64, wake: Arc<tokio::sync::Notify>) {
     let mut failing = false;
+    let name = channel.name();
     loop {
-        match deliver_due(&outbox, &gotify, retry_max).await {
+        match deliver_due(&outbox, &channel, retry_max).await {
             Ok(d) if d.error.is_some() => {
                 if !failing {
                     tracing::warn!(
+                        channel = name,
                         held = d.held,
                         error = d.error.as_deref().unwrap_or(""),
-                        "notifications held: Gotify delivery failed; retrying with backoff"
+                        "notifications held: delivery failed; retrying with backoff"
                     );
                 }
                 failing = true;
             }
             Ok(d) => {
                 if failing && d.sent > 0 {
-                    tracing::info!(sent = d.sent, "Gotify reachable again; held notifications delivered");
+                    tracing::info!(channel = name, sent = d.sent, "reachable again; held notifications delivered");
                 }
-                failing = failing && d.sent == 0 && outbox.queued().unwrap_or(0) > 0;
+                failing = failing && d.sent == 0 && outbox.queued(name).unwrap_or(0) > 0;
             }
             Err(e) => tracing::error!(error = %e, "notification outbox unusable"),
         }
-        let wait = match outbox.next_due() {
+        let wait = match outbox.next_due(name) {
             Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(60)),
             _ => Duration::from_secs(60),
         };
@@ -665,7 +676,7 @@ mod tests {
         let n = Notifier {
             cfg: GotifyConfig::default(),
             outbox: Outbox::open(&state).unwrap(),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            channels: vec![("gotify", Arc::new(tokio::sync::Notify::new()))],
         };
         let now = Utc::now();
         let incident: Fingerprint = "unit-failed:web.service".into();
@@ -682,7 +693,7 @@ mod tests {
         // No revert: the action's result as for any action.
         n.system_change("h", &incident, "nixos_rebuild switch", &Report::failed("x"), now).unwrap();
         let sent: Vec<(Kind, String)> =
-            n.outbox.due(now).unwrap().into_iter().map(|p| (p.message.kind, p.message.title)).collect();
+            n.outbox.due(now, "gotify").unwrap().into_iter().map(|p| (p.message.kind, p.message.title)).collect();
         assert_eq!(
             sent,
             [

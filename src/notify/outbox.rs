@@ -82,6 +82,15 @@ impl Outbox {
         let conn = crate::sqlite::open_retrying(|| {
             let conn = crate::store::connect(state)?;
             conn.execute_batch(SCHEMA)?;
+            // Rows of an outbox from before channels are Gotify's.
+            let has: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'channel'",
+                [],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch("ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'gotify'")?;
+            }
             Ok(conn)
         })
         .map_err(wrap)?;
@@ -158,26 +167,40 @@ impl Outbox {
             .map_err(self.wrap())
     }
 
-    /// Puts `m` in the outbox, counting it against the rate limit, and drops
-    /// the oldest messages beyond `max_queued`. Returns how many were dropped.
-    pub fn enqueue(&self, m: &Message, now: DateTime<Utc>, max_queued: u32) -> Result<u32, OutboxError> {
-        self.conn
-            .execute(
-                "INSERT INTO outbox (created_at, kind, title, body, priority, next_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?1)",
-                params![ts(now), m.kind, m.title, m.body, m.priority],
-            )
-            .map_err(self.wrap())?;
+    /// Puts `m` in the outbox once for each of `channels`, counting it once
+    /// against the rate limit, and drops each channel's oldest messages
+    /// beyond `max_queued`. Returns how many were dropped.
+    pub fn enqueue(
+        &self,
+        m: &Message,
+        now: DateTime<Utc>,
+        max_queued: u32,
+        channels: &[&str],
+    ) -> Result<u32, OutboxError> {
+        for channel in channels {
+            self.conn
+                .execute(
+                    "INSERT INTO outbox (created_at, kind, title, body, priority, next_attempt, channel)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?1, ?6)",
+                    params![ts(now), m.kind, m.title, m.body, m.priority, channel],
+                )
+                .map_err(self.wrap())?;
+        }
         self.conn.execute("INSERT INTO notify_accepted (time) VALUES (?1)", [ts(now)]).map_err(self.wrap())?;
         self.conn
             .execute("DELETE FROM notify_accepted WHERE time < ?1", [ts(now - chrono::Duration::hours(2))])
             .map_err(self.wrap())?;
-        let dropped = self
-            .conn
-            .execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id DESC LIMIT -1 OFFSET ?1)",
-                [max_queued],
-            )
-            .map_err(self.wrap())? as u32;
+        let mut dropped = 0;
+        for channel in channels {
+            dropped += self
+                .conn
+                .execute(
+                    "DELETE FROM outbox WHERE id IN
+                       (SELECT id FROM outbox WHERE channel = ?2 ORDER BY id DESC LIMIT -1 OFFSET ?1)",
+                    params![max_queued, channel],
+                )
+                .map_err(self.wrap())? as u32;
+        }
         if dropped > 0 {
             self.add_counter("dropped", dropped)?;
         }
@@ -207,16 +230,17 @@ impl Outbox {
         Ok(rolled)
     }
 
-    /// Messages due for a delivery attempt at `now`, oldest first.
-    pub fn due(&self, now: DateTime<Utc>) -> Result<Vec<Pending>, OutboxError> {
+    /// `channel`'s messages due for a delivery attempt at `now`, oldest first.
+    pub fn due(&self, now: DateTime<Utc>, channel: &str) -> Result<Vec<Pending>, OutboxError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, kind, title, body, priority, attempts FROM outbox WHERE next_attempt <= ?1 ORDER BY id",
+                "SELECT id, kind, title, body, priority, attempts FROM outbox
+                 WHERE next_attempt <= ?1 AND channel = ?2 ORDER BY id",
             )
             .map_err(self.wrap())?;
         let rows = stmt
-            .query_map([ts(now)], |r| {
+            .query_map(params![ts(now), channel], |r| {
                 let kind: String = r.get(1)?;
                 Ok(Pending {
                     id: r.get(0)?,
@@ -233,15 +257,20 @@ impl Outbox {
         rows.collect::<Result<_, _>>().map_err(self.wrap())
     }
 
-    /// When the next undelivered message is due, if any.
-    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, OutboxError> {
-        let next: Option<String> =
-            self.conn.query_row("SELECT MIN(next_attempt) FROM outbox", [], |r| r.get(0)).map_err(self.wrap())?;
+    /// When `channel`'s next undelivered message is due, if any.
+    pub fn next_due(&self, channel: &str) -> Result<Option<DateTime<Utc>>, OutboxError> {
+        let next: Option<String> = self
+            .conn
+            .query_row("SELECT MIN(next_attempt) FROM outbox WHERE channel = ?1", [channel], |r| r.get(0))
+            .map_err(self.wrap())?;
         Ok(next.map(|s| parse_ts(&s)))
     }
 
-    pub fn queued(&self) -> Result<u32, OutboxError> {
-        self.conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).map_err(self.wrap())
+    /// `channel`'s undelivered messages.
+    pub fn queued(&self, channel: &str) -> Result<u32, OutboxError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM outbox WHERE channel = ?1", [channel], |r| r.get(0))
+            .map_err(self.wrap())
     }
 
     pub fn delivered(&self, id: i64) -> Result<(), OutboxError> {
