@@ -28,6 +28,8 @@ let
   chromaTokenPath = "/run/credentials/${unit}/${chromaCredential}";
   remoteCredential = "remote-key";
   remoteKeyPath = "/run/credentials/${unit}/${remoteCredential}";
+  ntfyCredential = "ntfy-token";
+  matrixCredential = "matrix-token";
   alertsCredential = "alertmanager-token";
   alertsTokenPath = "/run/credentials/${unit}/${alertsCredential}";
   # host:port, an IPv6 address in brackets.
@@ -473,6 +475,63 @@ in
       };
     };
 
+    ntfy = {
+      url = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "https?://[^?@]+");
+        default = null;
+        example = "https://ntfy.example.org";
+        description = ''
+          Notifications through ntfy too (`ntfy.url`): the same messages as
+          Gotify's, with its limits, digest and priorities, delivered on
+          their own so that one service down holds up no other.
+        '';
+      };
+      topic = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "[A-Za-z0-9_-]{1,64}");
+        default = null;
+        example = "macha-web1";
+        description = "The topic published to; required with {option}`ntfy.url`.";
+      };
+      tokenFile = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.+");
+        default = null;
+        example = "/run/secrets/macha-ntfy-token";
+        description = ''
+          An access token (`tk_...`) for a topic that needs one; given as a
+          string so that it is never copied into the Nix store. The service
+          receives it through `LoadCredential=`.
+        '';
+      };
+    };
+
+    matrix = {
+      homeserver = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "https?://[^?@]+");
+        default = null;
+        example = "https://matrix.example.org";
+        description = ''
+          Notifications into a Matrix room too (`matrix.homeserver`, the
+          client-server API): the same messages, their markdown as HTML.
+        '';
+      };
+      roomId = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "![^ /]+:.+");
+        default = null;
+        example = "!abcdef:example.org";
+        description = "The room's id (not an alias), which macha's Matrix user has joined.";
+      };
+      tokenFile = lib.mkOption {
+        type = lib.types.nullOr (lib.types.strMatching "/.+");
+        default = null;
+        example = "/run/secrets/macha-matrix-token";
+        description = ''
+          The access token of macha's Matrix user; given as a string so that
+          it is never copied into the Nix store. The service receives it
+          through `LoadCredential=`.
+        '';
+      };
+    };
+
     alertmanager = {
       enable = lib.mkOption {
         type = lib.types.bool;
@@ -554,6 +613,24 @@ in
           services.macha-autonomous.remote.hosts: give each host exactly one of hostKey and knownHosts
           (${lib.concatMapStringsSep ", " (h: h.name) (lib.filter (h: (h.hostKey == null) == (h.knownHosts == null)) remote.hosts)}):
           a host whose key is not checked is never talked to.
+        '';
+      }
+      {
+        assertion = cfg.ntfy.url == null || cfg.ntfy.topic != null;
+        message = "services.macha-autonomous.ntfy.url is set but ntfy.topic is not: name the topic to publish to.";
+      }
+      {
+        assertion = cfg.matrix.homeserver == null || (cfg.matrix.roomId != null && cfg.matrix.tokenFile != null);
+        message = ''
+          services.macha-autonomous.matrix.homeserver is set: set matrix.roomId (the room's id, !abc:server) and
+          matrix.tokenFile (the access token of macha's Matrix user) too.
+        '';
+      }
+      {
+        assertion = lib.all (f: f == null || !lib.hasPrefix builtins.storeDir f) [ cfg.ntfy.tokenFile cfg.matrix.tokenFile ];
+        message = ''
+          services.macha-autonomous: ntfy.tokenFile or matrix.tokenFile is in the Nix store, where every user
+          can read it. Keep tokens in files only root can read, outside the store, and give their paths as strings.
         '';
       }
       {
@@ -682,6 +759,15 @@ in
       metrics = lib.mkIf cfg.metrics.enable {
         listen = hostPort cfg.metrics.listenAddress cfg.metrics.port;
       };
+      ntfy = lib.mkIf (cfg.ntfy.url != null) {
+        inherit (cfg.ntfy) url topic;
+        token_file = lib.mkIf (cfg.ntfy.tokenFile != null) "/run/credentials/${unit}/${ntfyCredential}";
+      };
+      matrix = lib.mkIf (cfg.matrix.homeserver != null) {
+        inherit (cfg.matrix) homeserver;
+        room_id = cfg.matrix.roomId;
+        token_file = "/run/credentials/${unit}/${matrixCredential}";
+      };
       alertmanager = lib.mkIf cfg.alertmanager.enable {
         listen = hostPort cfg.alertmanager.listenAddress cfg.alertmanager.port;
         token_file = alertsTokenPath;
@@ -748,7 +834,9 @@ in
           lib.optional (cfg.gotify.tokenFile != null) "${gotifyCredential}:${cfg.gotify.tokenFile}"
           ++ lib.optional (kb.chroma.tokenFile != null) "${chromaCredential}:${kb.chroma.tokenFile}"
           ++ lib.optional (remote.privateKeyFile != null) "${remoteCredential}:${remote.privateKeyFile}"
-          ++ lib.optional (cfg.alertmanager.tokenFile != null) "${alertsCredential}:${cfg.alertmanager.tokenFile}";
+          ++ lib.optional (cfg.alertmanager.tokenFile != null) "${alertsCredential}:${cfg.alertmanager.tokenFile}"
+          ++ lib.optional (cfg.ntfy.tokenFile != null) "${ntfyCredential}:${cfg.ntfy.tokenFile}"
+          ++ lib.optional (cfg.matrix.tokenFile != null) "${matrixCredential}:${cfg.matrix.tokenFile}";
 
         # Hardening. What stays open, and why: the network (Ollama, Gotify
         # and Chroma may be remote), D-Bus over AF_UNIX (systemd's manager and

@@ -378,6 +378,28 @@ in
         && setting [ "alertmanager" "token_file" ] r == "/run/credentials/macha-autonomous.service/alertmanager-token"
         && lib.hasInfix "LoadCredential=alertmanager-token:/etc/macha/am-token\n" r.unit
       );
+    ntfy = effect "ntfy.url, ntfy.topic and ntfy.tokenFile"
+      { ntfy = { url = "https://ntfy.example.org"; topic = "macha-web1"; tokenFile = "/etc/macha/ntfy-token"; }; }
+      (
+        r:
+        setting [ "ntfy" ] r == {
+          url = "https://ntfy.example.org";
+          topic = "macha-web1";
+          token_file = "/run/credentials/macha-autonomous.service/ntfy-token";
+        }
+        && lib.hasInfix "LoadCredential=ntfy-token:/etc/macha/ntfy-token\n" r.unit
+      );
+    matrix = effect "matrix.homeserver, matrix.roomId and matrix.tokenFile"
+      { matrix = { homeserver = "https://matrix.example.org"; roomId = "!ops:example.org"; tokenFile = "/etc/macha/matrix-token"; }; }
+      (
+        r:
+        setting [ "matrix" ] r == {
+          homeserver = "https://matrix.example.org";
+          room_id = "!ops:example.org";
+          token_file = "/run/credentials/macha-autonomous.service/matrix-token";
+        }
+        && lib.hasInfix "LoadCredential=matrix-token:/etc/macha/matrix-token\n" r.unit
+      );
     knowledgeBaseRunbooks = effect "knowledgeBase.runbooks" { knowledgeBase.runbooks = "/srv/runbooks"; } (
       r: setting [ "knowledge_base" "runbooks" ] r == "/srv/runbooks"
     );
@@ -509,6 +531,16 @@ in
       };
     });
     remoteKeyInStore = render (host { remote.privateKeyFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-key"; });
+    ntfyWithoutTopic = render (host { ntfy.url = "https://ntfy.example.org"; });
+    matrixWithoutRoom = render (host { matrix = { homeserver = "https://m.example.org"; tokenFile = "/etc/t"; }; });
+    matrixRoomAlias = render (host { matrix = { homeserver = "https://m.example.org"; roomId = "#ops:m.example.org"; tokenFile = "/etc/t"; }; });
+    matrixTokenInStore = render (host {
+      matrix = {
+        homeserver = "https://m.example.org";
+        roomId = "!ops:m.example.org";
+        tokenFile = "${builtins.storeDir}/0a7bqvaa6r2sibqqwkn2vmrzl4fw3mfl-token";
+      };
+    });
     alertmanagerWithoutToken = render (host { alertmanager.enable = true; });
     alertmanagerTokenInStore = render (host {
       alertmanager = {

@@ -114,6 +114,12 @@ refused remoteHostsWithoutKey "remote.hosts lists hosts, but remote.privateKeyFi
 refused remoteHostUnchecked "give each host exactly one of hostKey and knownHosts"
 refused remoteKeyInStore "services.macha-autonomous.remote.privateKeyFile is in the Nix store"
 refused controllersWithoutSshd "services.openssh.enable is not set"
+refused alertmanagerWithoutToken "services.macha-autonomous.alertmanager.enable is set but alertmanager.tokenFile is not"
+refused alertmanagerTokenInStore "services.macha-autonomous.alertmanager.tokenFile is in the Nix store"
+refused ntfyWithoutTopic "services.macha-autonomous.ntfy.url is set but ntfy.topic is not"
+refused matrixWithoutRoom "services.macha-autonomous.matrix.homeserver is set: set matrix.roomId"
+refused matrixRoomAlias "services.macha-autonomous.matrix.roomId' is not of type"
+refused matrixTokenInStore "ntfy.tokenFile or matrix.tokenFile is in the Nix store"
 refused controllerKeyWithACommand "services.macha-autonomous.remote.allowControllers.\"[definition 1-entry 1]\".key' is not of type"
 if [ "$failures" -gt 0 ]; then
     echo "FAIL: $failures bad configuration(s) not refused as they should be" >&2

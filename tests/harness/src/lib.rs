@@ -2,6 +2,7 @@
 //! container (`container`), and a faithful Ollama double (`ollama`);
 //! journal files of a chosen content (`journal`); a real Chroma server
 //! (`chroma`); several hosts with OpenSSH in one network namespace (`fleet`).
+pub mod chat;
 pub mod chroma;
 pub mod container;
 pub mod fleet;
