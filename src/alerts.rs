@@ -10,8 +10,9 @@
 //! webhook (version 4), 400; each is recorded in `alerts.jsonl` with why,
 //! and nothing of it is kept. Within a good post, an alert without a valid
 //! name or fingerprint is left out and said; labels and annotations are
-//! bounded in count and cut in length, and annotations reach the model
-//! only as untrusted evidence.
+//! bounded in count, cut in length and redacted (a secret in a label never
+//! reaches `state.db`), and annotations reach the model only as untrusted
+//! evidence.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -280,7 +281,7 @@ fn checked(wire: WireAlert) -> Result<(Alert, bool), String> {
         map.into_iter()
             .filter(|(k, _)| k.len() <= 128)
             .take(max)
-            .map(|(k, v)| (k, crate::text::cut(&v, len, "...")))
+            .map(|(k, v)| (k, crate::text::cut(&crate::redact::redact(&v), len, "...")))
             .collect()
     };
     let alert = Alert {
@@ -323,8 +324,10 @@ mod tests {
         assert!(checked(wire(&[("alertname", "x y")], "ab12", "firing")).is_err());
         assert!(checked(wire(&[("alertname", "Down")], "", "firing")).unwrap_err().contains("fingerprint"));
         assert!(checked(wire(&[("alertname", "Down")], "ab12", "pending")).is_err());
-        let (alert, firing) = checked(wire(&[("alertname", "Down")], "ab12", "firing")).unwrap();
+        let (alert, firing) =
+            checked(wire(&[("alertname", "Down"), ("dsn", "db password=hunter2")], "ab12", "firing")).unwrap();
         assert!(firing);
+        assert_eq!(alert.labels["dsn"], "db password=[redacted:password]", "a secret in a label is not kept");
         assert_eq!(alert.annotations["summary"].chars().count(), MAX_ANNOTATION);
         assert!(!checked(wire(&[("alertname", "Down")], "ab12", "resolved")).unwrap().1);
     }

@@ -36,7 +36,7 @@ enum Command {
     Ask(cli::ask::Args),
     /// Show the audit trail and macha's own logs.
     Logs(cli::logs::Args),
-    /// Send a Gotify test message, or the daily digest now.
+    /// Send a test message through every notification channel, or the daily digest now.
     Notify(cli::notify::Args),
     /// Whether the daemon runs, whether the model is there, and the queue in front of it.
     Status(cli::status::Args),

@@ -112,6 +112,24 @@ async fn answer(
     }
 }
 
+/// ntfy keeps a message of at most 4 096 bytes as a message (larger ones
+/// are refused or made attachments); macha's are cut to fit, the rest is in
+/// its records.
+const NTFY_MAX_MESSAGE: usize = 4000;
+
+/// `text` in at most `max` bytes, cut at a character and marked when cut.
+fn cut_bytes(text: &str, max: usize) -> String {
+    const MARK: &str = "\n\n[cut: the rest is in `macha-logs`]";
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
 /// ntfy's priority (1 to 5) for a Gotify priority (0 to 10).
 fn ntfy_priority(gotify: u8) -> u8 {
     match gotify {
@@ -137,7 +155,7 @@ impl Ntfy {
         let body = json!({
             "topic": self.topic,
             "title": m.title,
-            "message": m.body,
+            "message": cut_bytes(&m.body, NTFY_MAX_MESSAGE),
             "priority": ntfy_priority(m.priority),
             "tags": ["macha", m.kind.name()],
             "markdown": true,
@@ -191,8 +209,10 @@ impl Matrix {
             &format!("macha-{id}"),
         ]);
         let markdown = format!("**{}**\n\n{}", m.title, m.body);
+        // A notice: the spec's message type for a bot, which clients do not
+        // answer automatically.
         let body = json!({
-            "msgtype": "m.text",
+            "msgtype": "m.notice",
             "body": format!("{}\n\n{}", m.title, m.body),
             "format": "org.matrix.custom.html",
             "formatted_body": html(&markdown),
@@ -236,6 +256,14 @@ mod tests {
         let shown = html("<script>alert(1)</script> and <b>x</b>");
         assert!(!shown.contains("<script>") && !shown.contains("<b>"), "{shown}");
         assert!(shown.contains("&lt;script&gt;"), "{shown}");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_ntfys_size_at_a_character() {
+        let long = "é".repeat(5000);
+        let cut = cut_bytes(&long, NTFY_MAX_MESSAGE);
+        assert!(cut.len() <= NTFY_MAX_MESSAGE && cut.ends_with("`macha-logs`]"), "{}", cut.len());
+        assert_eq!(cut_bytes("short", NTFY_MAX_MESSAGE), "short");
     }
 
     #[test]
