@@ -16,15 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{wait_until, Bed};
+use common::{free_port, wait_until, Bed};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "s3cret-alert-token";
 const HOST: &str = "macha-test-host";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One HTTP/1.0 request; the status code (0 when nothing listens) and the body.
 fn http(port: u16, request: &[u8]) -> (u16, String) {

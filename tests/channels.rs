@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{decision, Bed, WEB};
+use common::{decision, files_containing, Bed, WEB};
 use macha_testbed::chat::{MatrixReceiver, Mode, NtfyReceiver};
 use macha_testbed::gotify::GotifyReceiver;
 use macha_testbed::ollama::Reply;
@@ -48,22 +47,6 @@ fn channels(bed: &Bed) -> Channels {
         file("matrix-token", MATRIX_TOKEN),
     ));
     Channels { gotify, ntfy, matrix }
-}
-
-/// The files under `dir` holding `needle`, the token files aside.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            hits.extend(files_containing(&path, needle));
-        } else if !path.file_name().unwrap().to_string_lossy().ends_with("-token")
-            && String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle)
-        {
-            hits.push(path.display().to_string());
-        }
-    }
-    hits
 }
 
 fn sorted(mut titles: Vec<String>) -> Vec<String> {

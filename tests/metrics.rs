@@ -11,14 +11,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{decision, wait_until, Bed, WEB};
+use common::{decision, free_port, wait_until, Bed, WEB};
 use macha_testbed::ollama::Reply;
 use serde_json::Value;
-
-/// A port free on loopback now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One HTTP/1.0 request: the status line's code, and the body; code 0
 /// when nothing listens (yet).

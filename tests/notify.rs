@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{decision, stop_daemon, wait_until, Bed, WEB};
+use common::{decision, files_containing, stop_daemon, wait_until, Bed, WEB};
 use macha_testbed::gotify::{GotifyReceiver, Mode, ReceivedMessage, TokenSource};
 use macha_testbed::ollama::Reply;
 use serde_json::Value;
@@ -226,21 +225,6 @@ fn beyond_the_hourly_limit_messages_roll_into_the_digest_whose_counts_match_the_
 
 fn cycles(bed: &Bed) -> usize {
     std::fs::read_to_string(bed.state_dir().join("orchestrator.log")).unwrap_or_default().matches("cycle done").count()
-}
-
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            hits.extend(files_containing(&path, needle));
-        } else if path.file_name().unwrap() != "gotify-token"
-            && String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle)
-        {
-            hits.push(path.display().to_string());
-        }
-    }
-    hits
 }
 
 #[test]

@@ -331,3 +331,25 @@ pub fn stderr(out: &Output) -> String {
 pub fn chats(double: &OllamaDouble) -> Vec<Value> {
     double.requests().into_iter().filter(|r| r.path == "/api/chat").map(|r| r.body).collect()
 }
+
+/// The files under `dir` holding `needle`, the token files (`*-token`)
+/// aside: where a secret must never be written.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            hits.extend(files_containing(&path, needle));
+        } else if !path.file_name().unwrap().to_string_lossy().ends_with("-token")
+            && String::from_utf8_lossy(&std::fs::read(&path).unwrap()).contains(needle)
+        {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
