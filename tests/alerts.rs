@@ -197,6 +197,9 @@ fn a_prometheus_rule_firing_through_alertmanager_is_an_incident_decided_and_reso
         [401, 401, 400, 400, 400, 413]
     );
     assert_eq!(opened(&bed, "alert:Flood"), 0);
+    let shown = String::from_utf8_lossy(&bed.run("macha-logs", &["alerts"]).stdout).into_owned();
+    assert!(shown.contains("refused HTTP 401  0 firing") && shown.contains("no bearer token"), "{shown}");
+    assert!(shown.contains("taken HTTP 200  1 firing, 0 resolved"), "{shown}");
 
     // A flood of one name, with alerts about another host and a malformed
     // one: one incident, one decision.

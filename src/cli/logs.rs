@@ -54,6 +54,8 @@ enum Which {
     Memory,
     /// What controllers asked of this host (`macha remote serve`): sessions, actions, refusals.
     Remote,
+    /// What Alertmanager's webhook brought: each post taken or refused, and why.
+    Alerts,
     /// The daemon's own log file.
     Orchestrator,
     /// The daemon's journal lines (its systemd unit).
@@ -71,6 +73,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         Which::Actions => (audit::ACTIONS, human_action),
         Which::Memory => (audit::MEMORY, human_memory),
         Which::Remote => (audit::REMOTE, human_remote),
+        Which::Alerts => (audit::ALERTS, human_alert),
         Which::Orchestrator => (ORCHESTRATOR_LOG, human_log),
         Which::Service => {
             let (dir, unit) = (config.journal_dir.as_deref(), config.service_unit.as_str());
@@ -262,7 +265,7 @@ fn human_action(v: &Value) -> String {
     ActionRecord::deserialize(v).map_or_else(|_| loose::action(v), |r| action_line(&r))
 }
 
-/// A line of `memory.jsonl` for people, as [`human_decision`].
+/// A line of `remote.jsonl` for people,
 /// "TIME  controller CTL  VERB  OUTCOME (ERROR): DETAIL", read loosely:
 /// each field as far as it is there.
 fn human_remote(v: &Value) -> String {
@@ -280,6 +283,27 @@ fn human_remote(v: &Value) -> String {
     )
 }
 
+/// A line of `alerts.jsonl` for people,
+/// "TIME  OUTCOME HTTP STATUS  N firing, N resolved, N about another host, N left out: DETAIL",
+/// read loosely.
+fn human_alert(v: &Value) -> String {
+    let text = |key: &str| v.get(key).and_then(Value::as_str).unwrap_or("-");
+    let n = |key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let time = text("time").get(..19).unwrap_or(text("time")).replace('T', " ");
+    format!(
+        "{}  {} HTTP {}  {} firing, {} resolved, {} about another host, {} left out: {}",
+        shown(&time),
+        shown(text("outcome")),
+        n("status"),
+        n("firing"),
+        n("resolved"),
+        n("elsewhere"),
+        n("left_out"),
+        shown(text("detail"))
+    )
+}
+
+/// A line of `memory.jsonl` for people, as [`human_decision`].
 fn human_memory(v: &Value) -> String {
     MemoryRecord::deserialize(v).map_or_else(|_| loose::memory(v), |r| memory_line(&r))
 }
