@@ -143,7 +143,7 @@ fn the_rendered_unit_runs_the_daemon_hardened_under_systemd() {
 
     // The credential was read: the daemon announced notifications.
     let log = journal(&c);
-    assert!(log.contains("notifications to Gotify on"), "{log}");
+    assert!(log.contains("notifications on channel=\"gotify\""), "{log}");
     assert!(!log.contains("Permission denied") && !log.contains("Operation not permitted"), "{log}");
 
     let security = c.exec(&["systemd-analyze", "security", "--no-pager", UNIT]).unwrap();
