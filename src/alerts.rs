@@ -34,6 +34,8 @@ use crate::store::Store;
 
 /// The largest post taken, in bytes.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a post's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Alerts taken from one post.
 const MAX_ALERTS_PER_POST: usize = 1000;
 /// Labels and annotations kept of one alert; more are left out.
@@ -134,12 +136,18 @@ impl Receiver {
             let why = if sent.is_empty() { "no bearer token" } else { "a bearer token that is not this one" };
             return self.refuse(StatusCode::UNAUTHORIZED, format!("{why}: see alertmanager.token_file"));
         }
-        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        // A body that trickles in is not waited for past BODY_TIMEOUT.
+        let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY).collect());
+        let body = match collected.await {
+            Err(_) => {
+                let why = format!("the post's body did not arrive within {} s", BODY_TIMEOUT.as_secs());
+                return self.refuse(StatusCode::REQUEST_TIMEOUT, why);
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("a post larger than {MAX_BODY} bytes"));
             }
-            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, format!("the post could not be read: {e}")),
+            Ok(Err(e)) => return self.refuse(StatusCode::BAD_REQUEST, format!("the post could not be read: {e}")),
         };
         let taken = match self.read(&body) {
             Ok(t) => t,
