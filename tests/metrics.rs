@@ -93,7 +93,13 @@ impl Drop for Prometheus {
 fn prometheus_scrapes_what_the_daemon_did_and_promtool_accepts_it() {
     let bed = Bed::new("metrics", "auto-safe");
     let port = free_port();
-    bed.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // Alertmanager's webhook on the same address: one listener serves both.
+    let token = bed.state.path().join("alertmanager-token");
+    std::fs::write(&token, "am-token\n").unwrap();
+    bed.append_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[alertmanager]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token.display()
+    ));
     bed.failing_web();
     bed.double.push(Reply::Json(decision("restart_unit", &[WEB])));
     let mut daemon = bed.daemon(Stdio::piped());
@@ -138,7 +144,12 @@ fn prometheus_scrapes_what_the_daemon_did_and_promtool_accepts_it() {
     assert_eq!(prometheus.value("macha_approvals_pending"), Some(0.0));
     assert_eq!(prometheus.value("macha_build_info"), Some(1.0));
 
-    // Nothing else is served.
+    // The webhook beside it, and nothing else.
+    let (code, said) = http(port, "POST /alertmanager HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(code, 401, "{said}");
+    let (code, said) = get(port, "/nothing");
+    assert_eq!(code, 404);
+    assert!(said.contains("only /metrics and /alertmanager"), "{said}");
     assert_eq!(get(port, "/").0, 404);
     assert_eq!(get(port, "/api/v1/query").0, 404);
     let (code, _) = http(port, "POST /metrics HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
