@@ -136,6 +136,7 @@ pub async fn run(
     }
     let line = Line::new(shared.clone());
     let deciding = tokio::task::spawn_local(decide(decider, line.clone(), config.clone()));
+    tokio::task::spawn_local(give_back_when_quiet(line.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let manager = ServiceManager::from_env();
@@ -230,8 +231,6 @@ struct Watcher {
     units: HashSet<String>,
     /// Restarts within the window that make a restart loop.
     loop_at: usize,
-    /// Start-up is done: a pass ran with systemd's signals followed.
-    started: bool,
 }
 
 impl Watcher {
@@ -260,7 +259,6 @@ impl Watcher {
             settle_at: None,
             units: HashSet::new(),
             loop_at: config.detect.restart_loop_restarts as usize,
-            started: false,
         })
     }
 
@@ -312,13 +310,6 @@ impl Watcher {
                 for job in pass.jobs() {
                     self.line.push(job);
                 }
-                if !self.started && self.watch.live() {
-                    self.started = true;
-                    // With decisions in line, the decider gives back once they are made.
-                    if self.line.is_empty() {
-                        give_back("start-up is done");
-                    }
-                }
             }
             Ok(None) => return false,
             Err(e) => {
@@ -327,6 +318,7 @@ impl Watcher {
                 self.manager.status(&format!("last pass failed: {e}; next in {} s", self.interval.as_secs()));
             }
         }
+        self.line.worked();
         true
     }
 
@@ -403,6 +395,8 @@ struct Line {
     /// The remote hosts are to be looked at (a full pass asked).
     fleet: Rc<Cell<bool>>,
     added: Rc<tokio::sync::Notify>,
+    /// Told after each pass and each piece of the decider's work.
+    worked: Rc<tokio::sync::Notify>,
     closed: Rc<Cell<bool>>,
     /// The incident being decided, and the evidence it is decided on.
     deciding: Rc<RefCell<Option<(Fingerprint, String)>>>,
@@ -416,6 +410,7 @@ impl Line {
             check: Rc::default(),
             fleet: Rc::default(),
             added: Rc::default(),
+            worked: Rc::default(),
             closed: Rc::default(),
             deciding: Rc::default(),
             shared,
@@ -478,6 +473,16 @@ impl Line {
         self.jobs.borrow().is_empty()
     }
 
+    /// Whether the decider has nothing to do and does nothing.
+    fn is_idle(&self) -> bool {
+        self.is_empty() && self.deciding.borrow().is_none() && !self.check.get() && !self.fleet.get()
+    }
+
+    /// A pass or a piece of the decider's work is done.
+    fn worked(&self) {
+        self.worked.notify_one();
+    }
+
     /// No more jobs come; the decider ends once it took them all.
     fn close(&self) {
         self.closed.set(true);
@@ -513,12 +518,14 @@ async fn decide(mut engine: Engine, line: Line, config: Config) -> ModelService 
         let job = match work {
             Work::CheckModel => {
                 engine.check_model_now().await;
+                line.worked();
                 continue;
             }
             Work::Fleet => {
                 // Each host on a thread of its own, bounded by the timeouts;
                 // this host's incidents seen meanwhile wait in line.
                 crate::remote::controller::pass(&mut engine, &config).await;
+                line.worked();
                 continue;
             }
             Work::Decide(job) => job,
@@ -534,19 +541,29 @@ async fn decide(mut engine: Engine, line: Line, config: Config) -> ModelService 
         let memory = engine.memory_status();
         line.shared.update(|w| w.memory = memory);
         line.tell_deciding(None);
-        if line.is_empty() {
-            give_back("the decisions in line are made");
-        }
+        line.worked();
     }
     engine.model().clone()
 }
 
-/// Gives back the memory the work just done left resident (see
-/// `memory`): after start-up and when the decisions in line are made, the
-/// daemon idles until something happens.
-fn give_back(after: &str) {
-    let given = crate::memory::give_back();
-    tracing::debug!(before_kib = given.before_kib, after_kib = given.after_kib, "{after}: memory given back");
+/// How long the daemon does nothing before it gives back memory.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives back the memory work left resident (see `memory`) whenever the
+/// daemon falls quiet: `QUIET` after the last pass or decision, with
+/// nothing in line or being decided. Waiting that long lets what follows
+/// the work (the status written, a notification sent) run first, instead
+/// of faulting back at once what was just given back.
+async fn give_back_when_quiet(line: Line) {
+    loop {
+        line.worked.notified().await;
+        // More work within `QUIET` starts the wait again.
+        while tokio::time::timeout(QUIET, line.worked.notified()).await.is_ok() {}
+        if line.is_idle() {
+            let given = crate::memory::give_back();
+            tracing::debug!(before_kib = given.before_kib, after_kib = given.after_kib, "quiet: memory given back");
+        }
+    }
 }
 
 /// The unit's status line between two cycles, for `systemctl status`.

@@ -5,21 +5,28 @@
 //!
 //! - the heap's freed pages, which glibc keeps for reuse; `malloc_trim`
 //!   returns them to the kernel;
-//! - the pages of the daemon's own program that the work ran or read. The
-//!   kernel maps a program's code 64 KiB around each page first run
-//!   (fault-around), so after start-up about three quarters of a 10 MB
-//!   binary is resident, while an idle daemon runs a fraction of it.
-//!   `MADV_PAGEOUT` on the program's read-only mappings reclaims the pages
-//!   no other process maps; the ones still used come back from the file on
-//!   their next run.
+//! - pages of the program and of its shared libraries that the work ran or
+//!   read. The kernel maps code 64 KiB around each page first run
+//!   (fault-around), so after start-up about three quarters of a 13 MB
+//!   binary is resident, while an idle daemon runs a fraction of it; the
+//!   dynamic loader reads libcrypto's symbol tables (1.2 MB) once, at
+//!   start. `MADV_PAGEOUT` on these mappings reclaims the pages no other
+//!   process maps; the ones still used come back from their file on their
+//!   next run.
 //!
-//! Only mappings that are never written are paged out: the code and the
-//! read-only data before it. Writable data, the relocated read-only data
-//! after the code, the heap, stacks and shared libraries are left alone,
-//! so nothing the process wrote can be lost. Measured in BENCHMARKS.md
-//! ("Event-driven detection").
-
-use std::path::Path;
+//! After that, a fault in the program reads only the page it needs: no
+//! read-ahead around it (`MADV_RANDOM`; a device may read ahead 8 MB), and
+//! the program's pages cached but mapped by no process are dropped
+//! (`POSIX_FADV_DONTNEED`), so the kernel's fault-around maps no
+//! neighbours the daemon does not run.
+//!
+//! Only pages the kernel can read back from their file are asked for: a
+//! private mapping that is not writable and holds no page the process
+//! wrote (`Anonymous: 0 kB` in `/proc/self/smaps`; the loader's relocated
+//! tables do). The heap, stacks, writable data and shared mappings (the
+//! journal's files) are left alone. Reclaiming never loses data in any
+//! case; this keeps it from swapping out what is in use. Measured in
+//! BENCHMARKS.md ("Event-driven detection").
 
 /// Resident memory before and after giving back, in KiB (`VmRSS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,17 +35,18 @@ pub struct GivenBack {
     pub after_kib: u64,
 }
 
-/// Returns the heap's free pages and pages out the program's read-only
+/// Returns the heap's free pages and pages out the file-backed read-only
 /// mappings (see the module's documentation). Costs a few milliseconds;
 /// call it when the daemon falls idle, not on every event.
 pub fn give_back() -> GivenBack {
     let before_kib = resident_kib();
     trim_heap();
-    if let (Ok(maps), Ok(exe)) = (std::fs::read_to_string("/proc/self/maps"), std::fs::read_link("/proc/self/exe")) {
-        for range in read_only_program_ranges(&maps, &exe) {
+    if let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") {
+        for range in file_backed_read_only_ranges(&smaps) {
             page_out(range);
         }
     }
+    drop_program_cache();
     GivenBack { before_kib, after_kib: resident_kib() }
 }
 
@@ -57,48 +65,66 @@ fn trim_heap() {}
 fn page_out(range: std::ops::Range<usize>) {
     let Some(len) = std::num::NonZeroUsize::new(range.end - range.start) else { return };
     let Some(addr) = std::ptr::NonNull::new(range.start as *mut std::ffi::c_void) else { return };
-    // SAFETY: the range is a whole mapping of this process's own program
-    // that is not writable (checked by `read_only_program_ranges`), so no
-    // page of it holds data the process wrote; MADV_PAGEOUT only drops
-    // pages the kernel can read back from the file. An error (an old
-    // kernel without MADV_PAGEOUT) leaves the pages where they are.
+    // SAFETY: the range is a whole file-backed mapping of this process that
+    // is not writable and holds no page the process wrote (checked by
+    // `file_backed_read_only_ranges`); MADV_PAGEOUT only drops pages the
+    // kernel can read back from the file, and never changes their content.
+    // An error (an old kernel without MADV_PAGEOUT, a mapping gone
+    // meanwhile) leaves the pages where they are.
     let _ = unsafe { nix::sys::mman::madvise(addr, len.get(), nix::sys::mman::MmapAdvise::MADV_PAGEOUT) };
+    // SAFETY: as above; MADV_RANDOM only turns off read-ahead for later
+    // faults in the range, and changes no page.
+    let _ = unsafe { nix::sys::mman::madvise(addr, len.get(), nix::sys::mman::MmapAdvise::MADV_RANDOM) };
 }
 
-/// The address ranges of `exe`'s mappings in `maps` (the text of
-/// `/proc/self/maps`) that may be paged out: the executable code, and the
-/// read-only mapping at the file's start (headers, read-only data, unwind
-/// tables). Never a writable mapping, nor the read-only one after the code,
-/// whose pages the loader wrote (relocations) before it made them read-only.
-fn read_only_program_ranges(maps: &str, exe: &Path) -> Vec<std::ops::Range<usize>> {
-    let exe = exe.as_os_str().as_encoded_bytes();
+/// Drops the pages of the program's file that are cached and mapped by no
+/// process, so that a later fault maps only the page it needs and not the
+/// neighbours read ahead around it (see the module's documentation).
+fn drop_program_cache() {
+    // The program's own file, not a path that may name another by now.
+    if let Ok(file) = std::fs::File::open("/proc/self/exe") {
+        let _ = nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// The address ranges of the mappings in `smaps` (the text of
+/// `/proc/self/smaps`) that may be paged out: private, not writable,
+/// backed by a file (an inode, a path), with no anonymous page in them.
+fn file_backed_read_only_ranges(smaps: &str) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
-    for line in maps.lines() {
-        // address perms offset dev inode path
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(span), Some(perms), Some(offset), Some(_dev), Some(_inode)) =
-            (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        let path: Vec<&str> = fields.collect();
-        if path.join(" ").as_bytes() != exe {
+    // The mapping being read, while it may still qualify.
+    let mut current: Option<std::ops::Range<usize>> = None;
+    for line in smaps.lines() {
+        if let Some(range) = mapping_header(line) {
+            current = range;
             continue;
         }
-        let pageable = match perms.as_bytes() {
-            [b'r', b'-', b'x', b'p'] => true,
-            [b'r', b'-', b'-', b'p'] => offset.bytes().all(|b| b == b'0'),
-            _ => false,
-        };
-        let Some((start, end)) = span.split_once('-') else { continue };
-        if let (true, Ok(start), Ok(end)) = (pageable, usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
-        {
-            if start < end {
-                ranges.push(start..end);
+        let Some(anonymous) = line.strip_prefix("Anonymous:") else { continue };
+        if let Some(range) = current.take() {
+            if anonymous.trim().trim_end_matches("kB").trim() == "0" {
+                ranges.push(range);
             }
         }
     }
     ranges
+}
+
+/// `Some` for a mapping's header line: `Some(range)` when the mapping is
+/// private, not writable and file-backed, `Some(None)` for any other
+/// mapping; `None` for a line that is no header (a field of the mapping).
+#[allow(clippy::option_option)]
+fn mapping_header(line: &str) -> Option<Option<std::ops::Range<usize>>> {
+    // address perms offset dev inode path
+    let mut fields = line.split_ascii_whitespace();
+    let span = fields.next()?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+    let perms = fields.next()?;
+    let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
+    let path = fields.next().unwrap_or("");
+    let file_backed = inode != "0" && path.starts_with('/');
+    let read_only_private = matches!(perms.as_bytes(), [b'r', b'-', _, b'p']);
+    Some((file_backed && read_only_private && start < end).then_some(start..end))
 }
 
 /// This process's `VmRSS`, in KiB; 0 when it cannot be read.
@@ -119,31 +145,57 @@ mod tests {
 
     use super::*;
 
-    const MAPS: &str = "\
+    const SMAPS: &str = "\
 55d0c8a00000-55d0c8c9b000 r--p 00000000 fd:01 1234 /nix/store/abc-macha/bin/macha
+Size:               2668 kB
+Rss:                 640 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me sd
 55d0c8c9b000-55d0c9360000 r-xp 0029b000 fd:01 1234 /nix/store/abc-macha/bin/macha
+Rss:                2984 kB
+Anonymous:             0 kB
 55d0c9360000-55d0c93b0000 r--p 00960000 fd:01 1234 /nix/store/abc-macha/bin/macha
+Rss:                 428 kB
+Anonymous:           428 kB
 55d0c93b0000-55d0c93b7000 rw-p 009b0000 fd:01 1234 /nix/store/abc-macha/bin/macha
+Anonymous:            28 kB
 55d0ca000000-55d0ca100000 rw-p 00000000 00:00 0 [heap]
-7f0000000000-7f0000020000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:           824 kB
+7f0000000000-7f0000020000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+Anonymous:             0 kB
 7f0000020000-7f0000180000 r-xp 00020000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f0000200000-7f0000201000 r-xp 00000000 fd:01 77 /nix/store/abc-macha/bin/macha-other
+Anonymous:             0 kB
+7f0000180000-7f0000190000 r--s 00000000 fd:01 42 /var/log/journal/x/system.journal
+Anonymous:             0 kB
+7f0000200000-7f0000201000 r-xp 00000000 fd:01 77 /nix/store/abc-macha/bin/macha (deleted)
+Anonymous:             0 kB
+7f0000300000-7f0000301000 r--p 00000000 00:00 0
+Anonymous:             0 kB
 garbage line
 7fff00000000-7fff00021000 rw-p 00000000 00:00 0 [stack]
+Anonymous:           132 kB
+7fff00100000-7fff00102000 r-xp 00000000 00:00 0 [vdso]
+Anonymous:             0 kB
 ";
 
     #[test]
-    fn only_the_programs_code_and_leading_read_only_data_are_paged_out() {
-        let ranges = read_only_program_ranges(MAPS, Path::new("/nix/store/abc-macha/bin/macha"));
-        assert_eq!(ranges, vec![0x55d0c8a00000..0x55d0c8c9b000, 0x55d0c8c9b000..0x55d0c9360000]);
+    fn only_file_backed_read_only_pages_never_written_are_paged_out() {
+        assert_eq!(
+            file_backed_read_only_ranges(SMAPS),
+            vec![
+                0x55d0c8a00000..0x55d0c8c9b000,
+                0x55d0c8c9b000..0x55d0c9360000,
+                0x7f0000000000..0x7f0000020000,
+                0x7f0000020000..0x7f0000180000,
+                0x7f0000200000..0x7f0000201000,
+            ]
+        );
     }
 
     #[test]
-    fn a_program_replaced_on_disk_is_still_recognised_by_its_path_as_mapped() {
-        let maps = "1000-2000 r-xp 00001000 fd:01 5 /nix/store/x/bin/macha (deleted)\n";
-        let ranges = read_only_program_ranges(maps, Path::new("/nix/store/x/bin/macha (deleted)"));
-        assert_eq!(ranges, vec![0x1000..0x2000]);
-        assert!(read_only_program_ranges(maps, Path::new("/nix/store/x/bin/macha")).is_empty());
+    fn a_mapping_without_its_anonymous_line_is_left_alone() {
+        let smaps = "1000-2000 r-xp 00000000 fd:01 5 /lib/x.so\nRss: 4 kB\n3000-4000 r-xp 00000000 fd:01 6 /lib/y.so\n";
+        assert!(file_backed_read_only_ranges(smaps).is_empty());
     }
 
     static WRITTEN: AtomicU64 = AtomicU64::new(7);
