@@ -267,7 +267,11 @@ impl Watcher {
         loop {
             let mut settling = false;
             let scope = tokio::select! {
-                happened = self.watch.next() => self.scope_for(happened),
+                happened = self.watch.next() => {
+                    // Signals read are work too, a pass or not.
+                    self.line.worked();
+                    self.scope_for(happened)
+                }
                 _ = tokio::time::sleep_until(self.next_full) => Some(Scope::Full),
                 _ = self.bursts.notified() => Some(Scope::Units),
                 // Alertmanager's webhook brought alerts that changed.
@@ -395,7 +399,7 @@ struct Line {
     /// The remote hosts are to be looked at (a full pass asked).
     fleet: Rc<Cell<bool>>,
     added: Rc<tokio::sync::Notify>,
-    /// Told after each pass and each piece of the decider's work.
+    /// Told after each pass, signals read and each piece of the decider's work.
     worked: Rc<tokio::sync::Notify>,
     closed: Rc<Cell<bool>>,
     /// The incident being decided, and the evidence it is decided on.
@@ -478,7 +482,7 @@ impl Line {
         self.is_empty() && self.deciding.borrow().is_none() && !self.check.get() && !self.fleet.get()
     }
 
-    /// A pass or a piece of the decider's work is done.
+    /// A pass, signals read or a piece of the decider's work is done.
     fn worked(&self) {
         self.worked.notify_one();
     }
@@ -550,7 +554,7 @@ async fn decide(mut engine: Engine, line: Line, config: Config) -> ModelService 
 const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Gives back the memory work left resident (see `memory`) whenever the
-/// daemon falls quiet: `QUIET` after the last pass or decision, with
+/// daemon falls quiet: `QUIET` after the last pass, signal or decision, with
 /// nothing in line or being decided. Waiting that long lets what follows
 /// the work (the status written, a notification sent) run first, instead
 /// of faulting back at once what was just given back.
