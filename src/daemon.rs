@@ -553,20 +553,14 @@ async fn decide(mut engine: Engine, line: Line, config: Config) -> ModelService 
 /// How long the daemon does nothing before it gives back memory.
 const QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How often an idle daemon gives back again what its own upkeep ran
-/// meanwhile (the status refreshed every 30 s brings back about 1 MB of
-/// program pages; measured in BENCHMARKS.md).
-const IDLE_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Gives back the memory work left resident (see `memory`) whenever the
 /// daemon falls quiet: `QUIET` after the last pass, signal or decision, with
-/// nothing in line or being decided, and every `IDLE_AGAIN` while it stays
-/// idle. Waiting that long lets what follows the work (the status written,
-/// a notification sent) run first, instead of faulting back at once what
-/// was just given back.
+/// nothing in line or being decided. Waiting that long lets what follows
+/// the work (the status written, a notification sent) run first, instead
+/// of faulting back at once what was just given back.
 async fn give_back_when_quiet(line: Line) {
     loop {
-        let _ = tokio::time::timeout(IDLE_AGAIN, line.worked.notified()).await;
+        line.worked.notified().await;
         // More work within `QUIET` starts the wait again.
         while tokio::time::timeout(QUIET, line.worked.notified()).await.is_ok() {}
         if line.is_idle() {
