@@ -26,7 +26,7 @@
 //! tables do). The heap, stacks, writable data and shared mappings (the
 //! journal's files) are left alone. Reclaiming never loses data in any
 //! case; this keeps it from swapping out what is in use. Measured in
-//! BENCHMARKS.md ("Event-driven detection").
+//! BENCHMARKS.md ("Detection latency").
 
 /// Resident memory before and after giving back, in KiB (`VmRSS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
