@@ -8,11 +8,11 @@
 //! A post without the bearer token of `alertmanager.token_file` is 401;
 //! one larger than [`MAX_BODY`], 413; one whose body does not arrive within
 //! 30 s, 408; one that is not Alertmanager's webhook (version 4), 400; each
-//! is recorded in `alerts.jsonl` with why, and nothing of it is kept. Within a good post, an alert without a valid
-//! name or fingerprint is left out and said; labels and annotations are
-//! bounded in count, cut in length and redacted (a secret in a label never
-//! reaches `state.db`), and annotations reach the model only as untrusted
-//! evidence.
+//! is recorded in `alerts.jsonl` with why, and nothing of it is kept.
+//! Within a good post, an alert without a valid name or fingerprint is left
+//! out and said; labels and annotations are bounded in count, cut in length
+//! and redacted (a secret in a label never reaches `state.db`), and
+//! annotations reach the model only as untrusted evidence.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -472,14 +472,9 @@ impl Line {
         }
     }
 
-    /// Whether nothing waits for a decision.
-    fn is_empty(&self) -> bool {
-        self.jobs.borrow().is_empty()
-    }
-
     /// Whether the decider has nothing to do and does nothing.
     fn is_idle(&self) -> bool {
-        self.is_empty() && self.deciding.borrow().is_none() && !self.check.get() && !self.fleet.get()
+        self.jobs.borrow().is_empty() && self.deciding.borrow().is_none() && !self.check.get() && !self.fleet.get()
     }
 
     /// A pass, signals read or a piece of the decider's work is done.

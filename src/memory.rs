@@ -95,8 +95,8 @@ fn file_backed_read_only_ranges(smaps: &str) -> Vec<std::ops::Range<usize>> {
     // The mapping being read, while it may still qualify.
     let mut current: Option<std::ops::Range<usize>> = None;
     for line in smaps.lines() {
-        if let Some(range) = mapping_header(line) {
-            current = range;
+        if let Some((range, pageable)) = mapping_header(line) {
+            current = pageable.then_some(range);
             continue;
         }
         let Some(anonymous) = line.strip_prefix("Anonymous:") else { continue };
@@ -109,22 +109,20 @@ fn file_backed_read_only_ranges(smaps: &str) -> Vec<std::ops::Range<usize>> {
     ranges
 }
 
-/// `Some` for a mapping's header line: `Some(range)` when the mapping is
-/// private, not writable and file-backed, `Some(None)` for any other
-/// mapping; `None` for a line that is no header (a field of the mapping).
-#[allow(clippy::option_option)]
-fn mapping_header(line: &str) -> Option<Option<std::ops::Range<usize>>> {
+/// A mapping's header line: its range, and whether it is private, not
+/// writable and file-backed; `None` for a line that is no header (a field
+/// of the mapping).
+fn mapping_header(line: &str) -> Option<(std::ops::Range<usize>, bool)> {
     // address perms offset dev inode path
     let mut fields = line.split_ascii_whitespace();
-    let span = fields.next()?;
-    let (start, end) = span.split_once('-')?;
+    let (start, end) = fields.next()?.split_once('-')?;
     let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
     let perms = fields.next()?;
     let (_offset, _dev, inode) = (fields.next()?, fields.next()?, fields.next()?);
     let path = fields.next().unwrap_or("");
     let file_backed = inode != "0" && path.starts_with('/');
     let read_only_private = matches!(perms.as_bytes(), [b'r', b'-', _, b'p']);
-    Some((file_backed && read_only_private && start < end).then_some(start..end))
+    Some((start..end, file_backed && read_only_private && start < end))
 }
 
 /// This process's `VmRSS`, in KiB; 0 when it cannot be read.
