@@ -174,29 +174,8 @@ impl DaemonStatus {
 
 /// Replaces the file so a reader sees the old or the new status, never a mix.
 pub fn write(state: &StateDir, status: &DaemonStatus) -> std::io::Result<()> {
-    write_text(state, &render(status)?)
-}
-
-fn render(status: &DaemonStatus) -> std::io::Result<String> {
-    serde_json::to_string_pretty(status).map_err(std::io::Error::other)
-}
-
-fn write_text(state: &StateDir, text: &str) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
     Ok(state.replace(STATUS_FILE, text.as_bytes())?)
-}
-
-/// `text` (a status as `render` wrote it) with its `updated_at` set to
-/// `at`; `None` if the field is not where `render` puts it. The refresh of
-/// an unchanged status every `REFRESH` is this, not a new rendering, so
-/// that an idle daemon runs a few pages of code for it instead of every
-/// type's serializer: each page an idle daemon runs is resident again
-/// (see `memory`).
-fn refreshed(text: &str, at: DateTime<Utc>) -> Option<String> {
-    const KEY: &str = "\"updated_at\": \"";
-    let start = text.find(KEY)? + KEY.len();
-    let end = start + text[start..].find('"')?;
-    let value = serde_json::to_string(&at).ok()?;
-    Some(format!("{}{}{}", &text[..start], value.trim_matches('"'), &text[end..]))
 }
 
 /// The last status the daemon wrote; `None` when it never wrote one.
@@ -215,8 +194,7 @@ pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
 pub async fn publish(service: ModelService, watching: Shared, state: StateDir, started_at: DateTime<Utc>) {
     let mut failing = false;
     let mut signals = 0;
-    // The status last written, its text, and when.
-    let mut last: Option<(DaemonStatus, String, std::time::Instant)> = None;
+    let mut last: Option<(DaemonStatus, std::time::Instant)> = None;
     loop {
         let now = watching.get();
         // While signals come, once more a second after the last: the
@@ -225,29 +203,17 @@ pub async fn publish(service: ModelService, watching: Shared, state: StateDir, s
         signals = now.events.signals;
         let status = DaemonStatus::of(&service, Some(now), started_at, None);
         // What a reader would see differently, or the refresh that tells a live daemon.
-        let due = last.as_ref().is_none_or(|(was, _, at)| !same(was, &status) || at.elapsed() >= REFRESH);
+        let due = last.as_ref().is_none_or(|(was, at)| !same(was, &status) || at.elapsed() >= REFRESH);
         if due {
-            // An unchanged status is refreshed in its last text.
-            let text = match &last {
-                Some((was, text, _)) if same(was, &status) => refreshed(text, status.updated_at),
-                _ => None,
-            };
-            let text = text.map_or_else(|| render(&status), Ok);
-            let text = match text.and_then(|text| write_text(&state, &text).map(|()| text)) {
-                Ok(text) => {
-                    failing = false;
-                    text
+            match write(&state, &status) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot write {STATUS_FILE}; `macha status` shows an old state");
                 }
-                Err(e) => {
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(error = %e, "cannot write {STATUS_FILE}; `macha status` shows an old state");
-                    }
-                    // Rendered afresh at the next try.
-                    String::new()
-                }
-            };
-            last = Some((status, text, std::time::Instant::now()));
+                Err(_) => {}
+            }
+            last = Some((status, std::time::Instant::now()));
         }
         tokio::select! {
             _ = service.changed().notified() => {}
@@ -263,54 +229,4 @@ pub async fn publish(service: ModelService, watching: Shared, state: StateDir, s
 /// Whether two statuses tell a reader the same (the time written aside).
 fn same(a: &DaemonStatus, b: &DaemonStatus) -> bool {
     DaemonStatus { updated_at: b.updated_at, ..a.clone() } == *b
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Api;
-    use crate::model::{Check, Endpoint, EndpointCheck, ProviderInfo};
-
-    fn status(at: DateTime<Utc>) -> DaemonStatus {
-        let provider = ProviderInfo {
-            endpoint: Endpoint::Primary,
-            api: Api::Ollama,
-            url: "http://127.0.0.1:11434".into(),
-            model: "llama3.1:70b".into(),
-        };
-        DaemonStatus {
-            pid: 7,
-            started_at: at,
-            updated_at: at,
-            stopped_at: None,
-            model: Readiness {
-                primary: EndpointCheck { provider, check: Check::Failed { error: "refused".into() } },
-                fallback: None,
-            },
-            supports_tools: true,
-            queue: QueueStatus { slots: 1, running: Vec::new(), lanes: Vec::new() },
-            watching: Some(Watching {
-                // A unit whose name looks like the field, after it in the text.
-                waiting: vec![Waiting { incident: "unit-failed:\"updated_at\": \"x\".service".into(), since: at }],
-                ..Watching::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn a_refreshed_status_is_the_status_with_its_new_time() {
-        let was = Utc::now() - chrono::TimeDelta::seconds(30);
-        let now = Utc::now();
-        let text = refreshed(&render(&status(was)).unwrap(), now).unwrap();
-        let read: DaemonStatus = serde_json::from_str(&text).unwrap();
-        let mut expected = status(was);
-        expected.updated_at = now;
-        assert_eq!(read, expected);
-    }
-
-    #[test]
-    fn a_text_without_the_field_is_rendered_afresh() {
-        assert_eq!(refreshed("{}", Utc::now()), None);
-        assert_eq!(refreshed("{\"updated_at\": \"2026", Utc::now()), None);
-    }
 }
