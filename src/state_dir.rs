@@ -375,6 +375,25 @@ impl StateDir {
             .map_err(|e| StateError::Io { path: self.path.display().to_string(), error: e.into() })
     }
 
+    /// Sets the modification time of `name` to now, without following a
+    /// link and without writing its content; `false` when it does not
+    /// exist.
+    pub fn touch(&self, name: &str) -> Result<bool, StateError> {
+        let name = self.check_name(name)?;
+        let times = (nix::sys::time::TimeSpec::UTIME_OMIT, nix::sys::time::TimeSpec::UTIME_NOW);
+        match nix::sys::stat::utimensat(
+            self.fd.as_fd(),
+            name,
+            &times.0,
+            &times.1,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(self.io(name, e)),
+        }
+    }
+
     /// Renames `from` to `to` in this directory (neither is followed).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), StateError> {
         let (from, to) = (self.check_name(from)?, self.check_name(to)?);
@@ -513,6 +532,29 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
         let left: Vec<String> = s.list().unwrap();
         assert_eq!(left, ["cursor"], "no temporary file is left");
+    }
+
+    #[test]
+    fn touch_sets_the_time_alone_and_never_through_a_link() {
+        let (t, s) = dir();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let (_o, target) = outside("precious\n");
+        std::fs::File::options().write(true).open(&target).unwrap().set_modified(old).unwrap();
+        symlink(&target, t.path().join("link")).unwrap();
+        std::fs::write(t.path().join("status.json"), "{}").unwrap();
+        std::fs::File::options().write(true).open(t.path().join("status.json")).unwrap().set_modified(old).unwrap();
+
+        assert!(s.touch("status.json").unwrap());
+        let meta = s.metadata("status.json").unwrap().unwrap();
+        assert!(meta.modified() > old, "the time is set");
+        assert_eq!(std::fs::read_to_string(t.path().join("status.json")).unwrap(), "{}", "the content is not");
+        // A link's own time may change; what it points to is left alone.
+        s.touch("link").unwrap();
+        assert_eq!(std::fs::metadata(&target).unwrap().modified().unwrap(), old);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!s.touch("absent").unwrap(), "nothing is created");
+        assert!(s.metadata("absent").unwrap().is_none());
+        assert!(s.touch("../escape").is_err(), "a name that is not plain is refused");
     }
 
     #[test]

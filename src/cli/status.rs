@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 /// A status older than this, from a daemon that did not say it stopped,
-/// means the daemon is stuck or gone (it rewrites the file every
+/// means the daemon is stuck or gone (it sets the file's time every
 /// `status::REFRESH`).
 const STALE_SECS: i64 = 4 * status::REFRESH.as_secs() as i64;
 

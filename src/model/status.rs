@@ -1,9 +1,10 @@
 //! `state_dir/status.json`: what the running daemon's model service looks
 //! like from outside (the queue, whether the endpoints have the model), for
 //! `macha status`, which is another process. The daemon rewrites the file
-//! atomically after every change of the queue or the model's readiness, at
-//! least every `REFRESH` (so a reader can tell a live daemon from a dead
-//! one), and once more when it stops. Besides the model it tells how the
+//! atomically after every change of the queue or the model's readiness, and
+//! once more when it stops; at least every `REFRESH` it sets the file's
+//! time (so a reader can tell a live daemon from a stuck one; `read` takes
+//! the newer of that time and `updated_at`). Besides the model it tells how the
 //! daemon watches: whether systemd's signal stream is live, how many
 //! signals it took, its reconnects, and the incidents waiting for a
 //! decision (`Watching`, kept by the daemon's watcher).
@@ -23,8 +24,8 @@ pub const STATUS_FILE: &str = "status.json";
 /// A status is a few KiB; anything much larger is not one.
 const MAX_READ_BYTES: u64 = 1024 * 1024;
 
-/// How often the file is rewritten when nothing changes. A status older than
-/// a few of these, from a daemon that did not say it stopped, is stale.
+/// How often the file's time is set when nothing changes. A status older
+/// than a few of these, from a daemon that did not say it stopped, is stale.
 pub const REFRESH: Duration = Duration::from_secs(30);
 
 /// How often changed counters (signals taken) are written at most.
@@ -181,20 +182,31 @@ pub fn write(state: &StateDir, status: &DaemonStatus) -> std::io::Result<()> {
 /// The last status the daemon wrote; `None` when it never wrote one.
 pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
     match state.read(STATUS_FILE, MAX_READ_BYTES) {
-        Ok(Some(text)) => serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| format!("{} cannot be read: {e}", state.path_of(STATUS_FILE).display())),
+        Ok(Some(text)) => {
+            let mut status: DaemonStatus = serde_json::from_slice(&text)
+                .map_err(|e| format!("{} cannot be read: {e}", state.path_of(STATUS_FILE).display()))?;
+            // A live daemon's refresh sets the file's time, not its text.
+            if let Ok(Some(meta)) = state.metadata(STATUS_FILE) {
+                let touched = DateTime::<Utc>::from(meta.modified());
+                if meta.is_file() && touched > status.updated_at {
+                    status.updated_at = touched;
+                }
+            }
+            Ok(Some(status))
+        }
         Ok(None) => Ok(None),
         Err(e) => Err(format!("cannot read the daemon's status: {e}")),
     }
 }
 
-/// Keeps the file current for as long as the daemon runs: after each change
-/// of the queue, the readiness or what `watching` tells, and every `REFRESH`.
+/// Keeps the file current for as long as the daemon runs: written after each
+/// change of the queue, the readiness or what `watching` tells, its time set
+/// every `REFRESH`.
 pub async fn publish(service: ModelService, watching: Shared, state: StateDir, started_at: DateTime<Utc>) {
     let mut failing = false;
     let mut signals = 0;
-    let mut last: Option<(DaemonStatus, std::time::Instant)> = None;
+    let mut written: Option<DaemonStatus> = None;
+    let mut told_at = std::time::Instant::now();
     loop {
         let now = watching.get();
         // While signals come, once more a second after the last: the
@@ -202,9 +214,14 @@ pub async fn publish(service: ModelService, watching: Shared, state: StateDir, s
         let busy = now.events.signals != signals;
         signals = now.events.signals;
         let status = DaemonStatus::of(&service, Some(now), started_at, None);
-        // What a reader would see differently, or the refresh that tells a live daemon.
-        let due = last.as_ref().is_none_or(|(was, at)| !same(was, &status) || at.elapsed() >= REFRESH);
-        if due {
+        let changed = written.as_ref().is_none_or(|was| !same(was, &status));
+        let refresh = told_at.elapsed() >= REFRESH;
+        // What a reader would see differently is written. The refresh that
+        // tells a live daemon only sets the file's time (`read` takes it):
+        // an idle daemon neither rewrites nor syncs a file every `REFRESH`,
+        // nor runs the code that writes one. The whole status is written
+        // again only when that fails.
+        if changed || (refresh && !matches!(state.touch(STATUS_FILE), Ok(true))) {
             match write(&state, &status) {
                 Ok(()) => failing = false,
                 Err(e) if !failing => {
@@ -213,7 +230,10 @@ pub async fn publish(service: ModelService, watching: Shared, state: StateDir, s
                 }
                 Err(_) => {}
             }
-            last = Some((status, std::time::Instant::now()));
+            written = Some(status);
+            told_at = std::time::Instant::now();
+        } else if refresh {
+            told_at = std::time::Instant::now();
         }
         tokio::select! {
             _ = service.changed().notified() => {}
@@ -229,4 +249,47 @@ pub async fn publish(service: ModelService, watching: Shared, state: StateDir, s
 /// Whether two statuses tell a reader the same (the time written aside).
 fn same(a: &DaemonStatus, b: &DaemonStatus) -> bool {
     DaemonStatus { updated_at: b.updated_at, ..a.clone() } == *b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Api;
+    use crate::model::{Check, Endpoint, EndpointCheck, ProviderInfo};
+
+    fn status(at: DateTime<Utc>) -> DaemonStatus {
+        let provider = ProviderInfo {
+            endpoint: Endpoint::Primary,
+            api: Api::Ollama,
+            url: "http://127.0.0.1:1".into(),
+            model: "m".into(),
+        };
+        DaemonStatus {
+            pid: std::process::id(),
+            started_at: at,
+            updated_at: at,
+            stopped_at: None,
+            model: Readiness { primary: EndpointCheck { provider, check: Check::Unchecked }, fallback: None },
+            supports_tools: false,
+            queue: QueueStatus { slots: 1, running: Vec::new(), lanes: Vec::new() },
+            watching: Some(Watching::default()),
+        }
+    }
+
+    #[test]
+    fn the_refresh_that_sets_the_files_time_is_read_as_the_time_of_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let hour_ago = Utc::now() - chrono::TimeDelta::hours(1);
+        write(&state, &status(hour_ago)).unwrap();
+        let file = std::fs::File::options().write(true).open(dir.path().join(STATUS_FILE)).unwrap();
+        file.set_modified((hour_ago - chrono::TimeDelta::hours(1)).into()).unwrap();
+        assert_eq!(read(&state).unwrap().unwrap().updated_at, hour_ago, "an older file time is not taken");
+
+        let before = Utc::now();
+        assert!(state.touch(STATUS_FILE).unwrap());
+        let read_back = read(&state).unwrap().unwrap();
+        assert!(read_back.updated_at >= before - chrono::TimeDelta::seconds(1), "{read_back:?}");
+        assert_eq!(DaemonStatus { updated_at: hour_ago, ..read_back }, status(hour_ago), "nothing else changes");
+    }
 }
