@@ -8,6 +8,7 @@
 , pkg-config
 , installShellFiles
 , systemd
+, openssl
 ,
 }:
 
@@ -47,8 +48,16 @@ rustPlatform.buildRustPackage {
     pkg-config
     installShellFiles
   ];
-  # libsystemd, for reading the journal (the `systemd` crate).
-  buildInputs = [ systemd ];
+  # libsystemd, for reading the journal (the `systemd` crate); OpenSSL's
+  # libcrypto for libssh2, the SSH client to remote hosts, linked statically
+  # so that the daemon maps only the crypto code it uses and runs it only
+  # when it connects (BENCHMARKS.md, "Resident memory"). nixpkgs' OpenSSL
+  # ships no static library unless built with `static`.
+  buildInputs = [
+    systemd
+    (openssl.override { static = true; })
+  ];
+  env.OPENSSL_STATIC = "1";
 
   # The unit tests only: the integration tests boot a systemd container with
   # systemd-nspawn as root, which the build sandbox cannot do; the NixOS VM

@@ -89,10 +89,11 @@ let
         "macha"
       ] [ macha.name macha.meta.mainProgram ])
       (expect "${system}: the package's lock file" ../../Cargo.lock macha.cargoLock.lockFile)
-      (expect "${system}: the package's inputs" [
+      (expect "${system}: the package's inputs, OpenSSL linked statically" [
         [ pkgs.pkg-config pkgs.installShellFiles ]
-        [ pkgs.systemd ]
-      ] [ macha.nativeBuildInputs macha.buildInputs ])
+        [ pkgs.systemd (pkgs.openssl.override { static = true; }) ]
+        "1"
+      ] [ macha.nativeBuildInputs macha.buildInputs macha.env.OPENSSL_STATIC ])
       (expect "${system}: what the source holds" [ true true true true false false false ] (
         map (name: source ? ${name}) [
           "Cargo.lock"

@@ -68,6 +68,11 @@ let
         git = fakePackage "git-2.50.0" "git";
         coreutils = fakePackage "coreutils-9.7" "ls";
         systemd = fakePackage "systemd-258.3" "systemctl";
+        # `override { static = true; }` is nixpkgs' OpenSSL built with
+        # static libraries only.
+        openssl = fakePackage "openssl-3.6.0" "openssl" // {
+          override = args: fakePackage "openssl-3.6.0${if args.static or false then "-static" else ""}" "openssl";
+        };
         pkg-config = fakePackage "pkg-config-0.29.2" "pkg-config";
         installShellFiles = fakePackage "install-shell-files" null;
         clippy = fakePackage "clippy-1.95.0" "cargo-clippy";
