@@ -7,18 +7,19 @@
 //!   returns them to the kernel;
 //! - pages of the program and of its shared libraries that the work ran or
 //!   read. The kernel maps code 64 KiB around each page first run
-//!   (fault-around), so after start-up about three quarters of a 13 MB
-//!   binary is resident, while an idle daemon runs a fraction of it; the
-//!   dynamic loader reads libcrypto's symbol tables (1.2 MB) once, at
-//!   start. `MADV_PAGEOUT` on these mappings reclaims the pages no other
-//!   process maps; the ones still used come back from their file on their
-//!   next run.
+//!   (fault-around), so after start-up most of the binary is resident,
+//!   while an idle daemon runs a fraction of it. `MADV_PAGEOUT` on these
+//!   mappings reclaims the pages no other process maps; the ones still
+//!   used come back from their file on their next run.
 //!
 //! After that, a fault in the program reads only the page it needs: no
 //! read-ahead around it (`MADV_RANDOM`; a device may read ahead 8 MB), and
 //! the program's pages cached but mapped by no process are dropped
-//! (`POSIX_FADV_DONTNEED`), so the kernel's fault-around maps no
-//! neighbours the daemon does not run.
+//! (`POSIX_FADV_DONTNEED`), so the kernel's fault-around (64 KiB, which
+//! `MADV_RANDOM` does not turn off) finds no neighbours to map. Another
+//! run of the program (`macha status`, `macha-approve`) caches it again;
+//! the daemon's next faults then map the cached pages around each page it
+//! runs, up to about a megabyte (measured in BENCHMARKS.md).
 //!
 //! Only pages the kernel can read back from their file are asked for: a
 //! private mapping that is not writable and holds no page the process
