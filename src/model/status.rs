@@ -4,8 +4,8 @@
 //! atomically after every change of the queue or the model's readiness, and
 //! once more when it stops; at least every `REFRESH` it sets the file's
 //! time (so a reader can tell a live daemon from a stuck one; `read` takes
-//! the newer of that time and `updated_at`). Besides the model it tells how the
-//! daemon watches: whether systemd's signal stream is live, how many
+//! the newer of that time and `updated_at`). Besides the model it tells
+//! how the daemon watches: whether systemd's signal stream is live, how many
 //! signals it took, its reconnects, and the incidents waiting for a
 //! decision (`Watching`, kept by the daemon's watcher).
 
@@ -187,9 +187,9 @@ pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
                 .map_err(|e| format!("{} cannot be read: {e}", state.path_of(STATUS_FILE).display()))?;
             // A live daemon's refresh sets the file's time, not its text.
             if let Ok(Some(meta)) = state.metadata(STATUS_FILE) {
-                let touched = DateTime::<Utc>::from(meta.modified());
-                if meta.is_file() && touched > status.updated_at {
-                    status.updated_at = touched;
+                match time_of(meta.modified()) {
+                    Some(touched) if meta.is_file() && touched > status.updated_at => status.updated_at = touched,
+                    _ => {}
                 }
             }
             Ok(Some(status))
@@ -197,6 +197,13 @@ pub fn read(state: &StateDir) -> Result<Option<DaemonStatus>, String> {
         Ok(None) => Ok(None),
         Err(e) => Err(format!("cannot read the daemon's status: {e}")),
     }
+}
+
+/// `at` as a `DateTime`; `None` out of chrono's range (a file's time may be
+/// anything its owner set, and `DateTime::from` panics on that).
+fn time_of(at: std::time::SystemTime) -> Option<DateTime<Utc>> {
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    DateTime::from_timestamp(i64::try_from(since.as_secs()).ok()?, since.subsec_nanos())
 }
 
 /// Keeps the file current for as long as the daemon runs: written after each
@@ -291,5 +298,13 @@ mod tests {
         let read_back = read(&state).unwrap().unwrap();
         assert!(read_back.updated_at >= before - chrono::TimeDelta::seconds(1), "{read_back:?}");
         assert_eq!(DaemonStatus { updated_at: hour_ago, ..read_back }, status(hour_ago), "nothing else changes");
+    }
+
+    #[test]
+    fn a_file_time_out_of_range_is_not_taken_and_no_panic() {
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert_eq!(time_of(far), None);
+        let at = std::time::UNIX_EPOCH + Duration::new(1_800_000_000, 5);
+        assert_eq!(time_of(at), DateTime::from_timestamp(1_800_000_000, 5));
     }
 }
